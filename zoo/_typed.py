@@ -1,0 +1,122 @@
+"""Strict construction of typed, frozen dataclasses from YAML mappings.
+
+``build(cls, mapping, where)`` refuses unknown keys, wrong types and (through
+each class's ``validate``) impossible values with a ConfigError naming the
+dotted field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+from zoo.errors import ConfigError
+
+__all__ = ["build", "check", "to_dict"]
+
+T = TypeVar("T")
+
+
+def check(condition: bool, where: str, value: Any, allowed: str) -> None:
+    """Raise a one-line ConfigError unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(f"{where}: {value!r} is not allowed; expected {allowed}")
+
+
+def build(cls: type[T], mapping: Any, where: str) -> T:
+    """An instance of dataclass ``cls`` from ``mapping``; errors name ``where.<field>``."""
+    check(isinstance(mapping, dict), where, mapping, "a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(mapping) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(sorted(fields))}"
+        )
+    values = {}
+    for name, field in fields.items():
+        if name in mapping:
+            values[name] = _convert(hints[name], mapping[name], f"{where}.{name}")
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}.{name}: missing required key")
+    instance = cls(**values)
+    validate = getattr(instance, "validate", None)
+    if validate:
+        validate(where)
+    return instance
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for option in get_args(tp):
+            try:
+                return _convert(option, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} is not allowed; expected {_describe(tp)}")
+    if tp is type(None):
+        check(value is None, where, value, "null")
+        return None
+    if origin is Literal:
+        check(value in get_args(tp), where, value, _describe(tp))
+        return value
+    if origin is tuple:
+        args = get_args(tp)
+        check(isinstance(value, list | tuple), where, value, _describe(tp))
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}.{i}") for i, v in enumerate(value))
+        check(len(value) == len(args), where, value, f"a list of {len(args)} values")
+        return tuple(
+            _convert(a, v, f"{where}.{i}") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
+    if origin is dict:
+        check(isinstance(value, dict), where, value, "a mapping")
+        _, value_type = get_args(tp)
+        return {k: _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if tp is float:
+        check(
+            isinstance(value, int | float) and not isinstance(value, bool), where, value, "a number"
+        )
+        return float(value)
+    if tp is int:
+        check(isinstance(value, int) and not isinstance(value, bool), where, value, "an integer")
+        return value
+    if tp in (str, bool):
+        check(isinstance(value, tp), where, value, _describe(tp))
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {where}")
+
+
+def to_dict(instance: Any) -> Any:
+    """Plain YAML/JSON-ready data (dicts, lists, scalars) from a config dataclass."""
+    if dataclasses.is_dataclass(instance):
+        return {f.name: to_dict(getattr(instance, f.name)) for f in dataclasses.fields(instance)}
+    if isinstance(instance, list | tuple):
+        return [to_dict(v) for v in instance]
+    if isinstance(instance, dict):
+        return {k: to_dict(v) for k, v in instance.items()}
+    return instance

@@ -1,0 +1,43 @@
+"""Datasets: a physically grounded HRTEM generator, bring-your-own data, a cache by content.
+
+Public API: declare a dataset with :func:`dataset_source`, make it with
+:func:`materialise`, read it with :func:`load`.
+"""
+
+from zoo.data._crystals import LATTICES
+from zoo.data._files import FileSpec
+from zoo.data._preview import preview
+from zoo.data._simulate import Micrograph, make_scene, simulate, simulate_scene
+from zoo.data._spec import PRESETS, STRUCTURES, GeneratorSpec, generator_spec
+from zoo.data._store import (
+    Dataset,
+    DatasetSource,
+    dataset_source,
+    declared,
+    export,
+    load,
+    lookup,
+    materialise,
+)
+
+__all__ = [
+    "LATTICES",
+    "PRESETS",
+    "STRUCTURES",
+    "Dataset",
+    "DatasetSource",
+    "FileSpec",
+    "GeneratorSpec",
+    "Micrograph",
+    "dataset_source",
+    "declared",
+    "export",
+    "generator_spec",
+    "load",
+    "lookup",
+    "make_scene",
+    "materialise",
+    "preview",
+    "simulate",
+    "simulate_scene",
+]

@@ -1,0 +1,136 @@
+"""Bring-your-own data: a folder of image/mask files or an HDF5 file."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zoo._typed import check
+from zoo.errors import DataError
+
+__all__ = ["FileSpec", "read_files"]
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A dataset read from disk: a folder with ``images/`` and ``masks/``, or an HDF5 file."""
+
+    path: str  # folder or .h5/.hdf5 file, relative to the project root or absolute
+    val_fraction: float = 0.2  # trailing fraction (in file-name order) held out for validation
+    pixel_size_a: float | None = None  # Å per pixel, when known
+
+    def validate(self, where: str) -> None:
+        check(
+            0 <= self.val_fraction < 1, f"{where}.val_fraction", self.val_fraction, "0 <= value < 1"
+        )
+        check(
+            self.pixel_size_a is None or self.pixel_size_a > 0,
+            f"{where}.pixel_size_a",
+            self.pixel_size_a,
+            "a value > 0 or null",
+        )
+
+
+def _read_array(path: Path) -> np.ndarray:
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix in (".tif", ".tiff"):
+            import tifffile
+
+            return tifffile.imread(path)
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return np.asarray(image.convert("F") if image.mode not in ("L", "1") else image)
+    except Exception as error:
+        raise DataError(f"{path}: unreadable image ({type(error).__name__}: {error})") from None
+
+
+def _binary(name: str, mask: np.ndarray) -> np.ndarray:
+    """The mask as 0/1 uint8; 0/255 masks are accepted, anything else is an error."""
+    values = np.unique(mask)
+    if not np.isin(values, [0, 1]).all():
+        if np.isin(values, [0, 255]).all():
+            return (mask > 0).astype(np.uint8)
+        raise DataError(f"{name}: mask is not binary (values {values[:5].tolist()}...)")
+    return mask.astype(np.uint8)
+
+
+def _read_folder(root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    image_dir, mask_dir = root / "images", root / "masks"
+    if not image_dir.is_dir() or not mask_dir.is_dir():
+        raise DataError(f"{root}: expected sub-folders images/ and masks/")
+    image_files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not image_files:
+        raise DataError(f"{image_dir}: no {'/'.join(IMAGE_SUFFIXES)} files")
+    masks_by_stem = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    images, masks = [], []
+    for image_file in image_files:
+        mask_file = masks_by_stem.get(image_file.stem)
+        if mask_file is None:
+            raise DataError(f"{image_file}: no mask named {image_file.stem}.* in {mask_dir}")
+        image, mask = _read_array(image_file).astype(np.float32), _read_array(mask_file)
+        if image.ndim != 2:
+            raise DataError(f"{image_file}: shape {image.shape}; expected a 2-D grey image")
+        if mask.shape != image.shape:
+            raise DataError(
+                f"{mask_file}: mask shape {mask.shape} does not match image {image.shape}"
+            )
+        masks.append(_binary(str(mask_file), mask))
+        images.append(image)
+    if len({i.shape for i in images}) > 1:
+        raise DataError(f"{root}: images differ in shape; all must have the same size")
+    return (
+        np.stack(images),
+        np.stack(masks),
+        [str(p) for p in image_files + sorted(masks_by_stem.values())],
+    )
+
+
+def _read_hdf5(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            missing = [k for k in ("images", "masks") if k not in handle]
+            if missing:
+                raise DataError(f"{path}: no dataset {missing[0]!r} (needs 'images' and 'masks')")
+            images = np.asarray(handle["images"], np.float32)
+            raw_masks = np.asarray(handle["masks"])
+    except OSError as error:
+        raise DataError(f"{path}: unreadable HDF5 file ({error})") from None
+    if images.ndim != 3 or raw_masks.shape != images.shape:
+        raise DataError(
+            f"{path}: images {images.shape} and masks {raw_masks.shape} must both be "
+            "(N, H, W) of the same shape"
+        )
+    return images, _binary(str(path), raw_masks), [str(path)]
+
+
+def read_files(spec: FileSpec, root: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """(images float32, masks uint8, content digest) of a folder or HDF5 dataset.
+
+    Every file is checked before anything is returned; the first problem raises
+    a DataError naming the file.
+    """
+    path = (root / spec.path).resolve()
+    if not path.exists():
+        raise DataError(f"{path}: no such folder or file")
+    if path.is_dir():
+        images, masks, files = _read_folder(path)
+    elif path.suffix.lower() in HDF5_SUFFIXES:
+        images, masks, files = _read_hdf5(path)
+    else:
+        raise DataError(f"{path}: expected a folder or an {'/'.join(HDF5_SUFFIXES)} file")
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(Path(name).read_bytes())
+    digest.update(repr((spec.val_fraction, spec.pixel_size_a)).encode())
+    return images, masks, digest.hexdigest()[:16]

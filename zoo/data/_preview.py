@@ -1,0 +1,50 @@
+"""Preview grids of images with their masks outlined."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["preview"]
+
+
+def _to_grey(image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    return (np.clip((image - lo) / max(hi - lo, 1e-8), 0, 1) * 255).astype(np.uint8)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    inner = mask.copy()
+    for axis in (0, 1):
+        for shift in (1, -1):
+            inner &= np.roll(mask, shift, axis)
+    return mask.astype(bool) & ~inner.astype(bool)
+
+
+def preview(
+    images: np.ndarray, masks: np.ndarray, out: Path, columns: int = 4, tile: int = 256
+) -> Path:
+    """A PNG grid: each image in grey beside itself with the mask edge in red."""
+    from PIL import Image
+
+    rows = []
+    for image, mask in zip(images, masks, strict=True):
+        grey = _to_grey(image)
+        overlay = np.repeat(grey[..., None], 3, axis=2)
+        overlay[_outline(mask)] = (255, 40, 40)
+        pair = [np.repeat(grey[..., None], 3, axis=2), overlay]
+        rows.append(
+            np.concatenate(
+                [np.asarray(Image.fromarray(p).resize((tile, tile), Image.NEAREST)) for p in pair],
+                1,
+            )
+        )
+    while len(rows) % columns:
+        rows.append(np.zeros_like(rows[0]))
+    grid = np.concatenate(
+        [np.concatenate(rows[i : i + columns], 1) for i in range(0, len(rows), columns)], 0
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(out)
+    return out

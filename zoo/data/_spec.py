@@ -1,0 +1,145 @@
+"""Dataset declarations: generator parameters, presets and their validation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from zoo._typed import build, check, to_dict
+from zoo.data._crystals import LATTICES
+from zoo.errors import ConfigError
+
+__all__ = ["PRESETS", "STRUCTURES", "GeneratorSpec", "generator_spec"]
+
+STRUCTURE_RADII_NM = {"small": (1.0, 2.0), "large": (2.5, 3.5)}
+STRUCTURES = [f"{lattice}_{size}" for lattice in LATTICES for size in STRUCTURE_RADII_NM]
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """Every parameter of a simulated HRTEM dataset; the images depend on these alone."""
+
+    lattice: str = "w_CdSe"  # crystal of the nanoparticles, one of LATTICES
+    radius_nm: tuple[float, float] = (1.5, 2.5)  # particle radius range (uniform)
+    particles: tuple[int, int] = (1, 5)  # particles per image, inclusive range
+    min_gap_nm: float = 1.0  # smallest surface-to-surface distance between particles
+    zone_axis: tuple[int, int, int] | None = None  # [uvw] along the beam; null = random
+    support_thickness_nm: tuple[float, float] = (2.0, 8.0)  # amorphous carbon, per image
+    support_density: float = 0.1103  # carbon atoms per Å³
+    voltage_kv: float = 300.0
+    defocus_nm: float = -10.0  # mean defocus; negative = underfocus
+    defocus_jitter_nm: float = 1.5  # per-image Gaussian jitter of the defocus
+    cs_um: float = -2.0  # spherical aberration (aberration-corrected instrument)
+    aperture_mrad: float = 25.0  # objective aperture semi-angle
+    focal_spread_a: float = 10.0  # σ of the focal spread, summed incoherently
+    dose: float | None = 400.0  # e⁻/Å²; null = noise-free
+    field_nm: float = 10.24  # field of view (the paper: 512 px × 0.2 Å)
+    image_size: int = 512  # detector pixels per side
+    sim_sampling_a: float = 0.2  # coarsest simulation sampling in Å
+    mask_threshold_rad: float = math.pi / 64  # particle phase above which a pixel is particle
+    mask_blur_a: float = 1.0  # σ of the Gaussian blur of the particle phase before threshold
+    count: int = 640  # images in the dataset
+    val_fraction: float = 0.2  # trailing fraction of images held out for validation
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        check(
+            self.lattice in LATTICES,
+            f"{where}.lattice",
+            self.lattice,
+            "one of " + ", ".join(LATTICES),
+        )
+        lo, hi = self.radius_nm
+        check(0 < lo <= hi, f"{where}.radius_nm", list(self.radius_nm), "0 < min <= max")
+        check(
+            1 <= self.particles[0] <= self.particles[1],
+            f"{where}.particles",
+            list(self.particles),
+            "1 <= min <= max",
+        )
+        check(self.min_gap_nm >= 0, f"{where}.min_gap_nm", self.min_gap_nm, "a value >= 0")
+        lo, hi = self.support_thickness_nm
+        check(0 <= lo <= hi, f"{where}.support_thickness_nm", [lo, hi], "0 <= min <= max")
+        for name in ("support_density", "focal_spread_a", "defocus_jitter_nm", "mask_blur_a"):
+            check(getattr(self, name) >= 0, f"{where}.{name}", getattr(self, name), "a value >= 0")
+        for name in (
+            "voltage_kv",
+            "aperture_mrad",
+            "field_nm",
+            "sim_sampling_a",
+            "mask_threshold_rad",
+        ):
+            check(getattr(self, name) > 0, f"{where}.{name}", getattr(self, name), "a value > 0")
+        check(
+            self.dose is None or self.dose > 0,
+            f"{where}.dose",
+            self.dose,
+            "a dose > 0 (e⁻/Å²) or null for noise-free images",
+        )
+        check(self.image_size >= 8, f"{where}.image_size", self.image_size, "an integer >= 8")
+        check(self.count >= 1, f"{where}.count", self.count, "an integer >= 1")
+        check(
+            0 <= self.val_fraction < 1, f"{where}.val_fraction", self.val_fraction, "0 <= value < 1"
+        )
+        check(
+            2 * self.radius_nm[1] < self.field_nm,
+            f"{where}.radius_nm",
+            list(self.radius_nm),
+            f"a largest diameter below field_nm ({self.field_nm})",
+        )
+
+    @property
+    def val_count(self) -> int:
+        return round(self.count * self.val_fraction)
+
+    @property
+    def train_count(self) -> int:
+        return self.count - self.val_count
+
+    def digest(self) -> str:
+        """Content hash of the parameters: the dataset's identity in the cache."""
+        text = json.dumps(to_dict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _defocus(spec: dict[str, Any], where: str) -> dict[str, Any]:
+    _require(spec, "defocus_nm", where, "defocus")
+    return {"lattice": "w_CdSe", "radius_nm": [1.5, 2.5], "dose": 400.0, **spec}
+
+
+def _noise(spec: dict[str, Any], where: str) -> dict[str, Any]:
+    _require(spec, "dose", where, "noise")
+    return {"lattice": "w_CdSe", "radius_nm": [1.5, 2.5], "defocus_nm": -10.0, **spec}
+
+
+def _structure(spec: dict[str, Any], where: str) -> dict[str, Any]:
+    _require(spec, "structure", where, "structure")
+    structure = spec.pop("structure")
+    check(
+        structure in STRUCTURES, f"{where}.structure", structure, "one of " + ", ".join(STRUCTURES)
+    )
+    lattice, size = structure.rsplit("_", 1)
+    defaults = {"radius_nm": list(STRUCTURE_RADII_NM[size]), "defocus_nm": -10.0, "dose": 300.0}
+    return {**defaults, "lattice": lattice, **spec}
+
+
+def _require(spec: dict[str, Any], key: str, where: str, preset: str) -> None:
+    if key not in spec:
+        raise ConfigError(f"{where}.{key}: missing; the {preset!r} preset needs it")
+
+
+PRESETS = {"defocus": _defocus, "noise": _noise, "structure": _structure}
+
+
+def generator_spec(mapping: Any, where: str) -> GeneratorSpec:
+    """A validated GeneratorSpec from a YAML mapping, with an optional ``preset`` key."""
+    check(isinstance(mapping, dict), where, mapping, "a mapping of generator parameters")
+    spec = dict(mapping)
+    preset = spec.pop("preset", None)
+    if preset is not None:
+        check(preset in PRESETS, f"{where}.preset", preset, "one of " + ", ".join(PRESETS))
+        spec = PRESETS[preset](spec, where)
+    return build(GeneratorSpec, spec, where)

@@ -1,0 +1,171 @@
+"""Content-addressed dataset cache, names, loading, export and previews."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoo._typed import build, to_dict
+from zoo.data._files import FileSpec, read_files
+from zoo.data._simulate import simulate
+from zoo.data._spec import GeneratorSpec, generator_spec
+from zoo.errors import ConfigError
+from zoo.paths import ProjectPaths
+
+__all__ = [
+    "Dataset",
+    "DatasetSource",
+    "dataset_source",
+    "declared",
+    "export",
+    "load",
+    "lookup",
+    "materialise",
+]
+
+DatasetSource = GeneratorSpec | FileSpec
+
+
+def dataset_source(mapping: Any, where: str) -> DatasetSource:
+    """A generator spec, or a file spec when the mapping has a ``path`` key."""
+    if isinstance(mapping, dict) and "path" in mapping:
+        return build(FileSpec, mapping, where)
+    return generator_spec(mapping, where)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Images (standardised per image), masks and the train/validation split point."""
+
+    name: str
+    images: np.ndarray  # (N, H, W) float32, each image mean 0 and std 1
+    masks: np.ndarray  # (N, H, W) uint8
+    train_count: int  # images [0, train_count) train; the rest validate
+    pixel_size_a: float | None
+    digest: str
+
+    @property
+    def train(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[: self.train_count], self.masks[: self.train_count]
+
+    @property
+    def val(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[self.train_count :], self.masks[self.train_count :]
+
+
+def _write(folder: Path, images: np.ndarray, masks: np.ndarray, meta: dict[str, Any]) -> None:
+    """Write the arrays into ``folder`` atomically: a reader sees all of it or nothing."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    np.save(staging / "images.npy", images)
+    np.save(staging / "masks.npy", masks)
+    (staging / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    try:
+        os.rename(staging, folder)
+    except OSError:  # another process finished the same dataset first
+        shutil.rmtree(staging)
+
+
+def _generate(spec: GeneratorSpec) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    images = np.empty((spec.count, spec.image_size, spec.image_size), np.float32)
+    masks = np.empty(images.shape, np.uint8)
+    defocus = []
+    for index in range(spec.count):
+        micrograph = simulate(spec, index)
+        images[index], masks[index] = micrograph.image, micrograph.mask
+        defocus.append(round(micrograph.defocus_nm, 4))
+    return images, masks, defocus
+
+
+def materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
+    """The cache folder of a dataset, generating or reading it only when not cached yet."""
+    digest = source.digest() if isinstance(source, GeneratorSpec) else None  # files: after read
+    if digest is not None and (paths.dataset(digest) / "meta.json").exists():
+        return _remember(name, digest, source, paths)
+    meta: dict[str, Any] = {"source": to_dict(source)}
+    if isinstance(source, GeneratorSpec):
+        images, masks, meta["defocus_nm"] = _generate(source)
+        meta.update(
+            train_count=source.train_count, pixel_size_a=source.field_nm * 10 / source.image_size
+        )
+    else:
+        images, masks, digest = read_files(source, paths.root)
+        meta.update(
+            train_count=len(images) - round(len(images) * source.val_fraction),
+            pixel_size_a=source.pixel_size_a,
+        )
+    assert digest is not None
+    if not (paths.dataset(digest) / "meta.json").exists():
+        _write(paths.dataset(digest), images, masks, meta)
+    return _remember(name, digest, source, paths)
+
+
+def _remember(name: str, digest: str, source: DatasetSource, paths: ProjectPaths) -> Path:
+    """Record ``name`` -> digest in the index so the dataset can be found by name."""
+    index = json.loads(paths.dataset_index.read_text()) if paths.dataset_index.exists() else {}
+    if index.get(name, {}).get("digest") != digest:
+        index[name] = {"digest": digest, "source": to_dict(source)}
+        paths.dataset_index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = paths.dataset_index.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+        os.replace(tmp, paths.dataset_index)
+    return paths.dataset(digest)
+
+
+def lookup(name: str, paths: ProjectPaths) -> Path:
+    """The cache folder of a dataset made earlier under ``name``."""
+    index = json.loads(paths.dataset_index.read_text()) if paths.dataset_index.exists() else {}
+    if name not in index:
+        known = ", ".join(sorted(index)) or "none yet; run `zoo data make FILE.yaml`"
+        raise ConfigError(f"dataset {name!r} is not in the cache; known: {known}")
+    return paths.dataset(index[name]["digest"])
+
+
+def load(name: str, folder: Path) -> Dataset:
+    """The dataset cached in ``folder``, each image standardised to mean 0 and std 1."""
+    meta = json.loads((folder / "meta.json").read_text())
+    images = np.load(folder / "images.npy")
+    mean = images.mean(axis=(1, 2), keepdims=True)
+    std = images.std(axis=(1, 2), keepdims=True)
+    images = (images - mean) / np.maximum(std, 1e-8)
+    return Dataset(
+        name,
+        images.astype(np.float32),
+        np.load(folder / "masks.npy"),
+        meta["train_count"],
+        meta["pixel_size_a"],
+        folder.name,
+    )
+
+
+def export(folder: Path, out: Path) -> None:
+    """Write the cached arrays (not standardised) and their parameters as one ``.npz``."""
+    meta = json.loads((folder / "meta.json").read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out,
+        images=np.load(folder / "images.npy"),
+        masks=np.load(folder / "masks.npy"),
+        pixel_size_A=np.float64(meta["pixel_size_a"] or np.nan),
+        params=np.array(json.dumps(meta["source"], sort_keys=True)),
+    )
+
+
+def declared(path: Path) -> dict[str, DatasetSource]:
+    """The ``datasets:`` mapping of a YAML file (a datasets file, run config or sweep spec)."""
+    from zoo._yaml import load_yaml
+
+    document = load_yaml(path)
+    if not isinstance(document, dict) or not isinstance(document.get("datasets"), dict):
+        raise ConfigError(f"{path}: expected a top-level 'datasets:' mapping of name -> parameters")
+    return {
+        name: dataset_source(spec, f"datasets.{name}")
+        for name, spec in document["datasets"].items()
+    }

@@ -1,0 +1,62 @@
+"""The one place that decides where zoo keeps things on disk.
+
+Everything zoo writes lives under a project root: the current directory, or
+``$ZOO_ROOT`` when set. Nothing else in zoo builds paths from string literals.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ProjectPaths"]
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """Locations of the tracking store, dataset cache, run folders and logs."""
+
+    root: Path
+
+    @classmethod
+    def default(cls) -> ProjectPaths:
+        """Paths under ``$ZOO_ROOT`` or, without it, the current directory."""
+        return cls(Path(os.environ.get("ZOO_ROOT") or Path.cwd()).resolve())
+
+    @property
+    def state(self) -> Path:
+        return self.root / ".zoo"
+
+    @property
+    def datasets(self) -> Path:
+        return self.state / "datasets"
+
+    @property
+    def dataset_index(self) -> Path:
+        """JSON map of dataset names to their content hashes."""
+        return self.datasets / "index.json"
+
+    def dataset(self, digest: str) -> Path:
+        return self.datasets / digest
+
+    @property
+    def runs(self) -> Path:
+        return self.state / "runs"
+
+    def run(self, digest: str) -> Path:
+        """Checkpoints and artefacts of one run (or shared stage) by its config hash."""
+        return self.runs / digest
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def tracking_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The embedded default store: ``mlflow.db`` in the project root."""
+        return f"sqlite:///{self.tracking_db}"
