@@ -61,6 +61,42 @@ def _data_export(args: argparse.Namespace) -> None:
     print(args.out)
 
 
+def _train(args: argparse.Namespace) -> None:
+    from zoo.config import load_config
+    from zoo.paths import ProjectPaths
+    from zoo.run import run
+    from zoo.tracking import Tracker
+
+    config = load_config(args.config, args.overrides)
+    paths = ProjectPaths.default()
+    run(config, Tracker(args.tracking_uri, paths), paths)
+
+
+def _ui(args: argparse.Namespace) -> None:
+    import os
+
+    from zoo.paths import ProjectPaths
+    from zoo.tracking import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri, ProjectPaths.default())
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port}", flush=True)
+    os.execvp(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(args.port),
+        ],
+    )
+
+
 def _config_error(message: str) -> Exception:
     from zoo.errors import ConfigError
 
@@ -88,6 +124,19 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--spec", type=Path, help="resolve NAME from this YAML instead")
         sub.set_defaults(func=func)
     data_commands.choices["show"].add_argument("--count", type=int, default=8)
+
+    train = commands.add_parser("train", help="train one run config (resumes if interrupted)")
+    train.add_argument("config", type=Path, help="run config YAML")
+    train.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. stages.1.lr=1e-5"
+    )
+    train.set_defaults(func=_train)
+
+    ui = commands.add_parser("ui", help="start the MLflow UI on the tracking store")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=_ui)
+    for sub in (train, ui):
+        sub.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
     return parser
 
 

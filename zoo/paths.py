@@ -41,12 +41,22 @@ class ProjectPaths:
         return self.datasets / digest
 
     @property
-    def runs(self) -> Path:
-        return self.state / "runs"
+    def stages(self) -> Path:
+        return self.state / "stages"
 
-    def run(self, digest: str) -> Path:
-        """Checkpoints and artefacts of one run (or shared stage) by its config hash."""
-        return self.runs / digest
+    def stage(self, digest: str) -> Path:
+        """Checkpoints of one training stage by its identity; shared by every run that uses it."""
+        return self.stages / digest
+
+    @property
+    def artifacts(self) -> Path:
+        """MLflow artifact root of experiments created in the embedded store."""
+        return self.state / "artifacts"
+
+    @property
+    def tracking_lock(self) -> Path:
+        """Lock held while the embedded tracking store is created or migrated."""
+        return self.root / "mlflow.db.lock"
 
     @property
     def logs(self) -> Path:

@@ -1,0 +1,235 @@
+"""Runs: a two-stage training logged to MLflow, freezing, resume, loss floor, config errors."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from zoo.checkpoint import load_weights
+from zoo.cli import main
+from zoo.config import ModelConfig, load_config
+from zoo.losses import LOSSES, apply_head, loss_floor
+from zoo.models import create_model, freeze, parameter_counts
+
+TINY_DATA = {"preset": "defocus", "image_size": 32, "count": 20, "sim_sampling_a": 0.4}
+TINY_RUN = {
+    "experiment": "tiny",
+    "seed": 3,
+    "model": {"encoder": "tu-test_resnet", "decoder_channels": [16, 16, 16, 16, 16]},
+    "datasets": {"a": {**TINY_DATA, "defocus_nm": -10}, "b": {**TINY_DATA, "defocus_nm": 10}},
+    "stages": [
+        {"name": "pretrain", "train": "a", "size": 8, "epochs": 2, "lr": 1e-3},
+        {
+            "name": "transfer",
+            "train": "b",
+            "size": 4,
+            "epochs": 2,
+            "lr": 1e-4,
+            "freeze": "encoder",
+            "init": "best",
+        },
+    ],
+    "validate_on": ["a", "b"],
+}
+
+
+@pytest.fixture
+def config_file(project):
+    def write(changes=None, name="run.yaml"):
+        document = yaml.safe_load(yaml.safe_dump(TINY_RUN))
+        for stage, values in (changes or {}).items():
+            document["stages"][stage].update(values)
+        path = project.root / name
+        path.write_text(yaml.safe_dump(document))
+        return path
+
+    return write
+
+
+def _runs(project, experiment="tiny"):
+    client = MlflowClient(project.tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    return client, (client.search_runs([found.experiment_id]) if found else [])
+
+
+def test_two_stage_run_is_logged_completely_and_not_repeated(project, config_file):
+    path = config_file()
+    assert main(["train", str(path)]) == 0
+    client, runs = _runs(project)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["stages.1.lr"] == "0.0001"
+    assert run.data.params["stages.1.freeze"] == "encoder"
+    assert run.data.params["datasets.b.defocus_nm"] == "10.0"
+    assert run.data.tags["zoo.config_hash"] == load_config(path).digest()
+    assert run.data.tags["zoo.seed"] == "3" and run.data.tags["zoo.stages"] == "pretrain,transfer"
+    history = client.get_metric_history(run.info.run_id, "val_loss_adj/b")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3, 4]
+    lrs = sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.step)
+    assert [m.value for m in lrs] == pytest.approx([1e-3, 0.99e-3, 1e-4, 0.99e-4])
+    metrics = run.data.metrics
+    assert metrics["loss_floor"] == pytest.approx(math.log(1 + 1 / math.e))
+    for name in (
+        "val_iou/a",
+        "val_acc/b",
+        "images_per_s",
+        "epoch_seconds",
+        "train_seconds",
+        "best_val_loss_adj/transfer/b",
+        "best_epoch/pretrain/a",
+        "params_total",
+        "params_trainable/transfer",
+    ):
+        assert name in metrics, name
+    assert metrics["params_trainable/transfer"] < metrics["params_trainable/pretrain"]
+    artifacts = {
+        a.path
+        for folder in ("", "weights", "figures")
+        for a in client.list_artifacts(run.info.run_id, folder)
+    }
+    assert {
+        "config.yaml",
+        "weights/best.safetensors",
+        "weights/final.safetensors",
+        "figures/loss_curves.png",
+        "figures/predictions.png",
+    } <= artifacts
+
+    assert main(["train", str(path)]) == 0
+    assert len(_runs(project)[1]) == 1
+
+
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_frozen_part_keeps_weights_and_batchnorm_statistics(project, config_file, part):
+    path = config_file({1: {"freeze": part}})
+    assert main(["train", str(path)]) == 0
+    config = load_config(path)
+    before = load_weights(project.stage(config.stage_digest(0)) / "best.safetensors")
+    after = load_weights(project.stage(config.stage_digest(1)) / "final.safetensors")
+    frozen = [k for k in before if k.startswith(f"{part}.")]
+    moving = [k for k in before if not k.startswith(f"{part}.") and before[k].is_floating_point()]
+    assert any("running_mean" in k for k in frozen)
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in moving)
+
+
+def _final_metrics(project):
+    client, runs = _runs(project)
+    (run,) = runs
+    keys = [
+        k
+        for k in run.data.metrics
+        if not k.startswith(("epoch_seconds", "images_per_s", "train_seconds"))
+    ]
+    return run.info.status, {
+        k: [
+            (m.step, m.value)
+            for m in sorted(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)
+        ]
+        for k in keys
+    }
+
+
+def _zoo(project, *args, **kwargs):
+    env = {**os.environ, "ZOO_ROOT": str(project.root), "OMP_NUM_THREADS": "2"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "zoo.cli", *args],
+        cwd=project.root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_into_same_run_with_identical_metrics(project, config_file, tmp_path):
+    path = config_file({0: {"epochs": 3}})
+    process = _zoo(project, "train", str(path))
+    deadline = time.time() + 240
+    while not list(project.stages.glob("*/last.safetensors")) and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read().decode()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not list(project.stages.glob("*/result.json")), "killed too late to test resuming"
+    assert _zoo(project, "train", str(path)).wait() == 0
+    resumed = _final_metrics(project)
+
+    reference_root = tmp_path / "reference"
+    reference_root.mkdir()
+    reference = type(project)(reference_root)
+    (reference_root / "run.yaml").write_text(path.read_text())
+    assert _zoo(reference, "train", "run.yaml").wait() == 0
+    assert resumed == _final_metrics(reference)
+    assert resumed[0] == "FINISHED"
+
+
+def test_failed_run_is_marked_failed_with_reason(project, config_file):
+    path = config_file({1: {"init": "file:missing.safetensors"}})
+    with pytest.raises(FileNotFoundError):
+        main(["train", str(path)])
+    _, (run,) = _runs(project)
+    assert run.info.status == "FAILED"
+    assert "missing.safetensors" in run.data.tags["zoo.error"]
+    assert (
+        len(MlflowClient(project.tracking_uri).get_metric_history(run.info.run_id, "train_loss"))
+        == 2
+    )
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_loss_floor_is_the_loss_of_a_perfect_softmax_prediction(classes):
+    target = torch.randint(0, classes, (2, 4, 4))
+    perfect_logits = torch.nn.functional.one_hot(target, classes).permute(0, 3, 1, 2) * 1e4
+    output = apply_head(perfect_logits.float(), "softmax")
+    reached = LOSSES["cross_entropy"].compute(output, target).item()
+    assert reached == pytest.approx(loss_floor("cross_entropy", "softmax", classes), abs=1e-6)
+    assert loss_floor("cross_entropy", "logits", classes) == 0
+    assert loss_floor("cross_entropy", "softmax", 2) == pytest.approx(0.31326, abs=1e-5)
+
+
+def test_resnet18_unet_size_and_encoder_freezing():
+    model = create_model(ModelConfig())
+    assert parameter_counts(model) == (14_322_082, 14_322_082)
+    freeze(model, "encoder")
+    total, trainable = parameter_counts(model)
+    assert trainable / total == pytest.approx(0.22, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stages.0.lr=0", "config.stages.0.lr: 0"),
+        ("stages.1.freeze=all", "config.stages.1.freeze: 'all'"),
+        ("stages.0.size=17", "config.stages.0.size: 17 .*training split of 'a' \\(16 images\\)"),
+        ("stages.0.epochs=two", "config.stages.0.epochs: 'two' .*an integer"),
+        ("model.depth=3", "config.model.depth: unknown key"),
+        ("stages.5.lr=1", "override stages.5: '5' is not an index below 2"),
+        ("stages.0.train=c", "config.stages.0.train: 'c'"),
+    ],
+)
+def test_config_errors_exit_2_name_the_field_and_log_nothing(
+    project, config_file, capsys, override, message
+):
+    assert main(["train", str(config_file()), override]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert re.search(message, error), error
+    assert not project.tracking_db.exists() and not project.state.exists()
+
+
+def test_overrides_read_values_as_yaml(config_file):
+    config = load_config(config_file(), ["stages.1.lr=1e-5", "model.head=logits", "seed=7"])
+    assert config.stages[1].lr == 1e-5 and config.model.head == "logits" and config.seed == 7

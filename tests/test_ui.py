@@ -1,0 +1,48 @@
+"""`zoo ui` serves the project's tracking store on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from mlflow.tracking import MlflowClient
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_ui_lists_the_project_experiments(project):
+    MlflowClient(project.tracking_uri).create_experiment("visible-in-ui")
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "zoo.cli", "ui", "--port", str(port)],
+        cwd=project.root,
+        env={**os.environ, "ZOO_ROOT": str(project.root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        assert f"http://127.0.0.1:{port}" in server.stdout.readline().decode()
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=50"
+        deadline, names = time.time() + 90, []
+        while time.time() < deadline and "visible-in-ui" not in names:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    names = [e["name"] for e in json.load(response)["experiments"]]
+            except OSError:
+                time.sleep(0.5)
+        assert "visible-in-ui" in names
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            assert b"MLflow" in response.read()
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)

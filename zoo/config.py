@@ -1,0 +1,286 @@
+"""Run configs: typed, strict, resolved, hashed.
+
+A run is a pure function of its resolved config (datasets expanded to every
+generator parameter). Its identity is the hash of that config, leaving out the
+fields that name where or how it runs but not what it computes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from zoo._typed import build, check, to_dict
+from zoo._yaml import load_yaml, parse_scalar
+from zoo.errors import ConfigError
+
+__all__ = [
+    "ModelConfig",
+    "RunConfig",
+    "StageConfig",
+    "apply_overrides",
+    "flatten",
+    "load_config",
+    "resolve",
+]
+
+NOT_IDENTITY = ("experiment", "device", "power_cap_w")  # where/how, not what
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "unet"  # one of zoo.models.ARCHITECTURES
+    encoder: str = "resnet18"  # a segmentation-models-pytorch encoder, or "tu-<timm model>"
+    in_channels: int = 1
+    classes: int = 2
+    head: Literal["softmax", "logits"] = "softmax"  # softmax: the paper's softmax-then-CE
+    encoder_depth: int = 5
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+
+    def validate(self, where: str) -> None:
+        from zoo.models import ARCHITECTURES
+
+        check(
+            self.arch in ARCHITECTURES,
+            f"{where}.arch",
+            self.arch,
+            "one of " + ", ".join(ARCHITECTURES),
+        )
+        check(self.classes >= 2, f"{where}.classes", self.classes, "an integer >= 2")
+        check(self.in_channels >= 1, f"{where}.in_channels", self.in_channels, "an integer >= 1")
+        check(
+            len(self.decoder_channels) == self.encoder_depth,
+            f"{where}.decoder_channels",
+            list(self.decoder_channels),
+            f"{self.encoder_depth} values (one per encoder_depth)",
+        )
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    name: str  # e.g. pretrain, transfer
+    train: str  # name of the dataset this stage trains on
+    size: int | None = None  # training images used (the first `size` of the split); null = all
+    epochs: int = 10
+    lr: float = 1e-3
+    lr_decay: float = 0.99  # per-epoch exponential decay: lr × decay^epoch
+    batch_size: int = 16
+    freeze: Literal["none", "encoder", "decoder"] = "none"
+    # random | best | last (of the previous stage) | file:PATH.safetensors | run:MLFLOW_RUN_ID;
+    # auto = random for the first stage, best for later ones
+    init: str = "auto"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    loss: str = "cross_entropy"  # one of zoo.losses.LOSSES
+    augment: Literal["dihedral", "none"] = "dihedral"  # dihedral: all 8 flips/rotations per epoch
+    select_on: str | None = None  # validation set that defines "best"; null = `train`
+
+    def validate(self, where: str) -> None:
+        from zoo.losses import LOSSES
+
+        check(self.lr > 0, f"{where}.lr", self.lr, "a learning rate > 0")
+        check(0 < self.lr_decay <= 1, f"{where}.lr_decay", self.lr_decay, "0 < decay <= 1")
+        check(self.epochs >= 1, f"{where}.epochs", self.epochs, "an integer >= 1")
+        check(self.batch_size >= 1, f"{where}.batch_size", self.batch_size, "an integer >= 1")
+        check(
+            self.size is None or self.size >= 1,
+            f"{where}.size",
+            self.size,
+            "an integer >= 1 or null",
+        )
+        check(self.weight_decay >= 0, f"{where}.weight_decay", self.weight_decay, "a value >= 0")
+        check(self.loss in LOSSES, f"{where}.loss", self.loss, "one of " + ", ".join(LOSSES))
+        kind = self.init.split(":", 1)[0]
+        check(
+            kind in ("auto", "random", "best", "last", "file", "run")
+            and (":" in self.init) == (kind in ("file", "run")),
+            f"{where}.init",
+            self.init,
+            "auto, random, best, last, file:PATH or run:RUN_ID",
+        )
+
+    @property
+    def selection_set(self) -> str:
+        return self.select_on or self.train
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    experiment: str  # MLflow experiment the run is logged to
+    stages: tuple[StageConfig, ...]
+    datasets: dict[str, Any]  # name -> generator parameters or {path: ...}; see zoo.data
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    validate_on: tuple[str, ...] = ()  # validation sets each epoch; empty = every stage's train set
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    power_cap_w: float | None = None  # NVML power limit to set while training (needs root)
+    val_batch_size: int = 64
+
+    def validate(self, where: str) -> None:
+        check(len(self.stages) >= 1, f"{where}.stages", [], "at least one stage")
+        names = [s.name for s in self.stages]
+        check(len(set(names)) == len(names), f"{where}.stages", names, "distinct stage names")
+        for i, stage in enumerate(self.stages):
+            at = f"{where}.stages.{i}"
+            check(
+                stage.train in self.datasets,
+                f"{at}.train",
+                stage.train,
+                "a dataset name from datasets: " + ", ".join(self.datasets),
+            )
+            check(
+                stage.selection_set in self.validation_sets,
+                f"{at}.select_on",
+                stage.selection_set,
+                "a dataset in validate_on",
+            )
+            check(
+                i > 0 or stage.init not in ("best", "last"),
+                f"{at}.init",
+                stage.init,
+                "random, file:PATH or run:RUN_ID for the first stage",
+            )
+        for i, name in enumerate(self.validate_on):
+            check(
+                name in self.datasets,
+                f"{where}.validate_on.{i}",
+                name,
+                "a dataset name from datasets: " + ", ".join(self.datasets),
+            )
+        check(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            f"{where}.device",
+            self.device,
+            "auto, cpu, cuda or cuda:N",
+        )
+        check(
+            self.power_cap_w is None or self.power_cap_w > 0,
+            f"{where}.power_cap_w",
+            self.power_cap_w,
+            "watts > 0 or null",
+        )
+
+    @property
+    def validation_sets(self) -> tuple[str, ...]:
+        return self.validate_on or tuple(dict.fromkeys(s.train for s in self.stages))
+
+    @cached_property
+    def sources(self) -> dict[str, Any]:
+        """Dataset name -> parsed zoo.data source."""
+        from zoo.data import dataset_source
+
+        return {n: dataset_source(v, f"datasets.{n}") for n, v in self.datasets.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def digest(self) -> str:
+        """Content hash of what the run computes: its identity."""
+        identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
+        return _hash(identity)
+
+    def stage_digest(self, index: int) -> str:
+        """Identity of stage ``index``: its own config, the model, seed, the data it sees,
+        and the identity of the stage it starts from."""
+        stage = self.stages[index]
+        used = sorted({stage.train, *self.validation_sets})
+        parent = (
+            self.stage_digest(index - 1)
+            if index > 0 and stage.init in ("auto", "best", "last")
+            else None
+        )
+        return _hash(
+            {
+                "stage": to_dict(replace(stage, name="")),
+                "model": to_dict(self.model),
+                "seed": self.seed,
+                "amp": self.amp,
+                "val": list(self.validation_sets),
+                "datasets": {n: self.datasets[n] for n in used},
+                "parent": parent,
+                "val_batch_size": self.val_batch_size,
+            }
+        )
+
+
+def _hash(document: Any) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve(mapping: Any, where: str = "config") -> RunConfig:
+    """A validated RunConfig with every dataset expanded to its full parameters."""
+    config = build(RunConfig, mapping, where)
+    for i, stage in enumerate(config.stages):
+        available = getattr(config.sources[stage.train], "train_count", None)  # None for files
+        check(
+            stage.size is None or available is None or stage.size <= available,
+            f"{where}.stages.{i}.size",
+            stage.size,
+            f"at most the training split of {stage.train!r} ({available} images)",
+        )
+    resolved = {n: to_dict(s) for n, s in config.sources.items()}
+    return replace(config, datasets=resolved)
+
+
+def apply_overrides(mapping: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``mapping`` with ``key.sub.0=value`` overrides applied (values read as YAML)."""
+    result = copy.deepcopy(mapping)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. stages.1.lr=1e-5")
+        *parents, last = key.split(".")
+        node: Any = result
+        for depth, part in enumerate(parents):
+            node = _child(node, part, ".".join(parents[: depth + 1]))
+        if isinstance(node, list):
+            index = _index(node, last, key)
+            node[index] = parse_scalar(text)
+        elif isinstance(node, dict):
+            node[last] = parse_scalar(text)
+        else:
+            raise ConfigError(f"override {key}: {'.'.join(parents)} is not a mapping or list")
+    return result
+
+
+def _index(node: list, part: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {where}: {part!r} is not an index below {len(node)}")
+    return int(part)
+
+
+def _child(node: Any, part: str, where: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, where)]
+    if isinstance(node, dict):
+        if part not in node:
+            node[part] = {}
+        return node[part]
+    raise ConfigError(f"override {where}: not a mapping or list")
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """The resolved RunConfig in ``path`` with ``overrides`` applied."""
+    document = load_yaml(path)
+    check(isinstance(document, dict), str(path), type(document).__name__, "a mapping")
+    return resolve(apply_overrides(document, list(overrides)))
+
+
+def flatten(document: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys (``stages.1.lr``) -> scalar values, for MLflow params."""
+    if isinstance(document, dict):
+        items = document.items()
+    elif isinstance(document, list | tuple) and any(isinstance(v, dict | list) for v in document):
+        items = ((str(i), v) for i, v in enumerate(document))
+    else:
+        return {prefix: document}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat

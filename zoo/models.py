@@ -1,0 +1,69 @@
+"""Segmentation models: an architecture registry, one factory, freezing and parameter counts.
+
+Every model is a segmentation-models-pytorch model built with
+``encoder_weights=None`` (nothing is downloaded). A model has three parts:
+``encoder``, ``decoder`` and ``head`` (the final convolution, smp's
+``segmentation_head``). Freezing ``encoder`` or ``decoder`` freezes that part's
+weights and batch-norm running statistics; the head is never frozen, so every
+stage can adapt the output layer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from zoo.config import ModelConfig
+
+__all__ = ["ARCHITECTURES", "create_model", "freeze", "parameter_counts", "set_train_mode"]
+
+ARCHITECTURES = {"unet": "Unet", "unetplusplus": "UnetPlusPlus", "fpn": "FPN"}
+
+
+def create_model(config: ModelConfig) -> nn.Module:
+    """A randomly initialised model for ``config`` (seed torch first for reproducibility)."""
+    import segmentation_models_pytorch as smp
+
+    from zoo.errors import ConfigError
+
+    kwargs = {
+        "encoder_name": config.encoder,
+        "encoder_weights": None,
+        "in_channels": config.in_channels,
+        "classes": config.classes,
+        "encoder_depth": config.encoder_depth,
+    }
+    if config.arch == "fpn":
+        kwargs["decoder_segmentation_channels"] = config.decoder_channels[-1]
+    else:
+        kwargs["decoder_channels"] = config.decoder_channels
+    try:
+        return getattr(smp, ARCHITECTURES[config.arch])(**kwargs)
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise ConfigError(f"model.encoder: {config.encoder!r} cannot be built ({error})") from None
+
+
+def _part(model: nn.Module, name: str) -> nn.Module:
+    return model.segmentation_head if name == "head" else getattr(model, name)
+
+
+def freeze(model: nn.Module, part: str) -> None:
+    """Stop gradients to ``part`` ("encoder", "decoder" or "none"); see set_train_mode for BN."""
+    for name in ("encoder", "decoder", "head"):
+        for parameter in _part(model, name).parameters():
+            parameter.requires_grad_(name != part)
+
+
+def set_train_mode(model: nn.Module, frozen: str) -> None:
+    """Training mode, except the frozen part, whose batch-norm statistics must not move."""
+    model.train()
+    if frozen != "none":
+        _part(model, frozen).eval()
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    return total, sum(p.numel() for p in model.parameters() if p.requires_grad)

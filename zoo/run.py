@@ -1,0 +1,206 @@
+"""One run: datasets made, stages trained in order, everything logged to one MLflow run.
+
+Re-running a finished config does nothing; an interrupted one continues into
+the same MLflow run from the last checkpoint of its current stage.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from filelock import FileLock
+
+from zoo.checkpoint import load_weights
+from zoo.config import RunConfig, flatten
+from zoo.data import Dataset, load, materialise
+from zoo.errors import ConfigError
+from zoo.figures import loss_curves, predictions
+from zoo.losses import apply_head, loss_floor
+from zoo.models import create_model, parameter_counts
+from zoo.paths import ProjectPaths
+from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
+from zoo.train import StageResult, pick_device, to_device, train_stage
+
+__all__ = ["load_datasets", "run"]
+
+
+def load_datasets(config: RunConfig, paths: ProjectPaths) -> dict[str, Dataset]:
+    """Every dataset the run uses, made if needed; stage sizes checked against the splits."""
+    names = dict.fromkeys([*(s.train for s in config.stages), *config.validation_sets])
+    datasets = {n: load(n, materialise(n, config.sources[n], paths)) for n in names}
+    for i, stage in enumerate(config.stages):
+        available = datasets[stage.train].train_count
+        if stage.size is not None and stage.size > available:
+            raise ConfigError(
+                f"config.stages.{i}.size: {stage.size} is larger than the training "
+                f"split of {stage.train!r} ({available} images)"
+            )
+    return datasets
+
+
+def _tags(config: RunConfig, device: torch.device, floor: float) -> dict[str, str]:
+    tags = {
+        CONFIG_HASH_TAG: config.digest(),
+        "zoo.seed": str(config.seed),
+        "zoo.stages": ",".join(s.name for s in config.stages),
+        "zoo.host": platform.node(),
+        "zoo.torch": torch.__version__,
+        "zoo.cuda": str(torch.version.cuda),
+        "zoo.loss_floor": f"{floor:.6f}",
+        "mlflow.runName": f"{config.experiment}-{config.digest()[:8]}",
+    }
+    if device.type == "cuda":
+        tags["zoo.gpu"] = torch.cuda.get_device_name(device)
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).parent,
+    )
+    if commit.returncode == 0:
+        tags["mlflow.source.git.commit"] = commit.stdout.strip()
+    return tags
+
+
+def _epoch_metrics(metrics: dict[str, Any], stage: int) -> dict[str, float]:
+    flat = {k: v for k, v in metrics.items() if k != "val"}
+    flat["stage"] = stage
+    for dataset, values in metrics["val"].items():
+        for name, value in values.items():
+            flat[metric_key(f"val_{name}", dataset)] = value
+    return flat
+
+
+def _summary(
+    config: RunConfig, results: list[StageResult], floor: float, total_params: int
+) -> dict[str, float]:
+    summary = {
+        "loss_floor": floor,
+        "params_total": total_params,
+        "train_seconds": sum(r.seconds for r in results),
+    }
+    for stage, result in zip(config.stages, results, strict=True):
+        summary[metric_key("params_trainable", stage.name)] = result.trainable
+        summary[metric_key("train_seconds", stage.name)] = result.seconds
+        for name, value in result.telemetry.items():
+            summary[metric_key(name, stage.name)] = value
+        for dataset, best in result.best.items():
+            summary[metric_key("best_val_loss_adj", stage.name, dataset)] = best["loss_adj"]
+            summary[metric_key("best_val_loss", stage.name, dataset)] = best["loss"]
+            summary[metric_key("best_epoch", stage.name, dataset)] = best["epoch"]
+            summary[metric_key("best_val_iou", stage.name, dataset)] = best["iou"]
+    return summary
+
+
+def _artifacts(
+    config: RunConfig,
+    results: list[StageResult],
+    datasets: dict[str, Dataset],
+    tracker: Tracker,
+    run_id: str,
+) -> None:
+    last = results[-1]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        tracker.log_artifact(run_id, folder / "config.yaml")
+        for name in ("best", "final"):
+            tracker.log_artifact(run_id, last.folder / f"{name}.safetensors", "weights")
+        curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
+        tracker.log_artifact(run_id, loss_curves(curves, folder / "loss_curves.png"), "figures")
+        images, masks = datasets[config.stages[-1].train].val
+        images, masks = images[:4], masks[:4]
+        model = create_model(config.model)
+        model.load_state_dict(load_weights(last.folder / "best.safetensors"))
+        model.eval()
+        with torch.inference_mode():
+            output = apply_head(model(torch.from_numpy(images[:, None])), config.model.head)
+        predicted = output.argmax(dim=1).numpy()
+        tracker.log_artifact(
+            run_id, predictions(images, masks, predicted, folder / "predictions.png"), "figures"
+        )
+
+
+def run(
+    config: RunConfig, tracker: Tracker, paths: ProjectPaths, echo: Callable[[str], None] = print
+) -> str:
+    """Train ``config`` (or finish an interrupted attempt); returns the MLflow run id."""
+    datasets = load_datasets(config, paths)
+    device = pick_device(config)
+    experiment = tracker.experiment(config.experiment)
+    existing = tracker.find(experiment, config.digest())
+    if existing is not None and existing.info.status == "FINISHED":
+        echo(f"run {existing.info.run_id} already finished; nothing to do")
+        return existing.info.run_id
+    floor = loss_floor(config.stages[-1].loss, config.model.head, config.model.classes)
+    torch.manual_seed(config.seed)
+    total_params = parameter_counts(create_model(config.model))[0]
+    if existing is None:
+        params = {**flatten(config.to_dict()), "loss_floor": floor}
+        run_id = tracker.create(experiment, _tags(config, device, floor))
+        logged: set[int] = set()
+    else:
+        run_id = existing.info.run_id
+        tracker.reopen(run_id)
+        logged = tracker.logged_steps(run_id, "train_loss")
+    echo(f"run {run_id} ({config.digest()}) on {device}")
+    try:
+        if existing is None:
+            tracker.log_params(run_id, params)
+        data = {name: to_device(dataset, device) for name, dataset in datasets.items()}
+        results = _train_stages(config, data, tracker, run_id, logged, paths, echo)
+        tracker.log_metrics(run_id, _summary(config, results, floor, total_params), 0)
+        _artifacts(config, results, datasets, tracker, run_id)
+    except BaseException as error:
+        tracker.finish(run_id, error)
+        raise
+    tracker.finish(run_id)
+    return run_id
+
+
+def _train_stages(
+    config: RunConfig,
+    data: dict[str, Any],
+    tracker: Tracker,
+    run_id: str,
+    logged: set[int],
+    paths: ProjectPaths,
+    echo: Callable[[str], None],
+) -> list[StageResult]:
+    results: list[StageResult] = []
+    offset = 0
+    downloads = paths.state / "downloads"
+
+    def fetch_run(other: str) -> Path:
+        return tracker.download(other, "weights/best.safetensors", downloads / other)
+
+    for index, stage in enumerate(config.stages):
+
+        def on_epoch(
+            epoch: int, metrics: dict[str, Any], index: int = index, offset: int = offset
+        ) -> None:
+            step = offset + epoch
+            if step not in logged:
+                tracker.log_metrics(run_id, _epoch_metrics(metrics, index), step)
+                logged.add(step)
+                echo(
+                    f"  {config.stages[index].name} epoch {epoch}: train loss "
+                    f"{metrics['train_loss']:.4f}, "
+                    + ", ".join(f"{n} {v['loss_adj']:.4f}" for n, v in metrics["val"].items())
+                )
+
+        folder = paths.stage(config.stage_digest(index))
+        folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder / ".lock")):
+            previous = results[-1] if results else None
+            results.append(train_stage(config, index, data, folder, previous, fetch_run, on_epoch))
+        offset += stage.epochs
+    return results

@@ -1,0 +1,96 @@
+"""GPU telemetry and power caps through NVML (nvidia-ml-py's ``pynvml``).
+
+Without a GPU or NVML everything here is a quiet no-op (one debug line).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+__all__ = ["GpuMeter", "Reading"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reading:
+    energy_wh: float | None = None  # from the total-energy counter
+    mean_power_w: float | None = None
+    mean_utilisation: float | None = None  # percent
+    peak_memory_gb: float | None = None
+    power_limit_w: float | None = None  # the limit in force while measuring
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """Non-empty readings as metric name -> value, names prefixed."""
+        values = {
+            "energy_wh": self.energy_wh,
+            "mean_power_w": self.mean_power_w,
+            "gpu_utilisation": self.mean_utilisation,
+            "peak_memory_gb": self.peak_memory_gb,
+            "power_limit_w": self.power_limit_w,
+        }
+        return {f"{prefix}{k}": v for k, v in values.items() if v is not None}
+
+
+class GpuMeter:
+    """Context manager measuring one GPU while a stage trains; optionally caps its power."""
+
+    def __init__(
+        self, device_index: int | None, power_cap_w: float | None = None, interval_s: float = 0.5
+    ):
+        self.reading = Reading()
+        self._handle = None
+        self._stop = threading.Event()
+        self._interval = interval_s
+        self._cap = power_cap_w
+        if device_index is None:
+            log.debug("no CUDA device: GPU telemetry skipped")
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        except Exception as error:  # NVML missing or broken: skip quietly
+            log.debug("NVML unavailable (%s): GPU telemetry skipped", error)
+
+    def _set_cap(self) -> None:
+        nvml, handle = self._nvml, self._handle
+        try:
+            nvml.nvmlDeviceSetPowerManagementLimit(handle, int(self._cap * 1000))
+        except Exception as error:  # needs root: report the limit in force
+            log.warning("could not set GPU power limit to %s W (%s)", self._cap, error)
+        self.reading.power_limit_w = nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000
+
+    def _sample(self) -> None:
+        nvml, handle = self._nvml, self._handle
+        power, utilisation, memory = [], [], []
+        while not self._stop.wait(self._interval):
+            power.append(nvml.nvmlDeviceGetPowerUsage(handle) / 1000)
+            utilisation.append(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            memory.append(nvml.nvmlDeviceGetMemoryInfo(handle).used / 1e9)
+        if power:
+            self.reading.mean_power_w = sum(power) / len(power)
+            self.reading.mean_utilisation = sum(utilisation) / len(utilisation)
+            self.reading.peak_memory_gb = max(memory)
+
+    def __enter__(self) -> GpuMeter:
+        if self._handle is None:
+            return self
+        if self._cap is not None:
+            self._set_cap()
+        self._start_mj = self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        used_mj = self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) - self._start_mj
+        self.reading.energy_wh = used_mj / 3.6e6

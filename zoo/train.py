@@ -1,0 +1,322 @@
+"""Training of one stage: in-memory data on the device, dihedral augmentation, validation
+on every domain each epoch, a checkpoint after every epoch, resume from the last one.
+
+Same config and seed on CPU give bit-identical metrics, interrupted or not: the
+shuffle of each epoch is derived from (seed, stage, epoch), the learning rate
+from the epoch, and everything else is restored from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from zoo.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from zoo.config import RunConfig, StageConfig
+from zoo.data import Dataset
+from zoo.losses import LOSSES, apply_head, loss_floor
+from zoo.models import create_model, freeze, parameter_counts, set_train_mode
+from zoo.telemetry import GpuMeter
+
+__all__ = [
+    "DeviceData",
+    "StageResult",
+    "Step",
+    "batch",
+    "epoch_order",
+    "make_optimizer",
+    "pick_device",
+    "to_device",
+    "train_stage",
+    "train_step",
+]
+
+DIHEDRAL = 8  # the 4 rotations, each with and without a flip
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """One dataset's splits as tensors on the training device."""
+
+    train_images: torch.Tensor  # (N, 1, H, W) float32, standardised
+    train_masks: torch.Tensor  # (N, H, W) uint8
+    val_images: torch.Tensor
+    val_masks: torch.Tensor
+
+
+@dataclass(frozen=True)
+class StageResult:
+    folder: Path  # holds best.safetensors, final.safetensors, result.json
+    history: list[dict[str, float]]  # metrics of each epoch, in order
+    best: dict[str, dict[str, float]]  # validation set -> best adjusted loss, its epoch, IoU
+    seconds: float
+    telemetry: dict[str, float]
+    trainable: int
+
+
+def pick_device(config: RunConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def to_device(dataset: Dataset, device: torch.device) -> DeviceData:
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+    (train_x, train_y), (val_x, val_y) = dataset.train, dataset.val
+    return DeviceData(
+        tensor(train_x[:, None]), tensor(train_y), tensor(val_x[:, None]), tensor(val_y)
+    )
+
+
+def _amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
+    amp = config.amp
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Transform ``k`` (0-7) of the dihedral group on the last two axes."""
+    x = torch.rot90(x, k % 4, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if k >= 4 else x
+
+
+def epoch_order(seed: int, stage: int, epoch: int, count: int, augment: bool) -> np.ndarray:
+    """(image index, transform) pairs of one epoch, shuffled reproducibly."""
+    transforms = DIHEDRAL if augment else 1
+    rng = np.random.default_rng([seed, stage, epoch])
+    order = rng.permutation(count * transforms)
+    return np.stack([order % count, order // count], axis=1)
+
+
+def batch(data: DeviceData, pairs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and masks of ``pairs``, each under its transform; no host synchronisation."""
+    xs, ys = [], []
+    device = data.train_images.device
+    for k in np.unique(pairs[:, 1]):
+        index = torch.from_numpy(pairs[pairs[:, 1] == k, 0]).to(device, non_blocking=True)
+        xs.append(dihedral(data.train_images[index], int(k)))
+        ys.append(dihedral(data.train_masks[index], int(k)))
+    return torch.cat(xs), torch.cat(ys)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one optimisation step needs."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    head: str
+    amp: torch.dtype | None
+
+
+def train_step(step: Step, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One forward/backward/update; returns the batch loss as a device tensor (no sync)."""
+    with torch.autocast(x.device.type, step.amp, enabled=step.amp is not None):
+        loss = step.loss(apply_head(step.model(x), step.head), y)
+    step.optimizer.zero_grad(set_to_none=True)
+    step.scaler.scale(loss).backward()
+    step.scaler.step(step.optimizer)
+    step.scaler.update()
+    return loss.detach()
+
+
+def make_optimizer(stage: StageConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    extra = {"momentum": 0.9} if stage.optimizer == "sgd" else {}
+    return kinds[stage.optimizer](trainable, lr=stage.lr, weight_decay=stage.weight_decay, **extra)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    config: RunConfig,
+    stage: StageConfig,
+    amp: torch.dtype | None,
+) -> dict[str, float]:
+    """Loss, IoU of the foreground classes and pixel accuracy over a validation split."""
+    model.eval()
+    compute = LOSSES[stage.loss].compute
+    totals = torch.zeros(4, device=images.device, dtype=torch.float64)
+    for start in range(0, len(images), config.val_batch_size):
+        end = start + config.val_batch_size
+        x, y = images[start:end], masks[start:end].long()
+        with torch.autocast(images.device.type, amp, enabled=amp is not None):
+            output = apply_head(model(x), config.model.head)
+        prediction = output.argmax(dim=1)
+        foreground_pred, foreground_true = prediction > 0, y > 0
+        totals += torch.stack(
+            [
+                compute(output, y).double() * len(x),
+                ((prediction == y) & foreground_true).sum().double(),
+                (foreground_pred | foreground_true).sum().double(),
+                (prediction == y).double().mean() * len(x),
+            ]
+        )
+    loss, intersection, union, accuracy = (
+        totals / torch.tensor([len(images), 1, 1, len(images)], device=totals.device)
+    ).tolist()
+    return {"loss": loss, "iou": intersection / union if union else 1.0, "acc": accuracy}
+
+
+def _initial_weights(
+    config: RunConfig, index: int, previous: StageResult | None, fetch_run: Callable[[str], Path]
+) -> dict[str, torch.Tensor] | None:
+    """The state dict a stage starts from; None for random initialisation."""
+    init = config.stages[index].init
+    if init == "auto":
+        init = "random" if index == 0 else "best"
+    kind, _, target = init.partition(":")
+    if kind == "random":
+        return None
+    if kind in ("best", "last"):
+        assert previous is not None
+        return load_weights(
+            previous.folder / ("best.safetensors" if kind == "best" else "final.safetensors")
+        )
+    return load_weights(Path(target) if kind == "file" else fetch_run(target))
+
+
+def _update_best(
+    best: dict[str, dict[str, float]],
+    epoch: int,
+    metrics: dict[str, dict[str, float]],
+    floor: float,
+) -> set[str]:
+    """Record new bests per validation set; returns the sets that improved."""
+    improved = set()
+    for name, values in metrics.items():
+        adjusted = values["loss"] - floor
+        if name not in best or adjusted < best[name]["loss_adj"]:
+            best[name] = {
+                "loss": values["loss"],
+                "loss_adj": adjusted,
+                "epoch": epoch,
+                "iou": values["iou"],
+            }
+            improved.add(name)
+    return improved
+
+
+def _epoch_metrics(
+    train_loss: float,
+    lr: float,
+    seconds: float,
+    images: int,
+    validation: dict[str, dict[str, float]],
+    floor: float,
+) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
+        "train_loss": train_loss,
+        "lr": lr,
+        "epoch_seconds": seconds,
+        "images_per_s": images / seconds,
+    }
+    metrics["val"] = {n: {**v, "loss_adj": v["loss"] - floor} for n, v in validation.items()}
+    return metrics
+
+
+def train_stage(
+    config: RunConfig,
+    index: int,
+    data: dict[str, DeviceData],
+    folder: Path,
+    previous: StageResult | None,
+    fetch_run: Callable[[str], Path],
+    on_epoch: EpochCallback,
+) -> StageResult:
+    """Train stage ``index`` into ``folder``, resuming from its checkpoint if one exists.
+
+    A finished stage (``result.json`` present) is not trained again: its saved
+    history is replayed through ``on_epoch`` and returned.
+    """
+    done = folder / "result.json"
+    if done.exists():
+        return _replay(json.loads(done.read_text()), folder, on_epoch)
+    stage, device = config.stages[index], data[config.stages[index].train].train_images.device
+    amp = _amp_dtype(config, device)
+    floor = loss_floor(stage.loss, config.model.head, config.model.classes)
+    torch.manual_seed(config.seed)
+    model = create_model(config.model)
+    initial = _initial_weights(config, index, previous, fetch_run)
+    if initial is not None:
+        model.load_state_dict(initial)
+    model.to(device)
+    freeze(model, stage.freeze)
+    optimizer = make_optimizer(stage, model)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    progress: dict[str, Any] = {"epoch": 0, "history": [], "best": {}, "seconds": 0.0}
+    checkpoint = folder / "last.safetensors"
+    if checkpoint.exists():
+        progress = load_checkpoint(checkpoint, model, optimizer)
+        for epoch, metrics in enumerate(progress["history"], start=1):
+            on_epoch(epoch, metrics)
+    source = data[stage.train]
+    count = min(stage.size or len(source.train_images), len(source.train_images))
+    step = Step(model, optimizer, scaler, LOSSES[stage.loss].compute, config.model.head, amp)
+    device_index = (device.index or 0) if device.type == "cuda" else None
+    with GpuMeter(device_index, config.power_cap_w) as meter:
+        for epoch in range(progress["epoch"] + 1, stage.epochs + 1):
+            started = time.perf_counter()
+            lr = stage.lr * stage.lr_decay ** (epoch - 1)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            set_train_mode(model, stage.freeze)
+            order = epoch_order(config.seed, index, epoch, count, stage.augment == "dihedral")
+            total = torch.zeros((), device=device)
+            for start in range(0, len(order), stage.batch_size):
+                x, y = batch(source, order[start : start + stage.batch_size])
+                total += train_step(step, x, y) * len(x)
+            validation = {
+                n: evaluate(model, data[n].val_images, data[n].val_masks, config, stage, amp)
+                for n in config.validation_sets
+            }
+            seconds = time.perf_counter() - started
+            metrics = _epoch_metrics(
+                total.item() / len(order), lr, seconds, len(order), validation, floor
+            )
+            if stage.selection_set in _update_best(progress["best"], epoch, validation, floor):
+                save_weights(model, folder / "best.safetensors")
+            progress.update(epoch=epoch, seconds=progress["seconds"] + seconds)
+            progress["history"].append(metrics)
+            save_checkpoint(checkpoint, model, optimizer, progress)
+            on_epoch(epoch, metrics)
+    save_weights(model, folder / "final.safetensors")
+    result = {
+        "history": progress["history"],
+        "best": progress["best"],
+        "seconds": progress["seconds"],
+        "telemetry": meter.reading.metrics(""),
+        "trainable": parameter_counts(model)[1],
+    }
+    done.write_text(json.dumps(result, indent=1))
+    checkpoint.unlink()
+    return _replay(result, folder, lambda *_: None)
+
+
+def _replay(result: dict[str, Any], folder: Path, on_epoch: EpochCallback) -> StageResult:
+    for epoch, metrics in enumerate(result["history"], start=1):
+        on_epoch(epoch, metrics)
+    return StageResult(
+        folder,
+        result["history"],
+        result["best"],
+        result["seconds"],
+        result["telemetry"],
+        result["trainable"],
+    )
