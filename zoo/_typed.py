@@ -8,6 +8,7 @@ dotted field, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -25,11 +26,16 @@ def check(condition: bool, where: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{where}: {value!r} is not allowed; expected {allowed}")
 
 
+def _require(condition: bool, where: str, value: Any, tp: Any) -> None:
+    """check(), describing ``tp`` only when it fails (descriptions are not free)."""
+    if not condition:
+        raise ConfigError(f"{where}: {value!r} is not allowed; expected {_describe(tp)}")
+
+
 def build(cls: type[T], mapping: Any, where: str) -> T:
     """An instance of dataclass ``cls`` from ``mapping``; errors name ``where.<field>``."""
     check(isinstance(mapping, dict), where, mapping, "a mapping")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints, fields = _schema(cls)
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
         raise ConfigError(
@@ -46,6 +52,12 @@ def build(cls: type[T], mapping: Any, where: str) -> T:
     if validate:
         validate(where)
     return instance
+
+
+@functools.cache
+def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
+    """Resolved type hints and init fields of ``cls`` (computed once per class)."""
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls) if f.init}
 
 
 def _describe(tp: Any) -> str:
@@ -66,6 +78,19 @@ def _describe(tp: Any) -> str:
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
+    if tp is float:
+        check(
+            isinstance(value, int | float) and not isinstance(value, bool), where, value, "a number"
+        )
+        return float(value)
+    if tp is int:
+        check(isinstance(value, int) and not isinstance(value, bool), where, value, "an integer")
+        return value
+    if tp in (str, bool):
+        _require(isinstance(value, tp), where, value, tp)
+        return value
+    if tp is Any:
+        return value
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         for option in get_args(tp):
@@ -78,11 +103,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         check(value is None, where, value, "null")
         return None
     if origin is Literal:
-        check(value in get_args(tp), where, value, _describe(tp))
+        _require(value in get_args(tp), where, value, tp)
         return value
     if origin is tuple:
         args = get_args(tp)
-        check(isinstance(value, list | tuple), where, value, _describe(tp))
+        _require(isinstance(value, list | tuple), where, value, tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{where}.{i}") for i, v in enumerate(value))
         check(len(value) == len(args), where, value, f"a list of {len(args)} values")
@@ -95,24 +120,13 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return {k: _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where)
-    if tp is float:
-        check(
-            isinstance(value, int | float) and not isinstance(value, bool), where, value, "a number"
-        )
-        return float(value)
-    if tp is int:
-        check(isinstance(value, int) and not isinstance(value, bool), where, value, "an integer")
-        return value
-    if tp in (str, bool):
-        check(isinstance(value, tp), where, value, _describe(tp))
-        return value
-    if tp is Any:
-        return value
     raise TypeError(f"unsupported config type {tp!r} at {where}")
 
 
 def to_dict(instance: Any) -> Any:
     """Plain YAML/JSON-ready data (dicts, lists, scalars) from a config dataclass."""
+    if instance is None or isinstance(instance, str | int | float):
+        return instance
     if dataclasses.is_dataclass(instance):
         return {f.name: to_dict(getattr(instance, f.name)) for f in dataclasses.fields(instance)}
     if isinstance(instance, list | tuple):

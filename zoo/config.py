@@ -8,9 +8,10 @@ fields that name where or how it runs but not what it computes.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -27,9 +28,10 @@ __all__ = [
     "flatten",
     "load_config",
     "resolve",
+    "set_path",
 ]
 
-NOT_IDENTITY = ("experiment", "device", "power_cap_w")  # where/how, not what
+NOT_IDENTITY = ("experiment", "device", "power_cap_w", "log_weights", "share_stages")
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ class RunConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     power_cap_w: float | None = None  # NVML power limit to set while training (needs root)
     val_batch_size: int = 64
+    log_weights: tuple[Literal["best", "final"], ...] = ("best", "final")  # weight artifacts
+    share_stages: bool = True  # false: every stage checkpoint belongs to this run alone
 
     def validate(self, where: str) -> None:
         check(len(self.stages) >= 1, f"{where}.stages", [], "at least one stage")
@@ -170,43 +174,87 @@ class RunConfig:
     def validation_sets(self) -> tuple[str, ...]:
         return self.validate_on or tuple(dict.fromkeys(s.train for s in self.stages))
 
+    @property
+    def used_datasets(self) -> tuple[str, ...]:
+        """Datasets a run loads: stage training sets, validation sets and mixture parts."""
+        names = [*(s.train for s in self.stages), *self.validation_sets]
+        parts = [p for n in names for p in self.datasets[n].get("mix", {})]
+        return tuple(dict.fromkeys(parts + names))
+
     @cached_property
+    def _table(self) -> _DatasetTable:
+        return _dataset_table(json.dumps(self.datasets, sort_keys=True))
+
+    @property
     def sources(self) -> dict[str, Any]:
         """Dataset name -> parsed zoo.data source."""
-        from zoo.data import dataset_source
-
-        return {n: dataset_source(v, f"datasets.{n}") for n, v in self.datasets.items()}
+        return self._table.sources
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
     def digest(self) -> str:
         """Content hash of what the run computes: its identity."""
-        identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
-        return _hash(identity)
+        return self._digests[-1]
 
     def stage_digest(self, index: int) -> str:
         """Identity of stage ``index``: its own config, the model, seed, the data it sees,
         and the identity of the stage it starts from."""
-        stage = self.stages[index]
-        used = sorted({stage.train, *self.validation_sets})
-        parent = (
-            self.stage_digest(index - 1)
-            if index > 0 and stage.init in ("auto", "best", "last")
-            else None
-        )
-        return _hash(
-            {
-                "stage": to_dict(replace(stage, name="")),
-                "model": to_dict(self.model),
-                "seed": self.seed,
-                "amp": self.amp,
-                "val": list(self.validation_sets),
-                "datasets": {n: self.datasets[n] for n in used},
-                "parent": parent,
-                "val_batch_size": self.val_batch_size,
-            }
-        )
+        return self._digests[index]
+
+    @cached_property
+    def _digests(self) -> tuple[str, ...]:
+        """(stage 0, stage 1, ..., run) identities, computed once."""
+        data = self._table.digests
+        document = {
+            f.name: to_dict(getattr(self, f.name))
+            for f in fields(self)
+            if f.name not in (*NOT_IDENTITY, "datasets")
+        }
+        run = _hash({**document, "datasets": data})
+        digests: list[str] = []
+        for stage in self.stages:
+            parts = [
+                p
+                for n in (stage.train, *self.validation_sets)
+                for p in self.datasets[n].get("mix", {})
+            ]
+            used = sorted({stage.train, *self.validation_sets, *parts})
+            continues = digests and stage.init in ("auto", "best", "last")
+            stage_document = {**to_dict(stage), "name": ""}  # a stage's name is not its identity
+            digests.append(
+                _hash(
+                    {
+                        "stage": stage_document,
+                        "model": document["model"],
+                        "seed": self.seed,
+                        "amp": self.amp,
+                        "val": list(self.validation_sets),
+                        "datasets": {n: data[n] for n in used},
+                        "parent": digests[-1] if continues else None,
+                        "val_batch_size": self.val_batch_size,
+                        "owner": None if self.share_stages else run,
+                    }
+                )
+            )
+        return (*digests, run)
+
+
+@dataclass(frozen=True)
+class _DatasetTable:
+    resolved: dict[str, Any]  # name -> every parameter (JSON-ready)
+    sources: dict[str, Any]  # name -> parsed zoo.data source
+    digests: dict[str, str]  # name -> content hash of its resolved parameters
+
+
+@functools.lru_cache(maxsize=256)
+def _dataset_table(text: str) -> _DatasetTable:
+    """Datasets parsed once per distinct declaration: a sweep's runs share a few."""
+    from zoo.data import dataset_source
+
+    sources = {n: dataset_source(v, f"datasets.{n}") for n, v in json.loads(text).items()}
+    resolved = {n: to_dict(s) for n, s in sources.items()}
+    return _DatasetTable(resolved, sources, {n: _hash(v) for n, v in resolved.items()})
 
 
 def _hash(document: Any) -> str:
@@ -216,6 +264,14 @@ def _hash(document: Any) -> str:
 def resolve(mapping: Any, where: str = "config") -> RunConfig:
     """A validated RunConfig with every dataset expanded to its full parameters."""
     config = build(RunConfig, mapping, where)
+    for name, source in config.sources.items():
+        for part in getattr(source, "mix", {}):
+            check(
+                part in config.datasets and "mix" not in config.datasets[part],
+                f"{where}.datasets.{name}.mix",
+                part,
+                "names of non-mixture datasets",
+            )
     for i, stage in enumerate(config.stages):
         available = getattr(config.sources[stage.train], "train_count", None)  # None for files
         check(
@@ -224,8 +280,43 @@ def resolve(mapping: Any, where: str = "config") -> RunConfig:
             stage.size,
             f"at most the training split of {stage.train!r} ({available} images)",
         )
-    resolved = {n: to_dict(s) for n, s in config.sources.items()}
-    return replace(config, datasets=resolved)
+    table = config._table
+    resolved = replace(config, datasets=table.resolved)
+    resolved.__dict__["_table"] = table  # the same datasets, already parsed
+    return resolved
+
+
+def set_path(document: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` (``stages.1.lr``) of ``document``; list parts are indices.
+
+    Containers along the path are replaced by shallow copies first, so documents
+    that share structure with ``document`` are never changed.
+    """
+    *parents, last = key.split(".")
+    node: Any = document
+    for depth, part in enumerate(parents):
+        where = ".".join(parents[: depth + 1])
+        if isinstance(node, dict):
+            child = node.get(part, {})
+            node[part] = child = copy.copy(child) if isinstance(child, dict | list) else child
+        elif isinstance(node, list):
+            index = _index(node, part, where)
+            node[index] = child = copy.copy(node[index])
+        else:
+            raise ConfigError(f"{where}: not a mapping or list, cannot set {key}")
+        node = child
+    if isinstance(node, list):
+        node[_index(node, last, key)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"{key}: {'.'.join(parents)} is not a mapping or list")
+
+
+def _index(node: list, part: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"{where}: {part!r} is not an index below {len(node)}")
+    return int(part)
 
 
 def apply_overrides(mapping: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -235,34 +326,11 @@ def apply_overrides(mapping: dict[str, Any], overrides: list[str]) -> dict[str, 
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. stages.1.lr=1e-5")
-        *parents, last = key.split(".")
-        node: Any = result
-        for depth, part in enumerate(parents):
-            node = _child(node, part, ".".join(parents[: depth + 1]))
-        if isinstance(node, list):
-            index = _index(node, last, key)
-            node[index] = parse_scalar(text)
-        elif isinstance(node, dict):
-            node[last] = parse_scalar(text)
-        else:
-            raise ConfigError(f"override {key}: {'.'.join(parents)} is not a mapping or list")
+        try:
+            set_path(result, key, parse_scalar(text))
+        except ConfigError as error:
+            raise ConfigError(f"override {error}") from None
     return result
-
-
-def _index(node: list, part: str, where: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(f"override {where}: {part!r} is not an index below {len(node)}")
-    return int(part)
-
-
-def _child(node: Any, part: str, where: str) -> Any:
-    if isinstance(node, list):
-        return node[_index(node, part, where)]
-    if isinstance(node, dict):
-        if part not in node:
-            node[part] = {}
-        return node[part]
-    raise ConfigError(f"override {where}: not a mapping or list")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:

@@ -19,7 +19,7 @@ from filelock import FileLock
 
 from zoo.checkpoint import load_weights
 from zoo.config import RunConfig, flatten
-from zoo.data import Dataset, load, materialise
+from zoo.data import Dataset, MixSpec, load, materialise, mixture
 from zoo.errors import ConfigError
 from zoo.figures import loss_curves, predictions
 from zoo.losses import apply_head, loss_floor
@@ -33,8 +33,15 @@ __all__ = ["load_datasets", "run"]
 
 def load_datasets(config: RunConfig, paths: ProjectPaths) -> dict[str, Dataset]:
     """Every dataset the run uses, made if needed; stage sizes checked against the splits."""
-    names = dict.fromkeys([*(s.train for s in config.stages), *config.validation_sets])
-    datasets = {n: load(n, materialise(n, config.sources[n], paths)) for n in names}
+    datasets: dict[str, Dataset] = {}
+    for name in config.used_datasets:
+        source = config.sources[name]
+        if not isinstance(source, MixSpec):
+            datasets[name] = load(name, materialise(name, source, paths))
+    for name in config.used_datasets:
+        source = config.sources[name]
+        if isinstance(source, MixSpec):
+            datasets[name] = mixture(name, source, datasets)
     for i, stage in enumerate(config.stages):
         available = datasets[stage.train].train_count
         if stage.size is not None and stage.size > available:

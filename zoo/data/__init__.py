@@ -12,12 +12,14 @@ from zoo.data._spec import PRESETS, STRUCTURES, GeneratorSpec, generator_spec
 from zoo.data._store import (
     Dataset,
     DatasetSource,
+    MixSpec,
     dataset_source,
     declared,
     export,
     load,
     lookup,
     materialise,
+    mixture,
 )
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "FileSpec",
     "GeneratorSpec",
     "Micrograph",
+    "MixSpec",
     "dataset_source",
     "declared",
     "export",
@@ -37,6 +40,7 @@ __all__ = [
     "lookup",
     "make_scene",
     "materialise",
+    "mixture",
     "preview",
     "simulate",
     "simulate_scene",

@@ -22,22 +22,66 @@ from zoo.paths import ProjectPaths
 __all__ = [
     "Dataset",
     "DatasetSource",
+    "MixSpec",
     "dataset_source",
     "declared",
     "export",
     "load",
     "lookup",
     "materialise",
+    "mixture",
 ]
 
-DatasetSource = GeneratorSpec | FileSpec
+
+@dataclass(frozen=True)
+class MixSpec:
+    """A mixture: the first ``count`` training images of each named dataset, concatenated.
+
+    Validation images are all validation images of every component.
+    """
+
+    mix: dict[str, int]  # dataset name -> training images taken from it
+
+    def validate(self, where: str) -> None:
+        for name, count in self.mix.items():
+            if count < 0:
+                raise ConfigError(f"{where}.mix.{name}: {count} is not allowed; expected >= 0")
+
+    @property
+    def train_count(self) -> int:
+        return sum(self.mix.values())
+
+
+DatasetSource = GeneratorSpec | FileSpec | MixSpec
 
 
 def dataset_source(mapping: Any, where: str) -> DatasetSource:
-    """A generator spec, or a file spec when the mapping has a ``path`` key."""
+    """A generator spec; a file spec when the mapping has ``path``; a mixture with ``mix``."""
     if isinstance(mapping, dict) and "path" in mapping:
         return build(FileSpec, mapping, where)
+    if isinstance(mapping, dict) and "mix" in mapping:
+        return build(MixSpec, mapping, where)
     return generator_spec(mapping, where)
+
+
+def mixture(name: str, spec: MixSpec, components: dict[str, Dataset]) -> Dataset:
+    """The mixture ``spec`` of already loaded ``components``."""
+    parts = []
+    for component, count in spec.mix.items():
+        available = components[component].train_count
+        if count > available:
+            raise ConfigError(
+                f"datasets.{name}.mix.{component}: {count} is larger than the "
+                f"training split of {component!r} ({available} images)"
+            )
+        parts.append(components[component])
+    train = [
+        (d.train[0][:n], d.train[1][:n]) for d, n in zip(parts, spec.mix.values(), strict=True)
+    ]
+    images = np.concatenate([x for x, _ in train] + [d.val[0] for d in parts])
+    masks = np.concatenate([y for _, y in train] + [d.val[1] for d in parts])
+    digest = "+".join(f"{d.digest}:{n}" for d, n in zip(parts, spec.mix.values(), strict=True))
+    return Dataset(name, images, masks, spec.train_count, parts[0].pixel_size_a, digest)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,295 @@
+"""Sweep specs: a base run config plus axes, expanded into every run config.
+
+The language is declarative YAML, read with ``yaml.safe_load`` semantics and
+never evaluated: axes produce assignments of values to names (``product``,
+``zip``, ``pairs``), ``derive`` computes names from names with a fixed set of
+operators, ``where`` filters, ``include``/``exclude`` add or drop assignments,
+``seeds`` repeats every config, and ``set`` writes names into config fields
+through ``{name}`` templates. ``$name`` refers to a name's value.
+Expansion is deterministic and order-stable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoo._typed import build, check
+from zoo._yaml import load_yaml
+from zoo.config import RunConfig, resolve, set_path
+from zoo.errors import ConfigError
+
+__all__ = ["Assignment", "SweepSpec", "expand", "load_spec"]
+
+Assignment = dict[str, Any]
+_TEMPLATE = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
+_COMPARE = {
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+    "in": lambda a, b: a in b,
+    "not_in": lambda a, b: a not in b,
+}
+_ARITHMETIC = {
+    "add": lambda a, b: a + b,
+    "subtract": lambda a, b: a - b,
+    "multiply": lambda a, b: a * b,
+    "divide": lambda a, b: a / b,
+}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str  # sweep name; also its MLflow experiment
+    base: dict[str, Any]  # a run config (see the README), without `experiment`
+    axes: tuple[dict[str, Any], ...] = ()  # product | zip | pairs generators, combined as a product
+    derive: dict[str, Any] = field(default_factory=dict)  # name -> {operator: operands}
+    where: tuple[dict[str, Any], ...] = ()  # conditions every assignment must meet
+    set: dict[str, Any] = field(default_factory=dict)  # config field -> value with {name} templates
+    seeds: tuple[int, ...] = (0,)  # every config runs once per seed
+    include: tuple[dict[str, Any], ...] = ()  # extra assignments, appended after filtering
+    exclude: tuple[dict[str, Any], ...] = ()  # assignments matching all these values are dropped
+    share_stages: bool = True  # train identical stages once and reuse their checkpoints
+    description: str = ""
+
+    def validate(self, where: str) -> None:
+        check(
+            "experiment" not in self.base,
+            f"{where}.base.experiment",
+            self.base.get("experiment"),
+            "no experiment key: the sweep name is the experiment",
+        )
+        check(len(self.seeds) >= 1, f"{where}.seeds", [], "at least one seed")
+        check(
+            re.fullmatch(r"[\w.-]+", self.name) is not None,
+            f"{where}.name",
+            self.name,
+            "letters, digits, '_', '-' and '.'",
+        )
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """The strictly validated spec in ``path`` (names checked; runs not yet expanded)."""
+    spec = build(SweepSpec, load_yaml(path), "spec")
+    _check_names(spec)
+    return spec
+
+
+def _axis(entry: Any, where: str) -> list[Assignment]:
+    check(
+        isinstance(entry, dict) and len(entry) == 1,
+        where,
+        entry,
+        "one of {product: ...}, {zip: ...}, {pairs: ...}",
+    )
+    ((kind, body),) = entry.items()
+    at = f"{where}.{kind}"
+    if kind in ("product", "zip"):
+        check(isinstance(body, dict) and body, at, body, "a mapping of name -> list of values")
+        for name, values in body.items():
+            check(
+                isinstance(values, list) and values,
+                f"{at}.{name}",
+                values,
+                "a non-empty list of values",
+            )
+        if kind == "zip":
+            lengths = {len(v) for v in body.values()}
+            check(len(lengths) == 1, at, sorted(lengths), "lists of equal length")
+            return [dict(zip(body, row, strict=True)) for row in zip(*body.values(), strict=True)]
+        return [dict(zip(body, row, strict=True)) for row in itertools.product(*body.values())]
+    if kind == "pairs":
+        allowed = {"of", "values", "ordered", "repeats"}
+        check(
+            isinstance(body, dict) and set(body) <= allowed and {"of", "values"} <= set(body),
+            at,
+            body,
+            "{of: [name, name], values: [...], ordered: bool, repeats: bool}",
+        )
+        names, values = body["of"], body["values"]
+        check(isinstance(names, list) and len(names) == 2, f"{at}.of", names, "two names")
+        check(isinstance(values, list) and values, f"{at}.values", values, "a non-empty list")
+        ordered, repeats = body.get("ordered", True), body.get("repeats", False)
+        if ordered:
+            pairs = itertools.product(values, repeat=2)
+        elif repeats:
+            pairs = itertools.combinations_with_replacement(values, 2)
+        else:
+            pairs = itertools.combinations(values, 2)
+        return [dict(zip(names, p, strict=True)) for p in pairs if repeats or p[0] != p[1]]
+    raise ConfigError(f"{at}: unknown axis kind; allowed: product, zip, pairs")
+
+
+def _axis_names(spec: SweepSpec) -> list[str]:
+    names: list[str] = []
+    for i, entry in enumerate(spec.axes):
+        assignments = _axis(entry, f"spec.axes.{i}")
+        names += [n for n in assignments[0] if n not in names]
+    return names
+
+
+def references(node: Any) -> set[str]:
+    """Names referenced as ``$name`` or in ``{name}`` templates anywhere in ``node``."""
+    if isinstance(node, dict):
+        return set().union(*(references(k) | references(v) for k, v in node.items()))
+    if isinstance(node, list | tuple):
+        return set().union(set(), *(references(v) for v in node))
+    if isinstance(node, str):
+        if node.startswith("$"):
+            return {node[1:]}
+        return {m.group(1) for m in _TEMPLATE.finditer(node)}
+    return set()
+
+
+def _check_names(spec: SweepSpec) -> None:
+    defined = ["seed", *_axis_names(spec)]
+    for name, expression in spec.derive.items():
+        _check_defined(references(expression), defined, f"spec.derive.{name}")
+        defined.append(name)
+    for i, condition in enumerate(spec.where):
+        _check_defined(references(condition), defined, f"spec.where.{i}")
+    for key, value in spec.set.items():
+        _check_defined(references(value) | references(key), defined, f"spec.set.{key}")
+    for kind in ("include", "exclude"):
+        for i, entry in enumerate(getattr(spec, kind)):
+            _check_defined(set(entry), defined, f"spec.{kind}.{i}")
+
+
+def _check_defined(used: set[str], defined: list[str], where: str) -> None:
+    unknown = sorted(used - set(defined))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown name {unknown[0]!r}; defined names: " + ", ".join(defined)
+        )
+
+
+def _value(operand: Any, names: Assignment) -> Any:
+    if isinstance(operand, str) and operand.startswith("$"):
+        return names[operand[1:]]
+    if isinstance(operand, list):
+        return [_value(v, names) for v in operand]
+    return operand
+
+
+def _derive(expression: Any, names: Assignment, where: str) -> Any:
+    check(
+        isinstance(expression, dict) and len(expression) == 1,
+        where,
+        expression,
+        "{operator: operands} with operator one of add, subtract, multiply, divide, format, "
+        "lookup, value",
+    )
+    ((op, operands),) = expression.items()
+    if op in _ARITHMETIC:
+        check(
+            isinstance(operands, list) and len(operands) == 2,
+            f"{where}.{op}",
+            operands,
+            "two operands",
+        )
+        return _ARITHMETIC[op](*(_value(o, names) for o in operands))
+    if op == "format":
+        return render(operands, names)
+    if op == "value":
+        return _value(operands, names)
+    if op == "lookup":
+        check(
+            isinstance(operands, list) and len(operands) == 2 and isinstance(operands[1], dict),
+            f"{where}.lookup",
+            operands,
+            "[key, {key: value, ...}]",
+        )
+        key = _value(operands[0], names)
+        check(key in operands[1], f"{where}.lookup", key, "a key of the lookup table")
+        return operands[1][key]
+    raise ConfigError(
+        f"{where}: unknown operator {op!r}; allowed: add, subtract, multiply, "
+        "divide, format, lookup, value"
+    )
+
+
+def _holds(condition: Any, names: Assignment, where: str) -> bool:
+    check(
+        isinstance(condition, dict) and len(condition) == 1,
+        where,
+        condition,
+        "{operator: operands} with operator one of " + ", ".join([*_COMPARE, "all", "any", "not"]),
+    )
+    ((op, operands),) = condition.items()
+    if op in ("all", "any"):
+        results = (_holds(c, names, f"{where}.{op}.{i}") for i, c in enumerate(operands))
+        return all(results) if op == "all" else any(results)
+    if op == "not":
+        return not _holds(operands, names, f"{where}.not")
+    if op in _COMPARE:
+        check(
+            isinstance(operands, list) and len(operands) == 2,
+            f"{where}.{op}",
+            operands,
+            "two operands",
+        )
+        return _COMPARE[op](*(_value(o, names) for o in operands))
+    raise ConfigError(
+        f"{where}: unknown operator {op!r}; allowed: " + ", ".join([*_COMPARE, "all", "any", "not"])
+    )
+
+
+def render(template: Any, names: Assignment) -> Any:
+    """``template`` with names filled in: "$x" gives x's value itself; "{x:+d}" formats."""
+    if isinstance(template, dict):
+        return {render(k, names): render(v, names) for k, v in template.items()}
+    if isinstance(template, list):
+        return [render(v, names) for v in template]
+    if not isinstance(template, str):
+        return template
+    if template.startswith("$"):
+        return names[template[1:]]
+    return _TEMPLATE.sub(lambda m: format(names[m.group(1)], m.group(2) or ""), template)
+
+
+def assignments(spec: SweepSpec) -> list[Assignment]:
+    """Every config's names (without the seed), in expansion order."""
+    axes = [_axis(entry, f"spec.axes.{i}") for i, entry in enumerate(spec.axes)]
+    result = []
+    for combination in itertools.product(*axes):
+        names: Assignment = {}
+        for part in combination:
+            names.update(part)
+        for name, expression in spec.derive.items():
+            names[name] = _derive(expression, names, f"spec.derive.{name}")
+        if all(_holds(c, names, f"spec.where.{i}") for i, c in enumerate(spec.where)) and not any(
+            all(names.get(k) == v for k, v in e.items()) for e in spec.exclude
+        ):
+            result.append(names)
+    return result + [dict(e) for e in spec.include]
+
+
+@dataclass(frozen=True)
+class Expanded:
+    """One run of a sweep: its names (seed included) and resolved config."""
+
+    names: Assignment
+    config: RunConfig
+
+
+def expand(spec: SweepSpec) -> list[Expanded]:
+    """Every run: configs in expansion order, each repeated once per seed."""
+    runs = []
+    for names in assignments(spec):
+        for seed in spec.seeds:
+            full = {**names, "seed": seed}
+            document = {**spec.base, "experiment": spec.name, "seed": seed}
+            for key, value in spec.set.items():
+                set_path(document, render(key, full), render(value, full))
+            try:
+                runs.append(Expanded(full, resolve(document)))
+            except ConfigError as error:
+                raise ConfigError(f"spec run {json.dumps(full)}: {error}") from None
+    return runs
