@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -58,6 +59,20 @@ def build(cls: type[T], mapping: Any, where: str) -> T:
 def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
     """Resolved type hints and init fields of ``cls`` (computed once per class)."""
     return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def _build_nested(cls: type[T], value: Any, where: str) -> T:
+    """build() for a nested config; equal mappings share one (frozen) instance."""
+    try:
+        text = json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError):
+        return build(cls, value, where)
+    return _build_from_json(cls, text, where)
+
+
+@functools.lru_cache(maxsize=4096)
+def _build_from_json(cls: type[T], text: str, where: str) -> T:
+    return build(cls, json.loads(text), where)
 
 
 def _describe(tp: Any) -> str:
@@ -119,8 +134,14 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         _, value_type = get_args(tp)
         return {k: _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, where)
+        return _build_nested(tp, value, where)
     raise TypeError(f"unsupported config type {tp!r} at {where}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _frozen_to_dict(instance: Any) -> dict[str, Any]:
+    """to_dict of a hashable config, computed once; callers must not modify the result."""
+    return {f.name: to_dict(getattr(instance, f.name)) for f in dataclasses.fields(instance)}
 
 
 def to_dict(instance: Any) -> Any:
@@ -128,7 +149,12 @@ def to_dict(instance: Any) -> Any:
     if instance is None or isinstance(instance, str | int | float):
         return instance
     if dataclasses.is_dataclass(instance):
-        return {f.name: to_dict(getattr(instance, f.name)) for f in dataclasses.fields(instance)}
+        try:
+            return _frozen_to_dict(instance)
+        except TypeError:  # holds a dict: unhashable, so not memoised
+            return {
+                f.name: to_dict(getattr(instance, f.name)) for f in dataclasses.fields(instance)
+            }
     if isinstance(instance, list | tuple):
         return [to_dict(v) for v in instance]
     if isinstance(instance, dict):

@@ -97,6 +97,47 @@ def _ui(args: argparse.Namespace) -> None:
     )
 
 
+def _sweep_plan(args: argparse.Namespace) -> None:
+    import json
+
+    from zoo import sweep
+
+    plan = sweep.make_plan(sweep.load_spec(args.spec))
+    rate = args.images_per_s or sweep.measure_images_per_s(plan.runs[0].config)
+    summary = sweep.report(plan, rate, args.show)
+    print(json.dumps(summary, indent=1) if args.json else sweep.format_report(summary))
+
+
+def _sweep_run(args: argparse.Namespace) -> int:
+    from zoo import sweep
+    from zoo.tracking import Tracker
+
+    plan = sweep.make_plan(sweep.load_spec(args.spec))
+    result = sweep.run_sweep(plan, Tracker(args.tracking_uri), args.workers)
+    print(
+        f"finished {len(result.finished)}, already finished {len(result.already)}, "
+        f"failed {len(result.failed)}, skipped {len(result.skipped)}"
+    )
+    for key, reason in result.failed.items():
+        print(f"  failed {key}: {reason}")
+    if result.interrupted:
+        return 130
+    return 1 if result.failed or result.skipped else 0
+
+
+def _sweep_status(args: argparse.Namespace) -> None:
+    import json
+
+    from zoo import sweep
+    from zoo.tracking import Tracker
+
+    plan = sweep.make_plan(sweep.load_spec(args.spec))
+    status = sweep.sweep_status(plan, Tracker(args.tracking_uri))
+    print(
+        json.dumps(status, indent=1) if args.json else sweep.format_status(plan.spec.name, status)
+    )
+
+
 def _config_error(message: str) -> Exception:
     from zoo.errors import ConfigError
 
@@ -135,22 +176,37 @@ def _parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="start the MLflow UI on the tracking store")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=_ui)
-    for sub in (train, ui):
+
+    sweep = commands.add_parser("sweep", help="plan, run and follow sweeps")
+    sweep_commands = sweep.add_subparsers(dest="sweep_command", required=True)
+    plan = sweep_commands.add_parser("plan", help="counts, shared stages and cost; runs nothing")
+    plan.add_argument("--json", action="store_true")
+    plan.add_argument("--images-per-s", type=float, help="throughput (default: measured here)")
+    plan.add_argument("--show", type=int, default=3, help="expanded configs to print")
+    plan.set_defaults(func=_sweep_plan)
+    run_sweep = sweep_commands.add_parser("run", help="train what is missing or failed, locally")
+    run_sweep.add_argument("--workers", type=int, default=1, help="worker processes")
+    run_sweep.set_defaults(func=_sweep_run)
+    status = sweep_commands.add_parser("status", help="counts by state from the tracking store")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_sweep_status)
+    for sub in (plan, run_sweep, status):
+        sub.add_argument("spec", type=Path, help="sweep spec YAML")
+    for sub in (train, ui, run_sweep, status):
         sub.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; user errors print one line and return 2."""
+    """Run one command; returns its exit status (user errors: one line on stderr, 2)."""
     args = _parser().parse_args(argv)
     from zoo.errors import ConfigError, DataError
 
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (ConfigError, DataError) as error:
         print(f"zoo: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -257,6 +257,23 @@ def _dataset_table(text: str) -> _DatasetTable:
     return _DatasetTable(resolved, sources, {n: _hash(v) for n, v in resolved.items()})
 
 
+_TABLES_BY_ID: dict[int, tuple[Any, _DatasetTable]] = {}
+
+
+def _table_of(datasets: Any) -> _DatasetTable:
+    """_dataset_table() of a datasets mapping; the same object (a sweep's shared base) is
+    serialised only once."""
+    entry = _TABLES_BY_ID.get(id(datasets))
+    if entry is None or entry[0] is not datasets:
+        if len(_TABLES_BY_ID) > 1024:
+            _TABLES_BY_ID.clear()
+        entry = _TABLES_BY_ID[id(datasets)] = (
+            datasets,
+            _dataset_table(json.dumps(datasets, sort_keys=True)),
+        )
+    return entry[1]
+
+
 def _hash(document: Any) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -264,6 +281,7 @@ def _hash(document: Any) -> str:
 def resolve(mapping: Any, where: str = "config") -> RunConfig:
     """A validated RunConfig with every dataset expanded to its full parameters."""
     config = build(RunConfig, mapping, where)
+    config.__dict__["_table"] = _table_of(mapping["datasets"])
     for name, source in config.sources.items():
         for part in getattr(source, "mix", {}):
             check(

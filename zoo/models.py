@@ -40,9 +40,27 @@ def create_model(config: ModelConfig) -> nn.Module:
     else:
         kwargs["decoder_channels"] = config.decoder_channels
     try:
-        return getattr(smp, ARCHITECTURES[config.arch])(**kwargs)
+        model = getattr(smp, ARCHITECTURES[config.arch])(**kwargs)
     except (KeyError, ValueError, RuntimeError) as error:
         raise ConfigError(f"model.encoder: {config.encoder!r} cannot be built ({error})") from None
+    _drop_unused_stages(model.encoder, config.encoder_depth)
+    return model
+
+
+def _drop_unused_stages(encoder: nn.Module, depth: int) -> None:
+    """Replace encoder stages deeper than ``depth`` (built by smp but never run) by Identity,
+    so a shallow encoder's checkpoints hold only the weights it uses."""
+    from torch import nn
+
+    get_stages = getattr(encoder, "get_stages", None)
+    if get_stages is None:
+        return
+    unused = {
+        id(m) for stride, modules in get_stages().items() if stride > 2**depth for m in modules
+    }
+    for name, child in list(encoder.named_children()):
+        if id(child) in unused:
+            setattr(encoder, name, nn.Identity())
 
 
 def _part(model: nn.Module, name: str) -> nn.Module:

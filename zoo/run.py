@@ -54,14 +54,13 @@ def load_datasets(config: RunConfig, paths: ProjectPaths) -> dict[str, Dataset]:
 
 def _tags(config: RunConfig, device: torch.device, floor: float) -> dict[str, str]:
     tags = {
-        CONFIG_HASH_TAG: config.digest(),
         "zoo.seed": str(config.seed),
         "zoo.stages": ",".join(s.name for s in config.stages),
         "zoo.host": platform.node(),
         "zoo.torch": torch.__version__,
         "zoo.cuda": str(torch.version.cuda),
         "zoo.loss_floor": f"{floor:.6f}",
-        "mlflow.runName": f"{config.experiment}-{config.digest()[:8]}",
+        "mlflow.runName": f"{config.stages[-1].name}-{config.digest()[:8]}",
     }
     if device.type == "cuda":
         tags["zoo.gpu"] = torch.cuda.get_device_name(device)
@@ -119,7 +118,7 @@ def _artifacts(
         folder = Path(tmp)
         (folder / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         tracker.log_artifact(run_id, folder / "config.yaml")
-        for name in ("best", "final"):
+        for name in config.log_weights:
             tracker.log_artifact(run_id, last.folder / f"{name}.safetensors", "weights")
         curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
         tracker.log_artifact(run_id, loss_curves(curves, folder / "loss_curves.png"), "figures")
@@ -137,31 +136,43 @@ def _artifacts(
 
 
 def run(
-    config: RunConfig, tracker: Tracker, paths: ProjectPaths, echo: Callable[[str], None] = print
+    config: RunConfig,
+    tracker: Tracker,
+    paths: ProjectPaths,
+    echo: Callable[[str], None] = print,
+    *,
+    identity: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
-    """Train ``config`` (or finish an interrupted attempt); returns the MLflow run id."""
-    datasets = load_datasets(config, paths)
+    """Train ``config`` (or finish an interrupted attempt); returns the MLflow run id.
+
+    The MLflow run is found by ``identity`` (default: the config hash) in the
+    config's experiment; a FINISHED one means there is nothing to do. ``tags``
+    are added to a new run. Any failure after the run exists ends it FAILED.
+    """
+    identity = identity or config.digest()
     device = pick_device(config)
     experiment = tracker.experiment(config.experiment)
-    existing = tracker.find(experiment, config.digest())
+    existing = tracker.find(experiment, identity)
     if existing is not None and existing.info.status == "FINISHED":
         echo(f"run {existing.info.run_id} already finished; nothing to do")
         return existing.info.run_id
     floor = loss_floor(config.stages[-1].loss, config.model.head, config.model.classes)
-    torch.manual_seed(config.seed)
-    total_params = parameter_counts(create_model(config.model))[0]
     if existing is None:
-        params = {**flatten(config.to_dict()), "loss_floor": floor}
-        run_id = tracker.create(experiment, _tags(config, device, floor))
+        run_tags = {**_tags(config, device, floor), **(tags or {}), CONFIG_HASH_TAG: identity}
+        run_id = tracker.create(experiment, run_tags)
         logged: set[int] = set()
     else:
         run_id = existing.info.run_id
         tracker.reopen(run_id)
         logged = tracker.logged_steps(run_id, "train_loss")
-    echo(f"run {run_id} ({config.digest()}) on {device}")
+    echo(f"run {run_id} ({identity}) on {device}")
     try:
         if existing is None:
-            tracker.log_params(run_id, params)
+            tracker.log_params(run_id, {**flatten(config.to_dict()), "loss_floor": floor})
+        datasets = load_datasets(config, paths)
+        torch.manual_seed(config.seed)
+        total_params = parameter_counts(create_model(config.model))[0]
         data = {name: to_device(dataset, device) for name, dataset in datasets.items()}
         results = _train_stages(config, data, tracker, run_id, logged, paths, echo)
         tracker.log_metrics(run_id, _summary(config, results, floor, total_params), 0)

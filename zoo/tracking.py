@@ -83,6 +83,25 @@ class Tracker:
         )
         return runs[0] if runs else None
 
+    def states(self, experiment_id: str) -> dict[str, tuple[str, str]]:
+        """Identity tag -> (run id, status) of every run in the experiment (newest wins)."""
+        found: dict[str, tuple[str, str]] = {}
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id],
+                max_results=10000,
+                page_token=token,
+                order_by=["attributes.start_time ASC"],
+            )
+            for run in page:
+                identity = run.data.tags.get(CONFIG_HASH_TAG)
+                if identity:
+                    found[identity] = (run.info.run_id, run.info.status)
+            token = page.token
+            if not token:
+                return found
+
     def create(self, experiment_id: str, tags: dict[str, str]) -> str:
         """A new RUNNING run with ``tags``; returns its id."""
         return self.client.create_run(experiment_id, tags=tags).info.run_id

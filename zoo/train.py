@@ -9,6 +9,7 @@ from the epoch, and everything else is restored from the checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -296,7 +297,12 @@ def train_stage(
             progress["history"].append(metrics)
             save_checkpoint(checkpoint, model, optimizer, progress)
             on_epoch(epoch, metrics)
-    save_weights(model, folder / "final.safetensors")
+    final, best_weights = folder / "final.safetensors", folder / "best.safetensors"
+    if progress["best"][stage.selection_set]["epoch"] == stage.epochs:
+        final.unlink(missing_ok=True)
+        os.link(best_weights, final)  # the same weights: one file on disk
+    else:
+        save_weights(model, final)
     result = {
         "history": progress["history"],
         "best": progress["best"],

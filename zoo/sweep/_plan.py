@@ -108,3 +108,83 @@ def _stage_names(spec: SweepSpec, names: dict[str, Any], index: int) -> dict[str
         if key.startswith(f"stages.{index}.") or not key.startswith("stages."):
             used |= references(value) | references(key)
     return {k: v for k, v in names.items() if k in used}
+
+
+def measure_images_per_s(config: RunConfig, steps: int = 4, max_side: int = 128) -> float:
+    """Training images/s of the config's model on this machine, from a few steps on random data.
+
+    Images larger than ``max_side`` are timed at ``max_side`` and the rate scaled
+    by the pixel count, so measuring stays quick on a CPU.
+    """
+    import time
+
+    import torch
+
+    from zoo.losses import LOSSES
+    from zoo.models import create_model
+    from zoo.train import Step, make_optimizer, pick_device, train_step
+
+    stage = config.stages[0]
+    side = getattr(config.sources[stage.train], "image_size", 64)
+    timed_side = min(side, max_side)
+    device = pick_device(config)
+    model = create_model(config.model).to(device).train()
+    step = Step(
+        model,
+        make_optimizer(stage, model),
+        torch.amp.GradScaler(enabled=False),
+        LOSSES[stage.loss].compute,
+        config.model.head,
+        None,
+    )
+    x = torch.randn(
+        stage.batch_size, config.model.in_channels, timed_side, timed_side, device=device
+    )
+    y = torch.randint(
+        0, config.model.classes, (stage.batch_size, timed_side, timed_side), device=device
+    )
+    train_step(step, x, y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = train_step(step, x, y)
+    loss.item()
+    rate = steps * stage.batch_size / (time.perf_counter() - start)
+    return rate * (timed_side / side) ** 2
+
+
+def report(plan: Plan, images_per_s: float, show: int = 3) -> dict[str, Any]:
+    """The plan as JSON-ready data: counts, estimated hours and the first configs."""
+    counts = plan.counts()
+    return {
+        "sweep": plan.spec.name,
+        **counts,
+        "images_per_s": images_per_s,
+        "hours": counts["image_passes"] / images_per_s / 3600,
+        "hours_unshared": counts["image_passes_unshared"] / images_per_s / 3600,
+        "first_configs": [r.names for r in plan.runs[:show]],
+    }
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    """``report`` as text for a terminal."""
+    lines = [
+        f"sweep {summary['sweep']}: {summary['configs']} configs × {summary['seeds']} "
+        f"seeds = {summary['runs']} runs"
+    ]
+    for name, count in summary["stage_trainings"].items():
+        lines.append(
+            f"  stage {name}: {count} trainings "
+            f"({summary['stage_trainings_unshared'][name]} without sharing)"
+        )
+    ratio = summary["image_passes_unshared"] / max(summary["image_passes"], 1)
+    lines.append(
+        f"  training image passes: {summary['image_passes']:,} "
+        f"({summary['image_passes_unshared']:,} without sharing, {ratio:.1f}× more)"
+    )
+    lines.append(
+        f"  estimated time at {summary['images_per_s']:.1f} images/s: "
+        f"{summary['hours']:.1f} h ({summary['hours_unshared']:.1f} h without sharing)"
+    )
+    lines.append("  first configs:")
+    lines += [f"    {names}" for names in summary["first_configs"]]
+    return "\n".join(lines)

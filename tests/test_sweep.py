@@ -1,0 +1,246 @@
+"""Sweeps: the spec language, the paper's exact counts, shared stages, the local executor."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from zoo.cli import main
+from zoo.sweep import expand, load_spec, make_plan
+
+SWEEPS = Path(__file__).parent.parent / "sweeps"
+TINY_DATA = {"preset": "defocus", "image_size": 32, "count": 20, "sim_sampling_a": 0.4}
+
+
+def _plan_json(capsys, spec) -> dict:
+    assert main(["sweep", "plan", str(spec), "--json", "--images-per-s", "100"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(
+    ("name", "configs", "runs", "pretrain_stages"),
+    [
+        ("defocus", 2400, 7200, 30),
+        ("noise", 60, 180, 15),
+        ("structure", 918, 2754, 54),
+        ("baseline", 240, 720, None),
+    ],
+)
+def test_paper_series_have_the_exact_counts(capsys, name, configs, runs, pretrain_stages):
+    plan = _plan_json(capsys, SWEEPS / f"{name}.yaml")
+    assert (plan["configs"], plan["runs"], plan["seeds"]) == (configs, runs, 3)
+    if pretrain_stages:
+        assert plan["stage_trainings"] == {"pretrain": pretrain_stages, "transfer": runs}
+        assert plan["stage_trainings_unshared"] == {"pretrain": runs, "transfer": runs}
+        assert plan["image_passes"] < plan["image_passes_unshared"]
+
+
+def test_defocus_sharing_saves_the_predicted_image_passes(capsys):
+    plan = _plan_json(capsys, SWEEPS / "defocus.yaml")
+    # 30 pretrainings of 512 images × 8 × 10 epochs, 7200 transfers of 240 images on average
+    assert plan["image_passes"] == 30 * 40960 + 7200 * 240 * 80
+    assert plan["image_passes_unshared"] / plan["image_passes"] == pytest.approx(3.1, abs=0.05)
+
+
+def test_baseline_mixes_major_and_minor_sets():
+    runs = expand(load_spec(SWEEPS / "baseline.yaml"))
+    first = runs[0]
+    mix = first.config.datasets["mix"]["mix"]
+    assert (
+        sum(mix.values()) == 512 and first.names["minor_count"] == 512 - first.names["major_count"]
+    )
+    assert set(first.config.validate_on) == set(mix)
+
+
+def _write(tmp_path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = textwrap.dedent("""\
+    name: t
+    base:
+      datasets: {a: {preset: defocus, defocus_nm: -10, image_size: 32, count: 20}}
+      stages: [{name: s, train: a, epochs: 1}]
+    """)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("axes: [{product: {lr: []}}]\n", "spec.axes.0.product.lr: .*non-empty list"),
+        ("axes: [{grid: {lr: [1]}}]\n", "spec.axes.0.grid: unknown axis kind"),
+        (
+            "axes: [{product: {x: [1]}}]\nwhere: [{ne: [$x, $y]}]\n",
+            "spec.where.0: unknown name 'y'",
+        ),
+        ("set: {stages.0.lr: $nope}\n", "spec.set.stages.0.lr: unknown name 'nope'"),
+        (
+            "axes: [{product: {x: [1]}}]\nset: {stages.0.lrr: $x}\n",
+            "config.stages.0.lrr: unknown key",
+        ),
+        ("axes: [{product: {x: [1]}}]\nbogus: 1\n", "spec.bogus: unknown key"),
+    ],
+)
+def test_spec_errors_exit_2_with_a_clear_message(tmp_path, capsys, extra, message):
+    import re
+
+    assert main(["sweep", "plan", str(_write(tmp_path, BASE + extra)), "--images-per-s", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and re.search(message, error), error
+
+
+def test_axes_pairs_zip_derive_filters_and_order(tmp_path):
+    spec = load_spec(
+        _write(
+            tmp_path,
+            BASE
+            + textwrap.dedent("""\
+        axes:
+          - pairs: {of: [p, q], values: [1, 2, 3], ordered: false, repeats: true}
+          - zip: {lr: [0.1, 0.2], tag: [x, y]}
+        derive: {total: {add: [$p, $q]}, label: {format: "{tag}-{p}"}}
+        where: [{not: {eq: [$total, 6]}}]
+        exclude: [{p: 1, q: 1, tag: x}]
+        include: [{p: 9, q: 9, lr: 0.3, tag: z, total: 18, label: z-9}]
+        set: {stages.0.lr: $lr, stages.0.name: "{label}"}
+        seeds: [0, 1]
+        """),
+        )
+    )
+    runs = expand(spec)
+    names = [(r.names["p"], r.names["q"], r.names["tag"], r.names["seed"]) for r in runs]
+    # 6 unordered pairs with repeats, minus (3, 3) by the filter = 5, × 2 zipped - 1 excluded
+    # = 9 configs + 1 included = 10, × 2 seeds
+    assert len(runs) == 20
+    assert names[:4] == [(1, 1, "y", 0), (1, 1, "y", 1), (1, 2, "x", 0), (1, 2, "x", 1)]
+    assert runs[-1].config.stages[0].lr == 0.3 and runs[-1].config.stages[0].name == "z-9"
+    assert isinstance(runs[0].config.stages[0].lr, float)
+    assert [r.names for r in expand(spec)] == [r.names for r in runs]
+
+
+def test_ordered_pairs_without_repeats(tmp_path):
+    spec = load_spec(_write(tmp_path, BASE + "axes: [{pairs: {of: [a, b], values: [1, 2, 3]}}]\n"))
+    assert [(r.names["a"], r.names["b"]) for r in expand(spec)] == [
+        (1, 2),
+        (1, 3),
+        (2, 1),
+        (2, 3),
+        (3, 1),
+        (3, 2),
+    ]
+
+
+def test_share_stages_false_trains_every_stage_per_run(tmp_path):
+    text = (SWEEPS / "noise.yaml").read_text() + "share_stages: false\n"
+    plan = make_plan(load_spec(_write(tmp_path, text)))
+    assert plan.counts()["stage_trainings"] == {"pretrain": 180, "transfer": 180}
+    assert plan.counts()["jobs"] == {"run": 180}
+
+
+def _tiny_spec(
+    project, freeze_values=("none", "encoder"), pretrain=("a", "b"), extra: dict | None = None
+) -> Path:
+    spec = {
+        "name": "tiny",
+        "base": {
+            "model": {"encoder": "tu-test_resnet", "decoder_channels": [16, 16, 16, 16, 16]},
+            "datasets": {
+                "a": {**TINY_DATA, "defocus_nm": -10},
+                "b": {**TINY_DATA, "defocus_nm": 10},
+            },
+            "stages": [
+                {"name": "pretrain", "train": "a", "size": 8, "epochs": 1},
+                {"name": "transfer", "train": "b", "size": 4, "epochs": 1},
+            ],
+            "validate_on": ["a", "b"],
+        },
+        "axes": [{"product": {"source": list(pretrain), "freeze": list(freeze_values)}}],
+        "set": {"stages.0.train": "$source", "stages.1.freeze": "$freeze"},
+        "seeds": [0],
+        **(extra or {}),
+    }
+    path = project.root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _runs(project):
+    client = MlflowClient(project.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def test_sweep_runs_shared_stages_once_and_a_second_run_trains_nothing(project, capsys):
+    spec = _tiny_spec(project)
+    assert main(["sweep", "run", str(spec), "--workers", "2"]) == 0
+    runs = _runs(project)
+    stages = [r for r in runs if r.data.tags["zoo.kind"] == "stage"]
+    transfers = [r for r in runs if r.data.tags["zoo.kind"] == "run"]
+    assert len(stages) == 2 and len(transfers) == 4
+    assert all(r.info.status == "FINISHED" for r in runs)
+    stage_ids = {r.info.run_id: r.data.tags["zoo.axis.source"] for r in stages}
+    for run in transfers:
+        parent = run.data.tags["mlflow.parentRunId"]
+        assert stage_ids[parent] == run.data.tags["zoo.axis.source"]
+        assert run.data.tags["zoo.sweep"] == "tiny" and "zoo.axis.freeze" in run.data.tags
+    assert len(list(project.stages.iterdir())) == 2 + 4
+
+    capsys.readouterr()
+    assert main(["sweep", "run", str(spec)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert len(_runs(project)) == 6
+    assert main(["sweep", "status", str(spec), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["pretrain"]["finished"] == 2 and status["run"]["finished"] == 4
+
+
+def test_failed_config_is_reported_and_the_others_finish(project, capsys):
+    spec = _tiny_spec(
+        project,
+        pretrain=("a",),
+        extra={
+            "axes": [{"product": {"source": ["a"], "init": ["best", "file:missing.safetensors"]}}],
+            "set": {"stages.0.train": "$source", "stages.1.init": "$init"},
+        },
+    )
+    assert main(["sweep", "run", str(spec)]) == 1
+    output = capsys.readouterr().out
+    assert "failed 1" in output and "missing.safetensors" in output
+    by_init = {
+        r.data.tags.get("zoo.axis.init"): r
+        for r in _runs(project)
+        if r.data.tags["zoo.kind"] == "run"
+    }
+    assert by_init["best"].info.status == "FINISHED"
+    assert by_init["file:missing.safetensors"].info.status == "FAILED"
+    assert "missing.safetensors" in by_init["file:missing.safetensors"].data.tags["zoo.error"]
+
+
+def test_failed_shared_stage_skips_its_dependents(project, capsys):
+    spec = _tiny_spec(
+        project,
+        extra={
+            "derive": {
+                "init": {"lookup": ["$source", {"a": "random", "b": "file:missing.safetensors"}]}
+            },
+            "set": {
+                "stages.0.train": "$source",
+                "stages.0.init": "$init",
+                "stages.1.freeze": "$freeze",
+            },
+        },
+    )
+    assert main(["sweep", "run", str(spec)]) == 1
+    output = capsys.readouterr().out
+    assert "failed 1, skipped 2" in output
+    assert main(["sweep", "status", str(spec), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["pretrain"] == {"finished": 1, "running": 0, "failed": 1, "missing": 0}
+    assert status["run"] == {"finished": 2, "running": 0, "failed": 0, "missing": 2}
