@@ -129,6 +129,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return tuple(
             _convert(a, v, f"{where}.{i}") for i, (a, v) in enumerate(zip(args, value, strict=True))
         )
+    if origin is list:
+        _require(isinstance(value, list | tuple), where, value, tp)
+        return [_convert(get_args(tp)[0], v, f"{where}.{i}") for i, v in enumerate(value)]
     if origin is dict:
         check(isinstance(value, dict), where, value, "a mapping")
         _, value_type = get_args(tp)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 __all__ = ["main"]
 
+DEFINITION = Path(__file__).resolve().parent.parent / "analysis" / "transfer.yaml"
+
 
 def _data_make(args: argparse.Namespace) -> None:
     from zoo import data
@@ -138,6 +140,51 @@ def _sweep_status(args: argparse.Namespace) -> None:
     )
 
 
+def _analyze(args: argparse.Namespace) -> None:
+    from zoo import analysis
+    from zoo.paths import ProjectPaths
+    from zoo.tracking import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri, ProjectPaths.default())
+    experiment, expected = _experiment(args.target)
+    baseline = analysis.load(uri, _experiment(args.baseline)[0]) if args.baseline else None
+    result = analysis.analyze(
+        analysis.load(uri, experiment),
+        args.out,
+        analysis.load_definition(args.definition),
+        offset=args.offset,
+        baseline=baseline,
+        expected=expected,
+    )
+    print(", ".join(f"{k} {v}" for k, v in result.status.items()))
+    for name, reason in result.skipped.items():
+        print(f"  figure {name} not drawn: {reason}")
+    print(f"report: {result.report}")
+
+
+def _experiment(target: str) -> tuple[str, set[str] | None]:
+    """(experiment name, config hashes of the runs a spec expects) for a spec path or a name."""
+    if not target.endswith((".yaml", ".yml")):
+        return target, None
+    from zoo import sweep
+
+    plan = sweep.make_plan(sweep.load_spec(target))
+    return plan.spec.name, {j.key for j in plan.jobs if j.kind == "run"}
+
+
+def _import(args: argparse.Namespace) -> None:
+    from zoo import analysis
+    from zoo.paths import ProjectPaths
+    from zoo.tracking import tracking_uri
+
+    mapping = analysis.load_mapping(
+        args.mapping, args.axis, args.metric, {"losses": args.losses, "offset": args.offset}
+    )
+    uri = tracking_uri(args.tracking_uri, ProjectPaths.default())
+    count = analysis.import_table(args.table, args.experiment, mapping, uri)
+    print(f"imported {count} runs into experiment {args.experiment!r} ({uri})")
+
+
 def _config_error(message: str) -> Exception:
     from zoo.errors import ConfigError
 
@@ -192,7 +239,35 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_sweep_status)
     for sub in (plan, run_sweep, status):
         sub.add_argument("spec", type=Path, help="sweep spec YAML")
-    for sub in (train, ui, run_sweep, status):
+
+    analyze = commands.add_parser("analyze", help="tables, figures and report.html of a sweep")
+    analyze.add_argument("target", help="sweep spec YAML, or an experiment name")
+    analyze.add_argument("--out", type=Path, required=True, metavar="DIR")
+    analyze.add_argument(
+        "--definition",
+        type=Path,
+        default=DEFINITION,
+        help="report definition (default: analysis/transfer.yaml)",
+    )
+    analyze.add_argument(
+        "--offset",
+        type=float,
+        help="loss floor to subtract (default: each "
+        "run's own, e.g. 0.3133 for a 2-class softmax head)",
+    )
+    analyze.add_argument("--baseline", help="single-stage baseline sweep spec or experiment")
+    analyze.set_defaults(func=_analyze)
+
+    imports = commands.add_parser("import", help="log a results table (CSV) as finished runs")
+    imports.add_argument("table", type=Path)
+    imports.add_argument("--experiment", required=True)
+    imports.add_argument("--mapping", type=Path, help="YAML: axes, metrics, losses, offset")
+    imports.add_argument("--axis", action="append", default=[], metavar="COLUMN[=NAME]")
+    imports.add_argument("--metric", action="append", default=[], metavar="COLUMN=NAME")
+    imports.add_argument("--losses", choices=["raw", "adjusted"])
+    imports.add_argument("--offset", type=float)
+    imports.set_defaults(func=_import)
+    for sub in (train, ui, run_sweep, status, analyze, imports):
         sub.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
     return parser
 

@@ -93,6 +93,18 @@ def _summary(
         "params_total": total_params,
         "train_seconds": sum(r.seconds for r in results),
     }
+    target = config.stages[-1].train
+    if target in results[-1].best:  # best on the last stage's own domain: the headline result
+        best = results[-1].best[target]
+        summary.update(
+            target_loss=best["loss"],
+            target_loss_adj=best["loss_adj"],
+            target_iou=best["iou"],
+            target_epoch=best["epoch"],
+        )
+        if len(results) > 1 and target in results[0].best:
+            summary["pretrain_target_loss"] = results[0].best[target]["loss"]
+            summary["pretrain_target_loss_adj"] = results[0].best[target]["loss_adj"]
     for stage, result in zip(config.stages, results, strict=True):
         summary[metric_key("params_trainable", stage.name)] = result.trainable
         summary[metric_key("train_seconds", stage.name)] = result.seconds

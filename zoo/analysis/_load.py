@@ -33,6 +33,7 @@ _NUMBER = re.compile(r"^-?\d+(\.\d*)?([eE][-+]?\d+)?$")
 class Tables:
     runs: pd.DataFrame  # one row per run: identity, state, axes, params, summary metrics
     histories: pd.DataFrame  # run_id, key, step, value for per-epoch metrics
+    axes: tuple[str, ...]  # the sweep's axis columns (from zoo.axis.* tags)
 
 
 def _typed(value: str | None) -> object:
@@ -156,4 +157,4 @@ def load_tables(uri: str, experiment: str) -> Tables | None:
     for column in ("kind", "error", "stage_run"):
         if column not in table:
             table[column] = pd.NA
-    return Tables(table, history)
+    return Tables(table, history, tuple(sorted(axes.key.unique())))

@@ -1,0 +1,32 @@
+"""Analysis: tidy tables read straight from the store, aggregates, figures, reports, import.
+
+Public API: :func:`load` (store -> Tables), :func:`analyze` (Tables -> files and
+report.html), :func:`import_table` (CSV -> finished runs), :func:`bulk_insert`.
+"""
+
+from zoo.analysis._bulk import BulkRun, bulk_insert
+from zoo.analysis._figures import FIGURES, figure
+from zoo.analysis._import import ImportMapping, import_table, load_mapping
+from zoo.analysis._load import Tables, load_tables
+from zoo.analysis._report import Analysis, analyze, load, load_definition
+from zoo.analysis._tidy import Definition, aggregate, apply_offset, prepare
+
+__all__ = [
+    "FIGURES",
+    "Analysis",
+    "BulkRun",
+    "Definition",
+    "ImportMapping",
+    "Tables",
+    "aggregate",
+    "analyze",
+    "apply_offset",
+    "bulk_insert",
+    "figure",
+    "import_table",
+    "load",
+    "load_definition",
+    "load_mapping",
+    "load_tables",
+    "prepare",
+]

@@ -1,0 +1,174 @@
+"""``zoo analyze``: a sweep's tidy table, aggregates, figures and one self-contained report."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoo._typed import build
+from zoo._yaml import load_yaml
+from zoo.analysis._figures import FIGURES, FigureData, Skip
+from zoo.analysis._load import Tables, load_tables
+from zoo.analysis._tidy import Definition, aggregate, prepare
+from zoo.errors import ConfigError
+
+__all__ = ["Analysis", "analyze", "load", "load_definition"]
+
+
+def load_definition(path: Path) -> Definition:
+    return build(Definition, load_yaml(path), "definition")
+
+
+@dataclass
+class Analysis:
+    """What ``analyze`` wrote and counted."""
+
+    out: Path
+    status: dict[str, int]
+    failures: list[tuple[str, str]]
+    figures: dict[str, list[Path]] = field(default_factory=dict)  # name -> PNG, SVG
+    skipped: dict[str, str] = field(default_factory=dict)  # figure name -> why
+    tables: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report.html"
+
+
+def _status(tables: Tables, expected: set[str] | None) -> tuple[dict[str, int], list]:
+    runs = tables.runs
+    counts = {s.lower(): int(n) for s, n in runs.status.value_counts().items()}
+    status = {
+        "finished": counts.get("finished", 0),
+        "failed": counts.get("failed", 0) + counts.get("killed", 0),
+        "running": counts.get("running", 0),
+    }
+    if expected is not None:
+        status["missing"] = len(expected - set(runs.get("config_hash", [])))
+    failed = runs[runs.status.isin(["FAILED", "KILLED"])]
+    failures = list(zip(failed.run_id, failed.error.fillna("(no reason logged)"), strict=True))
+    return status, failures
+
+
+def _save(figure: Any, stem: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for path in paths:
+        figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return paths
+
+
+def _aggregates(runs: Any, axes: list[str], definition: Definition, out: Path) -> dict:
+    value = definition.value
+    if value not in runs or runs[value].isna().all():
+        return {}
+    written = {}
+    varying = [a for a in axes if a != "seed" and a in runs]
+    groupings = {"all_axes": varying, **{a: [a] for a in varying}}
+    groupings.update({"_".join(t): list(t) for t in definition.tables if all(c in runs for c in t)})
+    for name, columns in groupings.items():
+        if columns:
+            path = out / f"aggregate_{name}.csv"
+            aggregate(runs, columns, value).to_csv(path, index=False)
+            written[name] = path
+    return written
+
+
+def analyze(
+    tables: Tables,
+    out: Path,
+    definition: Definition,
+    *,
+    offset: float | None = None,
+    baseline: Tables | None = None,
+    expected: set[str] | None = None,
+) -> Analysis:
+    """Write runs.parquet/csv, aggregate CSVs, figures (PNG, SVG) and report.html into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    tables.runs.to_parquet(out / "runs.parquet", index=False)
+    tables.runs.to_csv(out / "runs.csv", index=False)
+    status, failures = _status(tables, expected)
+    analysis = Analysis(out, status, failures)
+    runs = prepare(tables.runs, definition, offset)
+    analysis.tables = _aggregates(runs, list(tables.axes), definition, out)
+    data = FigureData(
+        runs,
+        tables.histories,
+        definition.value,
+        definition.value_label,
+        prepare(baseline.runs, Definition(), offset) if baseline else None,
+    )
+    for entry in definition.figures:
+        try:
+            drawn = FIGURES[entry["kind"]](data, entry)
+        except Skip as reason:
+            analysis.skipped[entry["name"]] = str(reason)
+            continue
+        analysis.figures[entry["name"]] = _save(drawn, out / entry["name"])
+    analysis.report.write_text(_html(definition, analysis))
+    return analysis
+
+
+def _image(path: Path) -> str:
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
+
+
+def _html(definition: Definition, analysis: Analysis) -> str:
+    import pandas as pd
+
+    parts = [
+        f"<h1>{html.escape(definition.title)}</h1>",
+        "<h2>Status</h2>",
+        "<table class='status'>"
+        + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in analysis.status.items())
+        + "</table>",
+    ]
+    if analysis.failures:
+        parts.append(
+            "<h3>Failures</h3><ul>"
+            + "".join(
+                f"<li><code>{html.escape(r)}</code>: {html.escape(str(e))}</li>"
+                for r, e in analysis.failures
+            )
+            + "</ul>"
+        )
+    parts.append("<h2>Figures</h2>")
+    for name, paths in analysis.figures.items():
+        parts.append(f"<h3>{html.escape(name)}</h3>{_image(paths[0])}")
+    if analysis.skipped:
+        parts.append(
+            "<p>Not drawn: "
+            + "; ".join(f"{html.escape(n)} ({html.escape(r)})" for n, r in analysis.skipped.items())
+            + "</p>"
+        )
+    parts.append(f"<h2>Tables: {html.escape(definition.value_label)} over seeds</h2>")
+    for name, path in analysis.tables.items():
+        table = pd.read_csv(path)
+        parts.append(
+            f"<h3>by {html.escape(name)}</h3>"
+            + table.to_html(index=False, float_format=lambda v: f"{v:.5g}")
+        )
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:auto}img{max-width:100%}"
+        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
+        "padding:2px 6px}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>"
+        f"{html.escape(definition.title)}</title><style>{style}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>"
+    )
+
+
+def load(uri: str, experiment: str) -> Tables:
+    found = load_tables(uri, experiment)
+    if found is None:
+        raise ConfigError(f"experiment {experiment!r}: not in the tracking store {uri}")
+    return found
