@@ -20,8 +20,12 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/zoo data make sweeps/demo-datasets.yaml --preview $(DEMO_OUT)/previews
+	$(BIN)/zoo data make sweeps/demo.yaml --preview $(DEMO_OUT)/previews
+	$(BIN)/zoo sweep plan sweeps/demo.yaml
+	$(BIN)/zoo sweep run sweeps/demo.yaml --workers 2
+	$(BIN)/zoo analyze sweeps/demo.yaml --out $(DEMO_OUT)/report
 	@echo "previews: $(abspath $(DEMO_OUT))/previews"
+	@echo "report:   $(abspath $(DEMO_OUT))/report/report.html"
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -242,5 +242,5 @@ def test_failed_shared_stage_skips_its_dependents(project, capsys):
     assert "failed 1, skipped 2" in output
     assert main(["sweep", "status", str(spec), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["pretrain"] == {"finished": 1, "running": 0, "failed": 1, "missing": 0}
-    assert status["run"] == {"finished": 2, "running": 0, "failed": 0, "missing": 2}
+    assert status["pretrain"]["finished"] == 1 and status["pretrain"]["failed"] == 1
+    assert status["run"]["finished"] == 2 and status["run"]["skipped"] == 2

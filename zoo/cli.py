@@ -127,6 +127,39 @@ def _sweep_run(args: argparse.Namespace) -> int:
     return 1 if result.failed or result.skipped else 0
 
 
+def _sweep_submit(args: argparse.Namespace) -> None:
+    from zoo import sweep
+    from zoo.sweep._slurm import SubmitOptions, submit
+    from zoo.tracking import Tracker
+
+    plan = sweep.make_plan(sweep.load_spec(args.spec))
+    options = SubmitOptions(
+        partition=args.partition,
+        account=args.account,
+        qos=args.qos,
+        time=args.time,
+        constraint=args.constraint,
+        gpus_per_task=args.gpus_per_task,
+        cpus_per_task=args.cpus_per_task,
+        mem_per_task=args.mem_per_task,
+        max_parallel=args.max_parallel,
+        runs_per_task=args.runs_per_task,
+        gpu_power=args.gpu_power,
+        site_gpu_power=args.site_gpu_power,
+        grace_s=args.grace,
+        extra=tuple(args.sbatch),
+        resubmit_failed=args.resubmit_failed,
+        dry_run=args.dry_run,
+    )
+    submit(plan, Tracker(args.tracking_uri), options)
+
+
+def _sweep_worker(args: argparse.Namespace) -> int:
+    from zoo.sweep._slurm import worker
+
+    return worker(args.submission, args.array, args.task)
+
+
 def _sweep_status(args: argparse.Namespace) -> None:
     import json
 
@@ -237,7 +270,45 @@ def _parser() -> argparse.ArgumentParser:
     status = sweep_commands.add_parser("status", help="counts by state from the tracking store")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_sweep_status)
-    for sub in (plan, run_sweep, status):
+    submit = sweep_commands.add_parser("submit", help="submit to SLURM as job arrays")
+    for option in ("partition", "account", "qos", "time", "constraint"):
+        submit.add_argument(f"--{option}")
+    submit.add_argument("--gpus-per-task", type=int)
+    submit.add_argument("--cpus-per-task", type=int)
+    submit.add_argument("--mem-per-task", help="e.g. 16G")
+    submit.add_argument("--max-parallel", type=int, help="array throttle %%N")
+    submit.add_argument("--runs-per-task", type=int, default=1)
+    submit.add_argument("--gpu-power", type=int, metavar="W", help="GPU power cap in watts")
+    submit.add_argument(
+        "--site-gpu-power", action="store_true", help="the site understands #SBATCH --gpu-power=W"
+    )
+    submit.add_argument(
+        "--grace",
+        type=int,
+        default=120,
+        metavar="S",
+        help="USR1 this many seconds before the time limit",
+    )
+    submit.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="--OPTION=VALUE",
+        help="extra #SBATCH line (repeatable)",
+    )
+    submit.add_argument(
+        "--resubmit-failed",
+        action="store_true",
+        help="add only failed and missing jobs while others are queued",
+    )
+    submit.add_argument("--dry-run", action="store_true", help="print scripts; submit nothing")
+    submit.set_defaults(func=_sweep_submit)
+    work = sweep_commands.add_parser("worker", help="(run by SLURM) train one array task")
+    work.add_argument("submission", type=Path)
+    work.add_argument("array")
+    work.add_argument("task", type=int)
+    work.set_defaults(func=_sweep_worker)
+    for sub in (plan, run_sweep, status, submit):
         sub.add_argument("spec", type=Path, help="sweep spec YAML")
 
     analyze = commands.add_parser("analyze", help="tables, figures and report.html of a sweep")
@@ -267,7 +338,7 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("--losses", choices=["raw", "adjusted"])
     imports.add_argument("--offset", type=float)
     imports.set_defaults(func=_import)
-    for sub in (train, ui, run_sweep, status, analyze, imports):
+    for sub in (train, ui, run_sweep, status, submit, analyze, imports):
         sub.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
     return parser
 

@@ -23,10 +23,10 @@ from zoo.data import Dataset, MixSpec, load, materialise, mixture
 from zoo.errors import ConfigError
 from zoo.figures import loss_curves, predictions
 from zoo.losses import apply_head, loss_floor
-from zoo.models import create_model, parameter_counts
+from zoo.models import create_model
 from zoo.paths import ProjectPaths
 from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
-from zoo.train import StageResult, pick_device, to_device, train_stage
+from zoo.train import Preempted, StageResult, pick_device, to_device, train_stage
 
 __all__ = ["load_datasets", "run"]
 
@@ -183,12 +183,13 @@ def run(
         if existing is None:
             tracker.log_params(run_id, {**flatten(config.to_dict()), "loss_floor": floor})
         datasets = load_datasets(config, paths)
-        torch.manual_seed(config.seed)
-        total_params = parameter_counts(create_model(config.model))[0]
         data = {name: to_device(dataset, device) for name, dataset in datasets.items()}
         results = _train_stages(config, data, tracker, run_id, logged, paths, echo)
-        tracker.log_metrics(run_id, _summary(config, results, floor, total_params), 0)
+        tracker.log_metrics(run_id, _summary(config, results, floor, results[-1].total), 0)
         _artifacts(config, results, datasets, tracker, run_id)
+    except Preempted:
+        echo(f"run {run_id} preempted; it stays RUNNING and resumes from its checkpoint")
+        raise
     except BaseException as error:
         tracker.finish(run_id, error)
         raise

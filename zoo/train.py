@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ from zoo.models import create_model, freeze, parameter_counts, set_train_mode
 from zoo.telemetry import GpuMeter
 
 __all__ = [
+    "STOP",
     "DeviceData",
+    "Preempted",
     "StageResult",
     "Step",
     "batch",
@@ -40,6 +43,13 @@ __all__ = [
 ]
 
 DIHEDRAL = 8  # the 4 rotations, each with and without a flip
+STOP = threading.Event()  # set (e.g. by a SIGUSR1 handler) to checkpoint and stop after a step
+
+
+class Preempted(Exception):
+    """Training stopped on request after checkpointing; running it again resumes."""
+
+
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -61,6 +71,7 @@ class StageResult:
     seconds: float
     telemetry: dict[str, float]
     trainable: int
+    total: int  # parameters of the model
 
 
 def pick_device(config: RunConfig) -> torch.device:
@@ -279,10 +290,20 @@ def train_stage(
                 group["lr"] = lr
             set_train_mode(model, stage.freeze)
             order = epoch_order(config.seed, index, epoch, count, stage.augment == "dihedral")
-            total = torch.zeros((), device=device)
-            for start in range(0, len(order), stage.batch_size):
+            partial = progress.pop("partial", {"step": 0, "total": 0.0, "seconds": 0.0})
+            started -= partial["seconds"]
+            total = torch.tensor(partial["total"], device=device)
+            for start in range(partial["step"], len(order), stage.batch_size):
                 x, y = batch(source, order[start : start + stage.batch_size])
                 total += train_step(step, x, y) * len(x)
+                if STOP.is_set():  # preempted: checkpoint mid-epoch, let the caller requeue
+                    progress["partial"] = {
+                        "step": start + stage.batch_size,
+                        "total": total.item(),
+                        "seconds": time.perf_counter() - started,
+                    }
+                    save_checkpoint(checkpoint, model, optimizer, progress)
+                    raise Preempted(f"stopped in epoch {epoch} of {stage.name}; checkpointed")
             validation = {
                 n: evaluate(model, data[n].val_images, data[n].val_masks, config, stage, amp)
                 for n in config.validation_sets
@@ -309,6 +330,7 @@ def train_stage(
         "seconds": progress["seconds"],
         "telemetry": meter.reading.metrics(""),
         "trainable": parameter_counts(model)[1],
+        "total": parameter_counts(model)[0],
     }
     done.write_text(json.dumps(result, indent=1))
     checkpoint.unlink()
@@ -325,4 +347,5 @@ def _replay(result: dict[str, Any], folder: Path, on_epoch: EpochCallback) -> St
         result["seconds"],
         result["telemetry"],
         result["trainable"],
+        result["total"],
     )

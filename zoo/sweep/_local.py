@@ -23,7 +23,7 @@ from zoo.paths import ProjectPaths
 from zoo.sweep._plan import Job, Plan
 from zoo.tracking import Tracker
 
-__all__ = ["SweepReport", "job_tags", "run_sweep"]
+__all__ = ["SweepReport", "execute", "job_tags", "payload", "run_sweep"]
 
 _WORKER: dict[str, Any] = {}
 
@@ -59,12 +59,16 @@ def _init_worker(counter: Any, threads: int) -> None:
         _WORKER["device"] = f"cuda:{index % torch.cuda.device_count()}"
 
 
-def _execute(payload: dict[str, Any]) -> tuple[str, str, str]:
-    """Run one job in a worker; returns (status, run id, failure reason)."""
+def execute(payload: dict[str, Any], log: Path | None = None) -> tuple[str, str, str]:
+    """Run one job described by ``payload``; returns (status, run id, failure reason).
+
+    A failure is already recorded in MLflow (FAILED with its reason) when this returns.
+    """
     from dataclasses import replace
 
     from zoo.config import resolve
     from zoo.run import run
+    from zoo.train import Preempted
 
     paths = ProjectPaths(Path(payload["root"]))
     key = (payload["uri"], payload["root"])
@@ -73,7 +77,7 @@ def _execute(payload: dict[str, Any]) -> tuple[str, str, str]:
     config = resolve(payload["config"])
     if config.device == "auto" and "device" in _WORKER:
         config = replace(config, device=_WORKER["device"])
-    log = paths.logs / payload["experiment"] / f"{payload['identity']}.log"
+    log = log or paths.logs / payload["experiment"] / f"{payload['identity']}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as handle:
 
@@ -90,13 +94,15 @@ def _execute(payload: dict[str, Any]) -> tuple[str, str, str]:
                 identity=payload["identity"],
                 tags=payload["tags"],
             )
+        except Preempted:
+            raise
         except Exception as error:  # the run is already FAILED in MLflow; report and go on
             echo(f"FAILED: {type(error).__name__}: {error}")
             return "failed", "", f"{type(error).__name__}: {error}"
     return "finished", run_id, ""
 
 
-def _payload(
+def payload(
     plan: Plan, job: Job, uri: str, paths: ProjectPaths, parent_run: str | None
 ) -> dict[str, Any]:
     tags = job_tags(plan, job)
@@ -180,8 +186,9 @@ def run_sweep(
                 elif all(d in run_ids for d in job.depends):
                     pending.remove(job)
                     parent = run_ids.get(job.depends[-1]) if job.depends else None
-                    payload = _payload(plan, job, tracker.uri, tracker.paths, parent)
-                    running[pool.submit(_execute, payload)] = job
+                    running[
+                        pool.submit(execute, payload(plan, job, tracker.uri, tracker.paths, parent))
+                    ] = job
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -1,4 +1,9 @@
-"""Sweep status from the tracking store: counts by state for each stage and for the runs."""
+"""Sweep status: MLflow run states joined with SLURM's queue, per shared stage and for runs.
+
+A job with no MLflow run is ``queued`` or ``running`` while SLURM holds its task,
+``skipped`` when the shared stage it needs failed, and ``missing`` otherwise (a
+task cancelled while pending leaves no record anywhere).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,9 @@ from collections import Counter
 from zoo.sweep._plan import Plan
 from zoo.tracking import Tracker
 
-__all__ = ["STATES", "sweep_status"]
+__all__ = ["STATES", "format_status", "sweep_status"]
 
-STATES = ("finished", "running", "failed", "missing")
+STATES = ("finished", "running", "queued", "failed", "skipped", "missing")
 _MLFLOW_STATES = {
     "FINISHED": "finished",
     "RUNNING": "running",
@@ -19,14 +24,31 @@ _MLFLOW_STATES = {
 }
 
 
+def _job_states(plan: Plan, tracker: Tracker) -> dict[str, str]:
+    from zoo.sweep._slurm import queued_keys
+
+    found = tracker.client.get_experiment_by_name(plan.spec.name)
+    mlflow = tracker.states(found.experiment_id) if found else {}
+    queue = queued_keys(tracker.paths, plan.spec.name)
+    states: dict[str, str] = {}
+    for job in plan.jobs:  # stage jobs come first, so a dependent sees its stage's state
+        if job.key in mlflow:
+            states[job.key] = _MLFLOW_STATES.get(mlflow[job.key][1], "failed")
+        elif job.key in queue:
+            states[job.key] = "running" if queue[job.key] == "RUNNING" else "queued"
+        elif any(states.get(d) in ("failed", "skipped") for d in job.depends):
+            states[job.key] = "skipped"
+        else:
+            states[job.key] = "missing"
+    return states
+
+
 def sweep_status(plan: Plan, tracker: Tracker) -> dict[str, dict[str, int]]:
     """Job group ("run" or a shared stage's name) -> state -> count."""
-    found = tracker.client.get_experiment_by_name(plan.spec.name)
-    states = tracker.states(found.experiment_id) if found else {}
+    states = _job_states(plan, tracker)
     counts: dict[str, Counter[str]] = {}
     for job in plan.jobs:
-        state = _MLFLOW_STATES.get(states[job.key][1], "failed") if job.key in states else "missing"
-        counts.setdefault(job.name, Counter())[state] += 1
+        counts.setdefault(job.name, Counter())[states[job.key]] += 1
     return {group: {s: c[s] for s in STATES} for group, c in counts.items()}
 
 

@@ -1,0 +1,242 @@
+"""SLURM execution against a real single-node cluster started by slurm/local-cluster.sh.
+
+The cluster has MaxArraySize 3 (so arrays split) and declares 4 CPUs (so the
+array throttle, not the CPU count, bounds how many tasks run at once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from zoo.cli import main
+
+pytestmark = pytest.mark.slurm
+SCRIPT = Path(__file__).parent.parent / "slurm" / "local-cluster.sh"
+TINY_DATA = {"preset": "defocus", "image_size": 32, "count": 20, "sim_sampling_a": 0.4}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if os.geteuid() != 0 and not shutil.which("slurmctld"):
+        pytest.skip("the local cluster needs root (or SLURM installed)")
+    folder = tmp_path_factory.mktemp("slurm")
+    env = {
+        **os.environ,
+        "ZOO_SLURM_DIR": str(folder),
+        "ZOO_SLURM_MAX_ARRAY_SIZE": "3",
+        "ZOO_SLURM_CPUS": "4",
+    }
+    started = subprocess.run(
+        [str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert started.returncode == 0, started.stderr
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = started.stdout.strip()
+    yield folder
+    subprocess.run([str(SCRIPT), "stop"], env=env, timeout=120, check=False)
+    if previous is None:
+        os.environ.pop("SLURM_CONF")
+    else:
+        os.environ["SLURM_CONF"] = previous
+
+
+def _spec(project, sources=("a", "b"), freezes=("none", "encoder"), extra=None, epochs=1):
+    spec = {
+        "name": "tiny",
+        "base": {
+            "model": {"encoder": "tu-test_resnet", "decoder_channels": [16, 16, 16, 16, 16]},
+            "datasets": {
+                "a": {**TINY_DATA, "defocus_nm": -10},
+                "b": {**TINY_DATA, "defocus_nm": 10},
+                "c": {**TINY_DATA, "defocus_nm": 0},
+            },
+            "stages": [
+                {"name": "pretrain", "train": "a", "size": 8, "epochs": 1},
+                {"name": "transfer", "train": "b", "size": 4, "epochs": epochs},
+            ],
+            "validate_on": ["a", "b", "c"],
+        },
+        "axes": [{"product": {"source": list(sources), "freeze": list(freezes)}}],
+        "set": {"stages.0.train": "$source", "stages.1.freeze": "$freeze"},
+        **(extra or {}),
+    }
+    path = project.root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _squeue_empty(timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not subprocess.run(
+            ["squeue", "-h", "-o", "%i"], capture_output=True, text=True
+        ).stdout.strip():
+            return
+        time.sleep(1)
+    raise AssertionError("jobs still queued after the timeout")
+
+
+def _runs(project):
+    client = MlflowClient(project.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def _task_intervals(project) -> list[tuple[float, float]]:
+    """Start and end of every worker task, from the worker logs' modification and content."""
+    intervals = []
+    for log in project.state.glob("sweeps/tiny/*/logs/*.out"):
+        lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        intervals += [(x["start"], x["end"]) for x in lines if "start" in x]
+    return intervals
+
+
+def test_demo_sweep_on_slurm_every_run_once_and_throttled(cluster, project, capsys):
+    spec = _spec(project, sources=("a", "b", "c"))
+    assert main(["sweep", "submit", str(spec), "--max-parallel", "2", "--runs-per-task", "2"]) == 0
+    output = capsys.readouterr().out
+    assert "submitted stages-0" in output and "after afterany:" in output
+    _squeue_empty()
+    runs = _runs(project)
+    assert len(runs) == 3 + 6 and all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["zoo.config_hash"] for r in runs}) == 9
+    intervals = _task_intervals(project)
+    assert len(intervals) == 3 + 3  # 3 stage tasks, 6 runs in tasks of 2
+    most = max(sum(s <= t < e for s, e in intervals) for t, _ in intervals)
+    assert most <= 2
+    assert main(["sweep", "status", str(spec), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["run"]["finished"] == 6 and status["pretrain"]["finished"] == 3
+
+
+def test_usr1_requeues_the_task_and_it_resumes_to_the_same_metrics(
+    cluster, project, tmp_path, capsys
+):
+    spec = _spec(project, sources=("a",), freezes=("none",), epochs=40)
+    assert main(["sweep", "submit", str(spec)]) == 0
+    capsys.readouterr()
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if list(project.stages.glob("*/last.safetensors")) and any(
+            "transfer" in r.data.tags.get("zoo.stages", "") and r.data.tags["zoo.kind"] == "run"
+            for r in _runs(project)
+        ):
+            break
+        time.sleep(0.5)
+    job = subprocess.run(
+        ["squeue", "-h", "-o", "%i", "-t", "R", "-n", "zoo-tiny-runs-0"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert job, "the run task is not running"
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job[0]], check=True)
+    _squeue_empty(timeout=400)
+    runs = [r for r in _runs(project) if r.data.tags["zoo.kind"] == "run"]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    logs = "".join(p.read_text() for p in project.state.glob("sweeps/tiny/*/logs/runs-0*.out"))
+    assert "preempted: requeueing" in logs and re.search(r"requeueing \d+_0", logs)
+    resumed = MlflowClient(project.tracking_uri).get_metric_history(
+        runs[0].info.run_id, "val_loss/b"
+    )
+    # the same run without interruption, locally, in another project root
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    (reference / "tiny.yaml").write_text(spec.read_text())
+    env = {**os.environ, "ZOO_ROOT": str(reference)}
+    subprocess.run(
+        [sys.executable, "-m", "zoo.cli", "sweep", "run", "tiny.yaml"],
+        cwd=reference,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    client = MlflowClient(f"sqlite:///{reference / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    (uninterrupted,) = [
+        r for r in client.search_runs([experiment]) if r.data.tags["zoo.kind"] == "run"
+    ]
+    expected = client.get_metric_history(uninterrupted.info.run_id, "val_loss/b")
+    assert sorted((m.step, m.value) for m in resumed) == sorted((m.step, m.value) for m in expected)
+
+
+def test_failed_shared_stage_skips_dependents_and_resubmit_completes(cluster, project, capsys):
+    spec = _spec(
+        project,
+        extra={
+            "derive": {"init": {"lookup": ["$source", {"a": "random", "b": "file:fix-me.pt"}]}},
+            "set": {
+                "stages.0.train": "$source",
+                "stages.0.init": "$init",
+                "stages.1.freeze": "$freeze",
+            },
+        },
+    )
+    assert main(["sweep", "submit", str(spec)]) == 0
+    _squeue_empty()
+    capsys.readouterr()
+    assert main(["sweep", "status", str(spec), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["pretrain"]["failed"] == 1 and status["run"]["skipped"] == 2
+    assert status["run"]["finished"] == 2
+    import torch
+
+    from zoo.models import create_model
+    from zoo.sweep import load_spec, make_plan
+
+    config = next(r.config for r in make_plan(load_spec(spec)).runs if r.names["source"] == "b")
+    torch.save(create_model(config.model).state_dict(), project.root / "fix-me.pt")
+    assert main(["sweep", "submit", str(spec), "--resubmit-failed"]) == 0
+    _squeue_empty()
+    runs = _runs(project)
+    finished = {r.data.tags["zoo.config_hash"] for r in runs if r.info.status == "FINISHED"}
+    assert len(finished) == 2 + 4
+
+
+def test_arrays_split_at_max_array_size_and_dry_run_submits_nothing(cluster, project, capsys):
+    spec = _spec(
+        project, sources=("a",), freezes=("none", "encoder", "decoder"), extra={"seeds": [0, 1, 2]}
+    )
+    assert main(["sweep", "submit", str(spec), "--dry-run"]) == 0
+    output = capsys.readouterr().out
+    # 3 stages (one per seed) in one array; 9 runs in three arrays of 3 tasks (MaxArraySize 3)
+    assert output.count("#SBATCH --array=0-2") == 4 and "nothing written or submitted" in output
+    assert not project.state.joinpath("sweeps").exists()
+    spec = _spec(project, sources=("a",), freezes=("none",), extra={"seeds": [0, 1, 2, 3]})
+    assert main(["sweep", "submit", str(spec), "--dry-run"]) == 0
+    output = capsys.readouterr().out
+    assert "#SBATCH --array=0-2\n" in output and "#SBATCH --array=0-0\n" in output
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == ""
+
+
+def test_shell_injection_values_never_execute(cluster, project, capsys, tmp_path):
+    owned = tmp_path / "owned"
+    value = f'x"; touch {owned}; "'
+    spec = _spec(
+        project,
+        sources=("a",),
+        freezes=("none",),
+        extra={
+            "derive": {"label": {"value": value}},
+            "set": {"stages.0.train": "$source", "stages.1.name": "t{label}"},
+        },
+    )
+    assert main(["sweep", "submit", str(spec), "--partition", value]) == 2
+    assert "--partition" in capsys.readouterr().err
+    assert main(["sweep", "submit", str(spec), "--sbatch", f"--comment={value}\n#SBATCH -p x"]) == 2
+    assert main(["sweep", "submit", str(spec), "--runs-per-task", "2"]) == 0
+    _squeue_empty()
+    assert not owned.exists()
+    assert all(r.info.status == "FINISHED" for r in _runs(project))
+    scripts = "".join(p.read_text() for p in project.state.glob("sweeps/tiny/*/*.sbatch"))
+    assert "touch" not in scripts
