@@ -115,7 +115,9 @@ def _sweep_run(args: argparse.Namespace) -> int:
     from zoo.tracking import Tracker
 
     plan = sweep.make_plan(sweep.load_spec(args.spec))
-    result = sweep.run_sweep(plan, Tracker(args.tracking_uri), args.workers)
+    result = sweep.run_sweep(
+        plan, Tracker(args.tracking_uri), args.workers, runs_per_gpu=args.runs_per_gpu
+    )
     print(
         f"finished {len(result.finished)}, already finished {len(result.already)}, "
         f"failed {len(result.failed)}, skipped {len(result.skipped)}"
@@ -266,6 +268,13 @@ def _parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=_sweep_plan)
     run_sweep = sweep_commands.add_parser("run", help="train what is missing or failed, locally")
     run_sweep.add_argument("--workers", type=int, default=1, help="worker processes")
+    run_sweep.add_argument(
+        "--runs-per-gpu",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with GPUs: N worker processes per GPU (overrides --workers)",
+    )
     run_sweep.set_defaults(func=_sweep_run)
     status = sweep_commands.add_parser("status", help="counts by state from the tracking store")
     status.add_argument("--json", action="store_true")

@@ -54,15 +54,21 @@ def loss_curves(stages: list[tuple[str, list[dict[str, Any]]]], out: Path) -> Pa
 
 
 def predictions(images: np.ndarray, masks: np.ndarray, predicted: np.ndarray, out: Path) -> Path:
-    """Rows of image | true mask | predicted mask."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(len(images), 3, figsize=(6, 2 * len(images)), squeeze=False)
-    for row, panels in zip(axes, zip(images, masks, predicted, strict=True), strict=True):
-        for axis, panel, title in zip(row, panels, ("image", "mask", "predicted"), strict=True):
-            axis.imshow(panel, cmap="gray")
-            axis.set_title(title, fontsize="small")
-            axis.axis("off")
-    figure.tight_layout()
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
+    """Rows of image | true mask outlined in red | predicted mask outlined in cyan."""
+    from PIL import Image
+
+    from zoo.data._preview import outline, to_grey
+
+    rows = []
+    for image, mask, guess in zip(images, masks, predicted, strict=True):
+        grey = np.repeat(to_grey(image)[..., None], 3, axis=2)
+        truth, prediction = grey.copy(), grey.copy()
+        truth[outline(mask.astype(np.uint8))] = (255, 40, 40)
+        prediction[outline(guess.astype(np.uint8))] = (40, 220, 255)
+        rows.append(np.concatenate([grey, truth, prediction], axis=1))
+    grid = np.concatenate(rows, axis=0)
+    scale = max(1, 192 // images.shape[-1])
+    Image.fromarray(grid).resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
+    ).save(out)
     return out

@@ -110,6 +110,10 @@ def _summary(
         summary[metric_key("train_seconds", stage.name)] = result.seconds
         for name, value in result.telemetry.items():
             summary[metric_key(name, stage.name)] = value
+        if "energy_wh" in result.telemetry and result.images:
+            summary[metric_key("energy_wh_per_1000_images", stage.name)] = (
+                1000 * result.telemetry["energy_wh"] / result.images
+            )
         for dataset, best in result.best.items():
             summary[metric_key("best_val_loss_adj", stage.name, dataset)] = best["loss_adj"]
             summary[metric_key("best_val_loss", stage.name, dataset)] = best["loss"]

@@ -72,6 +72,7 @@ class StageResult:
     telemetry: dict[str, float]
     trainable: int
     total: int  # parameters of the model
+    images: int  # training images processed (augmented copies counted)
 
 
 def pick_device(config: RunConfig) -> torch.device:
@@ -146,9 +147,11 @@ def train_step(step: Step, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def make_optimizer(stage: StageConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The stage's optimizer over the trainable parameters (fused Adam on CUDA)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-    extra = {"momentum": 0.9} if stage.optimizer == "sgd" else {}
+    on_cuda = bool(trainable) and trainable[0].is_cuda
+    extra = {"momentum": 0.9} if stage.optimizer == "sgd" else {"fused": True} if on_cuda else {}
     return kinds[stage.optimizer](trainable, lr=stage.lr, weight_decay=stage.weight_decay, **extra)
 
 
@@ -269,6 +272,9 @@ def train_stage(
     if initial is not None:
         model.load_state_dict(initial)
     model.to(device)
+    if device.type == "cuda":  # fast defaults: cuDNN autotuning, NHWC convolutions
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
     freeze(model, stage.freeze)
     optimizer = make_optimizer(stage, model)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -280,7 +286,8 @@ def train_stage(
             on_epoch(epoch, metrics)
     source = data[stage.train]
     count = min(stage.size or len(source.train_images), len(source.train_images))
-    step = Step(model, optimizer, scaler, LOSSES[stage.loss].compute, config.model.head, amp)
+    network = torch.compile(model) if config.compile else model
+    step = Step(network, optimizer, scaler, LOSSES[stage.loss].compute, config.model.head, amp)
     device_index = (device.index or 0) if device.type == "cuda" else None
     with GpuMeter(device_index, config.power_cap_w) as meter:
         for epoch in range(progress["epoch"] + 1, stage.epochs + 1):
@@ -314,7 +321,11 @@ def train_stage(
             )
             if stage.selection_set in _update_best(progress["best"], epoch, validation, floor):
                 save_weights(model, folder / "best.safetensors")
-            progress.update(epoch=epoch, seconds=progress["seconds"] + seconds)
+            progress.update(
+                epoch=epoch,
+                seconds=progress["seconds"] + seconds,
+                images=progress.get("images", 0) + len(order),
+            )
             progress["history"].append(metrics)
             save_checkpoint(checkpoint, model, optimizer, progress)
             on_epoch(epoch, metrics)
@@ -331,6 +342,7 @@ def train_stage(
         "telemetry": meter.reading.metrics(""),
         "trainable": parameter_counts(model)[1],
         "total": parameter_counts(model)[0],
+        "images": progress.get("images", 0),
     }
     done.write_text(json.dumps(result, indent=1))
     checkpoint.unlink()
@@ -348,4 +360,5 @@ def _replay(result: dict[str, Any], folder: Path, on_epoch: EpochCallback) -> St
         result["telemetry"],
         result["trainable"],
         result["total"],
+        result["images"],
     )

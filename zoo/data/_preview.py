@@ -6,15 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["preview"]
+__all__ = ["outline", "preview", "to_grey"]
 
 
-def _to_grey(image: np.ndarray) -> np.ndarray:
+def to_grey(image: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(image, [0.5, 99.5])
     return (np.clip((image - lo) / max(hi - lo, 1e-8), 0, 1) * 255).astype(np.uint8)
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
+def outline(mask: np.ndarray) -> np.ndarray:
     inner = mask.copy()
     for axis in (0, 1):
         for shift in (1, -1):
@@ -30,9 +30,9 @@ def preview(
 
     rows = []
     for image, mask in zip(images, masks, strict=True):
-        grey = _to_grey(image)
+        grey = to_grey(image)
         overlay = np.repeat(grey[..., None], 3, axis=2)
-        overlay[_outline(mask)] = (255, 40, 40)
+        overlay[outline(mask)] = (255, 40, 40)
         pair = [np.repeat(grey[..., None], 3, axis=2), overlay]
         rows.append(
             np.concatenate(

@@ -147,9 +147,23 @@ class _Progress:
 
 
 def run_sweep(
-    plan: Plan, tracker: Tracker, workers: int = 1, echo: Callable[[str], None] = print
+    plan: Plan,
+    tracker: Tracker,
+    workers: int = 1,
+    echo: Callable[[str], None] = print,
+    runs_per_gpu: int = 1,
 ) -> SweepReport:
-    """Train every job of ``plan`` not yet finished in ``tracker``'s store."""
+    """Train every job of ``plan`` not yet finished in ``tracker``'s store.
+
+    With GPUs and ``runs_per_gpu`` N > 1, N worker processes share each GPU
+    (``workers`` is then the GPU count × N); a run's results do not depend on
+    what shares its GPU, since each process trains its own model on its own data.
+    """
+    if runs_per_gpu > 1:
+        import torch
+
+        if torch.cuda.is_available():
+            workers = torch.cuda.device_count() * runs_per_gpu
     report = SweepReport()
     experiment = tracker.experiment(plan.spec.name)
     states = tracker.states(experiment)
