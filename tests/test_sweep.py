@@ -244,3 +244,29 @@ def test_failed_shared_stage_skips_its_dependents(project, capsys):
     status = json.loads(capsys.readouterr().out)
     assert status["pretrain"]["finished"] == 1 and status["pretrain"]["failed"] == 1
     assert status["run"]["finished"] == 2 and status["run"]["skipped"] == 2
+
+
+def test_packed_workers_give_the_metrics_of_a_run_alone(project, tmp_path, monkeypatch):
+    """Two runs side by side in two worker processes end exactly as each does alone."""
+    spec = _tiny_spec(project, pretrain=("a",))
+    assert main(["sweep", "run", str(spec), "--workers", "2"]) == 0
+    alone = type(project)(tmp_path / "alone")
+    alone.root.mkdir()
+    monkeypatch.setenv("ZOO_ROOT", str(alone.root))
+    assert main(["sweep", "run", str(spec), "--workers", "1"]) == 0
+    assert alone.tracking_db.exists() and len(list(alone.stages.iterdir())) == 3
+
+    def histories(paths):
+        client = MlflowClient(paths.tracking_uri)
+        experiment = client.get_experiment_by_name("tiny").experiment_id
+        return {
+            r.data.tags["zoo.config_hash"]: [
+                (m.step, m.value)
+                for m in sorted(
+                    client.get_metric_history(r.info.run_id, "val_loss/b"), key=lambda m: m.step
+                )
+            ]
+            for r in client.search_runs([experiment])
+        }
+
+    assert histories(project) == histories(alone)

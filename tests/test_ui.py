@@ -1,4 +1,4 @@
-"""`zoo ui` serves the project's tracking store on 127.0.0.1."""
+"""`zoo ui` serves the project's tracking store on 127.0.0.1; analysis reads a server too."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 
-from mlflow.tracking import MlflowClient
+from zoo.analysis import BulkRun, bulk_insert, load_tables
 
 
 def _free_port() -> int:
@@ -19,8 +19,18 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_ui_lists_the_project_experiments(project):
-    MlflowClient(project.tracking_uri).create_experiment("visible-in-ui")
+def test_ui_lists_the_project_experiments_and_analysis_reads_it_over_rest(project):
+    bulk_insert(
+        project.tracking_uri,
+        "visible-in-ui",
+        [
+            BulkRun(
+                tags={"zoo.kind": "run", "zoo.axis.freeze": "none"},
+                metrics={"target_loss_adj": 0.02},
+                histories={"val_loss_adj/a": [0.3, 0.1]},
+            )
+        ],
+    )
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "zoo.cli", "ui", "--port", str(port)],
@@ -43,6 +53,10 @@ def test_ui_lists_the_project_experiments(project):
         assert "visible-in-ui" in names
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
             assert b"MLflow" in response.read()
+        tables = load_tables(f"http://127.0.0.1:{port}", "visible-in-ui")
+        assert tables.runs["freeze"].tolist() == ["none"]
+        assert tables.runs["target_loss_adj"].tolist() == [0.02]
+        assert sorted(tables.histories["value"]) == [0.1, 0.3]
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

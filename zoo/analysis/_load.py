@@ -7,7 +7,6 @@ pivots them with pandas. An MLflow server URL is read through its REST API.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,7 +25,6 @@ _TAG_COLUMNS = {
     "zoo.sweep": "sweep",
     "zoo.stage": "stage_name",
 }
-_NUMBER = re.compile(r"^-?\d+(\.\d*)?([eE][-+]?\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -36,55 +34,79 @@ class Tables:
     axes: tuple[str, ...]  # the sweep's axis columns (from zoo.axis.* tags)
 
 
-def _typed(value: str | None) -> object:
-    """Axis and param values come back as text: numbers become numbers again."""
-    if value is None or not _NUMBER.match(value):
-        return value
-    number = float(value)
-    return (
-        int(number)
-        if number.is_integer() and "." not in value and "e" not in value.lower()
-        else number
-    )
-
-
 def _sql_tables(uri: str, experiment: str) -> tuple[pd.DataFrame, ...] | None:
+    """Five queries on MLflow's tables through the raw DB-API cursor (no ORM objects);
+    metric histories come back one row per (run, key) and are unpacked with numpy."""
+    import numpy as np
     import pandas as pd
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(uri)
     with engine.connect() as connection:
-        found = pd.read_sql(
+        found = connection.execute(
             sqlalchemy.text("SELECT experiment_id FROM experiments WHERE name = :name"),
-            connection,
-            params={"name": experiment},
+            {"name": experiment},
         )
-        if found.empty:
-            return None
-        params = {"experiment": int(found.iloc[0, 0])}
-        in_experiment = (
-            "JOIN runs r ON r.run_uuid = x.run_uuid "
-            "WHERE r.experiment_id = :experiment AND r.lifecycle_stage = 'active'"
+        row = found.first()
+    if row is None:
+        engine.dispose()
+        return None
+    experiment_id = int(row[0])  # an integer from the store itself: safe to inline
+    in_experiment = (
+        f"x.run_uuid IN (SELECT run_uuid FROM runs WHERE experiment_id = "
+        f"{experiment_id} AND lifecycle_stage = 'active')"
+    )
+    keys = " OR ".join([f"x.key = '{k}'" for k in _HISTORY_KEYS] + ["x.key LIKE 'val_%'"])
+    if engine.dialect.name == "sqlite":
+        values = "group_concat(printf('%.17g', x.value)), group_concat(x.step)"
+    else:
+        values = (
+            "string_agg(CAST(x.value AS TEXT), ',' ORDER BY x.step), "
+            "string_agg(CAST(x.step AS TEXT), ',' ORDER BY x.step)"
         )
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
 
-        def query(sql: str) -> pd.DataFrame:
-            return pd.read_sql(sqlalchemy.text(sql), connection, params=params)
+        def query(sql: str, columns: list[str]) -> pd.DataFrame:
+            cursor.execute(sql)
+            return pd.DataFrame(cursor.fetchall(), columns=columns)
 
         runs = query(
-            "SELECT run_uuid AS run_id, status, start_time, end_time FROM runs "
-            "WHERE experiment_id = :experiment AND lifecycle_stage = 'active'"
+            "SELECT run_uuid, status, start_time, end_time FROM runs WHERE "
+            f"experiment_id = {experiment_id} AND lifecycle_stage = 'active'",
+            ["run_id", "status", "start_time", "end_time"],
         )
-        tags = query(f"SELECT x.run_uuid AS run_id, x.key, x.value FROM tags x {in_experiment}")
-        values = query(f"SELECT x.run_uuid AS run_id, x.key, x.value FROM params x {in_experiment}")
+        long = ["run_id", "key", "value"]
+        tags = query(f"SELECT x.run_uuid, x.key, x.value FROM tags x WHERE {in_experiment}", long)
+        params = query(
+            f"SELECT x.run_uuid, x.key, x.value FROM params x WHERE {in_experiment}", long
+        )
         latest = query(
-            f"SELECT x.run_uuid AS run_id, x.key, x.value FROM latest_metrics x {in_experiment}"
+            f"SELECT x.run_uuid, x.key, x.value FROM latest_metrics x WHERE {in_experiment}", long
         )
-        keys = " OR ".join([f"x.key = '{k}'" for k in _HISTORY_KEYS] + ["x.key LIKE 'val_%'"])
-        history = query(
-            f"SELECT x.run_uuid AS run_id, x.key, x.step, x.value FROM metrics x "
-            f"{in_experiment} AND ({keys})"
+        packed = query(
+            f"SELECT x.run_uuid, x.key, {values} FROM metrics x WHERE "
+            f"{in_experiment} AND ({keys}) GROUP BY x.run_uuid, x.key",
+            ["run_id", "key", "values", "steps"],
         )
-    return runs, tags, values, latest, history
+    finally:
+        raw.close()
+        engine.dispose()
+    counts = packed["steps"].str.count(",").to_numpy() + 1 if len(packed) else np.zeros(0, int)
+    history = pd.DataFrame(
+        {
+            "run_id": np.repeat(packed["run_id"].to_numpy(), counts),
+            "key": np.repeat(packed["key"].to_numpy(), counts),
+            "step": np.array(",".join(packed["steps"]).split(","), dtype=np.int64)
+            if len(packed)
+            else np.zeros(0, np.int64),
+            "value": np.array(",".join(packed["values"]).split(","), dtype=np.float64)
+            if len(packed)
+            else np.zeros(0),
+        }
+    )
+    return runs, tags, params, latest, history
 
 
 def _rest_tables(uri: str, experiment: str) -> tuple[pd.DataFrame, ...] | None:
@@ -125,7 +147,19 @@ def _rest_tables(uri: str, experiment: str) -> tuple[pd.DataFrame, ...] | None:
 
 
 def _wide(long: pd.DataFrame, prefix: str = "") -> pd.DataFrame:
+    """One column per key; a column whose every value reads as a number becomes numeric."""
+    import pandas as pd
+
     wide = long.pivot(index="run_id", columns="key", values="value")
+    for column in wide.columns:
+        if wide[column].dtype == object or pd.api.types.is_string_dtype(wide[column]):
+            numbers = pd.to_numeric(wide[column], errors="coerce")
+            if numbers.notna().sum() == wide[column].notna().sum():
+                integral = (
+                    numbers.dropna().mod(1).eq(0).all()
+                    and not wide[column].dropna().str.contains(r"[.eE]").any()
+                )
+                wide[column] = numbers.astype("Int64") if integral else numbers
     return wide.add_prefix(prefix) if prefix else wide
 
 
@@ -140,7 +174,7 @@ def load_tables(uri: str, experiment: str) -> Tables | None:
         return None
     runs, tags, params, latest, history = found
     axes = tags[tags.key.str.startswith("zoo.axis.")].assign(
-        key=lambda t: t.key.str.slice(len("zoo.axis.")), value=lambda t: t.value.map(_typed)
+        key=lambda t: t.key.str.slice(len("zoo.axis."))
     )
     kept_tags = tags[tags.key.isin(_TAG_COLUMNS)].assign(key=lambda t: t.key.map(_TAG_COLUMNS))
     summary = latest[~latest.key.isin(_EPOCH_KEYS) & ~latest.key.str.startswith("val_")]
@@ -148,7 +182,7 @@ def load_tables(uri: str, experiment: str) -> Tables | None:
         [
             _wide(kept_tags),
             _wide(axes),
-            _wide(params.assign(value=params.value.map(_typed)), "param."),
+            _wide(params, "param."),
             _wide(summary),
         ],
         how="left",

@@ -10,7 +10,6 @@ and resume from their checkpoints next time.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -48,10 +47,12 @@ def job_tags(plan: Plan, job: Job) -> dict[str, str]:
     return tags
 
 
-def _init_worker(counter: Any, threads: int) -> None:
+def _init_worker(counter: Any) -> None:
+    """One intra-op thread per worker: CPU numerics then do not depend on how many runs
+    share the machine (use as many workers as cores)."""
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -178,11 +179,10 @@ def run_sweep(
         f"sweep {plan.spec.name}: {len(pending)} jobs to run "
         f"({len(report.already)} already finished), {workers} worker(s)"
     )
-    threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
     counter = context.Value("i", 0)
     pool = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(counter, threads)
+        workers, mp_context=context, initializer=_init_worker, initargs=(counter,)
     )
     running: dict[Future, Job] = {}
     failed_stages: set[str] = set()

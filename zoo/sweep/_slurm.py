@@ -355,8 +355,16 @@ def _write_record(folder: Path, record: dict[str, Any], arrays: list[Array]) -> 
 
 
 def worker(submission: Path, array_name: str, task: int) -> int:
-    """Train the runs of one array task; on USR1, checkpoint and requeue this task only."""
+    """Train the runs of one array task; on USR1, checkpoint and requeue this task only.
+
+    Like local workers it trains with one intra-op thread, so a run's numbers are
+    the same whichever executor ran it.
+    """
+    import torch
+
     from zoo.train import STOP, Preempted
+
+    torch.set_num_threads(1)
 
     record = json.loads((submission / "runs.json").read_text())
     array = next(a for a in record["arrays"] if a["name"] == array_name)
