@@ -13,3 +13,16 @@ def project(tmp_path, monkeypatch) -> ProjectPaths:
     monkeypatch.setenv("ZOO_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     return ProjectPaths(tmp_path)
+
+
+@pytest.fixture
+def tiny_runs(project):
+    """A function listing the MLflow runs of the project's "tiny" sweep (none yet: [])."""
+    from mlflow.tracking import MlflowClient
+
+    def runs():
+        client = MlflowClient(project.tracking_uri)
+        experiment = client.get_experiment_by_name("tiny")
+        return client.search_runs([experiment.experiment_id]) if experiment else []
+
+    return runs

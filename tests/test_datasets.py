@@ -153,3 +153,13 @@ def test_help_does_not_import_heavy_libraries():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_make_reads_the_datasets_of_a_sweep_spec(project):
+    spec = project.root / "spec.yaml"
+    spec.write_text(
+        "name: s\nbase:\n  datasets:\n"
+        "    x: {preset: noise, dose: 30, image_size: 16, count: 2, sim_sampling_a: 0.8}\n"
+    )
+    assert main(["data", "make", str(spec)]) == 0
+    assert (data.lookup("x", project) / "images.npy").exists()

@@ -87,12 +87,6 @@ def _squeue_empty(timeout=300):
     raise AssertionError("jobs still queued after the timeout")
 
 
-def _runs(project):
-    client = MlflowClient(project.tracking_uri)
-    experiment = client.get_experiment_by_name("tiny")
-    return client.search_runs([experiment.experiment_id]) if experiment else []
-
-
 def _task_intervals(project) -> list[tuple[float, float]]:
     """Start and end of every worker task, from the worker logs' modification and content."""
     intervals = []
@@ -102,13 +96,13 @@ def _task_intervals(project) -> list[tuple[float, float]]:
     return intervals
 
 
-def test_demo_sweep_on_slurm_every_run_once_and_throttled(cluster, project, capsys):
+def test_demo_sweep_on_slurm_every_run_once_and_throttled(tiny_runs, cluster, project, capsys):
     spec = _spec(project, sources=("a", "b", "c"))
     assert main(["sweep", "submit", str(spec), "--max-parallel", "2", "--runs-per-task", "2"]) == 0
     output = capsys.readouterr().out
     assert "submitted stages-0" in output and "after afterany:" in output
     _squeue_empty()
-    runs = _runs(project)
+    runs = tiny_runs()
     assert len(runs) == 3 + 6 and all(r.info.status == "FINISHED" for r in runs)
     assert len({r.data.tags["zoo.config_hash"] for r in runs}) == 9
     intervals = _task_intervals(project)
@@ -121,7 +115,7 @@ def test_demo_sweep_on_slurm_every_run_once_and_throttled(cluster, project, caps
 
 
 def test_usr1_requeues_the_task_and_it_resumes_to_the_same_metrics(
-    cluster, project, tmp_path, capsys
+    tiny_runs, cluster, project, tmp_path, capsys
 ):
     spec = _spec(project, sources=("a",), freezes=("none",), epochs=40)
     assert main(["sweep", "submit", str(spec)]) == 0
@@ -130,7 +124,7 @@ def test_usr1_requeues_the_task_and_it_resumes_to_the_same_metrics(
     while time.time() < deadline:
         if list(project.stages.glob("*/last.safetensors")) and any(
             "transfer" in r.data.tags.get("zoo.stages", "") and r.data.tags["zoo.kind"] == "run"
-            for r in _runs(project)
+            for r in tiny_runs()
         ):
             break
         time.sleep(0.5)
@@ -142,7 +136,7 @@ def test_usr1_requeues_the_task_and_it_resumes_to_the_same_metrics(
     assert job, "the run task is not running"
     subprocess.run(["scancel", "--batch", "--signal=USR1", job[0]], check=True)
     _squeue_empty(timeout=400)
-    runs = [r for r in _runs(project) if r.data.tags["zoo.kind"] == "run"]
+    runs = [r for r in tiny_runs() if r.data.tags["zoo.kind"] == "run"]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     logs = "".join(p.read_text() for p in project.state.glob("sweeps/tiny/*/logs/runs-0*.out"))
     assert "preempted: requeueing" in logs and re.search(r"requeueing \d+_0", logs)
@@ -170,7 +164,9 @@ def test_usr1_requeues_the_task_and_it_resumes_to_the_same_metrics(
     assert sorted((m.step, m.value) for m in resumed) == sorted((m.step, m.value) for m in expected)
 
 
-def test_failed_shared_stage_skips_dependents_and_resubmit_completes(cluster, project, capsys):
+def test_failed_shared_stage_skips_dependents_and_resubmit_completes(
+    tiny_runs, cluster, project, capsys
+):
     spec = _spec(
         project,
         extra={
@@ -198,7 +194,7 @@ def test_failed_shared_stage_skips_dependents_and_resubmit_completes(cluster, pr
     torch.save(create_model(config.model).state_dict(), project.root / "fix-me.pt")
     assert main(["sweep", "submit", str(spec), "--resubmit-failed"]) == 0
     _squeue_empty()
-    runs = _runs(project)
+    runs = tiny_runs()
     finished = {r.data.tags["zoo.config_hash"] for r in runs if r.info.status == "FINISHED"}
     assert len(finished) == 2 + 4
 
@@ -219,7 +215,7 @@ def test_arrays_split_at_max_array_size_and_dry_run_submits_nothing(cluster, pro
     assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == ""
 
 
-def test_shell_injection_values_never_execute(cluster, project, capsys, tmp_path):
+def test_shell_injection_values_never_execute(tiny_runs, cluster, project, capsys, tmp_path):
     owned = tmp_path / "owned"
     value = f'x"; touch {owned}; "'
     spec = _spec(
@@ -237,6 +233,6 @@ def test_shell_injection_values_never_execute(cluster, project, capsys, tmp_path
     assert main(["sweep", "submit", str(spec), "--runs-per-task", "2"]) == 0
     _squeue_empty()
     assert not owned.exists()
-    assert all(r.info.status == "FINISHED" for r in _runs(project))
+    assert all(r.info.status == "FINISHED" for r in tiny_runs())
     scripts = "".join(p.read_text() for p in project.state.glob("sweeps/tiny/*/*.sbatch"))
     assert "touch" not in scripts

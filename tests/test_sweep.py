@@ -171,16 +171,10 @@ def _tiny_spec(
     return path
 
 
-def _runs(project):
-    client = MlflowClient(project.tracking_uri)
-    experiment = client.get_experiment_by_name("tiny")
-    return client.search_runs([experiment.experiment_id]) if experiment else []
-
-
-def test_sweep_runs_shared_stages_once_and_a_second_run_trains_nothing(project, capsys):
+def test_sweep_runs_shared_stages_once_and_a_second_run_trains_nothing(tiny_runs, project, capsys):
     spec = _tiny_spec(project)
     assert main(["sweep", "run", str(spec), "--workers", "2"]) == 0
-    runs = _runs(project)
+    runs = tiny_runs()
     stages = [r for r in runs if r.data.tags["zoo.kind"] == "stage"]
     transfers = [r for r in runs if r.data.tags["zoo.kind"] == "run"]
     assert len(stages) == 2 and len(transfers) == 4
@@ -195,13 +189,13 @@ def test_sweep_runs_shared_stages_once_and_a_second_run_trains_nothing(project, 
     capsys.readouterr()
     assert main(["sweep", "run", str(spec)]) == 0
     assert "nothing to do" in capsys.readouterr().out
-    assert len(_runs(project)) == 6
+    assert len(tiny_runs()) == 6
     assert main(["sweep", "status", str(spec), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["pretrain"]["finished"] == 2 and status["run"]["finished"] == 4
 
 
-def test_failed_config_is_reported_and_the_others_finish(project, capsys):
+def test_failed_config_is_reported_and_the_others_finish(tiny_runs, project, capsys):
     spec = _tiny_spec(
         project,
         pretrain=("a",),
@@ -214,9 +208,7 @@ def test_failed_config_is_reported_and_the_others_finish(project, capsys):
     output = capsys.readouterr().out
     assert "failed 1" in output and "missing.safetensors" in output
     by_init = {
-        r.data.tags.get("zoo.axis.init"): r
-        for r in _runs(project)
-        if r.data.tags["zoo.kind"] == "run"
+        r.data.tags.get("zoo.axis.init"): r for r in tiny_runs() if r.data.tags["zoo.kind"] == "run"
     }
     assert by_init["best"].info.status == "FINISHED"
     assert by_init["file:missing.safetensors"].info.status == "FAILED"

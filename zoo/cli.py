@@ -130,29 +130,15 @@ def _sweep_run(args: argparse.Namespace) -> int:
 
 
 def _sweep_submit(args: argparse.Namespace) -> None:
+    import dataclasses
+
     from zoo import sweep
     from zoo.sweep._slurm import SubmitOptions, submit
     from zoo.tracking import Tracker
 
     plan = sweep.make_plan(sweep.load_spec(args.spec))
-    options = SubmitOptions(
-        partition=args.partition,
-        account=args.account,
-        qos=args.qos,
-        time=args.time,
-        constraint=args.constraint,
-        gpus_per_task=args.gpus_per_task,
-        cpus_per_task=args.cpus_per_task,
-        mem_per_task=args.mem_per_task,
-        max_parallel=args.max_parallel,
-        runs_per_task=args.runs_per_task,
-        gpu_power=args.gpu_power,
-        site_gpu_power=args.site_gpu_power,
-        grace_s=args.grace,
-        extra=tuple(args.sbatch),
-        resubmit_failed=args.resubmit_failed,
-        dry_run=args.dry_run,
-    )
+    names = [f.name for f in dataclasses.fields(SubmitOptions)]
+    options = SubmitOptions(**{**{n: getattr(args, n) for n in names}, "extra": tuple(args.extra)})
     submit(plan, Tracker(args.tracking_uri), options)
 
 
@@ -293,6 +279,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     submit.add_argument(
         "--grace",
+        dest="grace_s",
         type=int,
         default=120,
         metavar="S",
@@ -300,6 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     submit.add_argument(
         "--sbatch",
+        dest="extra",
         action="append",
         default=[],
         metavar="--OPTION=VALUE",

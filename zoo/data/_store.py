@@ -203,12 +203,18 @@ def export(folder: Path, out: Path) -> None:
 
 
 def declared(path: Path) -> dict[str, DatasetSource]:
-    """The ``datasets:`` mapping of a YAML file (a datasets file, run config or sweep spec)."""
+    """The ``datasets:`` mapping of a YAML file: a datasets file or run config (top level)
+    or a sweep spec (under ``base:``)."""
     from zoo._yaml import load_yaml
 
     document = load_yaml(path)
+    if isinstance(document, dict) and isinstance(document.get("base"), dict):
+        document = document["base"]
     if not isinstance(document, dict) or not isinstance(document.get("datasets"), dict):
-        raise ConfigError(f"{path}: expected a top-level 'datasets:' mapping of name -> parameters")
+        raise ConfigError(
+            f"{path}: expected a 'datasets:' mapping of name -> parameters "
+            "(at the top level, or under 'base:' in a sweep spec)"
+        )
     return {
         name: dataset_source(spec, f"datasets.{name}")
         for name, spec in document["datasets"].items()

@@ -178,67 +178,54 @@ def _value(operand: Any, names: Assignment) -> Any:
     return operand
 
 
-def _derive(expression: Any, names: Assignment, where: str) -> Any:
+def _operator(expression: Any, where: str, allowed: list[str]) -> tuple[str, Any]:
+    """The (operator, operands) of a one-key mapping such as ``{ne: [$a, $b]}``."""
     check(
         isinstance(expression, dict) and len(expression) == 1,
         where,
         expression,
-        "{operator: operands} with operator one of add, subtract, multiply, divide, format, "
-        "lookup, value",
+        "{operator: operands} with operator one of " + ", ".join(allowed),
     )
     ((op, operands),) = expression.items()
+    if op not in allowed:
+        raise ConfigError(f"{where}: unknown operator {op!r}; allowed: " + ", ".join(allowed))
+    return op, operands
+
+
+def _binary(table: dict[str, Any], op: str, operands: Any, names: Assignment, where: str) -> Any:
+    check(
+        isinstance(operands, list) and len(operands) == 2, f"{where}.{op}", operands, "two operands"
+    )
+    return table[op](*(_value(o, names) for o in operands))
+
+
+def _derive(expression: Any, names: Assignment, where: str) -> Any:
+    op, operands = _operator(expression, where, [*_ARITHMETIC, "format", "lookup", "value"])
     if op in _ARITHMETIC:
-        check(
-            isinstance(operands, list) and len(operands) == 2,
-            f"{where}.{op}",
-            operands,
-            "two operands",
-        )
-        return _ARITHMETIC[op](*(_value(o, names) for o in operands))
+        return _binary(_ARITHMETIC, op, operands, names, where)
     if op == "format":
         return render(operands, names)
     if op == "value":
         return _value(operands, names)
-    if op == "lookup":
-        check(
-            isinstance(operands, list) and len(operands) == 2 and isinstance(operands[1], dict),
-            f"{where}.lookup",
-            operands,
-            "[key, {key: value, ...}]",
-        )
-        key = _value(operands[0], names)
-        check(key in operands[1], f"{where}.lookup", key, "a key of the lookup table")
-        return operands[1][key]
-    raise ConfigError(
-        f"{where}: unknown operator {op!r}; allowed: add, subtract, multiply, "
-        "divide, format, lookup, value"
+    check(
+        isinstance(operands, list) and len(operands) == 2 and isinstance(operands[1], dict),
+        f"{where}.lookup",
+        operands,
+        "[key, {key: value, ...}]",
     )
+    key = _value(operands[0], names)
+    check(key in operands[1], f"{where}.lookup", key, "a key of the lookup table")
+    return operands[1][key]
 
 
 def _holds(condition: Any, names: Assignment, where: str) -> bool:
-    check(
-        isinstance(condition, dict) and len(condition) == 1,
-        where,
-        condition,
-        "{operator: operands} with operator one of " + ", ".join([*_COMPARE, "all", "any", "not"]),
-    )
-    ((op, operands),) = condition.items()
+    op, operands = _operator(condition, where, [*_COMPARE, "all", "any", "not"])
     if op in ("all", "any"):
         results = (_holds(c, names, f"{where}.{op}.{i}") for i, c in enumerate(operands))
         return all(results) if op == "all" else any(results)
     if op == "not":
         return not _holds(operands, names, f"{where}.not")
-    if op in _COMPARE:
-        check(
-            isinstance(operands, list) and len(operands) == 2,
-            f"{where}.{op}",
-            operands,
-            "two operands",
-        )
-        return _COMPARE[op](*(_value(o, names) for o in operands))
-    raise ConfigError(
-        f"{where}: unknown operator {op!r}; allowed: " + ", ".join([*_COMPARE, "all", "any", "not"])
-    )
+    return _binary(_COMPARE, op, operands, names, where)
 
 
 def render(template: Any, names: Assignment) -> Any:
