@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from zoo.paths import ProjectPaths
 
@@ -26,3 +27,38 @@ def tiny_runs(project):
         return client.search_runs([experiment.experiment_id]) if experiment else []
 
     return runs
+
+
+TINY_DATA = {"preset": "defocus", "image_size": 32, "count": 20, "sim_sampling_a": 0.4}
+
+
+@pytest.fixture
+def tiny_spec(project):
+    """A function writing the "tiny" sweep spec (pretrain on `source`, transfer to b with
+    `freeze`; a tiny timm test encoder, 32 px sets a, b, c) and returning its path."""
+
+    def write(sources=("a", "b"), freezes=("none", "encoder"), extra=None, epochs=1):
+        spec = {
+            "name": "tiny",
+            "base": {
+                "model": {"encoder": "tu-test_resnet", "decoder_channels": [16] * 5},
+                "datasets": {
+                    name: {**TINY_DATA, "defocus_nm": defocus}
+                    for name, defocus in (("a", -10), ("b", 10), ("c", 0))
+                },
+                "stages": [
+                    {"name": "pretrain", "train": "a", "size": 8, "epochs": 1},
+                    {"name": "transfer", "train": "b", "size": 4, "epochs": epochs},
+                ],
+                "validate_on": ["a", "b", "c"],
+            },
+            "axes": [{"product": {"source": list(sources), "freeze": list(freezes)}}],
+            "set": {"stages.0.train": "$source", "stages.1.freeze": "$freeze"},
+            "seeds": [0],
+            **(extra or {}),
+        }
+        path = project.root / "tiny.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return path
+
+    return write

@@ -16,14 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from zoo.cli import main
 
 pytestmark = pytest.mark.slurm
 SCRIPT = Path(__file__).parent.parent / "slurm" / "local-cluster.sh"
-TINY_DATA = {"preset": "defocus", "image_size": 32, "count": 20, "sim_sampling_a": 0.4}
 
 
 @pytest.fixture(scope="module")
@@ -51,31 +49,6 @@ def cluster(tmp_path_factory):
         os.environ["SLURM_CONF"] = previous
 
 
-def _spec(project, sources=("a", "b"), freezes=("none", "encoder"), extra=None, epochs=1):
-    spec = {
-        "name": "tiny",
-        "base": {
-            "model": {"encoder": "tu-test_resnet", "decoder_channels": [16, 16, 16, 16, 16]},
-            "datasets": {
-                "a": {**TINY_DATA, "defocus_nm": -10},
-                "b": {**TINY_DATA, "defocus_nm": 10},
-                "c": {**TINY_DATA, "defocus_nm": 0},
-            },
-            "stages": [
-                {"name": "pretrain", "train": "a", "size": 8, "epochs": 1},
-                {"name": "transfer", "train": "b", "size": 4, "epochs": epochs},
-            ],
-            "validate_on": ["a", "b", "c"],
-        },
-        "axes": [{"product": {"source": list(sources), "freeze": list(freezes)}}],
-        "set": {"stages.0.train": "$source", "stages.1.freeze": "$freeze"},
-        **(extra or {}),
-    }
-    path = project.root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 def _squeue_empty(timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -96,8 +69,10 @@ def _task_intervals(project) -> list[tuple[float, float]]:
     return intervals
 
 
-def test_demo_sweep_on_slurm_every_run_once_and_throttled(tiny_runs, cluster, project, capsys):
-    spec = _spec(project, sources=("a", "b", "c"))
+def test_demo_sweep_on_slurm_every_run_once_and_throttled(
+    tiny_spec, tiny_runs, cluster, project, capsys
+):
+    spec = tiny_spec(sources=("a", "b", "c"))
     assert main(["sweep", "submit", str(spec), "--max-parallel", "2", "--runs-per-task", "2"]) == 0
     output = capsys.readouterr().out
     assert "submitted stages-0" in output and "after afterany:" in output
@@ -115,9 +90,9 @@ def test_demo_sweep_on_slurm_every_run_once_and_throttled(tiny_runs, cluster, pr
 
 
 def test_usr1_requeues_the_task_and_it_resumes_to_the_same_metrics(
-    tiny_runs, cluster, project, tmp_path, capsys
+    tiny_spec, tiny_runs, cluster, project, tmp_path, capsys
 ):
-    spec = _spec(project, sources=("a",), freezes=("none",), epochs=40)
+    spec = tiny_spec(sources=("a",), freezes=("none",), epochs=40)
     assert main(["sweep", "submit", str(spec)]) == 0
     capsys.readouterr()
     deadline = time.time() + 300
@@ -165,10 +140,9 @@ def test_usr1_requeues_the_task_and_it_resumes_to_the_same_metrics(
 
 
 def test_failed_shared_stage_skips_dependents_and_resubmit_completes(
-    tiny_runs, cluster, project, capsys
+    tiny_spec, tiny_runs, cluster, project, capsys
 ):
-    spec = _spec(
-        project,
+    spec = tiny_spec(
         extra={
             "derive": {"init": {"lookup": ["$source", {"a": "random", "b": "file:fix-me.pt"}]}},
             "set": {
@@ -199,27 +173,30 @@ def test_failed_shared_stage_skips_dependents_and_resubmit_completes(
     assert len(finished) == 2 + 4
 
 
-def test_arrays_split_at_max_array_size_and_dry_run_submits_nothing(cluster, project, capsys):
-    spec = _spec(
-        project, sources=("a",), freezes=("none", "encoder", "decoder"), extra={"seeds": [0, 1, 2]}
+def test_arrays_split_at_max_array_size_and_dry_run_submits_nothing(
+    tiny_spec, cluster, project, capsys
+):
+    spec = tiny_spec(
+        sources=("a",), freezes=("none", "encoder", "decoder"), extra={"seeds": [0, 1, 2]}
     )
     assert main(["sweep", "submit", str(spec), "--dry-run"]) == 0
     output = capsys.readouterr().out
     # 3 stages (one per seed) in one array; 9 runs in three arrays of 3 tasks (MaxArraySize 3)
     assert output.count("#SBATCH --array=0-2") == 4 and "nothing written or submitted" in output
     assert not project.state.joinpath("sweeps").exists()
-    spec = _spec(project, sources=("a",), freezes=("none",), extra={"seeds": [0, 1, 2, 3]})
+    spec = tiny_spec(sources=("a",), freezes=("none",), extra={"seeds": [0, 1, 2, 3]})
     assert main(["sweep", "submit", str(spec), "--dry-run"]) == 0
     output = capsys.readouterr().out
     assert "#SBATCH --array=0-2\n" in output and "#SBATCH --array=0-0\n" in output
     assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == ""
 
 
-def test_shell_injection_values_never_execute(tiny_runs, cluster, project, capsys, tmp_path):
+def test_shell_injection_values_never_execute(
+    tiny_spec, tiny_runs, cluster, project, capsys, tmp_path
+):
     owned = tmp_path / "owned"
     value = f'x"; touch {owned}; "'
-    spec = _spec(
-        project,
+    spec = tiny_spec(
         sources=("a",),
         freezes=("none",),
         extra={

@@ -7,14 +7,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from zoo.cli import main
 from zoo.sweep import expand, load_spec, make_plan
 
 SWEEPS = Path(__file__).parent.parent / "sweeps"
-TINY_DATA = {"preset": "defocus", "image_size": 32, "count": 20, "sim_sampling_a": 0.4}
 
 
 def _plan_json(capsys, spec) -> dict:
@@ -144,35 +142,10 @@ def test_share_stages_false_trains_every_stage_per_run(tmp_path):
     assert plan.counts()["jobs"] == {"run": 180}
 
 
-def _tiny_spec(
-    project, freeze_values=("none", "encoder"), pretrain=("a", "b"), extra: dict | None = None
-) -> Path:
-    spec = {
-        "name": "tiny",
-        "base": {
-            "model": {"encoder": "tu-test_resnet", "decoder_channels": [16, 16, 16, 16, 16]},
-            "datasets": {
-                "a": {**TINY_DATA, "defocus_nm": -10},
-                "b": {**TINY_DATA, "defocus_nm": 10},
-            },
-            "stages": [
-                {"name": "pretrain", "train": "a", "size": 8, "epochs": 1},
-                {"name": "transfer", "train": "b", "size": 4, "epochs": 1},
-            ],
-            "validate_on": ["a", "b"],
-        },
-        "axes": [{"product": {"source": list(pretrain), "freeze": list(freeze_values)}}],
-        "set": {"stages.0.train": "$source", "stages.1.freeze": "$freeze"},
-        "seeds": [0],
-        **(extra or {}),
-    }
-    path = project.root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def test_sweep_runs_shared_stages_once_and_a_second_run_trains_nothing(tiny_runs, project, capsys):
-    spec = _tiny_spec(project)
+def test_sweep_runs_shared_stages_once_and_a_second_run_trains_nothing(
+    tiny_spec, tiny_runs, project, capsys
+):
+    spec = tiny_spec()
     assert main(["sweep", "run", str(spec), "--workers", "2"]) == 0
     runs = tiny_runs()
     stages = [r for r in runs if r.data.tags["zoo.kind"] == "stage"]
@@ -195,10 +168,9 @@ def test_sweep_runs_shared_stages_once_and_a_second_run_trains_nothing(tiny_runs
     assert status["pretrain"]["finished"] == 2 and status["run"]["finished"] == 4
 
 
-def test_failed_config_is_reported_and_the_others_finish(tiny_runs, project, capsys):
-    spec = _tiny_spec(
-        project,
-        pretrain=("a",),
+def test_failed_config_is_reported_and_the_others_finish(tiny_spec, tiny_runs, project, capsys):
+    spec = tiny_spec(
+        sources=("a",),
         extra={
             "axes": [{"product": {"source": ["a"], "init": ["best", "file:missing.safetensors"]}}],
             "set": {"stages.0.train": "$source", "stages.1.init": "$init"},
@@ -215,9 +187,8 @@ def test_failed_config_is_reported_and_the_others_finish(tiny_runs, project, cap
     assert "missing.safetensors" in by_init["file:missing.safetensors"].data.tags["zoo.error"]
 
 
-def test_failed_shared_stage_skips_its_dependents(project, capsys):
-    spec = _tiny_spec(
-        project,
+def test_failed_shared_stage_skips_its_dependents(tiny_spec, project, capsys):
+    spec = tiny_spec(
         extra={
             "derive": {
                 "init": {"lookup": ["$source", {"a": "random", "b": "file:missing.safetensors"}]}
@@ -238,9 +209,9 @@ def test_failed_shared_stage_skips_its_dependents(project, capsys):
     assert status["run"]["finished"] == 2 and status["run"]["skipped"] == 2
 
 
-def test_packed_workers_give_the_metrics_of_a_run_alone(project, tmp_path, monkeypatch):
+def test_packed_workers_give_the_metrics_of_a_run_alone(tiny_spec, project, tmp_path, monkeypatch):
     """Two runs side by side in two worker processes end exactly as each does alone."""
-    spec = _tiny_spec(project, pretrain=("a",))
+    spec = tiny_spec(sources=("a",))
     assert main(["sweep", "run", str(spec), "--workers", "2"]) == 0
     alone = type(project)(tmp_path / "alone")
     alone.root.mkdir()
