@@ -62,6 +62,18 @@ class ProjectPaths:
     def logs(self) -> Path:
         return self.state / "logs"
 
+    def job_log(self, sweep: str, identity: str) -> Path:
+        """The log of one sweep job (a run or a shared stage) run by the local executor."""
+        return self.logs / sweep / f"{identity}.log"
+
+    def sweep(self, name: str) -> Path:
+        """SLURM submissions of one sweep, one timestamped folder each."""
+        return self.state / "sweeps" / name
+
+    def download(self, run_id: str) -> Path:
+        """Where artifacts of another MLflow run (``init: run:ID``) are downloaded to."""
+        return self.state / "downloads" / run_id
+
     @property
     def tracking_db(self) -> Path:
         return self.root / "mlflow.db"

@@ -6,6 +6,7 @@ the same MLflow run from the last checkpoint of its current stage.
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 import tempfile
@@ -52,6 +53,19 @@ def load_datasets(config: RunConfig, paths: ProjectPaths) -> dict[str, Dataset]:
     return datasets
 
 
+@functools.cache
+def _git_commit() -> str | None:
+    """The commit of zoo's own checkout (asked once per process), if it is one."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).parent,
+    )
+    return commit.stdout.strip() if commit.returncode == 0 else None
+
+
 def _tags(config: RunConfig, device: torch.device, floor: float) -> dict[str, str]:
     tags = {
         "zoo.seed": str(config.seed),
@@ -64,15 +78,8 @@ def _tags(config: RunConfig, device: torch.device, floor: float) -> dict[str, st
     }
     if device.type == "cuda":
         tags["zoo.gpu"] = torch.cuda.get_device_name(device)
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=Path(__file__).parent,
-    )
-    if commit.returncode == 0:
-        tags["mlflow.source.git.commit"] = commit.stdout.strip()
+    if _git_commit():
+        tags["mlflow.source.git.commit"] = _git_commit()
     return tags
 
 
@@ -212,10 +219,9 @@ def _train_stages(
 ) -> list[StageResult]:
     results: list[StageResult] = []
     offset = 0
-    downloads = paths.state / "downloads"
 
     def fetch_run(other: str) -> Path:
-        return tracker.download(other, "weights/best.safetensors", downloads / other)
+        return tracker.download(other, "weights/best.safetensors", paths.download(other))
 
     for index, stage in enumerate(config.stages):
 

@@ -78,7 +78,7 @@ def execute(payload: dict[str, Any], log: Path | None = None) -> tuple[str, str,
     config = resolve(payload["config"])
     if config.device == "auto" and "device" in _WORKER:
         config = replace(config, device=_WORKER["device"])
-    log = log or paths.logs / payload["experiment"] / f"{payload['identity']}.log"
+    log = log or paths.job_log(payload["experiment"], payload["identity"])
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as handle:
 
@@ -122,8 +122,8 @@ def payload(
 class _Progress:
     """One status line: done / running / failed / skipped / remaining, ETA."""
 
-    def __init__(self, total: int, workers: int, echo: Callable[[str], None]):
-        self.total, self.workers, self.echo = total, workers, echo
+    def __init__(self, total: int, echo: Callable[[str], None]):
+        self.total, self.echo = total, echo
         self.started = time.monotonic()
         self.tty = echo is print and sys.stdout.isatty()
 
@@ -174,7 +174,7 @@ def run_sweep(
     if not pending:
         echo(f"sweep {plan.spec.name}: all {len(plan.jobs)} jobs finished; nothing to do")
         return report
-    progress = _Progress(len(pending), workers, echo)
+    progress = _Progress(len(pending), echo)
     echo(
         f"sweep {plan.spec.name}: {len(pending)} jobs to run "
         f"({len(report.already)} already finished), {workers} worker(s)"

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -127,12 +127,6 @@ class Array:
     runs_per_task: int = 1
 
 
-@dataclass
-class Submission:
-    folder: Path
-    arrays: list[Array] = field(default_factory=list)
-
-
 def _slurm(*args: str) -> str:
     try:
         result = subprocess.run(args, capture_output=True, text=True, check=True, timeout=60)
@@ -178,7 +172,7 @@ def active_tasks(sweep: str) -> dict[tuple[str, int], str]:
 
 
 def _submissions(paths: ProjectPaths, sweep: str) -> list[Path]:
-    folder = paths.state / "sweeps" / sweep
+    folder = paths.sweep(sweep)
     return sorted(folder.glob("*/runs.json")) if folder.exists() else []
 
 
@@ -240,8 +234,9 @@ def _render(plan: Plan, array: Array, submission: Path, root: Path, options: Sub
     return Template(TEMPLATE.read_text()).substitute(values)
 
 
-def submit(plan: Plan, tracker: Tracker, options: SubmitOptions, echo=print) -> Submission | None:
-    """Submit the jobs of ``plan`` that are neither finished nor queued; None if none."""
+def submit(plan: Plan, tracker: Tracker, options: SubmitOptions, echo=print) -> Path | None:
+    """Submit the jobs of ``plan`` that are neither finished nor queued; returns the
+    submission folder (None when nothing was submitted, or on a dry run)."""
     options.validate()
     experiment = tracker.experiment(plan.spec.name)
     states = tracker.states(experiment)
@@ -265,8 +260,7 @@ def submit(plan: Plan, tracker: Tracker, options: SubmitOptions, echo=print) -> 
         return None
     limit = _dry_limit() if options.dry_run else cluster_max_array_size()
     arrays = _group(selected, limit, options.runs_per_task)
-    folder = tracker.paths.state / "sweeps" / plan.spec.name / time.strftime("%Y%m%d-%H%M%S")
-    folder = _unique(folder)
+    folder = _unique(tracker.paths.sweep(plan.spec.name) / time.strftime("%Y%m%d-%H%M%S"))
     jobs = {j.key: j for j in plan.jobs}
     parents = {k: v[0] for k, v in states.items() if k in finished}
     payloads = {}
@@ -313,7 +307,7 @@ def submit(plan: Plan, tracker: Tracker, options: SubmitOptions, echo=print) -> 
             f"submitted {array.name}: job {array.job_id}, {len(array.keys)} jobs in "
             f"{array.task_count} tasks" + (f", after {dependency[0][13:]}" if dependency else "")
         )
-    return Submission(folder, arrays)
+    return folder
 
 
 def _dry_limit() -> int:
