@@ -25,7 +25,7 @@ from zoo.models import create_model
 from zoo.paths import ProjectPaths
 from zoo.run import run
 from zoo.tracking import Tracker
-from zoo.train import DeviceData, Step, batch, epoch_order, make_optimizer, train_step
+from zoo.train import STORAGE, Batcher, DeviceData, Step, epoch_order, make_optimizer, train_step
 
 
 def _sync(device: torch.device) -> None:
@@ -35,7 +35,7 @@ def _sync(device: torch.device) -> None:
 
 def _data(size: int, count: int, device: torch.device) -> DeviceData:
     rng = np.random.default_rng(0)
-    images = torch.from_numpy(rng.normal(size=(count, 1, size, size)).astype(np.float32))
+    images = torch.from_numpy(rng.normal(size=(count, 1, size, size))).to(STORAGE)
     masks = torch.from_numpy((rng.random((count, size, size)) > 0.5).astype(np.uint8))
     return DeviceData(
         images.to(device), masks.to(device), images[:1].to(device), masks[:1].to(device)
@@ -56,8 +56,9 @@ def zoo_loop(data: DeviceData, device: torch.device, steps: int, batch_size: int
     )
     order = epoch_order(0, 0, 1, len(data.train_images), augment=True)
     start = time.perf_counter()
+    batches = Batcher(data, order)
     for i in range(steps):
-        x, y = batch(data, order[i * batch_size : (i + 1) * batch_size])
+        x, y = batches(i * batch_size, batch_size)
         train_step(step, x, y)
     _sync(device)
     return (time.perf_counter() - start) / steps
@@ -71,7 +72,8 @@ def bare_loop(data: DeviceData, device: torch.device, steps: int, batch_size: in
     start = time.perf_counter()
     for _ in range(steps):
         index = torch.from_numpy(generator.integers(0, len(data.train_images), batch_size))
-        x, y = data.train_images[index.to(device)], data.train_masks[index.to(device)].long()
+        x = data.train_images[index.to(device)].float()
+        y = data.train_masks[index.to(device)].long()
         loss = F.cross_entropy(model(x).softmax(dim=1), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

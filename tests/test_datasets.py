@@ -10,11 +10,13 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from zoo import data
 from zoo.cli import main
 from zoo.errors import ConfigError, DataError
+from zoo.train import standardise, to_device
 
 TINY = {"preset": "defocus", "defocus_nm": -10, "image_size": 32, "count": 6, "sim_sampling_a": 0.4}
 
@@ -42,12 +44,17 @@ def test_make_caches_by_content_and_skips_when_cached(project, datasets_file, ca
     assert len([p for p in project.datasets.iterdir() if p.is_dir()]) == 2
 
 
-def test_loaded_images_are_standardised_and_split(project):
+def test_device_copies_are_standardised_half_precision_splits(project):
     dataset = data.load("d", data.materialise("d", data.generator_spec(TINY, "d"), project))
     assert dataset.images.shape == (6, 32, 32) and dataset.masks.dtype == np.uint8
-    assert np.allclose(dataset.images.mean(axis=(1, 2)), 0, atol=1e-5)
-    assert np.allclose(dataset.images.std(axis=(1, 2)), 1, atol=1e-4)
     assert len(dataset.train[0]) == 5 and len(dataset.val[0]) == 1
+    on_device = to_device(dataset, torch.device("cpu"))
+    images = torch.cat([on_device.train_images, on_device.val_images])
+    assert images.dtype == torch.float16 and images.shape == (6, 1, 32, 32)
+    assert torch.allclose(images.float().mean(dim=(1, 2, 3)), torch.zeros(6), atol=1e-3)
+    assert torch.allclose(images.float().std(dim=(1, 2, 3)), torch.ones(6), atol=2e-3)
+    raw = torch.from_numpy(dataset.images[:, None])
+    assert torch.allclose(images.float(), standardise(raw), atol=4e-3)
 
 
 def test_export_writes_arrays_and_parameters(project, datasets_file):

@@ -20,6 +20,7 @@ from zoo.cli import main
 from zoo.config import ModelConfig, load_config
 from zoo.losses import LOSSES, apply_head, loss_floor
 from zoo.models import create_model, freeze, parameter_counts
+from zoo.train import Batcher, DeviceData, dihedral, epoch_order
 
 TINY_DATA = {"preset": "defocus", "image_size": 32, "count": 20, "sim_sampling_a": 0.4}
 TINY_RUN = {
@@ -233,3 +234,16 @@ def test_config_errors_exit_2_name_the_field_and_log_nothing(
 def test_overrides_read_values_as_yaml(config_file):
     config = load_config(config_file(), ["stages.1.lr=1e-5", "model.head=logits", "seed=7"])
     assert config.stages[1].lr == 1e-5 and config.model.head == "logits" and config.seed == 7
+
+
+def test_batches_hold_each_image_under_its_dihedral_transform():
+    images = torch.randn(3, 1, 5, 5).half()
+    masks = (torch.rand(3, 5, 5) > 0.5).to(torch.uint8)
+    data = DeviceData(images, masks, images[:1], masks[:1])
+    order = epoch_order(seed=1, stage=0, epoch=1, count=3, augment=True)
+    x, y = Batcher(data, order)(4, 9)
+    assert x.dtype == torch.float32 and x.shape == (9, 1, 5, 5) and y.shape == (9, 5, 5)
+    for row, (index, k) in enumerate(order[4:13]):
+        assert torch.equal(x[row], dihedral(images[index], k).float())
+        assert torch.equal(y[row], dihedral(masks[index], k))
+    assert len({tuple(pair) for pair in order}) == 24  # every image under all 8 transforms

@@ -27,7 +27,14 @@ from zoo.losses import apply_head, loss_floor
 from zoo.models import create_model
 from zoo.paths import ProjectPaths
 from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
-from zoo.train import Preempted, StageResult, pick_device, to_device, train_stage
+from zoo.train import (
+    Preempted,
+    StageResult,
+    pick_device,
+    standardise,
+    to_device,
+    train_stage,
+)
 
 __all__ = ["load_datasets", "run"]
 
@@ -49,6 +56,12 @@ def load_datasets(config: RunConfig, paths: ProjectPaths) -> dict[str, Dataset]:
             raise ConfigError(
                 f"config.stages.{i}.size: {stage.size} is larger than the training "
                 f"split of {stage.train!r} ({available} images)"
+            )
+        height, width = datasets[stage.train].images.shape[1:]
+        if stage.augment == "dihedral" and height != width:
+            raise ConfigError(
+                f"config.stages.{i}.augment: 'dihedral' needs square images; "
+                f"{stage.train!r} has {height}x{width}; expected augment: none"
             )
     return datasets
 
@@ -151,7 +164,8 @@ def _artifacts(
         model.load_state_dict(load_weights(last.folder / "best.safetensors"))
         model.eval()
         with torch.inference_mode():
-            output = apply_head(model(torch.from_numpy(images[:, None])), config.model.head)
+            x = standardise(torch.from_numpy(images[:, None]))
+            output = apply_head(model(x), config.model.head)
         predicted = output.argmax(dim=1).numpy()
         tracker.log_artifact(
             run_id, predictions(images, masks, predicted, folder / "predictions.png"), "figures"

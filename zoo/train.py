@@ -29,14 +29,16 @@ from zoo.telemetry import GpuMeter
 
 __all__ = [
     "STOP",
+    "Batcher",
     "DeviceData",
     "Preempted",
     "StageResult",
     "Step",
-    "batch",
+    "dihedral",
     "epoch_order",
     "make_optimizer",
     "pick_device",
+    "standardise",
     "to_device",
     "train_stage",
     "train_step",
@@ -53,11 +55,15 @@ class Preempted(Exception):
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
+STORAGE = torch.float16  # images on the device: half the memory, standardised first
+CHUNK = 64  # images uploaded and standardised at a time
+
+
 @dataclass(frozen=True)
 class DeviceData:
     """One dataset's splits as tensors on the training device."""
 
-    train_images: torch.Tensor  # (N, 1, H, W) float32, standardised
+    train_images: torch.Tensor  # (N, 1, H, W) STORAGE, each image standardised
     train_masks: torch.Tensor  # (N, H, W) uint8
     val_images: torch.Tensor
     val_masks: torch.Tensor
@@ -81,14 +87,29 @@ def pick_device(config: RunConfig) -> torch.device:
     return torch.device(config.device)
 
 
+def standardise(images: torch.Tensor) -> torch.Tensor:
+    """Each image (the last two axes) shifted and scaled to mean 0 and std 1, in float32."""
+    x = images.float()
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    std = x.std(dim=(-2, -1), keepdim=True, correction=0)
+    return (x - mean) / std.clamp_min(1e-8)
+
+
 def to_device(dataset: Dataset, device: torch.device) -> DeviceData:
-    def tensor(array: np.ndarray) -> torch.Tensor:
+    """Upload ``dataset`` in chunks, standardising each image on the device."""
+
+    def images(array: np.ndarray) -> torch.Tensor:
+        stored = torch.empty((len(array), 1, *array.shape[1:]), dtype=STORAGE, device=device)
+        for start in range(0, len(array), CHUNK):
+            chunk = torch.from_numpy(np.ascontiguousarray(array[start : start + CHUNK]))
+            stored[start : start + CHUNK, 0] = standardise(chunk.to(device))
+        return stored
+
+    def masks(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
     (train_x, train_y), (val_x, val_y) = dataset.train, dataset.val
-    return DeviceData(
-        tensor(train_x[:, None]), tensor(train_y), tensor(val_x[:, None]), tensor(val_y)
-    )
+    return DeviceData(images(train_x), masks(train_y), images(val_x), masks(val_y))
 
 
 def _amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
@@ -112,15 +133,27 @@ def epoch_order(seed: int, stage: int, epoch: int, count: int, augment: bool) ->
     return np.stack([order % count, order // count], axis=1)
 
 
-def batch(data: DeviceData, pairs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and masks of ``pairs``, each under its transform; no host synchronisation."""
-    xs, ys = [], []
-    device = data.train_images.device
-    for k in np.unique(pairs[:, 1]):
-        index = torch.from_numpy(pairs[pairs[:, 1] == k, 0]).to(device, non_blocking=True)
-        xs.append(dihedral(data.train_images[index], int(k)))
-        ys.append(dihedral(data.train_masks[index], int(k)))
-    return torch.cat(xs), torch.cat(ys)
+class Batcher:
+    """Batches of one epoch gathered on the device: one upload of the epoch's order,
+    then per batch one gather of the images and one of the pixels (the dihedral
+    transforms as precomputed pixel permutations); no host synchronisation."""
+
+    def __init__(self, data: DeviceData, order: np.ndarray):
+        self.images, self.masks = data.train_images, data.train_masks
+        device, (height, width) = self.images.device, self.images.shape[-2:]
+        self.order = torch.from_numpy(order).to(device)
+        pixels = torch.arange(height * width, device=device).view(height, width)
+        transforms = range(DIHEDRAL) if height == width else range(1)
+        self.permutations = torch.stack([dihedral(pixels, k).flatten() for k in transforms])
+
+    def __call__(self, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardised float32 images (B, 1, H, W) and masks (B, H, W) of a slice of
+        the order, each under its transform."""
+        index, transform = self.order[start : start + size].unbind(1)
+        pixels = self.permutations[transform]
+        x = self.images[index].flatten(-2).gather(-1, pixels[:, None])
+        y = self.masks[index].flatten(-2).gather(-1, pixels)
+        return x.view_as(self.images[index]).float(), y.view_as(self.masks[index])
 
 
 @dataclass(frozen=True)
@@ -170,7 +203,7 @@ def evaluate(
     totals = torch.zeros(4, device=images.device, dtype=torch.float64)
     for start in range(0, len(images), config.val_batch_size):
         end = start + config.val_batch_size
-        x, y = images[start:end], masks[start:end].long()
+        x, y = images[start:end].float(), masks[start:end].long()
         with torch.autocast(images.device.type, amp, enabled=amp is not None):
             output = apply_head(model(x), config.model.head)
         prediction = output.argmax(dim=1)
@@ -300,8 +333,9 @@ def train_stage(
             partial = progress.pop("partial", {"step": 0, "total": 0.0, "seconds": 0.0})
             started -= partial["seconds"]
             total = torch.tensor(partial["total"], device=device)
+            batches = Batcher(source, order)
             for start in range(partial["step"], len(order), stage.batch_size):
-                x, y = batch(source, order[start : start + stage.batch_size])
+                x, y = batches(start, stage.batch_size)
                 total += train_step(step, x, y) * len(x)
                 if STOP.is_set():  # preempted: checkpoint mid-epoch, let the caller requeue
                     progress["partial"] = {

@@ -86,10 +86,11 @@ def mixture(name: str, spec: MixSpec, components: dict[str, Dataset]) -> Dataset
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images (standardised per image), masks and the train/validation split point."""
+    """Images, masks and the train/validation split point; training standardises each
+    image on its device (``zoo.train.to_device``)."""
 
     name: str
-    images: np.ndarray  # (N, H, W) float32, each image mean 0 and std 1
+    images: np.ndarray  # (N, H, W) float32, as generated or read
     masks: np.ndarray  # (N, H, W) uint8
     train_count: int  # images [0, train_count) train; the rest validate
     pixel_size_a: float | None
@@ -173,15 +174,11 @@ def lookup(name: str, paths: ProjectPaths) -> Path:
 
 
 def load(name: str, folder: Path) -> Dataset:
-    """The dataset cached in ``folder``, each image standardised to mean 0 and std 1."""
+    """The dataset cached in ``folder``."""
     meta = json.loads((folder / "meta.json").read_text())
-    images = np.load(folder / "images.npy")
-    mean = images.mean(axis=(1, 2), keepdims=True)
-    std = images.std(axis=(1, 2), keepdims=True)
-    images = (images - mean) / np.maximum(std, 1e-8)
     return Dataset(
         name,
-        images.astype(np.float32),
+        np.load(folder / "images.npy").astype(np.float32, copy=False),
         np.load(folder / "masks.npy"),
         meta["train_count"],
         meta["pixel_size_a"],
