@@ -247,3 +247,21 @@ def test_batches_hold_each_image_under_its_dihedral_transform():
         assert torch.equal(x[row], dihedral(images[index], k).float())
         assert torch.equal(y[row], dihedral(masks[index], k))
     assert len({tuple(pair) for pair in order}) == 24  # every image under all 8 transforms
+
+
+def test_compiled_run_reports_compile_time_apart_and_trains_like_eager(project):
+    losses = {}
+    for compile_ in (False, True):
+        document = {**TINY_RUN, "experiment": f"compile-{compile_}", "compile": compile_}
+        document["stages"] = TINY_RUN["stages"][:1]
+        path = project.root / f"compile-{compile_}.yaml"
+        path.write_text(yaml.safe_dump(document))
+        assert main(["train", str(path)]) == 0
+        client, (run,) = _runs(project, document["experiment"])
+        metrics = run.data.metrics
+        assert ("compile_seconds/pretrain" in metrics) == compile_
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        losses[compile_] = [m.value for m in sorted(history, key=lambda m: m.step)]
+    compiled_seconds = metrics["compile_seconds/pretrain"]
+    assert compiled_seconds > 1 and compiled_seconds > 3 * metrics["train_seconds/pretrain"]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)

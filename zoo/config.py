@@ -122,7 +122,7 @@ class RunConfig:
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     power_cap_w: float | None = None  # NVML power limit to set while training (needs root)
-    compile: bool = False  # torch.compile the model (its compile time lands in epoch 1)
+    compile: bool = False  # torch.compile the model; compile time logged as compile_seconds
     val_batch_size: int = 64
     log_weights: tuple[Literal["best", "final"], ...] = ("best", "final")  # weight artifacts
     share_stages: bool = True  # false: every stage checkpoint belongs to this run alone
@@ -235,6 +235,7 @@ class RunConfig:
                         "parent": digests[-1] if continues else None,
                         "val_batch_size": self.val_batch_size,
                         "owner": None if self.share_stages else run,
+                        **({"compile": True} if self.compile else {}),  # older hashes kept
                     }
                 )
             )

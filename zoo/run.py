@@ -128,6 +128,8 @@ def _summary(
     for stage, result in zip(config.stages, results, strict=True):
         summary[metric_key("params_trainable", stage.name)] = result.trainable
         summary[metric_key("train_seconds", stage.name)] = result.seconds
+        if config.compile:
+            summary[metric_key("compile_seconds", stage.name)] = result.compile_seconds
         for name, value in result.telemetry.items():
             summary[metric_key(name, stage.name)] = value
         if "energy_wh" in result.telemetry and result.images:

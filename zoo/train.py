@@ -79,6 +79,14 @@ class StageResult:
     trainable: int
     total: int  # parameters of the model
     images: int  # training images processed (augmented copies counted)
+    compile_seconds: float  # torch.compile's first steps, left out of the epoch times
+
+
+def _clock(device: torch.device) -> float:
+    """Wall time after the device's queued work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def pick_device(config: RunConfig) -> torch.device:
@@ -322,6 +330,7 @@ def train_stage(
     network = torch.compile(model) if config.compile else model
     step = Step(network, optimizer, scaler, LOSSES[stage.loss].compute, config.model.head, amp)
     device_index = (device.index or 0) if device.type == "cuda" else None
+    compiled = not config.compile  # the first step in this process compiles the model
     with GpuMeter(device_index, config.power_cap_w) as meter:
         for epoch in range(progress["epoch"] + 1, stage.epochs + 1):
             started = time.perf_counter()
@@ -336,7 +345,14 @@ def train_stage(
             batches = Batcher(source, order)
             for start in range(partial["step"], len(order), stage.batch_size):
                 x, y = batches(start, stage.batch_size)
+                if not compiled:
+                    began = _clock(device)
                 total += train_step(step, x, y) * len(x)
+                if not compiled:
+                    compiling = _clock(device) - began
+                    progress["compile_seconds"] = progress.get("compile_seconds", 0) + compiling
+                    started += compiling
+                    compiled = True
                 if STOP.is_set():  # preempted: checkpoint mid-epoch, let the caller requeue
                     progress["partial"] = {
                         "step": start + stage.batch_size,
@@ -377,6 +393,7 @@ def train_stage(
         "trainable": parameter_counts(model)[1],
         "total": parameter_counts(model)[0],
         "images": progress.get("images", 0),
+        "compile_seconds": progress.get("compile_seconds", 0.0),
     }
     done.write_text(json.dumps(result, indent=1))
     checkpoint.unlink()
@@ -395,4 +412,5 @@ def _replay(result: dict[str, Any], folder: Path, on_epoch: EpochCallback) -> St
         result["trainable"],
         result["total"],
         result["images"],
+        result.get("compile_seconds", 0.0),
     )
