@@ -73,7 +73,8 @@ def test_demo_sweep_on_slurm_every_run_once_and_throttled(
     tiny_spec, tiny_runs, cluster, project, capsys
 ):
     spec = tiny_spec(sources=("a", "b", "c"))
-    assert main(["sweep", "submit", str(spec), "--max-parallel", "2", "--runs-per-task", "2"]) == 0
+    options = ["--max-parallel", "2", "--runs-per-task", "2", "--runs-per-gpu", "2"]
+    assert main(["sweep", "submit", str(spec), *options]) == 0
     output = capsys.readouterr().out
     assert "submitted stages-0" in output and "after afterany:" in output
     _squeue_empty()
@@ -84,6 +85,13 @@ def test_demo_sweep_on_slurm_every_run_once_and_throttled(
     assert len(intervals) == 3 + 3  # 3 stage tasks, 6 runs in tasks of 2
     most = max(sum(s <= t < e for s, e in intervals) for t, _ in intervals)
     assert most <= 2
+    by_key = {r.data.tags["zoo.config_hash"]: r.info for r in runs}
+    (record,) = project.state.glob("sweeps/tiny/*/runs.json")
+    for array in json.loads(record.read_text())["arrays"]:
+        if array["name"].startswith("runs"):  # a task's 2 runs trained side by side
+            for first, second in zip(array["keys"][::2], array["keys"][1::2], strict=True):
+                one, two = by_key[first], by_key[second]
+                assert one.start_time < two.end_time and two.start_time < one.end_time
     assert main(["sweep", "status", str(spec), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["run"]["finished"] == 6 and status["pretrain"]["finished"] == 3
@@ -207,6 +215,8 @@ def test_shell_injection_values_never_execute(
     assert main(["sweep", "submit", str(spec), "--partition", value]) == 2
     assert "--partition" in capsys.readouterr().err
     assert main(["sweep", "submit", str(spec), "--sbatch", f"--comment={value}\n#SBATCH -p x"]) == 2
+    assert main(["sweep", "submit", str(spec), "--runs-per-gpu", "2"]) == 2  # > runs per task
+    assert "--runs-per-gpu: 2 is not allowed" in capsys.readouterr().err
     assert main(["sweep", "submit", str(spec), "--runs-per-task", "2"]) == 0
     _squeue_empty()
     assert not owned.exists()

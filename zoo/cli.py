@@ -272,7 +272,14 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--cpus-per-task", type=int)
     submit.add_argument("--mem-per-task", help="e.g. 16G")
     submit.add_argument("--max-parallel", type=int, help="array throttle %%N")
-    submit.add_argument("--runs-per-task", type=int, default=1)
+    submit.add_argument("--runs-per-task", type=int, default=1, help="runs one array task trains")
+    submit.add_argument(
+        "--runs-per-gpu",
+        type=int,
+        default=1,
+        metavar="N",
+        help="of a task's runs, N train at once as processes sharing its GPU",
+    )
     submit.add_argument("--gpu-power", type=int, metavar="W", help="GPU power cap in watts")
     submit.add_argument(
         "--site-gpu-power", action="store_true", help="the site understands #SBATCH --gpu-power=W"

@@ -22,7 +22,7 @@ from zoo.paths import ProjectPaths
 from zoo.sweep._plan import Job, Plan
 from zoo.tracking import Tracker
 
-__all__ = ["SweepReport", "execute", "job_tags", "payload", "run_sweep"]
+__all__ = ["SweepReport", "execute", "job_tags", "payload", "pin_device", "run_sweep"]
 
 _WORKER: dict[str, Any] = {}
 
@@ -56,8 +56,16 @@ def _init_worker(counter: Any) -> None:
     with counter.get_lock():
         index = counter.value
         counter.value += 1
+    pin_device(index)
+
+
+def pin_device(worker: int) -> None:
+    """Runs of worker number ``worker`` in this process use GPU ``worker`` modulo the
+    GPU count (with ``device: auto``); nothing changes without CUDA."""
+    import torch
+
     if torch.cuda.is_available():
-        _WORKER["device"] = f"cuda:{index % torch.cuda.device_count()}"
+        _WORKER["device"] = f"cuda:{worker % torch.cuda.device_count()}"
 
 
 def execute(payload: dict[str, Any], log: Path | None = None) -> tuple[str, str, str]:

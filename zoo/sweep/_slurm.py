@@ -27,7 +27,7 @@ from typing import Any
 
 from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths
-from zoo.sweep._local import execute, payload
+from zoo.sweep._local import execute, payload, pin_device
 from zoo.sweep._plan import Job, Plan
 from zoo.tracking import Tracker
 
@@ -69,7 +69,8 @@ class SubmitOptions:
     cpus_per_task: int | None = None
     mem_per_task: str | None = None  # e.g. 16G
     max_parallel: int | None = None  # array throttle %N (per array)
-    runs_per_task: int = 1  # runs one task trains one after another
+    runs_per_task: int = 1  # runs one task trains
+    runs_per_gpu: int = 1  # of a task's runs, this many train at once (processes per GPU)
     gpu_power: int | None = None  # watts: NVML cap in the worker (+ #SBATCH --gpu-power=W)
     site_gpu_power: bool = False  # the site understands #SBATCH --gpu-power
     grace_s: int = 120  # USR1 this long before the time limit: checkpoint and requeue
@@ -93,6 +94,11 @@ class SubmitOptions:
                 )
         if self.runs_per_task < 1:
             raise ConfigError(f"--runs-per-task: {self.runs_per_task}; expected >= 1")
+        if not 1 <= self.runs_per_gpu <= self.runs_per_task:
+            raise ConfigError(
+                f"--runs-per-gpu: {self.runs_per_gpu} is not allowed; expected 1 to "
+                f"--runs-per-task ({self.runs_per_task}), the runs one task trains"
+            )
         for line in self.extra:
             if not re.fullmatch(r"--[A-Za-z][\w-]*(=[^\x00-\x1f]*)?", line):
                 raise ConfigError(
@@ -125,6 +131,7 @@ class Array:
     job_id: str | None = None
     task_count: int = 0
     runs_per_task: int = 1
+    runs_per_gpu: int = 1
 
 
 def _slurm(*args: str) -> str:
@@ -191,7 +198,7 @@ def queued_keys(paths: ProjectPaths, sweep: str) -> dict[str, str]:
     return queued
 
 
-def _group(selected: list[Job], limit: int, per_task: int) -> list[Array]:
+def _group(selected: list[Job], limit: int, per_task: int, per_gpu: int) -> list[Array]:
     """A chain of arrays: shared stages first, then runs (grouped by their stage).
 
     Each array waits for the one before it to end (``afterany``), so the array
@@ -200,19 +207,19 @@ def _group(selected: list[Job], limit: int, per_task: int) -> list[Array]:
     """
     stages = [j.key for j in selected if j.kind == "stage"]
     runs = sorted((j for j in selected if j.kind == "run"), key=lambda j: j.depends[-1:])
-    arrays = _split("stages", stages, limit, 1) + _split(
-        "runs", [j.key for j in runs], limit, per_task
+    arrays = _split("stages", stages, limit, 1, 1) + _split(
+        "runs", [j.key for j in runs], limit, per_task, per_gpu
     )
     for before, after in itertools.pairwise(arrays):
         after.depends_on = before.name
     return arrays
 
 
-def _split(name: str, keys: list[str], limit: int, per_task: int) -> list[Array]:
+def _split(name: str, keys: list[str], limit: int, per_task: int, per_gpu: int) -> list[Array]:
     per_array = limit * per_task
     chunks = [keys[i : i + per_array] for i in range(0, len(keys), per_array)]
     return [
-        Array(f"{name}-{n}", chunk, task_count=-(-len(chunk) // per_task), runs_per_task=per_task)
+        Array(f"{name}-{n}", chunk, None, None, -(-len(chunk) // per_task), per_task, per_gpu)
         for n, chunk in enumerate(chunks)
     ]
 
@@ -259,7 +266,7 @@ def submit(plan: Plan, tracker: Tracker, options: SubmitOptions, echo=print) -> 
         )
         return None
     limit = _dry_limit() if options.dry_run else cluster_max_array_size()
-    arrays = _group(selected, limit, options.runs_per_task)
+    arrays = _group(selected, limit, options.runs_per_task, options.runs_per_gpu)
     folder = _unique(tracker.paths.sweep(plan.spec.name) / time.strftime("%Y%m%d-%H%M%S"))
     jobs = {j.key: j for j in plan.jobs}
     parents = {k: v[0] for k, v in states.items() if k in finished}
@@ -339,6 +346,7 @@ def _write_record(folder: Path, record: dict[str, Any], arrays: list[Array]) -> 
             "keys": a.keys,
             "job_id": a.job_id,
             "runs_per_task": a.runs_per_task,
+            "runs_per_gpu": a.runs_per_gpu,
             "depends_on": a.depends_on,
         }
         for a in arrays
@@ -348,24 +356,72 @@ def _write_record(folder: Path, record: dict[str, Any], arrays: list[Array]) -> 
     os.replace(tmp, folder / "runs.json")
 
 
+PREEMPTED = 3  # exit code of a lane that checkpointed on USR1
+
+
 def worker(submission: Path, array_name: str, task: int) -> int:
     """Train the runs of one array task; on USR1, checkpoint and requeue this task only.
 
-    Like local workers it trains with one intra-op thread, so a run's numbers are
-    the same whichever executor ran it.
+    With ``runs_per_gpu`` N > 1 the task's runs are dealt to N processes that
+    train side by side (round-robin over the task's GPUs); USR1 is passed on to
+    them. Like local workers each trains with one intra-op thread, so a run's
+    numbers are the same whichever executor ran it and whatever shared its GPU.
     """
+    record = json.loads((submission / "runs.json").read_text())
+    array = next(a for a in record["arrays"] if a["name"] == array_name)
+    per_task, per_gpu = array["runs_per_task"], array.get("runs_per_gpu", 1)
+    keys = array["keys"][task * per_task : (task + 1) * per_task]
+    started = time.time()
+    if per_gpu == 1:
+        code = _lane(record, keys, submission, task, 0)
+    else:
+        code = _lanes(record, [keys[i::per_gpu] for i in range(per_gpu)], submission, task)
+    if code == PREEMPTED:
+        target = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        print(f"preempted: requeueing {target}", flush=True)
+        subprocess.run(["scontrol", "requeue", target], check=True)
+        return 0
+    print(json.dumps({"task": task, "start": started, "end": time.time()}), flush=True)
+    return code
+
+
+def _lanes(record: dict[str, Any], lanes: list[list[str]], submission: Path, task: int) -> int:
+    """Train each list of keys in its own process at the same time; the worst exit code."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_lane_exit, args=(record, keys, submission, task, lane))
+        for lane, keys in enumerate(lanes)
+        if keys
+    ]
+    for process in processes:
+        process.start()
+    signal.signal(
+        signal.SIGUSR1,
+        lambda *_: [os.kill(p.pid, signal.SIGUSR1) for p in processes if p.is_alive()],
+    )
+    for process in processes:
+        process.join()
+    codes = {p.exitcode for p in processes}
+    return PREEMPTED if PREEMPTED in codes else 1 if codes != {0} else 0
+
+
+def _lane_exit(*args: Any) -> None:
+    sys.exit(_lane(*args))
+
+
+def _lane(record: dict[str, Any], keys: list[str], submission: Path, task: int, lane: int) -> int:
+    """Train ``keys`` one after another on lane ``lane``'s device: 0 unless one failed (1)
+    or training stopped on USR1 after checkpointing (PREEMPTED)."""
     import torch
 
     from zoo.train import STOP, Preempted
 
     torch.set_num_threads(1)
-
-    record = json.loads((submission / "runs.json").read_text())
-    array = next(a for a in record["arrays"] if a["name"] == array_name)
-    per_task = array["runs_per_task"]
-    keys = array["keys"][task * per_task : (task + 1) * per_task]
+    pin_device(lane)
     signal.signal(signal.SIGUSR1, lambda *_: STOP.set())
-    started, failures = time.time(), 0
+    failures = 0
     for key in keys:
         job = record["payloads"][key]
         print(f"task {task}: {job['tags']['zoo.kind']} {key}", flush=True)
@@ -382,13 +438,9 @@ def worker(submission: Path, array_name: str, task: int) -> int:
         try:
             status, run_id, reason = execute(job, submission / "logs" / f"{key}.log")
         except Preempted:
-            target = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-            print(f"preempted: requeueing {target}", flush=True)
-            subprocess.run(["scontrol", "requeue", target], check=True)
-            return 0
+            return PREEMPTED
         print(f"task {task}: {status} {run_id} {reason}", flush=True)
         failures += status != "finished"
-    print(json.dumps({"task": task, "start": started, "end": time.time()}), flush=True)
     return 1 if failures else 0
 
 
