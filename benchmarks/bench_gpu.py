@@ -3,9 +3,19 @@
 One table per machine: images/s, fraction of bf16 peak (126.9 GFLOP per image
 at 512², scaled by pixel count) and, where NVML reads it, energy per 1000
 images, for (a) one run in fp32 (paper-like), (b) one run with AMP, (c) zoo's
-best single run (AMP, channels_last, fused Adam, cudnn.benchmark), (d) N runs
-packed as N processes for N in 1, 2, 4, 8, 16. On a CPU it uses small images
-and N in 1, 2 and reports the packed-versus-single ratio.
+best single run (zoo's training step: AMP, channels_last, fused Adam,
+cudnn.benchmark, data on the device), then (d) N runs packed on the device for
+N in 1, 2, 4, 8, 16, by each way of packing:
+
+- ``processes``: N processes (what ``--runs-per-gpu N`` does);
+- ``mps``: the same under CUDA MPS, when ``nvidia-cuda-mps-control`` exists;
+- ``streams``: N models in one process, each stepping on its own CUDA stream;
+- ``fused``: N same-architecture models fused horizontally into one
+  (``torch.func.stack_module_state`` + ``vmap``; convolutions become grouped).
+
+On a CPU it uses small images, N in 1, 2, one thread per process (as zoo's
+sweep workers do; ``fused`` gets N threads), and reports packed-versus-single.
+``--power-cap W`` repeats (c) under an NVML power cap (needs root).
 Target (issue 7) on one H100/H200: >= 1600 images/s in aggregate at 512 px.
 Run: ``.venv/bin/python benchmarks/bench_gpu.py [--size 512] [--seconds 20]``.
 """
@@ -13,82 +23,169 @@ Run: ``.venv/bin/python benchmarks/bench_gpu.py [--size 512] [--seconds 20]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import multiprocessing
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from zoo.config import ModelConfig
+from zoo.losses import LOSSES
+from zoo.models import create_model
+from zoo.telemetry import GpuMeter
+from zoo.train import STORAGE, Batcher, DeviceData, Step, epoch_order, train_step
 
 GFLOP_PER_IMAGE_512 = 126.9
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+DATA_IMAGES = 64  # random training images on the device per run
 
 
-def _train(size: int, batch: int, amp: bool, fast: bool, seconds: float, barrier) -> float:
-    """Images/s of one process training for ``seconds`` after a warm-up."""
-    import torch
+@dataclass(frozen=True)
+class Setup:
+    size: int
+    batch: int
+    seconds: float
+    amp: bool = False
+    fast: bool = False  # channels_last, fused Adam, cudnn.benchmark
+    threads: int = 1  # CPU intra-op threads
 
-    from zoo.config import ModelConfig
-    from zoo.models import create_model
 
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    if not cuda:
-        torch.set_num_threads(1)
-    torch.backends.cudnn.benchmark = fast and cuda
-    model = create_model(ModelConfig()).to(device)
-    if fast and cuda:
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _data(setup: Setup, device: torch.device) -> DeviceData:
+    rng = np.random.default_rng(0)
+    shape = (DATA_IMAGES, setup.size, setup.size)
+    images = torch.from_numpy(rng.normal(size=shape)[:, None]).to(device, STORAGE)
+    masks = torch.from_numpy((rng.random(shape) > 0.5).astype(np.uint8)).to(device)
+    return DeviceData(images, masks, images[:1], masks[:1])
+
+
+def _zoo_step(setup: Setup, device: torch.device) -> Callable[[], None]:
+    """One training step of one run through zoo's Step, train_step and Batcher."""
+    torch.backends.cudnn.benchmark = setup.fast and device.type == "cuda"
+    model = create_model(ModelConfig()).to(device).train()
+    if setup.fast and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fast and cuda)
-    x = torch.randn(batch, 1, size, size, device=device)
-    y = torch.randint(0, 2, (batch, size, size), device=device)
+    fused = setup.fast and device.type == "cuda"
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused or None)
+    step = Step(
+        model,
+        optimizer,
+        torch.amp.GradScaler(enabled=False),
+        LOSSES["cross_entropy"].compute,
+        "softmax",
+        torch.bfloat16 if setup.amp else None,
+    )
+    data = _data(setup, device)
+    order = epoch_order(0, 0, 1, DATA_IMAGES, augment=True)
+    batches, position = Batcher(data, order), [0]
 
-    def step():
-        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-            loss = torch.nn.functional.cross_entropy(model(x).float().softmax(1), y)
+    def run() -> None:
+        start = position[0] % (len(order) - setup.batch)
+        position[0] += setup.batch
+        train_step(step, *batches(start, setup.batch))
+
+    return run
+
+
+def _streams_step(setup: Setup, device: torch.device, count: int) -> Callable[[], None]:
+    """``count`` runs in this process, each stepping on its own CUDA stream."""
+    steps = [_zoo_step(setup, device) for _ in range(count)]
+    streams = [torch.cuda.Stream(device) for _ in range(count)]
+
+    def run() -> None:
+        for step, stream in zip(steps, streams, strict=True):
+            with torch.cuda.stream(stream):
+                step()
+
+    return run
+
+
+def _fused_step(setup: Setup, device: torch.device, count: int) -> Callable[[], None]:
+    """``count`` models fused into one vmapped model; each sees its own batch."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.backends.cudnn.benchmark = setup.fast and device.type == "cuda"
+    models = [create_model(ModelConfig()).to(device).train() for _ in range(count)]
+    params, buffers = stack_module_state(models)
+    skeleton = copy.deepcopy(models[0]).to("meta")
+    compute = LOSSES["cross_entropy"].compute
+
+    def loss(p, b, x, y):
+        return compute(functional_call(skeleton, (p, b), (x,)).float().softmax(1), y)
+
+    losses = vmap(loss)
+    fused = setup.fast and device.type == "cuda"
+    optimizer = torch.optim.Adam(list(params.values()), lr=1e-4, fused=fused or None)
+    data = [_data(setup, device) for _ in range(count)]
+    order = epoch_order(0, 0, 1, DATA_IMAGES, augment=True)
+    batchers = [Batcher(d, order) for d in data]
+    position = [0]
+
+    def run() -> None:
+        start = position[0] % (len(order) - setup.batch)
+        position[0] += setup.batch
+        x, y = zip(*(b(start, setup.batch) for b in batchers), strict=True)
+        with torch.autocast(device.type, torch.bfloat16, enabled=setup.amp):
+            total = losses(params, buffers, torch.stack(x), torch.stack(y)).sum()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         optimizer.step()
 
+    return run
+
+
+def _timed(step: Callable[[], None], images_per_step: int, seconds: float, barrier=None):
+    """(images, start, end) of stepping for ``seconds`` after a warm-up; the clock is
+    the system-wide monotonic one, so windows of different processes compare."""
+    device = _device()
     for _ in range(3):
         step()
-    if cuda:
+    if device.type == "cuda":
         torch.cuda.synchronize()
-    barrier.wait()
-    start, steps = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
+    if barrier is not None:
+        barrier.wait()
+    start, steps = time.monotonic(), 0
+    while time.monotonic() - start < seconds:
         step()
         steps += 1
-        if cuda and steps % 10 == 0:
+        if device.type == "cuda" and steps % 10 == 0:
             torch.cuda.synchronize()
-    if cuda:
+    if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
+    return steps * images_per_step, start, time.monotonic()
 
 
-def _worker(args):
-    return _train(*args[:-1], _BARRIER)
+def _process(args) -> tuple[int, float, float]:
+    setup, barrier = args[0], _BARRIER
+    torch.set_num_threads(setup.threads)
+    return _timed(_zoo_step(setup, _device()), setup.batch, setup.seconds, barrier)
 
 
-def _init(barrier):
+def _init(barrier) -> None:
     global _BARRIER
     _BARRIER = barrier
 
 
-def measure(
-    processes: int, size: int, batch: int, amp: bool, fast: bool, seconds: float
-) -> tuple[float, float | None]:
-    """(aggregate images/s, Wh per 1000 images or None) of ``processes`` packed runs."""
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(processes)
-    meter = _EnergyMeter()
-    with context.Pool(processes, initializer=_init, initargs=(barrier,)) as pool:
-        meter.start()
-        rates = pool.map(_worker, [(size, batch, amp, fast, seconds, None)] * processes)
-        joules = meter.stop()
-    rate = sum(rates)
-    energy = joules / 3600 / (rate * seconds / 1000) if joules else None
-    return rate, energy
+class EnergyTrace:
+    """The GPU's total-energy counter sampled in a background thread, so the energy of
+    any window can be read afterwards; empty without NVML."""
 
-
-class _EnergyMeter:
     def __init__(self):
+        self.handle, self.samples, self._stop = None, [], threading.Event()
+        if not torch.cuda.is_available():
+            return
         try:
             import pynvml
 
@@ -97,47 +194,126 @@ class _EnergyMeter:
         except Exception:  # no NVML: energy not measured
             self.handle = None
 
-    def start(self):
+    def __enter__(self) -> EnergyTrace:
         if self.handle is not None:
-            self.begin = self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
 
-    def stop(self) -> float | None:
-        if self.handle is None:
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            energy = self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1000
+            self.samples.append((time.monotonic(), energy))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self.handle is not None:
+            self._thread.join()
+
+    def joules(self, start: float, end: float) -> float | None:
+        if len(self.samples) < 2:
             return None
-        return (self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) - self.begin) / 1000
+        times, energy = np.array(self.samples).T
+        return float(np.interp(end, times, energy) - np.interp(start, times, energy))
+
+
+def measure(mode: str, count: int, setup: Setup) -> tuple[float, float | None]:
+    """(aggregate images/s, Wh per 1000 images or None) of ``count`` runs packed by ``mode``."""
+    with EnergyTrace() as trace:
+        if mode in ("processes", "mps"):
+            context = multiprocessing.get_context("spawn")
+            barrier = context.Barrier(count)
+            with context.Pool(count, initializer=_init, initargs=(barrier,)) as pool:
+                windows = pool.map(_process, [(setup,)] * count)
+        else:
+            device = _device()
+            torch.set_num_threads(setup.threads)
+            build = {"single": lambda: _zoo_step(setup, device)}
+            build["streams"] = lambda: _streams_step(setup, device, count)
+            build["fused"] = lambda: _fused_step(setup, device, count)
+            windows = [_timed(build[mode](), setup.batch * count, setup.seconds)]
+    rate = sum(images / (end - start) for images, start, end in windows)
+    start, end = max(w[1] for w in windows), min(w[2] for w in windows)
+    joules = trace.joules(start, end)
+    energy = joules / 3600 / (rate * (end - start) / 1000) if joules else None
+    return rate, energy
+
+
+@contextlib.contextmanager
+def mps_daemon() -> Iterator[None]:
+    """CUDA MPS for the processes started inside; raises OSError when it cannot start."""
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None:
+        raise OSError("nvidia-cuda-mps-control not found")
+    with tempfile.TemporaryDirectory() as folder:
+        env = {"CUDA_MPS_PIPE_DIRECTORY": folder, "CUDA_MPS_LOG_DIRECTORY": folder}
+        subprocess.run([control, "-d"], env={**os.environ, **env}, check=True)
+        previous = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield
+        finally:
+            subprocess.run([control], input="quit\n", text=True, env={**os.environ, **env})
+            for key, value in previous.items():
+                if value is None:
+                    os.environ.pop(key)
+                else:
+                    os.environ[key] = value
+
+
+def _rows(cuda: bool, setup: Setup) -> list[tuple[str, str, int, Setup]]:
+    fp32 = replace(setup, amp=False, fast=False)
+    best = replace(setup, amp=cuda, fast=True)
+    rows = [
+        ("(a) one run, fp32", "single", 1, fp32),
+        ("(b) one run, AMP", "single", 1, replace(fp32, amp=cuda)),
+        ("(c) zoo best single run", "single", 1, best),
+    ]
+    modes = ("processes", "mps", "streams", "fused") if cuda else ("processes", "fused")
+    for mode in modes:
+        for count in (1, 2, 4, 8, 16) if cuda else (1, 2):
+            threads = count if mode == "fused" and not cuda else 1
+            rows.append((f"(d) {count} x {mode}", mode, count, replace(best, threads=threads)))
+    return rows
 
 
 def main() -> None:
-    import torch
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cuda = torch.cuda.is_available()
     parser.add_argument("--size", type=int, default=512 if cuda else 64)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=20 if cuda else 8)
+    parser.add_argument("--seconds", type=float, default=20 if cuda else 6)
+    parser.add_argument("--power-cap", type=float, metavar="W", help="repeat (c) under this cap")
     args = parser.parse_args()
     name = torch.cuda.get_device_name(0) if cuda else "CPU"
     peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
     flop = GFLOP_PER_IMAGE_512 * (args.size / 512) ** 2 * 1e9
-    rows = [
-        ("(a) one run, fp32", 1, False, False),
-        ("(b) one run, AMP", 1, cuda, False),
-        ("(c) zoo best single run", 1, cuda, True),
-    ]
-    packs = (1, 2, 4, 8, 16) if cuda else (1, 2)
-    rows += [(f"(d) {n} packed runs", n, cuda, True) for n in packs]
-    print(f"{name}, U-Net/ResNet-18, {args.size} px, batch {args.batch}")
+    setup = Setup(args.size, args.batch, args.seconds)
+    print(f"{name}, U-Net/ResNet-18, {args.size} px, batch {args.batch}, torch {torch.__version__}")
     print(f"{'configuration':28} {'images/s':>9} {'of bf16 peak':>13} {'Wh/1000 img':>12}")
     results = {}
-    for label, processes, amp, fast in rows:
-        rate, energy = measure(processes, args.size, args.batch, amp, fast, args.seconds)
+    for label, mode, count, row_setup in _rows(cuda, setup):
+        try:
+            with mps_daemon() if mode == "mps" else contextlib.nullcontext():
+                rate, energy = measure(mode, count, row_setup)
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
+            print(f"{label:28} not measured: {str(error).splitlines()[0]}")
+            continue
         results[label] = rate
         fraction = f"{rate * flop / (peak * 1e12):13.1%}" if peak else f"{'n/a':>13}"
         energy_text = f"{energy:12.3f}" if energy else f"{'n/a':>12}"
-        print(f"{label:28} {rate:9.1f} {fraction} {energy_text}")
+        print(f"{label:28} {rate:9.1f} {fraction} {energy_text}", flush=True)
+    if args.power_cap and cuda:
+        with GpuMeter(0, args.power_cap) as meter:
+            rate, energy = measure("single", 1, replace(setup, amp=True, fast=True))
+        cap = meter.reading.power_limit_w
+        energy_text = f"{energy:12.3f}" if energy else f"{'n/a':>12}"
+        print(f"{f'(c) capped at {cap} W':28} {rate:9.1f} {'':13} {energy_text}")
     single = results["(c) zoo best single run"]
-    best = max(v for k, v in results.items() if k.startswith("(d)"))
-    print(f"packed / single: {best / single:.2f}×")
+    for mode in ("processes", "mps", "streams", "fused"):
+        packed = [v for k, v in results.items() if k.endswith(f" x {mode}")]
+        if packed:
+            print(f"best {mode} / single: {max(packed) / single:.2f}x")
 
 
 if __name__ == "__main__":

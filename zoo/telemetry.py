@@ -35,7 +35,8 @@ class Reading:
 
 
 class GpuMeter:
-    """Context manager measuring one GPU while a stage trains; optionally caps its power."""
+    """Context manager measuring one GPU while a stage trains; optionally caps its power
+    for that time and restores the previous limit afterwards."""
 
     def __init__(
         self, device_index: int | None, power_cap_w: float | None = None, interval_s: float = 0.5
@@ -57,13 +58,13 @@ class GpuMeter:
         except Exception as error:  # NVML missing or broken: skip quietly
             log.debug("NVML unavailable (%s): GPU telemetry skipped", error)
 
-    def _set_cap(self) -> None:
-        nvml, handle = self._nvml, self._handle
+    def _set_cap(self, milliwatts: int) -> bool:
         try:
-            nvml.nvmlDeviceSetPowerManagementLimit(handle, int(self._cap * 1000))
+            self._nvml.nvmlDeviceSetPowerManagementLimit(self._handle, milliwatts)
         except Exception as error:  # needs root: report the limit in force
-            log.warning("could not set GPU power limit to %s W (%s)", self._cap, error)
-        self.reading.power_limit_w = nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000
+            log.warning("could not set GPU power limit to %s W (%s)", milliwatts / 1000, error)
+            return False
+        return True
 
     def _sample(self) -> None:
         nvml, handle = self._nvml, self._handle
@@ -80,8 +81,13 @@ class GpuMeter:
     def __enter__(self) -> GpuMeter:
         if self._handle is None:
             return self
+        self._previous_cap = None
         if self._cap is not None:
-            self._set_cap()
+            previous = self._nvml.nvmlDeviceGetPowerManagementLimit(self._handle)
+            if self._set_cap(int(self._cap * 1000)):
+                self._previous_cap = previous
+        limit = self._nvml.nvmlDeviceGetEnforcedPowerLimit(self._handle)
+        self.reading.power_limit_w = limit / 1000 if self._cap is not None else None
         self._start_mj = self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -94,3 +100,5 @@ class GpuMeter:
         self._thread.join()
         used_mj = self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) - self._start_mj
         self.reading.energy_wh = used_mj / 3.6e6
+        if self._previous_cap is not None:  # leave the GPU as it was found
+            self._set_cap(self._previous_cap)
