@@ -424,7 +424,10 @@ def _lane(record: dict[str, Any], keys: list[str], submission: Path, task: int, 
     failures = 0
     for key in keys:
         job = record["payloads"][key]
-        print(f"task {task}: {job['tags']['zoo.kind']} {key}", flush=True)
+        print(
+            f"task {task} lane {lane} pid {os.getpid()}: {job['tags']['zoo.kind']} {key}",
+            flush=True,
+        )
         if job["stage_key"]:
             paths = ProjectPaths(Path(job["root"]))
             if not (paths.stage(job["stage_key"]) / "result.json").exists():
