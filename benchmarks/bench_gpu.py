@@ -41,7 +41,7 @@ import torch
 from zoo.config import ModelConfig
 from zoo.losses import LOSSES
 from zoo.models import create_model
-from zoo.telemetry import GpuMeter
+from zoo.telemetry import GpuMeter, nvml_device
 from zoo.train import STORAGE, Batcher, DeviceData, Step, epoch_order, train_step
 
 GFLOP_PER_IMAGE_512 = 126.9
@@ -79,14 +79,7 @@ def _zoo_step(setup: Setup, device: torch.device) -> Callable[[], None]:
         model = model.to(memory_format=torch.channels_last)
     fused = setup.fast and device.type == "cuda"
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused or None)
-    step = Step(
-        model,
-        optimizer,
-        torch.amp.GradScaler(enabled=False),
-        LOSSES["cross_entropy"].compute,
-        "softmax",
-        torch.bfloat16 if setup.amp else None,
-    )
+    step = Step(model, optimizer, amp=torch.bfloat16 if setup.amp else None)
     data = _data(setup, device)
     order = epoch_order(0, 0, 1, DATA_IMAGES, augment=True)
     batches, position = Batcher(data, order), [0]
@@ -183,16 +176,9 @@ class EnergyTrace:
     any window can be read afterwards; empty without NVML."""
 
     def __init__(self):
-        self.handle, self.samples, self._stop = None, [], threading.Event()
-        if not torch.cuda.is_available():
-            return
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self.nvml, self.handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
-        except Exception:  # no NVML: energy not measured
-            self.handle = None
+        self.samples, self._stop = [], threading.Event()
+        device = 0 if torch.cuda.is_available() else None
+        self.nvml, self.handle = nvml_device(device) or (None, None)
 
     def __enter__(self) -> EnergyTrace:
         if self.handle is not None:

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from zoo.config import ModelConfig, StageConfig, resolve
-from zoo.losses import LOSSES
 from zoo.models import create_model
 from zoo.paths import ProjectPaths
 from zoo.run import run
@@ -46,14 +45,7 @@ def zoo_loop(data: DeviceData, device: torch.device, steps: int, batch_size: int
     torch.manual_seed(0)
     model = create_model(ModelConfig()).to(device).train()
     stage = StageConfig(name="bench", train="x", lr=1e-4)
-    step = Step(
-        model,
-        make_optimizer(stage, model),
-        torch.amp.GradScaler(enabled=False),
-        LOSSES["cross_entropy"].compute,
-        "softmax",
-        None,
-    )
+    step = Step(model, make_optimizer(stage, model))
     order = epoch_order(0, 0, 1, len(data.train_images), augment=True)
     start = time.perf_counter()
     batches = Batcher(data, order)

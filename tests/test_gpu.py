@@ -10,7 +10,6 @@ from mlflow.tracking import MlflowClient
 from zoo.cli import main
 from zoo.config import ModelConfig, StageConfig
 from zoo.data import Dataset
-from zoo.losses import LOSSES
 from zoo.models import create_model
 from zoo.train import Batcher, Step, epoch_order, make_optimizer, to_device, train_step
 
@@ -29,14 +28,7 @@ def test_step_loop_never_synchronises_with_the_host():
     stage = StageConfig(name="s", train="x", lr=1e-4)
     optimizer = make_optimizer(stage, model)
     assert optimizer.defaults["fused"]
-    step = Step(
-        model,
-        optimizer,
-        torch.amp.GradScaler(enabled=False),
-        LOSSES["cross_entropy"].compute,
-        "softmax",
-        torch.bfloat16,
-    )
+    step = Step(model, optimizer, amp=torch.bfloat16)
     order = epoch_order(0, 0, 1, len(data.train_images), augment=True)
     batches = Batcher(data, order)
     total = torch.zeros((), device="cuda")

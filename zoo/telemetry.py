@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["GpuMeter", "Reading"]
+__all__ = ["GpuMeter", "Reading", "nvml_device"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,22 @@ class Reading:
         return {f"{prefix}{k}": v for k, v in values.items() if v is not None}
 
 
+def nvml_device(device_index: int | None) -> tuple[Any, Any] | None:
+    """(pynvml module, device handle) of CUDA device ``device_index``; None without a
+    device or a working NVML (logged at debug level)."""
+    if device_index is None:
+        log.debug("no CUDA device: GPU telemetry skipped")
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml, pynvml.nvmlDeviceGetHandleByIndex(device_index)
+    except Exception as error:  # NVML missing or broken: skip quietly
+        log.debug("NVML unavailable (%s): GPU telemetry skipped", error)
+        return None
+
+
 class GpuMeter:
     """Context manager measuring one GPU while a stage trains; optionally caps its power
     for that time and restores the previous limit afterwards."""
@@ -42,21 +59,10 @@ class GpuMeter:
         self, device_index: int | None, power_cap_w: float | None = None, interval_s: float = 0.5
     ):
         self.reading = Reading()
-        self._handle = None
         self._stop = threading.Event()
         self._interval = interval_s
         self._cap = power_cap_w
-        if device_index is None:
-            log.debug("no CUDA device: GPU telemetry skipped")
-            return
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
-        except Exception as error:  # NVML missing or broken: skip quietly
-            log.debug("NVML unavailable (%s): GPU telemetry skipped", error)
+        self._nvml, self._handle = nvml_device(device_index) or (None, None)
 
     def _set_cap(self, milliwatts: int) -> bool:
         try:
@@ -86,8 +92,8 @@ class GpuMeter:
             previous = self._nvml.nvmlDeviceGetPowerManagementLimit(self._handle)
             if self._set_cap(int(self._cap * 1000)):
                 self._previous_cap = previous
-        limit = self._nvml.nvmlDeviceGetEnforcedPowerLimit(self._handle)
-        self.reading.power_limit_w = limit / 1000 if self._cap is not None else None
+            limit = self._nvml.nvmlDeviceGetEnforcedPowerLimit(self._handle)
+            self.reading.power_limit_w = limit / 1000  # the limit in force, set or not
         self._start_mj = self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()

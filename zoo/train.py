@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -159,21 +159,25 @@ class Batcher:
         the order, each under its transform."""
         index, transform = self.order[start : start + size].unbind(1)
         pixels = self.permutations[transform]
-        x = self.images[index].flatten(-2).gather(-1, pixels[:, None])
-        y = self.masks[index].flatten(-2).gather(-1, pixels)
-        return x.view_as(self.images[index]).float(), y.view_as(self.masks[index])
+        images, masks = self.images[index], self.masks[index]
+        x = images.flatten(-2).gather(-1, pixels[:, None]).view_as(images)
+        y = masks.flatten(-2).gather(-1, pixels).view_as(masks)
+        return x.float(), y
 
 
 @dataclass(frozen=True)
 class Step:
-    """What one optimisation step needs."""
+    """What one optimisation step needs; the defaults are the paper's softmax head with
+    cross-entropy, in float32, without a gradient scaler (needed for fp16 AMP only)."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    head: str
-    amp: torch.dtype | None
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = LOSSES["cross_entropy"].compute
+    head: str = "softmax"
+    amp: torch.dtype | None = None
+    scaler: torch.amp.GradScaler = field(
+        default_factory=lambda: torch.amp.GradScaler(enabled=False)
+    )
 
 
 def train_step(step: Step, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -328,7 +332,7 @@ def train_stage(
     source = data[stage.train]
     count = min(stage.size or len(source.train_images), len(source.train_images))
     network = torch.compile(model) if config.compile else model
-    step = Step(network, optimizer, scaler, LOSSES[stage.loss].compute, config.model.head, amp)
+    step = Step(network, optimizer, LOSSES[stage.loss].compute, config.model.head, amp, scaler)
     device_index = (device.index or 0) if device.type == "cuda" else None
     compiled = not config.compile  # the first step in this process compiles the model
     with GpuMeter(device_index, config.power_cap_w) as meter:

@@ -129,14 +129,7 @@ def measure_images_per_s(config: RunConfig, steps: int = 4, max_side: int = 128)
     timed_side = min(side, max_side)
     device = pick_device(config)
     model = create_model(config.model).to(device).train()
-    step = Step(
-        model,
-        make_optimizer(stage, model),
-        torch.amp.GradScaler(enabled=False),
-        LOSSES[stage.loss].compute,
-        config.model.head,
-        None,
-    )
+    step = Step(model, make_optimizer(stage, model), LOSSES[stage.loss].compute, config.model.head)
     x = torch.randn(
         stage.batch_size, config.model.in_channels, timed_side, timed_side, device=device
     )

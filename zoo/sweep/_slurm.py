@@ -219,7 +219,13 @@ def _split(name: str, keys: list[str], limit: int, per_task: int, per_gpu: int) 
     per_array = limit * per_task
     chunks = [keys[i : i + per_array] for i in range(0, len(keys), per_array)]
     return [
-        Array(f"{name}-{n}", chunk, None, None, -(-len(chunk) // per_task), per_task, per_gpu)
+        Array(
+            f"{name}-{n}",
+            chunk,
+            task_count=-(-len(chunk) // per_task),
+            runs_per_task=per_task,
+            runs_per_gpu=per_gpu,
+        )
         for n, chunk in enumerate(chunks)
     ]
 
