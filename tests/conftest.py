@@ -62,3 +62,6 @@ def tiny_spec(project):
         return path
 
     return write
+
+
+from stores import postgres, tracking_server  # noqa: E402, F401  (real stores, session-wide)

@@ -133,13 +133,17 @@ def _sweep_submit(args: argparse.Namespace) -> None:
     import dataclasses
 
     from zoo import sweep
+    from zoo.paths import ProjectPaths
     from zoo.sweep._slurm import SubmitOptions, submit
-    from zoo.tracking import Tracker
+    from zoo.tracking import Tracker, refuse_network_sqlite, tracking_uri
 
     plan = sweep.make_plan(sweep.load_spec(args.spec))
     names = [f.name for f in dataclasses.fields(SubmitOptions)]
     options = SubmitOptions(**{**{n: getattr(args, n) for n in names}, "extra": tuple(args.extra)})
-    submit(plan, Tracker(args.tracking_uri), options)
+    if not options.dry_run and not args.allow_network_sqlite:
+        refuse_network_sqlite(tracking_uri(args.tracking_uri, ProjectPaths.default()))
+    tracker = _read_only(args.tracking_uri) if options.dry_run else Tracker(args.tracking_uri)
+    submit(plan, tracker, options)
 
 
 def _sweep_worker(args: argparse.Namespace) -> int:
@@ -155,18 +159,27 @@ def _sweep_status(args: argparse.Namespace) -> None:
     from zoo.tracking import Tracker
 
     plan = sweep.make_plan(sweep.load_spec(args.spec))
-    status = sweep.sweep_status(plan, Tracker(args.tracking_uri))
+    status = sweep.sweep_status(plan, Tracker(args.tracking_uri, create=False))
     print(
         json.dumps(status, indent=1) if args.json else sweep.format_status(plan.spec.name, status)
     )
 
 
+def _read_only(uri: str | None):
+    """A Tracker that creates nothing; over a SQLite store not created yet, an empty one."""
+    from zoo.tracking import EmptyStore, StoreMissing, Tracker
+
+    try:
+        return Tracker(uri, create=False)
+    except StoreMissing:
+        return EmptyStore(uri)
+
+
 def _analyze(args: argparse.Namespace) -> None:
     from zoo import analysis
-    from zoo.paths import ProjectPaths
-    from zoo.tracking import tracking_uri
+    from zoo.tracking import Tracker
 
-    uri = tracking_uri(args.tracking_uri, ProjectPaths.default())
+    uri = Tracker(args.tracking_uri, create=False).uri
     experiment, expected = _experiment(args.target)
     baseline = analysis.load(uri, _experiment(args.baseline)[0]) if args.baseline else None
     result = analysis.analyze(
@@ -202,8 +215,30 @@ def _import(args: argparse.Namespace) -> None:
         args.mapping, args.axis, args.metric, {"losses": args.losses, "offset": args.offset}
     )
     uri = tracking_uri(args.tracking_uri, ProjectPaths.default())
-    count = analysis.import_table(args.table, args.experiment, mapping, uri)
-    print(f"imported {count} runs into experiment {args.experiment!r} ({uri})")
+    rows, added = analysis.import_table(args.table, args.experiment, mapping, uri)
+    print(
+        f"imported {added} runs into experiment {args.experiment!r} ({uri}); "
+        f"{rows - added} of {rows} rows were already there"
+    )
+
+
+def _server(args: argparse.Namespace) -> int:
+    from zoo import server
+    from zoo.paths import ProjectPaths
+
+    data = args.data or ProjectPaths.default().state / "server"
+    if args.server_command == "start":
+        started = server.start(data, args.backend, args.host, args.port)
+        print(f"tracking server at {started.uri} (store {started.store}, data {data})")
+        print(f"use: --tracking-uri {started.uri}  or  export MLFLOW_TRACKING_URI={started.uri}")
+    elif args.server_command == "status":
+        found = server.status(data)
+        print("\n".join(f"{k}: {v}" for k, v in found.items()))
+        return 0 if found.get("mlflow") == "running" else 3
+    else:
+        stopped = server.stop(data)
+        print(f"stopped the server in {data}" if stopped else f"no server recorded in {data}")
+    return 0
 
 
 def _config_error(message: str) -> Exception:
@@ -306,6 +341,11 @@ def _parser() -> argparse.ArgumentParser:
         help="add only failed and missing jobs while others are queued",
     )
     submit.add_argument("--dry-run", action="store_true", help="print scripts; submit nothing")
+    submit.add_argument(
+        "--allow-network-sqlite",
+        action="store_true",
+        help="submit even though the SQLite store is on a network filesystem (unsafe)",
+    )
     submit.set_defaults(func=_sweep_submit)
     work = sweep_commands.add_parser("worker", help="(run by SLURM) train one array task")
     work.add_argument("submission", type=Path)
@@ -342,9 +382,24 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("--losses", choices=["raw", "adjusted"])
     imports.add_argument("--offset", type=float)
     imports.set_defaults(func=_import)
+    _server_parser(commands)
     for sub in (train, ui, run_sweep, status, submit, analyze, imports):
         sub.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
     return parser
+
+
+def _server_parser(commands) -> None:
+    server = commands.add_parser("server", help="a tracking server on PostgreSQL, for clusters")
+    server_commands = server.add_subparsers(dest="server_command", required=True)
+    start = server_commands.add_parser("start", help="start PostgreSQL and mlflow server")
+    start.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
+    start.add_argument("--port", type=int, default=5001, help="mlflow server's (PostgreSQL: +1)")
+    start.add_argument("--host", default="127.0.0.1", help="listen here (e.g. 0.0.0.0)")
+    for verb, help_text in (("status", "is it running"), ("stop", "stop what start started")):
+        server_commands.add_parser(verb, help=help_text)
+    for sub in server_commands.choices.values():
+        sub.add_argument("--data", type=Path, help="server data folder (default: .zoo/server)")
+    server.set_defaults(func=_server)
 
 
 def main(argv: list[str] | None = None) -> int:

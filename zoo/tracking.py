@@ -1,9 +1,21 @@
-"""Tracking through MLflow's ``MlflowClient`` with explicit run ids (never the active run).
+"""The tracking store: one contract, three backends, all writes through ``MlflowClient``.
 
 The store is ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``mlflow.db``
-in the project root. A SQLite store is created (and migrated) once under a
-file lock before anything logs: many processes opening a fresh ``mlflow.db`` at
-once crash in MLflow's schema migration.
+in the project root. Backends, chosen by the URI's scheme:
+
+- ``sqlite:///PATH``: a file; for one machine (never on a network filesystem).
+- ``postgresql://USER@HOST:PORT/DB``: a database (driver: psycopg 3).
+- ``http://HOST:PORT``: an MLflow tracking server (``zoo server start``); the cluster path.
+
+Promises every backend keeps (tested by one shared suite, tests/test_store.py):
+
+- Any number of processes, with any project roots, may create the same fresh store
+  and experiment at once and log to it concurrently; all succeed.
+- A run is found by its identity (the ``zoo.config_hash`` tag).
+- Reads return exactly what was written: params, tags and every metric history point.
+- ``import_runs`` is idempotent: runs whose identity is already in the experiment are skipped.
+- A write that fails for a transient reason (a server restarting, a locked SQLite file)
+  is retried with backoff for several minutes before it raises.
 """
 
 from __future__ import annotations
@@ -11,21 +23,85 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths
 
-__all__ = ["CONFIG_HASH_TAG", "Tracker", "metric_key", "tracking_uri"]
+__all__ = [
+    "CONFIG_HASH_TAG",
+    "EXPERIMENT_KIND",
+    "NETWORK_FILESYSTEMS",
+    "EmptyStore",
+    "FinishedRun",
+    "StoreMissing",
+    "Tracker",
+    "backend",
+    "metric_key",
+    "network_filesystem",
+    "refuse_network_sqlite",
+    "sqlite_path",
+    "store_uri",
+    "tracking_uri",
+]
 
 CONFIG_HASH_TAG = "zoo.config_hash"
+ERROR_TAG = "zoo.error"
+# MLflow 3's UI opens experiments of this kind in its training-runs view
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+_NOTE_TAG = "mlflow.note.content"
 _PARAM_BATCH = 100  # MLflow's limit of params per log_batch
+_METRIC_BATCH = 1000  # MLflow's limit of metrics per log_batch
 _MAX_TAG = 5000
+_RETRY_S = 240.0  # how long a write keeps retrying a transient failure
+_PG_LOCK = 0x7A6F6F  # advisory lock id ("zoo") held while a PostgreSQL store is created
+
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "fuse")
+
+T = TypeVar("T")
+
+
+class StoreMissing(ConfigError):
+    """A read-only command was pointed at a store that does not exist."""
+
+
+@dataclass
+class FinishedRun:
+    """One finished run to import: tags (with its identity), params, summary metrics
+    (step 0) and per-epoch histories (key -> values at steps 1..n)."""
+
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    histories: dict[str, list[float]] = field(default_factory=dict)
 
 
 def tracking_uri(uri: str | None, paths: ProjectPaths) -> str:
     """The store to use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else the project's mlflow.db."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or paths.tracking_uri
+    return store_uri(uri or os.environ.get("MLFLOW_TRACKING_URI") or paths.tracking_uri)
+
+
+def store_uri(uri: str) -> str:
+    """``uri`` with PostgreSQL's driver named (psycopg 3; SQLAlchemy's default is psycopg2)."""
+    if uri.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + uri.split("://", 1)[1]
+    return uri
+
+
+def backend(uri: str) -> str:
+    """ "sqlite", "postgresql", "http" (a tracking server) or "other"."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if scheme == "https":
+        return "http"
+    return scheme if scheme in ("sqlite", "postgresql", "http") else "other"
+
+
+def sqlite_path(uri: str) -> Path:
+    """The database file of a ``sqlite:///`` URI."""
+    return Path(uri.split("://", 1)[1][1:].split("?", 1)[0])
 
 
 def metric_key(*parts: str) -> str:
@@ -37,62 +113,197 @@ def metric_key(*parts: str) -> str:
     return "/".join(re.sub(r"[^\w\-. ]", "_", p.replace("+", "p")) for p in parts)
 
 
-def _initialise(uri: str, paths: ProjectPaths) -> None:
+def network_filesystem(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the network filesystem ``path`` lives on (from the mount table,
+    ``/proc/self/mounts`` unless ``mounts`` is given), or None on a local one."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return None
+    path = Path(os.path.abspath(path))
+    best, kind = "", ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = path == Path(point) or Path(point) in path.parents
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    network = kind.split(".", 1)[0] in NETWORK_FILESYSTEMS or kind.startswith("fuse")
+    return kind if network else None
+
+
+def refuse_network_sqlite(uri: str, mounts: str | None = None) -> None:
+    """Raise ConfigError when ``uri`` is a SQLite store on a network filesystem, where
+    SQLite's file locking is unreliable and many writers corrupt or lock the store."""
+    if backend(uri) != "sqlite":
+        return
+    kind = network_filesystem(sqlite_path(uri), mounts)
+    if kind:
+        raise ConfigError(
+            f"--tracking-uri {uri}: SQLite on a network filesystem ({kind}) is unsafe for "
+            "many writers; run `zoo server start --host 0.0.0.0` on a login node, then submit "
+            "with --tracking-uri http://HOST:PORT (or pass --allow-network-sqlite)"
+        )
+
+
+def _transient(error: BaseException) -> bool:
+    """A failure worth retrying: a locked SQLite file, a lost database connection."""
+    text = str(error).lower()
+    return any(
+        s in text
+        for s in ("database is locked", "could not connect", "connection refused", "server closed")
+    )
+
+
+def _retrying(call: Callable[[], T], within_s: float = _RETRY_S) -> T:
+    """``call()``, retried with exponential backoff (0.1 s doubling to 10 s) while it fails
+    transiently. Over HTTP, MLflow's own client retries connection errors the same way."""
+    deadline, pause = time.monotonic() + within_s, 0.1
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            if not _transient(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 10.0)
+
+
+def _create_sqlite(uri: str) -> None:
+    """Create and migrate a SQLite store under a lock beside its file, so processes with
+    any project roots may open a fresh store at once."""
     from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
-    if not uri.startswith("sqlite:"):
-        return
-    with FileLock(str(paths.tracking_lock)):
+    path = sqlite_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
         MlflowClient(uri).search_experiments(max_results=1)
 
 
-class Tracker:
-    """One tracking store; every call names its run explicitly."""
+def _create_postgresql(uri: str) -> None:
+    """Create and migrate a PostgreSQL store under an advisory lock."""
+    import psycopg
+    from mlflow.tracking import MlflowClient
+
+    plain = "postgresql://" + uri.split("://", 1)[1]
+    with psycopg.connect(plain, autocommit=True) as connection:
+        connection.execute("SELECT pg_advisory_lock(%s)", (_PG_LOCK,))
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        finally:
+            connection.execute("SELECT pg_advisory_unlock(%s)", (_PG_LOCK,))
+
+
+class EmptyStore:
+    """The read side of a store that does not exist yet: no experiments, no runs."""
+
+    read_only = True
+    client = None
 
     def __init__(self, uri: str | None = None, paths: ProjectPaths | None = None):
+        self.paths = paths or ProjectPaths.default()
+        self.uri = tracking_uri(uri, self.paths)
+
+    def experiment(self, name: str, description: str | None = None) -> None:
+        return None
+
+    def find(self, experiment_id: str | None, config_hash: str) -> None:
+        return None
+
+    def states(self, experiment_id: str | None) -> dict[str, tuple[str, str]]:
+        return {}
+
+
+class Tracker:
+    """One tracking store; every call names its run explicitly (see the module's promises).
+
+    ``create=False`` opens an existing store read-only: it never creates the store (a
+    missing SQLite file raises :class:`StoreMissing`) nor an experiment.
+    """
+
+    def __init__(
+        self, uri: str | None = None, paths: ProjectPaths | None = None, create: bool = True
+    ):
         from mlflow.tracking import MlflowClient
 
         self.paths = paths or ProjectPaths.default()
         self.uri = tracking_uri(uri, self.paths)
-        _initialise(self.uri, self.paths)
+        self.read_only = not create
+        kind = backend(self.uri)
+        if kind == "sqlite" and not create and not sqlite_path(self.uri).exists():
+            raise StoreMissing(f"tracking store {sqlite_path(self.uri)} does not exist")
+        if kind == "sqlite":
+            _retrying(lambda: _create_sqlite(self.uri))
+        elif kind == "postgresql":
+            _retrying(lambda: _create_postgresql(self.uri))
         self.client = MlflowClient(self.uri)
 
-    def experiment(self, name: str) -> str:
-        """The id of experiment ``name``, created if missing."""
+    def experiment(self, name: str, description: str | None = None) -> str | None:
+        """The id of experiment ``name``, created if missing (read-only: None if missing).
+
+        Its tags open MLflow 3's training-runs view and hold ``description`` as its note.
+        """
+        found = _retrying(lambda: self.client.get_experiment_by_name(name))
+        if found is None and self.read_only:
+            return None
+        experiment_id = found.experiment_id if found else self._create_experiment(name)
+        if not self.read_only:
+            tags = dict([EXPERIMENT_KIND])
+            if description is not None:
+                tags[_NOTE_TAG] = description
+            current = found.tags if found else {}
+            for key, value in tags.items():
+                if current.get(key) != value:
+                    _retrying(
+                        lambda k=key, v=value: self.client.set_experiment_tag(experiment_id, k, v)
+                    )
+        return experiment_id
+
+    def _create_experiment(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
 
-        found = self.client.get_experiment_by_name(name)
-        if found:
-            return found.experiment_id
         location = None
-        if self.uri.startswith("sqlite:"):
+        if backend(self.uri) in ("sqlite", "postgresql"):
             location = (self.paths.artifacts / re.sub(r"[^\w.-]", "_", name)).as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return _retrying(
+                lambda: self.client.create_experiment(
+                    name, artifact_location=location, tags=dict([EXPERIMENT_KIND])
+                )
+            )
         except MlflowException:  # created meanwhile by another process
             return self.client.get_experiment_by_name(name).experiment_id
 
-    def find(self, experiment_id: str, config_hash: str) -> Any | None:
+    def find(self, experiment_id: str | None, config_hash: str) -> Any | None:
         """The newest run of ``experiment_id`` tagged with ``config_hash``, or None."""
-        runs = self.client.search_runs(
-            [experiment_id],
-            f"tags.`{CONFIG_HASH_TAG}` = '{config_hash}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
+        if experiment_id is None:
+            return None
+        runs = _retrying(
+            lambda: self.client.search_runs(
+                [experiment_id],
+                f"tags.`{CONFIG_HASH_TAG}` = '{config_hash}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
         )
         return runs[0] if runs else None
 
-    def states(self, experiment_id: str) -> dict[str, tuple[str, str]]:
+    def states(self, experiment_id: str | None) -> dict[str, tuple[str, str]]:
         """Identity tag -> (run id, status) of every run in the experiment (newest wins)."""
         found: dict[str, tuple[str, str]] = {}
         token = None
-        while True:
-            page = self.client.search_runs(
-                [experiment_id],
-                max_results=10000,
-                page_token=token,
-                order_by=["attributes.start_time ASC"],
+        while experiment_id is not None:
+            page = _retrying(
+                lambda t=token: self.client.search_runs(
+                    [experiment_id],
+                    max_results=10000,
+                    page_token=t,
+                    order_by=["attributes.start_time ASC"],
+                )
             )
             for run in page:
                 identity = run.data.tags.get(CONFIG_HASH_TAG)
@@ -100,11 +311,15 @@ class Tracker:
                     found[identity] = (run.info.run_id, run.info.status)
             token = page.token
             if not token:
-                return found
+                break
+        return found
 
     def create(self, experiment_id: str, tags: dict[str, str]) -> str:
         """A new RUNNING run with ``tags``; returns its id."""
-        return self.client.create_run(experiment_id, tags=tags).info.run_id
+        return _retrying(lambda: self.client.create_run(experiment_id, tags=tags)).info.run_id
+
+    def _batch(self, run_id: str, **items: list) -> None:
+        _retrying(lambda: self.client.log_batch(run_id, **items))
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """``params`` under MLflow-safe keys (see metric_key), in batches of 100."""
@@ -112,42 +327,77 @@ class Tracker:
 
         items = [Param(metric_key(k), str(v)) for k, v in params.items()]
         for i in range(0, len(items), _PARAM_BATCH):
-            self.client.log_batch(run_id, params=items[i : i + _PARAM_BATCH])
+            self._batch(run_id, params=items[i : i + _PARAM_BATCH])
 
     def reopen(self, run_id: str) -> None:
         """Mark an interrupted or failed run RUNNING again, to continue into it."""
-        self.client.update_run(run_id, status="RUNNING")
+        _retrying(lambda: self.client.update_run(run_id, status="RUNNING"))
 
     def logged_steps(self, run_id: str, key: str) -> set[int]:
         """Steps already logged for metric ``key``."""
-        return {m.step for m in self.client.get_metric_history(run_id, key)}
+        return {m.step for m in _retrying(lambda: self.client.get_metric_history(run_id, key))}
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         """All ``metrics`` of one step in one batch."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(
-            run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
-        )
+        self._batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:_MAX_TAG]) for k, v in tags.items()])
+        self._batch(run_id, tags=[RunTag(k, str(v)[:_MAX_TAG]) for k, v in tags.items()])
 
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), folder)
+        _retrying(lambda: self.client.log_artifact(run_id, str(path), folder))
 
     def download(self, run_id: str, artifact: str, into: Path) -> Path:
         into.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, artifact, str(into)))
 
     def finish(self, run_id: str, error: BaseException | None = None) -> None:
-        """End the run FINISHED, or FAILED with the error's type and message in ``zoo.error``."""
+        """End the run FINISHED (clearing a ``zoo.error`` left by an earlier attempt), or
+        FAILED with the error's type and message in ``zoo.error``."""
         if error is None:
-            self.client.set_terminated(run_id, "FINISHED")
+            run = _retrying(lambda: self.client.get_run(run_id))
+            if ERROR_TAG in run.data.tags:
+                _retrying(lambda: self.client.delete_tag(run_id, ERROR_TAG))
+            _retrying(lambda: self.client.set_terminated(run_id, "FINISHED"))
             return
-        self.set_tags(run_id, {"zoo.error": f"{type(error).__name__}: {error}"})
+        self.set_tags(run_id, {ERROR_TAG: f"{type(error).__name__}: {error}"})
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        self.client.set_terminated(run_id, status)
+        _retrying(lambda: self.client.set_terminated(run_id, status))
+
+    def import_runs(self, experiment_id: str, runs: Iterable[FinishedRun]) -> int:
+        """Log ``runs`` as FINISHED runs through batched logging, skipping identities
+        already in the experiment; returns how many were added. A SQLite store takes one
+        writer at a time; other backends take eight at once."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        present = self.states(experiment_id)
+        todo = [r for r in runs if r.tags.get(CONFIG_HASH_TAG) not in present]
+        workers = 1 if backend(self.uri) == "sqlite" else 8
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda run: self._import_one(experiment_id, run), todo))
+        return len(todo)
+
+    def _import_one(self, experiment_id: str, run: FinishedRun) -> None:
+        from mlflow.entities import Param
+
+        run_id = self.create(experiment_id, {k: str(v)[:_MAX_TAG] for k, v in run.tags.items()})
+        now = int(time.time() * 1000)
+        metrics = [_metric(k, v, 0, now) for k, v in run.metrics.items()]
+        for key, values in run.histories.items():
+            metrics += [_metric(key, v, step, now) for step, v in enumerate(values, start=1)]
+        params = [Param(k, str(v)) for k, v in run.params.items()]
+        while metrics or params:
+            self._batch(run_id, metrics=metrics[:_METRIC_BATCH], params=params[:_PARAM_BATCH])
+            metrics, params = metrics[_METRIC_BATCH:], params[_PARAM_BATCH:]
+        _retrying(lambda: self.client.set_terminated(run_id, "FINISHED"))
+
+
+def _metric(key: str, value: float, step: int, now: int) -> Any:
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), now, step)

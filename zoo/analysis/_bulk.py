@@ -1,27 +1,18 @@
-"""Bulk writing of finished runs straight into an MLflow SQL store's schema.
+"""A test and benchmark fixture: finished runs written straight into an MLflow SQL
+store's schema (the pinned MLflow version's, created by MLflow itself).
 
-Logging thousands of rows through ``MlflowClient`` costs a round trip per call;
-one transaction of multi-row inserts into MLflow's own tables (the schema of the
-pinned MLflow version, created by MLflow itself) takes a second or two.
+zoo itself writes only through ``MlflowClient`` (``Tracker.import_runs``); this
+fills a store with thousands of runs in a second or two, to test and time readers.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+
+from zoo.tracking import FinishedRun as BulkRun
 
 __all__ = ["BulkRun", "bulk_insert"]
-
-
-@dataclass
-class BulkRun:
-    """One finished run: tags, params, summary metrics (step 0) and per-epoch histories."""
-
-    tags: dict[str, str] = field(default_factory=dict)
-    params: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    histories: dict[str, list[float]] = field(default_factory=dict)  # key -> values at steps 1..n
 
 
 def bulk_insert(uri: str, experiment: str, runs: list[BulkRun], chunk: int = 2000) -> list[str]:
@@ -34,8 +25,8 @@ def bulk_insert(uri: str, experiment: str, runs: list[BulkRun], chunk: int = 200
 
     tracker = Tracker(uri, ProjectPaths.default())
     experiment_id = int(tracker.experiment(experiment))
-    artifact_root = MlflowClient(uri).get_experiment(str(experiment_id)).artifact_location
-    engine = sqlalchemy.create_engine(uri)
+    artifact_root = MlflowClient(tracker.uri).get_experiment(str(experiment_id)).artifact_location
+    engine = sqlalchemy.create_engine(tracker.uri)
     meta = sqlalchemy.MetaData()
     meta.reflect(engine, only=["runs", "tags", "params", "metrics", "latest_metrics"])
     now = int(time.time() * 1000)

@@ -1,4 +1,4 @@
-"""``zoo import``: an external results table logged as finished MLflow runs, in bulk."""
+"""``zoo import``: an external results table logged as finished MLflow runs, idempotently."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from zoo._typed import build, check
 from zoo._yaml import load_yaml
-from zoo.analysis._bulk import BulkRun, bulk_insert
 from zoo.errors import ConfigError
+from zoo.tracking import FinishedRun, Tracker
 
 __all__ = ["ImportMapping", "import_table", "load_mapping"]
 
@@ -74,8 +74,10 @@ def _row_metrics(
     return metrics
 
 
-def import_table(table: Path, experiment: str, mapping: ImportMapping, uri: str) -> int:
-    """Log each row of ``table`` (CSV) as a finished run of ``experiment``; returns the count."""
+def import_table(table: Path, experiment: str, mapping: ImportMapping, uri: str) -> tuple[int, int]:
+    """Log each row of ``table`` (CSV) as a finished run of ``experiment`` through the
+    store's batched logging; a row already imported (same table name, row and axes) is
+    skipped. Returns (rows, runs added)."""
     import pandas as pd
 
     try:
@@ -107,11 +109,12 @@ def import_table(table: Path, experiment: str, mapping: ImportMapping, uri: str)
         }
         tags.update({f"zoo.axis.{k}": str(v) for k, v in axes.items()})
         runs.append(
-            BulkRun(
+            FinishedRun(
                 tags=tags,
                 params={k: str(v) for k, v in axes.items()},
                 metrics=_row_metrics(row, compiled, mapping),
             )
         )
-    bulk_insert(uri, experiment, runs)
-    return len(runs)
+    tracker = Tracker(uri)
+    added = tracker.import_runs(tracker.experiment(experiment), runs)
+    return len(runs), added

@@ -2,7 +2,8 @@
 
 MLflow's ``search_runs`` builds a Python object per run and metric and is slow
 at sweep scale; zoo reads SQL stores (SQLite, PostgreSQL) with a few queries and
-pivots them with pandas. An MLflow server URL is read through its REST API.
+pivots them with pandas. A tracking server is read through its REST API: paged
+``search_runs`` and bulk metric histories (see ``_rest_tables``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ __all__ = ["Tables", "load_tables"]
 
 _HISTORY_KEYS = ("train_loss", "stage", "epoch_seconds", "lr")
 _EPOCH_KEYS = (*_HISTORY_KEYS, "images_per_s")  # per-epoch metrics: histories, not run columns
+_BULK_RUNS = 100  # run ids per get-history-bulk request (the server's limit)
+_BULK_CAP = 25000  # points per get-history-bulk response (the server's limit)
 _TAG_COLUMNS = {
     "zoo.kind": "kind",
     "zoo.error": "error",
@@ -58,7 +61,7 @@ def _sql_tables(uri: str, experiment: str) -> tuple[pd.DataFrame, ...] | None:
     )
     keys = " OR ".join([f"x.key = '{k}'" for k in _HISTORY_KEYS] + ["x.key LIKE 'val_%'"])
     if engine.dialect.name == "sqlite":
-        values = "group_concat(printf('%.17g', x.value)), group_concat(x.step)"
+        values = "group_concat(quote(x.value)), group_concat(x.step)"  # exact
     else:
         values = (
             "string_agg(CAST(x.value AS TEXT), ',' ORDER BY x.step), "
@@ -110,6 +113,8 @@ def _sql_tables(uri: str, experiment: str) -> tuple[pd.DataFrame, ...] | None:
 
 
 def _rest_tables(uri: str, experiment: str) -> tuple[pd.DataFrame, ...] | None:
+    """Paged ``search_runs`` for runs, then one bulk history request per metric key and
+    100 runs (the server's ``get-history-bulk`` endpoint) instead of one call per run and key."""
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
@@ -117,10 +122,11 @@ def _rest_tables(uri: str, experiment: str) -> tuple[pd.DataFrame, ...] | None:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs, tags, params, latest, history = [], [], [], [], []
+    runs, tags, params, latest = [], [], [], []
+    wanted: dict[str, dict[str, int]] = {}  # history key -> run id -> last step
     token = None
     while True:
-        page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
+        page = client.search_runs([found.experiment_id], max_results=5000, page_token=token)
         for run in page:
             run_id = run.info.run_id
             runs.append((run_id, run.info.status, run.info.start_time, run.info.end_time))
@@ -129,13 +135,11 @@ def _rest_tables(uri: str, experiment: str) -> tuple[pd.DataFrame, ...] | None:
             latest += [(run_id, k, v) for k, v in run.data.metrics.items()]
             for key in run.data.metrics:
                 if key in _HISTORY_KEYS or key.startswith("val_"):
-                    history += [
-                        (run_id, key, m.step, m.value)
-                        for m in client.get_metric_history(run_id, key)
-                    ]
+                    wanted.setdefault(key, {})[run_id] = 0
         token = page.token
         if not token:
             break
+    history = [row for key, ids in wanted.items() for row in _bulk_history(uri, key, list(ids))]
     columns = ["run_id", "key", "value"]
     return (
         pd.DataFrame(runs, columns=["run_id", "status", "start_time", "end_time"]),
@@ -144,6 +148,31 @@ def _rest_tables(uri: str, experiment: str) -> tuple[pd.DataFrame, ...] | None:
         pd.DataFrame(latest, columns=columns),
         pd.DataFrame(history, columns=["run_id", "key", "step", "value"]),
     )
+
+
+def _bulk_history(uri: str, key: str, run_ids: list[str]) -> list[tuple]:
+    """Every (run, key, step, value) point of ``key`` for ``run_ids``; a request that
+    reaches the server's 25,000-point cap is split in halves and asked again."""
+    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+
+    creds = MlflowHostCreds(uri.rstrip("/"))
+    points: list[tuple] = []
+    chunks = [run_ids[i : i + _BULK_RUNS] for i in range(0, len(run_ids), _BULK_RUNS)]
+    while chunks:
+        chunk = chunks.pop()
+        response = http_request(
+            creds,
+            "/ajax-api/2.0/mlflow/metrics/get-history-bulk",
+            "GET",
+            params={"run_id": chunk, "metric_key": key, "max_results": _BULK_CAP},
+        )
+        response.raise_for_status()
+        metrics = response.json().get("metrics", [])
+        if len(metrics) >= _BULK_CAP and len(chunk) > 1:
+            chunks += [chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]]
+            continue
+        points += [(m["run_id"], key, int(m["step"]), float(m["value"])) for m in metrics]
+    return points
 
 
 def _wide(long: pd.DataFrame, prefix: str = "") -> pd.DataFrame:
@@ -168,8 +197,10 @@ def load_tables(uri: str, experiment: str) -> Tables | None:
     experiment does not exist."""
     import pandas as pd
 
-    reader = _rest_tables if uri.startswith(("http://", "https://")) else _sql_tables
-    found = reader(uri, experiment)
+    from zoo.tracking import backend, store_uri
+
+    uri = store_uri(uri)
+    found = (_rest_tables if backend(uri) == "http" else _sql_tables)(uri, experiment)
     if found is None:
         return None
     runs, tags, params, latest, history = found

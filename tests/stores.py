@@ -1,0 +1,79 @@
+"""Real tracking stores for tests: a PostgreSQL cluster and an MLflow server on it.
+
+Both are session-scoped (started once, stopped at the end) on ports 15410 and 15420;
+each test gets a fresh SQLite file or PostgreSQL database, or (on the server) its own
+experiment names.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+PG_PORT = 15410
+SERVER_PORT = 15420
+
+
+def _reachable_folder() -> Path:
+    """A temporary folder user postgres can reach too (pytest's are root-only)."""
+    folder = Path(tempfile.mkdtemp(prefix="zoo-store-", dir="/tmp"))
+    folder.chmod(0o755)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """The base URL of a PostgreSQL cluster of the tests' own (user zoo, loopback)."""
+    from zoo.server import init_postgres, start_postgres, stop_postgres
+
+    folder = _reachable_folder()
+    init_postgres(folder / "pg")
+    start_postgres(folder / "pg", PG_PORT)
+    yield f"postgresql://zoo@127.0.0.1:{PG_PORT}"
+    stop_postgres(folder / "pg")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def fresh_database(base: str) -> str:
+    """The URI of a new, empty database on the cluster at ``base``."""
+    import psycopg
+
+    name = f"t{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def tracking_server(postgres):
+    """An ``mlflow server`` on the PostgreSQL cluster (database mlflow), as a zoo Server."""
+    from zoo.server import Server, start_mlflow, stop_mlflow
+
+    folder = _reachable_folder()
+    server = start_mlflow(
+        Server(str(folder), "postgresql", "127.0.0.1", SERVER_PORT, PG_PORT, None)
+    )
+    yield server
+    stop_mlflow(server)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_python(code: str, root: Path, *args: str) -> subprocess.Popen:
+    """Start ``code`` in a new Python process with project root ``root`` (its ZOO_ROOT)."""
+    root.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "ZOO_ROOT": str(root)}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

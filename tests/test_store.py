@@ -1,0 +1,178 @@
+"""The store contract (zoo/tracking.py), one suite every backend passes: a SQLite file,
+a PostgreSQL database and an MLflow tracking server on PostgreSQL, all real."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from mlflow.tracking import MlflowClient
+from stores import fresh_database, run_python
+
+from zoo.analysis import load_tables
+from zoo.errors import ConfigError
+from zoo.paths import ProjectPaths
+from zoo.tracking import (
+    CONFIG_HASH_TAG,
+    FinishedRun,
+    StoreMissing,
+    Tracker,
+    network_filesystem,
+    refuse_network_sqlite,
+)
+
+BACKENDS = ["sqlite", "postgresql", "server"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path) -> str:
+    """A fresh store's URI (on the shared server: a fresh set of experiment names)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    if request.param == "postgresql":
+        return fresh_database(request.getfixturevalue("postgres"))
+    return request.getfixturevalue("tracking_server").uri
+
+
+def _name() -> str:
+    return f"e-{uuid.uuid4().hex[:8]}"
+
+
+def _log(tracker: Tracker, experiment: str, identity: str, epochs: int = 3) -> str:
+    run_id = tracker.create(experiment, {CONFIG_HASH_TAG: identity, "zoo.kind": "run"})
+    tracker.log_params(run_id, {"stages.0.lr": 1e-3, "model.encoder": "tu-test_resnet"})
+    for step in range(1, epochs + 1):
+        tracker.log_metrics(run_id, {"train_loss": 1 / step, "val_loss/a": 2 / step}, step)
+    tracker.log_metrics(run_id, {"target_loss": 0.25}, 0)
+    tracker.finish(run_id)
+    return run_id
+
+
+def test_runs_read_back_exactly_as_written(store, tmp_path):
+    tracker = Tracker(store, ProjectPaths(tmp_path))
+    name = _name()
+    experiment = tracker.experiment(name, description="what this sweep asks")
+    ids = {identity: _log(tracker, experiment, identity) for identity in ("a1", "b2")}
+    assert tracker.find(experiment, "b2").info.run_id == ids["b2"]
+    assert tracker.find(experiment, "zz") is None
+    assert tracker.states(experiment) == {k: (v, "FINISHED") for k, v in ids.items()}
+    tags = MlflowClient(tracker.uri).get_experiment(experiment).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"] == "what this sweep asks"
+
+    tables = load_tables(store, name)
+    runs = tables.runs.set_index("config_hash")
+    assert set(runs.index) == {"a1", "b2"} and set(runs["status"]) == {"FINISHED"}
+    assert runs["param.stages.0.lr"].tolist() == [0.001, 0.001]
+    assert set(runs["param.model.encoder"]) == {"tu-test_resnet"}
+    assert runs["target_loss"].tolist() == [0.25, 0.25]
+    history = tables.histories.sort_values(["run_id", "key", "step"])
+    assert len(history) == 2 * 2 * 3
+    for run_id in ids.values():
+        points = history[(history.run_id == run_id) & (history.key == "val_loss/a")]
+        assert points["step"].tolist() == [1, 2, 3]
+        assert points["value"].tolist() == [2.0, 1.0, 2 / 3]
+
+
+def test_a_finished_retry_clears_the_earlier_error(store, tmp_path):
+    tracker = Tracker(store, ProjectPaths(tmp_path))
+    experiment = tracker.experiment(_name())
+    run_id = tracker.create(experiment, {CONFIG_HASH_TAG: "x"})
+    tracker.finish(run_id, RuntimeError("out of memory"))
+    assert tracker.client.get_run(run_id).data.tags["zoo.error"] == "RuntimeError: out of memory"
+    tracker.reopen(run_id)
+    tracker.finish(run_id)
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "zoo.error" not in run.data.tags
+
+
+def test_import_is_idempotent(store, tmp_path):
+    tracker = Tracker(store, ProjectPaths(tmp_path))
+    name = _name()
+    experiment = tracker.experiment(name)
+    runs = [
+        FinishedRun(
+            tags={CONFIG_HASH_TAG: f"row{i}", "zoo.kind": "run", "zoo.axis.size": str(8 * i)},
+            params={"size": str(8 * i)},
+            metrics={"target_loss_adj": 0.1 * i},
+            histories={"val_loss/a": [0.5, 0.4, 0.3 + i]},
+        )
+        for i in range(5)
+    ]
+    assert tracker.import_runs(experiment, runs[:3]) == 3
+    assert tracker.import_runs(experiment, runs) == 2
+    assert tracker.import_runs(experiment, runs) == 0
+    tables = load_tables(store, name)
+    assert sorted(tables.runs["size"]) == [0, 8, 16, 24, 32]
+    assert len(tables.histories) == 5 * 3
+    assert sorted(tables.histories.query("step == 3")["value"]) == [0.3, 1.3, 2.3, 3.3, 4.3]
+
+
+WRITER = """
+import sys
+from zoo.tracking import Tracker, CONFIG_HASH_TAG
+uri, name, count, who = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+tracker = Tracker(uri)
+experiment = tracker.experiment(name)
+for i in range(count):
+    run_id = tracker.create(experiment, {CONFIG_HASH_TAG: f"{who}-{i}"})
+    for step in range(1, 6):
+        tracker.log_metrics(run_id, {f"m{k}": step + k for k in range(20)}, step)
+    tracker.finish(run_id)
+print("ok")
+"""
+
+
+def test_concurrent_creators_and_writers_with_different_roots(store, tmp_path):
+    """Four processes, each with its own project root, create the same fresh store and
+    experiment at once and log runs into it: all succeed and nothing is lost."""
+    name = _name()
+    workers = [
+        run_python(WRITER, tmp_path / f"root{w}", store, name, "3", f"w{w}") for w in range(4)
+    ]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    client = MlflowClient(Tracker(store, ProjectPaths(tmp_path), create=False).uri)
+    [experiment] = [e for e in client.search_experiments() if e.name == name]
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert len(runs) == 12 and {r.info.status for r in runs} == {"FINISHED"}
+    tables = load_tables(store, name)
+    assert len(tables.runs) == 12
+    for run in runs[:3]:
+        assert [m.value for m in client.get_metric_history(run.info.run_id, "m7")] == [
+            8.0,
+            9.0,
+            10.0,
+            11.0,
+            12.0,
+        ]
+
+
+def test_read_only_open_never_creates_a_sqlite_store(tmp_path):
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    with pytest.raises(StoreMissing, match=str(missing)):
+        Tracker(f"sqlite:///{missing}", ProjectPaths(tmp_path), create=False)
+    assert not missing.exists() and not missing.parent.exists()
+    reader = Tracker(f"sqlite:///{tmp_path / 'm.db'}", ProjectPaths(tmp_path))
+    reader = Tracker(reader.uri, ProjectPaths(tmp_path), create=False)
+    assert reader.experiment("never-made") is None and reader.states(None) == {}
+    assert [e.name for e in reader.client.search_experiments()] == ["Default"]
+
+
+MOUNTS = """\
+/dev/sda1 / ext4 rw 0 0
+server:/export/home /home nfs4 rw 0 0
+/dev/sdb1 /home/local ext4 rw 0 0
+scratch@o2ib:/scratch /scratch lustre rw 0 0
+"""
+
+
+def test_sqlite_on_a_network_filesystem_is_refused_with_the_fix():
+    assert network_filesystem("/home/me/project/mlflow.db", MOUNTS) == "nfs4"
+    assert network_filesystem("/home/local/mlflow.db", MOUNTS) is None
+    assert network_filesystem("/scratch/x/mlflow.db", MOUNTS) == "lustre"
+    with pytest.raises(ConfigError, match="zoo server start") as refused:
+        refuse_network_sqlite("sqlite:////home/me/project/mlflow.db", MOUNTS)
+    assert "nfs4" in str(refused.value) and "\n" not in str(refused.value)
+    refuse_network_sqlite("sqlite:////home/local/mlflow.db", MOUNTS)
+    refuse_network_sqlite("http://login1:5001", MOUNTS)

@@ -1,0 +1,246 @@
+"""``zoo server``: an MLflow tracking server on a PostgreSQL cluster of its own.
+
+The cluster path for sweeps: one server on a login or service node, every array task
+logging to it over HTTP. ``start`` initialises PostgreSQL (Debian's packages,
+installed when missing) under a data folder, starts it on the loopback interface
+only, starts ``mlflow server`` on it (serving artifacts from the same folder) and
+records both in ``server.json`` there; ``stop`` stops exactly what that file names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from zoo.errors import ConfigError
+
+__all__ = ["BACKENDS", "Server", "start", "start_mlflow", "status", "stop", "stop_mlflow"]
+
+BACKENDS = ("postgresql", "sqlite")
+_DATABASE = "mlflow"
+_USER = "zoo"
+_READY_S = 120.0
+
+
+@dataclass(frozen=True)
+class Server:
+    """What ``start`` started, as recorded in ``<data>/server.json``."""
+
+    data: str
+    backend: str
+    host: str
+    port: int
+    pg_port: int | None
+    mlflow_pid: int | None
+
+    @property
+    def uri(self) -> str:
+        """The tracking URI clients use (the host's name when it listens beyond loopback)."""
+        host = self.host if self.host in ("127.0.0.1", "localhost") else socket.getfqdn()
+        return f"http://{host}:{self.port}"
+
+    @property
+    def store(self) -> str:
+        """The backend store the MLflow server writes to."""
+        if self.backend == "sqlite":
+            return f"sqlite:///{Path(self.data) / 'mlflow.db'}"
+        return f"postgresql+psycopg://{_USER}@127.0.0.1:{self.pg_port}/{_DATABASE}"
+
+
+def _record(server: Server) -> Server:
+    Path(server.data, "server.json").write_text(json.dumps(asdict(server), indent=1))
+    return server
+
+
+def _recorded(data: Path) -> Server | None:
+    path = data / "server.json"
+    return Server(**json.loads(path.read_text())) if path.exists() else None
+
+
+def _pg_binary(name: str) -> str:
+    """A PostgreSQL program, installing Debian's ``postgresql`` package when missing."""
+    for _ in range(2):
+        versions = sorted(
+            Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+            key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+        )
+        found = str(versions[-1]) if versions else shutil.which(name)
+        if found:
+            return found
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            raise ConfigError(f"PostgreSQL's {name} is not installed; install postgresql")
+        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "postgresql"],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    raise ConfigError(f"PostgreSQL's {name} is not installed; install postgresql")
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run ``command`` as user postgres."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+def _pg(command: list[str], log: Path) -> None:
+    done = subprocess.run(_as_postgres(command), capture_output=True, text=True)
+    if done.returncode:
+        log.write_text(done.stdout + done.stderr)
+        raise RuntimeError(f"{Path(command[0]).name} failed; see {log}")
+
+
+def init_postgres(folder: Path) -> None:
+    """A PostgreSQL cluster in ``folder`` (kept if already there): user zoo, trusted on
+    loopback only, no Unix socket."""
+    if (folder / "PG_VERSION").exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        if subprocess.run(_as_postgres(["test", "-w", str(folder)])).returncode:
+            raise ConfigError(
+                f"--data {folder.parent}: as root, PostgreSQL runs as user postgres, which "
+                "cannot reach this folder; choose one it can (e.g. under /var/tmp)"
+            )
+    command = [_pg_binary("initdb"), "-D", str(folder), "-U", _USER, "-E", "UTF8"]
+    _pg([*command, "--auth=trust", "--no-instructions"], folder.parent / "initdb.log")
+    with open(folder / "postgresql.conf", "a") as conf:
+        conf.write("listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\n")
+    (folder / "pg_hba.conf").write_text(
+        "host all zoo 127.0.0.1/32 trust\nhost all zoo ::1/128 trust\n"
+    )
+
+
+def start_postgres(folder: Path, port: int) -> None:
+    """Start the cluster in ``folder`` on 127.0.0.1:``port`` and create the database."""
+    import psycopg
+
+    log = folder / "postgresql.log"
+    command = [_pg_binary("pg_ctl"), "-D", str(folder), "-l", str(log), "-w", "-t", "60"]
+    _pg([*command, "-o", f"-p {port}", "start"], folder.parent / "pg_ctl.log")
+    with psycopg.connect(
+        f"postgresql://{_USER}@127.0.0.1:{port}/postgres", autocommit=True
+    ) as connection:
+        exists = connection.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (_DATABASE,)
+        ).fetchone()
+        if not exists:
+            connection.execute(f"CREATE DATABASE {_DATABASE}")
+
+
+def stop_postgres(folder: Path) -> None:
+    if (folder / "postmaster.pid").exists():
+        command = [_pg_binary("pg_ctl"), "-D", str(folder), "-m", "fast", "-w", "stop"]
+        _pg(command, folder.parent / "pg_ctl.log")
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"mlflow" in cmdline
+
+
+def _allowed_hosts(host: str) -> str:
+    names = {"localhost", "127.0.0.1", host, socket.gethostname(), socket.getfqdn()}
+    return ",".join(sorted(p for n in names for p in (n, f"{n}:*")))
+
+
+def start_mlflow(server: Server) -> Server:
+    """Start ``mlflow server`` for ``server`` and wait until it answers; returns the record."""
+    from zoo.tracking import Tracker
+
+    data = Path(server.data)
+    Tracker(server.store, None)  # creates and migrates the store once, under its lock
+    log = open(data / "mlflow.log", "a")  # noqa: SIM115 (the child keeps it open)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", server.store]
+    command += ["--artifacts-destination", str(data / "artifacts"), "--serve-artifacts"]
+    command += ["--host", server.host, "--port", str(server.port), "--workers", "4"]
+    command += ["--allowed-hosts", _allowed_hosts(server.host)]
+    child = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=data
+    )
+    log.close()
+    started = _record(Server(**{**asdict(server), "mlflow_pid": child.pid}))
+    deadline = time.monotonic() + _READY_S
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError(f"mlflow server exited; see {data / 'mlflow.log'}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=2):
+                return started
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"mlflow server did not answer in {_READY_S:.0f} s; see {data}/mlflow.log")
+
+
+def stop_mlflow(server: Server) -> Server:
+    """Stop the ``mlflow server`` that ``server`` records (its whole process group)."""
+    pid = server.mlflow_pid
+    if _alive(pid):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    return _record(Server(**{**asdict(server), "mlflow_pid": None}))
+
+
+def start(
+    data: Path, backend: str = "postgresql", host: str = "127.0.0.1", port: int = 5001
+) -> Server:
+    """Start (or find running) the server recorded in ``data``; returns its record."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend: {backend!r}; allowed: {', '.join(BACKENDS)}")
+    data = data.resolve()
+    found = _recorded(data)
+    if found and _alive(found.mlflow_pid):
+        return found
+    data.mkdir(parents=True, exist_ok=True)
+    pg_port = port + 1 if backend == "postgresql" else None
+    server = Server(str(data), backend, host, port, pg_port, None)
+    if backend == "postgresql":
+        init_postgres(data / "postgresql")
+        start_postgres(data / "postgresql", pg_port)
+    return start_mlflow(_record(server))
+
+
+def status(data: Path) -> dict[str, str]:
+    """The tracking URI and whether the MLflow server and PostgreSQL are running."""
+    server = _recorded(data.resolve())
+    if server is None:
+        return {"server": f"none recorded in {data}"}
+    found = {"uri": server.uri, "store": server.store}
+    found["mlflow"] = "running" if _alive(server.mlflow_pid) else "stopped"
+    if server.backend == "postgresql":
+        folder = Path(server.data) / "postgresql"
+        command = [_pg_binary("pg_ctl"), "-D", str(folder), "status"]
+        running = subprocess.run(_as_postgres(command), capture_output=True).returncode == 0
+        found["postgresql"] = "running" if running else "stopped"
+    return found
+
+
+def stop(data: Path) -> Server | None:
+    """Stop the MLflow server and PostgreSQL recorded in ``data``; None if none was."""
+    server = _recorded(data.resolve())
+    if server is None:
+        return None
+    server = stop_mlflow(server)
+    if server.backend == "postgresql":
+        stop_postgres(Path(server.data) / "postgresql")
+    return server
