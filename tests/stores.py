@@ -58,7 +58,7 @@ def tracking_server(postgres):
 
     folder = _reachable_folder()
     server = start_mlflow(
-        Server(str(folder), "postgresql", "127.0.0.1", SERVER_PORT, PG_PORT, None)
+        Server(str(folder), "postgresql", "127.0.0.1", SERVER_PORT, PG_PORT, None, 2)
     )
     yield server
     stop_mlflow(server)

@@ -221,3 +221,22 @@ def test_shell_injection_values_never_execute(
     assert all(r.info.status == "FINISHED" for r in tiny_runs())
     scripts = "".join(p.read_text() for p in project.state.glob("sweeps/tiny/*/*.sbatch"))
     assert "touch" not in scripts
+
+
+def test_sweep_through_a_tracking_server_on_postgresql(
+    tiny_spec, cluster, project, tracking_server, capsys
+):
+    """The cluster path: array tasks log over HTTP to an MLflow server on PostgreSQL."""
+    uri = tracking_server.uri
+    spec = tiny_spec(sources=("a",), freezes=("none", "encoder"))
+    assert main(["sweep", "submit", str(spec), "--tracking-uri", uri]) == 0
+    _squeue_empty()
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 + 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["zoo.config_hash"] for r in runs}) == 3
+    assert not project.tracking_db.exists()  # nothing went to a SQLite file
+    capsys.readouterr()
+    assert main(["sweep", "status", str(spec), "--json", "--tracking-uri", uri]) == 0
+    assert json.loads(capsys.readouterr().out)["run"]["finished"] == 2

@@ -228,7 +228,7 @@ def _server(args: argparse.Namespace) -> int:
 
     data = args.data or ProjectPaths.default().state / "server"
     if args.server_command == "start":
-        started = server.start(data, args.backend, args.host, args.port)
+        started = server.start(data, args.backend, args.host, args.port, args.workers)
         print(f"tracking server at {started.uri} (store {started.store}, data {data})")
         print(f"use: --tracking-uri {started.uri}  or  export MLFLOW_TRACKING_URI={started.uri}")
     elif args.server_command == "status":
@@ -395,6 +395,7 @@ def _server_parser(commands) -> None:
     start.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
     start.add_argument("--port", type=int, default=5001, help="mlflow server's (PostgreSQL: +1)")
     start.add_argument("--host", default="127.0.0.1", help="listen here (e.g. 0.0.0.0)")
+    start.add_argument("--workers", type=int, default=4, help="mlflow server processes")
     for verb, help_text in (("status", "is it running"), ("stop", "stop what start started")):
         server_commands.add_parser(verb, help=help_text)
     for sub in server_commands.choices.values():

@@ -41,6 +41,7 @@ class Server:
     port: int
     pg_port: int | None
     mlflow_pid: int | None
+    workers: int = 4  # mlflow server's worker processes
 
     @property
     def uri(self) -> str:
@@ -169,10 +170,11 @@ def start_mlflow(server: Server) -> Server:
     log = open(data / "mlflow.log", "a")  # noqa: SIM115 (the child keeps it open)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", server.store]
     command += ["--artifacts-destination", str(data / "artifacts"), "--serve-artifacts"]
-    command += ["--host", server.host, "--port", str(server.port), "--workers", "4"]
+    command += ["--host", server.host, "--port", str(server.port), "--workers", str(server.workers)]
     command += ["--allowed-hosts", _allowed_hosts(server.host)]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runners
     child = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=data
+        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=data, env=env
     )
     log.close()
     started = _record(Server(**{**asdict(server), "mlflow_pid": child.pid}))
@@ -193,7 +195,7 @@ def stop_mlflow(server: Server) -> Server:
     pid = server.mlflow_pid
     if _alive(pid):
         os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 10
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         if _alive(pid):
@@ -202,7 +204,11 @@ def stop_mlflow(server: Server) -> Server:
 
 
 def start(
-    data: Path, backend: str = "postgresql", host: str = "127.0.0.1", port: int = 5001
+    data: Path,
+    backend: str = "postgresql",
+    host: str = "127.0.0.1",
+    port: int = 5001,
+    workers: int = 4,
 ) -> Server:
     """Start (or find running) the server recorded in ``data``; returns its record."""
     if backend not in BACKENDS:
@@ -213,7 +219,7 @@ def start(
         return found
     data.mkdir(parents=True, exist_ok=True)
     pg_port = port + 1 if backend == "postgresql" else None
-    server = Server(str(data), backend, host, port, pg_port, None)
+    server = Server(str(data), backend, host, port, pg_port, None, workers)
     if backend == "postgresql":
         init_postgres(data / "postgresql")
         start_postgres(data / "postgresql", pg_port)

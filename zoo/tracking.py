@@ -57,6 +57,17 @@ _PARAM_BATCH = 100  # MLflow's limit of params per log_batch
 _METRIC_BATCH = 1000  # MLflow's limit of metrics per log_batch
 _MAX_TAG = 5000
 _RETRY_S = 240.0  # how long a write keeps retrying a transient failure
+_TRANSIENT = (  # failures worth retrying, as their messages read
+    "database is locked",
+    "could not connect",
+    "server closed",
+    "connection refused",
+    "connection aborted",
+    "connection reset",
+    "max retries exceeded",
+    "bad gateway",
+    "service unavailable",
+)
 _PG_LOCK = 0x7A6F6F  # advisory lock id ("zoo") held while a PostgreSQL store is created
 
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "fuse")
@@ -152,15 +163,12 @@ def refuse_network_sqlite(uri: str, mounts: str | None = None) -> None:
 def _transient(error: BaseException) -> bool:
     """A failure worth retrying: a locked SQLite file, a lost database connection."""
     text = str(error).lower()
-    return any(
-        s in text
-        for s in ("database is locked", "could not connect", "connection refused", "server closed")
-    )
+    return any(s in text for s in _TRANSIENT)
 
 
 def _retrying(call: Callable[[], T], within_s: float = _RETRY_S) -> T:
     """``call()``, retried with exponential backoff (0.1 s doubling to 10 s) while it fails
-    transiently. Over HTTP, MLflow's own client retries connection errors the same way."""
+    transiently, for up to ``within_s``."""
     deadline, pause = time.monotonic() + within_s, 0.1
     while True:
         try:
@@ -240,6 +248,9 @@ class Tracker:
             _retrying(lambda: _create_sqlite(self.uri))
         elif kind == "postgresql":
             _retrying(lambda: _create_postgresql(self.uri))
+        elif kind == "http":  # a short retry in MLflow's client, then zoo's (capped at 10 s)
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         self.client = MlflowClient(self.uri)
 
     def experiment(self, name: str, description: str | None = None) -> str | None:

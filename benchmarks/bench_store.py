@@ -1,0 +1,180 @@
+"""The store under load and at sweep scale: SQLite, PostgreSQL and the tracking server.
+
+(a) load: N concurrent clients (threads, each with its own ``Tracker``) each log runs
+at the paper's per-run volume (30 params, 10 tags, 20 epochs of 50 metrics, one batch
+per epoch) for N = 16, 64, 256: runs/s, p50/p99 batch latency, errors, lost rows.
+(b) read: 10,000 finished runs with full histories (6 metrics × 20 epochs), built with
+the bulk-insert fixture, loaded by zoo's ``load_tables`` and by ``mlflow.search_runs``.
+
+The PostgreSQL cluster (port 15460) and the MLflow server on it (port 15470, 4 workers)
+are started here and stopped at the end. Targets (issue 11): through the server, 256
+clients with 0 errors, 0 lost rows, p99 batch latency <= 1 s; loading 10,000 runs
+<= 2 s on SQLite, <= 5 s on PostgreSQL, <= 30 s through the server.
+Run: ``.venv/bin/python benchmarks/bench_store.py [--clients 16,64,256] [--runs 10000]
+[--backends sqlite,postgresql,server] [--skip-load] [--skip-read]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from zoo.analysis import BulkRun, bulk_insert, load_tables
+from zoo.paths import ProjectPaths
+from zoo.server import (
+    Server,
+    init_postgres,
+    start_mlflow,
+    start_postgres,
+    stop_mlflow,
+    stop_postgres,
+)
+from zoo.tracking import CONFIG_HASH_TAG, Tracker
+
+PG_PORT, SERVER_PORT = 15460, 15470
+EPOCHS, METRICS = 20, 50
+HISTORY = ["train_loss", "val_loss/a", "val_loss_adj/a", "val_loss/b", "val_loss_adj/b", "lr"]
+
+
+def _database(base: str, name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {name}")
+        connection.execute(f"CREATE DATABASE {name}")
+    return f"{base}/{name}"
+
+
+def _client(uri: str, root: Path, name: str, who: int, runs: int, out: dict) -> None:
+    """One client: its runs at the paper's volume; batch latencies and errors into ``out``."""
+    latencies, errors = [], 0
+    try:
+        tracker = Tracker(uri, ProjectPaths(root))
+        experiment = tracker.experiment(name)
+        for r in range(runs):
+            run_id = tracker.create(experiment, {CONFIG_HASH_TAG: f"{who}-{r}"})
+            tracker.set_tags(run_id, {f"zoo.axis.a{j}": str(j) for j in range(9)})
+            tracker.log_params(run_id, {f"stages.0.p{j}": j for j in range(30)})
+            for step in range(1, EPOCHS + 1):
+                start = time.perf_counter()
+                tracker.log_metrics(run_id, {f"val_m{k}": step + k for k in range(METRICS)}, step)
+                latencies.append(time.perf_counter() - start)
+            tracker.finish(run_id)
+    except Exception:
+        errors += 1
+    out[who] = (latencies, errors)
+
+
+def load_test(uri: str, root: Path, clients: int, runs: int) -> dict:
+    name = f"load-{clients}-{time.monotonic_ns()}"
+    Tracker(uri, ProjectPaths(root)).experiment(name)
+    out: dict = {}
+    threads = [
+        threading.Thread(target=_client, args=(uri, root, name, w, runs, out))
+        for w in range(clients)
+    ]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    latencies = sorted(x for lat, _ in out.values() for x in lat)
+    tables = load_tables(uri, name)
+    rows = 0 if tables is None else len(tables.histories)
+    return {
+        "runs/s": clients * runs / seconds,
+        "p50": latencies[len(latencies) // 2] if latencies else float("nan"),
+        "p99": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
+        "errors": sum(e for _, e in out.values()),
+        "lost": clients * runs * EPOCHS * METRICS - rows,
+    }
+
+
+def build(uri: str, count: int) -> float:
+    rng = np.random.default_rng(0)
+    runs = []
+    for i in range(count):
+        tags = {f"zoo.axis.a{j}": str(i % (j + 2)) for j in range(6)}
+        tags.update({"zoo.kind": "run", CONFIG_HASH_TAG: f"{i:016x}", "zoo.sweep": "bench"})
+        params = {f"stages.{j % 2}.p{j}": str(rng.random()) for j in range(25)}
+        histories = {m: list(np.exp(-np.arange(20) / 5) + rng.random(20) * 0.01) for m in HISTORY}
+        runs.append(BulkRun(tags=tags, params=params, histories=histories))
+    start = time.perf_counter()
+    bulk_insert(uri, "bench", runs)
+    return time.perf_counter() - start
+
+
+def read_test(write_uri: str, read_uri: str, count: int) -> tuple[float, float]:
+    import mlflow
+
+    build(write_uri, count)
+    start = time.perf_counter()
+    tables = load_tables(read_uri, "bench")
+    zoo_s = time.perf_counter() - start
+    assert len(tables.runs) == count and len(tables.histories) == count * len(HISTORY) * 20
+    mlflow.set_tracking_uri(read_uri)
+    start = time.perf_counter()
+    frame = mlflow.search_runs(experiment_names=["bench"], max_results=100_000)
+    assert len(frame) == count
+    return zoo_s, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="16,64,256")
+    parser.add_argument("--runs-per-client", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--backends", default="sqlite,postgresql,server")
+    parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--skip-read", action="store_true")
+    args = parser.parse_args()
+    backends = args.backends.split(",")
+    folder = Path(tempfile.mkdtemp(prefix="zoo-bench-", dir="/tmp"))
+    folder.chmod(0o755)
+    init_postgres(folder / "pg")
+    start_postgres(folder / "pg", PG_PORT)
+    base = f"postgresql://zoo@127.0.0.1:{PG_PORT}"
+    server = start_mlflow(
+        Server(str(folder), "postgresql", "127.0.0.1", SERVER_PORT, PG_PORT, None)
+    )
+    try:
+        if not args.skip_load:
+            uris = {
+                "sqlite": f"sqlite:///{folder / 'load.db'}",
+                "postgresql": _database(base, "load"),
+                "server": server.uri,
+            }
+            print("(a) load: backend, clients, runs/s, p50 s, p99 s, errors, lost rows")
+            for backend in backends:
+                for clients in map(int, args.clients.split(",")):
+                    found = load_test(uris[backend], folder, clients, args.runs_per_client)
+                    print(
+                        f"{backend:10} {clients:4} {found['runs/s']:8.2f} {found['p50']:7.3f} "
+                        f"{found['p99']:7.3f} {found['errors']:4} {found['lost']:6}",
+                        flush=True,
+                    )
+        if not args.skip_read:
+            print(f"(b) read {args.runs} runs: backend, zoo load_tables s, mlflow.search_runs s")
+            reads = {
+                "sqlite": (f"sqlite:///{folder / 'read.db'}",) * 2,
+                "postgresql": (_database(base, "read"),) * 2,
+                "server": (server.store, server.uri),
+            }
+            for backend in backends:
+                zoo_s, mlflow_s = read_test(*reads[backend], args.runs)
+                print(f"{backend:10} {zoo_s:8.2f} {mlflow_s:8.2f}", flush=True)
+    finally:
+        stop_mlflow(server)
+        stop_postgres(folder / "pg")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""`zoo server`: PostgreSQL and an MLflow server of zoo's own; a sweep survives the
+server going away for 30 s."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from mlflow.tracking import MlflowClient
+from stores import _reachable_folder
+
+from zoo.cli import main
+from zoo.server import _recorded, start_mlflow, stop_mlflow
+
+PORT = 15450
+OUTAGE_S = 30
+
+
+def _runs(uri: str, name: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def _metric_rows(uri: str, runs: list) -> int:
+    client = MlflowClient(uri)
+    return sum(
+        len(client.get_metric_history(r.info.run_id, key)) for r in runs for key in r.data.metrics
+    )
+
+
+@pytest.mark.slow
+def test_sweep_through_the_server_survives_a_30_s_outage(tiny_spec, project, capsys):
+    data = _reachable_folder()
+    assert (
+        main(["server", "start", "--data", str(data), "--port", str(PORT), "--workers", "2"]) == 0
+    )
+    uri = f"http://127.0.0.1:{PORT}"
+    assert f"--tracking-uri {uri}" in capsys.readouterr().out
+    assert main(["server", "status", "--data", str(data)]) == 0
+    assert "mlflow: running\npostgresql: running" in capsys.readouterr().out
+    spec = tiny_spec(sources=("a",), freezes=("none", "encoder"), epochs=3)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "zoo.cli", "sweep", "run", str(spec), "--tracking-uri", uri],
+        cwd=project.root,
+        env={**os.environ, "ZOO_ROOT": str(project.root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 600
+        while not any(r.data.metrics for r in _runs(uri, "tiny")) and time.time() < deadline:
+            time.sleep(0.5)
+        server = stop_mlflow(_recorded(data))
+        time.sleep(OUTAGE_S)  # training goes on; its logging retries with backoff
+        assert sweep.poll() is None, sweep.stdout.read()
+        start_mlflow(server)
+        output = sweep.communicate(timeout=900)[0]
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 0, output
+    runs = _runs(uri, "tiny")
+    identities = Counter(r.data.tags["zoo.config_hash"] for r in runs)
+    assert len(runs) == 1 + 2 and set(identities.values()) == {1}  # no duplicate runs
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    client = MlflowClient(uri)
+    for run in runs:  # every epoch's row is there once
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        assert steps and len(set(steps)) == len(steps), (run.data.tags, steps)
+    rows = _metric_rows(uri, runs)
+    assert main(["server", "stop", "--data", str(data)]) == 0
+    assert main(["server", "status", "--data", str(data)]) == 3
+    assert "mlflow: stopped\npostgresql: stopped" in capsys.readouterr().out
+    # the same sweep into a fresh SQLite store, never interrupted, logs as many rows
+    reference = project.root / "reference.db"
+    assert main(["sweep", "run", str(spec), "--tracking-uri", f"sqlite:///{reference}"]) == 0
+    uninterrupted = _runs(f"sqlite:///{reference}", "tiny")
+    assert rows == _metric_rows(f"sqlite:///{reference}", uninterrupted)
