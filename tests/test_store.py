@@ -176,3 +176,20 @@ def test_sqlite_on_a_network_filesystem_is_refused_with_the_fix():
     assert "nfs4" in str(refused.value) and "\n" not in str(refused.value)
     refuse_network_sqlite("sqlite:////home/local/mlflow.db", MOUNTS)
     refuse_network_sqlite("http://login1:5001", MOUNTS)
+
+
+def test_zoo_import_twice_adds_nothing_the_second_time(tmp_path, capsys):
+    from zoo.cli import main
+
+    table = tmp_path / "results.csv"
+    table.write_text("size,loss\n8,0.02\n16,0.015\n32,0.011\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = ["import", str(table), "--experiment", "ext", "--axis", "size"]
+    command += ["--metric", "loss=target_loss", "--tracking-uri", uri]
+    assert main(command) == 0
+    assert "imported 3 runs" in capsys.readouterr().out
+    assert main(command) == 0
+    assert "imported 0 runs" in capsys.readouterr().out
+    runs = load_tables(uri, "ext").runs
+    assert sorted(runs["size"]) == [8, 16, 32]
+    assert sorted(runs["target_loss_adj"].round(6)) == [0.011, 0.015, 0.02]

@@ -54,11 +54,6 @@ class ProjectPaths:
         return self.state / "artifacts"
 
     @property
-    def tracking_lock(self) -> Path:
-        """Lock held while the embedded tracking store is created or migrated."""
-        return self.root / "mlflow.db.lock"
-
-    @property
     def logs(self) -> Path:
         return self.state / "logs"
 
