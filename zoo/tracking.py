@@ -104,7 +104,7 @@ def store_uri(uri: str) -> str:
 
 
 def backend(uri: str) -> str:
-    """ "sqlite", "postgresql", "http" (a tracking server) or "other"."""
+    """The backend of ``uri``: sqlite, postgresql, http (a tracking server) or other."""
     scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
     if scheme == "https":
         return "http"
@@ -264,7 +264,10 @@ class Tracker:
         self.read_only = not create
         kind = backend(self.uri)
         if kind == "sqlite" and not create and not sqlite_path(self.uri).exists():
-            raise StoreMissing(f"tracking store {sqlite_path(self.uri)} does not exist")
+            raise StoreMissing(
+                f"tracking store {sqlite_path(self.uri)} does not exist "
+                "(nothing was logged there yet; check --tracking-uri or $MLFLOW_TRACKING_URI)"
+            )
         if kind == "sqlite":
             _retrying(lambda: _create_sqlite(self.uri))
         elif kind == "postgresql":
@@ -272,6 +275,7 @@ class Tracker:
         elif kind == "http":  # a short retry in MLflow's client, then zoo's (capped at 10 s)
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # per run
         self.client = MlflowClient(self.uri)
 
     def experiment(self, name: str, description: str | None = None) -> str | None:
@@ -287,7 +291,7 @@ class Tracker:
             tags = dict([EXPERIMENT_KIND])
             if description is not None:
                 tags[_NOTE_TAG] = description
-            current = found.tags if found else {}
+            current = found.tags if found else dict([EXPERIMENT_KIND])
             for key, value in tags.items():
                 if current.get(key) != value:
                     _retrying(
