@@ -53,7 +53,7 @@ def _database(base: str, name: str) -> str:
 
 def _client(uri: str, root: Path, name: str, who: int, runs: int, out: dict) -> None:
     """One client: its runs at the paper's volume; batch latencies and errors into ``out``."""
-    latencies, errors = [], 0
+    latencies, errors = [], []
     try:
         tracker = Tracker(uri, ProjectPaths(root))
         experiment = tracker.experiment(name)
@@ -66,8 +66,8 @@ def _client(uri: str, root: Path, name: str, who: int, runs: int, out: dict) -> 
                 tracker.log_metrics(run_id, {f"val_m{k}": step + k for k in range(METRICS)}, step)
                 latencies.append(time.perf_counter() - start)
             tracker.finish(run_id)
-    except Exception:
-        errors += 1
+    except Exception as error:
+        errors.append(f"{type(error).__name__}: {str(error)[:200]}")
     out[who] = (latencies, errors)
 
 
@@ -88,11 +88,14 @@ def load_test(uri: str, root: Path, clients: int, runs: int) -> dict:
     latencies = sorted(x for lat, _ in out.values() for x in lat)
     tables = load_tables(uri, name)
     rows = 0 if tables is None else len(tables.histories)
+    errors = [e for _, found in out.values() for e in found]
+    if errors:
+        print(f"  first error of {len(errors)}: {errors[0]}")
     return {
         "runs/s": clients * runs / seconds,
         "p50": latencies[len(latencies) // 2] if latencies else float("nan"),
         "p99": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
-        "errors": sum(e for _, e in out.values()),
+        "errors": len(errors),
         "lost": clients * runs * EPOCHS * METRICS - rows,
     }
 

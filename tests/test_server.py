@@ -4,6 +4,7 @@ server going away for 30 s."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from stores import _reachable_folder
 
 from zoo.cli import main
-from zoo.server import _recorded, start_mlflow, stop_mlflow
+from zoo.server import _recorded, start_mlflow, stop, stop_mlflow
 
 PORT = 15450
 OUTAGE_S = 30
@@ -33,12 +34,19 @@ def _metric_rows(uri: str, runs: list) -> int:
     )
 
 
+@pytest.fixture
+def data():
+    """The server's data folder; whatever the test started there is stopped at the end."""
+    folder = _reachable_folder()
+    yield folder
+    stop(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_sweep_through_the_server_survives_a_30_s_outage(tiny_spec, project, capsys):
-    data = _reachable_folder()
-    assert (
-        main(["server", "start", "--data", str(data), "--port", str(PORT), "--workers", "2"]) == 0
-    )
+def test_sweep_through_the_server_survives_a_30_s_outage(tiny_spec, project, data, capsys):
+    start = ["server", "start", "--data", str(data), "--port", str(PORT), "--workers", "2"]
+    assert main(start) == 0
     uri = f"http://127.0.0.1:{PORT}"
     assert f"--tracking-uri {uri}" in capsys.readouterr().out
     assert main(["server", "status", "--data", str(data)]) == 0
