@@ -7,6 +7,7 @@ Heavy libraries (torch, mlflow, seaborn) are imported inside the commands, so
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -348,15 +349,53 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns its exit status (user errors: one line on stderr, 2)."""
+    """Run one command; returns its exit status.
+
+    Bad input: one line on stderr naming the field or file, status 2. Anything
+    unexpected: one line with the path of a log holding the traceback, status 1.
+    """
     args = _parser().parse_args(argv)
     from zoo.errors import ConfigError, DataError
 
     try:
         return args.func(args) or 0
     except (ConfigError, DataError) as error:
-        print(f"zoo: error: {error}", file=sys.stderr)
+        print(f"zoo: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("zoo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        log = _log_internal_error()
+        print(
+            f"zoo: internal error: {type(error).__name__}: {_one_line(error)} (traceback in {log})",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:2000]
+
+
+def _log_internal_error() -> str:
+    """Write the current traceback to a new log file; its path (under .zoo/logs, else the
+    temporary folder)."""
+    import tempfile
+    import time
+    import traceback
+
+    from zoo.paths import ProjectPaths
+
+    name = f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in (ProjectPaths.default().logs, Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(traceback.format_exc())
+            return str(folder / name)
+        except OSError:
+            continue
+    return "(no log: nothing writable)"
 
 
 if __name__ == "__main__":

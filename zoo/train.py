@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from zoo.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
-from zoo.config import RunConfig, StageConfig
+from zoo.config import RunConfig, StageConfig, init_file
 from zoo.data import Dataset
+from zoo.errors import ConfigError, DataError
 from zoo.losses import LOSSES, apply_head, loss_floor
 from zoo.models import create_model, freeze, parameter_counts, set_train_mode
 from zoo.telemetry import GpuMeter
@@ -90,9 +91,19 @@ def _clock(device: torch.device) -> float:
 
 
 def pick_device(config: RunConfig) -> torch.device:
+    """The device to train on; a CUDA device this machine lacks is a ConfigError."""
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    device = torch.device(config.device)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(
+                f"config.device: {config.device!r} is not available here "
+                f"({count} CUDA devices); expected auto or cpu"
+                + (f" or cuda:0..cuda:{count - 1}" if count else "")
+            )
+    return device
 
 
 def standardise(images: torch.Tensor) -> torch.Tensor:
@@ -249,7 +260,11 @@ def _initial_weights(
         return load_weights(
             previous.folder / ("best.safetensors" if kind == "best" else "final.safetensors")
         )
-    return load_weights(Path(target) if kind == "file" else fetch_run(target))
+    path = init_file(init) if kind == "file" else fetch_run(target)
+    try:
+        return load_weights(path)
+    except Exception as error:  # not a weights file: name it, one line
+        raise DataError(f"{path}: unreadable weights ({type(error).__name__}: {error})") from None
 
 
 def _update_best(
@@ -315,7 +330,13 @@ def train_stage(
     model = create_model(config.model)
     initial = _initial_weights(config, index, previous, fetch_run)
     if initial is not None:
-        model.load_state_dict(initial)
+        try:
+            model.load_state_dict(initial)
+        except RuntimeError as error:
+            first = str(error).splitlines()[0]
+            raise DataError(
+                f"config.stages.{index}.init: {stage.init!r} does not fit the model ({first})"
+            ) from None
     model.to(device)
     if device.type == "cuda":  # fast defaults: cuDNN autotuning, NHWC convolutions
         torch.backends.cudnn.benchmark = True
