@@ -250,9 +250,18 @@ class RunConfig:
             if getattr(self, name) != defaults[name]
         }
 
+    def stage_identity(self, index: int) -> dict[str, Any]:
+        """The document stage ``index``'s identity hashes (recorded beside its checkpoints)."""
+        return self._documents[index]
+
     @cached_property
     def _digests(self) -> tuple[str, ...]:
         """(stage 0, stage 1, ..., run) identities, computed once."""
+        return tuple(_hash(d) for d in self._documents)
+
+    @cached_property
+    def _documents(self) -> tuple[dict[str, Any], ...]:
+        """(stage 0, stage 1, ..., run) identity documents."""
         data = self._table.digests
         document = {
             f.name: to_dict(getattr(self, f.name))
@@ -260,10 +269,19 @@ class RunConfig:
             if f.name not in (*NOT_IDENTITY, "datasets")
         }
         execution = self.execution()
-        run = _hash({**document, "datasets": data, **execution})
+        inits = {
+            str(i): _init_content(s.init, f"config.stages.{i}.init")
+            for i, s in enumerate(self.stages)
+            if init_file(s.init) is not None
+        }
+        run_document = {**document, "datasets": data, **execution}
+        if inits:  # the contents of init files, not only their names
+            run_document["init_files"] = inits
+        run = _hash(run_document)
         # a stage's numbers depend on where it trains; its energy on the power cap
         placement = {k: v for k, v in execution.items() if k in ("device", "power_cap_w")}
         digests: list[str] = []
+        documents: list[dict[str, Any]] = []
         for index, stage in enumerate(self.stages):
             parts = [
                 p
@@ -273,26 +291,25 @@ class RunConfig:
             used = sorted({stage.train, *self.validation_sets, *parts})
             continues = digests and stage.init in ("auto", "best", "last")
             stage_document = {**to_dict(stage), "name": ""}  # a stage's name is not its identity
-            digests.append(
-                _hash(
-                    {
-                        "stage": stage_document,
-                        "model": document["model"],
-                        "seed": self.seed,
-                        "amp": self.amp,
-                        "val": list(self.validation_sets),
-                        "datasets": {n: data[n] for n in used},
-                        "parent": digests[-1] if continues else None,
-                        "val_batch_size": self.val_batch_size,
-                        "owner": None if self.share_stages else run,
-                        **({"compile": True} if self.compile else {}),  # older hashes kept
-                        **placement,
-                        **_init_content(stage.init, f"config.stages.{index}.init"),
-                        **({"version": STAGE_VERSION} if STAGE_VERSION > 1 else {}),
-                    }
-                )
+            documents.append(
+                {
+                    "stage": stage_document,
+                    "model": document["model"],
+                    "seed": self.seed,
+                    "amp": self.amp,
+                    "val": list(self.validation_sets),
+                    "datasets": {n: data[n] for n in used},
+                    "parent": digests[-1] if continues else None,
+                    "val_batch_size": self.val_batch_size,
+                    "owner": None if self.share_stages else run,
+                    **({"compile": True} if self.compile else {}),  # older hashes kept
+                    **placement,
+                    **_init_content(stage.init, f"config.stages.{index}.init"),
+                    **({"version": STAGE_VERSION} if STAGE_VERSION > 1 else {}),
+                }
             )
-        return (*digests, run)
+            digests.append(_hash(documents[-1]))
+        return (*documents, run_document)
 
 
 def project_root() -> Path:

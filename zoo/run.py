@@ -6,9 +6,7 @@ the same MLflow run from the last checkpoint of its current stage.
 
 from __future__ import annotations
 
-import functools
 import platform
-import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +29,7 @@ from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
 from zoo.train import (
     Preempted,
     StageResult,
+    git_commit,
     pick_device,
     standardise,
     to_device,
@@ -67,19 +66,6 @@ def load_datasets(config: RunConfig, paths: ProjectPaths) -> dict[str, Dataset]:
     return datasets
 
 
-@functools.cache
-def _git_commit() -> str | None:
-    """The commit of zoo's own checkout (asked once per process), if it is one."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=Path(__file__).parent,
-    )
-    return commit.stdout.strip() if commit.returncode == 0 else None
-
-
 def _tags(config: RunConfig, device: torch.device, floor: float) -> dict[str, str]:
     tags = {
         "zoo.seed": str(config.seed),
@@ -92,8 +78,8 @@ def _tags(config: RunConfig, device: torch.device, floor: float) -> dict[str, st
     }
     if device.type == "cuda":
         tags["zoo.gpu"] = torch.cuda.get_device_name(device)
-    if _git_commit():
-        tags["mlflow.source.git.commit"] = _git_commit()
+    if git_commit():
+        tags["mlflow.source.git.commit"] = git_commit()
     return tags
 
 
