@@ -161,16 +161,22 @@ def _artifacts(
         )
 
 
-def preflight(
-    config: RunConfig, tracker: Tracker, paths: ProjectPaths
-) -> tuple[torch.device, dict[str, Dataset]]:
-    """Everything checkable before a run exists: the device, the encoder and the model,
-    ``init: run:`` targets, then the data (made or read into the dataset cache) against
-    the stages. Any problem is a ConfigError or DataError; nothing but valid cached
-    datasets is written."""
+Prepared = tuple[torch.device, dict[str, Dataset]]
+
+
+def preflight(config: RunConfig, paths: ProjectPaths) -> Prepared:
+    """Everything checkable before a run exists and without a tracking store: the device,
+    the encoder and the model, then the data (made or read into the dataset cache)
+    against the stages. Any problem is a ConfigError or DataError; nothing but valid
+    cached datasets is written."""
     device = pick_device(config)
     check_encoder(config.model.encoder)
     create_model(config.model)
+    return device, load_datasets(config, paths)
+
+
+def _check_run_targets(config: RunConfig, tracker: Tracker) -> None:
+    """``init: run:ID`` targets must exist in the store."""
     for i, stage in enumerate(config.stages):
         kind, _, target = stage.init.partition(":")
         if kind == "run" and not _run_exists(tracker, target):
@@ -178,7 +184,6 @@ def preflight(
                 f"config.stages.{i}.init: {stage.init!r} is not allowed; no run {target!r} "
                 f"in {tracker.uri}"
             )
-    return device, load_datasets(config, paths)
 
 
 def _run_exists(tracker: Tracker, run_id: str) -> bool:
@@ -199,12 +204,14 @@ def run(
     *,
     identity: str | None = None,
     tags: dict[str, str] | None = None,
+    prepared: Prepared | None = None,
 ) -> str:
     """Train ``config`` (or finish an interrupted attempt); returns the MLflow run id.
 
     The MLflow run is found by ``identity`` (default: the config hash) in the
     config's experiment; a FINISHED one means there is nothing to do. Bad input
-    is refused before the run exists (see preflight). One process at a time
+    is refused before the run exists (see preflight; ``prepared`` is its result when
+    the caller ran it already). One process at a time
     works on an identity: others wait for it, then find it finished. ``tags``
     are added to a new run. Any failure after the run exists ends it FAILED.
     """
@@ -213,7 +220,8 @@ def run(
     if existing is not None and existing.info.status == "FINISHED":
         echo(f"run {existing.info.run_id} already finished; nothing to do")
         return existing.info.run_id
-    device, datasets = preflight(config, tracker, paths)
+    _check_run_targets(config, tracker)
+    device, datasets = prepared or preflight(config, paths)
     paths.run_lock(identity).parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(paths.run_lock(identity)))
     try:
