@@ -240,3 +240,29 @@ def test_concurrent_attempts_at_one_identity_train_once(project):
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert sorted(m.step for m in history) == [1, 2]
     assert sum("nothing to do" in o for o in outputs) == 2
+
+
+def test_nvml_handle_is_found_by_the_devices_uuid_and_released(monkeypatch):
+    """Power caps land on the GPU the run trains on: CUDA device 0 of a process that sees
+    only physical GPU 3 is looked up by UUID, never as NVML's index 0."""
+    import types
+
+    import zoo.telemetry as telemetry
+
+    calls = []
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: calls.append("init"),
+        nvmlShutdown=lambda: calls.append("shutdown"),
+        nvmlDeviceGetHandleByUUID=lambda uuid: ("handle", uuid),
+        nvmlDeviceGetHandleByIndex=lambda index: pytest.fail("looked up by index"),
+        nvmlDeviceGetPowerManagementLimit=lambda handle: 300_000,
+        nvmlDeviceSetPowerManagementLimit=lambda handle, mw: calls.append(("cap", handle, mw)),
+        nvmlDeviceGetEnforcedPowerLimit=lambda handle: 250_000,
+        nvmlDeviceGetTotalEnergyConsumption=lambda handle: 0,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(telemetry, "device_uuid", lambda index: f"GPU-physical-3-as-{index}")
+    with telemetry.GpuMeter(0, power_cap_w=250, interval_s=60):
+        pass
+    handle = ("handle", "GPU-physical-3-as-0")
+    assert calls == ["init", ("cap", handle, 250_000), ("cap", handle, 300_000), "shutdown"]

@@ -345,6 +345,7 @@ def train_stage(
     amp = _amp_dtype(config, device)
     floor = loss_floor(stage.loss, config.model.head, config.model.classes)
     record = stage_record(config, index)
+    atomic_write_text(folder / "stage.json", json.dumps(record, indent=1))  # what is trained here
     checkpoint = folder / "last.safetensors"
     model, optimizer, progress = _resume(config, index, previous, fetch_run, device, checkpoint)
     for epoch, metrics in enumerate(progress["history"], start=1):
