@@ -169,29 +169,31 @@ def test_sweep_runs_shared_stages_once_and_a_second_run_trains_nothing(
 
 
 def test_failed_config_is_reported_and_the_others_finish(tiny_spec, tiny_runs, project, capsys):
+    (project.root / "broken.safetensors").write_bytes(b"not safetensors")
     spec = tiny_spec(
         sources=("a",),
         extra={
-            "axes": [{"product": {"source": ["a"], "init": ["best", "file:missing.safetensors"]}}],
+            "axes": [{"product": {"source": ["a"], "init": ["best", "file:broken.safetensors"]}}],
             "set": {"stages.0.train": "$source", "stages.1.init": "$init"},
         },
     )
     assert main(["sweep", "run", str(spec)]) == 1
     output = capsys.readouterr().out
-    assert "failed 1" in output and "missing.safetensors" in output
+    assert "failed 1" in output and "broken.safetensors" in output
     by_init = {
         r.data.tags.get("zoo.axis.init"): r for r in tiny_runs() if r.data.tags["zoo.kind"] == "run"
     }
     assert by_init["best"].info.status == "FINISHED"
-    assert by_init["file:missing.safetensors"].info.status == "FAILED"
-    assert "missing.safetensors" in by_init["file:missing.safetensors"].data.tags["zoo.error"]
+    assert by_init["file:broken.safetensors"].info.status == "FAILED"
+    assert "broken.safetensors" in by_init["file:broken.safetensors"].data.tags["zoo.error"]
 
 
 def test_failed_shared_stage_skips_its_dependents(tiny_spec, project, capsys):
+    (project.root / "broken.safetensors").write_bytes(b"not safetensors")
     spec = tiny_spec(
         extra={
             "derive": {
-                "init": {"lookup": ["$source", {"a": "random", "b": "file:missing.safetensors"}]}
+                "init": {"lookup": ["$source", {"a": "random", "b": "file:broken.safetensors"}]}
             },
             "set": {
                 "stages.0.train": "$source",

@@ -10,7 +10,7 @@ import yaml
 
 from zoo.errors import ConfigError
 
-__all__ = ["load_yaml", "parse_scalar"]
+__all__ = ["MAX_NODES", "expanded_size", "load_yaml", "parse_scalar"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -31,20 +31,68 @@ _Loader.add_implicit_resolver(
 )
 
 
+MAX_NODES = 1_000_000  # a document expanding (aliases followed) past this is refused
+
+
 def load_yaml(path: str | Path) -> Any:
-    """The document in ``path``; a missing or malformed file is a ConfigError."""
+    """The document in ``path``; a missing, non-UTF-8, malformed or (through aliases)
+    oversized file is a ConfigError naming it."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+        raise ConfigError(f"{path}: cannot read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
     try:
-        return yaml.load(text, Loader=_Loader)
+        document = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{at}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
+    if expanded_size(document) > MAX_NODES:
+        raise ConfigError(
+            f"{path}: expands to more than {MAX_NODES:,} values (YAML aliases followed); "
+            "the limit guards against alias bombs"
+        )
+    return document
+
+
+def expanded_size(document: Any) -> int:
+    """Values in ``document`` counted as if every shared (aliased) part were copied;
+    each distinct container is visited once, so this is fast even for alias bombs."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, dict | list):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:  # a recursive alias: infinite when expanded
+            return MAX_NODES + 1
+        active.add(key)
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_NODES:
+                break
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        return size(document)
+    except RecursionError:
+        return MAX_NODES + 1
 
 
 def parse_scalar(text: str) -> Any:
     """A command-line override value read as YAML (``1e-5`` -> float, ``none`` -> str)."""
-    return yaml.load(text, Loader=_Loader)
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        raise ConfigError(f"{text!r}: not a valid YAML value") from None

@@ -1,29 +1,89 @@
 """Stage checkpoints: one safetensors file holding weights, optimizer state and progress.
 
-Each file is written to a temporary name and renamed, so a process killed at
-any point leaves either the previous checkpoint or the new one, never half.
-Nothing here unpickles: weights and optimizer tensors are safetensors, the
-rest is JSON in the file's metadata.
+Each file is written to a temporary name, fsync'd and renamed (and its folder
+fsync'd), so a process killed at any point, or a full disk, leaves either the
+previous checkpoint or the new one, never half. A checkpoint keeps the one
+before it beside it (``previous_path``). Loading verifies the file; a damaged
+one raises CheckpointError. Nothing here unpickles: weights and optimizer
+tensors are safetensors, the rest is JSON in the file's metadata.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-__all__ = ["load_checkpoint", "load_weights", "save_checkpoint", "save_weights"]
+__all__ = [
+    "CheckpointError",
+    "atomic_write_text",
+    "checkpoint_record",
+    "load_checkpoint",
+    "load_weights",
+    "previous_path",
+    "save_checkpoint",
+    "save_weights",
+    "set_aside",
+]
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+class CheckpointError(Exception):
+    """A checkpoint file is damaged or does not fit the model; the message names it."""
+
+
+def previous_path(path: Path) -> Path:
+    """Where the checkpoint before ``path`` is kept."""
+    return path.with_name(f"previous.{path.name}")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(tmp: Path, path: Path, keep_previous: bool = False) -> None:
+    """fsync ``tmp``, rename it to ``path`` (the old ``path`` kept as previous_path when
+    asked), fsync the folder."""
+    _fsync(tmp)
+    if keep_previous and path.exists():
+        os.replace(path, previous_path(path))
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so a reader sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    _commit(tmp, path)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file out of the way (kept for inspection); returns its new name."""
+    target = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    os.replace(path, target)
+    return target
+
+
+def _atomic_save(
+    tensors: dict[str, torch.Tensor],
+    path: Path,
+    metadata: dict[str, str],
+    keep_previous: bool = False,
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata)
-    os.replace(tmp, path)
+    _commit(tmp, path, keep_previous)
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
@@ -39,9 +99,14 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any]
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    progress: dict[str, Any],
+    record: dict[str, Any] | None = None,
 ) -> None:
-    """Weights, optimizer state, torch RNG state and ``progress`` (JSON-ready) in one file."""
+    """Weights, optimizer state, torch RNG state, ``progress`` and ``record`` (what made
+    it: JSON-ready) in one file; the checkpoint it replaces is kept as previous_path."""
     state = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     scalars: dict[str, dict[str, Any]] = {}
@@ -56,18 +121,47 @@ def save_checkpoint(
         "progress": json.dumps(progress),
         "param_groups": json.dumps(state["param_groups"]),
         "optim_scalars": json.dumps(scalars),
+        "record": json.dumps(record),
     }
-    _atomic_save(tensors, path, metadata)
+    _atomic_save(tensors, path, metadata, keep_previous=True)
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a checkpoint; a damaged file is a CheckpointError."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+        parsed = {k: json.loads(metadata[k]) for k in ("progress", "param_groups", "optim_scalars")}
+    except Exception as error:  # truncated, garbled or foreign: one line naming the file
+        raise CheckpointError(f"{path}: damaged checkpoint ({type(error).__name__})") from None
+    if "rng" not in tensors or not isinstance(parsed["progress"], dict):
+        raise CheckpointError(f"{path}: damaged checkpoint (incomplete)")
+    return metadata, tensors
+
+
+def checkpoint_record(path: Path) -> Any:
+    """The record saved with a checkpoint (None for older ones); damaged: CheckpointError."""
+    metadata, _ = _read(path)
+    return json.loads(metadata.get("record", "null"))
 
 
 def load_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
-    """Restore ``model`` and ``optimizer`` from ``path``; returns the saved progress."""
-    with safe_open(path, framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    """Restore ``model`` and ``optimizer`` from ``path``; returns the saved progress.
+
+    A damaged file, or one whose tensors do not fit ``model``, raises CheckpointError
+    before ``model`` or ``optimizer`` is changed.
+    """
+    metadata, tensors = _read(path)
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    expected = model.state_dict()
+    if set(weights) != set(expected) or any(
+        weights[k].shape != v.shape for k, v in expected.items()
+    ):
+        raise CheckpointError(f"{path}: checkpoint does not fit the model")
+    model.load_state_dict(weights)
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):

@@ -7,6 +7,7 @@ Heavy libraries (torch, mlflow, seaborn) are imported inside the commands, so
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -21,9 +22,13 @@ def _data_make(args: argparse.Namespace) -> None:
 
     paths = ProjectPaths.default()
     sources = data.declared(args.file)
-    for name in args.names or sources:
+    for name in args.names:
         if name not in sources:
             raise _config_error(f"{args.file}: no dataset {name!r}; declared: {', '.join(sources)}")
+    for name in args.names or sources:
+        if isinstance(sources[name], data.MixSpec):
+            print(f"{name}: a mixture of {', '.join(sources[name].mix)} (made when a run uses it)")
+            continue
         folder = data.materialise(name, sources[name], paths)
         line = f"{name}: {folder}"
         if args.preview:
@@ -66,12 +71,13 @@ def _data_export(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from zoo.config import load_config
     from zoo.paths import ProjectPaths
-    from zoo.run import run
+    from zoo.run import preflight, run
     from zoo.tracking import Tracker
 
     config = load_config(args.config, args.overrides)
     paths = ProjectPaths.default()
-    run(config, Tracker(args.tracking_uri, paths), paths)
+    prepared = preflight(config, paths)  # bad input refused before the store is opened
+    run(config, Tracker(args.tracking_uri, paths), paths, prepared=prepared)
 
 
 def _ui(args: argparse.Namespace) -> None:
@@ -241,14 +247,37 @@ def _server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(kind: type) -> object:
+    """An argparse type: a number > 0 of ``kind`` (int or float)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed; expected a number > 0")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
 def _config_error(message: str) -> Exception:
     from zoo.errors import ConfigError
 
     return ConfigError(message)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``zoo sub: error: ...``), status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} -h)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoo", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="zoo", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="make, preview and export datasets")
@@ -267,7 +296,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", type=Path, required=True, metavar=f"FILE{suffix}")
         sub.add_argument("--spec", type=Path, help="resolve NAME from this YAML instead")
         sub.set_defaults(func=func)
-    data_commands.choices["show"].add_argument("--count", type=int, default=8)
+    data_commands.choices["show"].add_argument("--count", type=_positive(int), default=8)
 
     train = commands.add_parser("train", help="train one run config (resumes if interrupted)")
     train.add_argument("config", type=Path, help="run config YAML")
@@ -284,14 +313,16 @@ def _parser() -> argparse.ArgumentParser:
     sweep_commands = sweep.add_subparsers(dest="sweep_command", required=True)
     plan = sweep_commands.add_parser("plan", help="counts, shared stages and cost; runs nothing")
     plan.add_argument("--json", action="store_true")
-    plan.add_argument("--images-per-s", type=float, help="throughput (default: measured here)")
-    plan.add_argument("--show", type=int, default=3, help="expanded configs to print")
+    plan.add_argument(
+        "--images-per-s", type=_positive(float), help="throughput (default: measured here)"
+    )
+    plan.add_argument("--show", type=_positive(int), default=3, help="expanded configs to print")
     plan.set_defaults(func=_sweep_plan)
     run_sweep = sweep_commands.add_parser("run", help="train what is missing or failed, locally")
-    run_sweep.add_argument("--workers", type=int, default=1, help="worker processes")
+    run_sweep.add_argument("--workers", type=_positive(int), default=1, help="worker processes")
     run_sweep.add_argument(
         "--runs-per-gpu",
-        type=int,
+        type=_positive(int),
         default=1,
         metavar="N",
         help="with GPUs: N worker processes per GPU (overrides --workers)",
@@ -404,15 +435,71 @@ def _server_parser(commands) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns its exit status (user errors: one line on stderr, 2)."""
+    """Run one command; returns its exit status.
+
+    Bad input: one line on stderr naming the field or file, status 2. Anything
+    unexpected: one line with the path of a log holding the traceback, status 1.
+    """
     args = _parser().parse_args(argv)
     from zoo.errors import ConfigError, DataError
 
     try:
         return args.func(args) or 0
     except (ConfigError, DataError) as error:
-        print(f"zoo: error: {error}", file=sys.stderr)
+        print(f"zoo: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("zoo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        store = _store_problem(error, args)
+        if store is not None:
+            print(f"zoo: error: {store}", file=sys.stderr)
+            return 2
+        log = _log_internal_error()
+        print(
+            f"zoo: internal error: {type(error).__name__}: {_one_line(error)} (traceback in {log})",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _store_problem(error: Exception, args: argparse.Namespace) -> str | None:
+    """One line naming the tracking store, when ``error`` came from it (unreadable,
+    corrupt, not writable, unknown scheme); None for anything else."""
+    module = type(error).__module__.split(".")[0]
+    if module not in ("mlflow", "sqlalchemy", "sqlite3") or not hasattr(args, "tracking_uri"):
+        return None
+    from zoo.paths import ProjectPaths
+    from zoo.tracking import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri, ProjectPaths.default())
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"tracking store {uri}: cannot be used ({type(error).__name__}: {first[:300]})"
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:2000]
+
+
+def _log_internal_error() -> str:
+    """Write the current traceback to a new log file; its path (under .zoo/logs, else the
+    temporary folder)."""
+    import tempfile
+    import time
+    import traceback
+
+    from zoo.paths import ProjectPaths
+
+    name = f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in (ProjectPaths.default().logs, Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(traceback.format_exc())
+            return str(folder / name)
+        except OSError:
+            continue
+    return "(no log: nothing writable)"
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import copy
 import functools
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
@@ -21,17 +22,27 @@ from zoo._yaml import load_yaml, parse_scalar
 from zoo.errors import ConfigError
 
 __all__ = [
+    "STAGE_VERSION",
     "ModelConfig",
     "RunConfig",
     "StageConfig",
     "apply_overrides",
     "flatten",
+    "init_file",
     "load_config",
     "resolve",
     "set_path",
 ]
 
-NOT_IDENTITY = ("experiment", "device", "power_cap_w", "log_weights", "share_stages")
+# Stage identity version: raise it whenever a change to zoo alters the numbers a stage
+# computes (training loop, data pipeline, model construction), so checkpoints made by older
+# code are never reused. Version 1 is left out of the hash (hashes made before it existed).
+STAGE_VERSION = 1
+# Fields that change where or how a run executes, not what it computes; each enters the
+# identity only when set to a non-default value, so hashes made before that stay valid.
+EXECUTION_FIELDS = ("device", "power_cap_w", "log_weights", "share_stages")
+NOT_IDENTITY = ("experiment", *EXECUTION_FIELDS)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,24 @@ class ModelConfig:
             "one of " + ", ".join(ARCHITECTURES),
         )
         check(self.classes >= 2, f"{where}.classes", self.classes, "an integer >= 2")
-        check(self.in_channels >= 1, f"{where}.in_channels", self.in_channels, "an integer >= 1")
+        check(
+            self.in_channels == 1,
+            f"{where}.in_channels",
+            self.in_channels,
+            "1 (zoo's datasets are single-channel grey images)",
+        )
+        check(
+            self.encoder_depth in range(1, 6),
+            f"{where}.encoder_depth",
+            self.encoder_depth,
+            "an integer from 1 to 5",
+        )
+        check(
+            all(c >= 1 for c in self.decoder_channels),
+            f"{where}.decoder_channels",
+            list(self.decoder_channels),
+            "channel counts >= 1",
+        )
         check(
             len(self.decoder_channels) == self.encoder_depth,
             f"{where}.decoder_channels",
@@ -97,10 +125,11 @@ class StageConfig:
         )
         check(self.weight_decay >= 0, f"{where}.weight_decay", self.weight_decay, "a value >= 0")
         check(self.loss in LOSSES, f"{where}.loss", self.loss, "one of " + ", ".join(LOSSES))
-        kind = self.init.split(":", 1)[0]
+        kind, _, target = self.init.partition(":")
         check(
             kind in ("auto", "random", "best", "last", "file", "run")
-            and (":" in self.init) == (kind in ("file", "run")),
+            and bool(target) == (kind in ("file", "run"))
+            and not _CONTROL.search(self.init),
             f"{where}.init",
             self.init,
             "auto, random, best, last, file:PATH or run:RUN_ID",
@@ -128,6 +157,14 @@ class RunConfig:
     share_stages: bool = True  # false: every stage checkpoint belongs to this run alone
 
     def validate(self, where: str) -> None:
+        check(
+            bool(self.experiment.strip()) and not _CONTROL.search(self.experiment),
+            f"{where}.experiment",
+            self.experiment,
+            "a non-empty name without control characters",
+        )
+        check(0 <= self.seed < 2**32, f"{where}.seed", self.seed, "an integer 0 <= seed < 2**32")
+        check(self.val_batch_size >= 1, f"{where}.val_batch_size", self.val_batch_size, ">= 1")
         check(len(self.stages) >= 1, f"{where}.stages", [], "at least one stage")
         names = [s.name for s in self.stages]
         check(len(set(names)) == len(names), f"{where}.stages", names, "distinct stage names")
@@ -159,7 +196,7 @@ class RunConfig:
                 "a dataset name from datasets: " + ", ".join(self.datasets),
             )
         check(
-            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
             f"{where}.device",
             self.device,
             "auto, cpu, cuda or cuda:N",
@@ -184,7 +221,7 @@ class RunConfig:
 
     @cached_property
     def _table(self) -> _DatasetTable:
-        return _dataset_table(json.dumps(self.datasets, sort_keys=True))
+        return _with_contents(_dataset_table(json.dumps(self.datasets, sort_keys=True)))
 
     @property
     def sources(self) -> dict[str, Any]:
@@ -203,18 +240,49 @@ class RunConfig:
         and the identity of the stage it starts from."""
         return self._digests[index]
 
+    def execution(self) -> dict[str, Any]:
+        """The execution fields set to non-default values (part of the identity)."""
+        defaults = {f.name: f.default for f in fields(self) if f.name in EXECUTION_FIELDS}
+        defaults["log_weights"] = ("best", "final")
+        return {
+            name: to_dict(getattr(self, name))
+            for name in EXECUTION_FIELDS
+            if getattr(self, name) != defaults[name]
+        }
+
+    def stage_identity(self, index: int) -> dict[str, Any]:
+        """The document stage ``index``'s identity hashes (recorded beside its checkpoints)."""
+        return self._documents[index]
+
     @cached_property
     def _digests(self) -> tuple[str, ...]:
         """(stage 0, stage 1, ..., run) identities, computed once."""
+        return tuple(_hash(d) for d in self._documents)
+
+    @cached_property
+    def _documents(self) -> tuple[dict[str, Any], ...]:
+        """(stage 0, stage 1, ..., run) identity documents."""
         data = self._table.digests
         document = {
             f.name: to_dict(getattr(self, f.name))
             for f in fields(self)
             if f.name not in (*NOT_IDENTITY, "datasets")
         }
-        run = _hash({**document, "datasets": data})
+        execution = self.execution()
+        inits = {
+            str(i): _init_content(s.init, f"config.stages.{i}.init")
+            for i, s in enumerate(self.stages)
+            if init_file(s.init) is not None
+        }
+        run_document = {**document, "datasets": data, **execution}
+        if inits:  # the contents of init files, not only their names
+            run_document["init_files"] = inits
+        run = _hash(run_document)
+        # a stage's numbers depend on where it trains; its energy on the power cap
+        placement = {k: v for k, v in execution.items() if k in ("device", "power_cap_w")}
         digests: list[str] = []
-        for stage in self.stages:
+        documents: list[dict[str, Any]] = []
+        for index, stage in enumerate(self.stages):
             parts = [
                 p
                 for n in (stage.train, *self.validation_sets)
@@ -223,30 +291,61 @@ class RunConfig:
             used = sorted({stage.train, *self.validation_sets, *parts})
             continues = digests and stage.init in ("auto", "best", "last")
             stage_document = {**to_dict(stage), "name": ""}  # a stage's name is not its identity
-            digests.append(
-                _hash(
-                    {
-                        "stage": stage_document,
-                        "model": document["model"],
-                        "seed": self.seed,
-                        "amp": self.amp,
-                        "val": list(self.validation_sets),
-                        "datasets": {n: data[n] for n in used},
-                        "parent": digests[-1] if continues else None,
-                        "val_batch_size": self.val_batch_size,
-                        "owner": None if self.share_stages else run,
-                        **({"compile": True} if self.compile else {}),  # older hashes kept
-                    }
-                )
+            documents.append(
+                {
+                    "stage": stage_document,
+                    "model": document["model"],
+                    "seed": self.seed,
+                    "amp": self.amp,
+                    "val": list(self.validation_sets),
+                    "datasets": {n: data[n] for n in used},
+                    "parent": digests[-1] if continues else None,
+                    "val_batch_size": self.val_batch_size,
+                    "owner": None if self.share_stages else run,
+                    **({"compile": True} if self.compile else {}),  # older hashes kept
+                    **placement,
+                    **_init_content(stage.init, f"config.stages.{index}.init"),
+                    **({"version": STAGE_VERSION} if STAGE_VERSION > 1 else {}),
+                }
             )
-        return (*digests, run)
+            digests.append(_hash(documents[-1]))
+        return (*documents, run_document)
+
+
+def project_root() -> Path:
+    """The project root that relative ``path:`` and ``init: file:`` names start from."""
+    from zoo.paths import ProjectPaths
+
+    return ProjectPaths.default().root
+
+
+def init_file(init: str) -> Path | None:
+    """The weights file of an ``init: file:PATH`` (relative to the project root), else None."""
+    kind, _, target = init.partition(":")
+    return project_root() / target if kind == "file" else None
+
+
+def _init_content(init: str, where: str) -> dict[str, str]:
+    """{"init_file": content hash} for an ``init: file:``; a missing file is a ConfigError."""
+    path = init_file(init)
+    if path is None:
+        return {}
+    from zoo.data import file_hash
+    from zoo.errors import DataError
+
+    if not path.is_file():
+        raise ConfigError(f"{where}: {init!r} is not allowed; {path} is not a file")
+    try:
+        return {"init_file": file_hash(path)[:16]}
+    except DataError as error:
+        raise ConfigError(f"{where}: {error}") from None
 
 
 @dataclass(frozen=True)
 class _DatasetTable:
     resolved: dict[str, Any]  # name -> every parameter (JSON-ready)
     sources: dict[str, Any]  # name -> parsed zoo.data source
-    digests: dict[str, str]  # name -> content hash of its resolved parameters
+    digests: dict[str, str]  # name -> hash of its parameters and, for files, their contents
 
 
 @functools.lru_cache(maxsize=256)
@@ -271,9 +370,24 @@ def _table_of(datasets: Any) -> _DatasetTable:
             _TABLES_BY_ID.clear()
         entry = _TABLES_BY_ID[id(datasets)] = (
             datasets,
-            _dataset_table(json.dumps(datasets, sort_keys=True)),
+            _with_contents(_dataset_table(json.dumps(datasets, sort_keys=True))),
         )
     return entry[1]
+
+
+def _with_contents(table: _DatasetTable) -> _DatasetTable:
+    """``table`` with each folder or HDF5 dataset identified by its files' contents too
+    (hashes cached by path, size and mtime), so rewriting the data changes the identity."""
+    from zoo.data import FileSpec, content_digest
+
+    files = {n: s for n, s in table.sources.items() if isinstance(s, FileSpec)}
+    if not files:
+        return table
+    root = project_root()
+    digests = dict(table.digests)
+    for name, source in files.items():
+        digests[name] = _hash({**table.resolved[name], "content": content_digest(source, root)})
+    return replace(table, digests=digests)
 
 
 def _hash(document: Any) -> str:
@@ -303,6 +417,7 @@ def resolve(mapping: Any, where: str = "config") -> RunConfig:
     table = config._table
     resolved = replace(config, datasets=table.resolved)
     resolved.__dict__["_table"] = table  # the same datasets, already parsed
+    resolved.digest()  # init files hashed now: a missing one is refused here
     return resolved
 
 

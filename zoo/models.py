@@ -17,9 +17,40 @@ if TYPE_CHECKING:
 
     from zoo.config import ModelConfig
 
-__all__ = ["ARCHITECTURES", "create_model", "freeze", "parameter_counts", "set_train_mode"]
+__all__ = [
+    "ARCHITECTURES",
+    "check_encoder",
+    "create_model",
+    "freeze",
+    "parameter_counts",
+    "set_train_mode",
+]
 
 ARCHITECTURES = {"unet": "Unet", "unetplusplus": "UnetPlusPlus", "fpn": "FPN"}
+
+
+def check_encoder(name: str, where: str = "config.model.encoder") -> None:
+    """Refuse an encoder that neither segmentation-models-pytorch nor timm (``tu-NAME``)
+    knows, naming the closest known names."""
+    import difflib
+
+    import segmentation_models_pytorch as smp
+
+    from zoo.errors import ConfigError
+
+    if name.startswith("tu-"):
+        import timm
+
+        if timm.is_model(name[3:]):
+            return
+        known = ["tu-" + n for n in timm.list_models()]
+    else:
+        known = list(smp.encoders.get_encoder_names())
+        if name in known:
+            return
+    close = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
+    hint = f"closest: {', '.join(close)}" if close else "an smp encoder name or tu-<timm model>"
+    raise ConfigError(f"{where}: {name!r} is not a known encoder; {hint}")
 
 
 def create_model(config: ModelConfig) -> nn.Module:

@@ -61,6 +61,10 @@ class ProjectPaths:
         """The log of one sweep job (a run or a shared stage) run by the local executor."""
         return self.logs / sweep / f"{identity}.log"
 
+    def run_lock(self, identity: str) -> Path:
+        """Lock held by the one process training the run (or stage job) ``identity``."""
+        return self.state / "locks" / f"{identity}.lock"
+
     def sweep(self, name: str) -> Path:
         """SLURM submissions of one sweep, one timestamped folder each."""
         return self.state / "sweeps" / name

@@ -6,9 +6,7 @@ the same MLflow run from the last checkpoint of its current stage.
 
 from __future__ import annotations
 
-import functools
 import platform
-import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,27 +14,29 @@ from typing import Any
 
 import torch
 import yaml
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
+from zoo._liveness import Heartbeat
 from zoo.checkpoint import load_weights
 from zoo.config import RunConfig, flatten
 from zoo.data import Dataset, MixSpec, load, materialise, mixture
 from zoo.errors import ConfigError
 from zoo.figures import loss_curves, predictions
 from zoo.losses import apply_head, loss_floor
-from zoo.models import create_model
+from zoo.models import check_encoder, create_model
 from zoo.paths import ProjectPaths
 from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
 from zoo.train import (
     Preempted,
     StageResult,
+    git_commit,
     pick_device,
     standardise,
     to_device,
     train_stage,
 )
 
-__all__ = ["load_datasets", "run"]
+__all__ = ["load_datasets", "preflight", "run"]
 
 
 def load_datasets(config: RunConfig, paths: ProjectPaths) -> dict[str, Dataset]:
@@ -66,19 +66,6 @@ def load_datasets(config: RunConfig, paths: ProjectPaths) -> dict[str, Dataset]:
     return datasets
 
 
-@functools.cache
-def _git_commit() -> str | None:
-    """The commit of zoo's own checkout (asked once per process), if it is one."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=Path(__file__).parent,
-    )
-    return commit.stdout.strip() if commit.returncode == 0 else None
-
-
 def _tags(config: RunConfig, device: torch.device, floor: float) -> dict[str, str]:
     tags = {
         "zoo.seed": str(config.seed),
@@ -91,8 +78,8 @@ def _tags(config: RunConfig, device: torch.device, floor: float) -> dict[str, st
     }
     if device.type == "cuda":
         tags["zoo.gpu"] = torch.cuda.get_device_name(device)
-    if _git_commit():
-        tags["mlflow.source.git.commit"] = _git_commit()
+    if git_commit():
+        tags["mlflow.source.git.commit"] = git_commit()
     return tags
 
 
@@ -174,6 +161,41 @@ def _artifacts(
         )
 
 
+Prepared = tuple[torch.device, dict[str, Dataset]]
+
+
+def preflight(config: RunConfig, paths: ProjectPaths) -> Prepared:
+    """Everything checkable before a run exists and without a tracking store: the device,
+    the encoder and the model, then the data (made or read into the dataset cache)
+    against the stages. Any problem is a ConfigError or DataError; nothing but valid
+    cached datasets is written."""
+    device = pick_device(config)
+    check_encoder(config.model.encoder)
+    create_model(config.model)
+    return device, load_datasets(config, paths)
+
+
+def _check_run_targets(config: RunConfig, tracker: Tracker) -> None:
+    """``init: run:ID`` targets must exist in the store."""
+    for i, stage in enumerate(config.stages):
+        kind, _, target = stage.init.partition(":")
+        if kind == "run" and not _run_exists(tracker, target):
+            raise ConfigError(
+                f"config.stages.{i}.init: {stage.init!r} is not allowed; no run {target!r} "
+                f"in {tracker.uri}"
+            )
+
+
+def _run_exists(tracker: Tracker, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tracker.client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
 def run(
     config: RunConfig,
     tracker: Tracker,
@@ -182,24 +204,63 @@ def run(
     *,
     identity: str | None = None,
     tags: dict[str, str] | None = None,
+    prepared: Prepared | None = None,
 ) -> str:
     """Train ``config`` (or finish an interrupted attempt); returns the MLflow run id.
 
     The MLflow run is found by ``identity`` (default: the config hash) in the
-    config's experiment; a FINISHED one means there is nothing to do. ``tags``
+    config's experiment; a FINISHED one means there is nothing to do. Bad input
+    is refused before the run exists (see preflight; ``prepared`` is its result when
+    the caller ran it already). One process at a time
+    works on an identity: others wait for it, then find it finished. ``tags``
     are added to a new run. Any failure after the run exists ends it FAILED.
     """
     identity = identity or config.digest()
-    device = pick_device(config)
-    experiment = tracker.experiment(config.experiment)
-    existing = tracker.find(experiment, identity)
+    existing = _existing(tracker, config.experiment, identity)
     if existing is not None and existing.info.status == "FINISHED":
         echo(f"run {existing.info.run_id} already finished; nothing to do")
         return existing.info.run_id
+    _check_run_targets(config, tracker)
+    device, datasets = prepared or preflight(config, paths)
+    paths.run_lock(identity).parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(paths.run_lock(identity)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        echo(f"run {identity} is in progress in another process; waiting for it")
+        lock.acquire()
+    try:
+        existing = _existing(tracker, config.experiment, identity)
+        if existing is not None and existing.info.status == "FINISHED":
+            echo(f"run {existing.info.run_id} finished meanwhile; nothing to do")
+            return existing.info.run_id
+        return _attempt(config, tracker, paths, echo, identity, tags, existing, device, datasets)
+    finally:
+        lock.release()
+
+
+def _existing(tracker: Tracker, experiment: str, identity: str) -> Any | None:
+    """The newest run of ``identity``, without creating the experiment."""
+    found = tracker.client.get_experiment_by_name(experiment)
+    return tracker.find(found.experiment_id, identity) if found else None
+
+
+def _attempt(
+    config: RunConfig,
+    tracker: Tracker,
+    paths: ProjectPaths,
+    echo: Callable[[str], None],
+    identity: str,
+    tags: dict[str, str] | None,
+    existing: Any | None,
+    device: torch.device,
+    datasets: dict[str, Dataset],
+) -> str:
+    """One attempt at a run, holding its identity's lock."""
     floor = loss_floor(config.stages[-1].loss, config.model.head, config.model.classes)
     if existing is None:
         run_tags = {**_tags(config, device, floor), **(tags or {}), CONFIG_HASH_TAG: identity}
-        run_id = tracker.create(experiment, run_tags)
+        run_id = tracker.create(tracker.experiment(config.experiment), run_tags)
         logged: set[int] = set()
     else:
         run_id = existing.info.run_id
@@ -207,13 +268,13 @@ def run(
         logged = tracker.logged_steps(run_id, "train_loss")
     echo(f"run {run_id} ({identity}) on {device}")
     try:
-        if existing is None:
-            tracker.log_params(run_id, {**flatten(config.to_dict()), "loss_floor": floor})
-        datasets = load_datasets(config, paths)
-        data = {name: to_device(dataset, device) for name, dataset in datasets.items()}
-        results = _train_stages(config, data, tracker, run_id, logged, paths, echo)
-        tracker.log_metrics(run_id, _summary(config, results, floor, results[-1].total), 0)
-        _artifacts(config, results, datasets, tracker, run_id)
+        with Heartbeat(lambda beat: tracker.set_tags(run_id, beat)):
+            if existing is None:
+                tracker.log_params(run_id, {**flatten(config.to_dict()), "loss_floor": floor})
+            data = {name: to_device(dataset, device) for name, dataset in datasets.items()}
+            results = _train_stages(config, data, tracker, run_id, logged, paths, echo)
+            tracker.log_metrics(run_id, _summary(config, results, floor, results[-1].total), 0)
+            _artifacts(config, results, datasets, tracker, run_id)
     except Preempted:
         echo(f"run {run_id} preempted; it stays RUNNING and resumes from its checkpoint")
         raise

@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GpuMeter", "Reading", "nvml_device"]
+__all__ = ["GpuMeter", "Reading", "device_uuid", "nvml_device", "nvml_release"]
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +35,45 @@ class Reading:
         return {f"{prefix}{k}": v for k, v in values.items() if v is not None}
 
 
+def device_uuid(device_index: int) -> str:
+    """NVML's UUID (``GPU-...``) of CUDA device ``device_index`` as this process numbers
+    it: the same physical GPU whatever CUDA_VISIBLE_DEVICES and device ordering say."""
+    import torch
+
+    uuid = str(torch.cuda.get_device_properties(device_index).uuid)
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+
+
 def nvml_device(device_index: int | None) -> tuple[Any, Any] | None:
-    """(pynvml module, device handle) of CUDA device ``device_index``; None without a
-    device or a working NVML (logged at debug level)."""
+    """(pynvml module, device handle) of CUDA device ``device_index``, found by its UUID
+    (never by NVML's own index, which ignores CUDA_VISIBLE_DEVICES); None without a device
+    or a working NVML (logged at debug level). Each success holds one nvmlInit: release it
+    with nvml_release."""
     if device_index is None:
         log.debug("no CUDA device: GPU telemetry skipped")
         return None
     try:
         import pynvml
 
+        uuid = device_uuid(device_index)
         pynvml.nvmlInit()
-        return pynvml, pynvml.nvmlDeviceGetHandleByIndex(device_index)
     except Exception as error:  # NVML missing or broken: skip quietly
         log.debug("NVML unavailable (%s): GPU telemetry skipped", error)
         return None
+    try:
+        return pynvml, pynvml.nvmlDeviceGetHandleByUUID(uuid)
+    except Exception as error:
+        log.debug("no NVML device %s (%s): GPU telemetry skipped", uuid, error)
+        pynvml.nvmlShutdown()
+        return None
+
+
+def nvml_release(nvml: Any) -> None:
+    """Undo the nvmlInit of one nvml_device call."""
+    try:
+        nvml.nvmlShutdown()
+    except Exception as error:
+        log.debug("nvmlShutdown failed (%s)", error)
 
 
 class GpuMeter:
@@ -108,3 +133,4 @@ class GpuMeter:
         self.reading.energy_wh = used_mj / 3.6e6
         if self._previous_cap is not None:  # leave the GPU as it was found
             self._set_cap(self._previous_cap)
+        nvml_release(self._nvml)

@@ -8,21 +8,35 @@ from the epoch, and everything else is restored from the checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from zoo.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
-from zoo.config import RunConfig, StageConfig
+from zoo.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    checkpoint_record,
+    load_checkpoint,
+    load_weights,
+    previous_path,
+    save_checkpoint,
+    save_weights,
+    set_aside,
+)
+from zoo.config import STAGE_VERSION, RunConfig, StageConfig, init_file
 from zoo.data import Dataset
+from zoo.errors import ConfigError, DataError
 from zoo.losses import LOSSES, apply_head, loss_floor
 from zoo.models import create_model, freeze, parameter_counts, set_train_mode
 from zoo.telemetry import GpuMeter
@@ -36,13 +50,17 @@ __all__ = [
     "Step",
     "dihedral",
     "epoch_order",
+    "git_commit",
     "make_optimizer",
     "pick_device",
+    "stage_record",
     "standardise",
     "to_device",
     "train_stage",
     "train_step",
 ]
+
+log = logging.getLogger(__name__)
 
 DIHEDRAL = 8  # the 4 rotations, each with and without a flip
 STOP = threading.Event()  # set (e.g. by a SIGUSR1 handler) to checkpoint and stop after a step
@@ -90,9 +108,19 @@ def _clock(device: torch.device) -> float:
 
 
 def pick_device(config: RunConfig) -> torch.device:
+    """The device to train on; a CUDA device this machine lacks is a ConfigError."""
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    device = torch.device(config.device)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(
+                f"config.device: {config.device!r} is not available here "
+                f"({count} CUDA devices); expected auto or cpu"
+                + (f" or cuda:0..cuda:{count - 1}" if count else "")
+            )
+    return device
 
 
 def standardise(images: torch.Tensor) -> torch.Tensor:
@@ -249,7 +277,11 @@ def _initial_weights(
         return load_weights(
             previous.folder / ("best.safetensors" if kind == "best" else "final.safetensors")
         )
-    return load_weights(Path(target) if kind == "file" else fetch_run(target))
+    path = init_file(init) if kind == "file" else fetch_run(target)
+    try:
+        return load_weights(path)
+    except Exception as error:  # not a weights file: name it, one line
+        raise DataError(f"{path}: unreadable weights ({type(error).__name__}: {error})") from None
 
 
 def _update_best(
@@ -306,29 +338,19 @@ def train_stage(
     history is replayed through ``on_epoch`` and returned.
     """
     done = folder / "result.json"
-    if done.exists():
-        return _replay(json.loads(done.read_text()), folder, on_epoch)
+    finished = _finished(done, config, index)
+    if finished is not None:
+        return _replay(finished, folder, on_epoch)
     stage, device = config.stages[index], data[config.stages[index].train].train_images.device
     amp = _amp_dtype(config, device)
     floor = loss_floor(stage.loss, config.model.head, config.model.classes)
-    torch.manual_seed(config.seed)
-    model = create_model(config.model)
-    initial = _initial_weights(config, index, previous, fetch_run)
-    if initial is not None:
-        model.load_state_dict(initial)
-    model.to(device)
-    if device.type == "cuda":  # fast defaults: cuDNN autotuning, NHWC convolutions
-        torch.backends.cudnn.benchmark = True
-        model.to(memory_format=torch.channels_last)
-    freeze(model, stage.freeze)
-    optimizer = make_optimizer(stage, model)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    progress: dict[str, Any] = {"epoch": 0, "history": [], "best": {}, "seconds": 0.0}
+    record = stage_record(config, index)
+    atomic_write_text(folder / "stage.json", json.dumps(record, indent=1))  # what is trained here
     checkpoint = folder / "last.safetensors"
-    if checkpoint.exists():
-        progress = load_checkpoint(checkpoint, model, optimizer)
-        for epoch, metrics in enumerate(progress["history"], start=1):
-            on_epoch(epoch, metrics)
+    model, optimizer, progress = _resume(config, index, previous, fetch_run, device, checkpoint)
+    for epoch, metrics in enumerate(progress["history"], start=1):
+        on_epoch(epoch, metrics)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     source = data[stage.train]
     count = min(stage.size or len(source.train_images), len(source.train_images))
     network = torch.compile(model) if config.compile else model
@@ -363,7 +385,7 @@ def train_stage(
                         "total": total.item(),
                         "seconds": time.perf_counter() - started,
                     }
-                    save_checkpoint(checkpoint, model, optimizer, progress)
+                    save_checkpoint(checkpoint, model, optimizer, progress, record)
                     raise Preempted(f"stopped in epoch {epoch} of {stage.name}; checkpointed")
             validation = {
                 n: evaluate(model, data[n].val_images, data[n].val_masks, config, stage, amp)
@@ -381,7 +403,7 @@ def train_stage(
                 images=progress.get("images", 0) + len(order),
             )
             progress["history"].append(metrics)
-            save_checkpoint(checkpoint, model, optimizer, progress)
+            save_checkpoint(checkpoint, model, optimizer, progress, record)
             on_epoch(epoch, metrics)
     final, best_weights = folder / "final.safetensors", folder / "best.safetensors"
     if progress["best"][stage.selection_set]["epoch"] == stage.epochs:
@@ -399,9 +421,128 @@ def train_stage(
         "images": progress.get("images", 0),
         "compile_seconds": progress.get("compile_seconds", 0.0),
     }
-    done.write_text(json.dumps(result, indent=1))
+    atomic_write_text(done, json.dumps({**result, "record": record}, indent=1))
     checkpoint.unlink()
+    previous_path(checkpoint).unlink(missing_ok=True)
     return _replay(result, folder, lambda *_: None)
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of zoo's own checkout (asked once per process), if it is one."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=Path(__file__).parent,
+        )
+    except OSError:
+        return None
+    return commit.stdout.strip() if commit.returncode == 0 else None
+
+
+def stage_record(config: RunConfig, index: int) -> dict[str, Any]:
+    """What makes stage ``index``: its identity document, the resolved config cut after
+    it, zoo's version, commit and STAGE_VERSION. Saved in every checkpoint and result."""
+    from zoo import __version__
+
+    cut = replace(config, stages=config.stages[: index + 1])
+    return json.loads(
+        json.dumps(
+            {
+                "stage_version": STAGE_VERSION,
+                "digest": config.stage_digest(index),
+                "identity": config.stage_identity(index),
+                "config": cut.to_dict(),
+                "zoo": __version__,
+                "commit": git_commit(),
+            }
+        )
+    )
+
+
+def _fresh(
+    config: RunConfig,
+    index: int,
+    previous: StageResult | None,
+    fetch_run: Callable[[str], Path],
+    device: torch.device,
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The stage's starting model (seeded, initialised, on the device, frozen) and optimizer."""
+    stage = config.stages[index]
+    torch.manual_seed(config.seed)
+    model = create_model(config.model)
+    initial = _initial_weights(config, index, previous, fetch_run)
+    if initial is not None:
+        try:
+            model.load_state_dict(initial)
+        except RuntimeError as error:
+            first = str(error).splitlines()[0]
+            raise DataError(
+                f"config.stages.{index}.init: {stage.init!r} does not fit the model ({first})"
+            ) from None
+    model.to(device)
+    if device.type == "cuda":  # fast defaults: cuDNN autotuning, NHWC convolutions
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
+    freeze(model, stage.freeze)
+    return model, make_optimizer(stage, model)
+
+
+def _resume(
+    config: RunConfig,
+    index: int,
+    previous: StageResult | None,
+    fetch_run: Callable[[str], Path],
+    device: torch.device,
+    checkpoint: Path,
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, dict[str, Any]]:
+    """Model, optimizer and progress from the newest good checkpoint (the last, else the
+    one before it), else a fresh start. A damaged or foreign checkpoint is reported in one
+    line, set aside and skipped: never a permanent failure."""
+    model, optimizer = _fresh(config, index, previous, fetch_run, device)
+    digest = config.stage_digest(index)
+    for path in (checkpoint, previous_path(checkpoint)):
+        if not path.exists():
+            continue
+        try:
+            record = checkpoint_record(path)
+            if record is not None and record.get("digest") != digest:
+                raise CheckpointError(
+                    f"{path}: made for stage {record.get('digest')}, not {digest}"
+                )
+            return model, optimizer, load_checkpoint(path, model, optimizer)
+        except CheckpointError as error:
+            aside = set_aside(path)
+            log.warning("zoo: %s; set aside as %s", error, aside.name)
+            model, optimizer = _fresh(config, index, previous, fetch_run, device)
+    return model, optimizer, {"epoch": 0, "history": [], "best": {}, "seconds": 0.0}
+
+
+def _finished(done: Path, config: RunConfig, index: int) -> dict[str, Any] | None:
+    """The saved result of a finished stage, or None to train it. A damaged result, or one
+    recorded for another identity, is set aside (one line); one made by other zoo code
+    with the same identity is reused with a one-line note."""
+    if not done.exists():
+        return None
+    try:
+        result = json.loads(done.read_text())
+        _ = result["history"], result["best"], result["seconds"], result["telemetry"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("zoo: %s: damaged stage result (%s); set aside, training again", done, error)
+        set_aside(done)
+        return None
+    record, asked = result.get("record"), stage_record(config, index)
+    if record is not None and record.get("identity") != asked["identity"]:
+        log.warning("zoo: %s: recorded for another stage identity; set aside", done)
+        set_aside(done)
+        return None
+    made = {k: (record or {}).get(k) for k in ("zoo", "commit", "stage_version")}
+    if made != {k: asked[k] for k in made}:
+        log.warning("zoo: reusing stage %s made by %s (now %s)", done.parent.name, made, asked)
+    return result
 
 
 def _replay(result: dict[str, Any], folder: Path, on_epoch: EpochCallback) -> StageResult:

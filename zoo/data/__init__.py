@@ -5,7 +5,7 @@ Public API: declare a dataset with :func:`dataset_source`, make it with
 """
 
 from zoo.data._crystals import LATTICES
-from zoo.data._files import FileSpec
+from zoo.data._files import FileSpec, content_digest, file_hash
 from zoo.data._preview import preview
 from zoo.data._simulate import Micrograph, make_scene, simulate, simulate_scene
 from zoo.data._spec import PRESETS, STRUCTURES, GeneratorSpec, generator_spec
@@ -32,9 +32,11 @@ __all__ = [
     "GeneratorSpec",
     "Micrograph",
     "MixSpec",
+    "content_digest",
     "dataset_source",
     "declared",
     "export",
+    "file_hash",
     "generator_spec",
     "load",
     "lookup",

@@ -11,7 +11,7 @@ import numpy as np
 from zoo._typed import check
 from zoo.errors import DataError
 
-__all__ = ["FileSpec", "read_files"]
+__all__ = ["FileSpec", "content_digest", "file_hash", "read_files"]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -63,7 +63,7 @@ def _binary(name: str, mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
-def _read_folder(root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _read_folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
     image_dir, mask_dir = root / "images", root / "masks"
     if not image_dir.is_dir() or not mask_dir.is_dir():
         raise DataError(f"{root}: expected sub-folders images/ and masks/")
@@ -87,14 +87,10 @@ def _read_folder(root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         images.append(image)
     if len({i.shape for i in images}) > 1:
         raise DataError(f"{root}: images differ in shape; all must have the same size")
-    return (
-        np.stack(images),
-        np.stack(masks),
-        [str(p) for p in image_files + sorted(masks_by_stem.values())],
-    )
+    return np.stack(images), np.stack(masks)
 
 
-def _read_hdf5(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _read_hdf5(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import h5py
 
     try:
@@ -111,7 +107,62 @@ def _read_hdf5(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
             f"{path}: images {images.shape} and masks {raw_masks.shape} must both be "
             "(N, H, W) of the same shape"
         )
-    return images, _binary(str(path), raw_masks), [str(path)]
+    return images, _binary(str(path), raw_masks)
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256
+
+
+def _located(spec: FileSpec, root: Path) -> Path:
+    """The dataset's folder or file; a missing one or a symlink loop is a DataError."""
+    try:
+        path = (root / spec.path).resolve(strict=True)
+    except (OSError, RuntimeError) as error:
+        reason = "no such folder or file" if isinstance(error, FileNotFoundError) else str(error)
+        raise DataError(f"{root / spec.path}: {reason}") from None
+    return path
+
+
+def _data_files(path: Path) -> list[Path]:
+    """The files a folder or HDF5 dataset is read from, in a fixed order."""
+    if path.is_dir():
+        return sorted(
+            p
+            for sub in ("images", "masks")
+            if (path / sub).is_dir()
+            for p in (path / sub).iterdir()
+            if p.suffix.lower() in IMAGE_SUFFIXES
+        )
+    return [path]
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file's bytes, remembered by (path, size, mtime) so unchanged files are
+    read once per process; an unreadable file is a DataError naming it."""
+    try:
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in _FILE_HASHES:
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            _FILE_HASHES[key] = digest.hexdigest()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    return _FILE_HASHES[key]
+
+
+def content_digest(spec: FileSpec, root: Path) -> str:
+    """Hash of the dataset's file contents (names relative to it) and its split parameters:
+    its identity, whatever its path."""
+    path = _located(spec, root)
+    digest = hashlib.sha256()
+    for file in _data_files(path):
+        digest.update(f"{file.relative_to(path) if file != path else ''}\0".encode())
+        digest.update(file_hash(file).encode())
+    digest.update(repr((spec.val_fraction, spec.pixel_size_a)).encode())
+    return digest.hexdigest()[:16]
 
 
 def read_files(spec: FileSpec, root: Path) -> tuple[np.ndarray, np.ndarray, str]:
@@ -120,17 +171,11 @@ def read_files(spec: FileSpec, root: Path) -> tuple[np.ndarray, np.ndarray, str]
     Every file is checked before anything is returned; the first problem raises
     a DataError naming the file.
     """
-    path = (root / spec.path).resolve()
-    if not path.exists():
-        raise DataError(f"{path}: no such folder or file")
+    path = _located(spec, root)
     if path.is_dir():
-        images, masks, files = _read_folder(path)
+        images, masks = _read_folder(path)
     elif path.suffix.lower() in HDF5_SUFFIXES:
-        images, masks, files = _read_hdf5(path)
+        images, masks = _read_hdf5(path)
     else:
         raise DataError(f"{path}: expected a folder or an {'/'.join(HDF5_SUFFIXES)} file")
-    digest = hashlib.sha256()
-    for name in files:
-        digest.update(Path(name).read_bytes())
-    digest.update(repr((spec.val_fraction, spec.pixel_size_a)).encode())
-    return images, masks, digest.hexdigest()[:16]
+    return images, masks, content_digest(spec, root)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
 from zoo.config import RunConfig
+from zoo.errors import ConfigError
 from zoo.sweep._spec import Expanded, SweepSpec, expand, references
 
 __all__ = ["Job", "Plan", "make_plan"]
@@ -74,6 +76,7 @@ def make_plan(spec: SweepSpec) -> Plan:
     runs = expand(spec)
     if not spec.share_stages:
         runs = [replace(r, config=replace(r.config, share_stages=False)) for r in runs]
+    _refuse_collisions(runs)
     users: Counter[str] = Counter()
     for run in runs:
         for index in range(len(run.config.stages) - 1):
@@ -99,6 +102,27 @@ def make_plan(spec: SweepSpec) -> Plan:
             depends.append(digest)
         run_jobs.append(Job(config.digest(), "run", "run", config, run.names, tuple(depends[-1:])))
     return Plan(spec, runs, [*stage_jobs.values(), *run_jobs])
+
+
+def _refuse_collisions(runs: list[Expanded]) -> None:
+    """Refuse a plan in which two runs share an identity: one would silently stand for both."""
+    seen: dict[str, Expanded] = {}
+    for run in runs:
+        other = seen.setdefault(run.config.digest(), run)
+        if other is run:
+            continue
+        axes = sorted(
+            k for k in {*run.names, *other.names} if run.names.get(k) != other.names.get(k)
+        )
+        raise ConfigError(
+            f"spec.axes: runs {json.dumps(other.names)} and {json.dumps(run.names)} are the same "
+            f"run (identity {run.config.digest()}); "
+            + (
+                f"axes {', '.join(axes)} change nothing the run computes"
+                if axes
+                else "an include entry repeats a planned run"
+            )
+        )
 
 
 def _stage_names(spec: SweepSpec, names: dict[str, Any], index: int) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ class SweepSpec:
     exclude: tuple[dict[str, Any], ...] = ()  # assignments matching all these values are dropped
     share_stages: bool = True  # train identical stages once and reuse their checkpoints
     description: str = ""
+    max_candidates: int = 5_000_000  # refuse specs whose axes' product × seeds is larger
 
     def validate(self, where: str) -> None:
         check(
@@ -67,6 +69,9 @@ class SweepSpec:
             "no experiment key: the sweep name is the experiment",
         )
         check(len(self.seeds) >= 1, f"{where}.seeds", [], "at least one seed")
+        for i, seed in enumerate(self.seeds):
+            check(0 <= seed < 2**32, f"{where}.seeds.{i}", seed, "an integer 0 <= seed < 2**32")
+        check(self.max_candidates >= 1, f"{where}.max_candidates", self.max_candidates, ">= 1")
         check(
             re.fullmatch(r"[\w.-]+", self.name) is not None,
             f"{where}.name",
@@ -78,8 +83,42 @@ class SweepSpec:
 def load_spec(path: str | Path) -> SweepSpec:
     """The strictly validated spec in ``path`` (names checked; runs not yet expanded)."""
     spec = build(SweepSpec, load_yaml(path), "spec")
+    _check_size(spec)
     _check_names(spec)
     return spec
+
+
+def _axis_size(entry: Any) -> int:
+    """Assignments an axis entry yields, counted without making them (0 when malformed:
+    _axis then names the problem)."""
+    if not isinstance(entry, dict) or len(entry) != 1:
+        return 0
+    ((kind, body),) = entry.items()
+    if not isinstance(body, dict):
+        return 0
+    lengths = [len(v) if isinstance(v, list) else 0 for v in body.values()]
+    if kind == "product":
+        return math.prod(lengths)
+    if kind == "zip":
+        return max(lengths, default=0)
+    values = body.get("values")
+    if kind == "pairs" and isinstance(values, list):
+        n = len(values)
+        ordered, repeats = body.get("ordered", True), body.get("repeats", False)
+        return n * n if ordered and repeats else n * (n - 1) if ordered else n * (n + 1) // 2
+    return 0
+
+
+def _check_size(spec: SweepSpec) -> None:
+    """Refuse a spec whose candidate runs (axes' product × seeds, before ``where``) pass
+    ``max_candidates``, before any of them is made."""
+    count = math.prod(_axis_size(entry) for entry in spec.axes) * len(spec.seeds)
+    if count > spec.max_candidates:
+        raise ConfigError(
+            f"spec.axes: {count:,} candidate runs (axes' product × seeds, before where) "
+            f"is more than max_candidates ({spec.max_candidates:,}); "
+            "narrow the axes or raise max_candidates"
+        )
 
 
 def _axis(entry: Any, where: str) -> list[Assignment]:
@@ -243,6 +282,7 @@ def render(template: Any, names: Assignment) -> Any:
 
 def assignments(spec: SweepSpec) -> list[Assignment]:
     """Every config's names (without the seed), in expansion order."""
+    _check_size(spec)
     axes = [_axis(entry, f"spec.axes.{i}") for i, entry in enumerate(spec.axes)]
     result = []
     for combination in itertools.product(*axes):
@@ -250,12 +290,29 @@ def assignments(spec: SweepSpec) -> list[Assignment]:
         for part in combination:
             names.update(part)
         for name, expression in spec.derive.items():
-            names[name] = _derive(expression, names, f"spec.derive.{name}")
-        if all(_holds(c, names, f"spec.where.{i}") for i, c in enumerate(spec.where)) and not any(
-            all(names.get(k) == v for k, v in e.items()) for e in spec.exclude
-        ):
+            where = f"spec.derive.{name}"
+            names[name] = _evaluate(_derive, expression, names, where)
+        if all(
+            _evaluate(_holds, c, names, f"spec.where.{i}") for i, c in enumerate(spec.where)
+        ) and not any(all(names.get(k) == v for k, v in e.items()) for e in spec.exclude):
             result.append(names)
     return result + [dict(e) for e in spec.include]
+
+
+_EXPRESSION_ERRORS = (ArithmeticError, TypeError, ValueError, KeyError, IndexError)
+
+
+def _evaluate(function: Any, expression: Any, names: Assignment, where: str) -> Any:
+    """``function(expression, names, where)``; a failing operation is a ConfigError naming
+    the place and the names it failed for."""
+    try:
+        return function(expression, names, where)
+    except ConfigError:
+        raise
+    except _EXPRESSION_ERRORS as error:
+        raise ConfigError(
+            f"{where}: {type(error).__name__}: {error} (for {json.dumps(names, default=str)})"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -274,7 +331,11 @@ def expand(spec: SweepSpec) -> list[Expanded]:
             full = {**names, "seed": seed}
             document = {**spec.base, "experiment": spec.name, "seed": seed}
             for key, value in spec.set.items():
-                set_path(document, render(key, full), render(value, full))
+                set_path(
+                    document,
+                    str(_evaluate(lambda k, n, _: render(k, n), key, full, f"spec.set.{key}")),
+                    _evaluate(lambda v, n, _: render(v, n), value, full, f"spec.set.{key}"),
+                )
             try:
                 runs.append(Expanded(full, resolve(document)))
             except ConfigError as error:

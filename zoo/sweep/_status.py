@@ -1,8 +1,9 @@
 """Sweep status: MLflow run states joined with SLURM's queue, per shared stage and for runs.
 
-A job with no MLflow run is ``queued`` or ``running`` while SLURM holds its task,
-``skipped`` when the shared stage it needs failed, and ``missing`` otherwise (a
-task cancelled while pending leaves no record anywhere).
+A RUNNING run whose process died is ``interrupted``. A job with no MLflow run is
+``queued`` or ``running`` while SLURM holds its task, ``skipped`` when the shared
+stage it needs failed, and ``missing`` otherwise (a task cancelled while pending
+leaves no record anywhere).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from zoo.tracking import Tracker
 
 __all__ = ["STATES", "format_status", "sweep_status"]
 
-STATES = ("finished", "running", "queued", "failed", "skipped", "missing")
+STATES = ("finished", "running", "interrupted", "queued", "failed", "skipped", "missing")
 _MLFLOW_STATES = {
     "FINISHED": "finished",
     "RUNNING": "running",
@@ -34,6 +35,8 @@ def _job_states(plan: Plan, tracker: Tracker) -> dict[str, str]:
     for job in plan.jobs:  # stage jobs come first, so a dependent sees its stage's state
         if job.key in mlflow:
             states[job.key] = _MLFLOW_STATES.get(mlflow[job.key][1], "failed")
+            if states[job.key] == "running" and job.key not in queue:
+                states[job.key] = _running_or_interrupted(tracker, mlflow[job.key][0])
         elif job.key in queue:
             states[job.key] = "running" if queue[job.key] == "RUNNING" else "queued"
         elif any(states.get(d) in ("failed", "skipped") for d in job.depends):
@@ -41,6 +44,13 @@ def _job_states(plan: Plan, tracker: Tracker) -> dict[str, str]:
         else:
             states[job.key] = "missing"
     return states
+
+
+def _running_or_interrupted(tracker: Tracker, run_id: str) -> str:
+    """A RUNNING run whose process died (see zoo._liveness) is ``interrupted``."""
+    from zoo._liveness import alive
+
+    return "running" if alive(tracker.client.get_run(run_id).data.tags) else "interrupted"
 
 
 def sweep_status(plan: Plan, tracker: Tracker) -> dict[str, dict[str, int]]:

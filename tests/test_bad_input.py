@@ -1,0 +1,735 @@
+"""Every bad input is answered in one line naming the field or file, with exit status 2,
+and nothing is written: no store rows, nothing new under the project root (a dataset
+that was valid may be cached under .zoo/datasets)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from zoo.cli import main
+
+MODEL = {"encoder": "tu-test_resnet", "decoder_channels": [16] * 5}
+H5 = {"path": "data.h5", "val_fraction": 0.25}
+
+
+def _h5(path: Path, shape=(8, 16, 16), masks=True, mask_shape=None, values=1) -> None:
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as handle:
+        handle["images"] = rng.random(shape).astype(np.float32)
+        if masks:
+            handle["masks"] = (rng.random(mask_shape or shape) > 0.5).astype(np.uint8) * values
+
+
+def _folder(root: Path, count=3, masks=True, broken=None) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    if masks:
+        (root / "masks").mkdir()
+    for i in range(count):
+        image = (rng.random((16, 16)) * 255).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"im{i}.png")
+        if masks:
+            mask = (rng.random((16, 16)) > 0.5).astype(np.uint8)
+            np.save(root / "masks" / f"im{i}.npy", mask * (7 if broken == "mask" else 1))
+    if broken == "image":
+        (root / "images" / "im1.png").write_bytes(b"not a png")
+
+
+def _run(**changes) -> dict:
+    """A valid one-stage run config on data.h5, with top-level ``changes``."""
+    stage = {"name": "s", "train": "d", "epochs": 1, "augment": "none"}
+    stage.update(changes.pop("stage", {}))
+    document = {
+        "experiment": "bad",
+        "model": MODEL,
+        "datasets": {"d": H5},
+        "stages": [stage],
+    }
+    for key, value in changes.items():
+        if key == "model":
+            document["model"] = {**MODEL, **value}
+        else:
+            document[key] = value
+    return document
+
+
+SPEC = textwrap.dedent("""\
+    name: t
+    base:
+      datasets: {a: {preset: defocus, defocus_nm: -10, image_size: 32, count: 20}}
+      stages: [{name: s, train: a, epochs: 1}]
+    """)
+
+
+def _bomb(where: str) -> str:
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i in range(1, 8):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    body = textwrap.indent("\n".join(lines), "  ")
+    if where == "derive":
+        return SPEC + "derive:\n" + body + "\n"
+    return SPEC + "axes: [{product: {x: [1]}}]\nbombs:\n" + body + "\nwhere: [{in: [$x, *a7]}]\n"
+
+
+PLAN = ["sweep", "plan", "spec.yaml", "--images-per-s", "1"]
+TRAIN = ["train", "run.yaml"]
+
+
+def spec(extra: str = "", text: str | None = None) -> dict:
+    return {"spec.yaml": text if text is not None else SPEC + extra}
+
+
+def run(**changes) -> dict:
+    return {"run.yaml": yaml.safe_dump(_run(**changes)), "data.h5": _h5}
+
+
+# (id, files to write, argv, exit status, pattern the one-line message must match)
+CASES = [
+    # --- sweep specs ---
+    (
+        "derive-divide-by-zero",
+        spec("axes: [{product: {x: [0]}}]\nderive: {y: {divide: [1, $x]}}\n"),
+        PLAN,
+        2,
+        r"spec\.derive\.y: ZeroDivisionError",
+    ),
+    (
+        "template-on-string",
+        spec("axes: [{product: {x: [a]}}]\nset: {description: 'v{x:+d}'}\n"),
+        PLAN,
+        2,
+        r"spec\.set\.description: ValueError",
+    ),
+    (
+        "lt-float-string",
+        spec("axes: [{product: {x: [1.5]}}]\nwhere: [{lt: [$x, abc]}]\n"),
+        PLAN,
+        2,
+        r"spec\.where\.0: TypeError",
+    ),
+    (
+        "non-utf8-yaml",
+        {"spec.yaml": b"name: t\nbase: {}\n\xff\xfe\n"},
+        PLAN,
+        2,
+        r"spec\.yaml: not UTF-8",
+    ),
+    (
+        "alias-bomb-derive",
+        {"spec.yaml": _bomb("derive")},
+        PLAN,
+        2,
+        r"spec\.yaml: expands to more than",
+    ),
+    (
+        "alias-bomb-where",
+        {"spec.yaml": _bomb("where")},
+        PLAN,
+        2,
+        r"spec\.yaml: expands to more than",
+    ),
+    (
+        "billion-candidates",
+        spec(
+            "axes: [{product: {"
+            + ", ".join(f"{c}: [0,1,2,3,4,5,6,7,8,9]" for c in "abcdefghi")
+            + "}}]\nwhere: [{lt: [$a, 0]}]\n"
+        ),
+        PLAN,
+        2,
+        r"spec\.axes: 1,000,000,000 candidate runs .*max_candidates",
+    ),
+    (
+        "candidates-over-own-cap",
+        spec("axes: [{product: {x: [1, 2, 3]}}]\nmax_candidates: 2\n"),
+        PLAN,
+        2,
+        r"max_candidates \(2\)",
+    ),
+    ("max-candidates-zero", spec("max_candidates: 0\n"), PLAN, 2, r"spec\.max_candidates: 0"),
+    ("recursive-alias", spec("derive: &r {x: *r}\n"), PLAN, 2, r"spec\.yaml: expands to more than"),
+    ("spec-missing", {}, PLAN, 2, r"spec\.yaml: cannot read"),
+    (
+        "spec-invalid-yaml",
+        spec(text="name: [unclosed\n"),
+        PLAN,
+        2,
+        r"spec\.yaml: not valid YAML at line",
+    ),
+    ("spec-not-mapping", spec(text="- 1\n- 2\n"), PLAN, 2, r"spec: \[1, 2\] is not allowed"),
+    (
+        "axis-kind-unknown",
+        spec("axes: [{grid: {lr: [1]}}]\n"),
+        PLAN,
+        2,
+        r"spec\.axes\.0\.grid: unknown axis kind",
+    ),
+    (
+        "axis-empty-list",
+        spec("axes: [{product: {lr: []}}]\n"),
+        PLAN,
+        2,
+        r"spec\.axes\.0\.product\.lr:",
+    ),
+    (
+        "zip-unequal",
+        spec("axes: [{zip: {a: [1, 2], b: [1]}}]\n"),
+        PLAN,
+        2,
+        r"spec\.axes\.0\.zip: .*equal length",
+    ),
+    (
+        "pairs-three-names",
+        spec("axes: [{pairs: {of: [a, b, c], values: [1, 2]}}]\n"),
+        PLAN,
+        2,
+        r"spec\.axes\.0\.pairs\.of",
+    ),
+    (
+        "where-unknown-name",
+        spec("axes: [{product: {x: [1]}}]\nwhere: [{ne: [$x, $y]}]\n"),
+        PLAN,
+        2,
+        r"spec\.where\.0: unknown name 'y'",
+    ),
+    (
+        "where-unknown-operator",
+        spec("axes: [{product: {x: [1]}}]\nwhere: [{near: [$x, 1]}]\n"),
+        PLAN,
+        2,
+        r"spec\.where\.0: unknown operator 'near'",
+    ),
+    (
+        "lookup-missing-key",
+        spec("axes: [{product: {x: [c]}}]\nderive: {y: {lookup: [$x, {a: 1}]}}\n"),
+        PLAN,
+        2,
+        r"spec\.derive\.y\.lookup: 'c'",
+    ),
+    (
+        "set-unknown-name",
+        spec("set: {stages.0.lr: $nope}\n"),
+        PLAN,
+        2,
+        r"spec\.set\.stages\.0\.lr: unknown name 'nope'",
+    ),
+    (
+        "set-unknown-field",
+        spec("axes: [{product: {x: [1]}}]\nset: {stages.0.lrr: $x}\n"),
+        PLAN,
+        2,
+        r"config\.stages\.0\.lrr: unknown key",
+    ),
+    ("spec-unknown-key", spec("bogus: 1\n"), PLAN, 2, r"spec\.bogus: unknown key"),
+    ("spec-negative-seed", spec("seeds: [0, -1]\n"), PLAN, 2, r"spec\.seeds\.1: -1"),
+    ("spec-no-seeds", spec("seeds: []\n"), PLAN, 2, r"spec\.seeds: \[\]"),
+    (
+        "spec-bad-name",
+        spec(text=SPEC.replace("name: t", "name: 'a b'")),
+        PLAN,
+        2,
+        r"spec\.name: 'a b'",
+    ),
+    (
+        "spec-base-experiment",
+        spec(text=SPEC.replace("base:\n", "base:\n  experiment: x\n")),
+        PLAN,
+        2,
+        r"spec\.base\.experiment",
+    ),
+    (
+        "include-unknown-name",
+        spec("include: [{zz: 1}]\n"),
+        PLAN,
+        2,
+        r"spec\.include\.0: unknown name 'zz'",
+    ),
+    (
+        "colliding-identities",
+        spec("axes: [{product: {unused: [1, 2]}}]\n"),
+        PLAN,
+        2,
+        r"spec\.axes: .*axes unused change nothing",
+    ),
+    (
+        "spec-data-path-missing",
+        spec(
+            text=SPEC.replace(
+                "{preset: defocus, defocus_nm: -10, image_size: 32, count: 20}",
+                "{path: nowhere.h5}",
+            )
+        ),
+        PLAN,
+        2,
+        r"nowhere\.h5: no such folder or file",
+    ),
+    (
+        "spec-seed-in-run",
+        spec("axes: [{product: {s: [-3]}}]\nset: {model.classes: $s}\n"),
+        PLAN,
+        2,
+        r"config\.model\.classes: -3",
+    ),
+    # --- command line ---
+    (
+        "workers-zero",
+        spec(),
+        ["sweep", "run", "spec.yaml", "--workers", "0"],
+        2,
+        r"--workers: '0' is not allowed",
+    ),
+    (
+        "images-per-s-negative",
+        spec(),
+        ["sweep", "plan", "spec.yaml", "--images-per-s", "-1"],
+        2,
+        r"--images-per-s: '-1'",
+    ),
+    (
+        "images-per-s-nan",
+        spec(),
+        ["sweep", "plan", "spec.yaml", "--images-per-s", "nan"],
+        2,
+        r"--images-per-s: 'nan'",
+    ),
+    (
+        "runs-per-gpu-zero",
+        spec(),
+        ["sweep", "run", "spec.yaml", "--runs-per-gpu", "0"],
+        2,
+        r"--runs-per-gpu: '0'",
+    ),
+    ("show-negative", spec(), ["sweep", "plan", "spec.yaml", "--show", "-2"], 2, r"--show: '-2'"),
+    (
+        "data-show-count-zero",
+        {},
+        ["data", "show", "x", "--out", "x.png", "--count", "0"],
+        2,
+        r"--count: '0'",
+    ),
+    ("unknown-command", {}, ["fly"], 2, r"invalid choice: 'fly'"),
+    ("status-spec-missing", {}, ["sweep", "status", "spec.yaml"], 2, r"spec\.yaml: cannot read"),
+    (
+        "submit-dry-run-bad-spec",
+        spec("bogus: 1\n"),
+        ["sweep", "submit", "spec.yaml", "--dry-run"],
+        2,
+        r"spec\.bogus: unknown key",
+    ),
+    ("data-make-missing-file", {}, ["data", "make", "nope.yaml"], 2, r"nope\.yaml: cannot read"),
+    (
+        "data-make-unknown-name",
+        spec(),
+        ["data", "make", "spec.yaml", "zz"],
+        2,
+        r"spec\.yaml: no dataset 'zz'",
+    ),
+    (
+        "data-make-no-datasets",
+        {"d.yaml": "a: 1\n"},
+        ["data", "make", "d.yaml"],
+        2,
+        r"d\.yaml: expected a 'datasets:' mapping",
+    ),
+    (
+        "data-show-not-cached",
+        {},
+        ["data", "show", "x", "--out", "x.png"],
+        2,
+        r"dataset 'x' is not in the cache",
+    ),
+    (
+        "override-without-equals",
+        run(),
+        [*TRAIN, "stages.0.lr"],
+        2,
+        r"override 'stages\.0\.lr': expected KEY=VALUE",
+    ),
+    (
+        "override-index-out-of-range",
+        run(),
+        [*TRAIN, "stages.5.lr=1"],
+        2,
+        r"override stages\.5: '5' is not an index below 1",
+    ),
+    ("override-bad-yaml", run(), [*TRAIN, "seed=[1"], 2, r"override .*not a valid YAML value"),
+    # --- run configs ---
+    ("seed-negative", run(seed=-1), TRAIN, 2, r"config\.seed: -1"),
+    ("experiment-empty", run(experiment=""), TRAIN, 2, r"config\.experiment: ''"),
+    ("experiment-newline", run(experiment="a\nb"), TRAIN, 2, r"config\.experiment: 'a\\nb'"),
+    ("device-unknown", run(device="tpu"), TRAIN, 2, r"config\.device: 'tpu'"),
+    (
+        "device-cuda-index",
+        run(device="cuda:99"),
+        TRAIN,
+        2,
+        r"config\.device: 'cuda:99' is not available",
+    ),
+    ("in-channels-3", run(model={"in_channels": 3}), TRAIN, 2, r"config\.model\.in_channels: 3"),
+    (
+        "encoder-unknown",
+        run(model={"encoder": "resnet19"}),
+        TRAIN,
+        2,
+        r"config\.model\.encoder: 'resnet19' is not a known encoder; closest: resnet1",
+    ),
+    (
+        "encoder-unknown-timm",
+        run(model={"encoder": "tu-test_resnett"}),
+        TRAIN,
+        2,
+        r"config\.model\.encoder: 'tu-test_resnett' .*closest: tu-test_resnet",
+    ),
+    (
+        "decoder-channels-negative",
+        run(model={"decoder_channels": [16, 16, -1, 16, 16]}),
+        TRAIN,
+        2,
+        r"config\.model\.decoder_channels: \[16, 16, -1",
+    ),
+    (
+        "decoder-channels-length",
+        run(model={"decoder_channels": [16, 16]}),
+        TRAIN,
+        2,
+        r"config\.model\.decoder_channels: \[16, 16\]",
+    ),
+    (
+        "encoder-depth-7",
+        run(model={"encoder_depth": 7, "decoder_channels": [16] * 7}),
+        TRAIN,
+        2,
+        r"config\.model\.encoder_depth: 7",
+    ),
+    ("arch-unknown", run(model={"arch": "vit"}), TRAIN, 2, r"config\.model\.arch: 'vit'"),
+    ("classes-one", run(model={"classes": 1}), TRAIN, 2, r"config\.model\.classes: 1"),
+    (
+        "init-file-missing",
+        run(stage={"init": "file:missing.safetensors"}),
+        TRAIN,
+        2,
+        r"config\.stages\.0\.init: 'file:missing\.safetensors'.*missing\.safetensors is not a file",
+    ),
+    (
+        "init-file-empty-target",
+        run(stage={"init": "file:"}),
+        TRAIN,
+        2,
+        r"config\.stages\.0\.init: 'file:'",
+    ),
+    (
+        "init-run-unknown",
+        {**run(stage={"init": "run:0123456789abcdef"}), "mlflow.db": "store"},
+        TRAIN,
+        2,
+        r"config\.stages\.0\.init: 'run:0123456789abcdef' .*no run",
+    ),
+    (
+        "init-best-first-stage",
+        run(stage={"init": "best"}),
+        TRAIN,
+        2,
+        r"config\.stages\.0\.init: 'best'",
+    ),
+    ("lr-zero", run(stage={"lr": 0}), TRAIN, 2, r"config\.stages\.0\.lr: 0"),
+    (
+        "lr-decay-above-one",
+        run(stage={"lr_decay": 1.5}),
+        TRAIN,
+        2,
+        r"config\.stages\.0\.lr_decay: 1\.5",
+    ),
+    ("epochs-zero", run(stage={"epochs": 0}), TRAIN, 2, r"config\.stages\.0\.epochs: 0"),
+    (
+        "batch-size-zero",
+        run(stage={"batch_size": 0}),
+        TRAIN,
+        2,
+        r"config\.stages\.0\.batch_size: 0",
+    ),
+    ("loss-unknown", run(stage={"loss": "l7"}), TRAIN, 2, r"config\.stages\.0\.loss: 'l7'"),
+    ("freeze-unknown", run(stage={"freeze": "all"}), TRAIN, 2, r"config\.stages\.0\.freeze: 'all'"),
+    (
+        "select-on-unknown",
+        run(stage={"select_on": "zz"}),
+        TRAIN,
+        2,
+        r"config\.stages\.0\.select_on: 'zz'",
+    ),
+    (
+        "train-unknown-dataset",
+        run(stage={"train": "zz"}),
+        TRAIN,
+        2,
+        r"config\.stages\.0\.train: 'zz'",
+    ),
+    ("power-cap-negative", run(power_cap_w=-5), TRAIN, 2, r"config\.power_cap_w: -5"),
+    ("stages-empty", run(stages=[]), TRAIN, 2, r"config\.stages: \[\]"),
+    (
+        "validate-on-unknown",
+        run(validate_on=["d", "zz"]),
+        TRAIN,
+        2,
+        r"config\.validate_on\.1: 'zz'",
+    ),
+    ("val-batch-size-zero", run(val_batch_size=0), TRAIN, 2, r"config\.val_batch_size: 0"),
+    ("amp-unknown", run(amp="fp8"), TRAIN, 2, r"config\.amp: 'fp8'"),
+    (
+        "log-weights-unknown",
+        run(log_weights=["worst"]),
+        TRAIN,
+        2,
+        r"config\.log_weights\.0: 'worst'",
+    ),
+    ("config-not-mapping", {"run.yaml": "- 1\n"}, TRAIN, 2, r"run\.yaml: 'list' is not allowed"),
+    (
+        "config-missing-experiment",
+        {"run.yaml": "stages: []\ndatasets: {}\n"},
+        TRAIN,
+        2,
+        r"config\.experiment: missing required key",
+    ),
+    # --- data ---
+    (
+        "size-larger-than-folder",
+        {**run(datasets={"d": {"path": "imgs"}}, stage={"size": 50}), "imgs": _folder},
+        TRAIN,
+        2,
+        r"config\.stages\.0\.size: 50 is larger than the training split of 'd'",
+    ),
+    (
+        "non-square-dihedral",
+        {**run(stage={"augment": "dihedral"}), "data.h5": lambda p: _h5(p, (8, 16, 24))},
+        TRAIN,
+        2,
+        r"config\.stages\.0\.augment: 'dihedral' needs square images",
+    ),
+    (
+        "mixture-too-large",
+        {**run(datasets={"d": {"mix": {"h": 50}}, "h": H5}), "data.h5": _h5},
+        TRAIN,
+        2,
+        r"datasets\.d\.mix\.h: 50 is larger than the training split",
+    ),
+    (
+        "mixture-of-mixture",
+        run(datasets={"d": {"mix": {"m": 1}}, "m": {"mix": {"h": 1}}, "h": H5}),
+        TRAIN,
+        2,
+        r"config\.datasets\.d\.mix: 'm'",
+    ),
+    (
+        "mixture-negative",
+        run(datasets={"d": {"mix": {"h": -1}}, "h": H5}),
+        TRAIN,
+        2,
+        r"datasets\.d\.mix\.h: -1",
+    ),
+    (
+        "data-path-missing",
+        {"run.yaml": yaml.safe_dump(_run())},
+        TRAIN,
+        2,
+        r"data\.h5: no such folder or file",
+    ),
+    (
+        "data-path-symlink-loop",
+        {"run.yaml": yaml.safe_dump(_run()), "data.h5": "loop"},
+        TRAIN,
+        2,
+        r"data\.h5: .*([Ss]ymlink loop|[Ss]ymbolic links)",
+    ),
+    (
+        "h5-no-masks",
+        {**run(), "data.h5": lambda p: _h5(p, masks=False)},
+        TRAIN,
+        2,
+        r"data\.h5: no dataset 'masks'",
+    ),
+    (
+        "h5-shape-mismatch",
+        {**run(), "data.h5": lambda p: _h5(p, mask_shape=(8, 16, 8))},
+        TRAIN,
+        2,
+        r"data\.h5: images \(8, 16, 16\) and masks",
+    ),
+    (
+        "h5-masks-not-binary",
+        {**run(), "data.h5": lambda p: _h5(p, values=7)},
+        TRAIN,
+        2,
+        r"data\.h5: mask is not binary",
+    ),
+    (
+        "h5-not-hdf5",
+        {**run(), "data.h5": "plain text"},
+        TRAIN,
+        2,
+        r"data\.h5: unreadable HDF5 file",
+    ),
+    (
+        "data-wrong-suffix",
+        {**run(datasets={"d": {"path": "data.txt"}}), "data.txt": "x"},
+        TRAIN,
+        2,
+        r"data\.txt: expected a folder or an \.h5/\.hdf5 file",
+    ),
+    (
+        "folder-without-masks",
+        {**run(datasets={"d": {"path": "imgs"}}), "imgs": lambda p: _folder(p, masks=False)},
+        TRAIN,
+        2,
+        r"imgs: expected sub-folders images/ and masks/",
+    ),
+    (
+        "folder-mask-not-binary",
+        {**run(datasets={"d": {"path": "imgs"}}), "imgs": lambda p: _folder(p, broken="mask")},
+        TRAIN,
+        2,
+        r"im0\.npy: mask is not binary",
+    ),
+    (
+        "folder-image-unreadable",
+        {**run(datasets={"d": {"path": "imgs"}}), "imgs": lambda p: _folder(p, broken="image")},
+        TRAIN,
+        2,
+        r"im1\.png: unreadable image",
+    ),
+    (
+        "val-fraction-one",
+        run(datasets={"d": {**H5, "val_fraction": 1.0}}),
+        TRAIN,
+        2,
+        r"datasets\.d\.val_fraction: 1\.0",
+    ),
+    (
+        "generator-dose-negative",
+        run(datasets={"d": {"preset": "noise", "dose": -1}}),
+        TRAIN,
+        2,
+        r"datasets\.d\.dose: -1",
+    ),
+    (
+        "generator-unknown-preset",
+        run(datasets={"d": {"preset": "blur"}}),
+        TRAIN,
+        2,
+        r"datasets\.d\.preset: 'blur'",
+    ),
+    (
+        "generator-unknown-key",
+        run(datasets={"d": {"dosage": 1}}),
+        TRAIN,
+        2,
+        r"datasets\.d\.dosage: unknown key",
+    ),
+    # --- tracking store ---
+    (
+        "store-corrupt",
+        {**run(), "mlflow.db": b"this is not a database" * 100},
+        TRAIN,
+        2,
+        r"tracking store sqlite:///.*mlflow\.db: cannot be used",
+    ),
+    (
+        "store-uri-unknown-scheme",
+        run(),
+        [*TRAIN, "--tracking-uri", "nope://x"],
+        2,
+        r"tracking store nope://x: cannot be used",
+    ),
+]
+
+
+def _write(root: Path, files: dict) -> None:
+    for name, content in files.items():
+        path = root / name
+        if callable(content):
+            content(path)
+        elif content == "loop":
+            os.symlink(root / f"{name}.b", path)
+            os.symlink(path, root / f"{name}.b")
+        elif content == "store":
+            from zoo.paths import ProjectPaths
+            from zoo.tracking import Tracker
+
+            Tracker(None, ProjectPaths(root)).experiment("other")
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+
+
+def _snapshot(root: Path) -> tuple[list[str], dict[str, int]]:
+    """Every path under the root (new cached datasets left out) and the store's row counts."""
+    listing = sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if str(p.relative_to(root)) != ".zoo"
+        and not str(p.relative_to(root)).startswith(".zoo/datasets")
+        and p.name != "mlflow.db.lock"  # the store's creation lock: empty, owned by Tracker
+    )
+    rows: dict[str, int] = {}
+    database = root / "mlflow.db"
+    if database.is_file():
+        try:
+            with sqlite3.connect(database) as connection:
+                for table in ("experiments", "runs", "metrics", "params", "tags"):
+                    rows[table] = connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        except sqlite3.DatabaseError:
+            rows["unreadable"] = database.stat().st_size
+    return listing, rows
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exit:  # argparse
+        return exit.code
+
+
+@pytest.mark.parametrize(
+    ("files", "argv", "code", "pattern"),
+    [pytest.param(*case[1:], id=case[0]) for case in CASES],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    project, capsys, files, argv, code, pattern
+):
+    _write(project.root, files)
+    capsys.readouterr()
+    before = _snapshot(project.root)
+    assert _main(argv) == code
+    error = capsys.readouterr().err.strip().splitlines()
+    error = [line for line in error if "INFO mlflow" not in line]
+    assert len(error) == 1, error
+    assert re.search(pattern, error[0]), error[0]
+    assert "Traceback" not in error[0]
+    assert _snapshot(project.root) == before
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_internal_error_is_one_line_with_a_log(project, capsys, monkeypatch):
+    import zoo.sweep
+
+    def broken(path):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(zoo.sweep, "load_spec", broken)
+    assert main(["sweep", "plan", "x.yaml", "--images-per-s", "1"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    log = re.search(r"traceback in (\S+)\)", line).group(1)
+    assert "RuntimeError: boom" in line and "Traceback" in Path(log).read_text()

@@ -1,0 +1,268 @@
+"""Run identity is content: rewritten data or init files train again, every swept field
+counts, colliding plans are refused; checkpoints heal; run states are honest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from zoo.cli import main
+
+MODEL = {"encoder": "tu-test_resnet", "decoder_channels": [16] * 5}
+
+
+def _h5(path, count, seed=0):
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as handle:
+        handle["images"] = rng.random((count, 32, 32)).astype(np.float32)
+        handle["masks"] = (rng.random((count, 32, 32)) > 0.5).astype(np.uint8)
+
+
+def _config(project, name="run.yaml", **stage):
+    document = {
+        "experiment": "ident",
+        "model": MODEL,
+        "datasets": {"d": {"path": "data.h5", "val_fraction": 0.25}},
+        "stages": [{"name": "s", "train": "d", "epochs": 1, "augment": "none", **stage}],
+    }
+    path = project.root / name
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def _runs(project, experiment="ident"):
+    client = MlflowClient(project.tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    return client, (client.search_runs([found.experiment_id]) if found else [])
+
+
+def test_rewritten_hdf5_dataset_trains_again(project, capsys):
+    _h5(project.root / "data.h5", 16)
+    path = _config(project)
+    assert main(["train", str(path)]) == 0
+    assert main(["train", str(path)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    _h5(project.root / "data.h5", 40, seed=1)
+    assert main(["train", str(path)]) == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    _, runs = _runs(project)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["zoo.config_hash"] for r in runs}) == 2
+
+
+def test_overwritten_init_file_trains_again(project, capsys):
+    _h5(project.root / "data.h5", 8)
+    assert main(["train", str(_config(project, "first.yaml"))]) == 0
+    (stage,) = project.stages.iterdir()
+    weights = project.root / "init.safetensors"
+    weights.write_bytes((stage / "best.safetensors").read_bytes())
+    path = _config(project, init="file:init.safetensors", lr=1e-4)
+    assert main(["train", str(path)]) == 0
+    assert main(["train", str(path)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    weights.write_bytes((stage / "final.safetensors").read_bytes())  # same size, new bytes?
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v + 0.01 if v.is_floating_point() else v for k, v in load_file(weights).items()}
+    save_file(tensors, weights)
+    assert main(["train", str(path)]) == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    _, runs = _runs(project)
+    assert len(runs) == 3
+
+
+def _sweep(project, extra):
+    spec = {
+        "name": "capsweep",
+        "base": {
+            "model": MODEL,
+            "datasets": {"d": {"path": "data.h5", "val_fraction": 0.25}},
+            "stages": [{"name": "s", "train": "d", "epochs": 1, "augment": "none"}],
+        },
+        **extra,
+    }
+    path = project.root / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_every_swept_field_is_identity_and_collisions_are_refused(project, capsys):
+    _h5(project.root / "data.h5", 8)
+    spec = _sweep(
+        project,
+        {"axes": [{"product": {"cap": [250, 400]}}], "set": {"power_cap_w": "$cap"}},
+    )
+    assert main(["sweep", "plan", str(spec), "--json", "--images-per-s", "10"]) == 0
+    assert json.loads(capsys.readouterr().out)["jobs"] == {"run": 2}
+    assert main(["sweep", "run", str(spec)]) == 0
+    _, runs = _runs(project, "capsweep")
+    assert sorted(r.data.params["power_cap_w"] for r in runs) == ["250.0", "400.0"]
+    capsys.readouterr()
+    assert main(["sweep", "status", str(spec), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run"]["finished"] == 2
+
+    for field in ("device", "log_weights", "share_stages"):
+        values = {"device": ["auto", "cpu"], "log_weights": [["best"], ["final"]]}
+        spec = _sweep(
+            project,
+            {
+                "axes": [{"product": {"v": values.get(field, [True, False])}}],
+                "set": {field: "$v"},
+            },
+        )
+        assert main(["sweep", "plan", str(spec), "--json", "--images-per-s", "10"]) == 0, field
+        assert json.loads(capsys.readouterr().out)["runs"] == 2
+
+    spec = _sweep(project, {"axes": [{"product": {"unused": [1, 2], "lr": [0.1]}}]})
+    before = sorted(p.name for p in project.root.iterdir())
+    assert main(["sweep", "plan", str(spec), "--images-per-s", "10"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "axes unused change nothing" in error
+    assert sorted(p.name for p in project.root.iterdir()) == before
+
+
+def _stage_call(project, epochs, on_epoch):
+    from zoo.config import load_config
+    from zoo.run import load_datasets
+    from zoo.train import pick_device, to_device, train_stage
+
+    config = load_config(_config(project, epochs=epochs))
+    device = pick_device(config)
+    data = {n: to_device(d, device) for n, d in load_datasets(config, project).items()}
+    folder = project.stage(config.stage_digest(0))
+    folder.mkdir(parents=True, exist_ok=True)
+    return train_stage(config, 0, data, folder, None, lambda _: None, on_epoch), folder
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(epoch, seen=None):
+    def on_epoch(at, metrics):
+        if seen is not None:
+            seen.append(metrics)
+        if at == epoch:
+            raise _Stop
+
+    return on_epoch
+
+
+def test_corrupt_checkpoint_is_set_aside_and_training_resumes(project, caplog, tmp_path):
+    _h5(project.root / "data.h5", 8)
+    reference, _ = _stage_call(project, 3, lambda *_: None)
+    for folder in project.stages.iterdir():
+        for file in folder.iterdir():
+            file.unlink()
+        folder.rmdir()
+
+    first_attempt = []
+    with pytest.raises(_Stop):
+        _stage_call(project, 3, _stop_after(2, first_attempt))
+    (folder,) = project.stages.iterdir()
+    last = folder / "last.safetensors"
+    assert (folder / "previous.last.safetensors").exists()
+    last.write_bytes(last.read_bytes()[:1000])  # a kill during a write, a full disk
+    replayed = []
+    result, _ = _stage_call(project, 3, lambda epoch, _: replayed.append(epoch))
+    assert replayed == [1, 2, 3]
+    # resumed from the previous good checkpoint: epoch 1 is the first attempt's, not redone
+    assert result.history[0]["epoch_seconds"] == first_attempt[0]["epoch_seconds"]
+    assert result.history[1]["epoch_seconds"] != first_attempt[1]["epoch_seconds"]
+    assert [m["train_loss"] for m in result.history] == [m["train_loss"] for m in reference.history]
+    assert any(
+        "damaged checkpoint" in r.message and "last.safetensors" in r.message
+        for r in caplog.records
+    )
+    assert list(folder.glob("last.safetensors.corrupt-*"))
+    record = json.loads((folder / "result.json").read_text())["record"]
+    assert record["config"]["stages"][0]["epochs"] == 3 and "commit" in record
+
+    # both checkpoints damaged: the stage restarts instead of failing
+    for file in folder.glob("*"):
+        file.unlink()
+    with pytest.raises(_Stop):
+        _stage_call(project, 3, _stop_after(2))
+    for file in folder.glob("*last.safetensors"):
+        file.write_bytes(b"garbage")
+    result, _ = _stage_call(project, 3, lambda *_: None)
+    assert [m["train_loss"] for m in result.history] == [m["train_loss"] for m in reference.history]
+
+
+def test_dead_running_run_shows_interrupted(project, capsys):
+    _h5(project.root / "data.h5", 8)
+    spec = _sweep(
+        project, {"axes": [{"product": {"lr": [1e-3, 1e-4]}}], "set": {"stages.0.lr": "$lr"}}
+    )
+    assert main(["sweep", "run", str(spec)]) == 0
+    client, runs = _runs(project, "capsweep")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    client.set_tag(runs[0].info.run_id, "zoo.pid", dead)
+    client.update_run(runs[0].info.run_id, status="RUNNING")
+    capsys.readouterr()
+    assert main(["sweep", "status", str(spec), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)["run"]
+    assert status["interrupted"] == 1 and status["finished"] == 1 and status["running"] == 0
+
+
+@pytest.mark.slow
+def test_concurrent_attempts_at_one_identity_train_once(project):
+    _h5(project.root / "data.h5", 8)
+    path = _config(project, epochs=2)
+    env = {**os.environ, "ZOO_ROOT": str(project.root)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "zoo.cli", "train", str(path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], outputs
+    client, (run,) = _runs(project)
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert sum("nothing to do" in o for o in outputs) == 2
+
+
+def test_nvml_handle_is_found_by_the_devices_uuid_and_released(monkeypatch):
+    """Power caps land on the GPU the run trains on: CUDA device 0 of a process that sees
+    only physical GPU 3 is looked up by UUID, never as NVML's index 0."""
+    import types
+
+    import zoo.telemetry as telemetry
+
+    calls = []
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: calls.append("init"),
+        nvmlShutdown=lambda: calls.append("shutdown"),
+        nvmlDeviceGetHandleByUUID=lambda uuid: ("handle", uuid),
+        nvmlDeviceGetHandleByIndex=lambda index: pytest.fail("looked up by index"),
+        nvmlDeviceGetPowerManagementLimit=lambda handle: 300_000,
+        nvmlDeviceSetPowerManagementLimit=lambda handle, mw: calls.append(("cap", handle, mw)),
+        nvmlDeviceGetEnforcedPowerLimit=lambda handle: 250_000,
+        nvmlDeviceGetTotalEnergyConsumption=lambda handle: 0,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(telemetry, "device_uuid", lambda index: f"GPU-physical-3-as-{index}")
+    with telemetry.GpuMeter(0, power_cap_w=250, interval_s=60):
+        pass
+    handle = ("handle", "GPU-physical-3-as-0")
+    assert calls == ["init", ("cap", handle, 250_000), ("cap", handle, 300_000), "shutdown"]
