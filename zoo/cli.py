@@ -12,7 +12,11 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-DEFINITION = Path(__file__).resolve().parent.parent / "analysis" / "transfer.yaml"
+
+def _definition() -> Path:
+    from zoo.resources import resource
+
+    return resource("transfer.yaml")
 
 
 def _data_make(args: argparse.Namespace) -> None:
@@ -172,7 +176,7 @@ def _analyze(args: argparse.Namespace) -> None:
     result = analysis.analyze(
         analysis.load(uri, experiment),
         args.out,
-        analysis.load_definition(args.definition),
+        analysis.load_definition(args.definition or _definition()),
         offset=args.offset,
         baseline=baseline,
         expected=expected,
@@ -293,6 +297,13 @@ def _parser() -> argparse.ArgumentParser:
         help="USR1 this many seconds before the time limit",
     )
     submit.add_argument(
+        "--max-requeues",
+        type=int,
+        default=3,
+        metavar="N",
+        help="requeue a preempted task at most N times; then its run ends FAILED",
+    )
+    submit.add_argument(
         "--sbatch",
         dest="extra",
         action="append",
@@ -321,8 +332,7 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--definition",
         type=Path,
-        default=DEFINITION,
-        help="report definition (default: analysis/transfer.yaml)",
+        help="report definition (default: the packaged transfer.yaml)",
     )
     analyze.add_argument(
         "--offset",
