@@ -114,10 +114,28 @@ def _sweep_plan(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=1) if args.json else sweep.format_report(summary))
 
 
+def _search_run(args: argparse.Namespace) -> int:
+    import json
+
+    from zoo.sweep import _search
+    from zoo.tracking import Tracker
+
+    spec, block = _search.load_search(args.spec)
+    status = _search.run_search(spec, block, Tracker(args.tracking_uri), args.workers)
+    print(_search.format_search_status(spec.name, status))
+    for key, reason in status["failed_workers"].items():
+        print(f"  worker {key} failed: {reason}")
+    if args.json:
+        print(json.dumps(status, default=str))
+    return 130 if status["interrupted"] else 1 if status["failed_workers"] else 0
+
+
 def _sweep_run(args: argparse.Namespace) -> int:
     from zoo import sweep
     from zoo.tracking import Tracker
 
+    if sweep.is_search(args.spec):
+        return _search_run(args)
     plan = sweep.make_plan(sweep.load_spec(args.spec))
     result = sweep.run_sweep(
         plan, Tracker(args.tracking_uri), args.workers, runs_per_gpu=args.runs_per_gpu
@@ -137,13 +155,19 @@ def _sweep_submit(args: argparse.Namespace) -> None:
     import dataclasses
 
     from zoo import sweep
+    from zoo.sweep import _search
     from zoo.sweep._slurm import SubmitOptions, submit
     from zoo.tracking import Tracker
 
-    plan = sweep.make_plan(sweep.load_spec(args.spec))
     names = [f.name for f in dataclasses.fields(SubmitOptions)]
     options = SubmitOptions(**{**{n: getattr(args, n) for n in names}, "extra": tuple(args.extra)})
-    submit(plan, Tracker(args.tracking_uri), options)
+    if sweep.is_search(args.spec):
+        spec, block = _search.load_search(args.spec)
+        _search.submit_search(spec, block, Tracker(args.tracking_uri), options, args.workers or 1)
+        return
+    if args.workers is not None:
+        raise _config_error("--workers: only for a search spec; a grid sweep has one task per job")
+    submit(sweep.make_plan(sweep.load_spec(args.spec)), Tracker(args.tracking_uri), options)
 
 
 def _sweep_worker(args: argparse.Namespace) -> int:
@@ -158,6 +182,14 @@ def _sweep_status(args: argparse.Namespace) -> None:
     from zoo import sweep
     from zoo.tracking import Tracker
 
+    if sweep.is_search(args.spec):
+        from zoo.sweep import _search
+
+        spec, block = _search.load_search(args.spec)
+        result = _search.search_status(spec, block, Tracker(args.tracking_uri).paths)
+        text = _search.format_search_status(spec.name, result)
+        print(json.dumps(result, indent=1, default=str) if args.json else text)
+        return
     plan = sweep.make_plan(sweep.load_spec(args.spec))
     status = sweep.sweep_status(plan, Tracker(args.tracking_uri))
     print(
@@ -265,6 +297,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with GPUs: N worker processes per GPU (overrides --workers)",
     )
+    run_sweep.add_argument("--json", action="store_true", help="a search's status as JSON")
     run_sweep.set_defaults(func=_sweep_run)
     status = sweep_commands.add_parser("status", help="counts by state from the tracking store")
     status.add_argument("--json", action="store_true")
@@ -285,6 +318,9 @@ def _parser() -> argparse.ArgumentParser:
         help="of a task's runs, N train at once as processes sharing its GPU",
     )
     submit.add_argument("--gpu-power", type=int, metavar="W", help="GPU power cap in watts")
+    submit.add_argument(
+        "--workers", type=int, metavar="N", help="a search: N array tasks, each an Optuna worker"
+    )
     submit.add_argument(
         "--site-gpu-power", action="store_true", help="the site understands #SBATCH --gpu-power=W"
     )

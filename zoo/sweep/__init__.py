@@ -9,6 +9,7 @@ from zoo.sweep._executor import Executor, SweepReport
 from zoo.sweep._job import JobResult, JobSpec, job_tags, jobs_from_plan, run_job
 from zoo.sweep._local import LocalExecutor, run_sweep
 from zoo.sweep._plan import Job, Plan, format_report, make_plan, measure_images_per_s, report
+from zoo.sweep._search import is_search
 from zoo.sweep._spec import SweepSpec, expand, load_spec
 from zoo.sweep._status import format_status, sweep_status
 
@@ -24,6 +25,7 @@ __all__ = [
     "expand",
     "format_report",
     "format_status",
+    "is_search",
     "job_tags",
     "jobs_from_plan",
     "load_spec",

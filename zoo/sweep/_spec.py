@@ -58,6 +58,7 @@ class SweepSpec:
     exclude: tuple[dict[str, Any], ...] = ()  # assignments matching all these values are dropped
     share_stages: bool = True  # train identical stages once and reuse their checkpoints
     description: str = ""
+    search: dict[str, Any] | None = None  # an Optuna search instead of a grid: zoo.sweep._search
 
     def validate(self, where: str) -> None:
         check(
@@ -149,7 +150,7 @@ def references(node: Any) -> set[str]:
 
 
 def _check_names(spec: SweepSpec) -> None:
-    defined = ["seed", *_axis_names(spec)]
+    defined = ["seed", *_axis_names(spec), *(spec.search or {}).get("parameters", {})]
     for name, expression in spec.derive.items():
         _check_defined(references(expression), defined, f"spec.derive.{name}")
         defined.append(name)
