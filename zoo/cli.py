@@ -108,6 +108,17 @@ def _sweep_plan(args: argparse.Namespace) -> None:
 
     from zoo import sweep
 
+    if sweep.is_search(args.spec):
+        from zoo.sweep import _search, _search_report
+
+        spec, block = _search.load_search(args.spec)
+        config = _search_report.sample_config(spec, block)
+        summary = _search_report.search_plan(
+            spec, block, args.images_per_s or sweep.measure_images_per_s(config)
+        )
+        text = _search_report.format_search_plan(summary)
+        print(json.dumps(summary, indent=1) if args.json else text)
+        return
     plan = sweep.make_plan(sweep.load_spec(args.spec))
     rate = args.images_per_s or sweep.measure_images_per_s(plan.runs[0].config)
     summary = sweep.report(plan, rate, args.show)
@@ -213,6 +224,12 @@ def _analyze(args: argparse.Namespace) -> None:
         baseline=baseline,
         expected=expected,
     )
+    if args.target.endswith((".yaml", ".yml")) and _is_search(args.target):
+        from zoo.paths import ProjectPaths
+        from zoo.sweep import _search, _search_report
+
+        spec, block = _search.load_search(args.target)
+        _search_report.add_to_report(spec, block, ProjectPaths.default(), result.report)
     print(", ".join(f"{k} {v}" for k, v in result.status.items()))
     for name, reason in result.skipped.items():
         print(f"  figure {name} not drawn: {reason}")
@@ -225,8 +242,16 @@ def _experiment(target: str) -> tuple[str, set[str] | None]:
         return target, None
     from zoo import sweep
 
+    if sweep.is_search(target):
+        return sweep.load_spec(target).name, None
     plan = sweep.make_plan(sweep.load_spec(target))
     return plan.spec.name, {j.key for j in plan.jobs if j.kind == "run"}
+
+
+def _is_search(target: str) -> bool:
+    from zoo import sweep
+
+    return sweep.is_search(target)
 
 
 def _import(args: argparse.Namespace) -> None:
