@@ -64,4 +64,38 @@ def tiny_spec(project):
     return write
 
 
+@pytest.fixture
+def search_spec(project):
+    """A function writing the "tiny" search (learning rate and freezing of the transfer
+    stage; the pretraining stage is the same in every trial) and returning its path."""
+
+    def write(search=None, epochs=2, name="tiny"):
+        spec = {
+            "name": name,
+            "base": {
+                "model": {"encoder": "tu-test_resnet", "decoder_channels": [16] * 5},
+                "datasets": {n: {**TINY_DATA, "defocus_nm": d} for n, d in (("a", -10), ("b", 10))},
+                "stages": [
+                    {"name": "pretrain", "train": "a", "size": 8, "epochs": 1},
+                    {"name": "transfer", "train": "b", "size": 4, "epochs": epochs},
+                ],
+                "validate_on": ["a", "b"],
+            },
+            "set": {"stages.1.lr": "$lr", "stages.1.freeze": "$freeze"},
+            "search": {
+                "parameters": {
+                    "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+                    "freeze": {"type": "categorical", "choices": ["none", "encoder"]},
+                },
+                "budget": 12,
+                **(search or {}),
+            },
+        }
+        path = project.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return path
+
+    return write
+
+
 from stores import postgres, tracking_server  # noqa: E402, F401  (real stores, session-wide)

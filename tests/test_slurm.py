@@ -240,3 +240,21 @@ def test_sweep_through_a_tracking_server_on_postgresql(
     capsys.readouterr()
     assert main(["sweep", "status", str(spec), "--json", "--tracking-uri", uri]) == 0
     assert json.loads(capsys.readouterr().out)["run"]["finished"] == 2
+
+
+def test_search_on_slurm_spends_its_budget_exactly(search_spec, cluster, project, capsys):
+    """Each array task is an Optuna worker asking for trials until the budget is spent."""
+    from test_search import study, trial_runs
+
+    spec = search_spec({"budget": 5}, epochs=1)
+    assert main(["sweep", "submit", str(spec), "--workers", "2"]) == 0
+    assert "submitted search-0" in capsys.readouterr().out
+    _squeue_empty()
+    trials = study(project).trials
+    assert len(trials) == 5 and "RUNNING" not in {t.state.name for t in trials}
+    runs = trial_runs(project)
+    assert sorted(int(r.data.tags["zoo.trial"]) for r in runs) == list(range(5))
+    logs = list(project.state.glob("sweeps/tiny/*/logs/search-0_*.out"))
+    assert len(logs) == 2
+    assert main(["sweep", "status", str(spec), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trials"] == 5

@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from zoo.cli import main
+from zoo.errors import ConfigError
 from zoo.sweep import expand, load_spec, make_plan
 
 SWEEPS = Path(__file__).parent.parent / "sweeps"
@@ -235,3 +236,84 @@ def test_packed_workers_give_the_metrics_of_a_run_alone(tiny_spec, project, tmp_
         }
 
     assert histories(project) == histories(alone)
+
+
+# The executor interface: job descriptions, rendered scripts, the requeue cap.
+
+REFERENCE = Path(__file__).parent / "data" / "sbatch"
+SUBMIT_OPTIONS = {
+    "default": {},
+    "gpu-site": {
+        "partition": "gpu",
+        "time": "4:00:00",
+        "gpus_per_task": 1,
+        "cpus_per_task": 4,
+        "mem_per_task": "16G",
+        "max_parallel": 8,
+        "gpu_power": 250,
+        "site_gpu_power": True,
+        "grace_s": 300,
+        "extra": ("--mail-type=END",),
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(SUBMIT_OPTIONS))
+def test_rendered_sbatch_script_equals_its_reference(name):
+    from zoo.paths import SubmissionPaths
+    from zoo.sweep._slurm import Array, SubmitOptions, render
+
+    options = SubmitOptions(**SUBMIT_OPTIONS[name])
+    options.validate()
+    array = Array("runs-0", ["k"] * 5, task_count=5)
+    submission = SubmissionPaths(Path("/project/.zoo/sweeps/tiny/20260101-000000"))
+    script = render("tiny", array, submission, Path("/project"), options, "/usr/bin/python3")
+    assert script == (REFERENCE / f"{name}.sbatch").read_text()
+
+
+def test_job_description_survives_a_json_round_trip(tiny_spec):
+    from zoo.paths import ProjectPaths
+    from zoo.sweep import JobSpec, jobs_from_plan
+
+    jobs = jobs_from_plan(
+        make_plan(load_spec(tiny_spec())), "sqlite:///x.db", ProjectPaths(Path("/p"))
+    )
+    assert [j.kind for j in jobs] == ["stage", "stage", "run", "run", "run", "run"]
+    for job in jobs:
+        assert JobSpec.from_json(job.to_json()) == job
+    assert jobs[-1].depends == (jobs[1].key,) and jobs[-1].tags["zoo.axis.source"] == "b"
+    bad = json.loads(jobs[0].to_json()) | {"max_requeues": "3"}
+    with pytest.raises(ConfigError, match=r"job\.max_requeues"):
+        JobSpec.from_json(json.dumps(bad))
+    with pytest.raises(AttributeError):
+        jobs[0].key = "other"
+
+
+@pytest.mark.parametrize(("restarts", "requeued"), [(2, True), (3, False)])
+def test_preempted_run_requeues_until_the_cap_then_ends_failed(
+    tiny_spec, tiny_runs, project, monkeypatch, restarts, requeued
+):
+    """SLURM counts restarts; past --max-requeues (3) the run ends FAILED naming the cap."""
+    from zoo.sweep import jobs_from_plan, run_job
+    from zoo.tracking import Tracker
+    from zoo.train import STOP, Preempted
+
+    plan = make_plan(load_spec(tiny_spec(sources=("a",))))
+    stage, job, _ = jobs_from_plan(plan, project.tracking_uri, project, max_requeues=3)
+    Tracker(project.tracking_uri, project)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
+    STOP.set()
+    try:
+        if requeued:
+            with pytest.raises(Preempted):
+                run_job(stage)
+        else:
+            result = run_job(stage)
+            assert result.status == "failed" and "--max-requeues 3" in result.reason
+    finally:
+        STOP.clear()
+    (run,) = tiny_runs()
+    assert run.info.status == ("RUNNING" if requeued else "FAILED")
+    if not requeued:
+        assert "preempted 4 times" in run.data.tags["zoo.error"]
+        assert run_job(job).status == "skipped"  # its stage never finished

@@ -13,7 +13,11 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-DEFINITION = Path(__file__).resolve().parent.parent / "analysis" / "transfer.yaml"
+
+def _definition() -> Path:
+    from zoo.resources import resource
+
+    return resource("transfer.yaml")
 
 
 def _data_make(args: argparse.Namespace) -> None:
@@ -110,16 +114,45 @@ def _sweep_plan(args: argparse.Namespace) -> None:
 
     from zoo import sweep
 
+    if sweep.is_search(args.spec):
+        from zoo.sweep import _search, _search_report
+
+        spec, block = _search.load_search(args.spec)
+        config = _search_report.sample_config(spec, block)
+        summary = _search_report.search_plan(
+            spec, block, args.images_per_s or sweep.measure_images_per_s(config)
+        )
+        text = _search_report.format_search_plan(summary)
+        print(json.dumps(summary, indent=1) if args.json else text)
+        return
     plan = sweep.make_plan(sweep.load_spec(args.spec))
     rate = args.images_per_s or sweep.measure_images_per_s(plan.runs[0].config)
     summary = sweep.report(plan, rate, args.show)
     print(json.dumps(summary, indent=1) if args.json else sweep.format_report(summary))
 
 
+def _search_run(args: argparse.Namespace) -> int:
+    import json
+
+    from zoo.sweep import _search
+    from zoo.tracking import Tracker
+
+    spec, block = _search.load_search(args.spec)
+    status = _search.run_search(spec, block, Tracker(args.tracking_uri), args.workers)
+    print(_search.format_search_status(spec.name, status))
+    for key, reason in status["failed_workers"].items():
+        print(f"  worker {key} failed: {reason}")
+    if args.json:
+        print(json.dumps(status, default=str))
+    return 130 if status["interrupted"] else 1 if status["failed_workers"] else 0
+
+
 def _sweep_run(args: argparse.Namespace) -> int:
     from zoo import sweep
     from zoo.tracking import Tracker
 
+    if sweep.is_search(args.spec):
+        return _search_run(args)
     plan = sweep.make_plan(sweep.load_spec(args.spec))
     result = sweep.run_sweep(
         plan, Tracker(args.tracking_uri), args.workers, runs_per_gpu=args.runs_per_gpu
@@ -140,16 +173,22 @@ def _sweep_submit(args: argparse.Namespace) -> None:
 
     from zoo import sweep
     from zoo.paths import ProjectPaths
+    from zoo.sweep import _search
     from zoo.sweep._slurm import SubmitOptions, submit
     from zoo.tracking import Tracker, refuse_network_sqlite, tracking_uri
 
-    plan = sweep.make_plan(sweep.load_spec(args.spec))
     names = [f.name for f in dataclasses.fields(SubmitOptions)]
     options = SubmitOptions(**{**{n: getattr(args, n) for n in names}, "extra": tuple(args.extra)})
     if not options.dry_run and not args.allow_network_sqlite:
         refuse_network_sqlite(tracking_uri(args.tracking_uri, ProjectPaths.default()))
     tracker = _read_only(args.tracking_uri) if options.dry_run else Tracker(args.tracking_uri)
-    submit(plan, tracker, options)
+    if sweep.is_search(args.spec):
+        spec, block = _search.load_search(args.spec)
+        _search.submit_search(spec, block, tracker, options, args.workers or 1)
+        return
+    if args.workers is not None:
+        raise _config_error("--workers: only for a search spec; a grid sweep has one task per job")
+    submit(sweep.make_plan(sweep.load_spec(args.spec)), tracker, options)
 
 
 def _sweep_worker(args: argparse.Namespace) -> int:
@@ -162,8 +201,17 @@ def _sweep_status(args: argparse.Namespace) -> None:
     import json
 
     from zoo import sweep
+    from zoo.paths import ProjectPaths
     from zoo.tracking import Tracker
 
+    if sweep.is_search(args.spec):
+        from zoo.sweep import _search
+
+        spec, block = _search.load_search(args.spec)
+        result = _search.search_status(spec, block, ProjectPaths.default())
+        text = _search.format_search_status(spec.name, result)
+        print(json.dumps(result, indent=1, default=str) if args.json else text)
+        return
     plan = sweep.make_plan(sweep.load_spec(args.spec))
     status = sweep.sweep_status(plan, Tracker(args.tracking_uri, create=False))
     print(
@@ -191,11 +239,17 @@ def _analyze(args: argparse.Namespace) -> None:
     result = analysis.analyze(
         analysis.load(uri, experiment),
         args.out,
-        analysis.load_definition(args.definition),
+        analysis.load_definition(args.definition or _definition()),
         offset=args.offset,
         baseline=baseline,
         expected=expected,
     )
+    if args.target.endswith((".yaml", ".yml")) and _is_search(args.target):
+        from zoo.paths import ProjectPaths
+        from zoo.sweep import _search, _search_report
+
+        spec, block = _search.load_search(args.target)
+        _search_report.add_to_report(spec, block, ProjectPaths.default(), result.report)
     print(", ".join(f"{k} {v}" for k, v in result.status.items()))
     for name, reason in result.skipped.items():
         print(f"  figure {name} not drawn: {reason}")
@@ -208,8 +262,16 @@ def _experiment(target: str) -> tuple[str, set[str] | None]:
         return target, None
     from zoo import sweep
 
+    if sweep.is_search(target):
+        return sweep.load_spec(target).name, None
     plan = sweep.make_plan(sweep.load_spec(target))
     return plan.spec.name, {j.key for j in plan.jobs if j.kind == "run"}
+
+
+def _is_search(target: str) -> bool:
+    from zoo import sweep
+
+    return sweep.is_search(target)
 
 
 def _import(args: argparse.Namespace) -> None:
@@ -327,6 +389,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with GPUs: N worker processes per GPU (overrides --workers)",
     )
+    run_sweep.add_argument("--json", action="store_true", help="a search's status as JSON")
     run_sweep.set_defaults(func=_sweep_run)
     status = sweep_commands.add_parser("status", help="counts by state from the tracking store")
     status.add_argument("--json", action="store_true")
@@ -348,6 +411,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--gpu-power", type=int, metavar="W", help="GPU power cap in watts")
     submit.add_argument(
+        "--workers", type=int, metavar="N", help="a search: N array tasks, each an Optuna worker"
+    )
+    submit.add_argument(
         "--site-gpu-power", action="store_true", help="the site understands #SBATCH --gpu-power=W"
     )
     submit.add_argument(
@@ -357,6 +423,13 @@ def _parser() -> argparse.ArgumentParser:
         default=120,
         metavar="S",
         help="USR1 this many seconds before the time limit",
+    )
+    submit.add_argument(
+        "--max-requeues",
+        type=int,
+        default=3,
+        metavar="N",
+        help="requeue a preempted task at most N times; then its run ends FAILED",
     )
     submit.add_argument(
         "--sbatch",
@@ -392,8 +465,7 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--definition",
         type=Path,
-        default=DEFINITION,
-        help="report definition (default: analysis/transfer.yaml)",
+        help="report definition (default: the packaged transfer.yaml)",
     )
     analyze.add_argument(
         "--offset",

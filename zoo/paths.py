@@ -2,6 +2,8 @@
 
 Everything zoo writes lives under a project root: the current directory, or
 ``$ZOO_ROOT`` when set. Nothing else in zoo builds paths from string literals.
+Like submitit's ``JobPaths``, the files of one SLURM submission, one shared
+stage and one search study each have a class naming them.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProjectPaths"]
+__all__ = ["ProjectPaths", "StagePaths", "StudyPaths", "SubmissionPaths"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class ProjectPaths:
         """Checkpoints of one training stage by its identity; shared by every run that uses it."""
         return self.stages / digest
 
+    def stage_files(self, digest: str) -> StagePaths:
+        return StagePaths(self.stage(digest))
+
     @property
     def artifacts(self) -> Path:
         """MLflow artifact root of experiments created in the embedded store."""
@@ -69,6 +74,24 @@ class ProjectPaths:
         """SLURM submissions of one sweep, one timestamped folder each."""
         return self.state / "sweeps" / name
 
+    def submissions(self, name: str) -> list[SubmissionPaths]:
+        """The sweep's SLURM submissions that got as far as writing their record, oldest first."""
+        folder = self.sweep(name)
+        records = sorted(folder.glob("*/runs.json")) if folder.exists() else []
+        return [SubmissionPaths(r.parent) for r in records]
+
+    def new_submission(self, name: str, stamp: str) -> SubmissionPaths:
+        """A submission folder named ``stamp`` (suffixed -1, -2... if taken); not created."""
+        folder = candidate = self.sweep(name) / stamp
+        n = 1
+        while candidate.exists():
+            candidate, n = folder.with_name(f"{stamp}-{n}"), n + 1
+        return SubmissionPaths(candidate)
+
+    def study(self, name: str) -> StudyPaths:
+        """The Optuna study of search ``name``, beside its submissions."""
+        return StudyPaths(self.sweep(name) / "study")
+
     def download(self, run_id: str) -> Path:
         """Where artifacts of another MLflow run (``init: run:ID``) are downloaded to."""
         return self.state / "downloads" / run_id
@@ -81,3 +104,74 @@ class ProjectPaths:
     def tracking_uri(self) -> str:
         """The embedded default store: ``mlflow.db`` in the project root."""
         return f"sqlite:///{self.tracking_db}"
+
+
+@dataclass(frozen=True)
+class SubmissionPaths:
+    """Files of one SLURM submission: its record, one script per array, task and job logs."""
+
+    folder: Path
+
+    @property
+    def record(self) -> Path:
+        """``runs.json``: every array's job keys and each job's description."""
+        return self.folder / "runs.json"
+
+    def script(self, array: str) -> Path:
+        return self.folder / f"{array}.sbatch"
+
+    @property
+    def logs(self) -> Path:
+        return self.folder / "logs"
+
+    def task_log_pattern(self, array: str) -> Path:
+        """SLURM's ``--output`` pattern: one log per array task."""
+        return self.logs / f"{array}_%A_%a.out"
+
+    def job_log(self, key: str) -> Path:
+        """The log of one job (a run, a stage or a search worker) within a task."""
+        return self.logs / f"{key}.log"
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    """Files of one trained stage (see zoo.train): checkpoint, weights, result."""
+
+    folder: Path
+
+    @property
+    def result(self) -> Path:
+        """Written last: the stage finished."""
+        return self.folder / "result.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / "last.safetensors"
+
+    @property
+    def lock(self) -> Path:
+        return self.folder / ".lock"
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """Files of one Optuna study: its journal, the lock that makes asking for a trial
+    atomic, and one lease file per trial held by the process running it."""
+
+    folder: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.folder / "journal.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.folder / "study.lock"
+
+    def lease(self, trial: int) -> Path:
+        return self.folder / "leases" / f"{trial}.lock"
+
+    @property
+    def log(self) -> Path:
+        """Where the local search workers write what they train."""
+        return self.folder / "workers.log"

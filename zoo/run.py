@@ -36,7 +36,18 @@ from zoo.train import (
     train_stage,
 )
 
-__all__ = ["load_datasets", "preflight", "run"]
+__all__ = ["EpochHook", "Pruned", "load_datasets", "preflight", "run"]
+
+EpochHook = Callable[[str, int, dict[str, Any]], None]  # (stage name, epoch, metrics)
+
+
+class Pruned(Exception):
+    """Raised by an ``on_epoch`` hook to stop a run early (a search pruned its trial):
+    the run ends KILLED, tagged ``zoo.pruned_epoch``."""
+
+    def __init__(self, stage: str, epoch: int):
+        super().__init__(f"pruned after epoch {epoch} of {stage}")
+        self.stage, self.epoch = stage, epoch
 
 
 def load_datasets(config: RunConfig, paths: ProjectPaths) -> dict[str, Dataset]:
@@ -205,15 +216,17 @@ def run(
     identity: str | None = None,
     tags: dict[str, str] | None = None,
     prepared: Prepared | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> str:
     """Train ``config`` (or finish an interrupted attempt); returns the MLflow run id.
 
     The MLflow run is found by ``identity`` (default: the config hash) in the
     config's experiment; a FINISHED one means there is nothing to do. Bad input
     is refused before the run exists (see preflight; ``prepared`` is its result when
-    the caller ran it already). One process at a time
-    works on an identity: others wait for it, then find it finished. ``tags``
-    are added to a new run. Any failure after the run exists ends it FAILED.
+    the caller ran it already). One process at a time works on an identity: others
+    wait for it, then find it finished. ``tags`` are added to a new run. ``on_epoch``
+    sees every epoch's metrics once logged (replayed ones too). Any failure after the
+    run exists ends it FAILED.
     """
     identity = identity or config.digest()
     existing = _existing(tracker, config.experiment, identity)
@@ -234,7 +247,9 @@ def run(
         if existing is not None and existing.info.status == "FINISHED":
             echo(f"run {existing.info.run_id} finished meanwhile; nothing to do")
             return existing.info.run_id
-        return _attempt(config, tracker, paths, echo, identity, tags, existing, device, datasets)
+        return _attempt(
+            config, tracker, paths, echo, identity, tags, existing, device, datasets, on_epoch
+        )
     finally:
         lock.release()
 
@@ -255,6 +270,7 @@ def _attempt(
     existing: Any | None,
     device: torch.device,
     datasets: dict[str, Dataset],
+    on_epoch: EpochHook | None,
 ) -> str:
     """One attempt at a run, holding its identity's lock."""
     floor = loss_floor(config.stages[-1].loss, config.model.head, config.model.classes)
@@ -272,11 +288,16 @@ def _attempt(
             if existing is None:
                 tracker.log_params(run_id, {**flatten(config.to_dict()), "loss_floor": floor})
             data = {name: to_device(dataset, device) for name, dataset in datasets.items()}
-            results = _train_stages(config, data, tracker, run_id, logged, paths, echo)
+            results = _train_stages(config, data, tracker, run_id, logged, paths, echo, on_epoch)
             tracker.log_metrics(run_id, _summary(config, results, floor, results[-1].total), 0)
             _artifacts(config, results, datasets, tracker, run_id)
     except Preempted:
         echo(f"run {run_id} preempted; it stays RUNNING and resumes from its checkpoint")
+        raise
+    except Pruned as pruned:
+        echo(f"run {run_id} {pruned}")
+        tracker.set_tags(run_id, {"zoo.pruned_epoch": str(pruned.epoch)})
+        tracker.client.set_terminated(run_id, "KILLED")
         raise
     except BaseException as error:
         tracker.finish(run_id, error)
@@ -293,6 +314,7 @@ def _train_stages(
     logged: set[int],
     paths: ProjectPaths,
     echo: Callable[[str], None],
+    hook: EpochHook | None = None,
 ) -> list[StageResult]:
     results: list[StageResult] = []
     offset = 0
@@ -314,6 +336,8 @@ def _train_stages(
                     f"{metrics['train_loss']:.4f}, "
                     + ", ".join(f"{n} {v['loss_adj']:.4f}" for n, v in metrics["val"].items())
                 )
+            if hook is not None:
+                hook(config.stages[index].name, epoch, metrics)
 
         folder = paths.stage(config.stage_digest(index))
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The local executor: a sweep's jobs on N worker processes, shared stages first.
+"""The local executor: jobs on N worker processes, shared stages first.
 
 A job starts once the stage job it depends on has finished; a failed stage job
 leaves its dependents skipped, and the sweep goes on. Jobs whose MLflow run is
@@ -12,39 +12,16 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from zoo.paths import ProjectPaths
-from zoo.sweep._plan import Job, Plan
+from zoo.sweep._executor import Executor, SweepReport, pending
+from zoo.sweep._job import JobResult, JobSpec, jobs_from_plan, pin_device, run_job
+from zoo.sweep._plan import Plan
 from zoo.tracking import Tracker
 
-__all__ = ["SweepReport", "execute", "job_tags", "payload", "pin_device", "run_sweep"]
-
-_WORKER: dict[str, Any] = {}
-
-
-@dataclass
-class SweepReport:
-    """What a sweep invocation did, by job key."""
-
-    finished: list[str] = field(default_factory=list)  # trained now
-    already: list[str] = field(default_factory=list)  # finished before this invocation
-    failed: dict[str, str] = field(default_factory=dict)  # key -> reason
-    skipped: list[str] = field(default_factory=list)  # a stage they need failed
-    interrupted: bool = False
-
-
-def job_tags(plan: Plan, job: Job) -> dict[str, str]:
-    """Tags that let the MLflow UI filter and group a sweep's runs by axis value."""
-    tags = {"zoo.sweep": plan.spec.name, "zoo.kind": job.kind}
-    tags.update({f"zoo.axis.{k}": str(v) for k, v in job.names.items()})
-    if job.kind == "stage":
-        tags["zoo.stage"] = job.name
-    return tags
+__all__ = ["LocalExecutor", "run_sweep"]
 
 
 def _init_worker(counter: Any) -> None:
@@ -59,72 +36,9 @@ def _init_worker(counter: Any) -> None:
     pin_device(index)
 
 
-def pin_device(worker: int) -> None:
-    """Runs of worker number ``worker`` in this process use GPU ``worker`` modulo the
-    GPU count (with ``device: auto``); nothing changes without CUDA."""
-    import torch
-
-    if torch.cuda.is_available():
-        _WORKER["device"] = f"cuda:{worker % torch.cuda.device_count()}"
-
-
-def execute(payload: dict[str, Any], log: Path | None = None) -> tuple[str, str, str]:
-    """Run one job described by ``payload``; returns (status, run id, failure reason).
-
-    A failure is already recorded in MLflow (FAILED with its reason) when this returns.
-    """
-    from dataclasses import replace
-
-    from zoo.config import resolve
-    from zoo.run import run
-    from zoo.train import Preempted
-
-    paths = ProjectPaths(Path(payload["root"]))
-    key = (payload["uri"], payload["root"])
-    if _WORKER.get("tracker_key") != key:
-        _WORKER["tracker"], _WORKER["tracker_key"] = Tracker(payload["uri"], paths), key
-    config = resolve(payload["config"])
-    if config.device == "auto" and "device" in _WORKER:
-        config = replace(config, device=_WORKER["device"])
-    log = log or paths.job_log(payload["experiment"], payload["identity"])
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as handle:
-
-        def echo(line: str) -> None:
-            handle.write(line + "\n")
-            handle.flush()
-
-        try:
-            run_id = run(
-                config,
-                _WORKER["tracker"],
-                paths,
-                echo,
-                identity=payload["identity"],
-                tags=payload["tags"],
-            )
-        except Preempted:
-            raise
-        except Exception as error:  # the run is already FAILED in MLflow; report and go on
-            echo(f"FAILED: {type(error).__name__}: {error}")
-            return "failed", "", f"{type(error).__name__}: {error}"
-    return "finished", run_id, ""
-
-
-def payload(
-    plan: Plan, job: Job, uri: str, paths: ProjectPaths, parent_run: str | None
-) -> dict[str, Any]:
-    tags = job_tags(plan, job)
-    if parent_run:
-        tags.update({"mlflow.parentRunId": parent_run, "zoo.stage_run": parent_run})
-    return {
-        "config": job.config.to_dict(),
-        "identity": job.key,
-        "tags": tags,
-        "uri": uri,
-        "root": str(paths.root),
-        "experiment": plan.spec.name,
-    }
+def _run(text: str) -> JobResult:
+    """run_job in a worker process; the job travels as its JSON description."""
+    return run_job(JobSpec.from_json(text))
 
 
 class _Progress:
@@ -155,6 +69,96 @@ class _Progress:
             self.echo(line)
 
 
+class LocalExecutor(Executor):
+    """``workers`` spawned processes on this machine; with GPUs and ``runs_per_gpu`` N > 1,
+    N processes share each GPU (``workers`` is then the GPU count × N); a run's
+    results do not depend on what shares its GPU."""
+
+    def __init__(
+        self, workers: int = 1, echo: Callable[[str], None] = print, runs_per_gpu: int = 1
+    ):
+        self.workers, self.echo, self.runs_per_gpu = workers, echo, runs_per_gpu
+
+    def submit(self, name: str, jobs: Sequence[JobSpec], tracker: Tracker) -> SweepReport:
+        report = SweepReport()
+        todo, finished = pending(jobs, tracker, name)
+        report.already = [j.key for j in jobs if j.key in finished]
+        if not todo:
+            self.echo(f"sweep {name}: all {len(jobs)} jobs finished; nothing to do")
+            return report
+        workers = self._workers()
+        self.echo(
+            f"sweep {name}: {len(todo)} jobs to run "
+            f"({len(report.already)} already finished), {workers} worker(s)"
+        )
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=(context.Value("i", 0),)
+        )
+        progress = _Progress(len(todo), self.echo)
+        try:
+            _schedule(pool, workers, todo, set(finished), report, progress)
+        except KeyboardInterrupt:
+            report.interrupted = True
+            self.echo(
+                "\ninterrupted: stopping workers; their runs resume from checkpoints next time"
+            )
+            pool.shutdown(wait=True, cancel_futures=True)
+            return report
+        pool.shutdown(wait=True)
+        if progress.tty:
+            print()
+        return report
+
+    def _workers(self) -> int:
+        if self.runs_per_gpu > 1:
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.device_count() * self.runs_per_gpu
+        return self.workers
+
+
+def _schedule(
+    pool: ProcessPoolExecutor,
+    workers: int,
+    todo: list[JobSpec],
+    done_keys: set[str],
+    report: SweepReport,
+    progress: _Progress,
+) -> None:
+    """Start each job once its stages finished, ``workers`` at a time, until none is left."""
+    running: dict[Future, JobSpec] = {}
+    failed_stages: set[str] = set()
+    while todo or running:
+        for job in list(todo):
+            if len(running) >= workers:
+                break
+            if any(d in failed_stages for d in job.depends):
+                todo.remove(job)
+                report.skipped.append(job.key)
+                if job.kind == "stage":
+                    failed_stages.add(job.key)
+                progress.show(report, len(running), f"skipped {_describe(job)}")
+            elif all(d in done_keys for d in job.depends):
+                todo.remove(job)
+                running[pool.submit(_run, job.to_json())] = job
+        if not running:
+            return
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            job = running.pop(future)
+            result = future.result()
+            if result.status == "finished":
+                done_keys.add(job.key)
+                report.finished.append(job.key)
+            else:
+                report.failed[job.key] = result.reason
+                if job.kind == "stage":
+                    failed_stages.add(job.key)
+            progress.show(report, len(running), f"{result.status} {_describe(job)}")
+
+
 def run_sweep(
     plan: Plan,
     tracker: Tracker,
@@ -162,80 +166,13 @@ def run_sweep(
     echo: Callable[[str], None] = print,
     runs_per_gpu: int = 1,
 ) -> SweepReport:
-    """Train every job of ``plan`` not yet finished in ``tracker``'s store.
-
-    With GPUs and ``runs_per_gpu`` N > 1, N worker processes share each GPU
-    (``workers`` is then the GPU count × N); a run's results do not depend on
-    what shares its GPU, since each process trains its own model on its own data.
-    """
-    if runs_per_gpu > 1:
-        import torch
-
-        if torch.cuda.is_available():
-            workers = torch.cuda.device_count() * runs_per_gpu
-    report = SweepReport()
-    experiment = tracker.experiment(plan.spec.name)
-    states = tracker.states(experiment)
-    run_ids = {k: run_id for k, (run_id, status) in states.items() if status == "FINISHED"}
-    pending = [j for j in plan.jobs if j.key not in run_ids]
-    report.already = [j.key for j in plan.jobs if j.key in run_ids]
-    if not pending:
-        echo(f"sweep {plan.spec.name}: all {len(plan.jobs)} jobs finished; nothing to do")
-        return report
-    progress = _Progress(len(pending), echo)
-    echo(
-        f"sweep {plan.spec.name}: {len(pending)} jobs to run "
-        f"({len(report.already)} already finished), {workers} worker(s)"
+    """Train every job of ``plan`` not yet finished in ``tracker``'s store, locally."""
+    executor = LocalExecutor(workers, echo, runs_per_gpu)
+    return executor.submit(
+        plan.spec.name, jobs_from_plan(plan, tracker.uri, tracker.paths), tracker
     )
-    context = multiprocessing.get_context("spawn")
-    counter = context.Value("i", 0)
-    pool = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(counter,)
-    )
-    running: dict[Future, Job] = {}
-    failed_stages: set[str] = set()
-    try:
-        while pending or running:
-            for job in list(pending):
-                if len(running) >= workers:
-                    break
-                if any(d in failed_stages for d in job.depends):
-                    pending.remove(job)
-                    report.skipped.append(job.key)
-                    if job.kind == "stage":
-                        failed_stages.add(job.key)
-                    progress.show(report, len(running), f"skipped {_describe(job)}")
-                elif all(d in run_ids for d in job.depends):
-                    pending.remove(job)
-                    parent = run_ids.get(job.depends[-1]) if job.depends else None
-                    running[
-                        pool.submit(execute, payload(plan, job, tracker.uri, tracker.paths, parent))
-                    ] = job
-            if not running:
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                job = running.pop(future)
-                status, run_id, reason = future.result()
-                if status == "finished":
-                    run_ids[job.key] = run_id
-                    report.finished.append(job.key)
-                else:
-                    report.failed[job.key] = reason
-                    if job.kind == "stage":
-                        failed_stages.add(job.key)
-                progress.show(report, len(running), f"{status} {_describe(job)}")
-    except KeyboardInterrupt:
-        report.interrupted = True
-        echo("\ninterrupted: stopping workers; their runs resume from checkpoints next time")
-        pool.shutdown(wait=True, cancel_futures=True)
-        return report
-    pool.shutdown(wait=True)
-    if progress.tty:
-        print()
-    return report
 
 
-def _describe(job: Job) -> str:
-    values = ", ".join(f"{k}={v}" for k, v in job.names.items())
+def _describe(job: JobSpec) -> str:
+    values = ", ".join(f"{k[9:]}={v}" for k, v in job.tags.items() if k.startswith("zoo.axis."))
     return f"{job.name} {job.key[:8]} ({values})"

@@ -1,8 +1,9 @@
-"""The SLURM executor: a sweep submitted as job arrays, one array task training K runs.
+"""The SLURM executor: jobs submitted as job arrays, one array task running K jobs.
 
-Layout of a submission (``.zoo/sweeps/<sweep>/<timestamp>/``): ``runs.json``
-(every array's job keys and each job's payload, written before anything is
-submitted), one rendered script per array, and per-task logs. Shared stages go
+Layout of a submission (zoo.paths.SubmissionPaths): ``runs.json`` (every
+array's job keys and each job's JSON description, written before anything is
+submitted), one script per array rendered from the packaged template
+``zoo/resources/array.sbatch``, and per-task logs. Shared stages go
 first as one array; the runs that start from a shared stage form an array that
 waits (``afterok``) for exactly that stage's task, so one failed stage leaves
 only its own dependents unstarted (SLURM's ``kill_invalid_depend`` removes
@@ -20,20 +21,31 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from string import Template
 from typing import Any
 
 from zoo.errors import ConfigError
-from zoo.paths import ProjectPaths
-from zoo.sweep._local import execute, payload, pin_device
-from zoo.sweep._plan import Job, Plan
+from zoo.paths import ProjectPaths, SubmissionPaths
+from zoo.resources import resource
+from zoo.sweep._executor import Executor, SweepReport, pending
+from zoo.sweep._job import JobSpec, jobs_from_plan, pin_device, run_job
+from zoo.sweep._plan import Plan
 from zoo.tracking import Tracker
 
-__all__ = ["SubmitOptions", "cluster_max_array_size", "submit", "worker"]
+__all__ = [
+    "SlurmExecutor",
+    "SubmitOptions",
+    "cluster_max_array_size",
+    "queued_keys",
+    "render",
+    "submit",
+    "worker",
+]
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "array.sbatch"
+TEMPLATE = "array.sbatch"
 _PATTERNS = {
     "partition": r"[\w.,-]+",
     "account": r"[\w.-]+",
@@ -74,6 +86,7 @@ class SubmitOptions:
     gpu_power: int | None = None  # watts: NVML cap in the worker (+ #SBATCH --gpu-power=W)
     site_gpu_power: bool = False  # the site understands #SBATCH --gpu-power
     grace_s: int = 120  # USR1 this long before the time limit: checkpoint and requeue
+    max_requeues: int = 3  # preemptions a task is requeued for; then its run ends FAILED
     extra: tuple[str, ...] = ()  # extra #SBATCH lines, e.g. "--mail-type=END"
     resubmit_failed: bool = False
     dry_run: bool = False
@@ -86,6 +99,8 @@ class SubmitOptions:
                     f"--{name.replace('_', '-')}: {value!r} is not allowed; "
                     f"expected characters matching {pattern}"
                 )
+        if self.max_requeues < 0:
+            raise ConfigError(f"--max-requeues: {self.max_requeues}; expected an integer >= 0")
         for name in ("gpus_per_task", "cpus_per_task", "max_parallel", "gpu_power"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -178,19 +193,15 @@ def active_tasks(sweep: str) -> dict[tuple[str, int], str]:
     return found
 
 
-def _submissions(paths: ProjectPaths, sweep: str) -> list[Path]:
-    folder = paths.sweep(sweep)
-    return sorted(folder.glob("*/runs.json")) if folder.exists() else []
-
-
 def queued_keys(paths: ProjectPaths, sweep: str) -> dict[str, str]:
     """Job key -> SLURM state for the keys of this sweep now pending or running in SLURM."""
-    if not _submissions(paths, sweep):
+    submissions = paths.submissions(sweep)
+    if not submissions:
         return {}
     active = active_tasks(sweep)
     queued = {}
-    for record in _submissions(paths, sweep):
-        for array in json.loads(record.read_text())["arrays"]:
+    for submission in submissions:
+        for array in json.loads(submission.record.read_text())["arrays"]:
             for index, key in enumerate(array["keys"]):
                 state = active.get((str(array["job_id"]), index // array["runs_per_task"]))
                 if state:
@@ -198,8 +209,9 @@ def queued_keys(paths: ProjectPaths, sweep: str) -> dict[str, str]:
     return queued
 
 
-def _group(selected: list[Job], limit: int, per_task: int, per_gpu: int) -> list[Array]:
-    """A chain of arrays: shared stages first, then runs (grouped by their stage).
+def _group(selected: list[JobSpec], limit: int, per_task: int, per_gpu: int) -> list[Array]:
+    """A chain of arrays: shared stages first, then runs (grouped by their stage), then
+    search workers (one per task).
 
     Each array waits for the one before it to end (``afterany``), so the array
     throttle %N bounds the whole sweep and arrays split at MaxArraySize run in turn.
@@ -207,8 +219,11 @@ def _group(selected: list[Job], limit: int, per_task: int, per_gpu: int) -> list
     """
     stages = [j.key for j in selected if j.kind == "stage"]
     runs = sorted((j for j in selected if j.kind == "run"), key=lambda j: j.depends[-1:])
-    arrays = _split("stages", stages, limit, 1, 1) + _split(
-        "runs", [j.key for j in runs], limit, per_task, per_gpu
+    searches = [j.key for j in selected if j.kind == "search"]
+    arrays = (
+        _split("stages", stages, limit, 1, 1)
+        + _split("runs", [j.key for j in runs], limit, per_task, per_gpu)
+        + _split("search", searches, limit, 1, 1)
     )
     for before, after in itertools.pairwise(arrays):
         after.depends_on = before.name
@@ -230,97 +245,109 @@ def _split(name: str, keys: list[str], limit: int, per_task: int, per_gpu: int) 
     ]
 
 
-def _render(plan: Plan, array: Array, submission: Path, root: Path, options: SubmitOptions) -> str:
+def render(
+    name: str,
+    array: Array,
+    submission: SubmissionPaths,
+    root: Path,
+    options: SubmitOptions,
+    python: str = sys.executable,
+) -> str:
+    """The sbatch script of ``array``: every value validated and shell-quoted."""
     throttle = f"%{options.max_parallel}" if options.max_parallel else ""
     values = {
-        "sweep": plan.spec.name,
+        "sweep": name,
         "array": shlex.quote(array.name),
-        "job_name": f"zoo-{plan.spec.name}-{array.name}",
+        "job_name": f"zoo-{name}-{array.name}",
         "array_spec": f"0-{array.task_count - 1}{throttle}",
-        "log_pattern": shlex.quote(str(submission / "logs" / f"{array.name}_%A_%a.out")),
+        "log_pattern": shlex.quote(str(submission.task_log_pattern(array.name))),
         "grace": str(options.grace_s),
         "directives": "\n".join(options.directives()),
         "root": shlex.quote(str(root)),
-        "python": shlex.quote(sys.executable),
-        "submission": shlex.quote(str(submission)),
+        "python": shlex.quote(python),
+        "submission": shlex.quote(str(submission.folder)),
     }
-    return Template(TEMPLATE.read_text()).substitute(values)
+    return Template(resource(TEMPLATE).read_text()).substitute(values)
 
 
-def submit(plan: Plan, tracker: Tracker, options: SubmitOptions, echo=print) -> Path | None:
-    """Submit the jobs of ``plan`` that are neither finished nor queued; returns the
-    submission folder (None when nothing was submitted, or on a dry run)."""
-    options.validate()
-    experiment = tracker.experiment(plan.spec.name)
-    states = tracker.states(experiment)
-    finished = {k for k, (_, status) in states.items() if status == "FINISHED"}
-    queued = (
-        {}
-        if options.dry_run and not _submissions(tracker.paths, plan.spec.name)
-        else queued_keys(tracker.paths, plan.spec.name)
-    )
-    if queued and not options.resubmit_failed:
-        raise ConfigError(
-            f"sweep {plan.spec.name}: {len(queued)} jobs are still queued or "
-            "running; use --resubmit-failed to add only failed and missing jobs"
-        )
-    selected = [j for j in plan.jobs if j.key not in finished and j.key not in queued]
-    if not selected:
-        echo(
-            f"sweep {plan.spec.name}: nothing to submit ({len(finished)} finished, "
-            f"{len(queued)} queued)"
-        )
-        return None
-    limit = _dry_limit() if options.dry_run else cluster_max_array_size()
-    arrays = _group(selected, limit, options.runs_per_task, options.runs_per_gpu)
-    folder = _unique(tracker.paths.sweep(plan.spec.name) / time.strftime("%Y%m%d-%H%M%S"))
-    jobs = {j.key: j for j in plan.jobs}
-    parents = {k: v[0] for k, v in states.items() if k in finished}
-    payloads = {}
-    for array in arrays:
-        for key in array.keys:
-            job = jobs[key]
-            parent = parents.get(job.depends[-1]) if job.depends else None
-            config = job.config
-            if options.gpu_power:
-                from dataclasses import replace
+class SlurmExecutor(Executor):
+    """Job arrays on the cluster ``sbatch`` reaches; ``submit`` returns once they are
+    queued (``SweepReport.submitted``, ``.submission``), or on a dry run after
+    printing the scripts, having written and submitted nothing."""
 
-                config = replace(config, power_cap_w=float(options.gpu_power))
-            payloads[key] = payload(
-                plan,
-                Job(job.key, job.kind, job.name, config, job.names, job.depends),
-                tracker.uri,
-                tracker.paths,
-                parent,
+    def __init__(self, options: SubmitOptions, echo: Callable[[str], None] = print):
+        options.validate()
+        self.options, self.echo = options, echo
+
+    def submit(self, name: str, jobs: Sequence[JobSpec], tracker: Tracker) -> SweepReport:
+        options, report = self.options, SweepReport()
+        todo, finished = pending(jobs, tracker, name)
+        report.already = [j.key for j in jobs if j.key in finished]
+        queued = self._queued(tracker.paths, name)
+        selected = [j for j in todo if j.key not in queued]
+        if not selected:
+            self.echo(
+                f"sweep {name}: nothing to submit ({len(finished)} finished, {len(queued)} queued)"
             )
-            payloads[key]["stage_key"] = job.depends[-1] if job.depends else None
-    record = {"sweep": plan.spec.name, "arrays": [], "payloads": payloads}
-    scripts = {a.name: _render(plan, a, folder, tracker.paths.root, options) for a in arrays}
-    if options.dry_run:
+            return report
+        limit = _dry_limit() if options.dry_run else cluster_max_array_size()
+        arrays = _group(selected, limit, options.runs_per_task, options.runs_per_gpu)
+        submission = tracker.paths.new_submission(name, time.strftime("%Y%m%d-%H%M%S"))
+        record = {"sweep": name, "arrays": [], "jobs": self._jobs(selected)}
+        scripts = {a.name: render(name, a, submission, tracker.paths.root, options) for a in arrays}
+        if options.dry_run:
+            for array in arrays:
+                command = _sbatch(array, arrays, submission)
+                self.echo(f"# would run: {shlex.join(command)}\n{scripts[array.name]}")
+            self.echo(
+                f"dry run: {len(arrays)} arrays, {len(selected)} jobs; nothing written or submitted"
+            )
+            return report
+        submission.logs.mkdir(parents=True)
         for array in arrays:
-            command = [
-                "sbatch",
-                "--parsable",
-                *_dependency(array, arrays),
-                str(folder / f"{array.name}.sbatch"),
-            ]
-            echo(f"# would run: {shlex.join(command)}\n{scripts[array.name]}")
-        echo(f"dry run: {len(arrays)} arrays, {len(selected)} jobs; nothing written or submitted")
-        return None
-    (folder / "logs").mkdir(parents=True)
-    for array in arrays:
-        (folder / f"{array.name}.sbatch").write_text(scripts[array.name])
-    _write_record(folder, record, arrays)
-    for array in arrays:
-        dependency = _dependency(array, arrays)
-        command = ["sbatch", "--parsable", *dependency, str(folder / f"{array.name}.sbatch")]
-        array.job_id = _slurm(*command).strip().split(";")[0]
-        _write_record(folder, record, arrays)
-        echo(
-            f"submitted {array.name}: job {array.job_id}, {len(array.keys)} jobs in "
-            f"{array.task_count} tasks" + (f", after {dependency[0][13:]}" if dependency else "")
-        )
-    return folder
+            submission.script(array.name).write_text(scripts[array.name])
+        _write_record(submission, record, arrays)
+        for array in arrays:
+            command = _sbatch(array, arrays, submission)
+            array.job_id = _slurm(*command).strip().split(";")[0]
+            _write_record(submission, record, arrays)
+            after = [c[13:] for c in command if c.startswith("--dependency=")]
+            self.echo(
+                f"submitted {array.name}: job {array.job_id}, {len(array.keys)} jobs in "
+                f"{array.task_count} tasks" + (f", after {after[0]}" if after else "")
+            )
+        report.submitted = [j.key for j in selected]
+        report.submission = submission.folder
+        return report
+
+    def _queued(self, paths: ProjectPaths, name: str) -> dict[str, str]:
+        if self.options.dry_run and not paths.submissions(name):
+            return {}
+        queued = queued_keys(paths, name)
+        if queued and not self.options.resubmit_failed:
+            raise ConfigError(
+                f"sweep {name}: {len(queued)} jobs are still queued or "
+                "running; use --resubmit-failed to add only failed and missing jobs"
+            )
+        return queued
+
+    def _jobs(self, selected: list[JobSpec]) -> dict[str, str]:
+        """Key -> JSON description, with the power cap and requeue limit of these options."""
+        jobs = {}
+        for job in selected:
+            job = replace(job, max_requeues=self.options.max_requeues)
+            if self.options.gpu_power and job.kind != "search":
+                job = replace(
+                    job, config={**job.config, "power_cap_w": float(self.options.gpu_power)}
+                )
+            jobs[job.key] = job.to_json()
+        return jobs
+
+
+def submit(plan: Plan, tracker: Tracker, options: SubmitOptions, echo=print) -> SweepReport:
+    """Submit the jobs of sweep ``plan`` that are neither finished nor queued."""
+    jobs = jobs_from_plan(plan, tracker.uri, tracker.paths)
+    return SlurmExecutor(options, echo).submit(plan.spec.name, jobs, tracker)
 
 
 def _dry_limit() -> int:
@@ -330,22 +357,17 @@ def _dry_limit() -> int:
         return 1001
 
 
-def _unique(folder: Path) -> Path:
-    candidate, n = folder, 1
-    while candidate.exists():
-        candidate, n = folder.with_name(f"{folder.name}-{n}"), n + 1
-    return candidate
+def _sbatch(array: Array, arrays: list[Array], submission: SubmissionPaths) -> list[str]:
+    """The sbatch command of ``array``: ``--dependency=afterany:<job>`` on the array
+    before it in the chain."""
+    dependency = []
+    if array.depends_on is not None:
+        before = next(a for a in arrays if a.name == array.depends_on)
+        dependency = [f"--dependency=afterany:{before.job_id or before.name}"]
+    return ["sbatch", "--parsable", *dependency, str(submission.script(array.name))]
 
 
-def _dependency(array: Array, arrays: list[Array]) -> list[str]:
-    """``--dependency=afterany:<job>`` on the array before this one in the chain."""
-    if array.depends_on is None:
-        return []
-    before = next(a for a in arrays if a.name == array.depends_on)
-    return [f"--dependency=afterany:{before.job_id or before.name}"]
-
-
-def _write_record(folder: Path, record: dict[str, Any], arrays: list[Array]) -> None:
+def _write_record(submission: SubmissionPaths, record: dict[str, Any], arrays: list[Array]) -> None:
     record["arrays"] = [
         {
             "name": a.name,
@@ -357,31 +379,34 @@ def _write_record(folder: Path, record: dict[str, Any], arrays: list[Array]) -> 
         }
         for a in arrays
     ]
-    tmp = folder / "runs.json.tmp"
+    tmp = submission.folder / "runs.json.tmp"
     tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, folder / "runs.json")
+    os.replace(tmp, submission.record)
 
 
 PREEMPTED = 3  # exit code of a lane that checkpointed on USR1
 
 
-def worker(submission: Path, array_name: str, task: int) -> int:
-    """Train the runs of one array task; on USR1, checkpoint and requeue this task only.
+def worker(folder: Path, array_name: str, task: int) -> int:
+    """Run the jobs of one array task; on USR1, checkpoint and requeue this task only
+    (at most each job's ``max_requeues`` times: then its run ends FAILED).
 
     With ``runs_per_gpu`` N > 1 the task's runs are dealt to N processes that
     train side by side (round-robin over the task's GPUs); USR1 is passed on to
     them. Like local workers each trains with one intra-op thread, so a run's
     numbers are the same whichever executor ran it and whatever shared its GPU.
     """
-    record = json.loads((submission / "runs.json").read_text())
+    submission = SubmissionPaths(folder)
+    record = json.loads(submission.record.read_text())
     array = next(a for a in record["arrays"] if a["name"] == array_name)
     per_task, per_gpu = array["runs_per_task"], array.get("runs_per_gpu", 1)
     keys = array["keys"][task * per_task : (task + 1) * per_task]
+    jobs = [record["jobs"][k] for k in keys]
     started = time.time()
     if per_gpu == 1:
-        code = _lane(record, keys, submission, task, 0)
+        code = _lane(jobs, submission, task, 0)
     else:
-        code = _lanes(record, [keys[i::per_gpu] for i in range(per_gpu)], submission, task)
+        code = _lanes([jobs[i::per_gpu] for i in range(per_gpu)], submission, task)
     if code == PREEMPTED:
         target = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
         print(f"preempted: requeueing {target}", flush=True)
@@ -391,15 +416,15 @@ def worker(submission: Path, array_name: str, task: int) -> int:
     return code
 
 
-def _lanes(record: dict[str, Any], lanes: list[list[str]], submission: Path, task: int) -> int:
-    """Train each list of keys in its own process at the same time; the worst exit code."""
+def _lanes(lanes: list[list[str]], submission: SubmissionPaths, task: int) -> int:
+    """Run each list of jobs in its own process at the same time; the worst exit code."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_lane_exit, args=(record, keys, submission, task, lane))
-        for lane, keys in enumerate(lanes)
-        if keys
+        context.Process(target=_lane_exit, args=(jobs, submission, task, lane))
+        for lane, jobs in enumerate(lanes)
+        if jobs
     ]
     for process in processes:
         process.start()
@@ -417,9 +442,9 @@ def _lane_exit(*args: Any) -> None:
     sys.exit(_lane(*args))
 
 
-def _lane(record: dict[str, Any], keys: list[str], submission: Path, task: int, lane: int) -> int:
-    """Train ``keys`` one after another on lane ``lane``'s device: 0 unless one failed (1)
-    or training stopped on USR1 after checkpointing (PREEMPTED)."""
+def _lane(jobs: list[str], submission: SubmissionPaths, task: int, lane: int) -> int:
+    """Run ``jobs`` (JSON descriptions) one after another on lane ``lane``'s device: 0
+    unless one failed (1) or training stopped on USR1 after checkpointing (PREEMPTED)."""
     import torch
 
     from zoo.train import STOP, Preempted
@@ -428,38 +453,16 @@ def _lane(record: dict[str, Any], keys: list[str], submission: Path, task: int, 
     pin_device(lane)
     signal.signal(signal.SIGUSR1, lambda *_: STOP.set())
     failures = 0
-    for key in keys:
-        job = record["payloads"][key]
-        print(
-            f"task {task} lane {lane} pid {os.getpid()}: {job['tags']['zoo.kind']} {key}",
-            flush=True,
-        )
-        if job["stage_key"]:
-            paths = ProjectPaths(Path(job["root"]))
-            if not (paths.stage(job["stage_key"]) / "result.json").exists():
-                print(
-                    f"task {task}: skipped {key}: shared stage {job['stage_key']} has no "
-                    "finished checkpoint",
-                    flush=True,
-                )
-                continue
-            _link_parent(job)
+    for text in jobs:
+        job = JobSpec.from_json(text)
+        print(f"task {task} lane {lane} pid {os.getpid()}: {job.kind} {job.key}", flush=True)
         try:
-            status, run_id, reason = execute(job, submission / "logs" / f"{key}.log")
+            result = run_job(job, submission.job_log(job.key))
         except Preempted:
             return PREEMPTED
-        print(f"task {task}: {status} {run_id} {reason}", flush=True)
-        failures += status != "finished"
+        if result.status == "skipped":
+            print(f"task {task}: skipped {job.key}: {result.reason}", flush=True)
+            continue
+        print(f"task {task}: {result.status} {result.run_id} {result.reason}", flush=True)
+        failures += result.status != "finished"
     return 1 if failures else 0
-
-
-def _link_parent(job: dict[str, Any]) -> None:
-    """Tag a run with the MLflow run of the shared stage it starts from."""
-    if job["tags"].get("mlflow.parentRunId"):
-        return
-    tracker = Tracker(job["uri"], ProjectPaths(Path(job["root"])))
-    found = tracker.find(tracker.experiment(job["experiment"]), job["stage_key"])
-    if found is not None:
-        job["tags"].update(
-            {"mlflow.parentRunId": found.info.run_id, "zoo.stage_run": found.info.run_id}
-        )

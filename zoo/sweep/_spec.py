@@ -60,6 +60,7 @@ class SweepSpec:
     share_stages: bool = True  # train identical stages once and reuse their checkpoints
     description: str = ""
     max_candidates: int = 5_000_000  # refuse specs whose axes' product × seeds is larger
+    search: dict[str, Any] | None = None  # an Optuna search instead of a grid: zoo.sweep._search
 
     def validate(self, where: str) -> None:
         check(
@@ -188,7 +189,7 @@ def references(node: Any) -> set[str]:
 
 
 def _check_names(spec: SweepSpec) -> None:
-    defined = ["seed", *_axis_names(spec)]
+    defined = ["seed", *_axis_names(spec), *(spec.search or {}).get("parameters", {})]
     for name, expression in spec.derive.items():
         _check_defined(references(expression), defined, f"spec.derive.{name}")
         defined.append(name)

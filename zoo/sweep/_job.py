@@ -1,0 +1,204 @@
+"""A job as it travels from the planner through an executor to a worker, and the one
+function that runs it.
+
+A :class:`JobSpec` is typed and frozen and survives a JSON round-trip unchanged
+(``JobSpec.from_json(job.to_json()) == job``), so the SLURM executor writes the
+very description the local executor passes to its worker processes. Whichever
+executor started it, a job is run by :func:`run_job`, so a run's metrics do not
+depend on where it ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from zoo._typed import build, check
+from zoo.paths import ProjectPaths
+from zoo.tracking import Tracker
+
+__all__ = [
+    "JobResult",
+    "JobSpec",
+    "job_tags",
+    "jobs_from_plan",
+    "pin_device",
+    "requeues_left",
+    "run_job",
+]
+
+_WORKER: dict[str, Any] = {}  # per process: the tracker in use, the pinned device
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a worker needs to run one job, and nothing it must look up elsewhere."""
+
+    key: str  # MLflow identity tag: stage hash, config hash; a search worker: <search>-worker-N
+    kind: Literal["stage", "run", "search"]  # search: an Optuna worker asking for trials
+    name: str  # the stage's name, "run", or "search"
+    experiment: str  # MLflow experiment: the sweep's or search's name
+    uri: str  # tracking store
+    root: str  # project root (zoo.paths.ProjectPaths)
+    config: dict[str, Any]  # resolved run config; a search worker: {spec: path, worker: N}
+    tags: dict[str, str] = field(default_factory=dict)  # added to a new MLflow run
+    depends: tuple[str, ...] = ()  # keys of the stage jobs that must finish first
+    max_requeues: int = 3  # preemptions requeued before the run ends FAILED
+
+    def validate(self, where: str) -> None:
+        check(self.max_requeues >= 0, f"{where}.max_requeues", self.max_requeues, "an integer >= 0")
+
+    @property
+    def paths(self) -> ProjectPaths:
+        return ProjectPaths(Path(self.root))
+
+    def to_json(self) -> str:
+        document = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return json.dumps({**document, "depends": list(self.depends)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSpec:
+        """The job ``to_json`` wrote; unknown or mistyped fields are refused."""
+        return build(cls, json.loads(text), "job")
+
+
+@dataclass(frozen=True)
+class JobResult:
+    status: Literal["finished", "failed", "skipped"]
+    run_id: str = ""  # the MLflow run, when one exists
+    reason: str = ""  # why it failed or was skipped
+
+
+def job_tags(sweep: str, kind: str, name: str, names: dict[str, Any]) -> dict[str, str]:
+    """Tags that let the MLflow UI filter and group a sweep's runs by axis value."""
+    tags = {"zoo.sweep": sweep, "zoo.kind": kind}
+    tags.update({f"zoo.axis.{k}": str(v) for k, v in names.items()})
+    if kind == "stage":
+        tags["zoo.stage"] = name
+    return tags
+
+
+def jobs_from_plan(
+    plan: Any, uri: str, paths: ProjectPaths, max_requeues: int = 3
+) -> list[JobSpec]:
+    """The jobs of a sweep plan (zoo.sweep.Plan), stage jobs first."""
+    return [
+        JobSpec(
+            key=job.key,
+            kind=job.kind,
+            name=job.name,
+            experiment=plan.spec.name,
+            uri=uri,
+            root=str(paths.root),
+            config=job.config.to_dict(),
+            tags=job_tags(plan.spec.name, job.kind, job.name, job.names),
+            depends=job.depends,
+            max_requeues=max_requeues,
+        )
+        for job in plan.jobs
+    ]
+
+
+def pin_device(worker: int) -> None:
+    """Runs of worker number ``worker`` in this process use GPU ``worker`` modulo the
+    GPU count (with ``device: auto``); nothing changes without CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        _WORKER["device"] = f"cuda:{worker % torch.cuda.device_count()}"
+
+
+def tracker_for(job: JobSpec) -> Tracker:
+    """One tracker per process and store, reused by the jobs this process runs."""
+    key = (job.uri, job.root)
+    if _WORKER.get("tracker_key") != key:
+        _WORKER["tracker"], _WORKER["tracker_key"] = Tracker(job.uri, job.paths), key
+    return _WORKER["tracker"]
+
+
+def requeues_left(job: JobSpec) -> bool:
+    """Whether a preempted job may be requeued: SLURM counts its restarts."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) < job.max_requeues
+
+
+EpochHook = Callable[[str, int, dict[str, Any]], None]
+
+
+def run_job(job: JobSpec, log: Path | None = None, on_epoch: EpochHook | None = None) -> JobResult:
+    """Run ``job``; a failure is recorded in MLflow (FAILED with its reason) when this returns.
+
+    A job whose shared stage has no finished checkpoint is skipped. A preempted
+    job (zoo.train.Preempted) propagates while ``requeues_left``; past the cap its
+    run ends FAILED, naming the cap. ``on_epoch`` may raise zoo.run.Pruned.
+    """
+    if job.kind == "search":
+        from zoo.sweep._search import work
+
+        return work(job, log)
+    paths = job.paths
+    if job.depends and not paths.stage_files(job.depends[-1]).result.exists():
+        return JobResult("skipped", reason=f"shared stage {job.depends[-1]} has no checkpoint")
+    tracker = tracker_for(job)
+    job = _with_parent(job, tracker)
+    log = log or paths.job_log(job.experiment, job.key)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+
+        def echo(line: str) -> None:
+            handle.write(line + "\n")
+            handle.flush()
+
+        return _train(job, tracker, echo, on_epoch)
+
+
+def _train(
+    job: JobSpec, tracker: Tracker, echo: Callable[[str], None], on_epoch: EpochHook | None
+) -> JobResult:
+    from zoo.config import resolve
+    from zoo.run import Pruned, run
+    from zoo.train import Preempted
+
+    config = resolve(job.config)
+    if config.device == "auto" and "device" in _WORKER:
+        config = replace(config, device=_WORKER["device"])
+    try:
+        run_id = run(
+            config, tracker, job.paths, echo, identity=job.key, tags=job.tags, on_epoch=on_epoch
+        )
+    except Preempted as error:
+        if requeues_left(job):
+            raise
+        return _give_up(job, tracker, echo, error)
+    except Pruned:
+        raise
+    except Exception as error:  # the run is already FAILED in MLflow; report and go on
+        echo(f"FAILED: {type(error).__name__}: {error}")
+        return JobResult("failed", reason=f"{type(error).__name__}: {error}")
+    return JobResult("finished", run_id)
+
+
+def _give_up(job: JobSpec, tracker: Tracker, echo: Callable[[str], None], error: Exception):
+    reason = RuntimeError(
+        f"preempted {job.max_requeues + 1} times; requeued at most --max-requeues "
+        f"{job.max_requeues} times ({error})"
+    )
+    found = tracker.find(tracker.experiment(job.experiment), job.key)
+    if found is not None:
+        tracker.finish(found.info.run_id, reason)
+    echo(f"FAILED: {reason}")
+    return JobResult("failed", found.info.run_id if found else "", str(reason))
+
+
+def _with_parent(job: JobSpec, tracker: Tracker) -> JobSpec:
+    """``job`` tagged with the MLflow run of the shared stage it starts from."""
+    if not job.depends or job.tags.get("mlflow.parentRunId"):
+        return job
+    found = tracker.find(tracker.experiment(job.experiment), job.depends[-1])
+    if found is None:
+        return job
+    parent = found.info.run_id
+    return replace(job, tags={**job.tags, "mlflow.parentRunId": parent, "zoo.stage_run": parent})
