@@ -58,20 +58,28 @@ class Tracker:
         _initialise(self.uri, self.paths)
         self.client = MlflowClient(self.uri)
 
-    def experiment(self, name: str) -> str:
-        """The id of experiment ``name``, created if missing."""
+    def experiment(self, name: str, description: str | None = None) -> str:
+        """The id of experiment ``name``, created if missing, tagged as a training experiment
+        (``mlflow.experimentKind``, so the MLflow UI opens on its runs) with ``description``
+        as its note when given."""
         from mlflow.exceptions import MlflowException
 
+        tags = {"mlflow.experimentKind": "custom_model_development"}
+        if description:
+            tags["mlflow.note.content"] = description
         found = self.client.get_experiment_by_name(name)
         if found:
+            for key, value in tags.items():
+                if found.tags.get(key) != value:
+                    self.client.set_experiment_tag(found.experiment_id, key, value)
             return found.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):
             location = (self.paths.artifacts / re.sub(r"[^\w.-]", "_", name)).as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location, tags=tags)
         except MlflowException:  # created meanwhile by another process
-            return self.client.get_experiment_by_name(name).experiment_id
+            return self.experiment(name, description)
 
     def find(self, experiment_id: str, config_hash: str) -> Any | None:
         """The newest run of ``experiment_id`` tagged with ``config_hash``, or None."""

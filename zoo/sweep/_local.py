@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zoo.naming import run_name
 from zoo.paths import ProjectPaths
 from zoo.sweep._plan import Job, Plan
 from zoo.tracking import Tracker
@@ -44,6 +45,8 @@ def job_tags(plan: Plan, job: Job) -> dict[str, str]:
     tags.update({f"zoo.axis.{k}": str(v) for k, v in job.names.items()})
     if job.kind == "stage":
         tags["zoo.stage"] = job.name
+    stage = job.name if job.kind == "stage" else None
+    tags["mlflow.runName"] = run_name(job.names, plan.stage_names, plan.spec.run_name, stage)
     return tags
 
 
@@ -174,7 +177,7 @@ def run_sweep(
         if torch.cuda.is_available():
             workers = torch.cuda.device_count() * runs_per_gpu
     report = SweepReport()
-    experiment = tracker.experiment(plan.spec.name)
+    experiment = tracker.experiment(plan.spec.name, plan.spec.description)
     states = tracker.states(experiment)
     run_ids = {k: run_id for k, (run_id, status) in states.items() if status == "FINISHED"}
     pending = [j for j in plan.jobs if j.key not in run_ids]

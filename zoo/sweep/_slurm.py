@@ -251,7 +251,7 @@ def submit(plan: Plan, tracker: Tracker, options: SubmitOptions, echo=print) -> 
     """Submit the jobs of ``plan`` that are neither finished nor queued; returns the
     submission folder (None when nothing was submitted, or on a dry run)."""
     options.validate()
-    experiment = tracker.experiment(plan.spec.name)
+    experiment = tracker.experiment(plan.spec.name, plan.spec.description)
     states = tracker.states(experiment)
     finished = {k for k, (_, status) in states.items() if status == "FINISHED"}
     queued = (

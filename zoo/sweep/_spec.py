@@ -57,7 +57,8 @@ class SweepSpec:
     include: tuple[dict[str, Any], ...] = ()  # extra assignments, appended after filtering
     exclude: tuple[dict[str, Any], ...] = ()  # assignments matching all these values are dropped
     share_stages: bool = True  # train identical stages once and reuse their checkpoints
-    description: str = ""
+    description: str = ""  # shown on the MLflow experiment
+    run_name: str = ""  # pattern with {name:format} fields; "" = from the axes (zoo.naming)
 
     def validate(self, where: str) -> None:
         check(
