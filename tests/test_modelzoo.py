@@ -121,3 +121,46 @@ def test_import_zoo_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_registered_model_loads_safely_and_initialises_a_new_run(trained, capsys):
+    argv = ["models", "register", "tiny:freeze=encoder", "--name", "tiny-best"]
+    assert main([*argv, "--alias", "champion"]) == 0
+    assert "tiny-best@champion" in capsys.readouterr().out
+    client = MlflowClient(trained.tracking_uri)
+    version = client.get_model_version_by_alias("tiny-best", "champion")
+    assert version.tags["zoo.axis.freeze"] == "encoder" and version.tags["zoo.axis.source"] == "a"
+    files = {a.path for a in client.list_artifacts(version.run_id, "model")}
+    assert files == {"model/model.safetensors", "model/config.yaml", "model/README.md"}
+    registered, _ = zoo.load_model("tiny-best@champion")
+    by_version, _ = zoo.load_model(f"tiny-best/{version.version}")
+    by_run, _ = zoo.load_model(version.run_id)
+    for other in (by_version, by_run):
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(
+                registered.state_dict().values(), other.state_dict().values(), strict=True
+            )
+        )
+
+    config = yaml.safe_load((trained.root / "tiny.yaml").read_text())["base"]
+    config["experiment"] = "tiny-init"
+    config["stages"] = [
+        {"name": "finetune", "train": "b", "size": 4, "epochs": 1, "freeze": "encoder"},
+    ]
+    config["stages"][0]["init"] = "model:tiny-best@champion"
+    (trained.root / "init.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "init.yaml"]) == 0
+    finetuned, _ = zoo.load_model("tiny-init")
+    # a frozen encoder keeps the registered weights and batch-norm statistics exactly
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            registered.encoder.state_dict().values(),
+            finetuned.encoder.state_dict().values(),
+            strict=True,
+        )
+    )
+    assert not torch.equal(
+        registered.segmentation_head[0].weight, finetuned.segmentation_head[0].weight
+    )
