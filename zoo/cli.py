@@ -78,11 +78,15 @@ def _train(args: argparse.Namespace) -> None:
 def _ui(args: argparse.Namespace) -> None:
     import os
 
+    from zoo.modelzoo import HEADLINE, experiment_links
     from zoo.paths import ProjectPaths
-    from zoo.tracking import tracking_uri
+    from zoo.tracking import Tracker, tracking_uri
 
     uri = tracking_uri(args.tracking_uri, ProjectPaths.default())
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port}", flush=True)
+    url = f"http://127.0.0.1:{args.port}"
+    print(f"MLflow UI for {uri} at {url}", flush=True)
+    for name, link in experiment_links(Tracker(uri), url, HEADLINE).items():
+        print(f"  {name}: {link}", flush=True)
     os.execvp(
         sys.executable,
         [

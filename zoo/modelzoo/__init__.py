@@ -19,12 +19,14 @@ from zoo.modelzoo._load import (
 )
 from zoo.modelzoo._ref import ModelRef, resolve_ref
 from zoo.modelzoo._registry import register_model
+from zoo.modelzoo._ui import experiment_links
 
 __all__ = [
     "HEADLINE",
     "LoadedModel",
     "ModelRef",
     "describe",
+    "experiment_links",
     "export_model",
     "fetch_weights",
     "filter_models",
