@@ -32,33 +32,38 @@ def tiny_runs(project):
 TINY_DATA = {"preset": "defocus", "image_size": 32, "count": 20, "sim_sampling_a": 0.4}
 
 
+def tiny_spec_document(sources=("a", "b"), freezes=("none", "encoder"), extra=None, epochs=1):
+    """The "tiny" sweep spec: pretrain on `source`, transfer to b with `freeze`; a tiny timm
+    test encoder, 32 px sets a, b, c."""
+    return {
+        "name": "tiny",
+        "base": {
+            "model": {"encoder": "tu-test_resnet", "decoder_channels": [16] * 5},
+            "datasets": {
+                name: {**TINY_DATA, "defocus_nm": defocus}
+                for name, defocus in (("a", -10), ("b", 10), ("c", 0))
+            },
+            "stages": [
+                {"name": "pretrain", "train": "a", "size": 8, "epochs": 1},
+                {"name": "transfer", "train": "b", "size": 4, "epochs": epochs},
+            ],
+            "validate_on": ["a", "b", "c"],
+        },
+        "axes": [{"product": {"source": list(sources), "freeze": list(freezes)}}],
+        "set": {"stages.0.train": "$source", "stages.1.freeze": "$freeze"},
+        "seeds": [0],
+        **(extra or {}),
+    }
+
+
 @pytest.fixture
 def tiny_spec(project):
-    """A function writing the "tiny" sweep spec (pretrain on `source`, transfer to b with
-    `freeze`; a tiny timm test encoder, 32 px sets a, b, c) and returning its path."""
+    """A function writing the "tiny" sweep spec (see tiny_spec_document) and returning its
+    path."""
 
     def write(sources=("a", "b"), freezes=("none", "encoder"), extra=None, epochs=1):
-        spec = {
-            "name": "tiny",
-            "base": {
-                "model": {"encoder": "tu-test_resnet", "decoder_channels": [16] * 5},
-                "datasets": {
-                    name: {**TINY_DATA, "defocus_nm": defocus}
-                    for name, defocus in (("a", -10), ("b", 10), ("c", 0))
-                },
-                "stages": [
-                    {"name": "pretrain", "train": "a", "size": 8, "epochs": 1},
-                    {"name": "transfer", "train": "b", "size": 4, "epochs": epochs},
-                ],
-                "validate_on": ["a", "b", "c"],
-            },
-            "axes": [{"product": {"source": list(sources), "freeze": list(freezes)}}],
-            "set": {"stages.0.train": "$source", "stages.1.freeze": "$freeze"},
-            "seeds": [0],
-            **(extra or {}),
-        }
         path = project.root / "tiny.yaml"
-        path.write_text(yaml.safe_dump(spec))
+        path.write_text(yaml.safe_dump(tiny_spec_document(sources, freezes, extra, epochs)))
         return path
 
     return write
@@ -96,6 +101,30 @@ def search_spec(project):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory) -> ProjectPaths:
+    """A finished "tiny" sweep (source a; freeze none and encoder: one shared pretrain stage,
+    two runs) with a description, trained once per session in its own project root."""
+    from zoo.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    extra = {"description": "tiny sweep for the model zoo tests"}
+    (root / "tiny.yaml").write_text(yaml.safe_dump(tiny_spec_document(("a",), extra=extra)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ZOO_ROOT", str(root))
+        patch.chdir(root)
+        assert main(["sweep", "run", "tiny.yaml", "--workers", "2"]) == 0
+    return ProjectPaths(root)
+
+
+@pytest.fixture
+def trained(trained_tiny, monkeypatch) -> ProjectPaths:
+    """trained_tiny's project root as this test's ``$ZOO_ROOT`` and working directory."""
+    monkeypatch.setenv("ZOO_ROOT", str(trained_tiny.root))
+    monkeypatch.chdir(trained_tiny.root)
+    return trained_tiny
 
 
 from stores import postgres, tracking_server  # noqa: E402, F401  (real stores, session-wide)

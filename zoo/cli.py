@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -87,11 +88,15 @@ def _train(args: argparse.Namespace) -> None:
 def _ui(args: argparse.Namespace) -> None:
     import os
 
+    from zoo.modelzoo import HEADLINE, experiment_links
     from zoo.paths import ProjectPaths
-    from zoo.tracking import tracking_uri
+    from zoo.tracking import Tracker, tracking_uri
 
     uri = tracking_uri(args.tracking_uri, ProjectPaths.default())
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port}", flush=True)
+    url = f"http://127.0.0.1:{args.port}"
+    print(f"MLflow UI for {uri} at {url}", flush=True)
+    for name, link in experiment_links(Tracker(uri), url, HEADLINE).items():
+        print(f"  {name}: {link}", flush=True)
     os.execvp(
         sys.executable,
         [
@@ -325,6 +330,67 @@ def _positive(kind: type) -> object:
     return parse
 
 
+def _models_list(args: argparse.Namespace) -> None:
+
+    from zoo import modelzoo
+    from zoo.paths import ProjectPaths
+    from zoo.tracking import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri, ProjectPaths.default())
+    experiments = [_experiment(args.target)[0]] if args.target else None
+    table = modelzoo.filter_models(modelzoo.model_table(uri, experiments), args.where)
+    table = modelzoo.sort_models(table, args.sort).head(args.limit)
+    if args.json:
+        print(table.to_json(orient="records", indent=1, force_ascii=False))
+    else:
+        print(modelzoo.format_models(table, args.sort))
+
+
+def _models_show(args: argparse.Namespace) -> None:
+    import yaml
+
+    from zoo import modelzoo
+    from zoo.tracking import Tracker
+
+    tracker = Tracker(args.tracking_uri)
+    info = modelzoo.describe(modelzoo.load(args.ref, tracker), tracker)
+    print(yaml.safe_dump(info, sort_keys=False, allow_unicode=True), end="")
+
+
+def _models_export(args: argparse.Namespace) -> None:
+    from zoo import modelzoo
+    from zoo.tracking import Tracker
+
+    tracker = Tracker(args.tracking_uri)
+    print(modelzoo.export_model(modelzoo.load(args.ref, tracker), tracker, args.out, args.ref))
+
+
+def _models_register(args: argparse.Namespace) -> None:
+    from zoo import modelzoo
+    from zoo.tracking import Tracker
+
+    run_id, version = modelzoo.register_model(
+        args.ref, args.name, Tracker(args.tracking_uri), args.alias
+    )
+    alias = f", alias {args.name}@{args.alias}" if args.alias else ""
+    print(f"registered run {run_id} as {args.name}/{version}{alias}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from zoo.predict import PredictOptions, predict
+    from zoo.tracking import Tracker
+
+    options = PredictOptions(
+        pixel_size_a=args.pixel_size,
+        rescale=args.rescale,
+        force=args.force,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    for line in predict(args.ref, args.inputs, args.out, Tracker(args.tracking_uri), options):
+        print(line)
+
+
 def _config_error(message: str) -> Exception:
     from zoo.errors import ConfigError
 
@@ -336,6 +402,58 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} -h)\n")
+
+
+def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
+    """The `models` and `predict` parsers; returns those reading the tracking store."""
+    models = commands.add_parser("models", help="list, show, export and register trained models")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    listing = model_commands.add_parser("list", help="one row per trained model, best first")
+    listing.add_argument("target", nargs="?", help="sweep spec YAML or experiment (default: all)")
+    listing.add_argument("--where", action="append", default=[], metavar="AXIS=VALUE")
+    listing.add_argument("--sort", default="target_loss_adj", metavar="METRIC")
+    listing.add_argument("--limit", type=int, metavar="N")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_models_list)
+    show = model_commands.add_parser("show", help="config, metrics, lineage and datasets")
+    show.set_defaults(func=_models_show)
+    export = model_commands.add_parser("export", help="safetensors, config.yaml and a model card")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR")
+    export.set_defaults(func=_models_export)
+    register = model_commands.add_parser("register", help="add to MLflow's Model Registry")
+    register.add_argument("--name", required=True)
+    register.add_argument("--alias")
+    register.set_defaults(func=_models_register)
+    ref_help = "run id, NAME@ALIAS, NAME/VERSION or EXPERIMENT[:AXIS=VALUE,...] (best match)"
+    for sub in (show, export, register):
+        sub.add_argument("ref", metavar="REF", help=ref_help)
+
+    predict = commands.add_parser("predict", help="segment images with a trained model")
+    predict.add_argument("ref", metavar="REF", help=ref_help)
+    predict.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
+        help="PNG, TIFF, NPY, NPZ or HDF5 files, or folders of them",
+    )
+    predict.add_argument("--out", type=Path, required=True, metavar="DIR")
+    predict.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="A",
+        help="Å per pixel of the inputs (default: read from the file)",
+    )
+    predict.add_argument(
+        "--rescale", action="store_true", help="resample inputs to the model's pixel size"
+    )
+    predict.add_argument(
+        "--force", action="store_true", help="predict despite a pixel-size mismatch"
+    )
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.set_defaults(func=_predict)
+    return [listing, show, export, register, predict]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -486,7 +604,8 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("--offset", type=float)
     imports.set_defaults(func=_import)
     _server_parser(commands)
-    for sub in (train, ui, run_sweep, status, submit, analyze, imports):
+    zoo_subs = _model_commands(commands)
+    for sub in (train, ui, run_sweep, status, submit, analyze, imports, *zoo_subs):
         sub.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
     return parser
 

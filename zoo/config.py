@@ -101,8 +101,8 @@ class StageConfig:
     lr_decay: float = 0.99  # per-epoch exponential decay: lr × decay^epoch
     batch_size: int = 16
     freeze: Literal["none", "encoder", "decoder"] = "none"
-    # random | best | last (of the previous stage) | file:PATH.safetensors | run:MLFLOW_RUN_ID;
-    # auto = random for the first stage, best for later ones
+    # random | best | last (of the previous stage) | file:PATH.safetensors | run:MLFLOW_RUN_ID
+    # | model:NAME@ALIAS or model:NAME/VERSION (registered); auto = random first, then best
     init: str = "auto"
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = 0.0
@@ -127,12 +127,12 @@ class StageConfig:
         check(self.loss in LOSSES, f"{where}.loss", self.loss, "one of " + ", ".join(LOSSES))
         kind, _, target = self.init.partition(":")
         check(
-            kind in ("auto", "random", "best", "last", "file", "run")
-            and bool(target) == (kind in ("file", "run"))
+            kind in ("auto", "random", "best", "last", "file", "run", "model")
+            and bool(target) == (kind in ("file", "run", "model"))
             and not _CONTROL.search(self.init),
             f"{where}.init",
             self.init,
-            "auto, random, best, last, file:PATH or run:RUN_ID",
+            "auto, random, best, last, file:PATH, run:RUN_ID or model:NAME@ALIAS",
         )
 
     @property
@@ -186,7 +186,7 @@ class RunConfig:
                 i > 0 or stage.init not in ("best", "last"),
                 f"{at}.init",
                 stage.init,
-                "random, file:PATH or run:RUN_ID for the first stage",
+                "random, file:PATH, run:RUN_ID or model:NAME@ALIAS for the first stage",
             )
         for i, name in enumerate(self.validate_on):
             check(

@@ -319,8 +319,10 @@ def _train_stages(
     results: list[StageResult] = []
     offset = 0
 
-    def fetch_run(other: str) -> Path:
-        return tracker.download(other, "weights/best.safetensors", paths.download(other))
+    def fetch_run(other: str) -> Path:  # run:ID or model:NAME@ALIAS|NAME/VERSION
+        from zoo.modelzoo import fetch_weights
+
+        return fetch_weights(other, tracker)
 
     for index, stage in enumerate(config.stages):
 

@@ -27,6 +27,7 @@ _TAG_COLUMNS = {
     "zoo.config_hash": "config_hash",
     "zoo.sweep": "sweep",
     "zoo.stage": "stage_name",
+    "mlflow.runName": "name",
 }
 
 

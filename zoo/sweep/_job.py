@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zoo._typed import build, check
+from zoo.naming import run_name
 from zoo.paths import ProjectPaths
 from zoo.tracking import Tracker
 
@@ -73,13 +74,23 @@ class JobResult:
     reason: str = ""  # why it failed or was skipped
 
 
-def job_tags(sweep: str, kind: str, name: str, names: dict[str, Any]) -> dict[str, str]:
-    """Tags that let the MLflow UI filter and group a sweep's runs by axis value."""
+def job_tags(
+    sweep: str, kind: str, name: str, names: dict[str, Any], title: str = ""
+) -> dict[str, str]:
+    """Tags that let the MLflow UI filter and group a sweep's runs by axis value, and the
+    run's readable name ``title`` when given (zoo.naming)."""
     tags = {"zoo.sweep": sweep, "zoo.kind": kind}
     tags.update({f"zoo.axis.{k}": str(v) for k, v in names.items()})
     if kind == "stage":
         tags["zoo.stage"] = name
+    if title:
+        tags["mlflow.runName"] = title
     return tags
+
+
+def _title(plan: Any, job: Any) -> str:
+    stage = job.name if job.kind == "stage" else None
+    return run_name(job.names, plan.stage_names, plan.spec.run_name, stage)
 
 
 def jobs_from_plan(
@@ -95,7 +106,7 @@ def jobs_from_plan(
             uri=uri,
             root=str(paths.root),
             config=job.config.to_dict(),
-            tags=job_tags(plan.spec.name, job.kind, job.name, job.names),
+            tags=job_tags(plan.spec.name, job.kind, job.name, job.names, _title(plan, job)),
             depends=job.depends,
             max_requeues=max_requeues,
         )

@@ -167,6 +167,7 @@ def run_sweep(
     runs_per_gpu: int = 1,
 ) -> SweepReport:
     """Train every job of ``plan`` not yet finished in ``tracker``'s store, locally."""
+    tracker.experiment(plan.spec.name, plan.spec.description)
     executor = LocalExecutor(workers, echo, runs_per_gpu)
     return executor.submit(
         plan.spec.name, jobs_from_plan(plan, tracker.uri, tracker.paths), tracker

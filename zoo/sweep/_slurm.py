@@ -346,6 +346,8 @@ class SlurmExecutor(Executor):
 
 def submit(plan: Plan, tracker: Tracker, options: SubmitOptions, echo=print) -> SweepReport:
     """Submit the jobs of sweep ``plan`` that are neither finished nor queued."""
+    if not options.dry_run:
+        tracker.experiment(plan.spec.name, plan.spec.description)
     jobs = jobs_from_plan(plan, tracker.uri, tracker.paths)
     return SlurmExecutor(options, echo).submit(plan.spec.name, jobs, tracker)
 

@@ -58,9 +58,10 @@ class SweepSpec:
     include: tuple[dict[str, Any], ...] = ()  # extra assignments, appended after filtering
     exclude: tuple[dict[str, Any], ...] = ()  # assignments matching all these values are dropped
     share_stages: bool = True  # train identical stages once and reuse their checkpoints
-    description: str = ""
+    description: str = ""  # shown on the MLflow experiment
     max_candidates: int = 5_000_000  # refuse specs whose axes' product × seeds is larger
     search: dict[str, Any] | None = None  # an Optuna search instead of a grid: zoo.sweep._search
+    run_name: str = ""  # pattern with {name:format} fields; "" = from the axes (zoo.naming)
 
     def validate(self, where: str) -> None:
         check(

@@ -1,0 +1,166 @@
+"""The model zoo on a finished tiny sweep: list, show, export, load, readable names and
+experiment tags; bad references are one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+import zoo
+from zoo.cli import main
+from zoo.models import create_model
+from zoo.modelzoo import read_config
+
+FROZEN, NO_FREEZE = "frozen encoder · source a · seed 0", "no freeze · source a · seed 0"
+
+
+def _models(capsys, *args: str) -> list[dict]:
+    assert main(["models", "list", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_list_has_one_row_per_trained_model_with_readable_names_best_first(trained, capsys):
+    rows = _models(capsys, "tiny.yaml")
+    # the shared pretrain stage is not a model; axes in spec order (the YAML sorts them)
+    assert sorted(r["name"] for r in rows) == sorted([NO_FREEZE, FROZEN])
+    losses = [r["target_loss_adj"] for r in rows]
+    assert losses == sorted(losses)
+    for row in rows:
+        assert row["train"] == "a→b" and row["validate"] == "a,b,c"
+        assert row["state"] == "FINISHED" and row["params"] > 1000
+        assert row["source"] == "a" and row["freeze"] in ("none", "encoder")
+    (frozen,) = _models(capsys, "tiny", "--where", "freeze=encoder", "--limit", "5")
+    assert frozen["name"] == FROZEN
+    assert main(["models", "list", "--limit", "1"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["run_id", "name"] and "target_loss_adj" in table[0]
+    assert len(table) == 2
+
+
+def test_sweep_reads_well_in_mlflow(trained):
+    client = MlflowClient(trained.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.note.content"] == "tiny sweep for the model zoo tests"
+    runs = client.search_runs([experiment.experiment_id])
+    names = {r.info.run_name: r for r in runs}
+    stage = names["pretrain · source a · seed 0"]
+    for name in (NO_FREEZE, FROZEN):
+        assert names[name].data.tags["mlflow.parentRunId"] == stage.info.run_id
+
+
+def test_bad_list_options_and_references_are_one_line_errors(trained, capsys):
+    for argv in (
+        ["models", "list", "tiny", "--where", "colour=red"],
+        ["models", "list", "tiny", "--sort", "beauty"],
+        ["models", "list", "nosuch"],
+        ["models", "show", "nosuch@champion"],
+        ["models", "show", "0" * 32],
+        ["models", "show", "tiny:freeze=decoder"],
+        ["models", "export", "not a ref!", "--out", "x"],
+    ):
+        assert main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert error.startswith("zoo: error: ") and error.count("\n") == 1, error
+
+
+def test_show_export_and_load_round_trip(trained, capsys, tmp_path):
+    (best,) = _models(capsys, "tiny", "--limit", "1")
+    assert main(["models", "show", best["run_id"]]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["name"] == best["name"] and shown["pixel_size_a"] == pytest.approx(3.2)
+    assert shown["lineage"]["started_from"]["name"] == "pretrain · source a · seed 0"
+    assert shown["lineage"]["init"] == "random"
+    assert [s["init"] for s in shown["lineage"]["stages"]] == ["random", "best"]
+    assert set(shown["datasets"]) == {"a", "b", "c"}
+    assert all(len(d["hash"]) == 16 for d in shown["datasets"].values())
+    assert shown["metrics"]["target_loss_adj"] == pytest.approx(best["target_loss_adj"])
+
+    out = tmp_path / "exported"
+    assert main(["models", "export", "tiny", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "config.yaml",
+        "model.safetensors",
+    ]
+    card = (out / "README.md").read_text()
+    for text in (
+        best["name"],
+        best["run_id"],
+        "3.2 Å",
+        "zoo.load_model",
+        "pretrain",
+        "## Datasets",
+    ):
+        assert text in card
+
+    module, config = zoo.load_model(best["run_id"])
+    assert config.stages[1].freeze == best["freeze"] and not module.training
+    copy = create_model(read_config(out / "config.yaml").model).eval()
+    copy.load_state_dict(load_file(out / "model.safetensors"))
+    x = torch.randn(2, 1, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(module(x), copy(x))
+    by_query, _ = zoo.load_model("tiny")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(by_query.state_dict().values(), module.state_dict().values(), strict=True)
+    )
+
+
+def test_import_zoo_does_not_import_torch():
+    code = "import sys, zoo; assert callable(zoo.load_model); print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_registered_model_loads_safely_and_initialises_a_new_run(trained, capsys):
+    argv = ["models", "register", "tiny:freeze=encoder", "--name", "tiny-best"]
+    assert main([*argv, "--alias", "champion"]) == 0
+    assert "tiny-best@champion" in capsys.readouterr().out
+    client = MlflowClient(trained.tracking_uri)
+    version = client.get_model_version_by_alias("tiny-best", "champion")
+    assert version.tags["zoo.axis.freeze"] == "encoder" and version.tags["zoo.axis.source"] == "a"
+    files = {a.path for a in client.list_artifacts(version.run_id, "model")}
+    assert files == {"model/model.safetensors", "model/config.yaml", "model/README.md"}
+    registered, _ = zoo.load_model("tiny-best@champion")
+    by_version, _ = zoo.load_model(f"tiny-best/{version.version}")
+    by_run, _ = zoo.load_model(version.run_id)
+    for other in (by_version, by_run):
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(
+                registered.state_dict().values(), other.state_dict().values(), strict=True
+            )
+        )
+
+    config = yaml.safe_load((trained.root / "tiny.yaml").read_text())["base"]
+    config["experiment"] = "tiny-init"
+    config["stages"] = [
+        {"name": "finetune", "train": "b", "size": 4, "epochs": 1, "freeze": "encoder"},
+    ]
+    config["stages"][0]["init"] = "model:tiny-best@champion"
+    (trained.root / "init.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "init.yaml"]) == 0
+    finetuned, _ = zoo.load_model("tiny-init")
+    # a frozen encoder keeps the registered weights and batch-norm statistics exactly
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            registered.encoder.state_dict().values(),
+            finetuned.encoder.state_dict().values(),
+            strict=True,
+        )
+    )
+    assert not torch.equal(
+        registered.segmentation_head[0].weight, finetuned.segmentation_head[0].weight
+    )

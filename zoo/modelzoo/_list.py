@@ -1,0 +1,140 @@
+"""The trained models of one or more experiments as one table, read through the analysis
+load path (a few SQL queries per experiment, not one request per run)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from zoo.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["HEADLINE", "filter_models", "format_models", "model_table", "sort_models"]
+
+HEADLINE = "target_loss_adj"  # best adjusted validation loss on the last stage's own domain
+_FIXED = ("run_id", "name", "experiment")
+_TAIL = ("train", "validate", "params", "state")
+
+
+def _experiments(uri: str, names: list[str] | None) -> list[str]:
+    if names:
+        return names
+    from mlflow.tracking import MlflowClient
+
+    return [e.name for e in MlflowClient(uri).search_experiments(max_results=50000)]
+
+
+def _domains(runs: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Per run: training domains ("a→b", in stage order) and validation domains."""
+    stages = [c for c in runs.columns if re.fullmatch(r"param\.stages\.\d+\.train", c)]
+    stages.sort(key=lambda c: int(c.split(".")[2]))
+    train, validate = [], []
+    columns = runs.get("param.validate_on")
+    for i, row in enumerate(runs[stages].itertuples(index=False)):
+        domains = [str(d) for d in row if isinstance(d, str)]
+        train.append("→".join(domains))
+        listed = re.findall(r"'([^']*)'", str(columns.iloc[i])) if columns is not None else []
+        validate.append(",".join(listed or dict.fromkeys(domains)))
+    return train, validate
+
+
+def model_table(uri: str, experiments: list[str] | None = None) -> pd.DataFrame:
+    """One row per trained model (shared-stage runs left out): run id, readable name,
+    experiment, axis values, summary metrics, training and validation domains,
+    parameter count and state. ``experiments`` None means every experiment."""
+    import pandas as pd
+
+    from zoo.analysis import load_tables
+
+    frames = []
+    for name in _experiments(uri, experiments):
+        tables = load_tables(uri, name)
+        if tables is None:
+            raise ConfigError(f"experiment {name!r}: not in the tracking store {uri}")
+        runs = tables.runs[tables.runs["kind"].fillna("run") == "run"]
+        train, validate = _domains(runs)
+        metrics = [c for c in runs.columns if c.startswith(("target_", "best_val_"))]
+        frame = pd.DataFrame(
+            {
+                "run_id": runs["run_id"],
+                "name": runs["name"] if "name" in runs else runs["run_id"].str[:8],
+                "experiment": name,
+                **{axis: runs[axis] for axis in tables.axes},
+                **{m: runs[m] for m in metrics},
+                "train": train,
+                "validate": validate,
+                "params": pd.to_numeric(
+                    runs.get("params_total", pd.Series(pd.NA, index=runs.index))
+                ).astype("Int64"),
+                "state": runs["status"],
+            }
+        )
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=[*_FIXED, *_TAIL])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _matches(column: pd.Series, value: str) -> pd.Series:
+    import pandas as pd
+
+    text = column.astype("string")
+    try:
+        number = float(value)
+    except ValueError:
+        return text == value
+    return (pd.to_numeric(column, errors="coerce") == number) | (text == value)
+
+
+def filter_models(table: pd.DataFrame, where: list[str]) -> pd.DataFrame:
+    """Rows whose columns equal every ``AXIS=VALUE`` (numbers compare as numbers)."""
+    for item in where:
+        column, sep, value = item.partition("=")
+        if not sep or column not in table:
+            known = [c for c in table.columns if c not in (*_FIXED, *_TAIL)]
+            raise ConfigError(
+                f"--where {item!r}: expected AXIS=VALUE with AXIS one of " + ", ".join(known)
+            )
+        table = table[_matches(table[column], value).fillna(False).astype(bool)]
+    return table
+
+
+def sort_models(table: pd.DataFrame, metric: str = HEADLINE) -> pd.DataFrame:
+    """Best first: ascending for losses, descending for IoU and accuracy; missing last."""
+    if metric not in table:
+        known = [c for c in table.columns if c.startswith(("target_", "best_val_"))]
+        raise ConfigError(f"--sort {metric!r}: not a metric here; known: " + ", ".join(known))
+    descending = re.search(r"iou|acc", metric) is not None
+    return table.sort_values(metric, ascending=not descending, na_position="last", kind="stable")
+
+
+def _cell(value: Any) -> str:
+    if value is None or value != value:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_models(table: pd.DataFrame, metric: str = HEADLINE) -> str:
+    """``table`` as aligned text: identity, axes, ``metric``, domains, parameters, state."""
+    fixed = {*_FIXED, *_TAIL}
+    axes = [
+        c
+        for c in table.columns
+        if c not in fixed and not c.startswith(("target_", "best_val_")) and c != "seed"
+    ]
+    columns = [
+        "run_id",
+        "name",
+        *axes,
+        *(["seed"] if "seed" in table else []),
+        metric,
+        *_TAIL,
+    ]
+    columns = [c for c in columns if c in table]
+    rows = [columns] + [[_cell(v) for v in row] for row in table[columns].itertuples(index=False)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
