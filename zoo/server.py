@@ -29,6 +29,7 @@ BACKENDS = ("postgresql", "sqlite")
 _DATABASE = "mlflow"
 _USER = "zoo"
 _READY_S = 120.0
+_MAX_CONNECTIONS = 500  # mlflow server's workers × 50 pooled connections, and clients
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ def init_postgres(folder: Path) -> None:
     _pg([*command, "--auth=trust", "--no-instructions"], folder.parent / "initdb.log")
     with open(folder / "postgresql.conf", "a") as conf:
         conf.write("listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\n")
+        conf.write(f"max_connections = {_MAX_CONNECTIONS}\n")
     (folder / "pg_hba.conf").write_text(
         "host all zoo 127.0.0.1/32 trust\nhost all zoo ::1/128 trust\n"
     )
@@ -172,7 +174,13 @@ def start_mlflow(server: Server) -> Server:
     command += ["--artifacts-destination", str(data / "artifacts"), "--serve-artifacts"]
     command += ["--host", server.host, "--port", str(server.port), "--workers", str(server.workers)]
     command += ["--allowed-hosts", _allowed_hosts(server.host)]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runners
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # zoo runs no server-side jobs
+        # each worker serves up to 40 requests at once: as many database connections
+        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10",
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "40",
+    }
     child = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=data, env=env
     )

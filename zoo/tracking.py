@@ -68,6 +68,7 @@ _TRANSIENT = (  # failures worth retrying, as their messages read
     "max retries exceeded",
     "bad gateway",
     "service unavailable",
+    "queuepool limit",  # a tracking server's database connections all busy
 )
 _PG_LOCK = 0x7A6F6F  # advisory lock id ("zoo") held while a PostgreSQL store is created
 
