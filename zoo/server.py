@@ -174,6 +174,8 @@ def start_mlflow(server: Server) -> Server:
     command += ["--artifacts-destination", str(data / "artifacts"), "--serve-artifacts"]
     command += ["--host", server.host, "--port", str(server.port), "--workers", str(server.workers)]
     command += ["--allowed-hosts", _allowed_hosts(server.host)]
+    # a busy worker is slow to answer uvicorn's health check, not dead: do not restart it
+    command += ["--uvicorn-opts", "--timeout-worker-healthcheck 120 --timeout-keep-alive 30"]
     env = {
         **os.environ,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # zoo runs no server-side jobs

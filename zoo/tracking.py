@@ -65,6 +65,8 @@ _TRANSIENT = (  # failures worth retrying, as their messages read
     "connection refused",
     "connection aborted",
     "connection reset",
+    "connection broken",
+    "timed out",
     "max retries exceeded",
     "bad gateway",
     "service unavailable",
