@@ -130,8 +130,9 @@ def start_postgres(folder: Path, port: int) -> None:
     import psycopg
 
     log = folder / "postgresql.log"
-    command = [_pg_binary("pg_ctl"), "-D", str(folder), "-l", str(log), "-w", "-t", "60"]
-    _pg([*command, "-o", f"-p {port}", "start"], folder.parent / "pg_ctl.log")
+    if not _pg_running(folder):
+        command = [_pg_binary("pg_ctl"), "-D", str(folder), "-l", str(log), "-w", "-t", "60"]
+        _pg([*command, "-o", f"-p {port}", "start"], folder.parent / "pg_ctl.log")
     with psycopg.connect(
         f"postgresql://{_USER}@127.0.0.1:{port}/postgres", autocommit=True
     ) as connection:
@@ -142,8 +143,13 @@ def start_postgres(folder: Path, port: int) -> None:
             connection.execute(f"CREATE DATABASE {_DATABASE}")
 
 
+def _pg_running(folder: Path) -> bool:
+    command = [_pg_binary("pg_ctl"), "-D", str(folder), "status"]
+    return subprocess.run(_as_postgres(command), capture_output=True).returncode == 0
+
+
 def stop_postgres(folder: Path) -> None:
-    if (folder / "postmaster.pid").exists():
+    if _pg_running(folder):
         command = [_pg_binary("pg_ctl"), "-D", str(folder), "-m", "fast", "-w", "stop"]
         _pg(command, folder.parent / "pg_ctl.log")
 
@@ -244,9 +250,7 @@ def status(data: Path) -> dict[str, str]:
     found = {"uri": server.uri, "store": server.store}
     found["mlflow"] = "running" if _alive(server.mlflow_pid) else "stopped"
     if server.backend == "postgresql":
-        folder = Path(server.data) / "postgresql"
-        command = [_pg_binary("pg_ctl"), "-D", str(folder), "status"]
-        running = subprocess.run(_as_postgres(command), capture_output=True).returncode == 0
+        running = _pg_running(Path(server.data) / "postgresql")
         found["postgresql"] = "running" if running else "stopped"
     return found
 
