@@ -17,6 +17,7 @@ Run: ``.venv/bin/python benchmarks/bench_store.py [--clients 16,64,256] [--runs 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import threading
@@ -139,6 +140,11 @@ def main() -> None:
     parser.add_argument("--skip-read", action="store_true")
     args = parser.parse_args()
     backends = args.backends.split(",")
+    # the clients are threads of this process sharing one engine per store: give it a
+    # connection per client, as N separate client processes would have
+    clients = max(map(int, args.clients.split(",")))
+    os.environ["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"] = str(clients + 5)
+    os.environ["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"] = "0"
     folder = Path(tempfile.mkdtemp(prefix="zoo-bench-", dir="/tmp"))
     folder.chmod(0o755)
     init_postgres(folder / "pg")

@@ -29,6 +29,7 @@ BACKENDS = ("postgresql", "sqlite")
 _DATABASE = "mlflow"
 _USER = "zoo"
 _READY_S = 120.0
+_MAX_CONNECTIONS = 500  # mlflow server's workers × 50 pooled connections, and clients
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ def init_postgres(folder: Path) -> None:
     _pg([*command, "--auth=trust", "--no-instructions"], folder.parent / "initdb.log")
     with open(folder / "postgresql.conf", "a") as conf:
         conf.write("listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\n")
+        conf.write(f"max_connections = {_MAX_CONNECTIONS}\n")
     (folder / "pg_hba.conf").write_text(
         "host all zoo 127.0.0.1/32 trust\nhost all zoo ::1/128 trust\n"
     )
@@ -128,8 +130,9 @@ def start_postgres(folder: Path, port: int) -> None:
     import psycopg
 
     log = folder / "postgresql.log"
-    command = [_pg_binary("pg_ctl"), "-D", str(folder), "-l", str(log), "-w", "-t", "60"]
-    _pg([*command, "-o", f"-p {port}", "start"], folder.parent / "pg_ctl.log")
+    if not _pg_running(folder):
+        command = [_pg_binary("pg_ctl"), "-D", str(folder), "-l", str(log), "-w", "-t", "60"]
+        _pg([*command, "-o", f"-p {port}", "start"], folder.parent / "pg_ctl.log")
     with psycopg.connect(
         f"postgresql://{_USER}@127.0.0.1:{port}/postgres", autocommit=True
     ) as connection:
@@ -140,8 +143,13 @@ def start_postgres(folder: Path, port: int) -> None:
             connection.execute(f"CREATE DATABASE {_DATABASE}")
 
 
+def _pg_running(folder: Path) -> bool:
+    command = [_pg_binary("pg_ctl"), "-D", str(folder), "status"]
+    return subprocess.run(_as_postgres(command), capture_output=True).returncode == 0
+
+
 def stop_postgres(folder: Path) -> None:
-    if (folder / "postmaster.pid").exists():
+    if _pg_running(folder):
         command = [_pg_binary("pg_ctl"), "-D", str(folder), "-m", "fast", "-w", "stop"]
         _pg(command, folder.parent / "pg_ctl.log")
 
@@ -172,7 +180,15 @@ def start_mlflow(server: Server) -> Server:
     command += ["--artifacts-destination", str(data / "artifacts"), "--serve-artifacts"]
     command += ["--host", server.host, "--port", str(server.port), "--workers", str(server.workers)]
     command += ["--allowed-hosts", _allowed_hosts(server.host)]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runners
+    # a busy worker is slow to answer uvicorn's health check, not dead: do not restart it
+    command += ["--uvicorn-opts", "--timeout-worker-healthcheck 120 --timeout-keep-alive 30"]
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # zoo runs no server-side jobs
+        # each worker serves up to 40 requests at once: as many database connections
+        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10",
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "40",
+    }
     child = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=data, env=env
     )
@@ -234,9 +250,7 @@ def status(data: Path) -> dict[str, str]:
     found = {"uri": server.uri, "store": server.store}
     found["mlflow"] = "running" if _alive(server.mlflow_pid) else "stopped"
     if server.backend == "postgresql":
-        folder = Path(server.data) / "postgresql"
-        command = [_pg_binary("pg_ctl"), "-D", str(folder), "status"]
-        running = subprocess.run(_as_postgres(command), capture_output=True).returncode == 0
+        running = _pg_running(Path(server.data) / "postgresql")
         found["postgresql"] = "running" if running else "stopped"
     return found
 

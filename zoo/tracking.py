@@ -65,9 +65,12 @@ _TRANSIENT = (  # failures worth retrying, as their messages read
     "connection refused",
     "connection aborted",
     "connection reset",
+    "connection broken",
+    "timed out",
     "max retries exceeded",
     "bad gateway",
     "service unavailable",
+    "queuepool limit",  # a tracking server's database connections all busy
 )
 _PG_LOCK = 0x7A6F6F  # advisory lock id ("zoo") held while a PostgreSQL store is created
 

@@ -6,7 +6,7 @@ report.html), :func:`import_table` (CSV -> finished runs), :func:`bulk_insert`.
 
 from zoo.analysis._bulk import BulkRun, bulk_insert
 from zoo.analysis._figures import FIGURES, figure
-from zoo.analysis._import import ImportMapping, import_table, load_mapping
+from zoo.analysis._import import ImportMapping, import_table, load_mapping, table_runs
 from zoo.analysis._load import Tables, load_tables
 from zoo.analysis._report import Analysis, analyze, load, load_definition
 from zoo.analysis._tidy import Definition, aggregate, apply_offset, prepare
@@ -29,4 +29,5 @@ __all__ = [
     "load_mapping",
     "load_tables",
     "prepare",
+    "table_runs",
 ]

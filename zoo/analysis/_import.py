@@ -14,7 +14,7 @@ from zoo._yaml import load_yaml
 from zoo.errors import ConfigError
 from zoo.tracking import FinishedRun, Tracker
 
-__all__ = ["ImportMapping", "import_table", "load_mapping"]
+__all__ = ["ImportMapping", "import_table", "load_mapping", "table_runs"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,14 @@ def import_table(table: Path, experiment: str, mapping: ImportMapping, uri: str)
     """Log each row of ``table`` (CSV) as a finished run of ``experiment`` through the
     store's batched logging; a row already imported (same table name, row and axes) is
     skipped. Returns (rows, runs added)."""
+    runs = table_runs(table, experiment, mapping)
+    tracker = Tracker(uri)
+    return len(runs), tracker.import_runs(tracker.experiment(experiment), runs)
+
+
+def table_runs(table: Path, experiment: str, mapping: ImportMapping) -> list[FinishedRun]:
+    """The finished run of each row of ``table``, its identity from the table's name, the
+    row's index and its axes."""
     import pandas as pd
 
     try:
@@ -115,6 +123,4 @@ def import_table(table: Path, experiment: str, mapping: ImportMapping, uri: str)
                 metrics=_row_metrics(row, compiled, mapping),
             )
         )
-    tracker = Tracker(uri)
-    added = tracker.import_runs(tracker.experiment(experiment), runs)
-    return len(runs), added
+    return runs
