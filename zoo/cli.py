@@ -121,6 +121,7 @@ def _sweep_run(args: argparse.Namespace) -> int:
     from zoo.tracking import Tracker
 
     plan = sweep.make_plan(sweep.load_spec(args.spec))
+    sweep.check_plan(plan)
     result = sweep.run_sweep(
         plan, Tracker(args.tracking_uri), args.workers, runs_per_gpu=args.runs_per_gpu
     )
@@ -143,6 +144,7 @@ def _sweep_submit(args: argparse.Namespace) -> None:
     from zoo.tracking import Tracker
 
     plan = sweep.make_plan(sweep.load_spec(args.spec))
+    sweep.check_plan(plan)
     names = [f.name for f in dataclasses.fields(SubmitOptions)]
     options = SubmitOptions(**{**{n: getattr(args, n) for n in names}, "extra": tuple(args.extra)})
     submit(plan, Tracker(args.tracking_uri), options)
