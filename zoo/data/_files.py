@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,33 +124,37 @@ def _located(spec: FileSpec, root: Path) -> Path:
     return path
 
 
-def _data_files(path: Path) -> list[Path]:
-    """The files a folder or HDF5 dataset is read from, in a fixed order."""
-    if path.is_dir():
-        return sorted(
-            p
-            for sub in ("images", "masks")
-            if (path / sub).is_dir()
-            for p in (path / sub).iterdir()
-            if p.suffix.lower() in IMAGE_SUFFIXES
-        )
-    return [path]
+def _data_files(path: Path) -> list[tuple[str, os.DirEntry | Path]]:
+    """(name relative to the dataset, file) of every file a folder or HDF5 dataset is
+    read from, in a fixed order."""
+    if not path.is_dir():
+        return [("", path)]
+    files = []
+    for sub in ("images", "masks"):
+        if (path / sub).is_dir():
+            with os.scandir(path / sub) as entries:
+                files += [
+                    (f"{sub}/{e.name}", e)
+                    for e in entries
+                    if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+                ]
+    return sorted(files, key=lambda item: item[0])
 
 
-def file_hash(path: Path) -> str:
+def file_hash(path: Path | os.DirEntry) -> str:
     """sha256 of a file's bytes, remembered by (path, size, mtime) so unchanged files are
     read once per process; an unreadable file is a DataError naming it."""
     try:
         stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        key = (os.fspath(path), stat.st_size, stat.st_mtime_ns)
         if key not in _FILE_HASHES:
             digest = hashlib.sha256()
-            with path.open("rb") as handle:
+            with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
             _FILE_HASHES[key] = digest.hexdigest()
     except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+        raise DataError(f"{os.fspath(path)}: cannot read ({error.strerror})") from None
     return _FILE_HASHES[key]
 
 
@@ -158,9 +163,8 @@ def content_digest(spec: FileSpec, root: Path) -> str:
     its identity, whatever its path."""
     path = _located(spec, root)
     digest = hashlib.sha256()
-    for file in _data_files(path):
-        digest.update(f"{file.relative_to(path) if file != path else ''}\0".encode())
-        digest.update(file_hash(file).encode())
+    for name, file in _data_files(path):
+        digest.update(f"{name}\0{file_hash(file)}".encode())
     digest.update(repr((spec.val_fraction, spec.pixel_size_a)).encode())
     return digest.hexdigest()[:16]
 
