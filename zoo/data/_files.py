@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +12,9 @@ import numpy as np
 
 from zoo._typed import check
 from zoo.errors import DataError
+from zoo.paths import ProjectPaths
 
-__all__ = ["FileSpec", "content_digest", "file_hash", "read_files"]
+__all__ = ["FileSpec", "content_digest", "file_hash", "read_files", "save_hashes"]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -160,13 +162,47 @@ def file_hash(path: Path | os.DirEntry) -> str:
 
 def content_digest(spec: FileSpec, root: Path) -> str:
     """Hash of the dataset's file contents (names relative to it) and its split parameters:
-    its identity, whatever its path."""
+    its identity, whatever its path. File hashes are shared between processes through the
+    project's hash cache (when the project has a dataset cache)."""
     path = _located(spec, root)
+    cache = ProjectPaths(root).file_hashes
+    _load_hashes(cache)
+    known = len(_FILE_HASHES)
     digest = hashlib.sha256()
     for name, file in _data_files(path):
         digest.update(f"{name}\0{file_hash(file)}".encode())
     digest.update(repr((spec.val_fraction, spec.pixel_size_a)).encode())
+    if len(_FILE_HASHES) > known:
+        save_hashes(cache)
     return digest.hexdigest()[:16]
+
+
+_LOADED: set[Path] = set()
+
+
+def _load_hashes(cache: Path) -> None:
+    """Merge the hash cache file into memory (once per process); a damaged one is ignored."""
+    if cache in _LOADED:
+        return
+    _LOADED.add(cache)
+    try:
+        entries = json.loads(cache.read_text())
+        _FILE_HASHES.update({(p, int(s), int(m)): h for p, s, m, h in entries})
+    except (OSError, ValueError, TypeError):
+        pass
+
+
+def save_hashes(cache: Path) -> None:
+    """Write the known file hashes to ``cache`` atomically, if its folder exists (the
+    dataset cache: nothing is created for it)."""
+    if not cache.parent.is_dir():
+        return
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps([[*key, value] for key, value in _FILE_HASHES.items()]))
+        os.replace(tmp, cache)
+    except OSError:  # a cache only: training goes on without it
+        tmp.unlink(missing_ok=True)
 
 
 def read_files(spec: FileSpec, root: Path) -> tuple[np.ndarray, np.ndarray, str]:
