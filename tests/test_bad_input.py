@@ -281,6 +281,27 @@ CASES = [
         2,
         r"config\.model\.classes: -3",
     ),
+    (
+        "sweep-run-unknown-encoder",
+        spec("axes: [{product: {e: [resnet18, resnet19]}}]\nset: {model.encoder: $e}\n"),
+        ["sweep", "run", "spec.yaml"],
+        2,
+        r"spec run \{\"e\": \"resnet19\".*config\.model\.encoder: .resnet19. is not a known",
+    ),
+    (
+        "sweep-run-device-missing",
+        spec("axes: [{product: {d: [cpu, 'cuda:99']}}]\nset: {device: $d}\n"),
+        ["sweep", "run", "spec.yaml"],
+        2,
+        r"config\.device: 'cuda:99' is not available",
+    ),
+    (
+        "sweep-submit-unknown-encoder",
+        spec("set: {model.encoder: resnet19}\n"),
+        ["sweep", "submit", "spec.yaml", "--dry-run"],
+        2,
+        r"'resnet19' is not a known encoder",
+    ),
     # --- command line ---
     (
         "workers-zero",

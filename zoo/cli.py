@@ -159,6 +159,7 @@ def _sweep_run(args: argparse.Namespace) -> int:
     if sweep.is_search(args.spec):
         return _search_run(args)
     plan = sweep.make_plan(sweep.load_spec(args.spec))
+    sweep.check_plan(plan)
     result = sweep.run_sweep(
         plan, Tracker(args.tracking_uri), args.workers, runs_per_gpu=args.runs_per_gpu
     )
@@ -193,7 +194,9 @@ def _sweep_submit(args: argparse.Namespace) -> None:
         return
     if args.workers is not None:
         raise _config_error("--workers: only for a search spec; a grid sweep has one task per job")
-    submit(sweep.make_plan(sweep.load_spec(args.spec)), tracker, options)
+    plan = sweep.make_plan(sweep.load_spec(args.spec))
+    sweep.check_plan(plan)
+    submit(plan, tracker, options)
 
 
 def _sweep_worker(args: argparse.Namespace) -> int:

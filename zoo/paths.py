@@ -39,6 +39,11 @@ class ProjectPaths:
         """JSON map of dataset names to their content hashes."""
         return self.datasets / "index.json"
 
+    @property
+    def file_hashes(self) -> Path:
+        """JSON cache of data files' content hashes by (path, size, mtime)."""
+        return self.datasets / "file-hashes.json"
+
     def dataset(self, digest: str) -> Path:
         return self.datasets / digest
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,8 +12,9 @@ import numpy as np
 
 from zoo._typed import check
 from zoo.errors import DataError
+from zoo.paths import ProjectPaths
 
-__all__ = ["FileSpec", "content_digest", "file_hash", "read_files"]
+__all__ = ["FileSpec", "content_digest", "file_hash", "read_files", "save_hashes"]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -123,46 +126,83 @@ def _located(spec: FileSpec, root: Path) -> Path:
     return path
 
 
-def _data_files(path: Path) -> list[Path]:
-    """The files a folder or HDF5 dataset is read from, in a fixed order."""
-    if path.is_dir():
-        return sorted(
-            p
-            for sub in ("images", "masks")
-            if (path / sub).is_dir()
-            for p in (path / sub).iterdir()
-            if p.suffix.lower() in IMAGE_SUFFIXES
-        )
-    return [path]
+def _data_files(path: Path) -> list[tuple[str, os.DirEntry | Path]]:
+    """(name relative to the dataset, file) of every file a folder or HDF5 dataset is
+    read from, in a fixed order."""
+    if not path.is_dir():
+        return [("", path)]
+    files = []
+    for sub in ("images", "masks"):
+        if (path / sub).is_dir():
+            with os.scandir(path / sub) as entries:
+                files += [
+                    (f"{sub}/{e.name}", e)
+                    for e in entries
+                    if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+                ]
+    return sorted(files, key=lambda item: item[0])
 
 
-def file_hash(path: Path) -> str:
+def file_hash(path: Path | os.DirEntry) -> str:
     """sha256 of a file's bytes, remembered by (path, size, mtime) so unchanged files are
     read once per process; an unreadable file is a DataError naming it."""
     try:
         stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        key = (os.fspath(path), stat.st_size, stat.st_mtime_ns)
         if key not in _FILE_HASHES:
             digest = hashlib.sha256()
-            with path.open("rb") as handle:
+            with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
             _FILE_HASHES[key] = digest.hexdigest()
     except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+        raise DataError(f"{os.fspath(path)}: cannot read ({error.strerror})") from None
     return _FILE_HASHES[key]
 
 
 def content_digest(spec: FileSpec, root: Path) -> str:
     """Hash of the dataset's file contents (names relative to it) and its split parameters:
-    its identity, whatever its path."""
+    its identity, whatever its path. File hashes are shared between processes through the
+    project's hash cache (when the project has a dataset cache)."""
     path = _located(spec, root)
+    cache = ProjectPaths(root).file_hashes
+    _load_hashes(cache)
+    known = len(_FILE_HASHES)
     digest = hashlib.sha256()
-    for file in _data_files(path):
-        digest.update(f"{file.relative_to(path) if file != path else ''}\0".encode())
-        digest.update(file_hash(file).encode())
+    for name, file in _data_files(path):
+        digest.update(f"{name}\0{file_hash(file)}".encode())
     digest.update(repr((spec.val_fraction, spec.pixel_size_a)).encode())
+    if len(_FILE_HASHES) > known:
+        save_hashes(cache)
     return digest.hexdigest()[:16]
+
+
+_LOADED: set[Path] = set()
+
+
+def _load_hashes(cache: Path) -> None:
+    """Merge the hash cache file into memory (once per process); a damaged one is ignored."""
+    if cache in _LOADED:
+        return
+    _LOADED.add(cache)
+    try:
+        entries = json.loads(cache.read_text())
+        _FILE_HASHES.update({(p, int(s), int(m)): h for p, s, m, h in entries})
+    except (OSError, ValueError, TypeError):
+        pass
+
+
+def save_hashes(cache: Path) -> None:
+    """Write the known file hashes to ``cache`` atomically, if its folder exists (the
+    dataset cache: nothing is created for it)."""
+    if not cache.parent.is_dir():
+        return
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps([[*key, value] for key, value in _FILE_HASHES.items()]))
+        os.replace(tmp, cache)
+    except OSError:  # a cache only: training goes on without it
+        tmp.unlink(missing_ok=True)
 
 
 def read_files(spec: FileSpec, root: Path) -> tuple[np.ndarray, np.ndarray, str]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from zoo._typed import build, to_dict
-from zoo.data._files import FileSpec, read_files
+from zoo.data._files import FileSpec, read_files, save_hashes
 from zoo.data._simulate import simulate
 from zoo.data._spec import GeneratorSpec, generator_spec
 from zoo.errors import ConfigError
@@ -149,6 +149,8 @@ def materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
     assert digest is not None
     if not (paths.dataset(digest) / "meta.json").exists():
         _write(paths.dataset(digest), images, masks, meta)
+    if isinstance(source, FileSpec):
+        save_hashes(paths.file_hashes)  # the dataset cache exists now
     return _remember(name, digest, source, paths)
 
 

@@ -8,7 +8,15 @@ Public API: :func:`load_spec`, :func:`make_plan`, :func:`run_sweep`, :func:`swee
 from zoo.sweep._executor import Executor, SweepReport
 from zoo.sweep._job import JobResult, JobSpec, job_tags, jobs_from_plan, run_job
 from zoo.sweep._local import LocalExecutor, run_sweep
-from zoo.sweep._plan import Job, Plan, format_report, make_plan, measure_images_per_s, report
+from zoo.sweep._plan import (
+    Job,
+    Plan,
+    check_plan,
+    format_report,
+    make_plan,
+    measure_images_per_s,
+    report,
+)
 from zoo.sweep._search import is_search
 from zoo.sweep._spec import SweepSpec, expand, load_spec
 from zoo.sweep._status import format_status, sweep_status
@@ -22,6 +30,7 @@ __all__ = [
     "Plan",
     "SweepReport",
     "SweepSpec",
+    "check_plan",
     "expand",
     "format_report",
     "format_status",

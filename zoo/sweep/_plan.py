@@ -11,7 +11,7 @@ from zoo.config import RunConfig
 from zoo.errors import ConfigError
 from zoo.sweep._spec import Expanded, SweepSpec, expand, references
 
-__all__ = ["Job", "Plan", "make_plan"]
+__all__ = ["Job", "Plan", "check_plan", "make_plan"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,31 @@ def _refuse_collisions(runs: list[Expanded]) -> None:
                 else "an include entry repeats a planned run"
             )
         )
+
+
+def check_plan(plan: Plan) -> None:
+    """Checks of every run that need no data, made once per distinct value before any job
+    starts: encoders (with the closest known names), models that can be built, devices
+    this machine has. A problem is a ConfigError naming the field and the run."""
+    from zoo.models import check_encoder, create_model
+    from zoo.train import pick_device
+
+    models, devices = {}, {}
+    for run in plan.runs:
+        models.setdefault(run.config.model, run)
+        devices.setdefault(run.config.device, run)
+    for run in models.values():
+        _with_run(lambda r: check_encoder(r.config.model.encoder), run)
+        _with_run(lambda r: create_model(r.config.model), run)
+    for run in devices.values():
+        _with_run(lambda r: pick_device(r.config), run)
+
+
+def _with_run(check: Any, run: Expanded) -> None:
+    try:
+        check(run)
+    except ConfigError as error:
+        raise ConfigError(f"spec run {json.dumps(run.names, default=str)}: {error}") from None
 
 
 def _stage_names(spec: SweepSpec, names: dict[str, Any], index: int) -> dict[str, Any]:
