@@ -116,7 +116,7 @@ class SearchBlock:
     pruner: Literal["median", "hyperband", "none"] = "median"
     prune_on: Literal["loss_adj", "loss", "iou", "acc"] = "loss_adj"  # last stage, every epoch
     startup_trials: int = 4  # trials before TPE models and the median pruner prunes
-    warmup_epochs: int = 1  # epochs of a run before the median pruner may prune it
+    warmup_epochs: int = 1  # the median pruner may prune a run only after this many epochs
     seed: int = 0  # sampler seed: trial N is asked for with seed + N
     storage: str = "journal"  # journal: a file beside the sweep; or an RDB URL (postgresql://...)
 
@@ -221,7 +221,7 @@ def _sampler(block: SearchBlock, seed: int) -> Any:
     if block.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=block.startup_trials)
     return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=block.startup_trials, constant_liar=True
+        seed=seed, n_startup_trials=block.startup_trials, multivariate=True, constant_liar=True
     )
 
 
@@ -229,8 +229,8 @@ def _pruner(block: SearchBlock, epochs: int) -> Any:
     import optuna
 
     if block.pruner == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=block.startup_trials, n_warmup_steps=block.warmup_epochs
+        return optuna.pruners.MedianPruner(  # epochs are steps 1, 2, ...
+            n_startup_trials=block.startup_trials, n_warmup_steps=block.warmup_epochs + 1
         )
     if block.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
