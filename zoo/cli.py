@@ -241,7 +241,11 @@ def _models_list(args: argparse.Namespace) -> None:
 
     uri = tracking_uri(args.tracking_uri, ProjectPaths.default())
     experiments = [_experiment(args.target)[0]] if args.target else None
-    table = modelzoo.filter_models(modelzoo.model_table(uri, experiments), args.where)
+    table = modelzoo.model_table(uri, experiments)
+    if table.empty:
+        print(f"no trained models in {uri}")
+        return
+    table = modelzoo.filter_models(table, args.where)
     table = modelzoo.sort_models(table, args.sort).head(args.limit)
     if args.json:
         print(table.to_json(orient="records", indent=1, force_ascii=False))
