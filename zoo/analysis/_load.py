@@ -95,11 +95,14 @@ def _sql_tables(
         latest = query(
             f"SELECT x.run_uuid, x.key, x.value FROM latest_metrics x WHERE {in_experiment}", long
         )
-        packed = query(
-            f"SELECT x.run_uuid, x.key, {values} FROM metrics x WHERE "
-            f"{in_experiment} AND ({keys}) {'' if histories else 'AND 0 '}"
-            "GROUP BY x.run_uuid, x.key",
-            ["run_id", "key", "values", "steps"],
+        packed = (
+            query(
+                f"SELECT x.run_uuid, x.key, {values} FROM metrics x WHERE "
+                f"{in_experiment} AND ({keys}) GROUP BY x.run_uuid, x.key",
+                ["run_id", "key", "values", "steps"],
+            )
+            if histories
+            else pd.DataFrame(columns=["run_id", "key", "values", "steps"])
         )
     finally:
         raw.close()
