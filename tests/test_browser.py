@@ -12,8 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -58,15 +58,13 @@ def ui(trained):
     try:
         base = f"http://127.0.0.1:{UI_PORT}"
         assert base in server.stdout.readline()
-        name, link = server.stdout.readline().strip().split(": ", 1)
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(base, timeout=5):
-                    break
-            except OSError:
-                assert time.time() < deadline, "zoo ui did not answer within 120 s"
-                time.sleep(1)
+        deadline = time.time() + 180
+        while "#/experiments/" not in (line := server.stdout.readline()):  # once it answers
+            assert line and "no experiment links" not in line, line
+            assert time.time() < deadline, "zoo ui printed no experiment link"
+        name, link = line.strip().split(": ", 1)
+        # keep reading the server's log, so a full pipe never blocks it
+        threading.Thread(target=server.stdout.read, daemon=True).start()
         yield base, {name: link}
     finally:
         os.killpg(server.pid, 15)

@@ -85,18 +85,40 @@ def _train(args: argparse.Namespace) -> None:
     run(config, Tracker(args.tracking_uri, paths), paths, prepared=prepared)
 
 
+def _ui_links(url: str) -> None:
+    """Once the server at ``url`` answers, print a link per zoo experiment (see
+    zoo.modelzoo.experiment_links), read and written through the server itself."""
+    import time
+    import urllib.request
+
+    from zoo.modelzoo import HEADLINE, experiment_links
+    from zoo.tracking import Tracker
+
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                break
+        except OSError:
+            time.sleep(1)
+    for name, link in experiment_links(Tracker(url), url, HEADLINE).items():
+        print(f"  {name}: {link}", flush=True)
+
+
 def _ui(args: argparse.Namespace) -> None:
     import os
 
-    from zoo.modelzoo import HEADLINE, experiment_links
     from zoo.paths import ProjectPaths
-    from zoo.tracking import Tracker, tracking_uri
+    from zoo.tracking import tracking_uri
 
     uri = tracking_uri(args.tracking_uri, ProjectPaths.default())
     url = f"http://127.0.0.1:{args.port}"
     print(f"MLflow UI for {uri} at {url}", flush=True)
-    for name, link in experiment_links(Tracker(uri), url, HEADLINE).items():
-        print(f"  {name}: {link}", flush=True)
+    if os.fork() == 0:  # a child prints the experiment links while this process serves
+        try:
+            _ui_links(url)
+        except Exception as error:
+            print(f"zoo ui: no experiment links ({type(error).__name__}: {error})", flush=True)
+        os._exit(0)
     os.execvp(
         sys.executable,
         [
@@ -341,7 +363,11 @@ def _models_list(args: argparse.Namespace) -> None:
 
     uri = tracking_uri(args.tracking_uri, ProjectPaths.default())
     experiments = [_experiment(args.target)[0]] if args.target else None
-    table = modelzoo.filter_models(modelzoo.model_table(uri, experiments), args.where)
+    table = modelzoo.model_table(uri, experiments)
+    if table.empty:
+        print(f"no trained models in {uri}")
+        return
+    table = modelzoo.filter_models(table, args.where)
     table = modelzoo.sort_models(table, args.sort).head(args.limit)
     if args.json:
         print(table.to_json(orient="records", indent=1, force_ascii=False))

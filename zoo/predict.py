@@ -128,12 +128,6 @@ def blend_weights(tile: int) -> np.ndarray:
     return np.outer(edge, edge).astype(np.float32)
 
 
-def _standardise(tiles: torch.Tensor) -> torch.Tensor:
-    from zoo.train import standardise
-
-    return standardise(tiles)
-
-
 def segment(
     module: torch.nn.Module,
     image: np.ndarray,
@@ -141,8 +135,11 @@ def segment(
     batch_size: int = 16,
     progress: Any = None,
 ) -> np.ndarray:
-    """Class probabilities (C, H, W) of one image, tiled and blended."""
+    """Class probabilities (C, H, W) of one image, tiled and blended; ``progress`` (a tqdm
+    bar) is advanced by the tiles done."""
     import torch
+
+    from zoo.train import standardise
 
     device = next(module.parameters()).device
     height, width = image.shape
@@ -158,7 +155,7 @@ def segment(
         for start in range(0, len(corners), batch_size):
             batch = corners[start : start + batch_size]
             x = torch.stack([source[y : y + tile, x : x + tile] for y, x in batch])[:, None]
-            probabilities = module(_standardise(x)).float().softmax(dim=1)
+            probabilities = module(standardise(x)).float().softmax(dim=1)
             if total is None:
                 total = torch.zeros((probabilities.shape[1], full_h, full_w), device=device)
             for (y, x), p in zip(batch, probabilities, strict=True):

@@ -38,7 +38,9 @@ class Tables:
     axes: tuple[str, ...]  # the sweep's axis columns (from zoo.axis.* tags)
 
 
-def _sql_tables(uri: str, experiment: str) -> tuple[pd.DataFrame, ...] | None:
+def _sql_tables(
+    uri: str, experiment: str, histories: bool = True, param_keys: tuple[str, ...] | None = None
+) -> tuple[pd.DataFrame, ...] | None:
     """Five queries on MLflow's tables through the raw DB-API cursor (no ORM objects);
     metric histories come back one row per (run, key) and are unpacked with numpy."""
     import numpy as np
@@ -83,16 +85,27 @@ def _sql_tables(uri: str, experiment: str) -> tuple[pd.DataFrame, ...] | None:
         )
         long = ["run_id", "key", "value"]
         tags = query(f"SELECT x.run_uuid, x.key, x.value FROM tags x WHERE {in_experiment}", long)
+        only = (
+            ""
+            if param_keys is None
+            else " AND x.key IN ({})".format(
+                ",".join("'" + k.replace("'", "''") + "'" for k in param_keys) or "NULL"
+            )
+        )
         params = query(
-            f"SELECT x.run_uuid, x.key, x.value FROM params x WHERE {in_experiment}", long
+            f"SELECT x.run_uuid, x.key, x.value FROM params x WHERE {in_experiment}{only}", long
         )
         latest = query(
             f"SELECT x.run_uuid, x.key, x.value FROM latest_metrics x WHERE {in_experiment}", long
         )
-        packed = query(
-            f"SELECT x.run_uuid, x.key, {values} FROM metrics x WHERE "
-            f"{in_experiment} AND ({keys}) GROUP BY x.run_uuid, x.key",
-            ["run_id", "key", "values", "steps"],
+        packed = (
+            query(
+                f"SELECT x.run_uuid, x.key, {values} FROM metrics x WHERE "
+                f"{in_experiment} AND ({keys}) GROUP BY x.run_uuid, x.key",
+                ["run_id", "key", "values", "steps"],
+            )
+            if histories
+            else pd.DataFrame(columns=["run_id", "key", "values", "steps"])
         )
     finally:
         raw.close()
@@ -113,7 +126,9 @@ def _sql_tables(uri: str, experiment: str) -> tuple[pd.DataFrame, ...] | None:
     return runs, tags, params, latest, history
 
 
-def _rest_tables(uri: str, experiment: str) -> tuple[pd.DataFrame, ...] | None:
+def _rest_tables(
+    uri: str, experiment: str, histories: bool = True, param_keys: tuple[str, ...] | None = None
+) -> tuple[pd.DataFrame, ...] | None:
     """Paged ``search_runs`` for runs, then one bulk history request per metric key and
     100 runs (the server's ``get-history-bulk`` endpoint) instead of one call per run and key."""
     import pandas as pd
@@ -132,10 +147,14 @@ def _rest_tables(uri: str, experiment: str) -> tuple[pd.DataFrame, ...] | None:
             run_id = run.info.run_id
             runs.append((run_id, run.info.status, run.info.start_time, run.info.end_time))
             tags += [(run_id, k, v) for k, v in run.data.tags.items()]
-            params += [(run_id, k, v) for k, v in run.data.params.items()]
+            params += [
+                (run_id, k, v)
+                for k, v in run.data.params.items()
+                if param_keys is None or k in param_keys
+            ]
             latest += [(run_id, k, v) for k, v in run.data.metrics.items()]
             for key in run.data.metrics:
-                if key in _HISTORY_KEYS or key.startswith("val_"):
+                if histories and (key in _HISTORY_KEYS or key.startswith("val_")):
                     wanted.setdefault(key, {})[run_id] = 0
         token = page.token
         if not token:
@@ -193,15 +212,23 @@ def _wide(long: pd.DataFrame, prefix: str = "") -> pd.DataFrame:
     return wide.add_prefix(prefix) if prefix else wide
 
 
-def load_tables(uri: str, experiment: str) -> Tables | None:
+def load_tables(
+    uri: str,
+    experiment: str,
+    *,
+    histories: bool = True,
+    param_keys: tuple[str, ...] | None = None,
+) -> Tables | None:
     """Every active run of ``experiment`` as one row, plus per-epoch histories; None if the
-    experiment does not exist."""
+    experiment does not exist. ``histories=False`` leaves the histories empty and
+    ``param_keys`` reads only those params: a lighter read for listings."""
     import pandas as pd
 
     from zoo.tracking import backend, store_uri
 
     uri = store_uri(uri)
-    found = (_rest_tables if backend(uri) == "http" else _sql_tables)(uri, experiment)
+    reader = _rest_tables if backend(uri) == "http" else _sql_tables
+    found = reader(uri, experiment, histories, param_keys)
     if found is None:
         return None
     runs, tags, params, latest, history = found

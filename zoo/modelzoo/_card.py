@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from zoo.config import RunConfig
+    from zoo.modelzoo._load import LoadedModel
     from zoo.tracking import Tracker
 
 __all__ = ["describe", "export_model", "model_card"]
@@ -63,7 +64,7 @@ def _lineage(config: RunConfig, tags: dict[str, str], tracker: Tracker) -> dict[
     return {"started_from": started_from, "init": stages[0]["init"], "stages": stages}
 
 
-def describe(loaded: Any, tracker: Tracker) -> dict[str, Any]:
+def describe(loaded: LoadedModel, tracker: Tracker) -> dict[str, Any]:
     """Identity, axes, summary metrics, lineage, datasets and pixel size of a loaded model."""
     from zoo.modelzoo._load import image_size, pixel_size_a
 
@@ -161,7 +162,7 @@ def model_card(info: dict[str, Any], ref: str) -> str:
     return "\n".join(lines)
 
 
-def export_model(loaded: Any, tracker: Tracker, out: Path, ref: str) -> Path:
+def export_model(loaded: LoadedModel, tracker: Tracker, out: Path, ref: str) -> Path:
     """``out`` with model.safetensors, the resolved config.yaml and a README.md model card."""
     import yaml
 

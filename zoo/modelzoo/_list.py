@@ -16,6 +16,7 @@ __all__ = ["HEADLINE", "filter_models", "format_models", "model_table", "sort_mo
 HEADLINE = "target_loss_adj"  # best adjusted validation loss on the last stage's own domain
 _FIXED = ("run_id", "name", "experiment")
 _TAIL = ("train", "validate", "params", "state")
+_PARAMS = (*(f"stages.{i}.train" for i in range(8)), "validate_on")  # what a listing reads
 
 
 def _experiments(uri: str, names: list[str] | None) -> list[str]:
@@ -26,18 +27,23 @@ def _experiments(uri: str, names: list[str] | None) -> list[str]:
     return [e.name for e in MlflowClient(uri).search_experiments(max_results=50000)]
 
 
-def _domains(runs: pd.DataFrame) -> tuple[list[str], list[str]]:
+def _domains(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """Per run: training domains ("a→b", in stage order) and validation domains."""
-    stages = [c for c in runs.columns if re.fullmatch(r"param\.stages\.\d+\.train", c)]
-    stages.sort(key=lambda c: int(c.split(".")[2]))
-    train, validate = [], []
-    columns = runs.get("param.validate_on")
-    for i, row in enumerate(runs[stages].itertuples(index=False)):
-        domains = [str(d) for d in row if isinstance(d, str)]
-        train.append("→".join(domains))
-        listed = re.findall(r"'([^']*)'", str(columns.iloc[i])) if columns is not None else []
-        validate.append(",".join(listed or dict.fromkeys(domains)))
-    return train, validate
+    import pandas as pd
+
+    stages = sorted(
+        (c for c in runs.columns if re.fullmatch(r"param\.stages\.\d+\.train", c)),
+        key=lambda c: int(c.split(".")[2]),
+    )
+    train = pd.Series(pd.NA, index=runs.index, dtype="string")
+    for column in stages:
+        part = runs[column].astype("string")
+        train = train.where(part.isna(), (train + "→" + part).fillna(part))
+    train = train.fillna("")
+    listed = runs.get("param.validate_on", pd.Series(pd.NA, index=runs.index)).astype("string")
+    validate = listed.str.findall(r"'([^']*)'").str.join(",").fillna("")
+    every = train.str.split("→").map(lambda d: ",".join(dict.fromkeys(d)) if d else "")
+    return train, validate.where(validate != "", every)
 
 
 def model_table(uri: str, experiments: list[str] | None = None) -> pd.DataFrame:
@@ -50,7 +56,7 @@ def model_table(uri: str, experiments: list[str] | None = None) -> pd.DataFrame:
 
     frames = []
     for name in _experiments(uri, experiments):
-        tables = load_tables(uri, name)
+        tables = load_tables(uri, name, histories=False, param_keys=_PARAMS)
         if tables is None:
             raise ConfigError(f"experiment {name!r}: not in the tracking store {uri}")
         runs = tables.runs[tables.runs["kind"].fillna("run") == "run"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from zoo.errors import ConfigError
 
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from zoo.config import RunConfig
+    from zoo.modelzoo._ref import ModelRef
     from zoo.tracking import Tracker
 
 __all__ = [
@@ -76,7 +77,7 @@ def _download(tracker: Tracker, run_id: str, artifact: str) -> Path:
         raise ConfigError(f"run {run_id}: no artifact {artifact} (weights not logged?)") from None
 
 
-def model_files(ref: Any, tracker: Tracker) -> tuple[Path, Path]:
+def model_files(ref: ModelRef, tracker: Tracker) -> tuple[Path, Path]:
     """(weights, config.yaml) of a resolved reference, downloaded if needed."""
     if ref.source is None:
         return _download(tracker, ref.run_id, WEIGHTS), _download(

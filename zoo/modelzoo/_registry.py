@@ -5,15 +5,16 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from zoo.modelzoo._load import LoadedModel
     from zoo.tracking import Tracker
 
 __all__ = ["register_model"]
 
 
-def _model_folder(loaded: Any, tracker: Tracker, ref: str) -> None:
+def _model_folder(loaded: LoadedModel, tracker: Tracker, ref: str) -> None:
     """Log ``model/`` (model.safetensors, config.yaml, README.md) to the run, once."""
     from zoo.modelzoo._card import export_model
     from zoo.modelzoo._load import MODEL_FOLDER
