@@ -42,6 +42,15 @@ class ProjectPaths:
     def dataset(self, digest: str) -> Path:
         return self.datasets / digest
 
+    def dataset_lock(self, key: str) -> Path:
+        """Held while the dataset whose source hashes to ``key`` is made (zoo.data._lock)."""
+        return self.datasets / ".locks" / f"{key}.lock"
+
+    @property
+    def dataset_index_lock(self) -> Path:
+        """Held while ``index.json`` is read, changed and replaced."""
+        return self.datasets / ".locks" / "index.lock"
+
     @property
     def stages(self) -> Path:
         return self.state / "stages"
