@@ -152,6 +152,20 @@ def _sweep_worker(args: argparse.Namespace) -> int:
     return worker(args.submission, args.array, args.task)
 
 
+def _gc(args: argparse.Namespace) -> None:
+    from zoo import gc
+    from zoo.paths import ProjectPaths
+    from zoo.tracking import Tracker
+
+    paths = ProjectPaths.default()
+    found = gc.collect(paths, args.specs, lambda: Tracker(args.tracking_uri, paths))
+    for item in found:
+        print(f"{gc.format_bytes(item.bytes):>10}  {item.path}  ({item.why})")
+    freed = sum(item.bytes for item in found) if args.dry_run else gc.remove(found, paths)
+    verb = "would free" if args.dry_run else "freed"
+    print(f"{verb} {gc.format_bytes(freed)} ({freed} bytes) in {len(found)} item(s)")
+
+
 def _sweep_status(args: argparse.Namespace) -> None:
     import json
 
@@ -352,7 +366,11 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("--losses", choices=["raw", "adjusted"])
     imports.add_argument("--offset", type=float)
     imports.set_defaults(func=_import)
-    for sub in (train, ui, run_sweep, status, submit, analyze, imports):
+    collect = commands.add_parser("gc", help="remove what no sweep needs; print bytes freed")
+    collect.add_argument("specs", type=Path, nargs="*", metavar="SPEC", help="sweeps to keep")
+    collect.add_argument("--dry-run", action="store_true", help="list only; remove nothing")
+    collect.set_defaults(func=_gc)
+    for sub in (train, ui, run_sweep, status, submit, analyze, imports, collect):
         sub.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
     return parser
 

@@ -44,12 +44,12 @@ class ProjectPaths:
 
     def dataset_lock(self, key: str) -> Path:
         """Held while the dataset whose source hashes to ``key`` is made (zoo.data._lock)."""
-        return self.datasets / ".locks" / f"{key}.lock"
+        return self.state / "locks" / "datasets" / f"{key}.lock"
 
     @property
     def dataset_index_lock(self) -> Path:
         """Held while ``index.json`` is read, changed and replaced."""
-        return self.datasets / ".locks" / "index.lock"
+        return self.state / "locks" / "datasets" / "index.lock"
 
     @property
     def stages(self) -> Path:

@@ -18,6 +18,7 @@ import torch
 import yaml
 from filelock import FileLock
 
+from zoo.artifacts import log_linked
 from zoo.checkpoint import load_weights
 from zoo.config import RunConfig, flatten
 from zoo.data import Dataset, MixSpec, load, materialise, mixture
@@ -26,13 +27,13 @@ from zoo.figures import loss_curves, predictions
 from zoo.losses import apply_head, loss_floor
 from zoo.models import create_model
 from zoo.paths import ProjectPaths
+from zoo.resident import device_datasets
 from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
 from zoo.train import (
     Preempted,
     StageResult,
     pick_device,
     standardise,
-    to_device,
     train_stage,
 )
 
@@ -168,7 +169,7 @@ def _artifacts(
         (folder / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         tracker.log_artifact(run_id, folder / "config.yaml")
         for name in config.log_weights:
-            tracker.log_artifact(run_id, last.folder / f"{name}.safetensors", "weights")
+            log_linked(tracker, run_id, last.folder / f"{name}.safetensors", "weights")
         curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
         tracker.log_artifact(run_id, loss_curves(curves, folder / "loss_curves.png"), "figures")
         images, masks = datasets[config.stages[-1].train].val
@@ -223,7 +224,7 @@ def run(
         if existing is None:
             tracker.log_params(run_id, {**flatten(config.to_dict()), "loss_floor": floor})
         datasets = load_datasets(config, paths)
-        data = {name: to_device(dataset, device) for name, dataset in datasets.items()}
+        data = device_datasets(datasets, device, echo)
         results = _train_stages(config, data, tracker, run_id, logged, paths, echo, on_epoch)
         tracker.log_metrics(run_id, _summary(config, results, floor, results[-1].total), 0)
         _artifacts(config, results, datasets, tracker, run_id)

@@ -181,12 +181,13 @@ def lookup(name: str, paths: ProjectPaths) -> Path:
 
 
 def load(name: str, folder: Path) -> Dataset:
-    """The dataset cached in ``folder``."""
+    """The dataset cached in ``folder``, memory-mapped: pages are read when used and
+    shared by every process on the node (copy-on-write, never written back)."""
     meta = json.loads((folder / "meta.json").read_text())
     return Dataset(
         name,
-        np.load(folder / "images.npy").astype(np.float32, copy=False),
-        np.load(folder / "masks.npy"),
+        np.load(folder / "images.npy", mmap_mode="c").astype(np.float32, copy=False),
+        np.load(folder / "masks.npy", mmap_mode="c"),
         meta["train_count"],
         meta["pixel_size_a"],
         folder.name,
