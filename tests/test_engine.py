@@ -97,3 +97,42 @@ def test_sweep_uploads_each_dataset_once_per_worker_and_gc_frees_what_it_listed(
 
     assert main(["sweep", "run", str(spec)]) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+PROFILE = {
+    "name": "fake",
+    "device": "cpu (test)",
+    "model": {},
+    "image_size": 64,
+    "train_images_per_s": 400.0,  # 1600 images/s at 32 px
+    "val_images_per_s": 1600.0,  # 6400 images/s at 32 px
+    "job_overhead_s": 1.0,
+    "worker_host_bytes": 10**9,
+    "measured": "never",
+}
+
+
+def test_plan_on_a_profile_predicts_time_disk_and_memory(tiny_spec, project, capsys):
+    spec = tiny_spec(sources=("a",))  # 1 shared pretrain, 2 transfers, 3 jobs
+    project.profile("fake").parent.mkdir(parents=True)
+    project.profile("fake").write_text(json.dumps(PROFILE))
+    plans = {}
+    for workers in (1, 2):
+        args = ["sweep", "plan", str(spec), "--profile", "fake", "--workers", str(workers)]
+        assert main([*args, "--json"]) == 0
+        plans[workers] = json.loads(capsys.readouterr().out)
+    one = plans[1]
+    # pretrain: 8 images, transfers: 4 images each, 1 epoch, 8 dihedral transforms;
+    # validation: 4 images of a, b and c after every epoch of the 3 stages trained
+    assert one["image_passes"] == (8 + 2 * 4) * 8
+    assert one["validation_image_passes"] == 3 * 3 * 4
+    expected = 3 * 1.0 + 128 / 1600 + 36 / 6400
+    assert abs(one["predicted_seconds"] - expected) < 1e-6
+    chain = 2 * 1.0 + 96 / 1600 + 24 / 6400  # the pretrain, then one transfer
+    assert abs(plans[2]["predicted_seconds"] - chain) < 1e-6
+    assert one["disk_bytes"] > one["dataset_bytes"] == 3 * 20 * 32 * 32 * 5
+    assert one["host_bytes_per_worker"] == 10**9 + one["device_bytes_per_worker"]
+    assert main(["sweep", "plan", str(spec), "--profile", "fake"]) == 0
+    assert "predicted wall time on profile fake with 1 worker(s)" in capsys.readouterr().out
+    assert main(["sweep", "plan", str(spec), "--profile", "nope"]) == 2
+    assert "--profile: no profile 'nope'; known:" in capsys.readouterr().err

@@ -109,6 +109,12 @@ def _sweep_plan(args: argparse.Namespace) -> None:
     from zoo import sweep
 
     plan = sweep.make_plan(sweep.load_spec(args.spec))
+    if args.profile:
+        from zoo.sweep._cost import format_cost, profile_report
+
+        summary = profile_report(plan, args.profile, args.workers, args.show)
+        print(json.dumps(summary, indent=1) if args.json else format_cost(summary))
+        return
     rate = args.images_per_s or sweep.measure_images_per_s(plan.runs[0].config)
     summary = sweep.report(plan, rate, args.show)
     print(json.dumps(summary, indent=1) if args.json else sweep.format_report(summary))
@@ -164,6 +170,13 @@ def _gc(args: argparse.Namespace) -> None:
     freed = sum(item.bytes for item in found) if args.dry_run else gc.remove(found, paths)
     verb = "would free" if args.dry_run else "freed"
     print(f"{verb} {gc.format_bytes(freed)} ({freed} bytes) in {len(found)} item(s)")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from zoo.calibrate import calibrate, save_profile
+    from zoo.paths import ProjectPaths
+
+    print(f"profile saved: {save_profile(calibrate(args.name, args.spec), ProjectPaths.default())}")
 
 
 def _sweep_status(args: argparse.Namespace) -> None:
@@ -269,6 +282,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true")
     plan.add_argument("--images-per-s", type=float, help="throughput (default: measured here)")
     plan.add_argument("--show", type=int, default=3, help="expanded configs to print")
+    plan.add_argument("--profile", help="price on a throughput profile (zoo calibrate NAME)")
+    plan.add_argument("--workers", type=int, default=1, help="workers the prediction assumes")
     plan.set_defaults(func=_sweep_plan)
     run_sweep = sweep_commands.add_parser("run", help="train what is missing or failed, locally")
     run_sweep.add_argument("--workers", type=int, default=1, help="worker processes")
@@ -331,6 +346,9 @@ def _parser() -> argparse.ArgumentParser:
         help="add only failed and missing jobs while others are queued",
     )
     submit.add_argument("--dry-run", action="store_true", help="print scripts; submit nothing")
+    submit.add_argument("--data-partition", help="partition of the dataset array (CPU)")
+    submit.add_argument("--data-cpus", type=int, help="CPUs per dataset array task")
+    submit.add_argument("--data-time", help="time limit of a dataset array task")
     submit.set_defaults(func=_sweep_submit)
     work = sweep_commands.add_parser("worker", help="(run by SLURM) train one array task")
     work.add_argument("submission", type=Path)
@@ -366,6 +384,10 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("--losses", choices=["raw", "adjusted"])
     imports.add_argument("--offset", type=float)
     imports.set_defaults(func=_import)
+    measure = commands.add_parser("calibrate", help="measure a throughput profile on this machine")
+    measure.add_argument("name", help="profile name, e.g. h100 or cpu-2core")
+    measure.add_argument("spec", type=Path, nargs="?", help="sweep spec (default: demo model)")
+    measure.set_defaults(func=_calibrate)
     collect = commands.add_parser("gc", help="remove what no sweep needs; print bytes freed")
     collect.add_argument("specs", type=Path, nargs="*", metavar="SPEC", help="sweeps to keep")
     collect.add_argument("--dry-run", action="store_true", help="list only; remove nothing")

@@ -51,6 +51,10 @@ class ProjectPaths:
         """Held while ``index.json`` is read, changed and replaced."""
         return self.state / "locks" / "datasets" / "index.lock"
 
+    def profile(self, name: str) -> Path:
+        """A throughput profile measured by ``zoo calibrate NAME`` (zoo.calibrate)."""
+        return self.state / "profiles" / f"{name}.json"
+
     @property
     def stages(self) -> Path:
         return self.state / "stages"

@@ -15,7 +15,7 @@ from typing import Any
 from zoo.paths import ProjectPaths
 from zoo.sweep._job import JobSpec
 
-__all__ = ["is_cached", "make_datasets", "make_one", "needed"]
+__all__ = ["is_cached", "make_datasets", "make_one", "make_task", "missing_sources", "needed"]
 
 
 def needed(jobs: Sequence[JobSpec]) -> dict[str, Any]:
@@ -87,3 +87,20 @@ def make_datasets(
     ):
         echo(f"  dataset {name}: {digest}")
     return [n for n, _ in missing]
+
+
+def missing_sources(jobs: Sequence[JobSpec], paths: ProjectPaths) -> dict[str, Any]:
+    """Name -> declaration (JSON-ready) of each dataset ``jobs`` need and the cache lacks."""
+    from zoo._typed import to_dict
+
+    return {n: to_dict(s) for n, s in needed(jobs).items() if not is_cached(n, s, paths)}
+
+
+def make_task(declared: dict[str, Any], names: Sequence[str], paths: ProjectPaths) -> int:
+    """Make datasets ``names`` of ``declared`` (a SLURM dataset array task); exit code 0."""
+    from zoo.data import dataset_source
+
+    for name in names:
+        source = dataset_source(declared[name], f"datasets.{name}")
+        print(f"dataset {name}: {make_one((name, source, str(paths.root)))}", flush=True)
+    return 0
