@@ -134,5 +134,7 @@ def test_plan_on_a_profile_predicts_time_disk_and_memory(tiny_spec, project, cap
     assert one["host_bytes_per_worker"] == 10**9 + one["device_bytes_per_worker"]
     assert main(["sweep", "plan", str(spec), "--profile", "fake"]) == 0
     assert "predicted wall time on profile fake with 1 worker(s)" in capsys.readouterr().out
+    assert main(["sweep", "plan", str(spec), "--profile", "cpu-2core-loaded", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["profile"] == "cpu-2core-loaded"  # committed
     assert main(["sweep", "plan", str(spec), "--profile", "nope"]) == 2
     assert "--profile: no profile 'nope'; known:" in capsys.readouterr().err
