@@ -2,8 +2,9 @@
 
 What is garbage:
 
-- intermediate checkpoints (``last*``) left in the folder of a finished stage
-  (one with ``result.json``): a finished stage never resumes;
+- intermediate checkpoints (``last*``, ``previous.*``, half-written ``.*.tmp``)
+  left in the folder of a finished stage (one with ``result.json``): a finished
+  stage never resumes;
 - scratch: half-written dataset folders and index files of makers that died,
   and artifacts downloaded for ``init: run:ID`` (downloaded again when needed);
 - with sweep specs given: cached datasets that none of them references, and
@@ -27,6 +28,9 @@ from typing import Any
 from zoo.paths import ProjectPaths
 
 __all__ = ["Garbage", "collect", "format_bytes", "remove"]
+
+# a stage's resumable checkpoint, the one before it, and files half-written by a killed writer
+_INTERMEDIATE = ("last*", "previous.*", ".*.tmp")
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,8 @@ def _checkpoints(paths: ProjectPaths) -> list[Garbage]:
         _item(f, "checkpoint of a finished stage")
         for folder in sorted(paths.stages.iterdir())
         if (folder / "result.json").exists()
-        for f in sorted(folder.glob("last*"))
+        for pattern in _INTERMEDIATE
+        for f in sorted(folder.glob(pattern))
     ]
 
 
