@@ -187,8 +187,9 @@ def test_arrays_split_at_max_array_size_and_dry_run_submits_nothing(
     )
     assert main(["sweep", "submit", str(spec), "--dry-run"]) == 0
     output = capsys.readouterr().out
-    # 3 stages (one per seed) in one array; 9 runs in three arrays of 3 tasks (MaxArraySize 3)
-    assert output.count("#SBATCH --array=0-2") == 4 and "nothing written or submitted" in output
+    # datasets a, b, c in one array; 3 stages (one per seed) in one array; 9 runs in
+    # three arrays of 3 tasks (MaxArraySize 3)
+    assert output.count("#SBATCH --array=0-2") == 5 and "nothing written or submitted" in output
     assert not project.state.joinpath("sweeps").exists()
     spec = tiny_spec(sources=("a",), freezes=("none",), extra={"seeds": [0, 1, 2, 3]})
     assert main(["sweep", "submit", str(spec), "--dry-run"]) == 0
@@ -258,3 +259,25 @@ def test_search_on_slurm_spends_its_budget_exactly(search_spec, cluster, project
     assert len(logs) == 2
     assert main(["sweep", "status", str(spec), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["trials"] == 5
+
+
+def _array_intervals(project, array: str) -> list[tuple[float, float]]:
+    intervals = []
+    for log in project.state.glob(f"sweeps/tiny/*/logs/{array}_*.out"):
+        lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        intervals += [(x["start"], x["end"]) for x in lines if "start" in x]
+    return intervals
+
+
+def test_dataset_array_runs_before_the_stage_array(tiny_spec, tiny_runs, cluster, project, capsys):
+    spec = tiny_spec(sources=("a",))
+    assert main(["sweep", "submit", str(spec), "--data-cpus", "1", "--data-time", "10:00"]) == 0
+    output = capsys.readouterr().out
+    assert output.index("submitted datasets-0") < output.index("submitted stages-0")
+    _squeue_empty()
+    made, stages = _array_intervals(project, "datasets-0"), _array_intervals(project, "stages-0")
+    assert len(made) == 3 and len(stages) == 1  # one task per dataset: a, b, c
+    assert max(end for _, end in made) <= min(start for start, _ in stages)
+    assert len(tiny_runs()) == 3 and all(r.info.status == "FINISHED" for r in tiny_runs())
+    index = json.loads(project.dataset_index.read_text())
+    assert sorted(index) == ["a", "b", "c"]

@@ -153,6 +153,12 @@ def _sweep_plan(args: argparse.Namespace) -> None:
         print(json.dumps(summary, indent=1) if args.json else text)
         return
     plan = sweep.make_plan(sweep.load_spec(args.spec))
+    if args.profile:
+        from zoo.sweep._cost import format_cost, profile_report
+
+        summary = profile_report(plan, args.profile, args.workers, args.show)
+        print(json.dumps(summary, indent=1) if args.json else format_cost(summary))
+        return
     rate = args.images_per_s or sweep.measure_images_per_s(plan.runs[0].config)
     summary = sweep.report(plan, rate, args.show)
     print(json.dumps(summary, indent=1) if args.json else sweep.format_report(summary))
@@ -225,6 +231,27 @@ def _sweep_worker(args: argparse.Namespace) -> int:
     from zoo.sweep._slurm import worker
 
     return worker(args.submission, args.array, args.task)
+
+
+def _gc(args: argparse.Namespace) -> None:
+    from zoo import gc
+    from zoo.paths import ProjectPaths
+    from zoo.tracking import Tracker
+
+    paths = ProjectPaths.default()
+    found = gc.collect(paths, args.specs, lambda: Tracker(args.tracking_uri, paths))
+    for item in found:
+        print(f"{gc.format_bytes(item.bytes):>10}  {item.path}  ({item.why})")
+    freed = sum(item.bytes for item in found) if args.dry_run else gc.remove(found, paths)
+    verb = "would free" if args.dry_run else "freed"
+    print(f"{verb} {gc.format_bytes(freed)} ({freed} bytes) in {len(found)} item(s)")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from zoo.calibrate import calibrate, save_profile
+    from zoo.paths import ProjectPaths
+
+    print(f"profile saved: {save_profile(calibrate(args.name, args.spec), ProjectPaths.default())}")
 
 
 def _sweep_status(args: argparse.Namespace) -> None:
@@ -526,6 +553,10 @@ def _parser() -> argparse.ArgumentParser:
         "--images-per-s", type=_positive(float), help="throughput (default: measured here)"
     )
     plan.add_argument("--show", type=_positive(int), default=3, help="expanded configs to print")
+    plan.add_argument("--profile", help="price on a throughput profile (zoo calibrate NAME)")
+    plan.add_argument(
+        "--workers", type=_positive(int), default=1, help="workers the prediction assumes"
+    )
     plan.set_defaults(func=_sweep_plan)
     run_sweep = sweep_commands.add_parser("run", help="train what is missing or failed, locally")
     run_sweep.add_argument("--workers", type=_positive(int), default=1, help="worker processes")
@@ -597,6 +628,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="submit even though the SQLite store is on a network filesystem (unsafe)",
     )
+    submit.add_argument("--data-partition", help="partition of the dataset array (CPU)")
+    submit.add_argument("--data-cpus", type=_positive(int), help="CPUs per dataset array task")
+    submit.add_argument("--data-time", help="time limit of a dataset array task")
     submit.set_defaults(func=_sweep_submit)
     work = sweep_commands.add_parser("worker", help="(run by SLURM) train one array task")
     work.add_argument("submission", type=Path)
@@ -632,9 +666,18 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("--losses", choices=["raw", "adjusted"])
     imports.add_argument("--offset", type=float)
     imports.set_defaults(func=_import)
+    measure = commands.add_parser("calibrate", help="measure a throughput profile on this machine")
+    measure.add_argument("name", help="profile name, e.g. h100 or cpu-2core")
+    measure.add_argument("spec", type=Path, nargs="?", help="sweep spec (default: demo model)")
+    measure.set_defaults(func=_calibrate)
+    collect = commands.add_parser("gc", help="remove what no sweep needs; print bytes freed")
+    collect.add_argument("specs", type=Path, nargs="*", metavar="SPEC", help="sweeps to keep")
+    collect.add_argument("--dry-run", action="store_true", help="list only; remove nothing")
+    collect.set_defaults(func=_gc)
+
     _server_parser(commands)
     zoo_subs = _model_commands(commands)
-    for sub in (train, ui, run_sweep, status, submit, analyze, imports, *zoo_subs):
+    for sub in (train, ui, run_sweep, status, submit, analyze, imports, collect, *zoo_subs):
         sub.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
     return parser
 

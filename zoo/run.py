@@ -17,6 +17,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 from zoo._liveness import Heartbeat
+from zoo.artifacts import log_linked
 from zoo.checkpoint import load_weights
 from zoo.config import RunConfig, flatten
 from zoo.data import Dataset, MixSpec, load, materialise, mixture
@@ -25,6 +26,7 @@ from zoo.figures import loss_curves, predictions
 from zoo.losses import apply_head, loss_floor
 from zoo.models import check_encoder, create_model
 from zoo.paths import ProjectPaths
+from zoo.resident import device_datasets
 from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
 from zoo.train import (
     Preempted,
@@ -32,7 +34,6 @@ from zoo.train import (
     git_commit,
     pick_device,
     standardise,
-    to_device,
     train_stage,
 )
 
@@ -155,7 +156,7 @@ def _artifacts(
         (folder / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         tracker.log_artifact(run_id, folder / "config.yaml")
         for name in config.log_weights:
-            tracker.log_artifact(run_id, last.folder / f"{name}.safetensors", "weights")
+            log_linked(tracker, run_id, last.folder / f"{name}.safetensors", "weights")
         curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
         tracker.log_artifact(run_id, loss_curves(curves, folder / "loss_curves.png"), "figures")
         images, masks = datasets[config.stages[-1].train].val
@@ -287,7 +288,7 @@ def _attempt(
         with Heartbeat(lambda beat: tracker.set_tags(run_id, beat)):
             if existing is None:
                 tracker.log_params(run_id, {**flatten(config.to_dict()), "loss_floor": floor})
-            data = {name: to_device(dataset, device) for name, dataset in datasets.items()}
+            data = device_datasets(datasets, device, echo)
             results = _train_stages(config, data, tracker, run_id, logged, paths, echo, on_epoch)
             tracker.log_metrics(run_id, _summary(config, results, floor, results[-1].total), 0)
             _artifacts(config, results, datasets, tracker, run_id)

@@ -14,6 +14,7 @@ import numpy as np
 
 from zoo._typed import build, to_dict
 from zoo.data._files import FileSpec, read_files, save_hashes
+from zoo.data._lock import index_lock, making
 from zoo.data._simulate import simulate
 from zoo.data._spec import GeneratorSpec, generator_spec
 from zoo.errors import ConfigError
@@ -130,7 +131,13 @@ def _generate(spec: GeneratorSpec) -> tuple[np.ndarray, np.ndarray, list[float]]
 
 
 def materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
-    """The cache folder of a dataset, generating or reading it only when not cached yet."""
+    """The cache folder of a dataset, generating or reading it only when not cached yet;
+    concurrent makers of one dataset make it once (zoo.data._lock)."""
+    with making(source, paths):
+        return _materialise(name, source, paths)
+
+
+def _materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
     digest = source.digest() if isinstance(source, GeneratorSpec) else None  # files: after read
     if digest is not None and (paths.dataset(digest) / "meta.json").exists():
         return _remember(name, digest, source, paths)
@@ -156,13 +163,13 @@ def materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
 
 def _remember(name: str, digest: str, source: DatasetSource, paths: ProjectPaths) -> Path:
     """Record ``name`` -> digest in the index so the dataset can be found by name."""
-    index = json.loads(paths.dataset_index.read_text()) if paths.dataset_index.exists() else {}
-    if index.get(name, {}).get("digest") != digest:
-        index[name] = {"digest": digest, "source": to_dict(source)}
-        paths.dataset_index.parent.mkdir(parents=True, exist_ok=True)
-        tmp = paths.dataset_index.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
-        os.replace(tmp, paths.dataset_index)
+    with index_lock(paths):
+        index = json.loads(paths.dataset_index.read_text()) if paths.dataset_index.exists() else {}
+        if index.get(name, {}).get("digest") != digest:
+            index[name] = {"digest": digest, "source": to_dict(source)}
+            tmp = paths.dataset_index.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+            os.replace(tmp, paths.dataset_index)
     return paths.dataset(digest)
 
 
@@ -176,12 +183,13 @@ def lookup(name: str, paths: ProjectPaths) -> Path:
 
 
 def load(name: str, folder: Path) -> Dataset:
-    """The dataset cached in ``folder``."""
+    """The dataset cached in ``folder``, memory-mapped: pages are read when used and
+    shared by every process on the node (copy-on-write, never written back)."""
     meta = json.loads((folder / "meta.json").read_text())
     return Dataset(
         name,
-        np.load(folder / "images.npy").astype(np.float32, copy=False),
-        np.load(folder / "masks.npy"),
+        np.load(folder / "images.npy", mmap_mode="c").astype(np.float32, copy=False),
+        np.load(folder / "masks.npy", mmap_mode="c"),
         meta["train_count"],
         meta["pixel_size_a"],
         folder.name,

@@ -1,5 +1,7 @@
 """The local executor: jobs on N worker processes, shared stages first.
 
+The datasets the pending jobs need are made first, in parallel on the workers.
+
 A job starts once the stage job it depends on has finished; a failed stage job
 leaves its dependents skipped, and the sweep goes on. Jobs whose MLflow run is
 already FINISHED are not started, so running a finished sweep again trains
@@ -16,6 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
+from zoo.sweep._datasets import make_datasets
 from zoo.sweep._executor import Executor, SweepReport, pending
 from zoo.sweep._job import JobResult, JobSpec, jobs_from_plan, pin_device, run_job
 from zoo.sweep._plan import Plan
@@ -97,6 +100,7 @@ class LocalExecutor(Executor):
         )
         progress = _Progress(len(todo), self.echo)
         try:
+            make_datasets(todo, tracker.paths, self.echo, pool.map)
             _schedule(pool, workers, todo, set(finished), report, progress)
         except KeyboardInterrupt:
             report.interrupted = True

@@ -3,8 +3,10 @@
 Layout of a submission (zoo.paths.SubmissionPaths): ``runs.json`` (every
 array's job keys and each job's JSON description, written before anything is
 submitted), one script per array rendered from the packaged template
-``zoo/resources/array.sbatch``, and per-task logs. Shared stages go
-first as one array; the runs that start from a shared stage form an array that
+``zoo/resources/array.sbatch``, and per-task logs. The datasets the jobs need
+and the cache lacks go first, as a CPU array of one task per dataset
+(``--data-partition``, ``--data-cpus``, ``--data-time``). Shared stages go
+next as one array; the runs that start from a shared stage form an array that
 waits (``afterok``) for exactly that stage's task, so one failed stage leaves
 only its own dependents unstarted (SLURM's ``kill_invalid_depend`` removes
 them). Arrays longer than the cluster's ``MaxArraySize`` are split.
@@ -30,6 +32,7 @@ from typing import Any
 from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths, SubmissionPaths
 from zoo.resources import resource
+from zoo.sweep._datasets import make_task, missing_sources
 from zoo.sweep._executor import Executor, SweepReport, pending
 from zoo.sweep._job import JobSpec, jobs_from_plan, pin_device, run_job
 from zoo.sweep._plan import Plan
@@ -53,6 +56,8 @@ _PATTERNS = {
     "time": r"(\d+-)?\d+(:\d+){0,2}",
     "constraint": r"[\w&|!*\[\](),:.-]+",
     "mem_per_task": r"\d+[KMGT]?",
+    "data_partition": r"[\w.,-]+",
+    "data_time": r"(\d+-)?\d+(:\d+){0,2}",
 }
 
 
@@ -90,6 +95,9 @@ class SubmitOptions:
     extra: tuple[str, ...] = ()  # extra #SBATCH lines, e.g. "--mail-type=END"
     resubmit_failed: bool = False
     dry_run: bool = False
+    data_partition: str | None = None  # the dataset array's partition (default: partition)
+    data_cpus: int | None = None  # CPUs per dataset array task
+    data_time: str | None = None  # a dataset array task's time limit (default: time)
 
     def validate(self) -> None:
         for name, pattern in _PATTERNS.items():
@@ -101,7 +109,7 @@ class SubmitOptions:
                 )
         if self.max_requeues < 0:
             raise ConfigError(f"--max-requeues: {self.max_requeues}; expected an integer >= 0")
-        for name in ("gpus_per_task", "cpus_per_task", "max_parallel", "gpu_power"):
+        for name in ("gpus_per_task", "cpus_per_task", "max_parallel", "gpu_power", "data_cpus"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(
@@ -137,6 +145,18 @@ class SubmitOptions:
             lines.append(f"--gpu-power={self.gpu_power}")
         return [f"#SBATCH {line}" for line in [*lines, *self.extra]]
 
+    def for_datasets(self) -> SubmitOptions:
+        """The options of the dataset array: CPUs only, its own partition and time."""
+        return replace(
+            self,
+            partition=self.data_partition or self.partition,
+            time=self.data_time or self.time,
+            cpus_per_task=self.data_cpus,
+            gpus_per_task=None,
+            gpu_power=None,
+            max_parallel=None,
+        )
+
 
 @dataclass
 class Array:
@@ -147,6 +167,7 @@ class Array:
     task_count: int = 0
     runs_per_task: int = 1
     runs_per_gpu: int = 1
+    kind: str = "jobs"  # "datasets": each key names a dataset to make
 
 
 def _slurm(*args: str) -> str:
@@ -230,6 +251,17 @@ def _group(selected: list[JobSpec], limit: int, per_task: int, per_gpu: int) -> 
     return arrays
 
 
+def _datasets_first(datasets: dict[str, Any], arrays: list[Array], limit: int) -> list[Array]:
+    """``arrays`` after a CPU array making ``datasets`` (one task each), chained like them."""
+    first = _split("datasets", list(datasets), limit, 1, 1)
+    for array in first:
+        array.kind = "datasets"
+    chain = first + arrays
+    for before, after in itertools.pairwise(chain):
+        after.depends_on = before.name
+    return chain
+
+
 def _split(name: str, keys: list[str], limit: int, per_task: int, per_gpu: int) -> list[Array]:
     per_array = limit * per_task
     chunks = [keys[i : i + per_array] for i in range(0, len(keys), per_array)]
@@ -291,10 +323,22 @@ class SlurmExecutor(Executor):
             )
             return report
         limit = _dry_limit() if options.dry_run else cluster_max_array_size()
-        arrays = _group(selected, limit, options.runs_per_task, options.runs_per_gpu)
+        datasets = missing_sources(selected, tracker.paths)
+        arrays = _datasets_first(
+            datasets, _group(selected, limit, options.runs_per_task, options.runs_per_gpu), limit
+        )
         submission = tracker.paths.new_submission(name, time.strftime("%Y%m%d-%H%M%S"))
-        record = {"sweep": name, "arrays": [], "jobs": self._jobs(selected)}
-        scripts = {a.name: render(name, a, submission, tracker.paths.root, options) for a in arrays}
+        record = {"sweep": name, "arrays": [], "jobs": self._jobs(selected), "datasets": datasets}
+        scripts = {
+            a.name: render(
+                name,
+                a,
+                submission,
+                tracker.paths.root,
+                options.for_datasets() if a.kind == "datasets" else options,
+            )
+            for a in arrays
+        }
         if options.dry_run:
             for array in arrays:
                 command = _sbatch(array, arrays, submission)
@@ -378,6 +422,7 @@ def _write_record(submission: SubmissionPaths, record: dict[str, Any], arrays: l
             "runs_per_task": a.runs_per_task,
             "runs_per_gpu": a.runs_per_gpu,
             "depends_on": a.depends_on,
+            "kind": a.kind,
         }
         for a in arrays
     ]
@@ -390,8 +435,9 @@ PREEMPTED = 3  # exit code of a lane that checkpointed on USR1
 
 
 def worker(folder: Path, array_name: str, task: int) -> int:
-    """Run the jobs of one array task; on USR1, checkpoint and requeue this task only
-    (at most each job's ``max_requeues`` times: then its run ends FAILED).
+    """Run the jobs of one array task (a dataset array task makes its datasets); on
+    USR1, checkpoint and requeue this task only (at most each job's ``max_requeues``
+    times: then its run ends FAILED).
 
     With ``runs_per_gpu`` N > 1 the task's runs are dealt to N processes that
     train side by side (round-robin over the task's GPUs); USR1 is passed on to
@@ -403,11 +449,13 @@ def worker(folder: Path, array_name: str, task: int) -> int:
     array = next(a for a in record["arrays"] if a["name"] == array_name)
     per_task, per_gpu = array["runs_per_task"], array.get("runs_per_gpu", 1)
     keys = array["keys"][task * per_task : (task + 1) * per_task]
-    jobs = [record["jobs"][k] for k in keys]
     started = time.time()
-    if per_gpu == 1:
-        code = _lane(jobs, submission, task, 0)
+    if array.get("kind") == "datasets":
+        code = make_task(record["datasets"], keys, ProjectPaths.default())
+    elif per_gpu == 1:
+        code = _lane([record["jobs"][k] for k in keys], submission, task, 0)
     else:
+        jobs = [record["jobs"][k] for k in keys]
         code = _lanes([jobs[i::per_gpu] for i in range(per_gpu)], submission, task)
     if code == PREEMPTED:
         target = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"

@@ -1,0 +1,140 @@
+"""The sweep engine at scale: datasets made once, uploaded once per worker, disk reclaimed."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import yaml
+
+from tests.conftest import TINY_DATA
+from zoo.cli import main
+
+MAKER = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    from zoo.data import _store, generator_spec, materialise
+    from zoo.paths import ProjectPaths
+
+    counter = Path(sys.argv[1])
+    generate = _store._generate
+
+    def counted(spec):
+        with counter.open("a") as handle:
+            handle.write("simulated\\n")
+        time.sleep(1.0)  # long enough that unlocked makers would all simulate
+        return generate(spec)
+
+    _store._generate = counted
+    spec = generator_spec({**json.loads(sys.argv[3]), "defocus_nm": 5}, "datasets.a")
+    print(materialise(sys.argv[2], spec, ProjectPaths(Path.cwd())).name)
+    """
+)
+
+
+def test_concurrent_makers_of_one_dataset_simulate_it_once(project, tmp_path):
+    counter = tmp_path / "simulations.txt"
+    makers = [
+        subprocess.Popen(
+            [sys.executable, "-c", MAKER, str(counter), f"name{i}", json.dumps(TINY_DATA)],
+            cwd=project.root,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    digests = {maker.communicate(timeout=120)[0].strip() for maker in makers}
+    assert all(maker.returncode == 0 for maker in makers)
+    assert counter.read_text().splitlines() == ["simulated"]
+    assert len(digests) == 1
+    index = json.loads(project.dataset_index.read_text())
+    assert sorted(index) == [f"name{i}" for i in range(4)]  # no index update was lost
+
+
+def _bytes(line: str) -> int:
+    return int(re.search(r"\((\d+) bytes\)", line).group(1))
+
+
+def test_sweep_uploads_each_dataset_once_per_worker_and_gc_frees_what_it_listed(
+    tiny_spec, project, capsys
+):
+    spec = tiny_spec(sources=("a",))
+    assert main(["sweep", "run", str(spec), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "making 3 dataset(s): a, b, c" in out
+    assert out.index("making 3 dataset(s)") < out.index("finished run")
+    logs = "".join(p.read_text() for p in (project.logs / "tiny").glob("*.log"))
+    for name in "abc":  # one worker, three jobs: each dataset uploaded by the first only
+        assert logs.count(f"dataset {name}: uploaded to cpu") == 1
+        assert logs.count(f"dataset {name}: on cpu since an earlier run") == 2
+
+    weights = list(project.artifacts.rglob("weights/best.safetensors"))
+    assert len(weights) == 3 and all(w.stat().st_nlink >= 2 for w in weights)  # stored once
+
+    stage = next(f for f in project.stages.iterdir() if (f / "result.json").exists())
+    leftover = stage / "last.safetensors"
+    leftover.write_bytes(b"\0" * 5000)  # as a worker killed before removing it leaves it
+    datasets = project.root / "other.yaml"
+    datasets.write_text(yaml.safe_dump({"datasets": {"d": {**TINY_DATA, "defocus_nm": 30}}}))
+    assert main(["data", "make", str(datasets)]) == 0
+    unused = project.dataset(json.loads(project.dataset_index.read_text())["d"]["digest"])
+    capsys.readouterr()
+
+    assert main(["gc", str(spec), "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert str(leftover) in listed and str(unused) in listed
+    assert leftover.exists() and unused.exists()
+    assert main(["gc", str(spec)]) == 0
+    freed = capsys.readouterr().out
+    assert _bytes(freed.splitlines()[-1]) == _bytes(listed.splitlines()[-1]) > 5000
+    assert not leftover.exists() and not unused.exists()
+    assert "d" not in json.loads(project.dataset_index.read_text())
+    assert len(list(project.datasets.iterdir())) == 4  # a, b, c and the index
+
+    assert main(["sweep", "run", str(spec)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+PROFILE = {
+    "name": "fake",
+    "device": "cpu (test)",
+    "model": {},
+    "image_size": 64,
+    "train_images_per_s": 400.0,  # 1600 images/s at 32 px
+    "val_images_per_s": 1600.0,  # 6400 images/s at 32 px
+    "job_overhead_s": 1.0,
+    "worker_host_bytes": 10**9,
+    "measured": "never",
+}
+
+
+def test_plan_on_a_profile_predicts_time_disk_and_memory(tiny_spec, project, capsys):
+    spec = tiny_spec(sources=("a",))  # 1 shared pretrain, 2 transfers, 3 jobs
+    project.profile("fake").parent.mkdir(parents=True)
+    project.profile("fake").write_text(json.dumps(PROFILE))
+    plans = {}
+    for workers in (1, 2):
+        args = ["sweep", "plan", str(spec), "--profile", "fake", "--workers", str(workers)]
+        assert main([*args, "--json"]) == 0
+        plans[workers] = json.loads(capsys.readouterr().out)
+    one = plans[1]
+    # pretrain: 8 images, transfers: 4 images each, 1 epoch, 8 dihedral transforms;
+    # validation: 4 images of a, b and c after every epoch of the 3 stages trained
+    assert one["image_passes"] == (8 + 2 * 4) * 8
+    assert one["validation_image_passes"] == 3 * 3 * 4
+    expected = 3 * 1.0 + 128 / 1600 + 36 / 6400
+    assert abs(one["predicted_seconds"] - expected) < 1e-6
+    chain = 2 * 1.0 + 96 / 1600 + 24 / 6400  # the pretrain, then one transfer
+    assert abs(plans[2]["predicted_seconds"] - chain) < 1e-6
+    assert one["disk_bytes"] > one["dataset_bytes"] == 3 * 20 * 32 * 32 * 5
+    assert one["host_bytes_per_worker"] == 10**9 + one["device_bytes_per_worker"]
+    assert main(["sweep", "plan", str(spec), "--profile", "fake"]) == 0
+    assert "predicted wall time on profile fake with 1 worker(s)" in capsys.readouterr().out
+    assert main(["sweep", "plan", str(spec), "--profile", "cpu-2core-loaded", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["profile"] == "cpu-2core-loaded"  # committed
+    assert main(["sweep", "plan", str(spec), "--profile", "nope"]) == 2
+    assert "--profile: no profile 'nope'; known:" in capsys.readouterr().err

@@ -1,0 +1,168 @@
+"""Throughput profiles: what one worker does per second on a device, to price a sweep.
+
+``zoo calibrate NAME [SPEC]`` measures, on the machine where it runs (a compute
+node), the training and validation images per second of SPEC's model (default:
+the demo's U-Net) at its image size, and the fixed cost of a job (tracking,
+model set-up, checkpoints, figures) from two real one-epoch runs, and saves
+them as ``.zoo/profiles/NAME.json``. ``zoo sweep plan --profile NAME`` reads a
+profile from there, else from the ones committed in ``zoo/profiles/``; only
+``calibrate`` measures anything.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import ConfigError
+from zoo.paths import ProjectPaths
+
+__all__ = ["Profile", "calibrate", "load_profile", "save_profile"]
+
+DEMO_MODEL = {
+    "arch": "unet",
+    "encoder": "resnet18",
+    "encoder_depth": 3,
+    "decoder_channels": [64, 32, 16],
+    "in_channels": 1,
+    "classes": 2,
+    "head": "softmax",
+}
+_PACKAGED = Path(__file__).parent / "profiles"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One worker's throughput on one device for one model, at ``image_size``."""
+
+    name: str
+    device: str  # e.g. "cpu (x86_64, 1 thread)" or the GPU's name
+    model: dict[str, Any]  # the model measured
+    image_size: int  # rates scale with pixels: images/s at side s = rate × (image_size / s)²
+    train_images_per_s: float
+    val_images_per_s: float
+    job_overhead_s: float  # per job beyond its training and validation steps
+    worker_host_bytes: int  # peak resident memory of a worker after a run
+    measured: str  # UTC time of the measurement
+
+    def rate(self, kind: str, side: int) -> float:
+        base = self.train_images_per_s if kind == "train" else self.val_images_per_s
+        return base * (self.image_size / side) ** 2
+
+
+def save_profile(profile: Profile, paths: ProjectPaths) -> Path:
+    out = paths.profile(profile.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(asdict(profile), indent=1) + "\n")
+    return out
+
+
+def load_profile(name: str, paths: ProjectPaths) -> Profile:
+    """Profile ``name``: this project's, else a committed one."""
+    for path in (paths.profile(name), _PACKAGED / f"{name}.json"):
+        if path.exists():
+            return Profile(**json.loads(path.read_text()))
+    known = sorted({p.stem for p in _PACKAGED.glob("*.json")})
+    if paths.profile(name).parent.exists():
+        known = sorted({*known, *(p.stem for p in paths.profile(name).parent.glob("*.json"))})
+    raise ConfigError(
+        f"--profile: no profile {name!r}; known: {', '.join(known) or 'none'} "
+        f"(measure one with `zoo calibrate {name}` on the target machine)"
+    )
+
+
+def calibrate(name: str, spec: Path | None = None, echo=print) -> Profile:
+    """Measure a profile of SPEC's first run config (default: the demo's model at 64 px)."""
+    import torch
+
+    from zoo.sweep import load_spec, make_plan, measure_images_per_s
+
+    torch.set_num_threads(1)  # as sweep workers train
+    if spec is not None:
+        config = make_plan(load_spec(spec)).runs[0].config
+        model, side = config.model.to_dict(), _side(config)
+    else:
+        model, side = DEMO_MODEL, 64
+        config = _config(model, side, count=40)
+    train = measure_images_per_s(config, steps=8, max_side=side)
+    echo(f"training: {train:.1f} images/s at {side} px")
+    val = _val_images_per_s(config, side)
+    echo(f"validation: {val:.1f} images/s at {side} px")
+    overhead = _job_overhead(model, train * (side / 32) ** 2, val * (side / 32) ** 2)
+    echo(f"job overhead: {overhead:.2f} s")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return Profile(
+        name,
+        f"{device} ({platform.machine()}, 1 thread)" if device == "cpu" else device,
+        model,
+        side,
+        train,
+        val,
+        overhead,
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    )
+
+
+def _side(config: Any) -> int:
+    return getattr(config.sources[config.stages[0].train], "image_size", 64)
+
+
+def _config(model: dict[str, Any], side: int, count: int, seed: int = 0) -> Any:
+    from zoo.config import resolve
+
+    return resolve(
+        {
+            "experiment": "calibrate",
+            "seed": seed,
+            "model": model,
+            "datasets": {
+                "t": {"preset": "defocus", "defocus_nm": 0, "image_size": side, "count": count}
+            },
+            "stages": [{"name": "s", "train": "t", "size": 8, "epochs": 1, "batch_size": 8}],
+            "validate_on": ["t"],
+            "log_weights": ["best"],
+        }
+    )
+
+
+def _val_images_per_s(config: Any, side: int, batches: int = 4) -> float:
+    import torch
+
+    from zoo.models import create_model
+    from zoo.train import pick_device
+
+    device = pick_device(config)
+    model = create_model(config.model).to(device).eval()
+    x = torch.randn(config.val_batch_size, config.model.in_channels, side, side, device=device)
+    with torch.inference_mode():
+        model(x)
+        start = time.perf_counter()
+        for _ in range(batches):
+            model(x).sum().item()
+    return batches * config.val_batch_size / (time.perf_counter() - start)
+
+
+def _job_overhead(model: dict[str, Any], train_rate: float, val_rate: float) -> float:
+    """Seconds of a real one-epoch run (the second of two: warm) beyond its steps, at 32 px."""
+    from zoo.run import load_datasets, run
+    from zoo.tracking import Tracker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = ProjectPaths(Path(tmp))
+        tracker = Tracker(paths.tracking_uri, paths)
+        seconds = 0.0
+        for seed in (0, 1):
+            config = _config(model, 32, count=16, seed=seed)
+            load_datasets(config, paths)  # making data is not a job's overhead
+            start = time.perf_counter()
+            run(config, tracker, paths, echo=lambda _: None)
+            seconds = time.perf_counter() - start
+    steps = 8 / train_rate + 8 / val_rate  # one epoch: 8 training, 8 validation images
+    return max(seconds - steps, 0.0)

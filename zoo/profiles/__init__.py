@@ -1,0 +1,1 @@
+"""Throughput profiles measured so far (``zoo calibrate NAME``), shipped as package data."""
