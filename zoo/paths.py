@@ -49,12 +49,12 @@ class ProjectPaths:
 
     def dataset_lock(self, key: str) -> Path:
         """Held while the dataset whose source hashes to ``key`` is made (zoo.data._lock)."""
-        return self.state / "locks" / "datasets" / f"{key}.lock"
+        return self.datasets / ".locks" / f"{key}.lock"
 
     @property
     def dataset_index_lock(self) -> Path:
         """Held while ``index.json`` is read, changed and replaced."""
-        return self.state / "locks" / "datasets" / "index.lock"
+        return self.datasets / ".locks" / "index.lock"
 
     def profile(self, name: str) -> Path:
         """A throughput profile measured by ``zoo calibrate NAME`` (zoo.calibrate)."""
