@@ -129,8 +129,8 @@ def _sql_tables(
 def _rest_tables(
     uri: str, experiment: str, histories: bool = True, param_keys: tuple[str, ...] | None = None
 ) -> tuple[pd.DataFrame, ...] | None:
-    """Paged ``search_runs`` for runs, then one bulk history request per metric key and
-    100 runs (the server's ``get-history-bulk`` endpoint) instead of one call per run and key."""
+    """Paged ``search_runs`` for runs, then the server's ``get-history-bulk`` endpoint for
+    histories (see ``_bulk_history``) instead of one call per run and key."""
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
@@ -139,7 +139,7 @@ def _rest_tables(
     if found is None:
         return None
     runs, tags, params, latest = [], [], [], []
-    wanted: dict[str, dict[str, int]] = {}  # history key -> run id -> last step
+    wanted: dict[str, dict[str, None]] = {}  # history key -> run ids (an ordered set)
     token = None
     while True:
         page = client.search_runs([found.experiment_id], max_results=5000, page_token=token)
@@ -155,11 +155,11 @@ def _rest_tables(
             latest += [(run_id, k, v) for k, v in run.data.metrics.items()]
             for key in run.data.metrics:
                 if histories and (key in _HISTORY_KEYS or key.startswith("val_")):
-                    wanted.setdefault(key, {})[run_id] = 0
+                    wanted.setdefault(key, {})[run_id] = None
         token = page.token
         if not token:
             break
-    history = [row for key, ids in wanted.items() for row in _bulk_history(uri, key, list(ids))]
+    history = _bulk_history(uri, wanted)
     columns = ["run_id", "key", "value"]
     return (
         pd.DataFrame(runs, columns=["run_id", "status", "start_time", "end_time"]),
@@ -170,29 +170,39 @@ def _rest_tables(
     )
 
 
-def _bulk_history(uri: str, key: str, run_ids: list[str]) -> list[tuple]:
-    """Every (run, key, step, value) point of ``key`` for ``run_ids``; a request that
-    reaches the server's 25,000-point cap is split in halves and asked again."""
+def _bulk_history(uri: str, wanted: dict[str, dict[str, None]]) -> list[tuple]:
+    """Every (run, key, step, value) point of the ``wanted`` keys and runs: one
+    ``get-history-bulk`` request per key and 100 runs, 8 at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [
+        (key, ids[i : i + _BULK_RUNS])
+        for key, runs in wanted.items()
+        for ids in [list(runs)]
+        for i in range(0, len(ids), _BULK_RUNS)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        found = pool.map(lambda job: _bulk_request(uri, *job), jobs)
+        return [point for points in found for point in points]
+
+
+def _bulk_request(uri: str, key: str, run_ids: list[str]) -> list[tuple]:
+    """The points of ``key`` for ``run_ids``; a response that reaches the server's
+    25,000-point cap is asked again in halves."""
     from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
-    creds = MlflowHostCreds(uri.rstrip("/"))
-    points: list[tuple] = []
-    chunks = [run_ids[i : i + _BULK_RUNS] for i in range(0, len(run_ids), _BULK_RUNS)]
-    while chunks:
-        chunk = chunks.pop()
-        response = http_request(
-            creds,
-            "/ajax-api/2.0/mlflow/metrics/get-history-bulk",
-            "GET",
-            params={"run_id": chunk, "metric_key": key, "max_results": _BULK_CAP},
-        )
-        response.raise_for_status()
-        metrics = response.json().get("metrics", [])
-        if len(metrics) >= _BULK_CAP and len(chunk) > 1:
-            chunks += [chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]]
-            continue
-        points += [(m["run_id"], key, int(m["step"]), float(m["value"])) for m in metrics]
-    return points
+    response = http_request(
+        MlflowHostCreds(uri.rstrip("/")),
+        "/ajax-api/2.0/mlflow/metrics/get-history-bulk",
+        "GET",
+        params={"run_id": run_ids, "metric_key": key, "max_results": _BULK_CAP},
+    )
+    response.raise_for_status()
+    metrics = response.json().get("metrics", [])
+    if len(metrics) >= _BULK_CAP and len(run_ids) > 1:
+        half = len(run_ids) // 2
+        return _bulk_request(uri, key, run_ids[:half]) + _bulk_request(uri, key, run_ids[half:])
+    return [(m["run_id"], key, int(m["step"]), float(m["value"])) for m in metrics]
 
 
 def _wide(long: pd.DataFrame, prefix: str = "") -> pd.DataFrame:
