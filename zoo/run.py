@@ -209,11 +209,11 @@ def run(
     """Train ``config`` (or finish an interrupted attempt); returns the MLflow run id.
 
     The MLflow run is found by ``identity`` (default: the config hash) in the
-    config's experiment; a FINISHED one means there is nothing to do. Bad input
-    is refused before the run exists (see preflight; ``prepared`` is its result when
-    the caller ran it already). One process at a time
-    works on an identity: others wait for it, then find it finished. ``tags``
-    are added to a new run. Any failure after the run exists ends it FAILED.
+    config's experiment; a FINISHED one means there is nothing to do. Bad input is
+    refused before the run exists (see preflight; ``prepared`` is its result when the
+    caller ran it already). One process at a time works on an identity: others wait
+    for it, then find it finished. ``tags`` are added to a new run. Any failure after
+    the run exists ends it FAILED.
     """
     identity = identity or config.digest()
     existing = _existing(tracker, config.experiment, identity)
