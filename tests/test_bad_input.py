@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from zoo.cli import main
@@ -671,6 +672,18 @@ CASES = [
         r"tracking store nope://x: cannot be used",
     ),
 ]
+
+
+if not torch.cuda.is_available():  # the same refusal on a machine without a GPU
+    CASES.append(
+        (
+            "device-cuda-without-gpu",
+            run(device="cuda"),
+            TRAIN,
+            2,
+            r"config\.device: 'cuda' is not available here \(0 CUDA",
+        )
+    )
 
 
 def _write(root: Path, files: dict) -> None:

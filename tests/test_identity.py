@@ -266,3 +266,14 @@ def test_nvml_handle_is_found_by_the_devices_uuid_and_released(monkeypatch):
         pass
     handle = ("handle", "GPU-physical-3-as-0")
     assert calls == ["init", ("cap", handle, 250_000), ("cap", handle, 300_000), "shutdown"]
+
+
+def test_data_make_handles_mixtures(project, capsys):
+    _h5(project.root / "data.h5", 8)
+    path = project.root / "datasets.yaml"
+    path.write_text(
+        yaml.safe_dump({"datasets": {"d": {"path": "data.h5"}, "m": {"mix": {"d": 2}}}})
+    )
+    assert main(["data", "make", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "m: a mixture of d" in out and "d: " in out
