@@ -82,7 +82,7 @@ def test_demo_sweep_on_slurm_every_run_once_and_throttled(
     assert len(runs) == 3 + 6 and all(r.info.status == "FINISHED" for r in runs)
     assert len({r.data.tags["zoo.config_hash"] for r in runs}) == 9
     intervals = _task_intervals(project)
-    assert len(intervals) == 3 + 3  # 3 stage tasks, 6 runs in tasks of 2
+    assert len(intervals) == 3 + 3 + 3  # datasets a, b, c, 3 stage tasks, 6 runs in tasks of 2
     most = max(sum(s <= t < e for s, e in intervals) for t, _ in intervals)
     assert most <= 2
     logs = list(project.state.glob("sweeps/tiny/*/logs/runs-*.out"))

@@ -146,7 +146,8 @@ class SubmitOptions:
         return [f"#SBATCH {line}" for line in [*lines, *self.extra]]
 
     def for_datasets(self) -> SubmitOptions:
-        """The options of the dataset array: CPUs only, its own partition and time."""
+        """The options of the dataset array: CPUs only, its own partition and time; the
+        throttle still applies, so --max-parallel bounds the whole sweep."""
         return replace(
             self,
             partition=self.data_partition or self.partition,
@@ -154,7 +155,6 @@ class SubmitOptions:
             cpus_per_task=self.data_cpus,
             gpus_per_task=None,
             gpu_power=None,
-            max_parallel=None,
         )
 
 
