@@ -1,12 +1,13 @@
-"""TPE with median pruning against the full grid on a small defocus-shaped problem.
+"""TPE with pruning against the full grid on a small defocus-shaped problem.
 
 The problem: pretrain at -10 nm defocus, transfer to +10 nm (32 px images, a
 tiny U-Net); the transfer recipe (learning rate × freezing × training-set size,
 4 × 3 × 4 = 48 configs) is searched. The grid runs once, every config to the
-end, giving the known optimum; then TPE with median pruning searches the same
-space in a fresh project root. Printed: the search's best-so-far curve against
-the training image passes it spent, the gap to the grid's best adjusted loss
-and the ratio of image passes (the shared pretraining counted once in both).
+end, giving the known optimum; then TPE with pruning (Hyperband by default,
+``--pruner median``) searches the same space in a fresh project root. Printed:
+the search's best-so-far curve against the training image passes it spent, the
+gap to the grid's best adjusted loss and the ratio of image passes (the shared
+pretraining counted once in both).
 Target (issue 13): within 2 % of the grid's best using at most 40 % of its passes.
 Run: ``.venv/bin/python benchmarks/bench_search.py [--workers 2] [--budget 24] [--grid-json F]``.
 """
@@ -80,7 +81,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--budget", type=int, default=24, help="TPE trials")
     parser.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
-    parser.add_argument("--pruner", choices=["median", "hyperband"], default="median")
+    parser.add_argument("--pruner", choices=["median", "hyperband"], default="hyperband")
     parser.add_argument("--warmup", type=int, default=1, help="epochs before median pruning")
     parser.add_argument(
         "--grid-json", type=Path, help="reuse the grid's result from this file (written if new)"

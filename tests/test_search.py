@@ -35,7 +35,7 @@ def trial_runs(project, name="tiny"):
 def test_search_spends_its_budget_exactly_and_mlflow_holds_the_objective(
     search_spec, project, capsys
 ):
-    spec = search_spec()
+    spec = search_spec(epochs=1)
     assert main(["sweep", "run", str(spec), "--workers", "2"]) == 0
     assert "12 of 12 trials" in capsys.readouterr().out
     trials = study(project).trials

@@ -179,5 +179,7 @@ def run_sweep(
 
 
 def _describe(job: JobSpec) -> str:
+    if job.kind == "search":
+        return job.key
     values = ", ".join(f"{k[9:]}={v}" for k, v in job.tags.items() if k.startswith("zoo.axis."))
     return f"{job.name} {job.key[:8]} ({values})"
