@@ -89,6 +89,19 @@ class ModelConfig:
             list(self.decoder_channels),
             f"{self.encoder_depth} values (one per encoder_depth)",
         )
+        if self.arch == "fpn":  # smp's FPN: GroupNorm(32) on its last channels, depth >= 3
+            check(
+                self.decoder_channels[-1] % 32 == 0,
+                f"{where}.decoder_channels",
+                list(self.decoder_channels),
+                "a last value that is a multiple of 32 for arch fpn",
+            )
+            check(
+                self.encoder_depth >= 3,
+                f"{where}.encoder_depth",
+                self.encoder_depth,
+                "an integer from 3 to 5 for arch fpn",
+            )
 
 
 @dataclass(frozen=True)
@@ -106,12 +119,23 @@ class StageConfig:
     init: str = "auto"
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = 0.0
-    loss: str = "cross_entropy"  # one of zoo.losses.LOSSES
+    # one of zoo.losses.LOSSES, or a weighted sum of losses of one task: {mse: 1.0, ssim: 0.1}
+    loss: str | dict[str, float] = "cross_entropy"
     augment: Literal["dihedral", "none"] = "dihedral"  # dihedral: all 8 flips/rotations per epoch
     select_on: str | None = None  # validation set that defines "best"; null = `train`
+    # learning rate per epoch e (1-based): exponential lr × lr_decay^(e-1); step lr × gamma^
+    # ⌊(e-1)/step_size⌋; milestones lr × gamma^(milestones below e); cosine to 0 at the end
+    scheduler: Literal["exponential", "step", "milestones", "cosine", "constant"] = "exponential"
+    milestones: tuple[int, ...] = ()  # milestones: epochs after which lr is multiplied by gamma
+    step_size: int = 1  # step: epochs between multiplications by gamma
+    gamma: float = 0.1  # step and milestones: the factor
+    warmup_epochs: int = 0  # the first epochs scaled by e/(warmup_epochs + 1) (linear warm-up)
+    # carry: continue the previous stage's optimizer (its state, last weights and shuffle
+    # stream), so stages at lr, lr·g, lr·g² equal one stage with milestones; reset: fresh
+    optimizer_state: Literal["reset", "carry"] = "reset"
 
     def validate(self, where: str) -> None:
-        from zoo.losses import LOSSES
+        from zoo.losses import check_loss
 
         check(self.lr > 0, f"{where}.lr", self.lr, "a learning rate > 0")
         check(0 < self.lr_decay <= 1, f"{where}.lr_decay", self.lr_decay, "0 < decay <= 1")
@@ -124,7 +148,17 @@ class StageConfig:
             "an integer >= 1 or null",
         )
         check(self.weight_decay >= 0, f"{where}.weight_decay", self.weight_decay, "a value >= 0")
-        check(self.loss in LOSSES, f"{where}.loss", self.loss, "one of " + ", ".join(LOSSES))
+        check_loss(self.loss, f"{where}.loss")
+        check(self.gamma > 0, f"{where}.gamma", self.gamma, "a factor > 0")
+        check(self.step_size >= 1, f"{where}.step_size", self.step_size, "an integer >= 1")
+        check(self.warmup_epochs >= 0, f"{where}.warmup_epochs", self.warmup_epochs, ">= 0")
+        check(
+            list(self.milestones) == sorted(set(self.milestones))
+            and all(m >= 1 for m in self.milestones),
+            f"{where}.milestones",
+            list(self.milestones),
+            "increasing epochs >= 1",
+        )
         kind, _, target = self.init.partition(":")
         check(
             kind in ("auto", "random", "best", "last", "file", "run", "model")
@@ -138,6 +172,26 @@ class StageConfig:
     @property
     def selection_set(self) -> str:
         return self.select_on or self.train
+
+    def identity(self) -> dict[str, Any]:
+        """The stage's fields for its identity: fields added later leave it while at their
+        defaults, so hashes made before they existed stay valid."""
+        document = to_dict(self)
+        return {
+            k: v
+            for k, v in document.items()
+            if k not in _ADDED_STAGE_FIELDS or v != _ADDED_STAGE_FIELDS[k]
+        }
+
+
+_ADDED_STAGE_FIELDS = {
+    "scheduler": "exponential",
+    "milestones": [],
+    "step_size": 1,
+    "gamma": 0.1,
+    "warmup_epochs": 0,
+    "optimizer_state": "reset",
+}
 
 
 @dataclass(frozen=True)
@@ -182,6 +236,19 @@ class RunConfig:
                 stage.selection_set,
                 "a dataset in validate_on",
             )
+            previous = self.stages[i - 1] if i else None
+            check(
+                stage.optimizer_state == "reset"
+                or (
+                    previous is not None
+                    and stage.init in ("auto", "last")
+                    and (stage.optimizer, stage.freeze) == (previous.optimizer, previous.freeze)
+                ),
+                f"{at}.optimizer_state",
+                stage.optimizer_state,
+                "reset, or carry after a stage with the same optimizer and freeze "
+                "(init auto or last)",
+            )
             check(
                 i > 0 or stage.init not in ("best", "last"),
                 f"{at}.init",
@@ -211,6 +278,20 @@ class RunConfig:
     @property
     def validation_sets(self) -> tuple[str, ...]:
         return self.validate_on or tuple(dict.fromkeys(s.train for s in self.stages))
+
+    def keeps_optimizer(self, index: int) -> bool:
+        """Whether stage ``index`` saves its final optimizer for the next stage to carry."""
+        following = self.stages[index + 1 : index + 2]
+        return bool(following) and following[0].optimizer_state == "carry"
+
+    def stream(self, index: int) -> tuple[int, int]:
+        """(first stage, epochs before this one) of the training stream stage ``index``
+        continues: itself and 0 unless it carries the previous stage's optimizer."""
+        start, offset = index, 0
+        while start > 0 and self.stages[start].optimizer_state == "carry":
+            start -= 1
+            offset += self.stages[start].epochs
+        return start, offset
 
     @property
     def used_datasets(self) -> tuple[str, ...]:
@@ -268,6 +349,7 @@ class RunConfig:
             for f in fields(self)
             if f.name not in (*NOT_IDENTITY, "datasets")
         }
+        document["stages"] = [s.identity() for s in self.stages]
         execution = self.execution()
         inits = {
             str(i): _init_content(s.init, f"config.stages.{i}.init")
@@ -290,7 +372,9 @@ class RunConfig:
             ]
             used = sorted({stage.train, *self.validation_sets, *parts})
             continues = digests and stage.init in ("auto", "best", "last")
-            stage_document = {**to_dict(stage), "name": ""}  # a stage's name is not its identity
+            stage_document = {**stage.identity(), "name": ""}  # its name is not its identity
+            if self.keeps_optimizer(index):
+                stage_document["keep_optimizer"] = True
             documents.append(
                 {
                     "stage": stage_document,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import subprocess
 import threading
@@ -37,7 +38,7 @@ from zoo.checkpoint import (
 from zoo.config import STAGE_VERSION, RunConfig, StageConfig, init_file
 from zoo.data import Dataset
 from zoo.errors import ConfigError, DataError
-from zoo.losses import LOSSES, apply_head, loss_floor
+from zoo.losses import LOSSES, apply_head, loss_floor, make_loss
 from zoo.models import create_model, freeze, parameter_counts, set_train_mode
 from zoo.telemetry import GpuMeter
 
@@ -53,6 +54,7 @@ __all__ = [
     "git_commit",
     "make_optimizer",
     "pick_device",
+    "stage_lr",
     "stage_record",
     "standardise",
     "to_device",
@@ -73,6 +75,7 @@ class Preempted(Exception):
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
+CARRY = "carry.safetensors"  # a stage's final optimizer, kept when the next stage carries it
 STORAGE = torch.float16  # images on the device: half the memory, standardised first
 CHUNK = 64  # images uploaded and standardised at a time
 
@@ -228,6 +231,23 @@ def make_optimizer(stage: StageConfig, model: torch.nn.Module) -> torch.optim.Op
     return kinds[stage.optimizer](trainable, lr=stage.lr, weight_decay=stage.weight_decay, **extra)
 
 
+def stage_lr(stage: StageConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (1-based) of ``stage`` under its scheduler."""
+    if stage.scheduler == "exponential":
+        lr = stage.lr * stage.lr_decay ** (epoch - 1)
+    elif stage.scheduler == "step":
+        lr = stage.lr * stage.gamma ** ((epoch - 1) // stage.step_size)
+    elif stage.scheduler == "milestones":
+        lr = stage.lr * stage.gamma ** sum(m < epoch for m in stage.milestones)
+    elif stage.scheduler == "cosine":
+        lr = stage.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / stage.epochs))
+    else:
+        lr = stage.lr
+    if epoch <= stage.warmup_epochs:
+        lr *= epoch / (stage.warmup_epochs + 1)
+    return lr
+
+
 @torch.inference_mode()
 def evaluate(
     model: torch.nn.Module,
@@ -239,7 +259,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Loss, IoU of the foreground classes and pixel accuracy over a validation split."""
     model.eval()
-    compute = LOSSES[stage.loss].compute
+    compute = make_loss(stage.loss)
     totals = torch.zeros(4, device=images.device, dtype=torch.float64)
     for start in range(0, len(images), config.val_batch_size):
         end = start + config.val_batch_size
@@ -354,17 +374,19 @@ def train_stage(
     source = data[stage.train]
     count = min(stage.size or len(source.train_images), len(source.train_images))
     network = torch.compile(model) if config.compile else model
-    step = Step(network, optimizer, LOSSES[stage.loss].compute, config.model.head, amp, scaler)
+    step = Step(network, optimizer, make_loss(stage.loss), config.model.head, amp, scaler)
     device_index = (device.index or 0) if device.type == "cuda" else None
     compiled = not config.compile  # the first step in this process compiles the model
     with GpuMeter(device_index, config.power_cap_w) as meter:
         for epoch in range(progress["epoch"] + 1, stage.epochs + 1):
             started = time.perf_counter()
-            lr = stage.lr * stage.lr_decay ** (epoch - 1)
+            lr = stage_lr(stage, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             set_train_mode(model, stage.freeze)
-            order = epoch_order(config.seed, index, epoch, count, stage.augment == "dihedral")
+            first, before = config.stream(index)  # a carried stage continues the shuffles
+            augment = stage.augment == "dihedral"
+            order = epoch_order(config.seed, first, before + epoch, count, augment)
             partial = progress.pop("partial", {"step": 0, "total": 0.0, "seconds": 0.0})
             started -= partial["seconds"]
             total = torch.tensor(partial["total"], device=device)
@@ -421,6 +443,8 @@ def train_stage(
         "images": progress.get("images", 0),
         "compile_seconds": progress.get("compile_seconds", 0.0),
     }
+    if config.keeps_optimizer(index):  # the next stage carries this optimizer on
+        save_checkpoint(folder / CARRY, model, optimizer, progress, record)
     atomic_write_text(done, json.dumps({**result, "record": record}, indent=1))
     checkpoint.unlink()
     previous_path(checkpoint).unlink(missing_ok=True)
@@ -474,6 +498,8 @@ def _fresh(
     stage = config.stages[index]
     torch.manual_seed(config.seed)
     model = create_model(config.model)
+    if stage.optimizer_state == "carry":
+        return _carried(model, stage, previous, device)
     initial = _initial_weights(config, index, previous, fetch_run)
     if initial is not None:
         try:
@@ -489,6 +515,26 @@ def _fresh(
         model.to(memory_format=torch.channels_last)
     freeze(model, stage.freeze)
     return model, make_optimizer(stage, model)
+
+
+def _carried(
+    model: torch.nn.Module, stage: StageConfig, previous: StageResult | None, device: torch.device
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """``model`` and an optimizer as the previous stage left them (last weights, optimizer
+    state, torch RNG), with this stage's weight decay."""
+    assert previous is not None
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    freeze(model, stage.freeze)
+    optimizer = make_optimizer(stage, model)
+    try:
+        load_checkpoint(previous.folder / CARRY, model, optimizer)
+    except (CheckpointError, OSError) as error:
+        raise DataError(f"optimizer_state carry: {error}") from None
+    for group in optimizer.param_groups:
+        group["weight_decay"] = stage.weight_decay
+    return model, optimizer
 
 
 def _resume(

@@ -1,0 +1,208 @@
+"""Tasks beyond binary segmentation: segmentation results pinned, losses, regression."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from zoo.cli import main
+from zoo.config import resolve
+
+TINY_DATA = {"preset": "defocus", "image_size": 32, "count": 20, "sim_sampling_a": 0.4}
+PINNED_RUN = {
+    "experiment": "pinned",
+    "seed": 5,
+    "model": {"encoder": "tu-test_resnet", "decoder_channels": [16] * 5},
+    "datasets": {"a": {**TINY_DATA, "defocus_nm": -10}},
+    "stages": [{"name": "only", "train": "a", "size": 8, "epochs": 2, "lr": 1e-3}],
+}
+# The summary metrics of PINNED_RUN, recorded from zoo before regression tasks existed.
+PINNED = {
+    "best_epoch/only/a": 2.0,
+    "loss_floor": 0.31326168751822286,
+    "lr": 0.00099,
+    "params_total": 451346.0,
+    "train_loss": 0.6207449436187744,
+    "val_acc/a": 0.814697265625,
+    "val_iou/a": 0.0931899641577061,
+    "val_loss/a": 0.6102487444877625,
+    "val_loss_adj/a": 0.2969870569695396,
+}
+PINNED_IDENTITY = ("faf55461a650a982", "6a55f9e2ea30318b")  # run, stage 0
+
+
+def test_segmentation_identities_are_pinned():
+    config = resolve(PINNED_RUN)
+    assert (config.digest(), config.stage_digest(0)) == PINNED_IDENTITY
+
+
+@pytest.mark.slow
+def test_segmentation_results_are_pinned_to_their_values_before_regression_tasks(project):
+    path = project.root / "pinned.yaml"
+    path.write_text(yaml.safe_dump(PINNED_RUN))
+    assert main(["train", str(path)]) == 0
+    client = MlflowClient(project.tracking_uri)
+    experiment = client.get_experiment_by_name("pinned")
+    (run,) = client.search_runs([experiment.experiment_id])
+    metrics = run.data.metrics
+    assert {k: metrics[k] for k in PINNED} == pytest.approx(PINNED, rel=1e-6)
+
+
+def _pair():
+    import torch
+
+    output = torch.tensor([[[[0.0, 1.0], [2.0, -1.0]]]])
+    target = torch.tensor([[[[0.5, 1.0], [0.0, -1.0]]]])
+    return output, target
+
+
+@pytest.mark.parametrize(
+    ("loss", "expected"),
+    [
+        ("mse", (0.25 + 4.0) / 4),
+        ("l1", (0.5 + 2.0) / 4),
+        ("smooth_l1", (0.5 * 0.25 + (2.0 - 0.5)) / 4),  # 0.5·d² below 1, |d| - 0.5 above
+        ({"mse": 1.0, "l1": 0.5}, (0.25 + 4.0) / 4 + 0.5 * (0.5 + 2.0) / 4),
+    ],
+)
+def test_pointwise_losses_match_hand_computed_values(loss, expected):
+    from zoo.losses import loss_floor, make_loss
+
+    assert make_loss(loss)(*_pair()).item() == pytest.approx(expected)
+    assert loss_floor(loss, "logits", 1) == 0.0
+
+
+@pytest.mark.parametrize(("loss", "side"), [("ssim", 32), ("ms_ssim", 64), ("ms_ssim", 200)])
+def test_ssim_losses_are_one_minus_the_library_index_and_zero_on_the_target(loss, side):
+    import pytorch_msssim
+    import torch
+
+    from zoo.losses import make_loss, ms_ssim_window
+
+    torch.manual_seed(0)
+    target = torch.rand(2, 1, side, side) * 3 - 1  # data range ~3: the loss uses the batch's
+    output = target + 0.3 * torch.randn_like(target)
+    value = make_loss(loss)(output, target).item()
+    span = (target.max() - target.min()).item()
+    if loss == "ssim":
+        index = pytorch_msssim.ssim(output, target, data_range=span)
+    else:
+        window = ms_ssim_window(side)
+        assert window == (3 if side == 64 else 11)
+        index = pytorch_msssim.ms_ssim(output, target, data_range=span, win_size=window)
+    assert value == pytest.approx(1 - index.item(), abs=1e-6)
+    assert 0.05 < value < 1
+    assert make_loss(loss)(target, target).item() == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["ssim", "ms_ssim"])
+def test_ssim_losses_do_not_depend_on_the_units_of_the_targets(loss):
+    """SSIM's data range is taken from each batch's targets: scaling output and target
+    together leaves the loss unchanged."""
+    import torch
+
+    from zoo.losses import make_loss
+
+    torch.manual_seed(1)
+    target = torch.rand(2, 1, 64, 64)
+    output = target + 0.2 * torch.randn_like(target)
+    compute = make_loss(loss)
+    assert compute(100 * output, 100 * target).item() == pytest.approx(
+        compute(output, target).item(), rel=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("loss", "message"),
+    [
+        ("dice", r"config\.stages\.0\.loss: 'dice' is not allowed; expected one of cross_entropy"),
+        ({"mse": 1.0, "ssim": 0}, r"config\.stages\.0\.loss\.ssim: 0\.0 is not allowed"),
+        ({"mse": 1.0, "cross_entropy": 1.0}, r"expected losses of one task"),
+    ],
+)
+def test_bad_losses_are_refused_in_one_line(loss, message):
+    from zoo.errors import ConfigError
+
+    document = {**PINNED_RUN, "stages": [{**PINNED_RUN["stages"][0], "loss": loss}]}
+    with pytest.raises(ConfigError, match=message):
+        resolve(document)
+
+
+def _history(project, name: str, key: str) -> list[float]:
+    client = MlflowClient(project.tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    (run,) = client.search_runs([experiment.experiment_id])
+    return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=_step)]
+
+
+def _step(metric):
+    return metric.step
+
+
+def test_stages_carrying_one_optimizer_equal_one_stage_with_milestones(project):
+    """Three stages at lr, lr·g, lr·g² carrying one Adam equal one stage whose milestones
+    divide the rate at the same epochs: bit-identical losses on CPU."""
+    lr, gamma = 1e-3, 0.1
+    base = {**PINNED_RUN, "stages": []}
+    carried = [
+        {"name": f"s{k}", "train": "a", "size": 8, "epochs": 1, "scheduler": "constant"}
+        | {"lr": lr * gamma**k, **({"optimizer_state": "carry"} if k else {})}
+        for k in range(3)
+    ]
+    one = {"name": "one", "train": "a", "size": 8, "epochs": 3, "lr": lr}
+    one |= {"scheduler": "milestones", "milestones": [1, 2], "gamma": gamma}
+    for name, stages in (("carried", carried), ("one", [one])):
+        path = project.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**base, "experiment": name, "stages": stages}))
+        assert main(["train", str(path)]) == 0
+    for key in ("train_loss", "lr", "val_loss/a"):
+        assert _history(project, "carried", key) == _history(project, "one", key)
+    assert _history(project, "one", "lr") == [lr, lr * gamma, lr * gamma**2]
+
+
+def test_a_reset_stage_differs_from_a_carried_one():
+    """Carrying changes the stage identity only where asked; the stage before a carried
+    one keeps its optimizer, so its identity differs from a stage whose optimizer is
+    dropped."""
+    stages = [
+        {"name": "s0", "train": "a", "size": 8, "epochs": 1},
+        {"name": "s1", "train": "a", "size": 8, "epochs": 1},
+    ]
+    reset = resolve({**PINNED_RUN, "stages": stages})
+    carry = resolve(
+        {**PINNED_RUN, "stages": [stages[0], {**stages[1], "optimizer_state": "carry"}]}
+    )
+    assert reset.stage_digest(0) != carry.stage_digest(0)
+    assert "optimizer_state" not in reset.stage_identity(1)["stage"]
+    assert carry.stream(1) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "extra", "expected"),
+    [
+        ("exponential", {"lr_decay": 0.5}, [1.0, 0.5, 0.25, 0.125]),
+        ("constant", {}, [1.0, 1.0, 1.0, 1.0]),
+        ("step", {"step_size": 2, "gamma": 0.5}, [1.0, 1.0, 0.5, 0.5]),
+        ("milestones", {"milestones": [1, 3], "gamma": 0.1}, [1.0, 0.1, 0.1, 0.1 * 0.1]),
+        ("cosine", {}, [1.0, 0.5 * (1 + 0.5**0.5), 0.5, 0.5 * (1 - 0.5**0.5)]),
+        ("constant", {"warmup_epochs": 2}, [1 / 3, 2 / 3, 1.0, 1.0]),
+    ],
+)
+def test_schedulers_give_the_documented_learning_rates(scheduler, extra, expected):
+    from zoo.config import StageConfig
+    from zoo.train import stage_lr
+
+    stage = StageConfig("s", "a", epochs=4, lr=1.0, scheduler=scheduler, **extra)
+    assert [stage_lr(stage, e) for e in range(1, 5)] == pytest.approx(expected)
+
+
+def test_carry_after_a_different_optimizer_is_refused_naming_the_field():
+    from zoo.errors import ConfigError
+
+    stages = [
+        {"name": "s0", "train": "a", "optimizer": "sgd"},
+        {"name": "s1", "train": "a", "optimizer_state": "carry"},
+    ]
+    with pytest.raises(ConfigError, match=r"config\.stages\.1\.optimizer_state: 'carry'"):
+        resolve({**PINNED_RUN, "stages": stages})
