@@ -119,6 +119,7 @@ def test_ssim_losses_do_not_depend_on_the_units_of_the_targets(loss):
         ("dice", r"config\.stages\.0\.loss: 'dice' is not allowed; expected one of cross_entropy"),
         ({"mse": 1.0, "ssim": 0}, r"config\.stages\.0\.loss\.ssim: 0\.0 is not allowed"),
         ({"mse": 1.0, "cross_entropy": 1.0}, r"expected losses of one task"),
+        ("mse", r"config\.stages\.0\.loss: 'mse' is not allowed; expected a segmentation loss"),
     ],
 )
 def test_bad_losses_are_refused_in_one_line(loss, message):
@@ -206,3 +207,77 @@ def test_carry_after_a_different_optimizer_is_refused_naming_the_field():
     ]
     with pytest.raises(ConfigError, match=r"config\.stages\.1\.optimizer_state: 'carry'"):
         resolve({**PINNED_RUN, "stages": stages})
+
+
+def test_regression_metrics_match_reference_values_and_ignore_batching():
+    import pytorch_msssim
+    import torch
+
+    from zoo.metrics import score
+
+    torch.manual_seed(2)
+    target = torch.rand(4, 1, 32, 32)
+    target[:, :, 0, 0], target[:, :, 0, 1] = 0.0, 1.0  # each image's range is exactly 1
+    output = target + 0.1
+    values = score("regression", [(output, target)])
+    assert values["mae"] == pytest.approx(0.1, rel=1e-5)
+    assert values["psnr"] == pytest.approx(20.0, rel=1e-5)  # 10·log10(1² / 0.1²)
+    reference = pytorch_msssim.ssim(output, target, data_range=1.0).item()
+    assert values["ssim"] == pytest.approx(reference, rel=1e-5)
+    assert score("regression", [(target, target)])["ssim"] == pytest.approx(1.0)
+    halves = score("regression", [(output[:1], target[:1]), (output[1:], target[1:])])
+    assert halves == pytest.approx(values)
+
+
+def test_segmentation_metrics_match_hand_counted_pixels():
+    import torch
+
+    from zoo.metrics import score
+
+    target = torch.tensor([[[0, 1], [1, 1]], [[0, 0], [0, 0]]])
+    predicted = torch.tensor([[[1, 1], [0, 1]], [[0, 0], [0, 0]]])
+    output = torch.nn.functional.one_hot(predicted, 2).permute(0, 3, 1, 2).float()
+    values = score("segmentation", [(output, target)])
+    assert values["iou"] == pytest.approx(2 / 4)  # 2 right of the 4 foreground-ish pixels
+    assert values["acc"] == pytest.approx((2 / 4 + 1) / 2)
+
+
+def test_best_follows_each_metrics_direction():
+    from zoo.metrics import better
+
+    assert better("psnr", 21.0, 20.0) and better("ssim", 0.9, 0.8) and better("iou", 0.5, 0.4)
+    assert better("mae", 0.1, 0.2) and better("loss_adj", 0.1, 0.2)
+    assert not better("psnr", 19.0, 20.0)
+
+
+def test_residual_model_with_a_zero_last_layer_returns_its_input():
+    import torch
+
+    from zoo.config import ModelConfig
+    from zoo.models import create_model
+
+    config = ModelConfig(
+        encoder="tu-test_resnet",
+        decoder_channels=(16,) * 5,
+        classes=1,
+        head="logits",
+        output="residual",
+    )
+    model = create_model(config).eval()
+    for parameter in model.segmentation_head.parameters():
+        torch.nn.init.zeros_(parameter)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), x)
+    plain = create_model(ModelConfig(**{**config.__dict__, "output": "direct"}))
+    assert model.state_dict().keys() == plain.state_dict().keys()  # same weights file
+
+
+def test_residual_output_needs_logits_and_stays_out_of_default_identities():
+    from zoo.errors import ConfigError
+
+    model = {**PINNED_RUN["model"], "output": "residual"}
+    with pytest.raises(ConfigError, match=r"config\.model\.output: 'residual'.*head: logits"):
+        resolve({**PINNED_RUN, "model": model})
+    direct = resolve({**PINNED_RUN, "model": {**PINNED_RUN["model"], "output": "direct"}})
+    assert direct.digest() == PINNED_IDENTITY[0]

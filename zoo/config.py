@@ -54,6 +54,15 @@ class ModelConfig:
     head: Literal["softmax", "logits"] = "softmax"  # softmax: the paper's softmax-then-CE
     encoder_depth: int = 5
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    # residual: the network's output plus input channel `residual_input` (an additive
+    # correction to a baseline given as input); direct: the network's output
+    output: Literal["direct", "residual"] = "direct"
+    residual_input: int = 0
+
+    def identity(self) -> dict[str, Any]:
+        """The model's fields for identities; fields added later leave it at defaults."""
+        added = {"output": "direct", "residual_input": 0}
+        return {k: v for k, v in to_dict(self).items() if k not in added or v != added[k]}
 
     def validate(self, where: str) -> None:
         from zoo.models import ARCHITECTURES
@@ -64,7 +73,19 @@ class ModelConfig:
             self.arch,
             "one of " + ", ".join(ARCHITECTURES),
         )
-        check(self.classes >= 2, f"{where}.classes", self.classes, "an integer >= 2")
+        check(self.classes >= 1, f"{where}.classes", self.classes, "an integer >= 1")
+        check(
+            self.output == "direct" or self.head == "logits",
+            f"{where}.output",
+            self.output,
+            "direct with head softmax (residual needs head: logits)",
+        )
+        check(
+            0 <= self.residual_input < self.in_channels,
+            f"{where}.residual_input",
+            self.residual_input,
+            f"an input channel index below in_channels ({self.in_channels})",
+        )
         check(
             self.in_channels == 1,
             f"{where}.in_channels",
@@ -211,6 +232,8 @@ class RunConfig:
     share_stages: bool = True  # false: every stage checkpoint belongs to this run alone
 
     def validate(self, where: str) -> None:
+        from zoo.losses import loss_task
+
         check(
             bool(self.experiment.strip()) and not _CONTROL.search(self.experiment),
             f"{where}.experiment",
@@ -235,6 +258,19 @@ class RunConfig:
                 f"{at}.select_on",
                 stage.selection_set,
                 "a dataset in validate_on",
+            )
+            check(
+                loss_task(stage.loss) == "segmentation",
+                f"{at}.loss",
+                stage.loss,
+                "a segmentation loss (cross_entropy): zoo's datasets hold masks; regression "
+                "losses need image targets, not supported yet",
+            )
+            check(
+                self.model.classes >= 2,
+                f"{where}.model.classes",
+                self.model.classes,
+                "an integer >= 2 for a segmentation loss",
             )
             previous = self.stages[i - 1] if i else None
             check(
@@ -350,6 +386,7 @@ class RunConfig:
             if f.name not in (*NOT_IDENTITY, "datasets")
         }
         document["stages"] = [s.identity() for s in self.stages]
+        document["model"] = self.model.identity()
         execution = self.execution()
         inits = {
             str(i): _init_content(s.init, f"config.stages.{i}.init")

@@ -39,6 +39,7 @@ from zoo.config import STAGE_VERSION, RunConfig, StageConfig, init_file
 from zoo.data import Dataset
 from zoo.errors import ConfigError, DataError
 from zoo.losses import LOSSES, apply_head, loss_floor, make_loss
+from zoo.metrics import batch_totals, finish
 from zoo.models import create_model, freeze, parameter_counts, set_train_mode
 from zoo.telemetry import GpuMeter
 
@@ -260,26 +261,17 @@ def evaluate(
     """Loss, IoU of the foreground classes and pixel accuracy over a validation split."""
     model.eval()
     compute = make_loss(stage.loss)
-    totals = torch.zeros(4, device=images.device, dtype=torch.float64)
+    loss = torch.zeros((), device=images.device, dtype=torch.float64)
+    sums: dict[str, torch.Tensor] = {}
     for start in range(0, len(images), config.val_batch_size):
         end = start + config.val_batch_size
         x, y = images[start:end].float(), masks[start:end].long()
         with torch.autocast(images.device.type, amp, enabled=amp is not None):
             output = apply_head(model(x), config.model.head)
-        prediction = output.argmax(dim=1)
-        foreground_pred, foreground_true = prediction > 0, y > 0
-        totals += torch.stack(
-            [
-                compute(output, y).double() * len(x),
-                ((prediction == y) & foreground_true).sum().double(),
-                (foreground_pred | foreground_true).sum().double(),
-                (prediction == y).double().mean() * len(x),
-            ]
-        )
-    loss, intersection, union, accuracy = (
-        totals / torch.tensor([len(images), 1, 1, len(images)], device=totals.device)
-    ).tolist()
-    return {"loss": loss, "iou": intersection / union if union else 1.0, "acc": accuracy}
+        loss += compute(output, y).double() * len(x)
+        for name, value in batch_totals("segmentation", output, y).items():
+            sums[name] = sums[name] + value if name in sums else value
+    return {"loss": (loss / len(images)).item(), **finish("segmentation", sums, len(images))}
 
 
 def _initial_weights(
