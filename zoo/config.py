@@ -151,6 +151,9 @@ class StageConfig:
     step_size: int = 1  # step: epochs between multiplications by gamma
     gamma: float = 0.1  # step and milestones: the factor
     warmup_epochs: int = 0  # the first epochs scaled by e/(warmup_epochs + 1) (linear warm-up)
+    # the validation metric that picks a stage's best epoch, in its direction (lower loss,
+    # higher iou/acc/psnr/ssim, lower mae): loss, loss_adj or one of zoo.metrics.METRICS
+    select_metric: str = "loss_adj"
     # carry: continue the previous stage's optimizer (its state, last weights and shuffle
     # stream), so stages at lr, lr·g, lr·g² equal one stage with milestones; reset: fresh
     optimizer_state: Literal["reset", "carry"] = "reset"
@@ -212,6 +215,7 @@ _ADDED_STAGE_FIELDS = {
     "gamma": 0.1,
     "warmup_epochs": 0,
     "optimizer_state": "reset",
+    "select_metric": "loss_adj",
 }
 
 
@@ -232,8 +236,6 @@ class RunConfig:
     share_stages: bool = True  # false: every stage checkpoint belongs to this run alone
 
     def validate(self, where: str) -> None:
-        from zoo.losses import loss_task
-
         check(
             bool(self.experiment.strip()) and not _CONTROL.search(self.experiment),
             f"{where}.experiment",
@@ -258,19 +260,6 @@ class RunConfig:
                 f"{at}.select_on",
                 stage.selection_set,
                 "a dataset in validate_on",
-            )
-            check(
-                loss_task(stage.loss) == "segmentation",
-                f"{at}.loss",
-                stage.loss,
-                "a segmentation loss (cross_entropy): zoo's datasets hold masks; regression "
-                "losses need image targets, not supported yet",
-            )
-            check(
-                self.model.classes >= 2,
-                f"{where}.model.classes",
-                self.model.classes,
-                "an integer >= 2 for a segmentation loss",
             )
             previous = self.stages[i - 1] if i else None
             check(
@@ -475,7 +464,9 @@ def _dataset_table(text: str) -> _DatasetTable:
     from zoo.data import dataset_source
 
     sources = {n: dataset_source(v, f"datasets.{n}") for n, v in json.loads(text).items()}
-    resolved = {n: to_dict(s) for n, s in sources.items()}
+    resolved = {
+        n: getattr(s, "resolved", functools.partial(to_dict, s))() for n, s in sources.items()
+    }
     return _DatasetTable(resolved, sources, {n: _hash(v) for n, v in resolved.items()})
 
 
@@ -528,6 +519,7 @@ def resolve(mapping: Any, where: str = "config") -> RunConfig:
                 "names of non-mixture datasets",
             )
     for i, stage in enumerate(config.stages):
+        _check_targets(config, i, where)
         available = getattr(config.sources[stage.train], "train_count", None)  # None for files
         check(
             stage.size is None or available is None or stage.size <= available,
@@ -540,6 +532,42 @@ def resolve(mapping: Any, where: str = "config") -> RunConfig:
     resolved.__dict__["_table"] = table  # the same datasets, already parsed
     resolved.digest()  # init files hashed now: a missing one is refused here
     return resolved
+
+
+def _check_targets(config: RunConfig, index: int, where: str) -> None:
+    """Refuse a stage whose loss does not fit the targets of the datasets it uses: a
+    segmentation loss needs masks, a regression loss image targets (``target: clean``)."""
+    from zoo.losses import loss_task
+
+    stage = config.stages[index]
+    wanted = "mask" if loss_task(stage.loss) == "segmentation" else "clean"
+    for name in (stage.train, *config.validation_sets):
+        parts = getattr(config.sources[name], "mix", None) or {name: None}
+        for part in parts:
+            found = getattr(config.sources[part], "target", "mask")
+            check(
+                found == wanted,
+                f"{where}.stages.{index}.loss",
+                stage.loss,
+                f"a loss for the {found} targets of dataset {part!r}"
+                + (" (cross_entropy)" if found == "mask" else " (mse, l1, smooth_l1, ssim, ...)"),
+            )
+    from zoo.metrics import task_metrics
+
+    allowed = ("loss", "loss_adj", *task_metrics(loss_task(stage.loss)))
+    check(
+        stage.select_metric in allowed,
+        f"{where}.stages.{index}.select_metric",
+        stage.select_metric,
+        "one of " + ", ".join(allowed),
+    )
+    segmentation, classes = wanted == "mask", config.model.classes
+    check(
+        classes >= 2 if segmentation else classes == 1,
+        f"{where}.model.classes",
+        classes,
+        ">= 2 for a segmentation loss" if segmentation else "1 for a regression loss",
+    )
 
 
 def set_path(document: dict[str, Any], key: str, value: Any) -> None:

@@ -56,11 +56,16 @@ def _zero_floor(head: str, classes: int) -> float:
     return 0.0
 
 
+def _like(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """``target`` in float32 with the output's channel axis ((B, H, W) -> (B, 1, H, W))."""
+    return target.float().unsqueeze(1) if target.dim() == output.dim() - 1 else target.float()
+
+
 def _pointwise(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     def compute(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
 
-        return getattr(F, name)(output.float(), target.float())
+        return getattr(F, name)(output.float(), _like(target, output))
 
     return compute
 
@@ -73,7 +78,7 @@ def data_range(target: torch.Tensor) -> float:
 def _ssim(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     from pytorch_msssim import ssim
 
-    y = target.float()
+    y = _like(target, output)
     return 1 - ssim(output.float(), y, data_range=data_range(y), size_average=True)
 
 
@@ -91,7 +96,7 @@ def ms_ssim_window(side: int) -> int:
 def _ms_ssim(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     from pytorch_msssim import ms_ssim
 
-    y = target.float()
+    y = _like(target, output)
     window = ms_ssim_window(min(y.shape[-2:]))
     return 1 - ms_ssim(
         output.float(), y, data_range=data_range(y), size_average=True, win_size=window

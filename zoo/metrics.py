@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["METRICS", "Metric", "batch_totals", "better", "finish", "score", "task_metrics"]
+__all__ = [
+    "HEADLINE",
+    "METRICS",
+    "Metric",
+    "batch_totals",
+    "better",
+    "finish",
+    "score",
+    "task_metrics",
+]
 
 Task = Literal["segmentation", "regression"]
 
@@ -88,6 +97,13 @@ METRICS: dict[str, Metric] = {
     "mae": Metric("regression", False, _mae_totals, _mean),
     "psnr": Metric("regression", True, _psnr_totals, _mean),
     "ssim": Metric("regression", True, _ssim_totals, _mean),
+}
+
+
+# the metrics kept with each validation set's best epoch and logged in the run's summary
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "segmentation": ("iou",),
+    "regression": ("psnr", "ssim", "mae"),
 }
 
 

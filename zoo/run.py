@@ -22,7 +22,7 @@ from zoo.config import RunConfig, flatten
 from zoo.data import Dataset, MixSpec, load, materialise, mixture
 from zoo.errors import ConfigError
 from zoo.figures import loss_curves, predictions
-from zoo.losses import apply_head, loss_floor
+from zoo.losses import apply_head, loss_floor, loss_task
 from zoo.models import check_encoder, create_model
 from zoo.paths import ProjectPaths
 from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
@@ -30,6 +30,7 @@ from zoo.train import (
     Preempted,
     StageResult,
     git_commit,
+    headline,
     pick_device,
     standardise,
     to_device,
@@ -117,7 +118,7 @@ def _summary(
         summary.update(
             target_loss=best["loss"],
             target_loss_adj=best["loss_adj"],
-            target_iou=best["iou"],
+            **{f"target_{k}": best[k] for k in headline(best)},
             target_epoch=best["epoch"],
         )
         if len(results) > 1 and target in results[0].best:
@@ -138,7 +139,8 @@ def _summary(
             summary[metric_key("best_val_loss_adj", stage.name, dataset)] = best["loss_adj"]
             summary[metric_key("best_val_loss", stage.name, dataset)] = best["loss"]
             summary[metric_key("best_epoch", stage.name, dataset)] = best["epoch"]
-            summary[metric_key("best_val_iou", stage.name, dataset)] = best["iou"]
+            for key in headline(best):
+                summary[metric_key(f"best_val_{key}", stage.name, dataset)] = best[key]
     return summary
 
 
@@ -158,6 +160,8 @@ def _artifacts(
             tracker.log_artifact(run_id, last.folder / f"{name}.safetensors", "weights")
         curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
         tracker.log_artifact(run_id, loss_curves(curves, folder / "loss_curves.png"), "figures")
+        if loss_task(config.stages[-1].loss) != "segmentation":
+            return  # predicted masks only: no figure for image targets yet
         images, masks = datasets[config.stages[-1].train].val
         images, masks = images[:4], masks[:4]
         model = create_model(config.model)

@@ -38,8 +38,8 @@ from zoo.checkpoint import (
 from zoo.config import STAGE_VERSION, RunConfig, StageConfig, init_file
 from zoo.data import Dataset
 from zoo.errors import ConfigError, DataError
-from zoo.losses import LOSSES, apply_head, loss_floor, make_loss
-from zoo.metrics import batch_totals, finish
+from zoo.losses import LOSSES, apply_head, loss_floor, loss_task, make_loss
+from zoo.metrics import HEADLINE, batch_totals, better, finish
 from zoo.models import create_model, freeze, parameter_counts, set_train_mode
 from zoo.telemetry import GpuMeter
 
@@ -53,6 +53,7 @@ __all__ = [
     "dihedral",
     "epoch_order",
     "git_commit",
+    "headline",
     "make_optimizer",
     "pick_device",
     "stage_lr",
@@ -86,7 +87,7 @@ class DeviceData:
     """One dataset's splits as tensors on the training device."""
 
     train_images: torch.Tensor  # (N, 1, H, W) STORAGE, each image standardised
-    train_masks: torch.Tensor  # (N, H, W) uint8
+    train_masks: torch.Tensor  # (N, H, W) uint8 masks, or float32 targets (regression)
     val_images: torch.Tensor
     val_masks: torch.Tensor
 
@@ -145,11 +146,26 @@ def to_device(dataset: Dataset, device: torch.device) -> DeviceData:
             stored[start : start + CHUNK, 0] = standardise(chunk.to(device))
         return stored
 
-    def masks(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    def masks(array: np.ndarray, inputs: np.ndarray) -> torch.Tensor:
+        if array.dtype == np.uint8:
+            return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        return _targets(array, inputs, device)
 
     (train_x, train_y), (val_x, val_y) = dataset.train, dataset.val
-    return DeviceData(images(train_x), masks(train_y), images(val_x), masks(val_y))
+    return DeviceData(images(train_x), masks(train_y, train_x), images(val_x), masks(val_y, val_x))
+
+
+def _targets(array: np.ndarray, inputs: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Float32 image targets under their input image's standardisation (the same shift and
+    scale), so a residual output adds the standardised input in the targets' units."""
+    stored = torch.empty(array.shape, dtype=torch.float32, device=device)
+    for start in range(0, len(array), CHUNK):
+        x = torch.from_numpy(np.ascontiguousarray(inputs[start : start + CHUNK])).to(device)
+        y = torch.from_numpy(np.ascontiguousarray(array[start : start + CHUNK])).to(device)
+        mean = x.float().mean(dim=(-2, -1), keepdim=True)
+        std = x.float().std(dim=(-2, -1), keepdim=True, correction=0).clamp_min(1e-8)
+        stored[start : start + CHUNK] = (y.float() - mean) / std
+    return stored
 
 
 def _amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
@@ -260,18 +276,19 @@ def evaluate(
 ) -> dict[str, float]:
     """Loss, IoU of the foreground classes and pixel accuracy over a validation split."""
     model.eval()
-    compute = make_loss(stage.loss)
+    compute, task = make_loss(stage.loss), loss_task(stage.loss)
     loss = torch.zeros((), device=images.device, dtype=torch.float64)
     sums: dict[str, torch.Tensor] = {}
     for start in range(0, len(images), config.val_batch_size):
         end = start + config.val_batch_size
-        x, y = images[start:end].float(), masks[start:end].long()
+        x = images[start:end].float()
+        y = masks[start:end].long() if task == "segmentation" else masks[start:end, None]
         with torch.autocast(images.device.type, amp, enabled=amp is not None):
             output = apply_head(model(x), config.model.head)
         loss += compute(output, y).double() * len(x)
-        for name, value in batch_totals("segmentation", output, y).items():
+        for name, value in batch_totals(task, output.float(), y).items():
             sums[name] = sums[name] + value if name in sums else value
-    return {"loss": (loss / len(images)).item(), **finish("segmentation", sums, len(images))}
+    return {"loss": (loss / len(images)).item(), **finish(task, sums, len(images))}
 
 
 def _initial_weights(
@@ -296,22 +313,29 @@ def _initial_weights(
         raise DataError(f"{path}: unreadable weights ({type(error).__name__}: {error})") from None
 
 
+def headline(values: dict[str, float]) -> tuple[str, ...]:
+    """The headline metrics among a validation set's ``values`` (its task's)."""
+    return HEADLINE["segmentation" if "iou" in values else "regression"]
+
+
 def _update_best(
     best: dict[str, dict[str, float]],
     epoch: int,
     metrics: dict[str, dict[str, float]],
     floor: float,
+    select: str = "loss_adj",
 ) -> set[str]:
-    """Record new bests per validation set; returns the sets that improved."""
+    """Record new bests per validation set, judged by metric ``select`` in its direction;
+    returns the sets that improved."""
     improved = set()
     for name, values in metrics.items():
-        adjusted = values["loss"] - floor
-        if name not in best or adjusted < best[name]["loss_adj"]:
+        scored = {**values, "loss_adj": values["loss"] - floor}
+        if name not in best or better(select, scored[select], best[name][select]):
             best[name] = {
                 "loss": values["loss"],
-                "loss_adj": adjusted,
+                "loss_adj": scored["loss_adj"],
                 "epoch": epoch,
-                "iou": values["iou"],
+                **{k: values[k] for k in (*headline(values), select) if k in values},
             }
             improved.add(name)
     return improved
@@ -409,7 +433,8 @@ def train_stage(
             metrics = _epoch_metrics(
                 total.item() / len(order), lr, seconds, len(order), validation, floor
             )
-            if stage.selection_set in _update_best(progress["best"], epoch, validation, floor):
+            bests = _update_best(progress["best"], epoch, validation, floor, stage.select_metric)
+            if stage.selection_set in bests:
                 save_weights(model, folder / "best.safetensors")
             progress.update(
                 epoch=epoch,
