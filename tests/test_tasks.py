@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -327,6 +329,15 @@ def test_denoising_unet_with_residual_output_pretrains_cheap_and_finetunes_full(
         assert key in metrics and metrics[key] == metrics[key]  # logged, not NaN
     assert "val_iou/full" not in metrics and metrics["loss_floor"] == 0.0
     assert -1 <= metrics["target_ssim"] <= 1 and metrics["target_mae"] > 0
+    history = client.download_artifacts(run.info.run_id, "history.csv", str(project.root))
+    with open(history) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["stage_name"], r["step"]) for r in rows] == [
+        ("pretrain", "1"),
+        ("finetune", "2"),
+        ("finetune", "3"),
+    ]
+    assert float(rows[-1]["val_psnr/full"]) == pytest.approx(metrics["val_psnr/full"])
 
 
 def test_a_loss_that_does_not_fit_the_targets_is_refused_naming_the_dataset():

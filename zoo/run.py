@@ -160,6 +160,7 @@ def _artifacts(
             tracker.log_artifact(run_id, last.folder / f"{name}.safetensors", "weights")
         curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
         tracker.log_artifact(run_id, loss_curves(curves, folder / "loss_curves.png"), "figures")
+        tracker.log_artifact(run_id, _history_csv(config, results, folder / "history.csv"))
         if loss_task(config.stages[-1].loss) != "segmentation":
             return  # predicted masks only: no figure for image targets yet
         images, masks = datasets[config.stages[-1].train].val
@@ -174,6 +175,29 @@ def _artifacts(
         tracker.log_artifact(
             run_id, predictions(images, masks, predicted, folder / "predictions.png"), "figures"
         )
+
+
+def _history_csv(config: RunConfig, results: list[StageResult], out: Path) -> Path:
+    """Every epoch's logged metrics as one CSV row (step = epoch counted across stages)."""
+    import csv
+
+    rows, step = [], 0
+    for index, result in enumerate(results):
+        for metrics in result.history:
+            step += 1
+            rows.append(
+                {
+                    "step": step,
+                    "stage_name": config.stages[index].name,
+                    **_epoch_metrics(metrics, index),
+                }
+            )
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
 
 
 Prepared = tuple[torch.device, dict[str, Dataset]]
