@@ -54,6 +54,15 @@ class ModelConfig:
     head: Literal["softmax", "logits"] = "softmax"  # softmax: the paper's softmax-then-CE
     encoder_depth: int = 5
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    # residual: the network's output plus input channel `residual_input` (an additive
+    # correction to a baseline given as input); direct: the network's output
+    output: Literal["direct", "residual"] = "direct"
+    residual_input: int = 0
+
+    def identity(self) -> dict[str, Any]:
+        """The model's fields for identities; fields added later leave it at defaults."""
+        added = {"output": "direct", "residual_input": 0}
+        return {k: v for k, v in to_dict(self).items() if k not in added or v != added[k]}
 
     def validate(self, where: str) -> None:
         from zoo.models import ARCHITECTURES
@@ -64,7 +73,19 @@ class ModelConfig:
             self.arch,
             "one of " + ", ".join(ARCHITECTURES),
         )
-        check(self.classes >= 2, f"{where}.classes", self.classes, "an integer >= 2")
+        check(self.classes >= 1, f"{where}.classes", self.classes, "an integer >= 1")
+        check(
+            self.output == "direct" or self.head == "logits",
+            f"{where}.output",
+            self.output,
+            "direct with head softmax (residual needs head: logits)",
+        )
+        check(
+            0 <= self.residual_input < self.in_channels,
+            f"{where}.residual_input",
+            self.residual_input,
+            f"an input channel index below in_channels ({self.in_channels})",
+        )
         check(
             self.in_channels == 1,
             f"{where}.in_channels",
@@ -89,6 +110,19 @@ class ModelConfig:
             list(self.decoder_channels),
             f"{self.encoder_depth} values (one per encoder_depth)",
         )
+        if self.arch == "fpn":  # smp's FPN: GroupNorm(32) on its last channels, depth >= 3
+            check(
+                self.decoder_channels[-1] % 32 == 0,
+                f"{where}.decoder_channels",
+                list(self.decoder_channels),
+                "a last value that is a multiple of 32 for arch fpn",
+            )
+            check(
+                self.encoder_depth >= 3,
+                f"{where}.encoder_depth",
+                self.encoder_depth,
+                "an integer from 3 to 5 for arch fpn",
+            )
 
 
 @dataclass(frozen=True)
@@ -106,12 +140,26 @@ class StageConfig:
     init: str = "auto"
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = 0.0
-    loss: str = "cross_entropy"  # one of zoo.losses.LOSSES
+    # one of zoo.losses.LOSSES, or a weighted sum of losses of one task: {mse: 1.0, ssim: 0.1}
+    loss: str | dict[str, float] = "cross_entropy"
     augment: Literal["dihedral", "none"] = "dihedral"  # dihedral: all 8 flips/rotations per epoch
     select_on: str | None = None  # validation set that defines "best"; null = `train`
+    # learning rate per epoch e (1-based): exponential lr × lr_decay^(e-1); step lr × gamma^
+    # ⌊(e-1)/step_size⌋; milestones lr × gamma^(milestones below e); cosine to 0 at the end
+    scheduler: Literal["exponential", "step", "milestones", "cosine", "constant"] = "exponential"
+    milestones: tuple[int, ...] = ()  # milestones: epochs after which lr is multiplied by gamma
+    step_size: int = 1  # step: epochs between multiplications by gamma
+    gamma: float = 0.1  # step and milestones: the factor
+    warmup_epochs: int = 0  # the first epochs scaled by e/(warmup_epochs + 1) (linear warm-up)
+    # the validation metric that picks a stage's best epoch, in its direction (lower loss,
+    # higher iou/acc/psnr/ssim, lower mae): loss, loss_adj or one of zoo.metrics.METRICS
+    select_metric: str = "loss_adj"
+    # carry: continue the previous stage's optimizer (its state, last weights and shuffle
+    # stream), so stages at lr, lr·g, lr·g² equal one stage with milestones; reset: fresh
+    optimizer_state: Literal["reset", "carry"] = "reset"
 
     def validate(self, where: str) -> None:
-        from zoo.losses import LOSSES
+        from zoo.losses import check_loss
 
         check(self.lr > 0, f"{where}.lr", self.lr, "a learning rate > 0")
         check(0 < self.lr_decay <= 1, f"{where}.lr_decay", self.lr_decay, "0 < decay <= 1")
@@ -124,7 +172,17 @@ class StageConfig:
             "an integer >= 1 or null",
         )
         check(self.weight_decay >= 0, f"{where}.weight_decay", self.weight_decay, "a value >= 0")
-        check(self.loss in LOSSES, f"{where}.loss", self.loss, "one of " + ", ".join(LOSSES))
+        check_loss(self.loss, f"{where}.loss")
+        check(self.gamma > 0, f"{where}.gamma", self.gamma, "a factor > 0")
+        check(self.step_size >= 1, f"{where}.step_size", self.step_size, "an integer >= 1")
+        check(self.warmup_epochs >= 0, f"{where}.warmup_epochs", self.warmup_epochs, ">= 0")
+        check(
+            list(self.milestones) == sorted(set(self.milestones))
+            and all(m >= 1 for m in self.milestones),
+            f"{where}.milestones",
+            list(self.milestones),
+            "increasing epochs >= 1",
+        )
         kind, _, target = self.init.partition(":")
         check(
             kind in ("auto", "random", "best", "last", "file", "run", "model")
@@ -138,6 +196,27 @@ class StageConfig:
     @property
     def selection_set(self) -> str:
         return self.select_on or self.train
+
+    def identity(self) -> dict[str, Any]:
+        """The stage's fields for its identity: fields added later leave it while at their
+        defaults, so hashes made before they existed stay valid."""
+        document = to_dict(self)
+        return {
+            k: v
+            for k, v in document.items()
+            if k not in _ADDED_STAGE_FIELDS or v != _ADDED_STAGE_FIELDS[k]
+        }
+
+
+_ADDED_STAGE_FIELDS = {
+    "scheduler": "exponential",
+    "milestones": [],
+    "step_size": 1,
+    "gamma": 0.1,
+    "warmup_epochs": 0,
+    "optimizer_state": "reset",
+    "select_metric": "loss_adj",
+}
 
 
 @dataclass(frozen=True)
@@ -182,6 +261,19 @@ class RunConfig:
                 stage.selection_set,
                 "a dataset in validate_on",
             )
+            previous = self.stages[i - 1] if i else None
+            check(
+                stage.optimizer_state == "reset"
+                or (
+                    previous is not None
+                    and stage.init in ("auto", "last")
+                    and (stage.optimizer, stage.freeze) == (previous.optimizer, previous.freeze)
+                ),
+                f"{at}.optimizer_state",
+                stage.optimizer_state,
+                "reset, or carry after a stage with the same optimizer and freeze "
+                "(init auto or last)",
+            )
             check(
                 i > 0 or stage.init not in ("best", "last"),
                 f"{at}.init",
@@ -211,6 +303,20 @@ class RunConfig:
     @property
     def validation_sets(self) -> tuple[str, ...]:
         return self.validate_on or tuple(dict.fromkeys(s.train for s in self.stages))
+
+    def keeps_optimizer(self, index: int) -> bool:
+        """Whether stage ``index`` saves its final optimizer for the next stage to carry."""
+        following = self.stages[index + 1 : index + 2]
+        return bool(following) and following[0].optimizer_state == "carry"
+
+    def stream(self, index: int) -> tuple[int, int]:
+        """(first stage, epochs before this one) of the training stream stage ``index``
+        continues: itself and 0 unless it carries the previous stage's optimizer."""
+        start, offset = index, 0
+        while start > 0 and self.stages[start].optimizer_state == "carry":
+            start -= 1
+            offset += self.stages[start].epochs
+        return start, offset
 
     @property
     def used_datasets(self) -> tuple[str, ...]:
@@ -268,6 +374,8 @@ class RunConfig:
             for f in fields(self)
             if f.name not in (*NOT_IDENTITY, "datasets")
         }
+        document["stages"] = [s.identity() for s in self.stages]
+        document["model"] = self.model.identity()
         execution = self.execution()
         inits = {
             str(i): _init_content(s.init, f"config.stages.{i}.init")
@@ -290,7 +398,9 @@ class RunConfig:
             ]
             used = sorted({stage.train, *self.validation_sets, *parts})
             continues = digests and stage.init in ("auto", "best", "last")
-            stage_document = {**to_dict(stage), "name": ""}  # a stage's name is not its identity
+            stage_document = {**stage.identity(), "name": ""}  # its name is not its identity
+            if self.keeps_optimizer(index):
+                stage_document["keep_optimizer"] = True
             documents.append(
                 {
                     "stage": stage_document,
@@ -354,7 +464,9 @@ def _dataset_table(text: str) -> _DatasetTable:
     from zoo.data import dataset_source
 
     sources = {n: dataset_source(v, f"datasets.{n}") for n, v in json.loads(text).items()}
-    resolved = {n: to_dict(s) for n, s in sources.items()}
+    resolved = {
+        n: getattr(s, "resolved", functools.partial(to_dict, s))() for n, s in sources.items()
+    }
     return _DatasetTable(resolved, sources, {n: _hash(v) for n, v in resolved.items()})
 
 
@@ -407,6 +519,7 @@ def resolve(mapping: Any, where: str = "config") -> RunConfig:
                 "names of non-mixture datasets",
             )
     for i, stage in enumerate(config.stages):
+        _check_targets(config, i, where)
         available = getattr(config.sources[stage.train], "train_count", None)  # None for files
         check(
             stage.size is None or available is None or stage.size <= available,
@@ -419,6 +532,42 @@ def resolve(mapping: Any, where: str = "config") -> RunConfig:
     resolved.__dict__["_table"] = table  # the same datasets, already parsed
     resolved.digest()  # init files hashed now: a missing one is refused here
     return resolved
+
+
+def _check_targets(config: RunConfig, index: int, where: str) -> None:
+    """Refuse a stage whose loss does not fit the targets of the datasets it uses: a
+    segmentation loss needs masks, a regression loss image targets (``target: clean``)."""
+    from zoo.losses import loss_task
+
+    stage = config.stages[index]
+    wanted = "mask" if loss_task(stage.loss) == "segmentation" else "clean"
+    for name in (stage.train, *config.validation_sets):
+        parts = getattr(config.sources[name], "mix", None) or {name: None}
+        for part in parts:
+            found = getattr(config.sources[part], "target", "mask")
+            check(
+                found == wanted,
+                f"{where}.stages.{index}.loss",
+                stage.loss,
+                f"a loss for the {found} targets of dataset {part!r}"
+                + (" (cross_entropy)" if found == "mask" else " (mse, l1, smooth_l1, ssim, ...)"),
+            )
+    from zoo.metrics import task_metrics
+
+    allowed = ("loss", "loss_adj", *task_metrics(loss_task(stage.loss)))
+    check(
+        stage.select_metric in allowed,
+        f"{where}.stages.{index}.select_metric",
+        stage.select_metric,
+        "one of " + ", ".join(allowed),
+    )
+    segmentation, classes = wanted == "mask", config.model.classes
+    check(
+        classes >= 2 if segmentation else classes == 1,
+        f"{where}.model.classes",
+        classes,
+        ">= 2 for a segmentation loss" if segmentation else "1 for a regression loss",
+    )
 
 
 def set_path(document: dict[str, Any], key: str, value: Any) -> None:

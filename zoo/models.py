@@ -75,7 +75,19 @@ def create_model(config: ModelConfig) -> nn.Module:
     except (KeyError, ValueError, RuntimeError) as error:
         raise ConfigError(f"model.encoder: {config.encoder!r} cannot be built ({error})") from None
     _drop_unused_stages(model.encoder, config.encoder_depth)
+    if config.output == "residual":
+        model.register_forward_hook(_residual(config.residual_input))
     return model
+
+
+def _residual(channel: int):
+    """A forward hook adding input channel ``channel`` to every output channel (the weights
+    and their names stay those of the plain model)."""
+
+    def hook(module: nn.Module, inputs: tuple, output):
+        return output + inputs[0][:, channel : channel + 1]
+
+    return hook
 
 
 def _drop_unused_stages(encoder: nn.Module, depth: int) -> None:

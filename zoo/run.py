@@ -23,7 +23,7 @@ from zoo.config import RunConfig, flatten
 from zoo.data import Dataset, MixSpec, load, materialise, mixture
 from zoo.errors import ConfigError
 from zoo.figures import loss_curves, predictions
-from zoo.losses import apply_head, loss_floor
+from zoo.losses import apply_head, loss_floor, loss_task
 from zoo.models import check_encoder, create_model
 from zoo.paths import ProjectPaths
 from zoo.resident import device_datasets
@@ -32,6 +32,7 @@ from zoo.train import (
     Preempted,
     StageResult,
     git_commit,
+    headline,
     pick_device,
     standardise,
     train_stage,
@@ -118,7 +119,7 @@ def _summary(
         summary.update(
             target_loss=best["loss"],
             target_loss_adj=best["loss_adj"],
-            target_iou=best["iou"],
+            **{f"target_{k}": best[k] for k in headline(best)},
             target_epoch=best["epoch"],
         )
         if len(results) > 1 and target in results[0].best:
@@ -139,7 +140,8 @@ def _summary(
             summary[metric_key("best_val_loss_adj", stage.name, dataset)] = best["loss_adj"]
             summary[metric_key("best_val_loss", stage.name, dataset)] = best["loss"]
             summary[metric_key("best_epoch", stage.name, dataset)] = best["epoch"]
-            summary[metric_key("best_val_iou", stage.name, dataset)] = best["iou"]
+            for key in headline(best):
+                summary[metric_key(f"best_val_{key}", stage.name, dataset)] = best[key]
     return summary
 
 
@@ -159,6 +161,9 @@ def _artifacts(
             log_linked(tracker, run_id, last.folder / f"{name}.safetensors", "weights")
         curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
         tracker.log_artifact(run_id, loss_curves(curves, folder / "loss_curves.png"), "figures")
+        tracker.log_artifact(run_id, _history_csv(config, results, folder / "history.csv"))
+        if loss_task(config.stages[-1].loss) != "segmentation":
+            return  # predicted masks only: no figure for image targets yet
         images, masks = datasets[config.stages[-1].train].val
         images, masks = images[:4], masks[:4]
         model = create_model(config.model)
@@ -171,6 +176,29 @@ def _artifacts(
         tracker.log_artifact(
             run_id, predictions(images, masks, predicted, folder / "predictions.png"), "figures"
         )
+
+
+def _history_csv(config: RunConfig, results: list[StageResult], out: Path) -> Path:
+    """Every epoch's logged metrics as one CSV row (step = epoch counted across stages)."""
+    import csv
+
+    rows, step = [], 0
+    for index, result in enumerate(results):
+        for metrics in result.history:
+            step += 1
+            rows.append(
+                {
+                    "step": step,
+                    "stage_name": config.stages[index].name,
+                    **_epoch_metrics(metrics, index),
+                }
+            )
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
 
 
 Prepared = tuple[torch.device, dict[str, Dataset]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import subprocess
 import threading
@@ -37,7 +38,8 @@ from zoo.checkpoint import (
 from zoo.config import STAGE_VERSION, RunConfig, StageConfig, init_file
 from zoo.data import Dataset
 from zoo.errors import ConfigError, DataError
-from zoo.losses import LOSSES, apply_head, loss_floor
+from zoo.losses import LOSSES, apply_head, loss_floor, loss_task, make_loss
+from zoo.metrics import HEADLINE, batch_totals, better, finish
 from zoo.models import create_model, freeze, parameter_counts, set_train_mode
 from zoo.telemetry import GpuMeter
 
@@ -51,8 +53,10 @@ __all__ = [
     "dihedral",
     "epoch_order",
     "git_commit",
+    "headline",
     "make_optimizer",
     "pick_device",
+    "stage_lr",
     "stage_record",
     "standardise",
     "to_device",
@@ -73,6 +77,7 @@ class Preempted(Exception):
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
+CARRY = "carry.safetensors"  # a stage's final optimizer, kept when the next stage carries it
 STORAGE = torch.float16  # images on the device: half the memory, standardised first
 CHUNK = 64  # images uploaded and standardised at a time
 
@@ -82,7 +87,7 @@ class DeviceData:
     """One dataset's splits as tensors on the training device."""
 
     train_images: torch.Tensor  # (N, 1, H, W) STORAGE, each image standardised
-    train_masks: torch.Tensor  # (N, H, W) uint8
+    train_masks: torch.Tensor  # (N, H, W) uint8 masks, or float32 targets (regression)
     val_images: torch.Tensor
     val_masks: torch.Tensor
 
@@ -141,11 +146,26 @@ def to_device(dataset: Dataset, device: torch.device) -> DeviceData:
             stored[start : start + CHUNK, 0] = standardise(chunk.to(device))
         return stored
 
-    def masks(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    def masks(array: np.ndarray, inputs: np.ndarray) -> torch.Tensor:
+        if array.dtype == np.uint8:
+            return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        return _targets(array, inputs, device)
 
     (train_x, train_y), (val_x, val_y) = dataset.train, dataset.val
-    return DeviceData(images(train_x), masks(train_y), images(val_x), masks(val_y))
+    return DeviceData(images(train_x), masks(train_y, train_x), images(val_x), masks(val_y, val_x))
+
+
+def _targets(array: np.ndarray, inputs: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Float32 image targets under their input image's standardisation (the same shift and
+    scale), so a residual output adds the standardised input in the targets' units."""
+    stored = torch.empty(array.shape, dtype=torch.float32, device=device)
+    for start in range(0, len(array), CHUNK):
+        x = torch.from_numpy(np.ascontiguousarray(inputs[start : start + CHUNK])).to(device)
+        y = torch.from_numpy(np.ascontiguousarray(array[start : start + CHUNK])).to(device)
+        mean = x.float().mean(dim=(-2, -1), keepdim=True)
+        std = x.float().std(dim=(-2, -1), keepdim=True, correction=0).clamp_min(1e-8)
+        stored[start : start + CHUNK] = (y.float() - mean) / std
+    return stored
 
 
 def _amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
@@ -228,6 +248,23 @@ def make_optimizer(stage: StageConfig, model: torch.nn.Module) -> torch.optim.Op
     return kinds[stage.optimizer](trainable, lr=stage.lr, weight_decay=stage.weight_decay, **extra)
 
 
+def stage_lr(stage: StageConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (1-based) of ``stage`` under its scheduler."""
+    if stage.scheduler == "exponential":
+        lr = stage.lr * stage.lr_decay ** (epoch - 1)
+    elif stage.scheduler == "step":
+        lr = stage.lr * stage.gamma ** ((epoch - 1) // stage.step_size)
+    elif stage.scheduler == "milestones":
+        lr = stage.lr * stage.gamma ** sum(m < epoch for m in stage.milestones)
+    elif stage.scheduler == "cosine":
+        lr = stage.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / stage.epochs))
+    else:
+        lr = stage.lr
+    if epoch <= stage.warmup_epochs:
+        lr *= epoch / (stage.warmup_epochs + 1)
+    return lr
+
+
 @torch.inference_mode()
 def evaluate(
     model: torch.nn.Module,
@@ -239,27 +276,19 @@ def evaluate(
 ) -> dict[str, float]:
     """Loss, IoU of the foreground classes and pixel accuracy over a validation split."""
     model.eval()
-    compute = LOSSES[stage.loss].compute
-    totals = torch.zeros(4, device=images.device, dtype=torch.float64)
+    compute, task = make_loss(stage.loss), loss_task(stage.loss)
+    loss = torch.zeros((), device=images.device, dtype=torch.float64)
+    sums: dict[str, torch.Tensor] = {}
     for start in range(0, len(images), config.val_batch_size):
         end = start + config.val_batch_size
-        x, y = images[start:end].float(), masks[start:end].long()
+        x = images[start:end].float()
+        y = masks[start:end].long() if task == "segmentation" else masks[start:end, None]
         with torch.autocast(images.device.type, amp, enabled=amp is not None):
             output = apply_head(model(x), config.model.head)
-        prediction = output.argmax(dim=1)
-        foreground_pred, foreground_true = prediction > 0, y > 0
-        totals += torch.stack(
-            [
-                compute(output, y).double() * len(x),
-                ((prediction == y) & foreground_true).sum().double(),
-                (foreground_pred | foreground_true).sum().double(),
-                (prediction == y).double().mean() * len(x),
-            ]
-        )
-    loss, intersection, union, accuracy = (
-        totals / torch.tensor([len(images), 1, 1, len(images)], device=totals.device)
-    ).tolist()
-    return {"loss": loss, "iou": intersection / union if union else 1.0, "acc": accuracy}
+        loss += compute(output, y).double() * len(x)
+        for name, value in batch_totals(task, output.float(), y).items():
+            sums[name] = sums[name] + value if name in sums else value
+    return {"loss": (loss / len(images)).item(), **finish(task, sums, len(images))}
 
 
 def _initial_weights(
@@ -284,22 +313,29 @@ def _initial_weights(
         raise DataError(f"{path}: unreadable weights ({type(error).__name__}: {error})") from None
 
 
+def headline(values: dict[str, float]) -> tuple[str, ...]:
+    """The headline metrics among a validation set's ``values`` (its task's)."""
+    return HEADLINE["segmentation" if "iou" in values else "regression"]
+
+
 def _update_best(
     best: dict[str, dict[str, float]],
     epoch: int,
     metrics: dict[str, dict[str, float]],
     floor: float,
+    select: str = "loss_adj",
 ) -> set[str]:
-    """Record new bests per validation set; returns the sets that improved."""
+    """Record new bests per validation set, judged by metric ``select`` in its direction;
+    returns the sets that improved."""
     improved = set()
     for name, values in metrics.items():
-        adjusted = values["loss"] - floor
-        if name not in best or adjusted < best[name]["loss_adj"]:
+        scored = {**values, "loss_adj": values["loss"] - floor}
+        if name not in best or better(select, scored[select], best[name][select]):
             best[name] = {
                 "loss": values["loss"],
-                "loss_adj": adjusted,
+                "loss_adj": scored["loss_adj"],
                 "epoch": epoch,
-                "iou": values["iou"],
+                **{k: values[k] for k in (*headline(values), select) if k in values},
             }
             improved.add(name)
     return improved
@@ -354,17 +390,19 @@ def train_stage(
     source = data[stage.train]
     count = min(stage.size or len(source.train_images), len(source.train_images))
     network = torch.compile(model) if config.compile else model
-    step = Step(network, optimizer, LOSSES[stage.loss].compute, config.model.head, amp, scaler)
+    step = Step(network, optimizer, make_loss(stage.loss), config.model.head, amp, scaler)
     device_index = (device.index or 0) if device.type == "cuda" else None
     compiled = not config.compile  # the first step in this process compiles the model
     with GpuMeter(device_index, config.power_cap_w) as meter:
         for epoch in range(progress["epoch"] + 1, stage.epochs + 1):
             started = time.perf_counter()
-            lr = stage.lr * stage.lr_decay ** (epoch - 1)
+            lr = stage_lr(stage, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             set_train_mode(model, stage.freeze)
-            order = epoch_order(config.seed, index, epoch, count, stage.augment == "dihedral")
+            first, before = config.stream(index)  # a carried stage continues the shuffles
+            augment = stage.augment == "dihedral"
+            order = epoch_order(config.seed, first, before + epoch, count, augment)
             partial = progress.pop("partial", {"step": 0, "total": 0.0, "seconds": 0.0})
             started -= partial["seconds"]
             total = torch.tensor(partial["total"], device=device)
@@ -395,7 +433,8 @@ def train_stage(
             metrics = _epoch_metrics(
                 total.item() / len(order), lr, seconds, len(order), validation, floor
             )
-            if stage.selection_set in _update_best(progress["best"], epoch, validation, floor):
+            bests = _update_best(progress["best"], epoch, validation, floor, stage.select_metric)
+            if stage.selection_set in bests:
                 save_weights(model, folder / "best.safetensors")
             progress.update(
                 epoch=epoch,
@@ -421,6 +460,8 @@ def train_stage(
         "images": progress.get("images", 0),
         "compile_seconds": progress.get("compile_seconds", 0.0),
     }
+    if config.keeps_optimizer(index):  # the next stage carries this optimizer on
+        save_checkpoint(folder / CARRY, model, optimizer, progress, record)
     atomic_write_text(done, json.dumps({**result, "record": record}, indent=1))
     checkpoint.unlink()
     previous_path(checkpoint).unlink(missing_ok=True)
@@ -474,6 +515,8 @@ def _fresh(
     stage = config.stages[index]
     torch.manual_seed(config.seed)
     model = create_model(config.model)
+    if stage.optimizer_state == "carry":
+        return _carried(model, stage, previous, device)
     initial = _initial_weights(config, index, previous, fetch_run)
     if initial is not None:
         try:
@@ -489,6 +532,26 @@ def _fresh(
         model.to(memory_format=torch.channels_last)
     freeze(model, stage.freeze)
     return model, make_optimizer(stage, model)
+
+
+def _carried(
+    model: torch.nn.Module, stage: StageConfig, previous: StageResult | None, device: torch.device
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """``model`` and an optimizer as the previous stage left them (last weights, optimizer
+    state, torch RNG), with this stage's weight decay."""
+    assert previous is not None
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    freeze(model, stage.freeze)
+    optimizer = make_optimizer(stage, model)
+    try:
+        load_checkpoint(previous.folder / CARRY, model, optimizer)
+    except (CheckpointError, OSError) as error:
+        raise DataError(f"optimizer_state carry: {error}") from None
+    for group in optimizer.param_groups:
+        group["weight_decay"] = stage.weight_decay
+    return model, optimizer
 
 
 def _resume(

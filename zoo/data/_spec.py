@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from zoo._typed import build, check, to_dict
 from zoo.data._crystals import LATTICES
@@ -44,6 +44,8 @@ class GeneratorSpec:
     count: int = 640  # images in the dataset
     val_fraction: float = 0.2  # trailing fraction of images held out for validation
     seed: int = 0
+    # the targets: particle masks (segmentation) or the noise-free image (denoising)
+    target: Literal["mask", "clean"] = "mask"
 
     def validate(self, where: str) -> None:
         check(
@@ -99,9 +101,15 @@ class GeneratorSpec:
     def train_count(self) -> int:
         return self.count - self.val_count
 
+    def resolved(self) -> dict[str, Any]:
+        """Every parameter, JSON-ready; ``target`` only when not ``mask``, so identities made
+        before it existed stay valid."""
+        document = to_dict(self)
+        return {k: v for k, v in document.items() if k != "target" or v != "mask"}
+
     def digest(self) -> str:
         """Content hash of the parameters: the dataset's identity in the cache."""
-        text = json.dumps(to_dict(self), sort_keys=True)
+        text = json.dumps(self.resolved(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

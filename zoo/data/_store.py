@@ -92,7 +92,7 @@ class Dataset:
 
     name: str
     images: np.ndarray  # (N, H, W) float32, as generated or read
-    masks: np.ndarray  # (N, H, W) uint8
+    masks: np.ndarray  # (N, H, W) uint8 masks, or float32 image targets (regression)
     train_count: int  # images [0, train_count) train; the rest validate
     pixel_size_a: float | None
     digest: str
@@ -121,11 +121,12 @@ def _write(folder: Path, images: np.ndarray, masks: np.ndarray, meta: dict[str, 
 
 def _generate(spec: GeneratorSpec) -> tuple[np.ndarray, np.ndarray, list[float]]:
     images = np.empty((spec.count, spec.image_size, spec.image_size), np.float32)
-    masks = np.empty(images.shape, np.uint8)
+    masks = np.empty(images.shape, np.uint8 if spec.target == "mask" else np.float32)
     defocus = []
     for index in range(spec.count):
         micrograph = simulate(spec, index)
-        images[index], masks[index] = micrograph.image, micrograph.mask
+        images[index] = micrograph.image
+        masks[index] = micrograph.mask if spec.target == "mask" else micrograph.clean
         defocus.append(round(micrograph.defocus_nm, 4))
     return images, masks, defocus
 

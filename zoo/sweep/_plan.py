@@ -169,7 +169,7 @@ def measure_images_per_s(config: RunConfig, steps: int = 4, max_side: int = 128)
 
     import torch
 
-    from zoo.losses import LOSSES
+    from zoo.losses import make_loss
     from zoo.models import create_model
     from zoo.train import Step, make_optimizer, pick_device, train_step
 
@@ -178,7 +178,7 @@ def measure_images_per_s(config: RunConfig, steps: int = 4, max_side: int = 128)
     timed_side = min(side, max_side)
     device = pick_device(config)
     model = create_model(config.model).to(device).train()
-    step = Step(model, make_optimizer(stage, model), LOSSES[stage.loss].compute, config.model.head)
+    step = Step(model, make_optimizer(stage, model), make_loss(stage.loss), config.model.head)
     x = torch.randn(
         stage.batch_size, config.model.in_channels, timed_side, timed_side, device=device
     )
