@@ -763,6 +763,7 @@ def test_internal_error_is_one_line_with_a_log(project, capsys, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(zoo.sweep, "load_spec", broken)
+    (project.root / "x.yaml").write_text("name: x\n")
     assert main(["sweep", "plan", "x.yaml", "--images-per-s", "1"]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     log = re.search(r"traceback in (\S+)\)", line).group(1)

@@ -213,7 +213,17 @@ def _create_sqlite(uri: str) -> None:
         if not path.exists():
             with closing(sqlite3.connect(path)) as connection:
                 connection.execute("PRAGMA journal_mode=WAL")
+        _refuse_non_sqlite(uri, path)
         MlflowClient(uri).search_experiments(max_results=1)
+
+
+def _refuse_non_sqlite(uri: str, path: Path) -> None:
+    """Raise ConfigError when ``path`` exists but is not a SQLite database (before MLflow
+    logs its own multi-line warnings about it)."""
+    with path.open("rb") as file:
+        header = file.read(16)
+    if header and header != b"SQLite format 3\x00":
+        raise ConfigError(f"tracking store {uri}: cannot be used ({path} is not a SQLite database)")
 
 
 def _create_postgresql(uri: str) -> None:
