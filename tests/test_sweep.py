@@ -271,6 +271,18 @@ def test_rendered_sbatch_script_equals_its_reference(name):
     assert script == (REFERENCE / f"{name}.sbatch").read_text()
 
 
+def test_a_newline_in_the_project_root_never_reaches_an_sbatch_script():
+    """A comment or #SBATCH line must not be split into a command by a path."""
+    from zoo.paths import SubmissionPaths
+    from zoo.sweep._slurm import Array, SubmitOptions, render
+
+    root = Path("/project\ntouch /tmp/pwned")
+    submission = SubmissionPaths(root / ".zoo/sweeps/tiny/20260101-000000")
+    array = Array("runs-0", ["k"], task_count=1)
+    with pytest.raises(ConfigError, match=r"is not allowed; expected no control characters"):
+        render("tiny", array, submission, root, SubmitOptions(), "/usr/bin/python3")
+
+
 def test_job_description_survives_a_json_round_trip(tiny_spec):
     from zoo.paths import ProjectPaths
     from zoo.sweep import JobSpec, jobs_from_plan

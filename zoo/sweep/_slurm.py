@@ -48,6 +48,7 @@ __all__ = [
     "worker",
 ]
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # refused in any rendered value
 TEMPLATE = "array.sbatch"
 _PATTERNS = {
     "partition": r"[\w.,-]+",
@@ -299,6 +300,12 @@ def render(
         "python": shlex.quote(python),
         "submission": shlex.quote(str(submission.folder)),
     }
+    for key, value in {**values, "directives": "".join(options.directives())}.items():
+        if _CONTROL.search(value):
+            raise ConfigError(
+                f"sbatch script of {name}: {key} {value!r} is not allowed; "
+                "expected no control characters (a newline would end a script line)"
+            )
     return Template(resource(TEMPLATE).read_text()).substitute(values)
 
 
