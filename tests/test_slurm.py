@@ -158,6 +158,7 @@ def test_failed_shared_stage_skips_dependents_and_resubmit_completes(
             },
         },
     )
+    (project.root / "fix-me.pt").write_bytes(b"not a state dict")  # fails when loaded
     assert main(["sweep", "submit", str(spec)]) == 0
     _squeue_empty()
     capsys.readouterr()
@@ -176,7 +177,7 @@ def test_failed_shared_stage_skips_dependents_and_resubmit_completes(
     _squeue_empty()
     runs = tiny_runs()
     finished = {r.data.tags["zoo.config_hash"] for r in runs if r.info.status == "FINISHED"}
-    assert len(finished) == 2 + 4
+    assert len(finished) == 2 + 4  # the fixed file is new content: a new stage b and its runs
 
 
 def test_arrays_split_at_max_array_size_and_dry_run_submits_nothing(
