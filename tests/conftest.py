@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -125,6 +131,48 @@ def trained(trained_tiny, monkeypatch) -> ProjectPaths:
     monkeypatch.setenv("ZOO_ROOT", str(trained_tiny.root))
     monkeypatch.chdir(trained_tiny.root)
     return trained_tiny
+
+
+SCRIPT = Path(__file__).parent.parent / "slurm" / "local-cluster.sh"
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """The real local SLURM cluster (slurm/local-cluster.sh), started once per session:
+    MaxArraySize 3 (so arrays split), 4 CPUs declared (so throttles, not CPUs, bound)."""
+    if os.geteuid() != 0 and not shutil.which("slurmctld"):
+        pytest.skip("the local cluster needs root (or SLURM installed)")
+    folder = tmp_path_factory.mktemp("slurm")
+    env = {
+        **os.environ,
+        "ZOO_SLURM_DIR": str(folder),
+        "ZOO_SLURM_MAX_ARRAY_SIZE": "3",
+        "ZOO_SLURM_CPUS": "4",
+    }
+    started = subprocess.run(
+        [str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert started.returncode == 0, started.stderr
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = started.stdout.strip()
+    yield folder
+    subprocess.run([str(SCRIPT), "stop"], env=env, timeout=120, check=False)
+    if previous is None:
+        os.environ.pop("SLURM_CONF")
+    else:
+        os.environ["SLURM_CONF"] = previous
+
+
+def squeue_empty(timeout=300):
+    """Wait until the cluster's queue is empty (AssertionError after ``timeout`` s)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not subprocess.run(
+            ["squeue", "-h", "-o", "%i"], capture_output=True, text=True
+        ).stdout.strip():
+            return
+        time.sleep(1)
+    raise AssertionError("jobs still queued after the timeout")
 
 
 from stores import postgres, tracking_server  # noqa: E402, F401  (real stores, session-wide)

@@ -9,55 +9,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from conftest import squeue_empty as _squeue_empty
 from mlflow.tracking import MlflowClient
 
 from zoo.cli import main
 
 pytestmark = pytest.mark.slurm
-SCRIPT = Path(__file__).parent.parent / "slurm" / "local-cluster.sh"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    if os.geteuid() != 0 and not shutil.which("slurmctld"):
-        pytest.skip("the local cluster needs root (or SLURM installed)")
-    folder = tmp_path_factory.mktemp("slurm")
-    env = {
-        **os.environ,
-        "ZOO_SLURM_DIR": str(folder),
-        "ZOO_SLURM_MAX_ARRAY_SIZE": "3",
-        "ZOO_SLURM_CPUS": "4",
-    }
-    started = subprocess.run(
-        [str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert started.returncode == 0, started.stderr
-    previous = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = started.stdout.strip()
-    yield folder
-    subprocess.run([str(SCRIPT), "stop"], env=env, timeout=120, check=False)
-    if previous is None:
-        os.environ.pop("SLURM_CONF")
-    else:
-        os.environ["SLURM_CONF"] = previous
-
-
-def _squeue_empty(timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if not subprocess.run(
-            ["squeue", "-h", "-o", "%i"], capture_output=True, text=True
-        ).stdout.strip():
-            return
-        time.sleep(1)
-    raise AssertionError("jobs still queued after the timeout")
 
 
 def _task_intervals(project) -> list[tuple[float, float]]:

@@ -46,6 +46,8 @@ class Executor(ABC):
       depend on the backend;
     - a failed job's run ends FAILED with its reason and the other jobs go on;
     - a preempted job resumes from its checkpoint, at most ``max_requeues`` times.
+
+    tests/test_executors.py is the suite every backend passes.
     """
 
     @abstractmethod

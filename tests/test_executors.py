@@ -1,0 +1,71 @@
+"""One suite every executor backend passes: the promises of ``zoo.sweep.Executor``,
+run against the local executor and the real local SLURM cluster."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import squeue_empty
+
+from zoo.sweep import LocalExecutor, jobs_from_plan, load_spec, make_plan
+from zoo.sweep._slurm import SlurmExecutor, SubmitOptions
+from zoo.tracking import Tracker
+
+
+@pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])
+def execute(request, project):
+    """A function handing a spec's jobs to one backend and waiting until they ended;
+    returns the backend's report."""
+    if request.param == "local":
+        executor = LocalExecutor(2, echo=lambda _: None)
+    else:
+        request.getfixturevalue("cluster")
+        executor = SlurmExecutor(SubmitOptions(), echo=lambda _: None)
+
+    def run(spec):
+        plan = make_plan(load_spec(spec))
+        tracker = Tracker(paths=project)
+        report = executor.submit(
+            plan.spec.name, jobs_from_plan(plan, tracker.uri, project), tracker
+        )
+        if request.param == "slurm":
+            squeue_empty()
+        return plan, report
+
+    return run
+
+
+def test_every_job_finishes_once_and_a_second_submit_runs_nothing(execute, tiny_spec, tiny_runs):
+    plan, _ = execute(tiny_spec(sources=("a",)))
+    runs = tiny_runs()
+    assert len(runs) == len(plan.jobs) == 1 + 2
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["zoo.config_hash"] for r in runs} == {j.key for j in plan.jobs}
+    _, again = execute(tiny_spec(sources=("a",)))
+    assert sorted(again.already) == sorted(j.key for j in plan.jobs)
+    assert not again.finished and not again.submitted and len(tiny_runs()) == 3
+
+
+def test_a_failed_stage_skips_its_runs_and_the_others_finish(
+    execute, tiny_spec, tiny_runs, project
+):
+    (project.root / "broken.pt").write_bytes(b"not a state dict")  # fails when loaded
+    spec = tiny_spec(
+        extra={
+            "derive": {"init": {"lookup": ["$source", {"a": "random", "b": "file:broken.pt"}]}},
+            "set": {
+                "stages.0.train": "$source",
+                "stages.0.init": "$init",
+                "stages.1.freeze": "$freeze",
+            },
+        }
+    )
+    plan, _ = execute(spec)
+    by_key = {r.data.tags["zoo.config_hash"]: r for r in tiny_runs()}
+    broken = next(j for j in plan.jobs if j.kind == "stage" and j.names["source"] == "b")
+    assert by_key[broken.key].info.status == "FAILED"
+    assert "broken.pt" in by_key[broken.key].data.tags["zoo.error"]
+    for job in plan.jobs:
+        if job.kind == "run" and job.names["source"] == "b":
+            assert job.key not in by_key or by_key[job.key].info.status != "FINISHED"
+        elif job.key != broken.key:
+            assert by_key[job.key].info.status == "FINISHED"
