@@ -60,9 +60,10 @@ def _data_show(args: argparse.Namespace) -> None:
     import numpy as np
 
     from zoo import data
+    from zoo.paths import DatasetPaths
 
-    folder = _data_folder(args)
-    images, masks = np.load(folder / "images.npy"), np.load(folder / "masks.npy")
+    files = DatasetPaths(_data_folder(args))
+    images, masks = np.load(files.images), np.load(files.masks)
     print(data.preview(images[: args.count], masks[: args.count], args.out))
 
 

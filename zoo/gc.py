@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoo.paths import ProjectPaths
+from zoo.paths import ProjectPaths, StagePaths
 
 __all__ = ["Garbage", "collect", "format_bytes", "remove"]
 
@@ -71,7 +71,7 @@ def _checkpoints(paths: ProjectPaths) -> list[Garbage]:
     return [
         _item(f, "checkpoint of a finished stage")
         for folder in sorted(paths.stages.iterdir())
-        if (folder / "result.json").exists()
+        if StagePaths(folder).result.exists()
         for pattern in _INTERMEDIATE
         for f in sorted(folder.glob(pattern))
     ]

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProjectPaths", "StagePaths", "StudyPaths", "SubmissionPaths"]
+__all__ = ["DatasetPaths", "ProjectPaths", "StagePaths", "StudyPaths", "SubmissionPaths"]
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,27 @@ class SubmissionPaths:
 
 
 @dataclass(frozen=True)
+class DatasetPaths:
+    """Files of one cached dataset (see zoo.data): its arrays and what made them."""
+
+    folder: Path
+
+    @property
+    def images(self) -> Path:
+        return self.folder / "images.npy"
+
+    @property
+    def masks(self) -> Path:
+        """Masks, or the image targets of a regression dataset."""
+        return self.folder / "masks.npy"
+
+    @property
+    def meta(self) -> Path:
+        """Written with the arrays: source, train count, pixel size."""
+        return self.folder / "meta.json"
+
+
+@dataclass(frozen=True)
 class StagePaths:
     """Files of one trained stage (see zoo.train): checkpoint, weights, result."""
 
@@ -164,7 +185,22 @@ class StagePaths:
 
     @property
     def checkpoint(self) -> Path:
+        """Model, optimizer and progress after the last finished epoch (resumed from)."""
         return self.folder / "last.safetensors"
+
+    @property
+    def record(self) -> Path:
+        """What is trained here: identity, resolved config, zoo version, commit."""
+        return self.folder / "stage.json"
+
+    @property
+    def carry(self) -> Path:
+        """The final optimizer, kept when the next stage carries it."""
+        return self.folder / "carry.safetensors"
+
+    def weights(self, kind: str) -> Path:
+        """Weights of the ``best`` epoch or the ``final`` one."""
+        return self.folder / f"{kind}.safetensors"
 
     @property
     def lock(self) -> Path:

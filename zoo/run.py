@@ -25,7 +25,7 @@ from zoo.errors import ConfigError
 from zoo.figures import loss_curves, predictions
 from zoo.losses import apply_head, loss_floor, loss_task
 from zoo.models import check_encoder, create_model
-from zoo.paths import ProjectPaths
+from zoo.paths import ProjectPaths, StagePaths
 from zoo.resident import device_datasets
 from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
 from zoo.train import (
@@ -158,7 +158,7 @@ def _artifacts(
         (folder / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         tracker.log_artifact(run_id, folder / "config.yaml")
         for name in config.log_weights:
-            log_linked(tracker, run_id, last.folder / f"{name}.safetensors", "weights")
+            log_linked(tracker, run_id, StagePaths(last.folder).weights(name), "weights")
         curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
         tracker.log_artifact(run_id, loss_curves(curves, folder / "loss_curves.png"), "figures")
         tracker.log_artifact(run_id, _history_csv(config, results, folder / "history.csv"))
@@ -167,7 +167,7 @@ def _artifacts(
         images, masks = datasets[config.stages[-1].train].val
         images, masks = images[:4], masks[:4]
         model = create_model(config.model)
-        model.load_state_dict(load_weights(last.folder / "best.safetensors"))
+        model.load_state_dict(load_weights(StagePaths(last.folder).weights("best")))
         model.eval()
         with torch.inference_mode():
             x = standardise(torch.from_numpy(images[:, None]))

@@ -41,6 +41,7 @@ from zoo.errors import ConfigError, DataError
 from zoo.losses import LOSSES, apply_head, loss_floor, loss_task, make_loss
 from zoo.metrics import HEADLINE, batch_totals, better, finish
 from zoo.models import create_model, freeze, parameter_counts, set_train_mode
+from zoo.paths import StagePaths
 from zoo.telemetry import GpuMeter
 
 __all__ = [
@@ -77,7 +78,6 @@ class Preempted(Exception):
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
-CARRY = "carry.safetensors"  # a stage's final optimizer, kept when the next stage carries it
 STORAGE = torch.float16  # images on the device: half the memory, standardised first
 CHUNK = 64  # images uploaded and standardised at a time
 
@@ -304,7 +304,7 @@ def _initial_weights(
     if kind in ("best", "last"):
         assert previous is not None
         return load_weights(
-            previous.folder / ("best.safetensors" if kind == "best" else "final.safetensors")
+            StagePaths(previous.folder).weights("best" if kind == "best" else "final")
         )
     path = init_file(init) if kind == "file" else fetch_run(target)
     try:
@@ -373,7 +373,8 @@ def train_stage(
     A finished stage (``result.json`` present) is not trained again: its saved
     history is replayed through ``on_epoch`` and returned.
     """
-    done = folder / "result.json"
+    files = StagePaths(folder)
+    done = files.result
     finished = _finished(done, config, index)
     if finished is not None:
         return _replay(finished, folder, on_epoch)
@@ -381,8 +382,8 @@ def train_stage(
     amp = _amp_dtype(config, device)
     floor = loss_floor(stage.loss, config.model.head, config.model.classes)
     record = stage_record(config, index)
-    atomic_write_text(folder / "stage.json", json.dumps(record, indent=1))  # what is trained here
-    checkpoint = folder / "last.safetensors"
+    atomic_write_text(files.record, json.dumps(record, indent=1))  # what is trained here
+    checkpoint = files.checkpoint
     model, optimizer, progress = _resume(config, index, previous, fetch_run, device, checkpoint)
     for epoch, metrics in enumerate(progress["history"], start=1):
         on_epoch(epoch, metrics)
@@ -435,7 +436,7 @@ def train_stage(
             )
             bests = _update_best(progress["best"], epoch, validation, floor, stage.select_metric)
             if stage.selection_set in bests:
-                save_weights(model, folder / "best.safetensors")
+                save_weights(model, files.weights("best"))
             progress.update(
                 epoch=epoch,
                 seconds=progress["seconds"] + seconds,
@@ -444,7 +445,7 @@ def train_stage(
             progress["history"].append(metrics)
             save_checkpoint(checkpoint, model, optimizer, progress, record)
             on_epoch(epoch, metrics)
-    final, best_weights = folder / "final.safetensors", folder / "best.safetensors"
+    final, best_weights = files.weights("final"), files.weights("best")
     if progress["best"][stage.selection_set]["epoch"] == stage.epochs:
         final.unlink(missing_ok=True)
         os.link(best_weights, final)  # the same weights: one file on disk
@@ -461,7 +462,7 @@ def train_stage(
         "compile_seconds": progress.get("compile_seconds", 0.0),
     }
     if config.keeps_optimizer(index):  # the next stage carries this optimizer on
-        save_checkpoint(folder / CARRY, model, optimizer, progress, record)
+        save_checkpoint(files.carry, model, optimizer, progress, record)
     atomic_write_text(done, json.dumps({**result, "record": record}, indent=1))
     checkpoint.unlink()
     previous_path(checkpoint).unlink(missing_ok=True)
@@ -546,7 +547,7 @@ def _carried(
     freeze(model, stage.freeze)
     optimizer = make_optimizer(stage, model)
     try:
-        load_checkpoint(previous.folder / CARRY, model, optimizer)
+        load_checkpoint(StagePaths(previous.folder).carry, model, optimizer)
     except (CheckpointError, OSError) as error:
         raise DataError(f"optimizer_state carry: {error}") from None
     for group in optimizer.param_groups:

@@ -18,7 +18,7 @@ from zoo.data._lock import index_lock, making
 from zoo.data._simulate import simulate
 from zoo.data._spec import GeneratorSpec, generator_spec
 from zoo.errors import ConfigError
-from zoo.paths import ProjectPaths
+from zoo.paths import DatasetPaths, ProjectPaths
 
 __all__ = [
     "Dataset",
@@ -110,9 +110,10 @@ def _write(folder: Path, images: np.ndarray, masks: np.ndarray, meta: dict[str, 
     """Write the arrays into ``folder`` atomically: a reader sees all of it or nothing."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-    np.save(staging / "images.npy", images)
-    np.save(staging / "masks.npy", masks)
-    (staging / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    files = DatasetPaths(staging)
+    np.save(files.images, images)
+    np.save(files.masks, masks)
+    files.meta.write_text(json.dumps(meta, indent=1, sort_keys=True))
     try:
         os.rename(staging, folder)
     except OSError:  # another process finished the same dataset first
@@ -140,7 +141,7 @@ def materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
 
 def _materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
     digest = source.digest() if isinstance(source, GeneratorSpec) else None  # files: after read
-    if digest is not None and (paths.dataset(digest) / "meta.json").exists():
+    if digest is not None and DatasetPaths(paths.dataset(digest)).meta.exists():
         return _remember(name, digest, source, paths)
     meta: dict[str, Any] = {"source": to_dict(source)}
     if isinstance(source, GeneratorSpec):
@@ -155,7 +156,7 @@ def _materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
             pixel_size_a=source.pixel_size_a,
         )
     assert digest is not None
-    if not (paths.dataset(digest) / "meta.json").exists():
+    if not DatasetPaths(paths.dataset(digest)).meta.exists():
         _write(paths.dataset(digest), images, masks, meta)
     if isinstance(source, FileSpec):
         save_hashes(paths.file_hashes)  # the dataset cache exists now
@@ -186,11 +187,12 @@ def lookup(name: str, paths: ProjectPaths) -> Path:
 def load(name: str, folder: Path) -> Dataset:
     """The dataset cached in ``folder``, memory-mapped: pages are read when used and
     shared by every process on the node (copy-on-write, never written back)."""
-    meta = json.loads((folder / "meta.json").read_text())
+    files = DatasetPaths(folder)
+    meta = json.loads(files.meta.read_text())
     return Dataset(
         name,
-        np.load(folder / "images.npy", mmap_mode="c").astype(np.float32, copy=False),
-        np.load(folder / "masks.npy", mmap_mode="c"),
+        np.load(files.images, mmap_mode="c").astype(np.float32, copy=False),
+        np.load(files.masks, mmap_mode="c"),
         meta["train_count"],
         meta["pixel_size_a"],
         folder.name,
@@ -199,12 +201,13 @@ def load(name: str, folder: Path) -> Dataset:
 
 def export(folder: Path, out: Path) -> None:
     """Write the cached arrays (not standardised) and their parameters as one ``.npz``."""
-    meta = json.loads((folder / "meta.json").read_text())
+    files = DatasetPaths(folder)
+    meta = json.loads(files.meta.read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out,
-        images=np.load(folder / "images.npy"),
-        masks=np.load(folder / "masks.npy"),
+        images=np.load(files.images),
+        masks=np.load(files.masks),
         pixel_size_A=np.float64(meta["pixel_size_a"] or np.nan),
         params=np.array(json.dumps(meta["source"], sort_keys=True)),
     )

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from zoo.paths import ProjectPaths
+from zoo.paths import DatasetPaths, ProjectPaths
 from zoo.sweep._job import JobSpec
 
 __all__ = ["is_cached", "make_datasets", "make_one", "make_task", "missing_sources", "needed"]
@@ -53,12 +53,12 @@ def is_cached(name: str, source: Any, paths: ProjectPaths) -> bool:
     from zoo.data import GeneratorSpec
 
     if isinstance(source, GeneratorSpec):
-        return (paths.dataset(source.digest()) / "meta.json").exists()
+        return DatasetPaths(paths.dataset(source.digest())).meta.exists()
     index = json.loads(paths.dataset_index.read_text()) if paths.dataset_index.exists() else {}
     entry = index.get(name, {})
     return (
         entry.get("source") == to_dict(source)
-        and (paths.dataset(entry["digest"]) / "meta.json").exists()
+        and DatasetPaths(paths.dataset(entry["digest"])).meta.exists()
     )
 
 
