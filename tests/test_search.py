@@ -104,6 +104,25 @@ def test_a_trial_behind_the_median_is_pruned_and_its_run_ends_killed(search_spec
     assert len(history) == 1 + 1  # the pretraining epoch and one transfer epoch
 
 
+def test_a_cma_es_search_spends_its_budget(search_spec, project):
+    spec = search_spec(
+        {
+            "parameters": {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}},
+            "budget": 3,
+            "sampler": "cmaes",
+            "startup_trials": 1,
+            "pruner": "none",
+        },
+        epochs=1,
+    )
+    text = spec.read_text().replace("stages.1.freeze: $freeze", "stages.1.freeze: none")
+    spec.write_text(text)
+    assert main(["sweep", "run", str(spec)]) == 0
+    trials = study(project).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert len({t.params["lr"] for t in trials}) == 3
+
+
 def test_bad_search_blocks_are_refused_in_one_line(search_spec, project, capsys):
     for block, message in (
         ({"budget": 0}, "spec.search.budget: 0 is not allowed"),

@@ -146,14 +146,6 @@ class SearchBlock:
                     None,
                     "a step for every float parameter with sampler: grid",
                 )
-        if self.sampler == "cmaes":
-            try:
-                import cmaes  # noqa: F401
-            except ImportError:
-                raise ConfigError(
-                    f"{where}.sampler: 'cmaes' needs the cmaes package (pip install cmaes); "
-                    "allowed without it: tpe, random, grid"
-                ) from None
 
 
 def load_search(path: str | Path) -> tuple[SweepSpec, SearchBlock]:
