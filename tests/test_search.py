@@ -123,6 +123,32 @@ def test_a_cma_es_search_spends_its_budget(search_spec, project):
     assert len({t.params["lr"] for t in trials}) == 3
 
 
+def test_a_search_on_the_postgresql_of_the_tracking_store(search_spec, project, postgres, capsys):
+    """Optuna's RDB storage beside the MLflow store on one PostgreSQL server (its own
+    database: both keep an alembic_version table): trial objectives in the study equal
+    the metric logged to MLflow."""
+    import optuna
+    from stores import fresh_database
+
+    from zoo.tracking import store_uri
+
+    uri, study_uri = fresh_database(postgres), fresh_database(postgres)
+    spec = search_spec({"budget": 2, "storage": uri, "pruner": "none"}, epochs=1)
+    assert main(["sweep", "run", str(spec), "--tracking-uri", uri]) == 2  # MLflow's database
+    assert "spec.search.storage" in capsys.readouterr().err
+    spec = search_spec({"budget": 2, "storage": study_uri, "pruner": "none"}, epochs=1)
+    assert main(["sweep", "run", str(spec), "--tracking-uri", uri]) == 0
+    storage = optuna.storages.RDBStorage(store_uri(study_uri))
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2
+    assert not project.study("tiny").journal.exists()
+    client = MlflowClient(store_uri(uri))
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    for trial in trials:
+        (run,) = client.search_runs([experiment], f"tags.`zoo.trial` = '{trial.number}'")
+        assert run.data.metrics["target_loss_adj"] == trial.value
+
+
 def test_bad_search_blocks_are_refused_in_one_line(search_spec, project, capsys):
     for block, message in (
         ({"budget": 0}, "spec.search.budget: 0 is not allowed"),

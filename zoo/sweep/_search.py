@@ -37,7 +37,7 @@ from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths, StudyPaths
 from zoo.sweep._job import JobResult, JobSpec, job_tags, run_job, tracker_for
 from zoo.sweep._spec import Expanded, SweepSpec, expand, load_spec
-from zoo.tracking import Tracker
+from zoo.tracking import Tracker, store_uri
 
 __all__ = [
     "Objective",
@@ -232,8 +232,15 @@ def _pruner(block: SearchBlock, epochs: int) -> Any:
 def _storage(block: SearchBlock, study: StudyPaths) -> Any:
     import optuna
 
-    if block.storage != "journal":
-        return optuna.storages.RDBStorage(block.storage)
+    if block.storage != "journal":  # postgresql:// runs on psycopg 3, like the tracking store
+        try:
+            return optuna.storages.RDBStorage(store_uri(block.storage))
+        except RuntimeError as error:  # MLflow's schema: both keep an alembic_version table
+            raise ConfigError(
+                f"spec.search.storage: {block.storage!r} is not allowed; its database holds "
+                f"another schema ({str(error).split('.')[0]}); expected a database of its own, "
+                "for example a second database on the tracking store's server"
+            ) from None
     from optuna.storages.journal import JournalFileBackend
 
     study.folder.mkdir(parents=True, exist_ok=True)
