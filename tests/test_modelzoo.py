@@ -4,6 +4,7 @@ experiment tags; bad references are one-line errors."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -54,6 +55,28 @@ def test_sweep_reads_well_in_mlflow(trained):
     stage = names["pretrain · source a · seed 0"]
     for name in (NO_FREEZE, FROZEN):
         assert names[name].data.tags["mlflow.parentRunId"] == stage.info.run_id
+
+
+def test_analyze_publishes_the_report_to_a_run_of_the_experiment(
+    trained, tmp_path, monkeypatch, capsys
+):
+    """The sweep's report is reachable from the MLflow UI: the artifacts of one report
+    run, which status counts and model listings leave out."""
+    root = tmp_path / "copy"
+    shutil.copytree(trained.root, root)  # the session's store stays as it was
+    monkeypatch.setenv("ZOO_ROOT", str(root))
+    monkeypatch.chdir(root)
+    for _ in range(2):  # a second analysis replaces the report, in the same run
+        assert main(["analyze", "tiny.yaml", "--out", "report"]) == 0
+        assert "finished 3," in capsys.readouterr().out  # 1 stage + 2 runs, not the report
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    (report,) = client.search_runs([experiment], "tags.`zoo.kind` = 'report'")
+    assert report.info.run_name == "report · tiny" and report.info.status == "FINISHED"
+    files = {f.path for f in client.list_artifacts(report.info.run_id, "report")}
+    assert "report/report.html" in files
+    assert main(["models", "list", "tiny", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
 
 
 def test_bad_list_options_and_references_are_one_line_errors(trained, capsys):

@@ -312,6 +312,9 @@ def _analyze(args: argparse.Namespace) -> None:
     for name, reason in result.skipped.items():
         print(f"  figure {name} not drawn: {reason}")
     print(f"report: {result.report}")
+    run_id = analysis.publish(result.report, uri, experiment)
+    if run_id:
+        print(f"report in MLflow: run {run_id} (artifacts report/report.html)")
 
 
 def _experiment(target: str) -> tuple[str, set[str] | None]:

@@ -1,13 +1,15 @@
 """Analysis: tidy tables read straight from the store, aggregates, figures, reports, import.
 
 Public API: :func:`load` (store -> Tables), :func:`analyze` (Tables -> files and
-report.html), :func:`import_table` (CSV -> finished runs), :func:`bulk_insert`.
+report.html), :func:`publish` (report -> the store, for the MLflow UI),
+:func:`import_table` (CSV -> finished runs), :func:`bulk_insert`.
 """
 
 from zoo.analysis._bulk import BulkRun, bulk_insert
 from zoo.analysis._figures import FIGURES, figure
 from zoo.analysis._import import ImportMapping, import_table, load_mapping, table_runs
 from zoo.analysis._load import Tables, load_tables
+from zoo.analysis._publish import publish
 from zoo.analysis._report import Analysis, analyze, load, load_definition
 from zoo.analysis._tidy import Definition, aggregate, apply_offset, prepare
 
@@ -29,5 +31,6 @@ __all__ = [
     "load_mapping",
     "load_tables",
     "prepare",
+    "publish",
     "table_runs",
 ]

@@ -12,6 +12,7 @@ from zoo._typed import build
 from zoo._yaml import load_yaml
 from zoo.analysis._figures import FIGURES, FigureData, Skip
 from zoo.analysis._load import Tables, load_tables
+from zoo.analysis._publish import REPORT_KIND
 from zoo.analysis._tidy import Definition, aggregate, prepare
 from zoo.errors import ConfigError
 
@@ -39,7 +40,7 @@ class Analysis:
 
 
 def _status(tables: Tables, expected: set[str] | None) -> tuple[dict[str, int], list]:
-    runs = tables.runs
+    runs = tables.runs[tables.runs["kind"].fillna("run") != REPORT_KIND]  # not a trained run
     counts = {s.lower(): int(n) for s, n in runs.status.value_counts().items()}
     status = {
         "finished": counts.get("finished", 0),
