@@ -214,18 +214,23 @@ def _sweep_submit(args: argparse.Namespace) -> None:
 
     names = [f.name for f in dataclasses.fields(SubmitOptions)]
     options = SubmitOptions(**{**{n: getattr(args, n) for n in names}, "extra": tuple(args.extra)})
+    options.validate()
     if not options.dry_run and not args.allow_network_sqlite:
         refuse_network_sqlite(tracking_uri(args.tracking_uri, ProjectPaths.default()))
-    tracker = _read_only(args.tracking_uri) if options.dry_run else Tracker(args.tracking_uri)
-    if sweep.is_search(args.spec):
+    search = sweep.is_search(args.spec)
+    if search:
         spec, block = _search.load_search(args.spec)
-        _search.submit_search(spec, block, tracker, options, args.workers or 1)
-        return
-    if args.workers is not None:
+    elif args.workers is not None:
         raise _config_error("--workers: only for a search spec; a grid sweep has one task per job")
-    plan = sweep.make_plan(sweep.load_spec(args.spec))
-    sweep.check_plan(plan)
-    submit(plan, tracker, options)
+    else:
+        plan = sweep.make_plan(sweep.load_spec(args.spec))
+        sweep.check_plan(plan)
+    # the spec is good: only now is the store opened (and, unless a dry run, created)
+    tracker = _read_only(args.tracking_uri) if options.dry_run else Tracker(args.tracking_uri)
+    if search:
+        _search.submit_search(spec, block, tracker, options, args.workers or 1)
+    else:
+        submit(plan, tracker, options)
 
 
 def _sweep_worker(args: argparse.Namespace) -> int:
