@@ -220,10 +220,15 @@ def _create_sqlite(uri: str) -> None:
 def _refuse_non_sqlite(uri: str, path: Path) -> None:
     """Raise ConfigError when ``path`` exists but is not a SQLite database (before MLflow
     logs its own multi-line warnings about it)."""
-    with path.open("rb") as file:
-        header = file.read(16)
-    if header and header != b"SQLite format 3\x00":
-        raise ConfigError(f"tracking store {uri}: cannot be used ({path} is not a SQLite database)")
+    import sqlite3
+
+    # through SQLite itself: a plain open() and close() of the file would drop the POSIX
+    # locks this process's SQLite connections hold on it
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+            connection.execute("PRAGMA schema_version")
+    except sqlite3.DatabaseError as error:
+        raise ConfigError(f"tracking store {uri}: cannot be used ({path}: {error})") from None
 
 
 def _create_postgresql(uri: str) -> None:
