@@ -10,13 +10,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 from zoo.errors import ConfigError
 
-__all__ = ["build", "check", "to_dict"]
+__all__ = ["CONTROL_CHARACTERS", "build", "check", "to_dict"]
+
+# refused in any value that reaches a file name, a tag or a rendered script
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 T = TypeVar("T")
 

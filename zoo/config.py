@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from zoo._typed import build, check, to_dict
+from zoo._typed import CONTROL_CHARACTERS, build, check, to_dict
 from zoo._yaml import load_yaml, parse_scalar
 from zoo.errors import ConfigError
 
@@ -42,7 +42,6 @@ STAGE_VERSION = 1
 # identity only when set to a non-default value, so hashes made before that stay valid.
 EXECUTION_FIELDS = ("device", "power_cap_w", "log_weights", "share_stages")
 NOT_IDENTITY = ("experiment", *EXECUTION_FIELDS)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -187,7 +186,7 @@ class StageConfig:
         check(
             kind in ("auto", "random", "best", "last", "file", "run", "model")
             and bool(target) == (kind in ("file", "run", "model"))
-            and not _CONTROL.search(self.init),
+            and not CONTROL_CHARACTERS.search(self.init),
             f"{where}.init",
             self.init,
             "auto, random, best, last, file:PATH, run:RUN_ID or model:NAME@ALIAS",
@@ -237,7 +236,7 @@ class RunConfig:
 
     def validate(self, where: str) -> None:
         check(
-            bool(self.experiment.strip()) and not _CONTROL.search(self.experiment),
+            bool(self.experiment.strip()) and not CONTROL_CHARACTERS.search(self.experiment),
             f"{where}.experiment",
             self.experiment,
             "a non-empty name without control characters",

@@ -29,6 +29,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from zoo._typed import CONTROL_CHARACTERS
 from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths, SubmissionPaths
 from zoo.resources import resource
@@ -48,7 +49,6 @@ __all__ = [
     "worker",
 ]
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # refused in any rendered value
 TEMPLATE = "array.sbatch"
 _PATTERNS = {
     "partition": r"[\w.,-]+",
@@ -301,7 +301,7 @@ def render(
         "submission": shlex.quote(str(submission.folder)),
     }
     for key, value in {**values, "directives": "".join(options.directives())}.items():
-        if _CONTROL.search(value):
+        if CONTROL_CHARACTERS.search(value):
             raise ConfigError(
                 f"sbatch script of {name}: {key} {value!r} is not allowed; "
                 "expected no control characters (a newline would end a script line)"
