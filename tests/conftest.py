@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +13,18 @@ import pytest
 import yaml
 
 from zoo.paths import ProjectPaths
+
+
+def zoo_process(root: Path, *args: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    """``zoo ARGS`` as a child process in project ``root`` (its working directory and
+    ``$ZOO_ROOT``, ``env`` added); stdout and stderr share one pipe unless ``popen`` says."""
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, **popen}
+    return subprocess.Popen(
+        [sys.executable, "-m", "zoo.cli", *args],
+        cwd=root,
+        env={**os.environ, "ZOO_ROOT": str(root), **(env or {})},
+        **popen,
+    )
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import zoo_process
 from PIL import Image
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -46,14 +46,8 @@ def _install_chromium() -> None:
 @pytest.fixture
 def ui(trained):
     """`zoo ui` on the trained tiny sweep: (base URL, {experiment: models link})."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "zoo.cli", "ui", "--port", str(UI_PORT)],
-        cwd=trained.root,
-        env={**os.environ, "ZOO_ROOT": str(trained.root)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    server = zoo_process(
+        trained.root, "ui", "--port", str(UI_PORT), text=True, start_new_session=True
     )
     try:
         base = f"http://127.0.0.1:{UI_PORT}"

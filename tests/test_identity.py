@@ -4,7 +4,6 @@ counts, colliding plans are refused; checkpoints heal; run states are honest."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from conftest import zoo_process
 from mlflow.tracking import MlflowClient
 
 from zoo.cli import main
@@ -222,17 +222,7 @@ def test_dead_running_run_shows_interrupted(project, capsys):
 def test_concurrent_attempts_at_one_identity_train_once(project):
     _h5(project.root / "data.h5", 8)
     path = _config(project, epochs=2)
-    env = {**os.environ, "ZOO_ROOT": str(project.root)}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "zoo.cli", "train", str(path)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(3)
-    ]
+    processes = [zoo_process(project.root, "train", str(path), text=True) for _ in range(3)]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], outputs
     client, (run,) = _runs(project)

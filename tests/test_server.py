@@ -3,14 +3,12 @@ server going away for 30 s."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import time
 from collections import Counter
 
 import pytest
+from conftest import zoo_process
 from mlflow.tracking import MlflowClient
 from stores import _reachable_folder
 
@@ -52,14 +50,7 @@ def test_sweep_through_the_server_survives_a_30_s_outage(tiny_spec, project, dat
     assert main(["server", "status", "--data", str(data)]) == 0
     assert "mlflow: running\npostgresql: running" in capsys.readouterr().out
     spec = tiny_spec(sources=("a",), freezes=("none", "encoder"), epochs=3)
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "zoo.cli", "sweep", "run", str(spec), "--tracking-uri", uri],
-        cwd=project.root,
-        env={**os.environ, "ZOO_ROOT": str(project.root)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    sweep = zoo_process(project.root, "sweep", "run", str(spec), "--tracking-uri", uri, text=True)
     try:
         deadline = time.time() + 600
         while not any(r.data.metrics for r in _runs(uri, "tiny")) and time.time() < deadline:

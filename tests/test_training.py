@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 import yaml
+from conftest import zoo_process
 from mlflow.tracking import MlflowClient
 
 from zoo.checkpoint import load_weights
@@ -143,11 +142,10 @@ def _final_metrics(project):
 
 
 def _zoo(project, *args, **kwargs):
-    env = {**os.environ, "ZOO_ROOT": str(project.root), "OMP_NUM_THREADS": "2"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "zoo.cli", *args],
-        cwd=project.root,
-        env=env,
+    return zoo_process(
+        project.root,
+        *args,
+        env={"OMP_NUM_THREADS": "2"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         **kwargs,

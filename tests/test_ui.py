@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
+
+from conftest import zoo_process
 
 from zoo.analysis import BulkRun, bulk_insert, load_tables
 
@@ -32,14 +32,7 @@ def test_ui_lists_the_project_experiments_and_analysis_reads_it_over_rest(projec
         ],
     )
     port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "zoo.cli", "ui", "--port", str(port)],
-        cwd=project.root,
-        env={**os.environ, "ZOO_ROOT": str(project.root)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    server = zoo_process(project.root, "ui", "--port", str(port), start_new_session=True)
     try:
         assert f"http://127.0.0.1:{port}" in server.stdout.readline().decode()
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=50"
