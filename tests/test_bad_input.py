@@ -671,6 +671,17 @@ CASES = [
         2,
         r"tracking store nope://x: cannot be used",
     ),
+    # --- model zoo: read-only, so never a store created ---
+    ("models-list-no-store", {}, ["models", "list"], 2, r"mlflow\.db does not exist"),
+    ("models-list-limit-0", {}, ["models", "list", "--limit", "0"], 2, r"--limit: '0'"),
+    ("models-show-no-store", {}, ["models", "show", "demo"], 2, r"mlflow\.db does not exist"),
+    (
+        "predict-no-store",
+        {},
+        ["predict", "demo", "x.png", "--out", "out"],
+        2,
+        r"mlflow\.db does not exist",
+    ),
 ]
 
 

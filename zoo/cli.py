@@ -392,13 +392,11 @@ def _positive(kind: type) -> object:
 
 
 def _models_list(args: argparse.Namespace) -> None:
-
     from zoo import modelzoo
-    from zoo.paths import ProjectPaths
-    from zoo.tracking import tracking_uri
+    from zoo.tracking import Tracker
 
-    uri = tracking_uri(args.tracking_uri, ProjectPaths.default())
     experiments = [_experiment(args.target)[0]] if args.target else None
+    uri = Tracker(args.tracking_uri, create=False).uri  # a listing never creates a store
     table = modelzoo.model_table(uri, experiments)
     if table.empty:
         print(f"no trained models in {uri}")
@@ -417,7 +415,7 @@ def _models_show(args: argparse.Namespace) -> None:
     from zoo import modelzoo
     from zoo.tracking import Tracker
 
-    tracker = Tracker(args.tracking_uri)
+    tracker = Tracker(args.tracking_uri, create=False)
     info = modelzoo.describe(modelzoo.load(args.ref, tracker), tracker)
     print(yaml.safe_dump(info, sort_keys=False, allow_unicode=True), end="")
 
@@ -426,7 +424,7 @@ def _models_export(args: argparse.Namespace) -> None:
     from zoo import modelzoo
     from zoo.tracking import Tracker
 
-    tracker = Tracker(args.tracking_uri)
+    tracker = Tracker(args.tracking_uri, create=False)
     print(modelzoo.export_model(modelzoo.load(args.ref, tracker), tracker, args.out, args.ref))
 
 
@@ -435,7 +433,7 @@ def _models_register(args: argparse.Namespace) -> None:
     from zoo.tracking import Tracker
 
     run_id, version = modelzoo.register_model(
-        args.ref, args.name, Tracker(args.tracking_uri), args.alias
+        args.ref, args.name, Tracker(args.tracking_uri, create=False), args.alias
     )
     alias = f", alias {args.name}@{args.alias}" if args.alias else ""
     print(f"registered run {run_id} as {args.name}/{version}{alias}")
@@ -452,7 +450,9 @@ def _predict(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         device=args.device,
     )
-    for line in predict(args.ref, args.inputs, args.out, Tracker(args.tracking_uri), options):
+    for line in predict(
+        args.ref, args.inputs, args.out, Tracker(args.tracking_uri, create=False), options
+    ):
         print(line)
 
 
@@ -477,7 +477,7 @@ def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
     listing.add_argument("target", nargs="?", help="sweep spec YAML or experiment (default: all)")
     listing.add_argument("--where", action="append", default=[], metavar="AXIS=VALUE")
     listing.add_argument("--sort", default="target_loss_adj", metavar="METRIC")
-    listing.add_argument("--limit", type=int, metavar="N")
+    listing.add_argument("--limit", type=_positive(int), metavar="N")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=_models_list)
     show = model_commands.add_parser("show", help="config, metrics, lineage and datasets")
