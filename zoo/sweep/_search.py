@@ -431,15 +431,19 @@ def _pruning_hook(
 
 
 def _tag_best(study: Any, tracker: Tracker, name: str) -> None:
-    """Move ``zoo.best_trial`` to the runs of the study's best trial."""
-    best = study.best_trial
-    keep = set(best.user_attrs.get("mlflow_run_ids", []))
-    experiment = tracker.experiment(name)
-    for run in tracker.client.search_runs([experiment], f"tags.`{BEST_TAG}` = 'true'"):
-        if run.info.run_id not in keep:
-            tracker.client.delete_tag(run.info.run_id, BEST_TAG)
-    for run_id in keep:
-        tracker.set_tags(run_id, {BEST_TAG: "true", "zoo.best_value": f"{best.value:.6g}"})
+    """Move ``zoo.best_trial`` to the runs of the study's best trial, under the study's
+    lock: two workers finishing at once must not leave the tag on a stale best."""
+    from filelock import FileLock
+
+    with FileLock(str(tracker.paths.study(name).lock)):
+        best = study.best_trial
+        keep = set(best.user_attrs.get("mlflow_run_ids", []))
+        experiment = tracker.experiment(name)
+        for run in tracker.client.search_runs([experiment], f"tags.`{BEST_TAG}` = 'true'"):
+            if run.info.run_id not in keep:
+                tracker.client.delete_tag(run.info.run_id, BEST_TAG)
+        for run_id in keep:
+            tracker.set_tags(run_id, {BEST_TAG: "true", "zoo.best_value": f"{best.value:.6g}"})
 
 
 def search_status(spec: SweepSpec, block: SearchBlock, paths: ProjectPaths) -> dict[str, Any]:
