@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sqlite3
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -779,3 +782,40 @@ def test_internal_error_is_one_line_with_a_log(project, capsys, monkeypatch):
     (line,) = capsys.readouterr().err.strip().splitlines()
     log = re.search(r"traceback in (\S+)\)", line).group(1)
     assert "RuntimeError: boom" in line and "Traceback" in Path(log).read_text()
+
+
+def _as_unprivileged() -> list[str]:
+    """A command prefix under which file permissions apply, also for root (which would
+    otherwise write a read-only file): root's DAC-override capabilities are dropped."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file permissions cannot be enforced")
+    drop = "-dac_override,-dac_read_search"
+    return ["setpriv", "--bounding-set", drop, "--inh-caps", drop]
+
+
+@pytest.mark.parametrize("read_only", ["file", "folder"])
+def test_a_store_this_user_cannot_write_is_one_line_exit_2(project, read_only):
+    from zoo.tracking import Tracker
+
+    _write(project.root, run())
+    uri = f"sqlite:///{project.root / 'store' / 'mlflow.db'}"
+    Tracker(uri, project).experiment("other")
+    locked = project.root / "store" / ("mlflow.db" if read_only == "file" else "")
+    before = _snapshot(project.root)
+    locked.chmod(0o555)
+    try:
+        done = subprocess.run(
+            [*_as_unprivileged(), sys.executable, "-m", "zoo.cli", *TRAIN, "--tracking-uri", uri],
+            cwd=project.root,
+            env={**os.environ, "ZOO_ROOT": str(project.root)},
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        locked.chmod(0o755)
+    lines = [line for line in done.stderr.strip().splitlines() if "INFO mlflow" not in line]
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and re.search(rf"{locked}/? is not writable", lines[0]), lines
+    assert _snapshot(project.root) == before

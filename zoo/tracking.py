@@ -209,12 +209,23 @@ def _create_sqlite(uri: str) -> None:
         sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", _on_sqlite_connect)
     path = sqlite_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_read_only(uri, path)
     with FileLock(f"{path}.lock"):
         if not path.exists():
             with closing(sqlite3.connect(path)) as connection:
                 connection.execute("PRAGMA journal_mode=WAL")
         _refuse_non_sqlite(uri, path)
         MlflowClient(uri).search_experiments(max_results=1)
+
+
+def _refuse_read_only(uri: str, path: Path) -> None:
+    """Raise ConfigError when this process may not write the store file or, since SQLite
+    creates its journal beside the file, the folder holding it."""
+    for target in (path, path.parent):
+        if target.exists() and not os.access(target, os.W_OK):
+            raise ConfigError(
+                f"tracking store {uri}: cannot be used ({target} is not writable by this user)"
+            )
 
 
 def _refuse_non_sqlite(uri: str, path: Path) -> None:
