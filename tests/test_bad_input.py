@@ -674,6 +674,33 @@ CASES = [
         2,
         r"tracking store nope://x: cannot be used",
     ),
+    # --- command-line values checked before anything runs ---
+    ("calibrate-name-path", {}, ["calibrate", "../x"], 2, r"argument name: '\.\./x'"),
+    ("calibrate-name-empty", {}, ["calibrate", ""], 2, r"argument name: ''"),
+    ("server-port-too-large", {}, ["server", "start", "--port", "99999"], 2, r"--port: '99999'"),
+    ("server-workers-0", {}, ["server", "start", "--workers", "0"], 2, r"--workers: '0'"),
+    ("ui-port-negative", {}, ["ui", "--port", "-5"], 2, r"--port: '-5'"),
+    (
+        "preview-under-a-file",
+        spec(),
+        ["data", "make", "spec.yaml", "--preview", "spec.yaml/x"],
+        2,
+        r"--preview: 'spec\.yaml/x'.*not a folder",
+    ),
+    (
+        "export-out-is-a-folder",
+        spec(),
+        ["data", "export", "d", "--spec", "spec.yaml", "--out", "."],
+        2,
+        r"--out: '\.'.*not a file",
+    ),
+    (
+        "analyze-out-is-a-file",
+        spec(),
+        ["analyze", "spec.yaml", "--out", "spec.yaml"],
+        2,
+        r"--out: 'spec\.yaml'.*not a folder",
+    ),
     # --- model zoo: read-only, so never a store created ---
     ("models-list-no-store", {}, ["models", "list"], 2, r"mlflow\.db does not exist"),
     ("models-list-limit-0", {}, ["models", "list", "--limit", "0"], 2, r"--limit: '0'"),

@@ -391,6 +391,46 @@ def _positive(kind: type) -> object:
     return parse
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535 (PostgreSQL beside a server takes it + 1)."""
+    if not text.isdigit() or not 1 <= int(text) <= 65534:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; expected a port 1-65534")
+    return int(text)
+
+
+def _profile_name(text: str) -> str:
+    """An argparse type: a profile name usable as a file name (letters, digits, . _ -)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not allowed; expected letters, digits, '.', '_' or '-' (e.g. h100)"
+        )
+    return text
+
+
+def _output(kind: str) -> object:
+    """An argparse type: a path zoo may write a ``kind`` ("folder" or "file") at, checked
+    without writing anything: not an existing thing of the other kind, and its nearest
+    existing ancestor a folder this user may write in."""
+
+    def parse(text: str) -> Path:
+        path = Path(text)
+        if path.exists() and path.is_dir() != (kind == "folder"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed; it is not a {kind}")
+        ancestor = path.absolute().parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not allowed; {ancestor} is not a folder this user can write in"
+            )
+        return path
+
+    parse.__name__ = f"writable {kind}"
+    return parse
+
+
 def _models_list(args: argparse.Namespace) -> None:
     from zoo import modelzoo
     from zoo.tracking import Tracker
@@ -483,7 +523,7 @@ def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
     show = model_commands.add_parser("show", help="config, metrics, lineage and datasets")
     show.set_defaults(func=_models_show)
     export = model_commands.add_parser("export", help="safetensors, config.yaml and a model card")
-    export.add_argument("--out", type=Path, required=True, metavar="DIR")
+    export.add_argument("--out", type=_output("folder"), required=True, metavar="DIR")
     export.set_defaults(func=_models_export)
     register = model_commands.add_parser("register", help="add to MLflow's Model Registry")
     register.add_argument("--name", required=True)
@@ -502,7 +542,7 @@ def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
         metavar="INPUT",
         help="PNG, TIFF, NPY, NPZ or HDF5 files, or folders of them",
     )
-    predict.add_argument("--out", type=Path, required=True, metavar="DIR")
+    predict.add_argument("--out", type=_output("folder"), required=True, metavar="DIR")
     predict.add_argument(
         "--pixel-size",
         type=float,
@@ -530,7 +570,9 @@ def _parser() -> argparse.ArgumentParser:
     make = data_commands.add_parser("make", help="generate the datasets a YAML file declares")
     make.add_argument("file", type=Path, help="YAML with a top-level 'datasets:' mapping")
     make.add_argument("names", nargs="*", help="only these datasets (default: all)")
-    make.add_argument("--preview", type=Path, metavar="DIR", help="also write DIR/NAME.png")
+    make.add_argument(
+        "--preview", type=_output("folder"), metavar="DIR", help="also write DIR/NAME.png"
+    )
     make.set_defaults(func=_data_make)
     for verb, func, suffix, help_text in (
         ("show", _data_show, ".png", "write a grid of images with mask outlines"),
@@ -538,7 +580,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sub = data_commands.add_parser(verb, help=help_text)
         sub.add_argument("name", help="dataset name (as made by `zoo data make`)")
-        sub.add_argument("--out", type=Path, required=True, metavar=f"FILE{suffix}")
+        sub.add_argument("--out", type=_output("file"), required=True, metavar=f"FILE{suffix}")
         sub.add_argument("--spec", type=Path, help="resolve NAME from this YAML instead")
         sub.set_defaults(func=func)
     data_commands.choices["show"].add_argument("--count", type=_positive(int), default=8)
@@ -551,7 +593,7 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     ui = commands.add_parser("ui", help="start the MLflow UI on the tracking store")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=_port, default=5000)
     ui.set_defaults(func=_ui)
 
     sweep = commands.add_parser("sweep", help="plan, run and follow sweeps")
@@ -651,7 +693,7 @@ def _parser() -> argparse.ArgumentParser:
 
     analyze = commands.add_parser("analyze", help="tables, figures and report.html of a sweep")
     analyze.add_argument("target", help="sweep spec YAML, or an experiment name")
-    analyze.add_argument("--out", type=Path, required=True, metavar="DIR")
+    analyze.add_argument("--out", type=_output("folder"), required=True, metavar="DIR")
     analyze.add_argument(
         "--definition",
         type=Path,
@@ -676,7 +718,7 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("--offset", type=float)
     imports.set_defaults(func=_import)
     measure = commands.add_parser("calibrate", help="measure a throughput profile on this machine")
-    measure.add_argument("name", help="profile name, e.g. h100 or cpu-2core")
+    measure.add_argument("name", type=_profile_name, help="profile name, e.g. h100 or cpu-2core")
     measure.add_argument("spec", type=Path, nargs="?", help="sweep spec (default: demo model)")
     measure.set_defaults(func=_calibrate)
     collect = commands.add_parser("gc", help="remove what no sweep needs; print bytes freed")
@@ -696,9 +738,9 @@ def _server_parser(commands) -> None:
     server_commands = server.add_subparsers(dest="server_command", required=True)
     start = server_commands.add_parser("start", help="start PostgreSQL and mlflow server")
     start.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
-    start.add_argument("--port", type=int, default=5001, help="mlflow server's (PostgreSQL: +1)")
+    start.add_argument("--port", type=_port, default=5001, help="mlflow server's (PostgreSQL: +1)")
     start.add_argument("--host", default="127.0.0.1", help="listen here (e.g. 0.0.0.0)")
-    start.add_argument("--workers", type=int, default=4, help="mlflow server processes")
+    start.add_argument("--workers", type=_positive(int), default=4, help="mlflow server processes")
     for verb, help_text in (("status", "is it running"), ("stop", "stop what start started")):
         server_commands.add_parser(verb, help=help_text)
     for sub in server_commands.choices.values():
