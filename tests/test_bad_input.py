@@ -701,6 +701,15 @@ CASES = [
         2,
         r"--out: 'spec\.yaml'.*not a folder",
     ),
+    ("lr-infinite", run(stage={"lr": float("inf")}), TRAIN, 2, r"stages\.0\.lr: inf"),
+    ("power-cap-infinite", run(power_cap_w=float("inf")), TRAIN, 2, r"power_cap_w: inf"),
+    (
+        "submit-grace-negative",
+        spec(),
+        ["sweep", "submit", "spec.yaml", "--dry-run", "--grace", "-1"],
+        2,
+        r"--grace: -1",
+    ),
     # --- model zoo: read-only, so never a store created ---
     ("models-list-no-store", {}, ["models", "list"], 2, r"mlflow\.db does not exist"),
     ("models-list-limit-0", {}, ["models", "list", "--limit", "0"], 2, r"--limit: '0'"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import re
 import types
 import typing
@@ -91,16 +92,14 @@ def _describe(tp: Any) -> str:
         return "a mapping"
     if tp is type(None):
         return "null"
-    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
+    names = {float: "a finite number", int: "an integer", str: "a string", bool: "true or false"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
-    if tp is float:
-        check(
-            isinstance(value, int | float) and not isinstance(value, bool), where, value, "a number"
-        )
+    if tp is float:  # finite: no config field means anything by nan or inf
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        check(number and math.isfinite(value), where, value, "a finite number")
         return float(value)
     if tp is int:
         check(isinstance(value, int) and not isinstance(value, bool), where, value, "an integer")

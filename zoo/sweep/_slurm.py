@@ -110,6 +110,8 @@ class SubmitOptions:
                 )
         if self.max_requeues < 0:
             raise ConfigError(f"--max-requeues: {self.max_requeues}; expected an integer >= 0")
+        if self.grace_s < 0:
+            raise ConfigError(f"--grace: {self.grace_s}; expected seconds >= 0")
         for name in ("gpus_per_task", "cpus_per_task", "max_parallel", "gpu_power", "data_cpus"):
             value = getattr(self, name)
             if value is not None and value < 1:
