@@ -121,7 +121,7 @@ def test_ssim_losses_do_not_depend_on_the_units_of_the_targets(loss):
         ("dice", r"config\.stages\.0\.loss: 'dice' is not allowed; expected one of cross_entropy"),
         ({"mse": 1.0, "ssim": 0}, r"config\.stages\.0\.loss\.ssim: 0\.0 is not allowed"),
         ({"mse": 1.0, "cross_entropy": 1.0}, r"expected losses of one task"),
-        ("mse", r"config\.stages\.0\.loss: 'mse' is not allowed; expected a loss for the mask"),
+        ("mse", r"config\.stages\.0\.loss: 'mse' is not allowed; expected a segmentation loss"),
     ],
 )
 def test_bad_losses_are_refused_in_one_line(loss, message):
@@ -291,6 +291,7 @@ DENOISING_RUN = {
     "model": {
         "encoder": "tu-test_resnet",
         "decoder_channels": [16] * 5,
+        "task": "regression",
         "classes": 1,
         "head": "logits",
         "output": "residual",
@@ -340,13 +341,55 @@ def test_denoising_unet_with_residual_output_pretrains_cheap_and_finetunes_full(
     assert float(rows[-1]["val_psnr/full"]) == pytest.approx(metrics["val_psnr/full"])
 
 
-def test_a_loss_that_does_not_fit_the_targets_is_refused_naming_the_dataset():
+def test_a_task_that_does_not_fit_the_targets_is_refused_naming_the_dataset():
     from zoo.errors import ConfigError
 
     stages = [{**DENOISING_RUN["stages"][0], "loss": "cross_entropy"}]
     model = {**DENOISING_RUN["model"], "classes": 2, "head": "softmax", "output": "direct"}
-    with pytest.raises(ConfigError, match=r"stages\.0\.loss: 'cross_entropy'.*clean targets"):
+    model["task"] = "segmentation"
+    with pytest.raises(ConfigError, match=r"model\.task: 'segmentation'.*clean targets of dat"):
         resolve({**DENOISING_RUN, "model": model, "stages": stages})
+
+
+@pytest.mark.parametrize(
+    ("model", "stage", "message"),
+    [
+        ({}, {"loss": "cross_entropy"}, r"stages\.0\.loss: 'cross_entropy'.*regression loss"),
+        ({"task": "segmentation"}, {}, r"model\.classes: 1 .*>= 2 for task segmentation"),
+        ({"task": "classification"}, {}, r"model\.task: 'classification'.*'regression'"),
+        ({"inputs": ["image", "image"]}, {}, r"model\.inputs: \['image', 'image'\].*distinct"),
+        ({"inputs": ["image", "baseline"]}, {}, r"model\.inputs: .*dataset 'cheap' \(image\)"),
+        ({"residual_input": "baseline"}, {}, r"model\.residual_input: 'baseline'.*\(image\)"),
+        ({"in_channels": 2}, {}, r"model\.in_channels: 2 .*expected 1 \(one per model\.inputs"),
+        ({"input_scaling": "global"}, {}, r"model\.input_scaling: 'global'.*per_dataset"),
+        ({"input_scaling": -2}, {}, r"model\.input_scaling: -2.*a factor > 0"),
+    ],
+)
+def test_bad_task_input_and_scaling_fields_are_refused_in_one_line(model, stage, message):
+    from zoo.errors import ConfigError
+
+    stages = [{**DENOISING_RUN["stages"][0], **stage}]
+    document = {**DENOISING_RUN, "model": {**DENOISING_RUN["model"], **model}, "stages": stages}
+    with pytest.raises(ConfigError, match=message) as raised:
+        resolve(document)
+    assert "\n" not in str(raised.value)
+
+
+def test_new_model_fields_at_their_defaults_keep_identities():
+    model = {
+        **PINNED_RUN["model"],
+        "task": "segmentation",
+        "inputs": ["image"],
+        "input_scaling": "per_image",
+        "residual_input": "image",
+    }
+    config = resolve({**PINNED_RUN, "model": model, "log_weights": ["best", "final"]})
+    assert config.digest() != PINNED_IDENTITY[0]  # residual_input by name is spelled out
+    del model["residual_input"]
+    config = resolve({**PINNED_RUN, "model": model})
+    assert (config.digest(), config.stage_digest(0)) == PINNED_IDENTITY
+    scaled = resolve({**PINNED_RUN, "model": {**model, "input_scaling": 4.0}})
+    assert scaled.digest() != PINNED_IDENTITY[0]
 
 
 def test_best_epoch_follows_the_selected_metric_in_its_direction():
