@@ -245,6 +245,7 @@ def test_folder_of_inputs_and_targets_loads_stacked_channels_and_keeps_old_diges
     assert dataset.masks.dtype == np.float32 and dataset.channels == ("image", "base")
     assert data.dataset_target(source, project.root) == "image"
     assert source.resolved()["channels"] == ["image", "base"]
+    assert data.preview(dataset.images, dataset.masks, project.root / "p.png").is_file()
     assert "channels" not in data.dataset_source({"path": "masks_set"}, "d").resolved()
     assert (
         data.content_digest(data.dataset_source({"path": "masks_set"}, "d"), project.root) == before

@@ -314,17 +314,25 @@ def read_files(spec: FileSpec, root: Path) -> tuple[np.ndarray, np.ndarray, str]
     return images, masks, content_digest(spec, root)
 
 
+_HDF5_TARGETS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> target
+
+
 def file_target(spec: FileSpec, root: Path) -> str:
-    """``image`` for a dataset of inputs and image targets, else ``mask``."""
+    """``image`` for a dataset of inputs and image targets, else ``mask`` (an HDF5 file's
+    answer remembered by path, size and mtime: a sweep asks once per file)."""
     path = _located(spec, root)
     if path.is_dir():
         return "image" if (path / "inputs").is_dir() else "mask"
     if path.suffix.lower() not in HDF5_SUFFIXES:
         return "mask"  # reading it names the problem
-    import h5py
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HDF5_TARGETS:
+        import h5py
 
-    try:
-        with h5py.File(path, "r") as handle:
-            return "image" if "inputs" in handle else "mask"
-    except OSError as error:
-        raise DataError(f"{path}: unreadable HDF5 file ({error})") from None
+        try:
+            with h5py.File(path, "r") as handle:
+                _HDF5_TARGETS[key] = "image" if "inputs" in handle else "mask"
+        except OSError as error:
+            raise DataError(f"{path}: unreadable HDF5 file ({error})") from None
+    return _HDF5_TARGETS[key]
