@@ -86,7 +86,7 @@ def _binary(name: str, mask: np.ndarray) -> np.ndarray:
 
 def _read_folder(root: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray]:
     if (root / "inputs").is_dir():
-        return _read_pairs(root, len(spec.channels))
+        return _read_pairs(root, spec.channels)
     image_dir, mask_dir = root / "images", root / "masks"
     if not image_dir.is_dir() or not mask_dir.is_dir():
         raise DataError(
@@ -119,7 +119,7 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
 
 
-def _read_pairs(root: Path, channels: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_pairs(root: Path, channels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Inputs (N, H, W) or (N, C, H, W) and float targets (N, H, W) or (N, K, H, W) of an
     ``inputs/``/``targets/`` folder, matched by file name."""
     input_dir, target_dir = root / "inputs", root / "targets"
@@ -146,16 +146,14 @@ def _read_pairs(root: Path, channels: int) -> tuple[np.ndarray, np.ndarray]:
     return _squeezed(np.stack(xs)), _squeezed(np.stack(ys))
 
 
-def _stacked(path: Path, channels: int | None, kind: str) -> np.ndarray:
-    """The file's array as float32 (C, H, W); ``channels``: the count it must have."""
+def _stacked(path: Path, channels: tuple[str, ...] | None, kind: str) -> np.ndarray:
+    """The file's array as float32 (C, H, W); ``channels``: the names it must have."""
     array = _read_array(path).astype(np.float32)
     array = array[None] if array.ndim == 2 else array
     if array.ndim != 3:
         raise DataError(f"{path}: shape {array.shape}; expected (H, W) or stacked (C, H, W)")
-    if channels is not None and len(array) != channels:
-        raise DataError(
-            f"{path}: {len(array)} {kind} channels; the dataset's channels name {channels}"
-        )
+    if channels is not None and len(array) != len(channels):
+        raise DataError(f"{path}: {len(array)} {kind} channels; {_named(channels)}")
     return array
 
 
@@ -164,7 +162,13 @@ def _squeezed(array: np.ndarray) -> np.ndarray:
     return array[:, 0] if array.shape[1] == 1 else array
 
 
-def _read_hdf5_pairs(handle: Any, path: Path, channels: int) -> tuple[np.ndarray, np.ndarray]:
+def _named(channels: tuple[str, ...]) -> str:
+    return f"the dataset's channels name {len(channels)} ({', '.join(channels)})"
+
+
+def _read_hdf5_pairs(
+    handle: Any, path: Path, channels: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     if "targets" not in handle:
         raise DataError(f"{path}: no dataset 'targets' (needs 'inputs' and 'targets')")
     inputs = np.asarray(handle["inputs"], np.float32)
@@ -176,10 +180,8 @@ def _read_hdf5_pairs(handle: Any, path: Path, channels: int) -> tuple[np.ndarray
             f"{path}: inputs {inputs.shape} and targets {targets.shape} must be (N, H, W) or "
             "(N, C, H, W) with the same N, H and W"
         )
-    if x.shape[1] != channels:
-        raise DataError(
-            f"{path}: {x.shape[1]} input channels; the dataset's channels name {channels}"
-        )
+    if x.shape[1] != len(channels):
+        raise DataError(f"{path}: {x.shape[1]} input channels; {_named(channels)}")
     return _squeezed(x), _squeezed(y)
 
 
@@ -189,7 +191,7 @@ def _read_hdf5(path: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray]:
     try:
         with h5py.File(path, "r") as handle:
             if "inputs" in handle:
-                return _read_hdf5_pairs(handle, path, len(spec.channels))
+                return _read_hdf5_pairs(handle, path, spec.channels)
             missing = [k for k in ("images", "masks") if k not in handle]
             if missing:
                 raise DataError(f"{path}: no dataset {missing[0]!r} (needs 'images' and 'masks')")
