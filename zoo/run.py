@@ -171,7 +171,8 @@ def _artifacts(
         if loss_task(config.stages[-1].loss) != "segmentation":
             return  # predicted masks only: no figure for image targets yet
         dataset = datasets[config.stages[-1].train]
-        x = model_inputs(dataset, config.model, slice(dataset.train_count, None))[:4]
+        first = dataset.train_count
+        x = model_inputs(dataset, config.model, slice(first, first + 4))
         images, masks = x[:, 0].numpy(), dataset.val[1][:4]
         model = create_model(config.model)
         model.load_state_dict(load_weights(StagePaths(last.folder).weights("best")))
