@@ -494,8 +494,11 @@ def test_regression_on_two_named_input_channels_with_a_residual_on_the_second(pr
     U-Net's output added to the baseline; validation metrics and named weights logged."""
     path = _write_pairs(project.root, layout)
     datasets = {"pairs": {"path": path, "channels": ["image", "baseline"], "val_fraction": 0.2}}
-    (project.root / "run.yaml").write_text(yaml.safe_dump({**RESIDUAL_RUN, "datasets": datasets}))
-    config = resolve({**RESIDUAL_RUN, "datasets": datasets})
+    augment = "dihedral" if layout == "folder" else "none"  # 8 transforms of 2 channels once
+    document = {**RESIDUAL_RUN, "datasets": datasets}
+    document["stages"] = [{**RESIDUAL_RUN["stages"][0], "augment": augment}]
+    (project.root / "run.yaml").write_text(yaml.safe_dump(document))
+    config = resolve(document)
     assert config.model.in_channels == 2 and config.model.reference_channel == 1
     assert main(["train", "run.yaml"]) == 0
     client = MlflowClient(project.tracking_uri)
