@@ -286,3 +286,18 @@ def test_hdf5_inputs_and_targets_with_several_target_channels(project):
     dataset = data.load("h5", data.materialise("h5", source, project))
     assert dataset.images.shape == (5, 8, 8) and dataset.masks.shape == (5, 3, 8, 8)
     assert data.dataset_target(source, project.root) == "image"
+
+
+def test_a_worker_keeps_one_device_copy_per_input_scaling(project):
+    from zoo.config import ModelConfig
+    from zoo.resident import clear, device_datasets
+
+    dataset = data.load("d", data.materialise("d", data.generator_spec(TINY, "d"), project))
+    clear()
+    cpu, quiet = torch.device("cpu"), lambda line: None
+    standardised = device_datasets({"d": dataset}, cpu, quiet)["d"]
+    scaled = device_datasets({"d": dataset}, cpu, quiet, ModelConfig(input_scaling=2.0))["d"]
+    assert scaled is not standardised
+    assert torch.allclose(scaled.val_images[:, 0], 2 * torch.from_numpy(dataset.val[0]))
+    assert device_datasets({"d": dataset}, cpu, quiet)["d"] is standardised
+    clear()
