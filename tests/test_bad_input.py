@@ -50,6 +50,35 @@ def _folder(root: Path, count=3, masks=True, broken=None) -> None:
         (root / "images" / "im1.png").write_bytes(b"not a png")
 
 
+def _pairs_h5(path: Path, channels=2, targets=1) -> None:
+    """Regression data: (8, channels, 16, 16) inputs and (8, targets, 16, 16) targets."""
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as handle:
+        handle["inputs"] = rng.random((8, channels, 16, 16)).astype(np.float32)
+        handle["targets"] = rng.random((8, targets, 16, 16)).astype(np.float32)
+
+
+def _pairs_folder(root: Path) -> None:
+    """inputs/ and targets/ whose names do not match (a0 has no target)."""
+    for sub, name in (("inputs", "a0"), ("inputs", "a1"), ("targets", "a1")):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        np.save(root / sub / f"{name}.npy", np.zeros((16, 16), np.float32))
+
+
+REGRESSION = {"task": "regression", "classes": 1, "head": "logits", "inputs": ["image", "base"]}
+PAIRS = {**H5, "channels": ["image", "base"]}
+
+
+def regression(model=None, datasets=None, data=_pairs_h5) -> dict:
+    """A valid regression run on two-channel pairs in data.h5, with ``model`` changes."""
+    document = _run(
+        model={**REGRESSION, **(model or {})},
+        datasets=datasets or {"d": PAIRS},
+        stage={"loss": "mse"},
+    )
+    return {"run.yaml": yaml.safe_dump(document), "data.h5": data}
+
+
 def _run(**changes) -> dict:
     """A valid one-stage run config on data.h5, with top-level ``changes``."""
     stage = {"name": "s", "train": "d", "epochs": 1, "augment": "none"}
@@ -630,6 +659,94 @@ CASES = [
         TRAIN,
         2,
         r"im1\.png: unreadable image",
+    ),
+    ("task-unknown", run(model={"task": "detection"}), TRAIN, 2, r"config\.model\.task: 'detec"),
+    (
+        "task-loss-mismatch",
+        run(stage={"loss": "mse"}),
+        TRAIN,
+        2,
+        r"config\.stages\.0\.loss: 'mse' .*segmentation loss for model\.task segmentation",
+    ),
+    (
+        "task-regression-on-masks",
+        run(model={"task": "regression", "classes": 1}, stage={"loss": "mse"}),
+        TRAIN,
+        2,
+        r"config\.model\.task: 'regression' .*segmentation for the mask targets of dataset 'd'",
+    ),
+    (
+        "in-channels-not-inputs",
+        regression(model={"in_channels": 3}),
+        TRAIN,
+        2,
+        r"config\.model\.in_channels: 3 .*expected 2 \(one per model\.inputs: image, base\)",
+    ),
+    (
+        "data-channel-count-mismatch",
+        regression(data=lambda p: _pairs_h5(p, channels=3)),
+        TRAIN,
+        2,
+        r"data\.h5: 3 input channels; the dataset's channels name 2",
+    ),
+    (
+        "inputs-not-in-dataset",
+        regression(datasets={"d": H5}),
+        TRAIN,
+        2,
+        r"config\.model\.inputs: \['image', 'base'\] .*channels of dataset 'd' \(image\)",
+    ),
+    (
+        "target-channels-not-classes",
+        regression(data=lambda p: _pairs_h5(p, targets=3)),
+        TRAIN,
+        2,
+        r"config\.model\.classes: 1 .*expected 3 \(the target channels of dataset 'd'\)",
+    ),
+    (
+        "residual-input-missing-channel",
+        regression(model={"output": "residual", "residual_input": "baseline"}),
+        TRAIN,
+        2,
+        r"config\.model\.residual_input: 'baseline' .*model\.inputs \(image, base\)",
+    ),
+    (
+        "input-scaling-unknown",
+        regression(model={"input_scaling": "per_batch"}),
+        TRAIN,
+        2,
+        r"config\.model\.input_scaling: 'per_batch' .*'per_dataset', 'none' or a number",
+    ),
+    (
+        "input-scaling-zero",
+        regression(model={"input_scaling": 0}),
+        TRAIN,
+        2,
+        r"config\.model\.input_scaling: 0\.0 .*a factor > 0",
+    ),
+    (
+        "pairs-unmatched-names",
+        {
+            **regression(datasets={"d": {"path": "pairs", "channels": ["image", "base"]}}),
+            "pairs": _pairs_folder,
+        },
+        TRAIN,
+        2,
+        r"a0\.npy: no target named a0\.\* in .*targets",
+    ),
+    (
+        "generator-fidelity-unknown",
+        run(datasets={"d": {"preset": "noise", "dose": 10, "fidelity": "medium"}}),
+        TRAIN,
+        2,
+        r"datasets\.d\.fidelity: 'medium' .*cheap or full",
+    ),
+    (
+        "log-weights-unknown-stage",
+        run(log_weights=["pretrain/best"]),
+        TRAIN,
+        2,
+        r"config\.log_weights\.0: 'pretrain/best' .*STAGE/final for a stage: s",
     ),
     (
         "val-fraction-one",

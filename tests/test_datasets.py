@@ -177,3 +177,127 @@ def _cached(project) -> list:
     if not project.datasets.exists():
         return []
     return [p for p in project.datasets.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
+def _pairs(root, count=4, channels=2, side=8, seed=0):
+    """An inputs/ and targets/ folder: (channels, side, side) inputs, (side, side) targets."""
+    rng = np.random.default_rng(seed)
+    for sub in ("inputs", "targets"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        shape = (channels, side, side) if channels > 1 else (side, side)
+        np.save(root / "inputs" / f"s{i}.npy", rng.random(shape).astype(np.float32))
+        np.save(root / "targets" / f"s{i}.npy", rng.random((side, side)).astype(np.float32))
+    return root
+
+
+def _regression_set(images, targets, train_count, channels=("image", "base")):
+    return data.Dataset("r", images, targets, train_count, None, "r", channels)
+
+
+def test_per_dataset_scaling_standardises_each_channel_over_the_training_split():
+    from zoo.config import ModelConfig
+
+    rng = np.random.default_rng(0)
+    images = np.stack([rng.normal(5, 2, (6, 8, 8)), rng.normal(-1, 0.5, (6, 8, 8))], axis=1)
+    targets = rng.normal(-1, 0.5, (6, 8, 8))
+    dataset = _regression_set(images.astype(np.float32), targets.astype(np.float32), 4)
+    model = ModelConfig(
+        task="regression", classes=1, inputs=("image", "base"), in_channels=2,
+        input_scaling="per_dataset", residual_input="base",
+    )  # fmt: skip
+    on_device = to_device(dataset, torch.device("cpu"), model)
+    train = on_device.train_images.double()
+    assert torch.allclose(train.mean(dim=(0, 2, 3)), torch.zeros(2, dtype=torch.double), atol=2e-3)
+    assert torch.allclose(
+        train.std(dim=(0, 2, 3), correction=0), torch.ones(2, dtype=train.dtype), atol=2e-3
+    )
+    mean, std = images[:4, 1].mean(), images[:4, 1].std()  # targets: the base channel's scaling
+    expected = torch.from_numpy((targets[4:] - mean) / std).float()[:, None]
+    assert torch.allclose(on_device.val_masks, expected, atol=1e-4)
+    # every image shares one shift and scale: the per-image means still differ
+    assert on_device.train_images.float().mean(dim=(2, 3)).std(dim=0).min() > 0.01
+
+
+@pytest.mark.parametrize(("scaling", "factor"), [("none", 1.0), (8.0, 8.0)])
+def test_unstandardised_scalings_multiply_inputs_and_targets_alike(scaling, factor):
+    from zoo.config import ModelConfig
+
+    rng = np.random.default_rng(1)
+    images, targets = rng.random((3, 8, 8)).astype(np.float32), rng.random((3, 2, 8, 8))
+    dataset = data.Dataset("r", images, targets.astype(np.float32), 2, None, "r")
+    model = ModelConfig(task="regression", classes=2, input_scaling=scaling)
+    on_device = to_device(dataset, torch.device("cpu"), model)
+    assert on_device.train_images.dtype == torch.float32
+    assert torch.allclose(on_device.val_images[:, 0], factor * torch.from_numpy(images[2:]))
+    assert on_device.train_masks.shape == (2, 2, 8, 8)
+    assert torch.allclose(on_device.train_masks, factor * torch.from_numpy(targets[:2]).float())
+
+
+def test_folder_of_inputs_and_targets_loads_stacked_channels_and_keeps_old_digests(project):
+    _folder_dataset(project.root / "masks_set", count=3)
+    before = data.content_digest(data.dataset_source({"path": "masks_set"}, "d"), project.root)
+    _pairs(project.root / "pairs", count=5)
+    spec = {"path": "pairs", "channels": ["image", "base"], "val_fraction": 0.4}
+    source = data.dataset_source(spec, "datasets.pairs")
+    dataset = data.load("pairs", data.materialise("pairs", source, project))
+    assert dataset.images.shape == (5, 2, 8, 8) and dataset.masks.shape == (5, 8, 8)
+    assert dataset.masks.dtype == np.float32 and dataset.channels == ("image", "base")
+    assert data.dataset_target(source, project.root) == "image"
+    assert source.resolved()["channels"] == ["image", "base"]
+    assert data.preview(dataset.images, dataset.masks, project.root / "p.png").is_file()
+    assert "channels" not in data.dataset_source({"path": "masks_set"}, "d").resolved()
+    assert (
+        data.content_digest(data.dataset_source({"path": "masks_set"}, "d"), project.root) == before
+    )
+    np.save(project.root / "pairs" / "targets" / "s0.npy", np.zeros((8, 8), np.float32))
+    assert data.content_digest(source, project.root) != dataset.digest  # contents identify it
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda r: (r / "targets" / "s1.npy").unlink(), r"s1\.npy: no target named s1\.\*"),
+        (lambda r: (r / "inputs" / "s2.npy").unlink(), r"s2\.npy: no input named s2\.\*"),
+        (
+            lambda r: np.save(r / "inputs" / "s1.npy", np.zeros((3, 8, 8), np.float32)),
+            r"s1\.npy: 3 input channels; the dataset's channels name 2",
+        ),
+        (
+            lambda r: np.save(r / "targets" / "s1.npy", np.zeros((4, 4), np.float32)),
+            r"s1\.npy: target shape \(1, 4, 4\) does not match",
+        ),
+    ],
+)
+def test_broken_pairs_folder_is_one_line_error_naming_the_file(project, breakage, message):
+    breakage(_pairs(project.root / "pairs"))
+    source = data.dataset_source({"path": "pairs", "channels": ["image", "base"]}, "d")
+    with pytest.raises(DataError, match=message):
+        data.materialise("pairs", source, project)
+    assert _cached(project) == []
+
+
+def test_hdf5_inputs_and_targets_with_several_target_channels(project):
+    rng = np.random.default_rng(0)
+    with h5py.File(project.root / "pairs.h5", "w") as handle:
+        handle["inputs"] = rng.random((5, 8, 8)).astype(np.float32)
+        handle["targets"] = rng.random((5, 3, 8, 8)).astype(np.float32)
+    source = data.dataset_source({"path": "pairs.h5"}, "d")
+    dataset = data.load("h5", data.materialise("h5", source, project))
+    assert dataset.images.shape == (5, 8, 8) and dataset.masks.shape == (5, 3, 8, 8)
+    assert data.dataset_target(source, project.root) == "image"
+
+
+def test_a_worker_keeps_one_device_copy_per_input_scaling(project):
+    from zoo.config import ModelConfig
+    from zoo.resident import clear, device_datasets
+
+    dataset = data.load("d", data.materialise("d", data.generator_spec(TINY, "d"), project))
+    clear()
+    cpu, quiet = torch.device("cpu"), lambda line: None
+    standardised = device_datasets({"d": dataset}, cpu, quiet)["d"]
+    scaled = device_datasets({"d": dataset}, cpu, quiet, ModelConfig(input_scaling=2.0))["d"]
+    assert scaled is not standardised
+    assert torch.allclose(scaled.val_images[:, 0], 2 * torch.from_numpy(dataset.val[0]))
+    assert device_datasets({"d": dataset}, cpu, quiet)["d"] is standardised
+    clear()

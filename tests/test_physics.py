@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from zoo.data import LATTICES, generator_spec, make_scene, simulate
+from zoo.errors import ConfigError
 
 NOISE_FREE = {"dose": None, "defocus_jitter_nm": 0.0, "count": 1}
 
@@ -118,3 +119,33 @@ def test_small_images_show_the_same_particles_as_large_ones():
     large = simulate(generator_spec({**NOISE_FREE, "image_size": 512}, "d"), 0).mask
     binned = large.reshape(64, 8, 64, 8).mean(axis=(1, 3)) > 0.5
     assert np.mean(binned == small.astype(bool)) > 0.98
+
+
+def test_potential_target_is_the_particles_phase_where_the_mask_is():
+    """Phase retrieval: σV of the particles, binned like the image: finite, >= 0 up to
+    Fourier ringing, large inside the mask and small outside it."""
+    spec = generator_spec(
+        {"preset": "defocus", "defocus_nm": -10, "image_size": 64, "target": "potential"}, "d"
+    )
+    micrograph = simulate(spec, 0)
+    phase, mask = micrograph.potential, micrograph.mask.astype(bool)
+    assert phase.shape == (64, 64) and phase.dtype == np.float32 and np.isfinite(phase).all()
+    assert phase[mask].mean() > 10 * abs(phase[~mask].mean())
+    assert np.corrcoef(phase.ravel(), mask.ravel())[0, 1] > 0.7
+    plain = simulate(generator_spec({**spec.resolved(), "target": "mask"}, "d"), 0)
+    assert plain.potential is None and np.array_equal(plain.image, micrograph.image)
+
+
+def test_cheap_fidelity_simulates_on_the_detector_grid_without_focal_spread():
+    base = {"preset": "noise", "dose": 100, "image_size": 32}
+    cheap = generator_spec({**base, "fidelity": "cheap"}, "d")
+    assert cheap.focal_spread_a == 0 and cheap.sim_sampling_a == pytest.approx(102.4 / 32)
+    full = generator_spec({**base, "fidelity": "full"}, "d")
+    assert full.digest() == generator_spec(base, "d").digest()  # existing specs keep theirs
+    explicit = {**base, "sim_sampling_a": cheap.sim_sampling_a, "focal_spread_a": 0.0}
+    assert cheap.digest() == generator_spec(explicit, "d").digest() != full.digest()
+    assert not np.array_equal(simulate(cheap, 0).clean, simulate(full, 0).clean)
+    with pytest.raises(ConfigError, match=r"d\.fidelity: 'cheap' .*full when focal_spread_a"):
+        generator_spec({**base, "fidelity": "cheap", "focal_spread_a": 5.0}, "d")
+    with pytest.raises(ConfigError, match=r"d\.fidelity: 'high' .*cheap or full"):
+        generator_spec({**base, "fidelity": "high"}, "d")

@@ -121,7 +121,7 @@ def test_ssim_losses_do_not_depend_on_the_units_of_the_targets(loss):
         ("dice", r"config\.stages\.0\.loss: 'dice' is not allowed; expected one of cross_entropy"),
         ({"mse": 1.0, "ssim": 0}, r"config\.stages\.0\.loss\.ssim: 0\.0 is not allowed"),
         ({"mse": 1.0, "cross_entropy": 1.0}, r"expected losses of one task"),
-        ("mse", r"config\.stages\.0\.loss: 'mse' is not allowed; expected a loss for the mask"),
+        ("mse", r"config\.stages\.0\.loss: 'mse' is not allowed; expected a segmentation loss"),
     ],
 )
 def test_bad_losses_are_refused_in_one_line(loss, message):
@@ -275,6 +275,31 @@ def test_residual_model_with_a_zero_last_layer_returns_its_input():
     assert model.state_dict().keys() == plain.state_dict().keys()  # same weights file
 
 
+def test_residual_on_a_named_channel_adds_that_channel():
+    import torch
+
+    from zoo.config import ModelConfig
+    from zoo.models import create_model
+
+    config = ModelConfig(
+        encoder="tu-test_resnet",
+        decoder_channels=(16,) * 5,
+        task="regression",
+        classes=2,
+        head="logits",
+        output="residual",
+        inputs=("image", "baseline"),
+        in_channels=2,
+        residual_input="baseline",
+    )
+    model = create_model(config).eval()
+    for parameter in model.segmentation_head.parameters():
+        torch.nn.init.zeros_(parameter)
+    x = torch.randn(2, 2, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), x[:, 1:2].expand(-1, 2, -1, -1))
+
+
 def test_residual_output_needs_logits_and_stays_out_of_default_identities():
     from zoo.errors import ConfigError
 
@@ -291,6 +316,7 @@ DENOISING_RUN = {
     "model": {
         "encoder": "tu-test_resnet",
         "decoder_channels": [16] * 5,
+        "task": "regression",
         "classes": 1,
         "head": "logits",
         "output": "residual",
@@ -340,13 +366,55 @@ def test_denoising_unet_with_residual_output_pretrains_cheap_and_finetunes_full(
     assert float(rows[-1]["val_psnr/full"]) == pytest.approx(metrics["val_psnr/full"])
 
 
-def test_a_loss_that_does_not_fit_the_targets_is_refused_naming_the_dataset():
+def test_a_task_that_does_not_fit_the_targets_is_refused_naming_the_dataset():
     from zoo.errors import ConfigError
 
     stages = [{**DENOISING_RUN["stages"][0], "loss": "cross_entropy"}]
     model = {**DENOISING_RUN["model"], "classes": 2, "head": "softmax", "output": "direct"}
-    with pytest.raises(ConfigError, match=r"stages\.0\.loss: 'cross_entropy'.*clean targets"):
+    model["task"] = "segmentation"
+    with pytest.raises(ConfigError, match=r"model\.task: 'segmentation'.*clean targets of dat"):
         resolve({**DENOISING_RUN, "model": model, "stages": stages})
+
+
+@pytest.mark.parametrize(
+    ("model", "stage", "message"),
+    [
+        ({}, {"loss": "cross_entropy"}, r"stages\.0\.loss: 'cross_entropy'.*regression loss"),
+        ({"task": "segmentation"}, {}, r"model\.classes: 1 .*>= 2 for task segmentation"),
+        ({"task": "classification"}, {}, r"model\.task: 'classification'.*'regression'"),
+        ({"inputs": ["image", "image"]}, {}, r"model\.inputs: \['image', 'image'\].*distinct"),
+        ({"inputs": ["image", "baseline"]}, {}, r"model\.inputs: .*dataset 'cheap' \(image\)"),
+        ({"residual_input": "baseline"}, {}, r"model\.residual_input: 'baseline'.*\(image\)"),
+        ({"in_channels": 2}, {}, r"model\.in_channels: 2 .*expected 1 \(one per model\.inputs"),
+        ({"input_scaling": "global"}, {}, r"model\.input_scaling: 'global'.*per_dataset"),
+        ({"input_scaling": -2}, {}, r"model\.input_scaling: -2.*a factor > 0"),
+    ],
+)
+def test_bad_task_input_and_scaling_fields_are_refused_in_one_line(model, stage, message):
+    from zoo.errors import ConfigError
+
+    stages = [{**DENOISING_RUN["stages"][0], **stage}]
+    document = {**DENOISING_RUN, "model": {**DENOISING_RUN["model"], **model}, "stages": stages}
+    with pytest.raises(ConfigError, match=message) as raised:
+        resolve(document)
+    assert "\n" not in str(raised.value)
+
+
+def test_new_model_fields_at_their_defaults_keep_identities():
+    model = {
+        **PINNED_RUN["model"],
+        "task": "segmentation",
+        "inputs": ["image"],
+        "input_scaling": "per_image",
+        "residual_input": "image",
+    }
+    config = resolve({**PINNED_RUN, "model": model, "log_weights": ["best", "final"]})
+    assert config.digest() != PINNED_IDENTITY[0]  # residual_input by name is spelled out
+    del model["residual_input"]
+    config = resolve({**PINNED_RUN, "model": model})
+    assert (config.digest(), config.stage_digest(0)) == PINNED_IDENTITY
+    scaled = resolve({**PINNED_RUN, "model": {**model, "input_scaling": 4.0}})
+    assert scaled.digest() != PINNED_IDENTITY[0]
 
 
 def test_best_epoch_follows_the_selected_metric_in_its_direction():
@@ -368,3 +436,75 @@ def test_select_metric_must_belong_to_the_stage_task():
     stages = [{**PINNED_RUN["stages"][0], "select_metric": "psnr"}]
     with pytest.raises(ConfigError, match=r"stages\.0\.select_metric: 'psnr'.*loss, loss_adj, iou"):
         resolve({**PINNED_RUN, "stages": stages})
+
+
+def _two_channel_pairs(count=10, side=32, seed=0):
+    """(inputs (N, 2, H, W): image and a baseline, targets (N, H, W)): the target is a smooth
+    field, the baseline the target plus noise, the image an unrelated noisy copy."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:side, :side] / side
+    targets = np.stack(
+        [np.sin(2 * np.pi * (a * x + b * y)) for a, b in rng.uniform(0.5, 2, (count, 2))]
+    ).astype(np.float32)
+    baseline = targets + 0.3 * rng.standard_normal(targets.shape).astype(np.float32)
+    image = 2 + targets + rng.standard_normal(targets.shape).astype(np.float32)
+    return np.stack([image, baseline], axis=1), targets
+
+
+def _write_pairs(root, layout):
+    import h5py
+    import numpy as np
+
+    inputs, targets = _two_channel_pairs()
+    if layout == "hdf5":
+        with h5py.File(root / "pairs.h5", "w") as handle:
+            handle["inputs"], handle["targets"] = inputs, targets
+        return "pairs.h5"
+    for sub in ("inputs", "targets"):
+        (root / "pairs" / sub).mkdir(parents=True, exist_ok=True)
+    for i, (x, y) in enumerate(zip(inputs, targets, strict=True)):
+        np.save(root / "pairs" / "inputs" / f"p{i:02d}.npy", x)  # stacked (2, H, W)
+        np.save(root / "pairs" / "targets" / f"p{i:02d}.npy", y)  # (H, W)
+    return "pairs"
+
+
+RESIDUAL_RUN = {
+    "experiment": "residual",
+    "seed": 2,
+    "model": {
+        "encoder": "tu-test_resnet",
+        "decoder_channels": [16] * 5,
+        "task": "regression",
+        "inputs": ["image", "baseline"],
+        "classes": 1,
+        "head": "logits",
+        "output": "residual",
+        "residual_input": "baseline",
+    },
+    "stages": [{"name": "fit", "train": "pairs", "epochs": 1, "batch_size": 4, "loss": "mse"}],
+    "log_weights": ["fit/best", "final"],
+}
+
+
+@pytest.mark.parametrize("layout", ["folder", "hdf5"])
+def test_regression_on_two_named_input_channels_with_a_residual_on_the_second(project, layout):
+    """Image-to-image data from files: two stacked input channels (image, baseline), the
+    U-Net's output added to the baseline; validation metrics and named weights logged."""
+    path = _write_pairs(project.root, layout)
+    datasets = {"pairs": {"path": path, "channels": ["image", "baseline"], "val_fraction": 0.2}}
+    augment = "dihedral" if layout == "folder" else "none"  # 8 transforms of 2 channels once
+    document = {**RESIDUAL_RUN, "datasets": datasets}
+    document["stages"] = [{**RESIDUAL_RUN["stages"][0], "augment": augment}]
+    (project.root / "run.yaml").write_text(yaml.safe_dump(document))
+    config = resolve(document)
+    assert config.model.in_channels == 2 and config.model.reference_channel == 1
+    assert main(["train", "run.yaml"]) == 0
+    client = MlflowClient(project.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("residual").experiment_id])
+    metrics = run.data.metrics
+    assert all(metrics[k] == metrics[k] for k in ("val_psnr/pairs", "val_mae/pairs"))
+    weights = {a.path for a in client.list_artifacts(run.info.run_id, "weights")}
+    assert weights == {"weights/fit", "weights/final.safetensors"}
+    assert run.data.params["model.inputs"] == "['image', 'baseline']"

@@ -56,12 +56,27 @@ class ModelConfig:
     # residual: the network's output plus input channel `residual_input` (an additive
     # correction to a baseline given as input); direct: the network's output
     output: Literal["direct", "residual"] = "direct"
-    residual_input: int = 0
+    residual_input: int | str = 0  # a name from `inputs`, or its position
+    # segmentation: mask targets, `classes` >= 2; regression: image targets, `classes`
+    # output channels (any number >= 1)
+    task: Literal["segmentation", "regression"] = "segmentation"
+    # dataset channels stacked as the input, in order; in_channels follows from them
+    inputs: tuple[str, ...] = ("image",)
+    # per_image: each channel of each image to mean 0, std 1; per_dataset: each channel by
+    # its dataset's training split; none; or a factor (number) multiplying the values.
+    # Image targets get the scaling of the reference input channel (residual_input)
+    input_scaling: Literal["per_image", "per_dataset", "none"] | float = "per_image"
 
     def identity(self) -> dict[str, Any]:
         """The model's fields for identities; fields added later leave it at defaults."""
-        added = {"output": "direct", "residual_input": 0}
-        return {k: v for k, v in to_dict(self).items() if k not in added or v != added[k]}
+        return {k: v for k, v in to_dict(self).items() if k not in _ADDED or v != _ADDED[k]}
+
+    @property
+    def reference_channel(self) -> int:
+        """Position in ``inputs`` of the residual channel (targets share its scaling)."""
+        if isinstance(self.residual_input, str):
+            return self.inputs.index(self.residual_input)
+        return self.residual_input
 
     def validate(self, where: str) -> None:
         from zoo.models import ARCHITECTURES
@@ -72,25 +87,20 @@ class ModelConfig:
             self.arch,
             "one of " + ", ".join(ARCHITECTURES),
         )
-        check(self.classes >= 1, f"{where}.classes", self.classes, "an integer >= 1")
+        segmentation = self.task == "segmentation"
+        check(
+            self.classes >= (2 if segmentation else 1),
+            f"{where}.classes",
+            self.classes,
+            f"an integer >= {2 if segmentation else 1} for task {self.task}",
+        )
         check(
             self.output == "direct" or self.head == "logits",
             f"{where}.output",
             self.output,
             "direct with head softmax (residual needs head: logits)",
         )
-        check(
-            0 <= self.residual_input < self.in_channels,
-            f"{where}.residual_input",
-            self.residual_input,
-            f"an input channel index below in_channels ({self.in_channels})",
-        )
-        check(
-            self.in_channels == 1,
-            f"{where}.in_channels",
-            self.in_channels,
-            "1 (zoo's datasets are single-channel grey images)",
-        )
+        self._validate_inputs(where)
         check(
             self.encoder_depth in range(1, 6),
             f"{where}.encoder_depth",
@@ -122,6 +132,47 @@ class ModelConfig:
                 self.encoder_depth,
                 "an integer from 3 to 5 for arch fpn",
             )
+
+    def _validate_inputs(self, where: str) -> None:
+        names = ", ".join(self.inputs)
+        check(
+            len(self.inputs) >= 1 and len(set(self.inputs)) == len(self.inputs),
+            f"{where}.inputs",
+            list(self.inputs),
+            "distinct channel names (at least one)",
+        )
+        check(
+            self.in_channels == len(self.inputs),
+            f"{where}.in_channels",
+            self.in_channels,
+            f"{len(self.inputs)} (one per model.inputs: {names}); leave it out to follow them",
+        )
+        residual = self.residual_input
+        check(
+            residual in self.inputs
+            if isinstance(residual, str)
+            else 0 <= residual < len(self.inputs),
+            f"{where}.residual_input",
+            residual,
+            f"a channel of model.inputs ({names}) or its position below {len(self.inputs)}",
+        )
+        scaling = self.input_scaling
+        check(
+            isinstance(scaling, str) or scaling > 0,
+            f"{where}.input_scaling",
+            scaling,
+            "per_image, per_dataset, none or a factor > 0",
+        )
+
+
+# ModelConfig fields added after identities existed: left out of them at these defaults
+_ADDED = {
+    "output": "direct",
+    "residual_input": 0,
+    "task": "segmentation",
+    "inputs": ["image"],
+    "input_scaling": "per_image",
+}
 
 
 @dataclass(frozen=True)
@@ -231,7 +282,8 @@ class RunConfig:
     power_cap_w: float | None = None  # NVML power limit to set while training (needs root)
     compile: bool = False  # torch.compile the model; compile time logged as compile_seconds
     val_batch_size: int = 64
-    log_weights: tuple[Literal["best", "final"], ...] = ("best", "final")  # weight artifacts
+    # weight artifacts: best, final (the last stage's) or STAGE/best, STAGE/final (any stage's)
+    log_weights: tuple[str, ...] = ("best", "final")
     share_stages: bool = True  # false: every stage checkpoint belongs to this run alone
 
     def validate(self, where: str) -> None:
@@ -278,6 +330,14 @@ class RunConfig:
                 f"{at}.init",
                 stage.init,
                 "random, file:PATH, run:RUN_ID or model:NAME@ALIAS for the first stage",
+            )
+        weights = {"best", "final"} | {f"{n}/{k}" for n in names for k in ("best", "final")}
+        for i, entry in enumerate(self.log_weights):
+            check(
+                entry in weights,
+                f"{where}.log_weights.{i}",
+                entry,
+                "best, final or STAGE/best, STAGE/final for a stage: " + ", ".join(names),
             )
         for i, name in enumerate(self.validate_on):
             check(
@@ -507,7 +567,7 @@ def _hash(document: Any) -> str:
 
 def resolve(mapping: Any, where: str = "config") -> RunConfig:
     """A validated RunConfig with every dataset expanded to its full parameters."""
-    config = build(RunConfig, mapping, where)
+    config = build(RunConfig, _with_in_channels(mapping), where)
     config.__dict__["_table"] = _table_of(mapping["datasets"])
     for name, source in config.sources.items():
         for part in getattr(source, "mix", {}):
@@ -533,39 +593,60 @@ def resolve(mapping: Any, where: str = "config") -> RunConfig:
     return resolved
 
 
+def _with_in_channels(mapping: Any) -> Any:
+    """``mapping`` with ``model.in_channels`` set to the number of ``model.inputs`` when
+    only the inputs are given."""
+    model = mapping.get("model") if isinstance(mapping, dict) else None
+    if not isinstance(model, dict) or "in_channels" in model:
+        return mapping
+    if not isinstance(model.get("inputs"), list):
+        return mapping
+    return {**mapping, "model": {**model, "in_channels": len(model["inputs"])}}
+
+
 def _check_targets(config: RunConfig, index: int, where: str) -> None:
-    """Refuse a stage whose loss does not fit the targets of the datasets it uses: a
-    segmentation loss needs masks, a regression loss image targets (``target: clean``)."""
+    """Refuse a stage whose loss is not of the model's task, or whose datasets lack the
+    model's input channels or have targets of another task (masks for segmentation, image
+    targets for regression)."""
+    from zoo.data import dataset_channels, dataset_target
     from zoo.losses import loss_task
 
-    stage = config.stages[index]
-    wanted = "mask" if loss_task(stage.loss) == "segmentation" else "clean"
+    stage, task = config.stages[index], config.model.task
+    check(
+        loss_task(stage.loss) == task,
+        f"{where}.stages.{index}.loss",
+        stage.loss,
+        f"a {task} loss for model.task {task}"
+        + (" (cross_entropy)" if task == "segmentation" else " (mse, l1, smooth_l1, ssim, ...)"),
+    )
+    root = project_root()
     for name in (stage.train, *config.validation_sets):
         parts = getattr(config.sources[name], "mix", None) or {name: None}
         for part in parts:
-            found = getattr(config.sources[part], "target", "mask")
+            source = config.sources[part]
+            found = dataset_target(source, root)
             check(
-                found == wanted,
-                f"{where}.stages.{index}.loss",
-                stage.loss,
-                f"a loss for the {found} targets of dataset {part!r}"
-                + (" (cross_entropy)" if found == "mask" else " (mse, l1, smooth_l1, ssim, ...)"),
+                (found == "mask") == (task == "segmentation"),
+                f"{where}.model.task",
+                task,
+                f"{'segmentation' if found == 'mask' else 'regression'} for the {found} "
+                f"targets of dataset {part!r}",
+            )
+            channels = dataset_channels(source)
+            check(
+                set(config.model.inputs) <= set(channels),
+                f"{where}.model.inputs",
+                list(config.model.inputs),
+                f"channels of dataset {part!r} ({', '.join(channels)})",
             )
     from zoo.metrics import task_metrics
 
-    allowed = ("loss", "loss_adj", *task_metrics(loss_task(stage.loss)))
+    allowed = ("loss", "loss_adj", *task_metrics(task))
     check(
         stage.select_metric in allowed,
         f"{where}.stages.{index}.select_metric",
         stage.select_metric,
         "one of " + ", ".join(allowed),
-    )
-    segmentation, classes = wanted == "mask", config.model.classes
-    check(
-        classes >= 2 if segmentation else classes == 1,
-        f"{where}.model.classes",
-        classes,
-        ">= 2 for a segmentation loss" if segmentation else "1 for a regression loss",
     )
 
 

@@ -76,7 +76,7 @@ def create_model(config: ModelConfig) -> nn.Module:
         raise ConfigError(f"model.encoder: {config.encoder!r} cannot be built ({error})") from None
     _drop_unused_stages(model.encoder, config.encoder_depth)
     if config.output == "residual":
-        model.register_forward_hook(_residual(config.residual_input))
+        model.register_forward_hook(_residual(config.reference_channel))
     return model
 
 

@@ -262,6 +262,13 @@ def predict(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded = load(ref, tracker, device)
+    model = loaded.config.model
+    if (model.task, model.inputs, model.input_scaling) != ("segmentation", ("image",), "per_image"):
+        raise ConfigError(
+            f"{ref}: a {model.task} model of inputs {list(model.inputs)} scaled "
+            f"{model.input_scaling!r}; zoo predict takes segmentation models of one grey "
+            "image standardised per image"
+        )
     model_size, tile = pixel_size_a(loaded.config), image_size(loaded.config) or FALLBACK_TILE
     factors = [
         _check_pixel_size(i.path, options.pixel_size_a or i.pixel_size_a, model_size, options)

@@ -31,10 +31,11 @@ from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
 from zoo.train import (
     Preempted,
     StageResult,
+    check_data,
     git_commit,
     headline,
+    model_inputs,
     pick_device,
-    standardise,
     train_stage,
 )
 
@@ -70,12 +71,13 @@ def load_datasets(config: RunConfig, paths: ProjectPaths) -> dict[str, Dataset]:
                 f"config.stages.{i}.size: {stage.size} is larger than the training "
                 f"split of {stage.train!r} ({available} images)"
             )
-        height, width = datasets[stage.train].images.shape[1:]
+        height, width = datasets[stage.train].images.shape[-2:]
         if stage.augment == "dihedral" and height != width:
             raise ConfigError(
                 f"config.stages.{i}.augment: 'dihedral' needs square images; "
                 f"{stage.train!r} has {height}x{width}; expected augment: none"
             )
+    check_data(config, datasets)
     return datasets
 
 
@@ -157,20 +159,25 @@ def _artifacts(
         folder = Path(tmp)
         (folder / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         tracker.log_artifact(run_id, folder / "config.yaml")
-        for name in config.log_weights:
-            log_linked(tracker, run_id, StagePaths(last.folder).weights(name), "weights")
+        names = [s.name for s in config.stages]
+        for entry in config.log_weights:  # best, final (the last stage's) or STAGE/best|final
+            stage, _, kind = entry.rpartition("/")
+            result = results[names.index(stage)] if stage else last
+            where = f"weights/{stage}" if stage else "weights"
+            log_linked(tracker, run_id, StagePaths(result.folder).weights(kind), where)
         curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
         tracker.log_artifact(run_id, loss_curves(curves, folder / "loss_curves.png"), "figures")
         tracker.log_artifact(run_id, _history_csv(config, results, folder / "history.csv"))
         if loss_task(config.stages[-1].loss) != "segmentation":
             return  # predicted masks only: no figure for image targets yet
-        images, masks = datasets[config.stages[-1].train].val
-        images, masks = images[:4], masks[:4]
+        dataset = datasets[config.stages[-1].train]
+        first = dataset.train_count
+        x = model_inputs(dataset, config.model, slice(first, first + 4))
+        images, masks = x[:, 0].numpy(), dataset.val[1][:4]
         model = create_model(config.model)
         model.load_state_dict(load_weights(StagePaths(last.folder).weights("best")))
         model.eval()
         with torch.inference_mode():
-            x = standardise(torch.from_numpy(images[:, None]))
             output = apply_head(model(x), config.model.head)
         predicted = output.argmax(dim=1).numpy()
         tracker.log_artifact(
@@ -316,7 +323,7 @@ def _attempt(
         with Heartbeat(lambda beat: tracker.set_tags(run_id, beat)):
             if existing is None:
                 tracker.log_params(run_id, {**flatten(config.to_dict()), "loss_floor": floor})
-            data = device_datasets(datasets, device, echo)
+            data = device_datasets(datasets, device, echo, config.model)
             results = _train_stages(config, data, tracker, run_id, logged, paths, echo, on_epoch)
             tracker.log_metrics(run_id, _summary(config, results, floor, results[-1].total), 0)
             _artifacts(config, results, datasets, tracker, run_id)

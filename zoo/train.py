@@ -35,7 +35,7 @@ from zoo.checkpoint import (
     save_weights,
     set_aside,
 )
-from zoo.config import STAGE_VERSION, RunConfig, StageConfig, init_file
+from zoo.config import STAGE_VERSION, ModelConfig, RunConfig, StageConfig, init_file
 from zoo.data import Dataset
 from zoo.errors import ConfigError, DataError
 from zoo.losses import LOSSES, apply_head, loss_floor, loss_task, make_loss
@@ -51,12 +51,16 @@ __all__ = [
     "Preempted",
     "StageResult",
     "Step",
+    "check_data",
+    "dataset_stats",
     "dihedral",
     "epoch_order",
     "git_commit",
     "headline",
     "make_optimizer",
+    "model_inputs",
     "pick_device",
+    "scaling",
     "stage_lr",
     "stage_record",
     "standardise",
@@ -76,18 +80,19 @@ class Preempted(Exception):
 
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+DEFAULT_MODEL = ModelConfig()  # one grey image, standardised per image
 
 
-STORAGE = torch.float16  # images on the device: half the memory, standardised first
-CHUNK = 64  # images uploaded and standardised at a time
+STORAGE = torch.float16  # standardised images on the device: half the memory
+CHUNK = 64  # images uploaded and scaled at a time
 
 
 @dataclass(frozen=True)
 class DeviceData:
     """One dataset's splits as tensors on the training device."""
 
-    train_images: torch.Tensor  # (N, 1, H, W) STORAGE, each image standardised
-    train_masks: torch.Tensor  # (N, H, W) uint8 masks, or float32 targets (regression)
+    train_images: torch.Tensor  # (N, C, H, W) the model's input channels, scaled
+    train_masks: torch.Tensor  # (N, H, W) uint8 masks, or (N, K, H, W) float32 targets
     val_images: torch.Tensor
     val_masks: torch.Tensor
 
@@ -136,36 +141,113 @@ def standardise(images: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std.clamp_min(1e-8)
 
 
-def to_device(dataset: Dataset, device: torch.device) -> DeviceData:
-    """Upload ``dataset`` in chunks, standardising each image on the device."""
-
-    def images(array: np.ndarray) -> torch.Tensor:
-        stored = torch.empty((len(array), 1, *array.shape[1:]), dtype=STORAGE, device=device)
-        for start in range(0, len(array), CHUNK):
-            chunk = torch.from_numpy(np.ascontiguousarray(array[start : start + CHUNK]))
-            stored[start : start + CHUNK, 0] = standardise(chunk.to(device))
-        return stored
-
-    def masks(array: np.ndarray, inputs: np.ndarray) -> torch.Tensor:
-        if array.dtype == np.uint8:
-            return torch.from_numpy(np.ascontiguousarray(array)).to(device)
-        return _targets(array, inputs, device)
-
-    (train_x, train_y), (val_x, val_y) = dataset.train, dataset.val
-    return DeviceData(images(train_x), masks(train_y, train_x), images(val_x), masks(val_y, val_x))
+def scaling(
+    x: torch.Tensor, method: str | float, stats: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shift, scale) of input batch ``x`` (B, C, H, W) under ``method``, each broadcastable
+    to it: the scaled input is (x - shift) / scale. per_image: each channel of each image;
+    per_dataset: ``stats`` (channel means and stds); none: (0, 1); a factor f: (0, 1/f)."""
+    x = x.float()
+    if method == "per_image":
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        return mean, x.std(dim=(-2, -1), keepdim=True, correction=0).clamp_min(1e-8)
+    if method == "per_dataset":
+        assert stats is not None
+        return stats[0].view(1, -1, 1, 1), stats[1].view(1, -1, 1, 1)
+    factor = 1.0 if method == "none" else float(method)
+    return torch.zeros((), device=x.device), torch.full((), 1 / factor, device=x.device)
 
 
-def _targets(array: np.ndarray, inputs: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Float32 image targets under their input image's standardisation (the same shift and
-    scale), so a residual output adds the standardised input in the targets' units."""
-    stored = torch.empty(array.shape, dtype=torch.float32, device=device)
-    for start in range(0, len(array), CHUNK):
-        x = torch.from_numpy(np.ascontiguousarray(inputs[start : start + CHUNK])).to(device)
-        y = torch.from_numpy(np.ascontiguousarray(array[start : start + CHUNK])).to(device)
-        mean = x.float().mean(dim=(-2, -1), keepdim=True)
-        std = x.float().std(dim=(-2, -1), keepdim=True, correction=0).clamp_min(1e-8)
-        stored[start : start + CHUNK] = (y.float() - mean) / std
-    return stored
+def dataset_stats(
+    dataset: Dataset, model: ModelConfig, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (float64 sums, clamped at 1e-8) of each of the model's input channels
+    over the dataset's training split: ``per_dataset`` scaling."""
+    count = dataset.train_count
+    total = torch.zeros(len(model.inputs), dtype=torch.float64, device=device)
+    squares = torch.zeros_like(total)
+    for start in range(0, count, CHUNK):
+        rows = slice(start, min(start + CHUNK, count))
+        x = torch.from_numpy(dataset.inputs(model.inputs, rows)).to(device).double()
+        total += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+    pixels = max(count, 1) * dataset.images.shape[-1] * dataset.images.shape[-2]
+    mean = total / pixels
+    std = (squares / pixels - mean * mean).clamp_min(0).sqrt().clamp_min(1e-8)
+    return mean.float(), std.float()
+
+
+def to_device(
+    dataset: Dataset, device: torch.device, model: ModelConfig = DEFAULT_MODEL
+) -> DeviceData:
+    """Upload ``dataset`` in chunks: the model's input channels under its input scaling
+    (standardised ones stored in STORAGE), image targets under the scaling of the reference
+    input channel, so a residual output adds that channel in the targets' units."""
+    method = model.input_scaling
+    stats = dataset_stats(dataset, model, device) if method == "per_dataset" else None
+    storage = STORAGE if method in ("per_image", "per_dataset") else torch.float32
+    reference = model.reference_channel
+
+    def upload(rows: range) -> tuple[torch.Tensor, torch.Tensor]:
+        masks = dataset.masks[rows.start : rows.stop]
+        images = torch.empty(
+            (len(rows), len(model.inputs), *dataset.images.shape[-2:]), dtype=storage, device=device
+        )
+        targets = None
+        if masks.dtype != np.uint8:
+            shape = (len(rows), *(masks.shape[1:] if masks.ndim == 4 else (1, *masks.shape[1:])))
+            targets = torch.empty(shape, dtype=torch.float32, device=device)
+        for start in range(rows.start, rows.stop, CHUNK):
+            part = slice(start, min(start + CHUNK, rows.stop))
+            x = torch.from_numpy(dataset.inputs(model.inputs, part)).to(device).float()
+            shift, scale = scaling(x, method, stats)
+            at = slice(part.start - rows.start, part.stop - rows.start)
+            images[at] = (x - shift) / scale
+            if targets is not None:
+                y = torch.from_numpy(np.ascontiguousarray(dataset.masks[part])).to(device)
+                y = y.float()[:, None] if y.ndim == 3 else y.float()
+                shift, scale = (v.expand(len(x), len(model.inputs), 1, 1) for v in (shift, scale))
+                targets[at] = (y - shift[:, reference, None]) / scale[:, reference, None]
+        if targets is None:
+            return images, torch.from_numpy(np.ascontiguousarray(masks)).to(device)
+        return images, targets
+
+    count = len(dataset.images)
+    train_x, train_y = upload(range(0, dataset.train_count))
+    val_x, val_y = upload(range(dataset.train_count, count))
+    return DeviceData(train_x, train_y, val_x, val_y)
+
+
+def model_inputs(dataset: Dataset, model: ModelConfig, rows: slice) -> torch.Tensor:
+    """Images ``rows`` of ``dataset`` as the model's float32 input on the CPU: its input
+    channels under its input scaling, as training sees them."""
+    stats = None
+    if model.input_scaling == "per_dataset":
+        stats = dataset_stats(dataset, model, torch.device("cpu"))
+    x = torch.from_numpy(dataset.inputs(model.inputs, rows)).float()
+    shift, scale = scaling(x, model.input_scaling, stats)
+    return (x - shift) / scale
+
+
+def check_data(config: RunConfig, datasets: dict[str, Dataset]) -> None:
+    """Refuse datasets whose targets do not have ``model.classes`` channels (regression)
+    or lack the model's input channels, in one line naming the field."""
+    model = config.model
+    for name, dataset in datasets.items():
+        missing = [c for c in model.inputs if c not in dataset.channels]
+        if missing:
+            raise ConfigError(
+                f"config.model.inputs: {missing[0]!r} is not allowed; expected channels of "
+                f"dataset {name!r} ({', '.join(dataset.channels)})"
+            )
+        if dataset.masks.dtype == np.uint8:
+            continue
+        channels = dataset.masks.shape[1] if dataset.masks.ndim == 4 else 1
+        if model.classes != channels:
+            raise ConfigError(
+                f"config.model.classes: {model.classes} is not allowed; expected {channels} "
+                f"(the target channels of dataset {name!r})"
+            )
 
 
 def _amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
@@ -203,14 +285,22 @@ class Batcher:
         self.permutations = torch.stack([dihedral(pixels, k).flatten() for k in transforms])
 
     def __call__(self, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standardised float32 images (B, 1, H, W) and masks (B, H, W) of a slice of
-        the order, each under its transform."""
+        """Scaled float32 images (B, C, H, W) and masks (B, H, W) or targets (B, K, H, W) of
+        a slice of the order, each under its transform."""
         index, transform = self.order[start : start + size].unbind(1)
         pixels = self.permutations[transform]
         images, masks = self.images[index], self.masks[index]
-        x = images.flatten(-2).gather(-1, pixels[:, None]).view_as(images)
-        y = masks.flatten(-2).gather(-1, pixels).view_as(masks)
+        x = images.flatten(-2).gather(-1, _along(pixels, images)).view_as(images)
+        y = masks.flatten(-2).gather(-1, _along(pixels, masks)).view_as(masks)
         return x.float(), y
+
+
+def _along(pixels: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """Pixel permutations (B, H·W) shaped to gather from ``batch`` flattened: repeated over
+    its channels when it has some."""
+    if batch.dim() == 3:
+        return pixels
+    return pixels[:, None].expand(-1, batch.shape[1], -1)
 
 
 @dataclass(frozen=True)
@@ -282,7 +372,7 @@ def evaluate(
     for start in range(0, len(images), config.val_batch_size):
         end = start + config.val_batch_size
         x = images[start:end].float()
-        y = masks[start:end].long() if task == "segmentation" else masks[start:end, None]
+        y = masks[start:end].long() if task == "segmentation" else masks[start:end]
         with torch.autocast(images.device.type, amp, enabled=amp is not None):
             output = apply_head(model(x), config.model.head)
         loss += compute(output, y).double() * len(x)

@@ -1,4 +1,5 @@
-"""Bring-your-own data: a folder of image/mask files or an HDF5 file."""
+"""Bring-your-own data: a folder or an HDF5 file of images and masks (segmentation) or of
+inputs and image targets (regression, several channels as stacked arrays)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from zoo._typed import check
+from zoo._typed import check, to_dict
 from zoo.errors import DataError
 from zoo.paths import ProjectPaths
 
-__all__ = ["FileSpec", "content_digest", "file_hash", "read_files", "save_hashes"]
+__all__ = ["FileSpec", "content_digest", "file_hash", "file_target", "read_files", "save_hashes"]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -22,15 +24,25 @@ HDF5_SUFFIXES = (".h5", ".hdf5")
 
 @dataclass(frozen=True)
 class FileSpec:
-    """A dataset read from disk: a folder with ``images/`` and ``masks/``, or an HDF5 file."""
+    """A dataset read from disk: a folder with ``images/`` and ``masks/`` (segmentation) or
+    ``inputs/`` and ``targets/`` (regression; files matched by name, each an (H, W) or a
+    stacked (C, H, W) array), or an HDF5 file with datasets ``images`` and ``masks`` or
+    ``inputs`` and ``targets`` ((N, H, W) or (N, C, H, W))."""
 
     path: str  # folder or .h5/.hdf5 file, relative to the project root or absolute
     val_fraction: float = 0.2  # trailing fraction (in file-name order) held out for validation
     pixel_size_a: float | None = None  # Å per pixel, when known
+    channels: tuple[str, ...] = ("image",)  # names of the input channels, in stacked order
 
     def validate(self, where: str) -> None:
         check(
             0 <= self.val_fraction < 1, f"{where}.val_fraction", self.val_fraction, "0 <= value < 1"
+        )
+        check(
+            len(self.channels) >= 1 and len(set(self.channels)) == len(self.channels),
+            f"{where}.channels",
+            list(self.channels),
+            "distinct channel names (at least one)",
         )
         check(
             self.pixel_size_a is None or self.pixel_size_a > 0,
@@ -38,6 +50,12 @@ class FileSpec:
             self.pixel_size_a,
             "a value > 0 or null",
         )
+
+    def resolved(self) -> dict[str, Any]:
+        """Every parameter, JSON-ready; ``channels`` only when not the default, so
+        identities made before it existed stay valid."""
+        document = to_dict(self)
+        return {k: v for k, v in document.items() if k != "channels" or v != ["image"]}
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -66,10 +84,14 @@ def _binary(name: str, mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
-def _read_folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_folder(root: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray]:
+    if (root / "inputs").is_dir():
+        return _read_pairs(root, spec.channels)
     image_dir, mask_dir = root / "images", root / "masks"
     if not image_dir.is_dir() or not mask_dir.is_dir():
-        raise DataError(f"{root}: expected sub-folders images/ and masks/")
+        raise DataError(
+            f"{root}: expected sub-folders images/ and masks/ (or inputs/ and targets/)"
+        )
     image_files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not image_files:
         raise DataError(f"{image_dir}: no {'/'.join(IMAGE_SUFFIXES)} files")
@@ -93,11 +115,83 @@ def _read_folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.stack(masks)
 
 
-def _read_hdf5(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _files_by_stem(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def _read_pairs(root: Path, channels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (N, H, W) or (N, C, H, W) and float targets (N, H, W) or (N, K, H, W) of an
+    ``inputs/``/``targets/`` folder, matched by file name."""
+    input_dir, target_dir = root / "inputs", root / "targets"
+    if not target_dir.is_dir():
+        raise DataError(f"{root}: expected sub-folders inputs/ and targets/")
+    inputs, targets = _files_by_stem(input_dir), _files_by_stem(target_dir)
+    if not inputs:
+        raise DataError(f"{input_dir}: no {'/'.join(IMAGE_SUFFIXES)} files")
+    for stem, file in sorted(targets.items()):
+        if stem not in inputs:
+            raise DataError(f"{file}: no input named {stem}.* in {input_dir}")
+    xs, ys = [], []
+    for stem, input_file in sorted(inputs.items()):
+        if stem not in targets:
+            raise DataError(f"{input_file}: no target named {stem}.* in {target_dir}")
+        x = _stacked(input_file, channels, "input")
+        y = _stacked(targets[stem], None, "target")
+        if y.shape[1:] != x.shape[1:]:
+            raise DataError(f"{targets[stem]}: target shape {y.shape} does not match {x.shape}")
+        xs.append(x)
+        ys.append(y)
+    if len({x.shape for x in xs}) > 1 or len({y.shape for y in ys}) > 1:
+        raise DataError(f"{root}: inputs or targets differ in shape; all must be the same")
+    return _squeezed(np.stack(xs)), _squeezed(np.stack(ys))
+
+
+def _stacked(path: Path, channels: tuple[str, ...] | None, kind: str) -> np.ndarray:
+    """The file's array as float32 (C, H, W); ``channels``: the names it must have."""
+    array = _read_array(path).astype(np.float32)
+    array = array[None] if array.ndim == 2 else array
+    if array.ndim != 3:
+        raise DataError(f"{path}: shape {array.shape}; expected (H, W) or stacked (C, H, W)")
+    if channels is not None and len(array) != len(channels):
+        raise DataError(f"{path}: {len(array)} {kind} channels; {_named(channels)}")
+    return array
+
+
+def _squeezed(array: np.ndarray) -> np.ndarray:
+    """(N, 1, H, W) as (N, H, W), the layout of single-channel data; others unchanged."""
+    return array[:, 0] if array.shape[1] == 1 else array
+
+
+def _named(channels: tuple[str, ...]) -> str:
+    return f"the dataset's channels name {len(channels)} ({', '.join(channels)})"
+
+
+def _read_hdf5_pairs(
+    handle: Any, path: Path, channels: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    if "targets" not in handle:
+        raise DataError(f"{path}: no dataset 'targets' (needs 'inputs' and 'targets')")
+    inputs = np.asarray(handle["inputs"], np.float32)
+    targets = np.asarray(handle["targets"], np.float32)
+    x = inputs[:, None] if inputs.ndim == 3 else inputs
+    y = targets[:, None] if targets.ndim == 3 else targets
+    if x.ndim != 4 or y.ndim != 4 or len(x) != len(y) or x.shape[2:] != y.shape[2:]:
+        raise DataError(
+            f"{path}: inputs {inputs.shape} and targets {targets.shape} must be (N, H, W) or "
+            "(N, C, H, W) with the same N, H and W"
+        )
+    if x.shape[1] != len(channels):
+        raise DataError(f"{path}: {x.shape[1]} input channels; {_named(channels)}")
+    return _squeezed(x), _squeezed(y)
+
+
+def _read_hdf5(path: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray]:
     import h5py
 
     try:
         with h5py.File(path, "r") as handle:
+            if "inputs" in handle:
+                return _read_hdf5_pairs(handle, path, spec.channels)
             missing = [k for k in ("images", "masks") if k not in handle]
             if missing:
                 raise DataError(f"{path}: no dataset {missing[0]!r} (needs 'images' and 'masks')")
@@ -132,7 +226,7 @@ def _data_files(path: Path) -> list[tuple[str, os.DirEntry | Path]]:
     if not path.is_dir():
         return [("", path)]
     files = []
-    for sub in ("images", "masks"):
+    for sub in ("images", "inputs", "masks", "targets"):
         if (path / sub).is_dir():
             with os.scandir(path / sub) as entries:
                 files += [
@@ -171,7 +265,8 @@ def content_digest(spec: FileSpec, root: Path) -> str:
     digest = hashlib.sha256()
     for name, file in _data_files(path):
         digest.update(f"{name}\0{file_hash(file)}".encode())
-    digest.update(repr((spec.val_fraction, spec.pixel_size_a)).encode())
+    split = (spec.val_fraction, spec.pixel_size_a)
+    digest.update(repr(split if spec.channels == ("image",) else (*split, spec.channels)).encode())
     if len(_FILE_HASHES) > known:
         save_hashes(cache)
     return digest.hexdigest()[:16]
@@ -213,9 +308,33 @@ def read_files(spec: FileSpec, root: Path) -> tuple[np.ndarray, np.ndarray, str]
     """
     path = _located(spec, root)
     if path.is_dir():
-        images, masks = _read_folder(path)
+        images, masks = _read_folder(path, spec)
     elif path.suffix.lower() in HDF5_SUFFIXES:
-        images, masks = _read_hdf5(path)
+        images, masks = _read_hdf5(path, spec)
     else:
         raise DataError(f"{path}: expected a folder or an {'/'.join(HDF5_SUFFIXES)} file")
     return images, masks, content_digest(spec, root)
+
+
+_HDF5_TARGETS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> target
+
+
+def file_target(spec: FileSpec, root: Path) -> str:
+    """``image`` for a dataset of inputs and image targets, else ``mask`` (an HDF5 file's
+    answer remembered by path, size and mtime: a sweep asks once per file)."""
+    path = _located(spec, root)
+    if path.is_dir():
+        return "image" if (path / "inputs").is_dir() else "mask"
+    if path.suffix.lower() not in HDF5_SUFFIXES:
+        return "mask"  # reading it names the problem
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HDF5_TARGETS:
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as handle:
+                _HDF5_TARGETS[key] = "image" if "inputs" in handle else "mask"
+        except OSError as error:
+            raise DataError(f"{path}: unreadable HDF5 file ({error})") from None
+    return _HDF5_TARGETS[key]

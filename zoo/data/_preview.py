@@ -1,4 +1,4 @@
-"""Preview grids of images with their masks outlined."""
+"""Preview grids of images with their masks outlined, or beside their image targets."""
 
 from __future__ import annotations
 
@@ -25,14 +25,18 @@ def outline(mask: np.ndarray) -> np.ndarray:
 def preview(
     images: np.ndarray, masks: np.ndarray, out: Path, columns: int = 4, tile: int = 256
 ) -> Path:
-    """A PNG grid: each image in grey beside itself with the mask edge in red."""
+    """A PNG grid: each image in grey (its first channel) beside itself with the mask edge
+    in red, or beside its image target (first channel) in grey."""
     from PIL import Image
 
     rows = []
     for image, mask in zip(images, masks, strict=True):
-        grey = to_grey(image)
-        overlay = np.repeat(grey[..., None], 3, axis=2)
-        overlay[outline(mask)] = (255, 40, 40)
+        grey = to_grey(image[0] if image.ndim == 3 else image)
+        if mask.dtype == np.uint8:
+            overlay = np.repeat(grey[..., None], 3, axis=2)
+            overlay[outline(mask)] = (255, 40, 40)
+        else:
+            overlay = np.repeat(to_grey(mask[0] if mask.ndim == 3 else mask)[..., None], 3, 2)
         pair = [np.repeat(grey[..., None], 3, axis=2), overlay]
         rows.append(
             np.concatenate(

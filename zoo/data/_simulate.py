@@ -1,4 +1,5 @@
-"""HRTEM micrographs of crystalline nanoparticles on amorphous carbon, with masks.
+"""HRTEM micrographs of crystalline nanoparticles on amorphous carbon, with masks and
+the particles' projected potential.
 
 One image is: a scene (particles cut from a crystal, a carbon support), its
 projected potential, the transmission exp(iσV), the objective lens (defocus,
@@ -46,6 +47,9 @@ class Micrograph:
     mask: np.ndarray  # (S, S) uint8, 1 = particle
     clean: np.ndarray  # (S, S) float32 noise-free intensity, mean 1
     defocus_nm: float  # the defocus this image was taken at (after jitter)
+    # (S, S) float32 phase σV (rad) of the particles' projected potential (no support, no
+    # blur), binned like the image; made only for ``target: potential``
+    potential: np.ndarray | None = None
 
 
 def _grid(spec: GeneratorSpec) -> tuple[int, int, float]:
@@ -138,7 +142,12 @@ def simulate_scene(spec: GeneratorSpec, scene: Scene, index: int) -> Micrograph:
         intensity += weight * np.abs(fft.ifft2(image_wave * spread, workers=-1)) ** 2
     clean = _bin(intensity, binning)
     clean = (clean / clean.mean()).astype(np.float32)
-    return Micrograph(_detect(spec, clean, index), mask.astype(np.uint8), clean, defocus_nm)
+    phase = None
+    if spec.target == "potential":
+        phase = _bin(sigma * fft.irfft2(particle_ft, s=(n, n), workers=-1), binning)
+        phase = phase.astype(np.float32)
+    image = _detect(spec, clean, index)
+    return Micrograph(image, mask.astype(np.uint8), clean, defocus_nm, phase)
 
 
 def _detect(spec: GeneratorSpec, clean: np.ndarray, index: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from zoo._typed import build, check, to_dict
 from zoo.data._crystals import LATTICES
 from zoo.errors import ConfigError
 
-__all__ = ["PRESETS", "STRUCTURES", "GeneratorSpec", "generator_spec"]
+__all__ = ["FIDELITIES", "PRESETS", "STRUCTURES", "GeneratorSpec", "generator_spec"]
 
 STRUCTURE_RADII_NM = {"small": (1.0, 2.0), "large": (2.5, 3.5)}
 STRUCTURES = [f"{lattice}_{size}" for lattice in LATTICES for size in STRUCTURE_RADII_NM]
@@ -44,8 +44,9 @@ class GeneratorSpec:
     count: int = 640  # images in the dataset
     val_fraction: float = 0.2  # trailing fraction of images held out for validation
     seed: int = 0
-    # the targets: particle masks (segmentation) or the noise-free image (denoising)
-    target: Literal["mask", "clean"] = "mask"
+    # the targets: particle masks (segmentation), the noise-free image (denoising) or the
+    # particles' projected potential as the phase it imparts, σV in rad (phase retrieval)
+    target: Literal["mask", "clean", "potential"] = "mask"
 
     def validate(self, where: str) -> None:
         check(
@@ -94,6 +95,11 @@ class GeneratorSpec:
         )
 
     @property
+    def channels(self) -> tuple[str, ...]:
+        """Names of the input channels: one grey image."""
+        return ("image",)
+
+    @property
     def val_count(self) -> int:
         return round(self.count * self.val_fraction)
 
@@ -140,6 +146,35 @@ def _require(spec: dict[str, Any], key: str, where: str, preset: str) -> None:
 
 
 PRESETS = {"defocus": _defocus, "noise": _noise, "structure": _structure}
+# fidelity -> how it is simulated; cheap: on the detector grid (no finer simulation
+# sampling, so no binning) without focal spread, for pretraining data made fast
+FIDELITIES = ("cheap", "full")
+_CHEAP_KEYS = ("sim_sampling_a", "focal_spread_a")
+
+
+def _fidelity(spec: dict[str, Any], where: str) -> dict[str, Any]:
+    """``spec`` with its ``fidelity`` key expanded into simulation parameters (full: as
+    given; cheap: detector-grid sampling, no focal spread), so equal data hash equally."""
+    fidelity = spec.pop("fidelity", "full")
+    check(fidelity in FIDELITIES, f"{where}.fidelity", fidelity, "cheap or full")
+    if fidelity == "full":
+        return spec
+    given = [k for k in _CHEAP_KEYS if k in spec]
+    check(
+        not given,
+        f"{where}.fidelity",
+        fidelity,
+        f"full when {given[0] if given else ''} is given (cheap sets {' and '.join(_CHEAP_KEYS)})",
+    )
+    defaults = GeneratorSpec()
+    field = spec.get("field_nm", defaults.field_nm)
+    size = spec.get("image_size", defaults.image_size)
+    if not all(isinstance(v, int | float) and v > 0 for v in (field, size)):
+        return spec  # the spec's own validation names the field
+    sampling = field * 10 / size  # the detector pixel, rounded up until no binning
+    while math.ceil(field * 10 / (size * sampling)) > 1:
+        sampling = math.nextafter(sampling, math.inf)
+    return {**spec, "sim_sampling_a": sampling, "focal_spread_a": 0.0}
 
 
 def generator_spec(mapping: Any, where: str) -> GeneratorSpec:
@@ -150,4 +185,4 @@ def generator_spec(mapping: Any, where: str) -> GeneratorSpec:
     if preset is not None:
         check(preset in PRESETS, f"{where}.preset", preset, "one of " + ", ".join(PRESETS))
         spec = PRESETS[preset](spec, where)
-    return build(GeneratorSpec, spec, where)
+    return build(GeneratorSpec, _fidelity(spec, where), where)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from zoo._typed import build, to_dict
-from zoo.data._files import FileSpec, read_files, save_hashes
+from zoo.data._files import FileSpec, file_target, read_files, save_hashes
 from zoo.data._lock import index_lock, making
 from zoo.data._simulate import simulate
 from zoo.data._spec import GeneratorSpec, generator_spec
@@ -24,7 +24,9 @@ __all__ = [
     "Dataset",
     "DatasetSource",
     "MixSpec",
+    "dataset_channels",
     "dataset_source",
+    "dataset_target",
     "declared",
     "export",
     "load",
@@ -65,6 +67,17 @@ def dataset_source(mapping: Any, where: str) -> DatasetSource:
     return generator_spec(mapping, where)
 
 
+def dataset_target(source: GeneratorSpec | FileSpec, root: Path) -> str:
+    """What a (non-mixture) dataset's targets are: ``mask`` (segmentation), or ``clean``,
+    ``potential`` or ``image`` (regression)."""
+    return file_target(source, root) if isinstance(source, FileSpec) else source.target
+
+
+def dataset_channels(source: GeneratorSpec | FileSpec) -> tuple[str, ...]:
+    """Names of a (non-mixture) dataset's input channels."""
+    return source.channels
+
+
 def mixture(name: str, spec: MixSpec, components: dict[str, Dataset]) -> Dataset:
     """The mixture ``spec`` of already loaded ``components``."""
     parts = []
@@ -76,13 +89,20 @@ def mixture(name: str, spec: MixSpec, components: dict[str, Dataset]) -> Dataset
                 f"training split of {component!r} ({available} images)"
             )
         parts.append(components[component])
+    if len({d.channels for d in parts}) > 1:
+        raise ConfigError(
+            f"datasets.{name}.mix: parts with different channels "
+            f"({'; '.join(', '.join(d.channels) for d in parts)}); expected the same channels"
+        )
     train = [
         (d.train[0][:n], d.train[1][:n]) for d, n in zip(parts, spec.mix.values(), strict=True)
     ]
     images = np.concatenate([x for x, _ in train] + [d.val[0] for d in parts])
     masks = np.concatenate([y for _, y in train] + [d.val[1] for d in parts])
     digest = "+".join(f"{d.digest}:{n}" for d, n in zip(parts, spec.mix.values(), strict=True))
-    return Dataset(name, images, masks, spec.train_count, parts[0].pixel_size_a, digest)
+    return Dataset(
+        name, images, masks, spec.train_count, parts[0].pixel_size_a, digest, parts[0].channels
+    )
 
 
 @dataclass(frozen=True)
@@ -91,11 +111,20 @@ class Dataset:
     image on its device (``zoo.train.to_device``)."""
 
     name: str
-    images: np.ndarray  # (N, H, W) float32, as generated or read
-    masks: np.ndarray  # (N, H, W) uint8 masks, or float32 image targets (regression)
+    images: np.ndarray  # (N, H, W) float32 as generated or read; (N, C, H, W) for C channels
+    # (N, H, W) uint8 masks, or float32 image targets (regression; (N, K, H, W) for K > 1)
+    masks: np.ndarray
     train_count: int  # images [0, train_count) train; the rest validate
     pixel_size_a: float | None
     digest: str
+    channels: tuple[str, ...] = ("image",)  # names of the input channels
+
+    def inputs(self, names: tuple[str, ...], rows: slice = slice(None)) -> np.ndarray:
+        """The named channels of images ``rows``, stacked (n, len(names), H, W)."""
+        images = self.images[rows]
+        if images.ndim == 3:
+            images = images[:, None]
+        return images[:, [self.channels.index(n) for n in names]]
 
     @property
     def train(self) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +156,7 @@ def _generate(spec: GeneratorSpec) -> tuple[np.ndarray, np.ndarray, list[float]]
     for index in range(spec.count):
         micrograph = simulate(spec, index)
         images[index] = micrograph.image
-        masks[index] = micrograph.mask if spec.target == "mask" else micrograph.clean
+        masks[index] = getattr(micrograph, spec.target)
         defocus.append(round(micrograph.defocus_nm, 4))
     return images, masks, defocus
 
@@ -155,6 +184,8 @@ def _materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
             train_count=len(images) - round(len(images) * source.val_fraction),
             pixel_size_a=source.pixel_size_a,
         )
+        if source.channels != ("image",):
+            meta["channels"] = list(source.channels)
     assert digest is not None
     if not DatasetPaths(paths.dataset(digest)).meta.exists():
         _write(paths.dataset(digest), images, masks, meta)
@@ -196,6 +227,7 @@ def load(name: str, folder: Path) -> Dataset:
         meta["train_count"],
         meta["pixel_size_a"],
         folder.name,
+        tuple(meta.get("channels", ["image"])),
     )
 
 
