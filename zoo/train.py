@@ -34,6 +34,8 @@ from zoo.checkpoint import (
     save_checkpoint,
     save_weights,
     set_aside,
+    weights_digest,
+    weights_problem,
 )
 from zoo.config import STAGE_VERSION, RunConfig, StageConfig, init_file
 from zoo.data import Dataset
@@ -460,8 +462,10 @@ def train_stage(
         "total": parameter_counts(model)[0],
         "images": progress.get("images", 0),
         "compile_seconds": progress.get("compile_seconds", 0.0),
+        "weights": {k: weights_digest(files.weights(k)) for k in ("best", "final")},
     }
-    if config.keeps_optimizer(index):  # the next stage carries this optimizer on
+    if config.keeps_optimizer(index) or index == len(config.stages) - 1:
+        # the next stage carries this optimizer on; a run's last stage may be continued
         save_checkpoint(files.carry, model, optimizer, progress, record)
     atomic_write_text(done, json.dumps({**result, "record": record}, indent=1))
     checkpoint.unlink()
@@ -586,9 +590,10 @@ def _resume(
 
 
 def _finished(done: Path, config: RunConfig, index: int) -> dict[str, Any] | None:
-    """The saved result of a finished stage, or None to train it. A damaged result, or one
-    recorded for another identity, is set aside (one line); one made by other zoo code
-    with the same identity is reused with a one-line note."""
+    """The saved result of a finished stage, or None to train it. A damaged result, one
+    recorded for another identity, or one whose best or final weights no longer match
+    their recorded sha256, is set aside (one line naming the file); one made by other
+    zoo code with the same identity is reused with a one-line note."""
     if not done.exists():
         return None
     try:
@@ -603,6 +608,14 @@ def _finished(done: Path, config: RunConfig, index: int) -> dict[str, Any] | Non
         log.warning("zoo: %s: recorded for another stage identity; set aside", done)
         set_aside(done)
         return None
+    for kind, digest in result.get("weights", {}).items():
+        problem = weights_problem(StagePaths(done.parent).weights(kind), digest)
+        if problem is not None:  # damaged best/final weights: the stage trains again
+            log.warning("zoo: %s; set aside, training the stage again", problem)
+            for path in (StagePaths(done.parent).weights(kind), done):
+                if path.exists():
+                    set_aside(path)
+            return None
     made = {k: (record or {}).get(k) for k in ("zoo", "commit", "stage_version")}
     if made != {k: asked[k] for k in made}:
         log.warning("zoo: reusing stage %s made by %s (now %s)", done.parent.name, made, asked)
