@@ -267,3 +267,22 @@ def test_data_make_handles_mixtures(project, capsys):
     assert main(["data", "make", str(path)]) == 0
     out = capsys.readouterr().out
     assert "m: a mixture of d" in out and "d: " in out
+
+
+def test_damaged_stage_weights_are_set_aside_and_the_stage_trains_again(project, caplog):
+    _h5(project.root / "data.h5", 8)
+    assert main(["train", str(_config(project, "one.yaml"))]) == 0
+    (folder,) = project.stages.iterdir()
+    best = folder / "best.safetensors"
+    trained = best.read_bytes()
+    best.write_bytes(trained[:-100] + bytes(100))  # bit rot: still a readable file
+    document = yaml.safe_load(_config(project).read_text())
+    document["stages"].append({"name": "t", "train": "d", "epochs": 1, "augment": "none"})
+    (project.root / "two.yaml").write_text(yaml.safe_dump(document))
+    assert main(["train", str(project.root / "two.yaml")]) == 0
+    (warning,) = [r.message for r in caplog.records if "damaged weights" in r.message]
+    assert str(best) in warning and "\n" not in warning
+    assert list(folder.glob("best.safetensors.corrupt-*"))
+    assert best.read_bytes() == trained  # trained again: the same weights
+    _, runs = _runs(project)
+    assert {r.info.status for r in runs} == {"FINISHED"}
