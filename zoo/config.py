@@ -32,6 +32,7 @@ __all__ = [
     "load_config",
     "resolve",
     "set_path",
+    "use_store",
 ]
 
 # Stage identity version: raise it whenever a change to zoo alters the numbers a stage
@@ -373,16 +374,17 @@ class RunConfig:
             for f in fields(self)
             if f.name not in (*NOT_IDENTITY, "datasets")
         }
-        document["stages"] = [s.identity() for s in self.stages]
+        # an init run or model by what it is (its identity), not by its id
+        document["stages"] = [{**s.identity(), **_init_kind(s.init)} for s in self.stages]
         document["model"] = self.model.identity()
         execution = self.execution()
         inits = {
             str(i): _init_content(s.init, f"config.stages.{i}.init")
             for i, s in enumerate(self.stages)
-            if init_file(s.init) is not None
+            if s.init.partition(":")[0] in ("file", "run", "model")
         }
         run_document = {**document, "datasets": data, **execution}
-        if inits:  # the contents of init files, not only their names
+        if inits:  # the contents of init files and the identities of init runs
             run_document["init_files"] = inits
         run = _hash(run_document)
         # a stage's numbers depend on where it trains; its energy on the power cap
@@ -397,7 +399,7 @@ class RunConfig:
             ]
             used = sorted({stage.train, *self.validation_sets, *parts})
             continues = digests and stage.init in ("auto", "best", "last")
-            stage_document = {**stage.identity(), "name": ""}  # its name is not its identity
+            stage_document = {**document["stages"][index], "name": ""}  # not its name
             if self.keeps_optimizer(index):
                 stage_document["keep_optimizer"] = True
             documents.append(
@@ -434,8 +436,31 @@ def init_file(init: str) -> Path | None:
     return project_root() / target if kind == "file" else None
 
 
+_STORE: dict[str, str | None] = {"uri": None}
+
+
+def use_store(uri: str | None) -> None:
+    """Identify ``init: run:``/``model:`` references in the store at ``uri`` (None: the
+    default, ``$MLFLOW_TRACKING_URI`` or the project's mlflow.db)."""
+    _STORE["uri"] = uri
+
+
+def _init_kind(init: str) -> dict[str, str]:
+    """The ``init`` entry of a stage's identity: ``run`` for a run or a registered model
+    (identified by ``init_run``), else the stage's own value."""
+    return {"init": "run"} if init.partition(":")[0] in ("run", "model") else {}
+
+
 def _init_content(init: str, where: str) -> dict[str, str]:
-    """{"init_file": content hash} for an ``init: file:``; a missing file is a ConfigError."""
+    """{"init_file": content hash} for an ``init: file:``, {"init_run": the referenced
+    run's identity} for a run or registered model; a missing target is a ConfigError."""
+    kind, _, target = init.partition(":")
+    if kind in ("run", "model"):
+        from zoo.paths import ProjectPaths
+        from zoo.tracking import tracking_uri
+
+        uri = tracking_uri(_STORE["uri"], ProjectPaths.default())
+        return {"init_run": _run_identity(uri, kind, target, where)}
     path = init_file(init)
     if path is None:
         return {}
@@ -448,6 +473,36 @@ def _init_content(init: str, where: str) -> dict[str, str]:
         return {"init_file": file_hash(path)[:16]}
     except DataError as error:
         raise ConfigError(f"{where}: {error}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _run_identity(uri: str, kind: str, target: str, where: str) -> str:
+    """The identity of the run ``target`` names in the store at ``uri`` (its
+    ``zoo.config_hash`` tag, else the sha256 of its weights), with its ``@STAGE`` or
+    ``@epoch:N`` suffix; a run that does not exist is a ConfigError naming ``where``."""
+    from mlflow.exceptions import MlflowException
+
+    from zoo.tracking import CONFIG_HASH_TAG, Tracker
+
+    run_id, _, at = target.partition("@") if kind == "run" else (target, "", "")
+    init = f"{kind}:{target}"
+    try:
+        tracker = Tracker(uri, create=False)
+        if kind == "model":
+            from zoo.modelzoo._ref import resolve_ref
+
+            run_id = resolve_ref(target, uri).run_id
+        run = tracker.client.get_run(run_id)
+    except (ConfigError, MlflowException) as error:
+        reason = str(error).splitlines()[0] if kind == "model" else f"no run {run_id!r}"
+        raise ConfigError(f"{where}: {init!r} is not allowed; {reason} in {uri}") from None
+    identity = run.data.tags.get(CONFIG_HASH_TAG)
+    if identity is None:  # not made by zoo: the weights it gives
+        from zoo.data import file_hash
+        from zoo.modelzoo import fetch_weights
+
+        identity = file_hash(fetch_weights(run_id if kind == "run" else target, tracker))[:16]
+    return f"{identity}@{at}" if at else identity
 
 
 @dataclass(frozen=True)

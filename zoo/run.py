@@ -224,27 +224,6 @@ def preflight(config: RunConfig, paths: ProjectPaths) -> Prepared:
     return device, load_datasets(config, paths)
 
 
-def _check_run_targets(config: RunConfig, tracker: Tracker) -> None:
-    """``init: run:ID`` targets must exist in the store."""
-    for i, stage in enumerate(config.stages):
-        kind, _, target = stage.init.partition(":")
-        if kind == "run" and not _run_exists(tracker, target):
-            raise ConfigError(
-                f"config.stages.{i}.init: {stage.init!r} is not allowed; no run {target!r} "
-                f"in {tracker.uri}"
-            )
-
-
-def _run_exists(tracker: Tracker, run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        tracker.client.get_run(run_id)
-    except MlflowException:
-        return False
-    return True
-
-
 def run(
     config: RunConfig,
     tracker: Tracker,
@@ -271,7 +250,6 @@ def run(
     if existing is not None and existing.info.status == "FINISHED":
         echo(f"run {existing.info.run_id} already finished; nothing to do")
         return existing.info.run_id
-    _check_run_targets(config, tracker)
     device, datasets = prepared or preflight(config, paths)
     paths.run_lock(identity).parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(paths.run_lock(identity)))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zoo._typed import build, check
+from zoo.config import use_store
 from zoo.naming import run_name
 from zoo.paths import ProjectPaths
 from zoo.tracking import Tracker
@@ -127,6 +128,7 @@ def tracker_for(job: JobSpec) -> Tracker:
     """One tracker per process and store, reused by the jobs this process runs."""
     key = (job.uri, job.root)
     if _WORKER.get("tracker_key") != key:
+        use_store(job.uri)  # init: run: references are identified in the job's store
         _WORKER["tracker"], _WORKER["tracker_key"] = Tracker(job.uri, job.paths), key
     return _WORKER["tracker"]
 
