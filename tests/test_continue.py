@@ -123,3 +123,32 @@ def test_a_length_dependent_schedule_is_not_continued(project, capsys):
     assert "continuing" not in capsys.readouterr().out
     _, (_, new) = _runs(project.root)
     assert "zoo.continued_from" not in new.data.tags
+
+
+def test_a_run_starts_from_a_kept_epoch_or_a_stage_of_another_run(project, capsys):
+    _h5(project.root / "data.h5")
+    kept = [{"name": "s", "epochs": 2, "keep_epochs": True}, {"name": "t", "epochs": 1}]
+    assert main(["train", _config(project.root, kept)]) == 0
+    client, (upstream,) = _runs(project.root)
+    (folder,) = [p.parent for p in project.stages.glob("*/epoch-2.safetensors")]
+    assert (folder / "epoch-1.safetensors").exists()
+    (project.root / "e1.safetensors").write_bytes((folder / "epoch-1.safetensors").read_bytes())
+    histories = {}
+    for init in (f"run:{upstream.info.run_id}@epoch:1", "file:e1.safetensors"):
+        stages = [{"name": "f", "epochs": 1, "lr": 1e-4, "init": init}]
+        assert main(["train", _config(project.root, stages, "f.yaml")]) == 0
+        _, runs = _runs(project.root)
+        histories[init] = _history(client, runs[-1], "train_loss")
+    first, second = histories.values()
+    assert first == second  # the same starting weights
+    for point in ("t", "epoch:3"):  # a stage's best; the last epoch (the final weights)
+        stages = [{"name": "f", "epochs": 1, "init": f"run:{upstream.info.run_id}@{point}"}]
+        assert main(["train", _config(project.root, stages, "f.yaml")]) == 0
+    capsys.readouterr()
+    stages = [{"name": "f", "epochs": 1, "init": f"run:{upstream.info.run_id}@epoch:9"}]
+    before = len(_runs(project.root)[1])
+    assert main(["train", _config(project.root, stages, "f.yaml")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "config.stages.0.init" in error
+    assert "the run trained 3 epochs" in error
+    assert len(_runs(project.root)[1]) == before  # refused before any run exists

@@ -136,6 +136,7 @@ class StageConfig:
     batch_size: int = 16
     freeze: Literal["none", "encoder", "decoder"] = "none"
     # random | best | last (of the previous stage) | file:PATH.safetensors | run:MLFLOW_RUN_ID
+    # (its best weights; run:ID@STAGE a stage's best, run:ID@epoch:N after its N-th epoch)
     # | model:NAME@ALIAS or model:NAME/VERSION (registered); auto = random first, then best
     init: str = "auto"
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -157,6 +158,9 @@ class StageConfig:
     # carry: continue the previous stage's optimizer (its state, last weights and shuffle
     # stream), so stages at lr, lr·g, lr·g² equal one stage with milestones; reset: fresh
     optimizer_state: Literal["reset", "carry"] = "reset"
+    # keep the weights after every epoch (epoch-N.safetensors), so a later run may start
+    # from any of them: init: run:ID@epoch:N
+    keep_epochs: bool = False
 
     def validate(self, where: str) -> None:
         from zoo.losses import check_loss
@@ -184,13 +188,16 @@ class StageConfig:
             "increasing epochs >= 1",
         )
         kind, _, target = self.init.partition(":")
+        run_id, at, point = target.partition("@") if kind == "run" else (target, "", "")
         check(
             kind in ("auto", "random", "best", "last", "file", "run", "model")
             and bool(target) == (kind in ("file", "run", "model"))
+            and (not at or (bool(run_id) and _INIT_POINT.fullmatch(point) is not None))
             and not CONTROL_CHARACTERS.search(self.init),
             f"{where}.init",
             self.init,
-            "auto, random, best, last, file:PATH, run:RUN_ID or model:NAME@ALIAS",
+            "auto, random, best, last, file:PATH, run:RUN_ID, run:RUN_ID@STAGE, "
+            "run:RUN_ID@epoch:N or model:NAME@ALIAS",
         )
 
     @property
@@ -208,6 +215,10 @@ class StageConfig:
         }
 
 
+# after run:ID@ in an init: a stage name (its best weights) or epoch:N (the weights after
+# the run's N-th epoch, counted across its stages)
+_INIT_POINT = re.compile(r"epoch:[1-9]\d*|[^:@]+")
+
 _ADDED_STAGE_FIELDS = {
     "scheduler": "exponential",
     "milestones": [],
@@ -216,6 +227,7 @@ _ADDED_STAGE_FIELDS = {
     "warmup_epochs": 0,
     "optimizer_state": "reset",
     "select_metric": "loss_adj",
+    "keep_epochs": False,
 }
 
 
@@ -496,6 +508,8 @@ def _run_identity(uri: str, kind: str, target: str, where: str) -> str:
     except (ConfigError, MlflowException) as error:
         reason = str(error).splitlines()[0] if kind == "model" else f"no run {run_id!r}"
         raise ConfigError(f"{where}: {init!r} is not allowed; {reason} in {uri}") from None
+    if at:
+        _check_point(run.data.params, at, f"{where}: {init!r} is not allowed;")
     identity = run.data.tags.get(CONFIG_HASH_TAG)
     if identity is None:  # not made by zoo: the weights it gives
         from zoo.data import file_hash
@@ -503,6 +517,24 @@ def _run_identity(uri: str, kind: str, target: str, where: str) -> str:
 
         identity = file_hash(fetch_weights(run_id if kind == "run" else target, tracker))[:16]
     return f"{identity}@{at}" if at else identity
+
+
+def _check_point(params: dict[str, str], point: str, refused: str) -> None:
+    """Refuse a ``@STAGE`` or ``@epoch:N`` the run (by its logged params) does not have."""
+    stages = []
+    while f"stages.{len(stages)}.name" in params:
+        at = len(stages)
+        stages.append((params[f"stages.{at}.name"], int(params[f"stages.{at}.epochs"])))
+    if not stages:
+        return  # not made by zoo: nothing to check against
+    if point.startswith("epoch:"):
+        total = sum(epochs for _, epochs in stages)
+        if int(point.removeprefix("epoch:")) > total:
+            raise ConfigError(f"{refused} the run trained {total} epochs")
+    elif point not in (name for name, _ in stages):
+        raise ConfigError(
+            f"{refused} no stage {point!r}; the run has " + ", ".join(n for n, _ in stages)
+        )
 
 
 @dataclass(frozen=True)

@@ -339,10 +339,13 @@ def _train_stages(
     results: list[StageResult] = []
     offset = 0
 
-    def fetch_run(other: str) -> Path:  # run:ID or model:NAME@ALIAS|NAME/VERSION
+    def fetch_run(init: str) -> Path:  # run:ID[@STAGE|@epoch:N] or model:NAME@ALIAS|...
         from zoo.modelzoo import fetch_weights
 
-        return fetch_weights(other, tracker)
+        target = init.partition(":")[2]
+        if init.startswith("run:") and "@" in target:
+            return _intermediate_weights(target, tracker, paths)
+        return fetch_weights(target, tracker)
 
     for index, stage in enumerate(config.stages):
 
@@ -452,3 +455,43 @@ def _continued_from(config: RunConfig, tracker: Tracker, paths: ProjectPaths) ->
         if run is not None and run.info.status == "FINISHED":
             return run.info.run_id
     return None
+
+
+def _intermediate_weights(target: str, tracker: Tracker, paths: ProjectPaths) -> Path:
+    """The weights ``init: run:ID@STAGE`` (that stage's best) or ``run:ID@epoch:N`` (after
+    the run's N-th epoch counted across its stages; kept by ``keep_epochs: true``, or a
+    stage's final epoch) name, from this project's stage checkpoints."""
+    from zoo.modelzoo import read_config
+
+    run_id, _, point = target.partition("@")
+    local = paths.download(run_id) / "config.yaml"
+    if not local.exists():
+        tracker.download(run_id, "config.yaml", paths.download(run_id))
+    source = read_config(local)
+    names = [s.name for s in source.stages]
+    where = f"init: run:{target}"
+    if not point.startswith("epoch:"):
+        if point not in names:
+            raise ConfigError(f"{where}: no stage {point!r}; the run has " + ", ".join(names))
+        return _present(
+            paths.stage_files(source.stage_digest(names.index(point))).weights("best"), where
+        )
+    epoch = int(point.removeprefix("epoch:"))
+    for index, stage in enumerate(source.stages):
+        if epoch <= stage.epochs:
+            files = paths.stage_files(source.stage_digest(index))
+            if epoch == stage.epochs and not files.epoch(epoch).exists():
+                return _present(files.weights("final"), where)
+            return _present(files.epoch(epoch), where)
+        epoch -= stage.epochs
+    total = sum(s.epochs for s in source.stages)
+    raise ConfigError(f"{where}: the run trained {total} epochs")
+
+
+def _present(path: Path, where: str) -> Path:
+    if not path.exists():
+        raise ConfigError(
+            f"{where}: {path} is not here (stages are kept in the project that trained "
+            "them; epochs only with keep_epochs: true)"
+        )
+    return path

@@ -300,7 +300,7 @@ def _initial_weights(
     init = config.stages[index].init
     if init == "auto":
         init = "random" if index == 0 else "best"
-    kind, _, target = init.partition(":")
+    kind = init.partition(":")[0]
     if kind == "random":
         return None
     if kind in ("best", "last"):
@@ -308,7 +308,7 @@ def _initial_weights(
         return load_weights(
             StagePaths(previous.folder).weights("best" if kind == "best" else "final")
         )
-    path = init_file(init) if kind == "file" else fetch_run(target)
+    path = init_file(init) if kind == "file" else fetch_run(init)
     try:
         return load_weights(path)
     except Exception as error:  # not a weights file: name it, one line
@@ -439,6 +439,8 @@ def train_stage(
             bests = _update_best(progress["best"], epoch, validation, floor, stage.select_metric)
             if stage.selection_set in bests:
                 save_weights(model, files.weights("best"))
+            if stage.keep_epochs:
+                save_weights(model, files.epoch(epoch))
             progress.update(
                 epoch=epoch,
                 seconds=progress["seconds"] + seconds,
