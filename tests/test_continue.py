@@ -10,6 +10,9 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from zoo.cli import main
+from zoo.config import load_config
+from zoo.continuation import intermediate_weights
+from zoo.tracking import Tracker
 
 MODEL = {"encoder": "tu-test_resnet", "decoder_channels": [16] * 5}
 STAGE = {"train": "d", "augment": "none", "lr_decay": 0.5, "batch_size": 4}
@@ -141,9 +144,14 @@ def test_a_run_starts_from_a_kept_epoch_or_a_stage_of_another_run(project, capsy
         histories[init] = _history(client, runs[-1], "train_loss")
     first, second = histories.values()
     assert first == second  # the same starting weights
-    for point in ("t", "epoch:3"):  # a stage's best; the last epoch (the final weights)
-        stages = [{"name": "f", "epochs": 1, "init": f"run:{upstream.info.run_id}@{point}"}]
-        assert main(["train", _config(project.root, stages, "f.yaml")]) == 0
+    last = project.stage(load_config(project.root / "run.yaml").stage_digest(1))
+    for point, expected in (  # a stage's best; an epoch; a stage's last epoch: its final
+        ("t", last / "best.safetensors"),
+        ("epoch:2", folder / "epoch-2.safetensors"),
+        ("epoch:3", last / "final.safetensors"),
+    ):
+        found = intermediate_weights(f"{upstream.info.run_id}@{point}", Tracker(), project)
+        assert found == expected, point
     capsys.readouterr()
     stages = [{"name": "f", "epochs": 1, "init": f"run:{upstream.info.run_id}@epoch:9"}]
     before = len(_runs(project.root)[1])

@@ -10,11 +10,9 @@ changed, and the numbers equal those of an uninterrupted longer run.
 
 from __future__ import annotations
 
-import os
 import platform
 import tempfile
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,9 @@ from filelock import FileLock, Timeout
 
 from zoo._liveness import Heartbeat
 from zoo.artifacts import log_linked
-from zoo.checkpoint import CheckpointError, load_weights, reissue
+from zoo.checkpoint import load_weights
 from zoo.config import RunConfig, flatten
+from zoo.continuation import CONTINUED_TAG, continue_stage, continued_from, intermediate_weights
 from zoo.data import Dataset, MixSpec, load, materialise, mixture
 from zoo.errors import ConfigError
 from zoo.figures import loss_curves, predictions
@@ -40,14 +39,11 @@ from zoo.train import (
     git_commit,
     headline,
     pick_device,
-    stage_record,
     standardise,
     train_stage,
 )
 
-__all__ = ["CONTINUED_TAG", "EpochHook", "Pruned", "load_datasets", "preflight", "run"]
-
-CONTINUED_TAG = "zoo.continued_from"  # on a run that continued a finished one: its run id
+__all__ = ["EpochHook", "Pruned", "load_datasets", "preflight", "run"]
 
 EpochHook = Callable[[str, int, dict[str, Any]], None]  # (stage name, epoch, metrics)
 
@@ -292,7 +288,7 @@ def _attempt(
     floor = loss_floor(config.stages[-1].loss, config.model.head, config.model.classes)
     if existing is None:
         run_tags = {**_tags(config, device, floor), **(tags or {}), CONFIG_HASH_TAG: identity}
-        continued = _continued_from(config, tracker, paths)
+        continued = continued_from(config, tracker, paths)
         if continued is not None:
             run_tags[CONTINUED_TAG] = continued
             echo(f"continuing finished run {continued} into a new run")
@@ -344,7 +340,7 @@ def _train_stages(
 
         target = init.partition(":")[2]
         if init.startswith("run:") and "@" in target:
-            return _intermediate_weights(target, tracker, paths)
+            return intermediate_weights(target, tracker, paths)
         return fetch_weights(target, tracker)
 
     for index, stage in enumerate(config.stages):
@@ -367,131 +363,8 @@ def _train_stages(
         folder = paths.stage(config.stage_digest(index))
         folder.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder / ".lock")):
-            _continue_stage(config, index, paths, echo)
+            continue_stage(config, index, paths, echo)
             previous = results[-1] if results else None
             results.append(train_stage(config, index, data, folder, previous, fetch_run, on_epoch))
         offset += stage.epochs
     return results
-
-
-def _shorter(config: RunConfig, index: int, epochs: int) -> RunConfig:
-    """``config`` with stage ``index`` trained for ``epochs`` epochs."""
-    stages = list(config.stages)
-    stages[index] = replace(stages[index], epochs=epochs)
-    shorter = replace(config, stages=tuple(stages))
-    shorter.__dict__["_table"] = config._table  # the same datasets, already parsed
-    return shorter
-
-
-def _shorter_stage(config: RunConfig, index: int, paths: ProjectPaths) -> RunConfig | None:
-    """The config whose stage ``index`` is this one with the most fewer epochs that
-    finished and kept its final state, if any. A stage can be continued only when its
-    learning rate is a pure function of the epoch (not cosine, which depends on the
-    length) and its checkpoints are shared (``share_stages``)."""
-    stage = config.stages[index]
-    if stage.scheduler == "cosine" or not config.share_stages:
-        return None
-    for epochs in range(stage.epochs - 1, 0, -1):
-        shorter = _shorter(config, index, epochs)
-        files = paths.stage_files(shorter.stage_digest(index))
-        if files.result.exists() and files.carry.exists():
-            return shorter
-    return None
-
-
-def _continue_stage(
-    config: RunConfig, index: int, paths: ProjectPaths, echo: Callable[[str], None]
-) -> None:
-    """Start stage ``index`` from the final state of a finished shorter run of it (see
-    _shorter_stage) when it has neither a result nor a checkpoint of its own: that state,
-    its best weights and kept epoch weights become this stage's checkpoint and files."""
-    files = paths.stage_files(config.stage_digest(index))
-    if files.result.exists() or files.checkpoint.exists():
-        return
-    shorter = _shorter_stage(config, index, paths)
-    if shorter is None:
-        return
-    source = paths.stage_files(shorter.stage_digest(index))
-    try:
-        progress = reissue(source.carry, files.checkpoint, stage_record(config, index))
-    except CheckpointError as error:
-        echo(f"  cannot continue {source.folder.name}: {error}; training from the start")
-        return
-    for epoch in range(1, progress["epoch"] + 1):
-        _link(source.epoch(epoch), files.epoch(epoch))
-    _link(source.weights("best"), files.weights("best"))
-    echo(
-        f"  {config.stages[index].name}: continuing after epoch {progress['epoch']} "
-        f"from stage {source.folder.name}"
-    )
-
-
-def _link(source: Path, target: Path) -> None:
-    """``target`` as a hard link to ``source`` (files are replaced, never changed in
-    place), if ``source`` exists."""
-    if source.exists():
-        target.unlink(missing_ok=True)
-        os.link(source, target)
-
-
-def _continued_from(config: RunConfig, tracker: Tracker, paths: ProjectPaths) -> str | None:
-    """The id of the finished run this config continues: the same config with fewer
-    epochs of its last stage (whose final state the last stage continues from), or
-    without its last stage (whose stages this one reuses)."""
-    found = tracker.client.get_experiment_by_name(config.experiment)
-    if found is None:
-        return None
-    last = len(config.stages) - 1
-    candidates = [_shorter_stage(config, last, paths)]
-    if last > 0:
-        prefix = replace(config, stages=config.stages[:-1])
-        prefix.__dict__["_table"] = config._table
-        if prefix.stage_digest(last - 1) == config.stage_digest(last - 1):
-            candidates.append(prefix)
-    for candidate in candidates:
-        if candidate is None:
-            continue
-        run = tracker.find(found.experiment_id, candidate.digest())
-        if run is not None and run.info.status == "FINISHED":
-            return run.info.run_id
-    return None
-
-
-def _intermediate_weights(target: str, tracker: Tracker, paths: ProjectPaths) -> Path:
-    """The weights ``init: run:ID@STAGE`` (that stage's best) or ``run:ID@epoch:N`` (after
-    the run's N-th epoch counted across its stages; kept by ``keep_epochs: true``, or a
-    stage's final epoch) name, from this project's stage checkpoints."""
-    from zoo.modelzoo import read_config
-
-    run_id, _, point = target.partition("@")
-    local = paths.download(run_id) / "config.yaml"
-    if not local.exists():
-        tracker.download(run_id, "config.yaml", paths.download(run_id))
-    source = read_config(local)
-    names = [s.name for s in source.stages]
-    where = f"init: run:{target}"
-    if not point.startswith("epoch:"):
-        if point not in names:
-            raise ConfigError(f"{where}: no stage {point!r}; the run has " + ", ".join(names))
-        return _present(
-            paths.stage_files(source.stage_digest(names.index(point))).weights("best"), where
-        )
-    epoch = int(point.removeprefix("epoch:"))
-    for index, stage in enumerate(source.stages):
-        if epoch <= stage.epochs:
-            files = paths.stage_files(source.stage_digest(index))
-            if epoch == stage.epochs and not files.epoch(epoch).exists():
-                return _present(files.weights("final"), where)
-            return _present(files.epoch(epoch), where)
-        epoch -= stage.epochs
-    total = sum(s.epochs for s in source.stages)
-    raise ConfigError(f"{where}: the run trained {total} epochs")
-
-
-def _present(path: Path, where: str) -> Path:
-    if not path.exists():
-        raise ConfigError(
-            f"{where}: {path} is not here (stages are kept in the project that trained "
-            "them; epochs only with keep_epochs: true)"
-        )
-    return path

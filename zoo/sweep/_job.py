@@ -128,8 +128,8 @@ def tracker_for(job: JobSpec) -> Tracker:
     """One tracker per process and store, reused by the jobs this process runs."""
     key = (job.uri, job.root)
     if _WORKER.get("tracker_key") != key:
-        use_store(job.uri)  # init: run: references are identified in the job's store
         _WORKER["tracker"], _WORKER["tracker_key"] = Tracker(job.uri, job.paths), key
+        use_store(_WORKER["tracker"].uri)  # init: run: references are identified there
     return _WORKER["tracker"]
 
 
