@@ -12,15 +12,16 @@ run:ID@STAGE`` and ``run:ID@epoch:N`` name.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from zoo.checkpoint import CheckpointError, reissue
+from zoo.checkpoint import CheckpointError, reissue, weights_problem
 from zoo.config import RunConfig
 from zoo.errors import ConfigError
-from zoo.paths import ProjectPaths
+from zoo.paths import ProjectPaths, StagePaths
 from zoo.tracking import Tracker
 from zoo.train import stage_record
 
@@ -67,6 +68,7 @@ def continue_stage(
         return
     source = paths.stage_files(shorter.stage_digest(index))
     try:
+        _check_best(source)
         progress = reissue(source.carry, files.checkpoint, stage_record(config, index))
     except CheckpointError as error:
         echo(f"  cannot continue {source.folder.name}: {error}; training from the start")
@@ -78,6 +80,17 @@ def continue_stage(
         f"  {config.stages[index].name}: continuing after epoch {progress['epoch']} "
         f"from stage {source.folder.name}"
     )
+
+
+def _check_best(source: StagePaths) -> None:
+    """CheckpointError unless the finished stage's best weights match their recorded hash."""
+    try:
+        recorded = json.loads(source.result.read_text()).get("weights", {}).get("best")
+    except (OSError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{source.result}: unreadable ({type(error).__name__})") from None
+    problem = recorded and weights_problem(source.weights("best"), recorded)
+    if problem:
+        raise CheckpointError(problem)
 
 
 def _link(source: Path, target: Path) -> None:
