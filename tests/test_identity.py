@@ -267,3 +267,51 @@ def test_data_make_handles_mixtures(project, capsys):
     assert main(["data", "make", str(path)]) == 0
     out = capsys.readouterr().out
     assert "m: a mixture of d" in out and "d: " in out
+
+
+def test_damaged_stage_weights_are_set_aside_and_the_stage_trains_again(project, caplog):
+    _h5(project.root / "data.h5", 8)
+    assert main(["train", str(_config(project, "one.yaml"))]) == 0
+    (folder,) = project.stages.iterdir()
+    best = folder / "best.safetensors"
+    trained = best.read_bytes()
+    best.write_bytes(trained[:-100] + bytes(100))  # bit rot: still a readable file
+    document = yaml.safe_load(_config(project).read_text())
+    document["stages"].append({"name": "t", "train": "d", "epochs": 1, "augment": "none"})
+    (project.root / "two.yaml").write_text(yaml.safe_dump(document))
+    assert main(["train", str(project.root / "two.yaml")]) == 0
+    (warning,) = [r.message for r in caplog.records if "damaged weights" in r.message]
+    assert str(best) in warning and "\n" not in warning
+    assert list(folder.glob("best.safetensors.corrupt-*"))
+    assert best.read_bytes() == trained  # trained again: the same weights
+    _, runs = _runs(project)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_an_init_run_is_identified_by_what_it_is_not_by_its_id(project, capsys):
+    from zoo.config import load_config
+
+    _h5(project.root / "data.h5", 8)
+    upstream = yaml.safe_load(_config(project, "up.yaml").read_text())
+    for experiment, lr in (("up", 1e-3), ("up-again", 1e-3), ("other", 1e-4)):
+        upstream["experiment"], upstream["stages"][0]["lr"] = experiment, lr
+        (project.root / "up.yaml").write_text(yaml.safe_dump(upstream))
+        assert main(["train", str(project.root / "up.yaml")]) == 0
+    ids = {e: _runs(project, e)[1][0].info.run_id for e in ("up", "up-again", "other")}
+    assert len(set(ids.values())) == 3
+
+    def digest(run_id):
+        return load_config(_config(project, "down.yaml", init=f"run:{run_id}")).digest()
+
+    # another run of the same config (as in another store): the same identity
+    assert digest(ids["up"]) == digest(ids["up-again"]) != digest(ids["other"])
+
+    capsys.readouterr()
+    before = sorted(str(p.relative_to(project.root)) for p in project.root.rglob("*"))
+    missing = "0" * 32
+    assert main(["train", str(_config(project, "down.yaml", init=f"run:{missing}"))]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"config.stages.0.init: 'run:{missing}'" in error
+    assert "no run" in error
+    after = sorted(str(p.relative_to(project.root)) for p in project.root.rglob("*"))
+    assert after == before

@@ -10,6 +10,7 @@ tensors are safetensors, the rest is JSON in the file's metadata.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -26,9 +27,12 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "previous_path",
+    "reissue",
     "save_checkpoint",
     "save_weights",
     "set_aside",
+    "weights_digest",
+    "weights_problem",
 ]
 
 
@@ -96,6 +100,34 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_file(path)
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 of a weights file's bytes (recorded when a stage finishes, checked on reuse)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_problem(path: Path, recorded: str) -> str | None:
+    """None when ``path`` holds the bytes whose digest was ``recorded``, else one line
+    naming the file and what is wrong with it."""
+    try:
+        found = weights_digest(path)
+    except OSError as error:
+        return f"{path}: unreadable weights ({type(error).__name__})"
+    return None if found == recorded else f"{path}: damaged weights (content changed)"
+
+
+def reissue(source: Path, target: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Copy the checkpoint ``source`` to ``target`` under a new ``record`` (a longer stage
+    continuing a shorter one's final state); returns its progress. A damaged ``source``
+    raises CheckpointError and nothing is written."""
+    metadata, tensors = _read(source)
+    _atomic_save(tensors, target, {**metadata, "record": json.dumps(record)})
+    return json.loads(metadata["progress"])
 
 
 def save_checkpoint(

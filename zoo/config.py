@@ -32,6 +32,7 @@ __all__ = [
     "load_config",
     "resolve",
     "set_path",
+    "use_store",
 ]
 
 # Stage identity version: raise it whenever a change to zoo alters the numbers a stage
@@ -186,6 +187,7 @@ class StageConfig:
     batch_size: int = 16
     freeze: Literal["none", "encoder", "decoder"] = "none"
     # random | best | last (of the previous stage) | file:PATH.safetensors | run:MLFLOW_RUN_ID
+    # (its best weights; run:ID@STAGE a stage's best, run:ID@epoch:N after its N-th epoch)
     # | model:NAME@ALIAS or model:NAME/VERSION (registered); auto = random first, then best
     init: str = "auto"
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -207,6 +209,9 @@ class StageConfig:
     # carry: continue the previous stage's optimizer (its state, last weights and shuffle
     # stream), so stages at lr, lr·g, lr·g² equal one stage with milestones; reset: fresh
     optimizer_state: Literal["reset", "carry"] = "reset"
+    # keep the weights after every epoch (epoch-N.safetensors), so a later run may start
+    # from any of them: init: run:ID@epoch:N
+    keep_epochs: bool = False
 
     def validate(self, where: str) -> None:
         from zoo.losses import check_loss
@@ -234,13 +239,16 @@ class StageConfig:
             "increasing epochs >= 1",
         )
         kind, _, target = self.init.partition(":")
+        run_id, at, point = target.partition("@") if kind == "run" else (target, "", "")
         check(
             kind in ("auto", "random", "best", "last", "file", "run", "model")
             and bool(target) == (kind in ("file", "run", "model"))
+            and (not at or (bool(run_id) and _INIT_POINT.fullmatch(point) is not None))
             and not CONTROL_CHARACTERS.search(self.init),
             f"{where}.init",
             self.init,
-            "auto, random, best, last, file:PATH, run:RUN_ID or model:NAME@ALIAS",
+            "auto, random, best, last, file:PATH, run:RUN_ID, run:RUN_ID@STAGE, "
+            "run:RUN_ID@epoch:N or model:NAME@ALIAS",
         )
 
     @property
@@ -258,6 +266,10 @@ class StageConfig:
         }
 
 
+# after run:ID@ in an init: a stage name (its best weights) or epoch:N (the weights after
+# the run's N-th epoch, counted across its stages)
+_INIT_POINT = re.compile(r"epoch:[1-9]\d*|[^:@]+")
+
 _ADDED_STAGE_FIELDS = {
     "scheduler": "exponential",
     "milestones": [],
@@ -266,6 +278,7 @@ _ADDED_STAGE_FIELDS = {
     "warmup_epochs": 0,
     "optimizer_state": "reset",
     "select_metric": "loss_adj",
+    "keep_epochs": False,
 }
 
 
@@ -433,16 +446,17 @@ class RunConfig:
             for f in fields(self)
             if f.name not in (*NOT_IDENTITY, "datasets")
         }
-        document["stages"] = [s.identity() for s in self.stages]
+        # an init run or model by what it is (its identity), not by its id
+        document["stages"] = [{**s.identity(), **_init_kind(s.init)} for s in self.stages]
         document["model"] = self.model.identity()
         execution = self.execution()
         inits = {
             str(i): _init_content(s.init, f"config.stages.{i}.init")
             for i, s in enumerate(self.stages)
-            if init_file(s.init) is not None
+            if s.init.partition(":")[0] in ("file", "run", "model")
         }
         run_document = {**document, "datasets": data, **execution}
-        if inits:  # the contents of init files, not only their names
+        if inits:  # the contents of init files and the identities of init runs
             run_document["init_files"] = inits
         run = _hash(run_document)
         # a stage's numbers depend on where it trains; its energy on the power cap
@@ -457,7 +471,7 @@ class RunConfig:
             ]
             used = sorted({stage.train, *self.validation_sets, *parts})
             continues = digests and stage.init in ("auto", "best", "last")
-            stage_document = {**stage.identity(), "name": ""}  # its name is not its identity
+            stage_document = {**document["stages"][index], "name": ""}  # not its name
             if self.keeps_optimizer(index):
                 stage_document["keep_optimizer"] = True
             documents.append(
@@ -494,8 +508,31 @@ def init_file(init: str) -> Path | None:
     return project_root() / target if kind == "file" else None
 
 
+_STORE: dict[str, str | None] = {"uri": None}
+
+
+def use_store(uri: str | None) -> None:
+    """Identify ``init: run:``/``model:`` references in the store at ``uri`` (None: the
+    default, ``$MLFLOW_TRACKING_URI`` or the project's mlflow.db)."""
+    _STORE["uri"] = uri
+
+
+def _init_kind(init: str) -> dict[str, str]:
+    """The ``init`` entry of a stage's identity: ``run`` for a run or a registered model
+    (identified by ``init_run``), else the stage's own value."""
+    return {"init": "run"} if init.partition(":")[0] in ("run", "model") else {}
+
+
 def _init_content(init: str, where: str) -> dict[str, str]:
-    """{"init_file": content hash} for an ``init: file:``; a missing file is a ConfigError."""
+    """{"init_file": content hash} for an ``init: file:``, {"init_run": the referenced
+    run's identity} for a run or registered model; a missing target is a ConfigError."""
+    kind, _, target = init.partition(":")
+    if kind in ("run", "model"):
+        from zoo.paths import ProjectPaths
+        from zoo.tracking import tracking_uri
+
+        uri = tracking_uri(_STORE["uri"], ProjectPaths.default())
+        return {"init_run": _run_identity(uri, kind, target, where)}
     path = init_file(init)
     if path is None:
         return {}
@@ -508,6 +545,56 @@ def _init_content(init: str, where: str) -> dict[str, str]:
         return {"init_file": file_hash(path)[:16]}
     except DataError as error:
         raise ConfigError(f"{where}: {error}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _run_identity(uri: str, kind: str, target: str, where: str) -> str:
+    """The identity of the run ``target`` names in the store at ``uri`` (its
+    ``zoo.config_hash`` tag, else the sha256 of its weights), with its ``@STAGE`` or
+    ``@epoch:N`` suffix; a run that does not exist is a ConfigError naming ``where``."""
+    from mlflow.exceptions import MlflowException
+
+    from zoo.tracking import CONFIG_HASH_TAG, Tracker
+
+    run_id, _, at = target.partition("@") if kind == "run" else (target, "", "")
+    init = f"{kind}:{target}"
+    try:
+        tracker = Tracker(uri, create=False)
+        if kind == "model":
+            from zoo.modelzoo._ref import resolve_ref
+
+            run_id = resolve_ref(target, uri).run_id
+        run = tracker.client.get_run(run_id)
+    except (ConfigError, MlflowException) as error:
+        reason = str(error).splitlines()[0] if kind == "model" else f"no run {run_id!r}"
+        raise ConfigError(f"{where}: {init!r} is not allowed; {reason} in {uri}") from None
+    if at:
+        _check_point(run.data.params, at, f"{where}: {init!r} is not allowed;")
+    identity = run.data.tags.get(CONFIG_HASH_TAG)
+    if identity is None:  # not made by zoo: the weights it gives
+        from zoo.data import file_hash
+        from zoo.modelzoo import fetch_weights
+
+        identity = file_hash(fetch_weights(run_id if kind == "run" else target, tracker))[:16]
+    return f"{identity}@{at}" if at else identity
+
+
+def _check_point(params: dict[str, str], point: str, refused: str) -> None:
+    """Refuse a ``@STAGE`` or ``@epoch:N`` the run (by its logged params) does not have."""
+    stages = []
+    while f"stages.{len(stages)}.name" in params:
+        at = len(stages)
+        stages.append((params[f"stages.{at}.name"], int(params[f"stages.{at}.epochs"])))
+    if not stages:
+        return  # not made by zoo: nothing to check against
+    if point.startswith("epoch:"):
+        total = sum(epochs for _, epochs in stages)
+        if int(point.removeprefix("epoch:")) > total:
+            raise ConfigError(f"{refused} the run trained {total} epochs")
+    elif point not in (name for name, _ in stages):
+        raise ConfigError(
+            f"{refused} no stage {point!r}; the run has " + ", ".join(n for n, _ in stages)
+        )
 
 
 @dataclass(frozen=True)

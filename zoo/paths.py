@@ -195,8 +195,13 @@ class StagePaths:
 
     @property
     def carry(self) -> Path:
-        """The final optimizer, kept when the next stage carries it."""
+        """The final training state (weights, optimizer, RNG, progress), kept when the next
+        stage carries it or the stage is its run's last (so the run can be continued)."""
         return self.folder / "carry.safetensors"
+
+    def epoch(self, number: int) -> Path:
+        """Weights after epoch ``number`` (1-based), kept when the stage asks for them."""
+        return self.folder / f"epoch-{number}.safetensors"
 
     def weights(self, kind: str) -> Path:
         """Weights of the ``best`` epoch or the ``final`` one."""

@@ -1,7 +1,11 @@
 """One run: datasets made, stages trained in order, everything logged to one MLflow run.
 
 Re-running a finished config does nothing; an interrupted one continues into
-the same MLflow run from the last checkpoint of its current stage.
+the same MLflow run from the last checkpoint of its current stage. A config that
+asks for more epochs of a finished stage (same config otherwise), or appends a
+stage to a finished run, continues from that stage's final state into a new run
+tagged ``zoo.continued_from`` with the finished run's id; the finished run is not
+changed, and the numbers equal those of an uninterrupted longer run.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from zoo._liveness import Heartbeat
 from zoo.artifacts import log_linked
 from zoo.checkpoint import load_weights
 from zoo.config import RunConfig, flatten
+from zoo.continuation import CONTINUED_TAG, continue_stage, continued_from, intermediate_weights
 from zoo.data import Dataset, MixSpec, load, materialise, mixture
 from zoo.errors import ConfigError
 from zoo.figures import loss_curves, predictions
@@ -222,27 +227,6 @@ def preflight(config: RunConfig, paths: ProjectPaths) -> Prepared:
     return device, load_datasets(config, paths)
 
 
-def _check_run_targets(config: RunConfig, tracker: Tracker) -> None:
-    """``init: run:ID`` targets must exist in the store."""
-    for i, stage in enumerate(config.stages):
-        kind, _, target = stage.init.partition(":")
-        if kind == "run" and not _run_exists(tracker, target):
-            raise ConfigError(
-                f"config.stages.{i}.init: {stage.init!r} is not allowed; no run {target!r} "
-                f"in {tracker.uri}"
-            )
-
-
-def _run_exists(tracker: Tracker, run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        tracker.client.get_run(run_id)
-    except MlflowException:
-        return False
-    return True
-
-
 def run(
     config: RunConfig,
     tracker: Tracker,
@@ -269,7 +253,6 @@ def run(
     if existing is not None and existing.info.status == "FINISHED":
         echo(f"run {existing.info.run_id} already finished; nothing to do")
         return existing.info.run_id
-    _check_run_targets(config, tracker)
     device, datasets = prepared or preflight(config, paths)
     paths.run_lock(identity).parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(paths.run_lock(identity)))
@@ -312,6 +295,10 @@ def _attempt(
     floor = loss_floor(config.stages[-1].loss, config.model.head, config.model.classes)
     if existing is None:
         run_tags = {**_tags(config, device, floor), **(tags or {}), CONFIG_HASH_TAG: identity}
+        continued = continued_from(config, tracker, paths)
+        if continued is not None:
+            run_tags[CONTINUED_TAG] = continued
+            echo(f"continuing finished run {continued} into a new run")
         run_id = tracker.create(tracker.experiment(config.experiment), run_tags)
         logged: set[int] = set()
     else:
@@ -355,10 +342,13 @@ def _train_stages(
     results: list[StageResult] = []
     offset = 0
 
-    def fetch_run(other: str) -> Path:  # run:ID or model:NAME@ALIAS|NAME/VERSION
+    def fetch_run(init: str) -> Path:  # run:ID[@STAGE|@epoch:N] or model:NAME@ALIAS|...
         from zoo.modelzoo import fetch_weights
 
-        return fetch_weights(other, tracker)
+        target = init.partition(":")[2]
+        if init.startswith("run:") and "@" in target:
+            return intermediate_weights(target, tracker, paths)
+        return fetch_weights(target, tracker)
 
     for index, stage in enumerate(config.stages):
 
@@ -380,6 +370,7 @@ def _train_stages(
         folder = paths.stage(config.stage_digest(index))
         folder.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder / ".lock")):
+            continue_stage(config, index, paths, echo)
             previous = results[-1] if results else None
             results.append(train_stage(config, index, data, folder, previous, fetch_run, on_epoch))
         offset += stage.epochs

@@ -34,6 +34,8 @@ from zoo.checkpoint import (
     save_checkpoint,
     save_weights,
     set_aside,
+    weights_digest,
+    weights_problem,
 )
 from zoo.config import STAGE_VERSION, ModelConfig, RunConfig, StageConfig, init_file
 from zoo.data import Dataset
@@ -388,7 +390,7 @@ def _initial_weights(
     init = config.stages[index].init
     if init == "auto":
         init = "random" if index == 0 else "best"
-    kind, _, target = init.partition(":")
+    kind = init.partition(":")[0]
     if kind == "random":
         return None
     if kind in ("best", "last"):
@@ -396,7 +398,7 @@ def _initial_weights(
         return load_weights(
             StagePaths(previous.folder).weights("best" if kind == "best" else "final")
         )
-    path = init_file(init) if kind == "file" else fetch_run(target)
+    path = init_file(init) if kind == "file" else fetch_run(init)
     try:
         return load_weights(path)
     except Exception as error:  # not a weights file: name it, one line
@@ -527,6 +529,8 @@ def train_stage(
             bests = _update_best(progress["best"], epoch, validation, floor, stage.select_metric)
             if stage.selection_set in bests:
                 save_weights(model, files.weights("best"))
+            if stage.keep_epochs:
+                save_weights(model, files.epoch(epoch))
             progress.update(
                 epoch=epoch,
                 seconds=progress["seconds"] + seconds,
@@ -550,8 +554,10 @@ def train_stage(
         "total": parameter_counts(model)[0],
         "images": progress.get("images", 0),
         "compile_seconds": progress.get("compile_seconds", 0.0),
+        "weights": {k: weights_digest(files.weights(k)) for k in ("best", "final")},
     }
-    if config.keeps_optimizer(index):  # the next stage carries this optimizer on
+    if config.keeps_optimizer(index) or index == len(config.stages) - 1:
+        # the next stage carries this optimizer on; a run's last stage may be continued
         save_checkpoint(files.carry, model, optimizer, progress, record)
     atomic_write_text(done, json.dumps({**result, "record": record}, indent=1))
     checkpoint.unlink()
@@ -676,9 +682,10 @@ def _resume(
 
 
 def _finished(done: Path, config: RunConfig, index: int) -> dict[str, Any] | None:
-    """The saved result of a finished stage, or None to train it. A damaged result, or one
-    recorded for another identity, is set aside (one line); one made by other zoo code
-    with the same identity is reused with a one-line note."""
+    """The saved result of a finished stage, or None to train it. A damaged result, one
+    recorded for another identity, or one whose best or final weights no longer match
+    their recorded sha256, is set aside (one line naming the file); one made by other
+    zoo code with the same identity is reused with a one-line note."""
     if not done.exists():
         return None
     try:
@@ -693,6 +700,14 @@ def _finished(done: Path, config: RunConfig, index: int) -> dict[str, Any] | Non
         log.warning("zoo: %s: recorded for another stage identity; set aside", done)
         set_aside(done)
         return None
+    for kind, digest in result.get("weights", {}).items():
+        problem = weights_problem(StagePaths(done.parent).weights(kind), digest)
+        if problem is not None:  # damaged best/final weights: the stage trains again
+            log.warning("zoo: %s; set aside, training the stage again", problem)
+            for path in (StagePaths(done.parent).weights(kind), done):
+                if path.exists():
+                    set_aside(path)
+            return None
     made = {k: (record or {}).get(k) for k in ("zoo", "commit", "stage_version")}
     if made != {k: asked[k] for k in made}:
         log.warning("zoo: reusing stage %s made by %s (now %s)", done.parent.name, made, asked)

@@ -129,15 +129,22 @@ def format_cost(summary: dict[str, Any]) -> str:
 
 
 def _checkpoint_bytes(plan: Plan, stage_keys: set[str]) -> int:
-    """Best and final weights (float32) of every stage trained; logged weights are links."""
+    """Best and final weights (float32) of every stage trained, the final training state
+    (weights and two Adam moments) a run's last stage keeps, and kept epoch weights;
+    logged weights are links."""
     from zoo.models import create_model
 
     if not plan.jobs:
         return 0
     params = sum(p.numel() for p in create_model(plan.jobs[0].config.model).parameters())
-    trained = set(stage_keys)
+    copies = dict.fromkeys(stage_keys, 2)  # stage -> weight-sized files it keeps
     for job in plan.jobs:
         if job.kind == "run":
-            for index in range(len(job.config.stages)):
-                trained.add(job.config.stage_digest(index))
-    return len(trained) * 2 * 4 * params
+            config = job.config
+            for index, stage in enumerate(config.stages):
+                kept = 2 + (stage.epochs if stage.keep_epochs else 0)
+                if index == len(config.stages) - 1 or config.keeps_optimizer(index):
+                    kept += 3
+                digest = config.stage_digest(index)
+                copies[digest] = max(copies.get(digest, 2), kept)
+    return sum(copies.values()) * 4 * params

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zoo._typed import build, check
+from zoo.config import use_store
 from zoo.naming import run_name
 from zoo.paths import ProjectPaths
 from zoo.tracking import Tracker
@@ -128,6 +129,7 @@ def tracker_for(job: JobSpec) -> Tracker:
     key = (job.uri, job.root)
     if _WORKER.get("tracker_key") != key:
         _WORKER["tracker"], _WORKER["tracker_key"] = Tracker(job.uri, job.paths), key
+        use_store(_WORKER["tracker"].uri)  # init: run: references are identified there
     return _WORKER["tracker"]
 
 
