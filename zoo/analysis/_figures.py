@@ -131,22 +131,23 @@ def distributions(data: FigureData, entry: dict[str, Any]) -> Figure:
 
 @figure("heatmap")
 def heatmap(data: FigureData, entry: dict[str, Any]) -> Figure:
-    """Median headline value over two columns (e.g. pretrain × transfer domain); darker is
+    """Median headline value over two columns (e.g. pretrain × transfer domain); brighter is
     better."""
     plt, sns = _plt()
     rows, columns = entry["rows"], entry["columns"]
     frame = _require(data.runs, data.value, rows, columns)
     table = frame.pivot_table(index=rows, columns=columns, values=data.value, aggfunc="median")
-    fig, axis = plt.subplots(figsize=(1.0 + 0.7 * table.shape[1], 1.0 + 0.55 * table.shape[0]))
+    width, height = 1.0 + 0.7 * table.shape[1], 1.0 + 0.55 * table.shape[0]
+    fig, axis = plt.subplots(figsize=(max(width, 5.0), max(height, 3.0)))  # room for the labels
     sns.heatmap(
         table,
         annot=True,
         fmt=".3g",
         cmap="viridis_r" if _scale(data) == "log" else "viridis",
         ax=axis,
-        cbar_kws={"label": f"median {data.value_label}"},
         annot_kws={"size": 7},
     )
+    axis.set_title(f"median {data.value_label}", fontsize="small")
     fig.tight_layout()
     return fig
 
