@@ -58,6 +58,10 @@ def test_fidelity_demo_runs_shares_its_pretraining_and_reports_whether_it_helped
     report = (out / "report.html").read_text()
     assert "PSNR (dB), high-fidelity validation set" in report
     assert "Not drawn" not in report  # every figure of the definition applies to the demo
+    # the default (transfer) definition names no headline: it follows the task
+    assert main(["analyze", "demo.yaml", "--out", str(project.root / "default")]) == 0
+    default = (project.root / "default" / "report.html").read_text()
+    assert f"Tables: {HEADLINES['regression'][1]} over seeds" in default
 
 
 def test_headline_follows_the_task():

@@ -235,7 +235,7 @@ def curves(data: FigureData, entry: dict[str, Any]) -> Figure:
     """The headline's validation metric on each run's target domain per epoch: mean ± sd over
     runs."""
     plt, sns = _plt()
-    hue = entry.get("hue")
+    hue = entry.get("hue") if entry.get("hue") in data.runs else None  # a sweep without it
     metric, label = _per_epoch(data)
     runs = _require(data.runs, "target_key").copy()
     runs["target_key"] = runs["target_key"].str.replace("val_loss_adj/", f"val_{metric}/", n=1)
