@@ -4,6 +4,7 @@ model listings."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from zoo.analysis import HEADLINES, Definition, higher_is_better, table_task
 from zoo.cli import main
 from zoo.metrics import HEADLINE
 from zoo.modelzoo import sort_models
+from zoo.modelzoo._ui import _view
 
 ROOT = Path(__file__).parent.parent
 DEMO = ROOT / "sweeps" / "fidelity-demo.yaml"
@@ -81,6 +83,11 @@ def test_headline_follows_the_task():
     assert list(sort_models(segmentation)["run_id"]) == ["b", "a"]
     assert list(sort_models(regression, "target_loss")["run_id"]) == ["b", "a"]
     assert higher_is_better("best_val_iou/transfer/dfp10") and not higher_is_better("target_mae")
+    # the MLflow UI view `zoo ui` links to: best PSNR first; segmentation as before
+    view = json.loads(_view(["loss"], {"target_loss": 0.1, "target_psnr": 20.0}))
+    assert view["orderByKey"] == "metrics.`target_psnr`" and view["orderByAsc"] is False
+    view = json.loads(_view(["freeze"], {"target_loss": 0.4, "target_loss_adj": 0.1}))
+    assert view["orderByKey"] == "metrics.`target_loss_adj`" and view["orderByAsc"] is True
 
 
 @pytest.mark.parametrize(
