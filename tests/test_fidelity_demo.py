@@ -30,7 +30,9 @@ def _tiny_demo() -> dict:
     spec = yaml.safe_load(DEMO.read_text())
     base = spec["base"]
     base["model"].update(encoder="tu-test_resnet", encoder_depth=5, decoder_channels=[16] * 5)
-    base["datasets"]["cheap"].update(image_size=32, count=10, sim_sampling_a=3.2)
+    base["datasets"]["cheap"].update(image_size=32, count=10)
+    if "fidelity" not in base["datasets"]["cheap"]:  # cheap: simulated at the pixel size
+        base["datasets"]["cheap"]["sim_sampling_a"] = 3.2
     base["datasets"]["full"].update(image_size=32, count=10, sim_sampling_a=0.4)
     for stage in base["stages"]:
         stage.update(size=8, epochs=1, batch_size=4)
@@ -75,6 +77,9 @@ def test_headline_follows_the_task():
         {"run_id": ["a", "b"], "target_loss_adj": [0.2, 0.1], "target_loss": [0.5, 0.4]}
     )
     assert table_task(regression) == "regression" and table_task(segmentation) == "segmentation"
+    logged = segmentation.assign(**{"param.model.task": ["regression", None]})
+    assert table_task(logged) == "segmentation"  # mixed: today's default
+    assert table_task(logged.iloc[:1]) == "regression"  # the logged task wins
     assert Definition().resolved(regression).value == "target_psnr"
     assert Definition().resolved(segmentation).value == "target_loss_adj"
     assert Definition(value="target_ssim").resolved(regression).value_label == "target_ssim"

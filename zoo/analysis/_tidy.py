@@ -144,9 +144,10 @@ def aggregate(
 
 
 def run_tasks(runs: pd.DataFrame) -> pd.Series:
-    """Per run, its task: the logged ``task`` param where there is one, else "regression" for a
-    run that logged a regression headline metric, "segmentation" for one that logged its loss
-    (``target_loss``), missing for a run that logged neither (failed before its first epoch)."""
+    """Per run, its task: the logged ``model.task`` param where there is one, else
+    "regression" for a run that logged a regression headline metric, "segmentation" for one
+    that logged its loss (``target_loss``), missing for a run that logged neither (failed
+    before its first epoch)."""
     import pandas as pd
 
     tasks = pd.Series(pd.NA, index=runs.index, dtype="object")
@@ -154,8 +155,8 @@ def run_tasks(runs: pd.DataFrame) -> pd.Series:
         tasks[runs["target_loss"].notna()] = "segmentation"
     if HEADLINES["regression"][0] in runs:
         tasks[runs[HEADLINES["regression"][0]].notna()] = "regression"
-    if "param.task" in runs:
-        tasks = runs["param.task"].where(runs["param.task"].notna(), tasks)
+    if "param.model.task" in runs:
+        tasks = runs["param.model.task"].where(runs["param.model.task"].notna(), tasks)
     return tasks
 
 
