@@ -92,7 +92,7 @@ def _ui_links(url: str) -> None:
     import time
     import urllib.request
 
-    from zoo.modelzoo import HEADLINE, experiment_links
+    from zoo.modelzoo import experiment_links
     from zoo.tracking import Tracker
 
     for _ in range(600):
@@ -101,7 +101,7 @@ def _ui_links(url: str) -> None:
                 break
         except OSError:
             time.sleep(1)
-    for name, link in experiment_links(Tracker(url), url, HEADLINE).items():
+    for name, link in experiment_links(Tracker(url), url).items():
         print(f"  {name}: {link}", flush=True)
 
 
@@ -516,7 +516,7 @@ def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
     listing = model_commands.add_parser("list", help="one row per trained model, best first")
     listing.add_argument("target", nargs="?", help="sweep spec YAML or experiment (default: all)")
     listing.add_argument("--where", action="append", default=[], metavar="AXIS=VALUE")
-    listing.add_argument("--sort", default="target_loss_adj", metavar="METRIC")
+    listing.add_argument("--sort", metavar="METRIC", help="default: the task's headline")
     listing.add_argument("--limit", type=_positive(int), metavar="N")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=_models_list)

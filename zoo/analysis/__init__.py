@@ -11,10 +11,21 @@ from zoo.analysis._import import ImportMapping, import_table, load_mapping, tabl
 from zoo.analysis._load import Tables, load_tables
 from zoo.analysis._publish import publish
 from zoo.analysis._report import Analysis, analyze, load, load_definition
-from zoo.analysis._tidy import Definition, aggregate, apply_offset, prepare
+from zoo.analysis._tidy import (
+    HEADLINES,
+    Definition,
+    aggregate,
+    apply_offset,
+    headline,
+    higher_is_better,
+    prepare,
+    run_tasks,
+    table_task,
+)
 
 __all__ = [
     "FIGURES",
+    "HEADLINES",
     "Analysis",
     "BulkRun",
     "Definition",
@@ -25,6 +36,8 @@ __all__ = [
     "apply_offset",
     "bulk_insert",
     "figure",
+    "headline",
+    "higher_is_better",
     "import_table",
     "load",
     "load_definition",
@@ -32,5 +45,7 @@ __all__ = [
     "load_tables",
     "prepare",
     "publish",
+    "run_tasks",
     "table_runs",
+    "table_task",
 ]

@@ -65,6 +65,25 @@ def _order(series: pd.Series) -> list:
     return sorted(series.unique(), key=lambda v: (isinstance(v, str), v))
 
 
+def _per_epoch(data: FigureData) -> tuple[str, str]:
+    """The per-epoch metric that goes with the headline (its ``val_<metric>/<set>`` and
+    ``best_val_<metric>/…`` columns) and its axis label: the headline's own validation metric
+    (``target_psnr`` -> ``psnr``), else the adjusted loss."""
+    from zoo.metrics import METRICS
+
+    name = data.value.removeprefix("target_")
+    if name in METRICS:
+        return name, f"validation {name.upper()}"
+    return "loss_adj", "adjusted validation loss"
+
+
+def _scale(data: FigureData) -> str:
+    """Losses on a log axis; metrics where higher is better (PSNR, IoU) on a linear one."""
+    from zoo.analysis._tidy import higher_is_better
+
+    return "linear" if higher_is_better(data.value) else "log"
+
+
 @figure("distributions")
 def distributions(data: FigureData, entry: dict[str, Any]) -> Figure:
     """One panel per column: the headline value's distribution for each of its values."""
@@ -105,28 +124,30 @@ def distributions(data: FigureData, entry: dict[str, Any]) -> Figure:
             axis.tick_params(axis="x", labelrotation=20)
         axis.set_title(f"by {column} (median in red)", fontsize="small")
     axes[0][0].set_ylabel(data.value_label)
-    axes[0][0].set_yscale("log")
+    axes[0][0].set_yscale(_scale(data))
     fig.tight_layout()
     return fig
 
 
 @figure("heatmap")
 def heatmap(data: FigureData, entry: dict[str, Any]) -> Figure:
-    """Median headline value over two columns (e.g. pretrain × transfer domain)."""
+    """Median headline value over two columns (e.g. pretrain × transfer domain); brighter is
+    better."""
     plt, sns = _plt()
     rows, columns = entry["rows"], entry["columns"]
     frame = _require(data.runs, data.value, rows, columns)
     table = frame.pivot_table(index=rows, columns=columns, values=data.value, aggfunc="median")
-    fig, axis = plt.subplots(figsize=(1.0 + 0.7 * table.shape[1], 1.0 + 0.55 * table.shape[0]))
+    width, height = 1.0 + 0.7 * table.shape[1], 1.0 + 0.55 * table.shape[0]
+    fig, axis = plt.subplots(figsize=(max(width, 5.0), max(height, 3.0)))  # room for the labels
     sns.heatmap(
         table,
         annot=True,
         fmt=".3g",
-        cmap="viridis_r",
+        cmap="viridis_r" if _scale(data) == "log" else "viridis",
         ax=axis,
-        cbar_kws={"label": f"median {data.value_label}"},
         annot_kws={"size": 7},
     )
+    axis.set_title(f"median {data.value_label}", fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -179,9 +200,11 @@ def baseline(data: FigureData, entry: dict[str, Any]) -> Figure:
 
 @figure("generalisation")
 def generalisation(data: FigureData, entry: dict[str, Any]) -> Figure:
-    """Adjusted validation loss of the final models on every validation domain."""
+    """The headline's validation metric (adjusted loss, PSNR...) of the final models on every
+    validation domain."""
     plt, sns = _plt()
-    prefix = f"best_val_loss_adj/{entry['stage']}/"
+    metric, label = _per_epoch(data)
+    prefix = f"best_val_{metric}/{entry['stage']}/"
     columns = [c for c in data.runs.columns if c.startswith(prefix)]
     if not columns:
         raise Skip(f"no columns {prefix}*")
@@ -199,8 +222,8 @@ def generalisation(data: FigureData, entry: dict[str, Any]) -> Figure:
         showfliers=False,
     )
     axis.set(
-        ylabel="best adjusted validation loss",
-        yscale="log",
+        ylabel=f"best {label}",
+        yscale=_scale(data),
         title=f"after {entry['stage']}, on every validation domain",
     )
     fig.tight_layout()
@@ -209,10 +232,13 @@ def generalisation(data: FigureData, entry: dict[str, Any]) -> Figure:
 
 @figure("curves")
 def curves(data: FigureData, entry: dict[str, Any]) -> Figure:
-    """Validation loss on each run's target domain per epoch: mean ± sd over runs."""
+    """The headline's validation metric on each run's target domain per epoch: mean ± sd over
+    runs."""
     plt, sns = _plt()
-    hue = entry.get("hue")
-    runs = _require(data.runs, "target_key")
+    hue = entry.get("hue") if entry.get("hue") in data.runs else None  # a sweep without it
+    metric, label = _per_epoch(data)
+    runs = _require(data.runs, "target_key").copy()
+    runs["target_key"] = runs["target_key"].str.replace("val_loss_adj/", f"val_{metric}/", n=1)
     history = data.histories.merge(
         runs[["run_id", "target_key", *([hue] if hue else [])]], on="run_id"
     )
@@ -221,9 +247,7 @@ def curves(data: FigureData, entry: dict[str, Any]) -> Figure:
         raise Skip("no per-epoch validation histories")
     fig, axis = plt.subplots(figsize=(6, 3.6))
     sns.lineplot(history, x="step", y="value", hue=hue, errorbar="sd", ax=axis, marker="o")
-    axis.set(
-        xlabel="epoch (all stages)", ylabel="adjusted validation loss, target domain", yscale="log"
-    )
+    axis.set(xlabel="epoch (all stages)", ylabel=f"{label}, target domain", yscale=_scale(data))
     fig.tight_layout()
     return fig
 

@@ -75,7 +75,7 @@ def _aggregates(runs: Any, axes: list[str], definition: Definition, out: Path) -
     for name, columns in groupings.items():
         if columns:
             path = out / f"aggregate_{name}.csv"
-            aggregate(runs, columns, value).to_csv(path, index=False)
+            aggregate(runs, columns, value, definition.medians).to_csv(path, index=False)
             written[name] = path
     return written
 
@@ -89,13 +89,17 @@ def analyze(
     baseline: Tables | None = None,
     expected: set[str] | None = None,
 ) -> Analysis:
-    """Write runs.parquet/csv, aggregate CSVs, figures (PNG, SVG) and report.html into ``out``."""
+    """Write runs.parquet/csv, aggregate CSVs, figures (PNG, SVG) and report.html into ``out``.
+
+    The headline value is the definition's, or where it names none the runs' task's
+    (best adjusted loss for segmentation, PSNR for regression)."""
     out.mkdir(parents=True, exist_ok=True)
     tables.runs.to_parquet(out / "runs.parquet", index=False)
     tables.runs.to_csv(out / "runs.csv", index=False)
     status, failures = _status(tables, expected)
     analysis = Analysis(out, status, failures)
     runs = prepare(tables.runs, definition, offset)
+    definition = definition.resolved(runs)
     analysis.tables = _aggregates(runs, list(tables.axes), definition, out)
     data = FigureData(
         runs,

@@ -11,10 +11,31 @@ from zoo._typed import check
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["STATS", "Definition", "aggregate", "apply_offset", "lookup", "prepare"]
+__all__ = [
+    "HEADLINES",
+    "STATS",
+    "Definition",
+    "aggregate",
+    "apply_offset",
+    "headline",
+    "higher_is_better",
+    "lookup",
+    "prepare",
+    "run_tasks",
+    "table_task",
+]
 
 STATS = ["count", "mean", "median", "std", "min"]
 _TEMPLATE = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
+_METRIC = re.compile(r"(?:pretrain_)?(?:target|best_val|val)_(\w+?)(?:/|$)")
+
+# The headline column of each task, with its label: what a report tabulates, a plan names and
+# `zoo models list` sorts on unless told otherwise. Segmentation keeps the paper's best
+# adjusted loss; regression takes the first of zoo.metrics.HEADLINE["regression"] (PSNR).
+HEADLINES: dict[str, tuple[str, str]] = {
+    "segmentation": ("target_loss_adj", "best adjusted loss, target domain"),
+    "regression": ("target_psnr", "PSNR (dB) at the best epoch, target domain"),
+}
 
 
 @dataclass(frozen=True)
@@ -22,11 +43,12 @@ class Definition:
     """A report definition (``analysis/*.yaml``): what to tabulate and draw."""
 
     title: str = "Sweep report"
-    value: str = "target_loss_adj"  # the headline column
-    value_label: str = "best adjusted loss, target domain"
+    value: str | None = None  # the headline column; None: the runs' task's (HEADLINES)
+    value_label: str | None = None  # None: the task's label, or the column's name
     derive: dict[str, Any] = field(default_factory=dict)  # name -> "template" or {column: tmpl}
     exclude: dict[str, list[Any]] = field(default_factory=dict)  # column -> values left out
     tables: tuple[tuple[str, ...], ...] = ()  # extra groupings to aggregate over seeds
+    medians: tuple[str, ...] = ()  # further columns whose median every table shows beside
     figures: tuple[dict[str, Any], ...] = ()  # {kind: ..., name: ..., kind-specific columns}
 
     def validate(self, where: str) -> None:
@@ -39,6 +61,16 @@ class Definition:
                 entry,
                 "{kind: ..., name: ...} with kind one of " + ", ".join(FIGURES),
             )
+
+    def resolved(self, runs: pd.DataFrame) -> Definition:
+        """This definition with ``value`` and ``value_label`` filled in where it leaves them
+        out: the headline of the task of ``runs`` (see ``table_task``)."""
+        from dataclasses import replace
+
+        value, label = HEADLINES[table_task(runs)]
+        if self.value is not None:
+            value, label = self.value, label if self.value == value else self.value
+        return replace(self, value=value, value_label=self.value_label or label)
 
 
 def _render(template: str, row: dict[str, Any]) -> str | None:
@@ -98,6 +130,53 @@ def prepare(runs: pd.DataFrame, definition: Definition, offset: float | None) ->
     return runs
 
 
-def aggregate(runs: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
-    """count, mean, median, std, min of ``value`` for each combination of ``by``."""
-    return runs.groupby(by, dropna=False)[value].agg(STATS).reset_index()
+def aggregate(
+    runs: pd.DataFrame, by: list[str], value: str, medians: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """count, mean, median, std, min of ``value`` for each combination of ``by``, then the
+    median of each column of ``medians`` that ``runs`` has (as ``median <column>``)."""
+    groups = runs.groupby(by, dropna=False)
+    table = groups[value].agg(STATS)
+    for column in medians:
+        if column in runs:
+            table[f"median {column}"] = groups[column].median()
+    return table.reset_index()
+
+
+def run_tasks(runs: pd.DataFrame) -> pd.Series:
+    """Per run, its task: the logged ``model.task`` param where there is one, else
+    "regression" for a run that logged a regression headline metric, "segmentation" for one
+    that logged its loss (``target_loss``), missing for a run that logged neither (failed
+    before its first epoch)."""
+    import pandas as pd
+
+    tasks = pd.Series(pd.NA, index=runs.index, dtype="object")
+    if "target_loss" in runs:
+        tasks[runs["target_loss"].notna()] = "segmentation"
+    if HEADLINES["regression"][0] in runs:
+        tasks[runs[HEADLINES["regression"][0]].notna()] = "regression"
+    if "param.model.task" in runs:
+        tasks = runs["param.model.task"].where(runs["param.model.task"].notna(), tasks)
+    return tasks
+
+
+def table_task(runs: pd.DataFrame) -> str:
+    """The task of ``runs`` when every run whose task is known shares it; "segmentation"
+    (today's default) when none is known or they mix."""
+    known = set(run_tasks(runs).dropna())
+    return known.pop() if len(known) == 1 else "segmentation"
+
+
+def headline(runs: pd.DataFrame) -> str:
+    """The headline column for ``runs``: their task's (HEADLINES)."""
+    return HEADLINES[table_task(runs)][0]
+
+
+def higher_is_better(column: str) -> bool:
+    """Whether a larger value of a metric column is better: for columns of a registered
+    validation metric (``target_psnr``, ``best_val_iou/…``) its direction, else (losses) no."""
+    from zoo.metrics import METRICS
+
+    found = _METRIC.match(column)
+    metric = METRICS.get(found.group(1)) if found else None
+    return metric.higher_is_better if metric else False

@@ -7,7 +7,7 @@ or ``NAME/version``, or a query ``EXPERIMENT[:AXIS=VALUE,...]``.
 """
 
 from zoo.modelzoo._card import describe, export_model, model_card
-from zoo.modelzoo._list import HEADLINE, filter_models, format_models, model_table, sort_models
+from zoo.modelzoo._list import filter_models, format_models, model_table, sort_models
 from zoo.modelzoo._load import (
     LoadedModel,
     fetch_weights,
@@ -22,7 +22,6 @@ from zoo.modelzoo._registry import register_model
 from zoo.modelzoo._ui import experiment_links
 
 __all__ = [
-    "HEADLINE",
     "LoadedModel",
     "ModelRef",
     "describe",

@@ -11,9 +11,8 @@ from zoo.errors import ConfigError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["HEADLINE", "filter_models", "format_models", "model_table", "sort_models"]
+__all__ = ["filter_models", "format_models", "model_table", "sort_models"]
 
-HEADLINE = "target_loss_adj"  # best adjusted validation loss on the last stage's own domain
 _FIXED = ("run_id", "name", "experiment")
 _TAIL = ("train", "validate", "params", "state")
 _PARAMS = (*(f"stages.{i}.train" for i in range(8)), "validate_on")  # what a listing reads
@@ -107,13 +106,19 @@ def filter_models(table: pd.DataFrame, where: list[str]) -> pd.DataFrame:
     return table
 
 
-def sort_models(table: pd.DataFrame, metric: str = HEADLINE) -> pd.DataFrame:
-    """Best first: ascending for losses, descending for IoU and accuracy; missing last."""
+def sort_models(table: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+    """Best first by ``metric``, default the headline of the models' task (best adjusted loss
+    for segmentation, PSNR for regression: zoo.analysis.HEADLINES): descending where higher
+    is better (IoU, accuracy, PSNR, SSIM), else ascending; missing last."""
+    from zoo.analysis import headline, higher_is_better
+
+    metric = metric or headline(table)
     if metric not in table:
         known = [c for c in table.columns if c.startswith(("target_", "best_val_"))]
         raise ConfigError(f"--sort {metric!r}: not a metric here; known: " + ", ".join(known))
-    descending = re.search(r"iou|acc", metric) is not None
-    return table.sort_values(metric, ascending=not descending, na_position="last", kind="stable")
+    return table.sort_values(
+        metric, ascending=not higher_is_better(metric), na_position="last", kind="stable"
+    )
 
 
 def _cell(value: Any) -> str:
@@ -124,8 +129,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def format_models(table: pd.DataFrame, metric: str = HEADLINE) -> str:
-    """``table`` as aligned text: identity, axes, ``metric``, domains, parameters, state."""
+def format_models(table: pd.DataFrame, metric: str | None = None) -> str:
+    """``table`` as aligned text: identity, axes, ``metric`` (default the models' headline),
+    domains, parameters, state."""
+    from zoo.analysis import headline
+
+    metric = metric or headline(table)
     fixed = {*_FIXED, *_TAIL}
     axes = [
         c

@@ -43,12 +43,12 @@ def _registered(text: str, client) -> ModelRef:
 
 
 def _query(text: str, uri: str) -> ModelRef:
-    from zoo.modelzoo._list import HEADLINE, filter_models, model_table, sort_models
+    from zoo.modelzoo._list import filter_models, model_table, sort_models
 
     experiment, _, conditions = text.partition(":")
     table = model_table(uri, [experiment])
     table = filter_models(table, [c for c in conditions.split(",") if c])
-    table = sort_models(table[table["state"] == "FINISHED"], HEADLINE)
+    table = sort_models(table[table["state"] == "FINISHED"])  # by the task's headline
     if table.empty:
         raise ConfigError(f"model {text!r}: no finished model matches")
     return ModelRef(text, str(table["run_id"].iloc[0]))

@@ -6,7 +6,8 @@ MLflow 3.17's UI picks its workflow (GenAI or model training) from the URL's
 the training workflow and a shared view state, stored as the experiment tag
 ``mlflow.sharedViewState.<key>`` the way the UI's own "share" button stores it:
 the models (``zoo.kind = run``, shared stages left out) sorted by the headline
-metric, with the axis and metric columns shown.
+metric of their task (zoo.analysis.HEADLINES), best first, with the axis and metric
+columns shown.
 """
 
 from __future__ import annotations
@@ -21,28 +22,37 @@ __all__ = ["VIEW_KEY", "experiment_links"]
 
 VIEW_KEY = "zoo-models"
 _SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
-_COLUMNS = ("target_loss_adj", "target_iou", "params_total")
+_COLUMNS = {  # the metric columns shown for each task, its headline first
+    "segmentation": ("target_loss_adj", "target_iou", "params_total"),
+    "regression": ("target_psnr", "target_ssim", "target_mae", "target_loss_adj", "params_total"),
+}
 
 
-def _view(axes: list[str], headline: str) -> str:
-    metrics = [headline, *(m for m in _COLUMNS if m != headline)]
+def _view(axes: list[str], metrics: dict[str, float]) -> str:
+    """The view of an experiment whose models log ``metrics`` (those of one of its runs)."""
+    import pandas as pd
+
+    from zoo.analysis import HEADLINES, higher_is_better, table_task
+
+    task = table_task(pd.DataFrame([metrics]))
+    best = HEADLINES[task][0]
     return json.dumps(
         {
             "searchFilter": "tags.`zoo.kind` = 'run'",
-            "orderByKey": f"metrics.`{headline}`",
-            "orderByAsc": True,
+            "orderByKey": f"metrics.`{best}`",
+            "orderByAsc": not higher_is_better(best),
             "startTime": "ALL",
             "lifecycleFilter": "Active",
             "modelVersionFilter": "All Runs",
             "datasetsFilter": [],
             "selectedColumns": [f"tags.`zoo.axis.{a}`" for a in axes]
-            + [f"metrics.`{m}`" for m in metrics],
+            + [f"metrics.`{m}`" for m in _COLUMNS[task]],
             "runsExpanded": {},
         }
     )
 
 
-def experiment_links(tracker: Tracker, base_url: str, headline: str) -> dict[str, str]:
+def experiment_links(tracker: Tracker, base_url: str) -> dict[str, str]:
     """Experiment name -> URL of its models view, for every experiment with zoo runs;
     writes (or refreshes) each experiment's view tag."""
     links = {}
@@ -55,7 +65,7 @@ def experiment_links(tracker: Tracker, base_url: str, headline: str) -> dict[str
         tags = found[0].data.tags
         axes = [k[len("zoo.axis.") :] for k in tags if k.startswith("zoo.axis.")]
         key = _SHARED_VIEW_PREFIX + VIEW_KEY
-        view = _view(axes, headline)
+        view = _view(axes, found[0].data.metrics)
         if experiment.tags.get(key) != view:
             tracker.client.set_experiment_tag(experiment.experiment_id, key, view)
         links[experiment.name] = (

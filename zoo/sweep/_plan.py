@@ -11,7 +11,7 @@ from zoo.config import RunConfig
 from zoo.errors import ConfigError
 from zoo.sweep._spec import Expanded, SweepSpec, expand, references
 
-__all__ = ["Job", "Plan", "check_plan", "make_plan"]
+__all__ = ["Job", "Plan", "check_plan", "make_plan", "plan_task"]
 
 
 @dataclass(frozen=True)
@@ -194,12 +194,26 @@ def measure_images_per_s(config: RunConfig, steps: int = 4, max_side: int = 128)
     return rate * (timed_side / side) ** 2
 
 
+def plan_task(plan: Plan) -> str:
+    """The task of the plan's runs: that of the last stage's loss ("segmentation" for a plan
+    without runs), read from its first run."""
+    from zoo.losses import loss_task
+
+    return loss_task(plan.runs[0].config.stages[-1].loss) if plan.runs else "segmentation"
+
+
 def report(plan: Plan, images_per_s: float, show: int = 3) -> dict[str, Any]:
-    """The plan as JSON-ready data: counts, estimated hours and the first configs."""
+    """The plan as JSON-ready data: counts, the task and the headline its reports rank by,
+    estimated hours and the first configs."""
+    from zoo.analysis import HEADLINES
+
     counts = plan.counts()
+    task = plan_task(plan)
     return {
         "sweep": plan.spec.name,
         **counts,
+        "task": task,
+        "headline": HEADLINES[task][0],
         "images_per_s": images_per_s,
         "hours": counts["image_passes"] / images_per_s / 3600,
         "hours_unshared": counts["image_passes_unshared"] / images_per_s / 3600,
@@ -222,6 +236,9 @@ def format_report(summary: dict[str, Any]) -> str:
     lines.append(
         f"  training image passes: {summary['image_passes']:,} "
         f"({summary['image_passes_unshared']:,} without sharing, {ratio:.1f}× more)"
+    )
+    lines.append(
+        f"  task {summary['task']}: reports and `zoo models list` rank by {summary['headline']}"
     )
     lines.append(
         f"  estimated time at {summary['images_per_s']:.1f} images/s: "
