@@ -103,8 +103,9 @@ class _Ranked(Shard):
         global_batchnorm(model)
         ids = [group.device.index] if group.device.type == "cuda" else None
         network = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=ids, broadcast_buffers=False
-        )  # the constructor broadcasts rank 0's weights and buffers
+            model, device_ids=ids, forward_sync_buffers=False
+        )  # the constructor broadcasts rank 0's weights and buffers; the batch-norm
+        # buffers then stay equal on every rank without a broadcast per step
         super().__init__(network)
         self.group = group
 
@@ -166,6 +167,22 @@ def _sync_optimizer(group: Group, optimizer: torch.optim.Optimizer) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+class _Summed(torch.autograd.Function):
+    """A tensor summed over the ranks; its gradient is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        summed = tensor.clone()
+        dist.all_reduce(summed)
+        return summed
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        summed = grad.clone()
+        dist.all_reduce(summed)
+        return summed
+
+
 class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
     """BatchNorm2d that normalises with the statistics of the global batch in training:
     each channel's count, sum and sum of squared deviations all-reduced over the ranks
@@ -175,15 +192,13 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims, values = (0, 2, 3), x.float()
         count = torch.full((1,), x.numel() / max(x.shape[1], 1), device=x.device)
-        sums = all_reduce(torch.cat([values.sum(dims), count]))
+        sums = _Summed.apply(torch.cat([values.sum(dims), count]))
         total = sums[-1]
         mean = sums[:-1] / total
         centred = values - mean.view(1, -1, 1, 1)
-        var = all_reduce(centred.square().sum(dims)) / total
+        var = _Summed.apply(centred.square().sum(dims)) / total
         if self.track_running_stats:
             self._track(mean.detach(), var.detach(), total.detach())
         y = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
