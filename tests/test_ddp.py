@@ -9,6 +9,8 @@ instead of computed in one pass.
 
 from __future__ import annotations
 
+import multiprocessing
+
 import pytest
 import torch
 import yaml
@@ -113,8 +115,25 @@ def _histories(tracking_uri: str, experiment: str) -> tuple[dict, dict]:
     return history, run.data.params
 
 
+def _preempted_then_resumed(project, document: dict) -> None:
+    """Train ``document`` stopped (USR1's flag) after its first step, then to the end."""
+    from zoo.run import run
+    from zoo.tracking import Tracker
+    from zoo.train import STOP, Preempted
+
+    config, tracker = resolve(document), Tracker(project.tracking_uri, project)
+    STOP.set()
+    try:
+        with pytest.raises(Preempted):
+            run(config, tracker, project, echo=lambda _: None)
+    finally:
+        STOP.clear()
+    assert not multiprocessing.active_children()  # rank 0 ended the follower
+    run(config, tracker, project, echo=lambda _: None)
+
+
 @pytest.mark.slow
-def test_two_processes_give_the_losses_of_one(project):
+def test_two_processes_give_the_losses_of_one_and_resume_after_preemption(project):
     for devices in (1, 2):
         path = project.root / f"run{devices}.yaml"
         path.write_text(yaml.safe_dump(_config(devices)))
@@ -125,7 +144,15 @@ def test_two_processes_give_the_losses_of_one(project):
     assert [len(v) for v in two.values()] == [3, 3]
     for key in one:
         assert two[key] == pytest.approx(one[key], rel=TOLERANCE), key
-    assert one != two  # two processes really ran: the sums are not bit for bit the same
+    two_processes = resolve(_config(2))
+    for index in range(2):  # its own stages, not the one-process checkpoints
+        assert project.stage_files(two_processes.stage_digest(index)).result.exists()
+    assert not multiprocessing.active_children()  # the follower ended with the run
+    # preempted mid-epoch on 2 processes: the rest resumes as if never stopped
+    _preempted_then_resumed(project, {**_config(2), "experiment": "ddp2p", "share_stages": False})
+    resumed, _ = _histories(project.tracking_uri, "ddp2p")
+    for key in two:
+        assert resumed[key] == pytest.approx(two[key], rel=1e-6), key
 
 
 def test_gpus_per_task_trains_each_run_on_that_many_gpus(project, tiny_spec, capsys):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -65,9 +66,11 @@ class Group:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
     def command(self, kind: int = DONE, value: int = 0) -> tuple[int, int]:
-        """Rank 0 sends (kind, value); a follower receives it."""
+        """Rank 0 sends (kind, value) without waiting for the device; a follower receives it."""
         message = torch.tensor([kind, value], dtype=torch.int64, device=self.wire)
         dist.broadcast(message, 0)
+        if self.leader:
+            return kind, value
         received = message.tolist()
         return received[0], received[1]
 
@@ -320,6 +323,7 @@ def _follow(
     from zoo.paths import ProjectPaths
     from zoo.train import to_device
 
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # rank 0 alone checkpoints on USR1
     torch.set_num_threads(threads)
     config = resolve(document)
     device = _rank_device(config, rank)
