@@ -40,8 +40,23 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from zoo.config import RunConfig
-from zoo.train import Batcher, Shard, ShardFactory, Step, train_step
+from zoo.config import RunConfig, resolve
+from zoo.losses import make_loss
+from zoo.models import create_model, freeze, set_train_mode
+from zoo.paths import ProjectPaths
+from zoo.train import (
+    Batcher,
+    Shard,
+    ShardFactory,
+    Step,
+    amp_dtype,
+    epoch_order,
+    make_optimizer,
+    pick_device,
+    stage_lr,
+    to_device,
+    train_step,
+)
 
 __all__ = ["GlobalBatchNorm2d", "Group", "global_batchnorm", "group"]
 
@@ -66,7 +81,8 @@ class Group:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
     def command(self, kind: int = DONE, value: int = 0) -> tuple[int, int]:
-        """Rank 0 sends (kind, value) without waiting for the device; a follower receives it."""
+        """Rank 0 sends (kind, value) without waiting for the device; a follower receives
+        it (its own arguments are ignored)."""
         message = torch.tensor([kind, value], dtype=torch.int64, device=self.wire)
         dist.broadcast(message, 0)
         if self.leader:
@@ -231,8 +247,6 @@ def global_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
 
 def _rank_device(config: RunConfig, rank: int) -> torch.device:
     """Rank ``rank``'s device: GPU ``rank`` when the run trains on CUDA, else the CPU."""
-    from zoo.train import pick_device
-
     cuda = pick_device(config).type == "cuda"
     return torch.device("cuda", rank) if cuda else torch.device("cpu")
 
@@ -319,10 +333,6 @@ def _follow(
     threads: int = 1,
 ) -> None:
     """A follower process: load the data, join the group, obey rank 0 until DONE."""
-    from zoo.config import resolve
-    from zoo.paths import ProjectPaths
-    from zoo.train import to_device
-
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # rank 0 alone checkpoints on USR1
     torch.set_num_threads(threads)
     config = resolve(document)
@@ -357,10 +367,6 @@ class _Follower:
             handlers[kind](value)
 
     def stage(self, index: int) -> None:
-        from zoo.losses import make_loss
-        from zoo.models import create_model, freeze
-        from zoo.train import amp_dtype, make_optimizer
-
         config, device = self.config, self.me.device
         self.index, self.stage_config = index, config.stages[index]
         torch.manual_seed(config.seed)
@@ -377,9 +383,6 @@ class _Follower:
         self.train = Step(network, self.optimizer, loss, config.model.head, amp, scaler)
 
     def epoch(self, epoch: int) -> None:
-        from zoo.models import set_train_mode
-        from zoo.train import epoch_order, stage_lr
-
         stage, config = self.stage_config, self.config
         for group in self.optimizer.param_groups:
             group["lr"] = stage_lr(stage, epoch)
