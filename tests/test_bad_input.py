@@ -117,6 +117,8 @@ def _bomb(where: str) -> str:
 
 PLAN = ["sweep", "plan", "spec.yaml", "--images-per-s", "1"]
 TRAIN = ["train", "run.yaml"]
+SUBMIT_DRY = ["sweep", "submit", "spec.yaml", "--dry-run"]
+RUNS_PER_GPU_2 = ["--runs-per-task", "2", "--runs-per-gpu", "2"]
 
 
 def spec(extra: str = "", text: str | None = None) -> dict:
@@ -364,6 +366,34 @@ CASES = [
         2,
         r"--runs-per-gpu: '0'",
     ),
+    (
+        "gpus-per-task-zero",
+        spec(),
+        ["sweep", "submit", "spec.yaml", "--dry-run", "--gpus-per-task", "0"],
+        2,
+        r"--gpus-per-task: 0 is not allowed; expected an integer >= 1",
+    ),
+    (
+        "gpus-per-task-negative",
+        spec(),
+        ["sweep", "submit", "spec.yaml", "--dry-run", "--gpus-per-task", "-2"],
+        2,
+        r"--gpus-per-task: -2 is not allowed; expected an integer >= 1",
+    ),
+    (
+        "gpus-per-task-with-runs-per-gpu",
+        spec(),
+        [*SUBMIT_DRY, "--gpus-per-task", "2", *RUNS_PER_GPU_2],
+        2,
+        r"--runs-per-gpu: 2 is not allowed with --gpus-per-task 2; expected 1",
+    ),
+    (
+        "gpus-per-task-below-devices",
+        spec("axes: [{product: {n: [1, 4]}}]\nset: {devices: $n}\n"),
+        ["sweep", "submit", "spec.yaml", "--dry-run", "--gpus-per-task", "2"],
+        2,
+        r"spec run \{\"n\": 4, \"seed\": 0\}: config\.devices: 4 is more than --gpus-per-task 2",
+    ),
     ("show-negative", spec(), ["sweep", "plan", "spec.yaml", "--show", "-2"], 2, r"--show: '-2'"),
     (
         "data-show-count-zero",
@@ -429,6 +459,28 @@ CASES = [
         TRAIN,
         2,
         r"config\.device: 'cuda:99' is not available",
+    ),
+    ("devices-zero", run(devices=0), TRAIN, 2, r"config\.devices: 0 is not allowed"),
+    (
+        "devices-more-than-gpus",
+        run(devices=16, device="cuda"),
+        TRAIN,
+        2,
+        r"config\.devices: 16 is not available here \(\d+ CUDA devices\)",
+    ),
+    (
+        "devices-with-cuda-index",
+        run(devices=2, device="cuda:1"),
+        TRAIN,
+        2,
+        r"config\.device: 'cuda:1' is not allowed; expected auto, cpu or cuda with devices: 2",
+    ),
+    (
+        "devices-above-batch-size",
+        run(devices=4, stage={"batch_size": 2}),
+        TRAIN,
+        2,
+        r"config\.stages\.0\.batch_size: 2 is not allowed; expected at least devices \(4\)",
     ),
     ("in-channels-3", run(model={"in_channels": 3}), TRAIN, 2, r"config\.model\.in_channels: 3"),
     (

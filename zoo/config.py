@@ -41,7 +41,7 @@ __all__ = [
 STAGE_VERSION = 1
 # Fields that change where or how a run executes, not what it computes; each enters the
 # identity only when set to a non-default value, so hashes made before that stay valid.
-EXECUTION_FIELDS = ("device", "power_cap_w", "log_weights", "share_stages")
+EXECUTION_FIELDS = ("device", "devices", "power_cap_w", "log_weights", "share_stages")
 NOT_IDENTITY = ("experiment", *EXECUTION_FIELDS)
 
 
@@ -292,6 +292,9 @@ class RunConfig:
     validate_on: tuple[str, ...] = ()  # validation sets each epoch; empty = every stage's train set
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
     device: str = "auto"  # auto, cpu, cuda, cuda:N
+    # processes training this run together (DistributedDataParallel, zoo.distributed): each
+    # GPU 0..N-1 of this machine, or N CPU processes; the batch sizes stay global
+    devices: int = 1
     power_cap_w: float | None = None  # NVML power limit to set while training (needs root)
     compile: bool = False  # torch.compile the model; compile time logged as compile_seconds
     val_batch_size: int = 64
@@ -365,12 +368,30 @@ class RunConfig:
             self.device,
             "auto, cpu, cuda or cuda:N",
         )
+        self._validate_devices(where)
         check(
             self.power_cap_w is None or self.power_cap_w > 0,
             f"{where}.power_cap_w",
             self.power_cap_w,
             "watts > 0 or null",
         )
+
+    def _validate_devices(self, where: str) -> None:
+        check(self.devices >= 1, f"{where}.devices", self.devices, "an integer >= 1")
+        check(
+            self.devices == 1 or ":" not in self.device,
+            f"{where}.device",
+            self.device,
+            f"auto, cpu or cuda with devices: {self.devices} (the run uses cuda:0 to "
+            f"cuda:{self.devices - 1})",
+        )
+        for i, stage in enumerate(self.stages):
+            check(
+                stage.batch_size >= self.devices,
+                f"{where}.stages.{i}.batch_size",
+                stage.batch_size,
+                f"at least devices ({self.devices}): the batch is split across them",
+            )
 
     @property
     def validation_sets(self) -> tuple[str, ...]:
@@ -459,8 +480,11 @@ class RunConfig:
         if inits:  # the contents of init files and the identities of init runs
             run_document["init_files"] = inits
         run = _hash(run_document)
-        # a stage's numbers depend on where it trains; its energy on the power cap
-        placement = {k: v for k, v in execution.items() if k in ("device", "power_cap_w")}
+        # a stage's numbers depend on where and on how many devices it trains (not bit for
+        # bit the same as one process); its energy on the power cap
+        placement = {
+            k: v for k, v in execution.items() if k in ("device", "devices", "power_cap_w")
+        }
         digests: list[str] = []
         documents: list[dict[str, Any]] = []
         for index, stage in enumerate(self.stages):

@@ -20,6 +20,7 @@ import torch
 import yaml
 from filelock import FileLock, Timeout
 
+from zoo import distributed
 from zoo._liveness import Heartbeat
 from zoo.artifacts import log_linked
 from zoo.checkpoint import load_weights
@@ -35,6 +36,7 @@ from zoo.resident import device_datasets
 from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
 from zoo.train import (
     Preempted,
+    ShardFactory,
     StageResult,
     check_data,
     git_commit,
@@ -311,7 +313,10 @@ def _attempt(
             if existing is None:
                 tracker.log_params(run_id, {**flatten(config.to_dict()), "loss_floor": floor})
             data = device_datasets(datasets, device, echo, config.model)
-            results = _train_stages(config, data, tracker, run_id, logged, paths, echo, on_epoch)
+            with distributed.group(config, paths.root, load_datasets) as shard:
+                results = _train_stages(
+                    config, data, tracker, run_id, logged, paths, echo, on_epoch, shard
+                )
             tracker.log_metrics(run_id, _summary(config, results, floor, results[-1].total), 0)
             _artifacts(config, results, datasets, tracker, run_id)
     except Preempted:
@@ -338,6 +343,7 @@ def _train_stages(
     paths: ProjectPaths,
     echo: Callable[[str], None],
     hook: EpochHook | None = None,
+    shard: ShardFactory | None = None,
 ) -> list[StageResult]:
     results: list[StageResult] = []
     offset = 0
@@ -372,6 +378,8 @@ def _train_stages(
         with FileLock(str(folder / ".lock")):
             continue_stage(config, index, paths, echo)
             previous = results[-1] if results else None
-            results.append(train_stage(config, index, data, folder, previous, fetch_run, on_epoch))
+            results.append(
+                train_stage(config, index, data, folder, previous, fetch_run, on_epoch, shard)
+            )
         offset += stage.epochs
     return results

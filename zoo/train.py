@@ -51,8 +51,11 @@ __all__ = [
     "Batcher",
     "DeviceData",
     "Preempted",
+    "Shard",
+    "ShardFactory",
     "StageResult",
     "Step",
+    "amp_dtype",
     "check_data",
     "dataset_stats",
     "dihedral",
@@ -120,12 +123,18 @@ def _clock(device: torch.device) -> float:
 
 
 def pick_device(config: RunConfig) -> torch.device:
-    """The device to train on; a CUDA device this machine lacks is a ConfigError."""
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(config.device)
+    """The device to train on (rank 0's with ``devices`` > 1); a CUDA device this machine
+    lacks, or fewer GPUs than ``devices``, is a ConfigError."""
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if config.device == "auto" else config.device)
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if config.devices > max(count, 1):
+            raise ConfigError(
+                f"config.devices: {config.devices} is not available here ({count} CUDA "
+                f"devices); expected at most {count} with device {config.device!r}, or "
+                "device: cpu"
+            )
         if (device.index or 0) >= count:
             raise ConfigError(
                 f"config.device: {config.device!r} is not available here "
@@ -252,7 +261,7 @@ def check_data(config: RunConfig, datasets: dict[str, Dataset]) -> None:
             )
 
 
-def _amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
+def amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
     amp = config.amp
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" else "off"
@@ -329,6 +338,30 @@ def train_step(step: Step, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     step.scaler.step(step.optimizer)
     step.scaler.update()
     return loss.detach()
+
+
+class Shard:
+    """How one process takes part in training a stage; this one trains every batch whole.
+    zoo.distributed's subclass trains its share of each batch as one of several ranks."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.network = model  # what the training steps call
+
+    def epoch(self, epoch: int) -> None:
+        """Epoch ``epoch`` starts (after its learning rate and train mode are set)."""
+
+    def step(self, step: Step, batches: Batcher, start: int, size: int) -> torch.Tensor:
+        """Train on the batch of ``size`` images from ``start`` of the epoch's order;
+        returns the summed loss of the images this process trained on (a device tensor)."""
+        x, y = batches(start, size)
+        return train_step(step, x, y) * len(x)
+
+    def total(self, total: torch.Tensor) -> torch.Tensor:
+        """The summed training loss of every process, given this one's."""
+        return total
+
+
+ShardFactory = Callable[[RunConfig, int, torch.nn.Module, torch.optim.Optimizer], Shard]
 
 
 def make_optimizer(stage: StageConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -459,11 +492,13 @@ def train_stage(
     previous: StageResult | None,
     fetch_run: Callable[[str], Path],
     on_epoch: EpochCallback,
+    shard: ShardFactory | None = None,
 ) -> StageResult:
     """Train stage ``index`` into ``folder``, resuming from its checkpoint if one exists.
 
     A finished stage (``result.json`` present) is not trained again: its saved
-    history is replayed through ``on_epoch`` and returned.
+    history is replayed through ``on_epoch`` and returned. ``shard`` makes this
+    process's part in training (default: all of it, zoo.train.Shard).
     """
     files = StagePaths(folder)
     done = files.result
@@ -471,7 +506,7 @@ def train_stage(
     if finished is not None:
         return _replay(finished, folder, on_epoch)
     stage, device = config.stages[index], data[config.stages[index].train].train_images.device
-    amp = _amp_dtype(config, device)
+    amp = amp_dtype(config, device)
     floor = loss_floor(stage.loss, config.model.head, config.model.classes)
     record = stage_record(config, index)
     atomic_write_text(files.record, json.dumps(record, indent=1))  # what is trained here
@@ -482,7 +517,8 @@ def train_stage(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     source = data[stage.train]
     count = min(stage.size or len(source.train_images), len(source.train_images))
-    network = torch.compile(model) if config.compile else model
+    part = shard(config, index, model, optimizer) if shard else Shard(model)
+    network = torch.compile(part.network) if config.compile else part.network
     step = Step(network, optimizer, make_loss(stage.loss), config.model.head, amp, scaler)
     device_index = (device.index or 0) if device.type == "cuda" else None
     compiled = not config.compile  # the first step in this process compiles the model
@@ -500,11 +536,11 @@ def train_stage(
             started -= partial["seconds"]
             total = torch.tensor(partial["total"], device=device)
             batches = Batcher(source, order)
+            part.epoch(epoch)
             for start in range(partial["step"], len(order), stage.batch_size):
-                x, y = batches(start, stage.batch_size)
                 if not compiled:
                     began = _clock(device)
-                total += train_step(step, x, y) * len(x)
+                total += part.step(step, batches, start, stage.batch_size)
                 if not compiled:
                     compiling = _clock(device) - began
                     progress["compile_seconds"] = progress.get("compile_seconds", 0) + compiling
@@ -513,11 +549,12 @@ def train_stage(
                 if STOP.is_set():  # preempted: checkpoint mid-epoch, let the caller requeue
                     progress["partial"] = {
                         "step": start + stage.batch_size,
-                        "total": total.item(),
+                        "total": part.total(total).item(),
                         "seconds": time.perf_counter() - started,
                     }
                     save_checkpoint(checkpoint, model, optimizer, progress, record)
                     raise Preempted(f"stopped in epoch {epoch} of {stage.name}; checkpointed")
+            total = part.total(total)
             validation = {
                 n: evaluate(model, data[n].val_images, data[n].val_masks, config, stage, amp)
                 for n in config.validation_sets

@@ -176,7 +176,7 @@ def _train(
     from zoo.train import Preempted
 
     config = resolve(job.config)
-    if config.device == "auto" and "device" in _WORKER:
+    if config.device == "auto" and "device" in _WORKER and config.devices == 1:
         config = replace(config, device=_WORKER["device"])
     try:
         run_id = run(

@@ -135,7 +135,7 @@ def check_plan(plan: Plan) -> None:
     models, devices = {}, {}
     for run in plan.runs:
         models.setdefault(run.config.model, run)
-        devices.setdefault(run.config.device, run)
+        devices.setdefault((run.config.device, run.config.devices), run)
     for run in models.values():
         _with_run(lambda r: check_encoder(r.config.model.encoder), run)
         _with_run(lambda r: create_model(r.config.model), run)

@@ -36,13 +36,14 @@ from zoo.resources import resource
 from zoo.sweep._datasets import make_task, missing_sources
 from zoo.sweep._executor import Executor, SweepReport, pending
 from zoo.sweep._job import JobSpec, jobs_from_plan, pin_device, run_job
-from zoo.sweep._plan import Plan
+from zoo.sweep._plan import Plan, make_plan
 from zoo.tracking import Tracker
 
 __all__ = [
     "SlurmExecutor",
     "SubmitOptions",
     "cluster_max_array_size",
+    "on_gpus",
     "queued_keys",
     "render",
     "submit",
@@ -83,7 +84,7 @@ class SubmitOptions:
     qos: str | None = None
     time: str | None = None  # SLURM time limit, e.g. 4:00:00
     constraint: str | None = None
-    gpus_per_task: int | None = None
+    gpus_per_task: int | None = None  # N > 1: each run trains on N GPUs (config devices: N)
     cpus_per_task: int | None = None
     mem_per_task: str | None = None  # e.g. 16G
     max_parallel: int | None = None  # array throttle %N (per array)
@@ -118,6 +119,11 @@ class SubmitOptions:
                 raise ConfigError(
                     f"--{name.replace('_', '-')}: {value} is not allowed; expected an integer >= 1"
                 )
+        if (self.gpus_per_task or 1) > 1 and self.runs_per_gpu > 1:
+            raise ConfigError(
+                f"--runs-per-gpu: {self.runs_per_gpu} is not allowed with --gpus-per-task "
+                f"{self.gpus_per_task}; expected 1 (each run trains on all of a task's GPUs)"
+            )
         if self.runs_per_task < 1:
             raise ConfigError(f"--runs-per-task: {self.runs_per_task}; expected >= 1")
         if not 1 <= self.runs_per_gpu <= self.runs_per_task:
@@ -398,11 +404,29 @@ class SlurmExecutor(Executor):
 
 
 def submit(plan: Plan, tracker: Tracker, options: SubmitOptions, echo=print) -> SweepReport:
-    """Submit the jobs of sweep ``plan`` that are neither finished nor queued."""
+    """Submit the jobs of sweep ``plan`` that are neither finished nor queued; with
+    ``--gpus-per-task`` N > 1 every run trains on the N GPUs of its task (devices: N)."""
+    plan = on_gpus(plan, options.gpus_per_task)
     if not options.dry_run:
         tracker.experiment(plan.spec.name, plan.spec.description)
     jobs = jobs_from_plan(plan, tracker.uri, tracker.paths)
     return SlurmExecutor(options, echo).submit(plan.spec.name, jobs, tracker)
+
+
+def on_gpus(plan: Plan, gpus: int | None) -> Plan:
+    """``plan`` made again with ``devices: gpus`` in its base config when ``gpus`` > 1 (a
+    new identity for every run: zoo.distributed); a run asking for more devices than
+    that is a ConfigError."""
+    if (gpus or 1) == 1:
+        return plan
+    plan = make_plan(replace(plan.spec, base={**plan.spec.base, "devices": gpus}))
+    for run in plan.runs:
+        if run.config.devices > gpus:
+            raise ConfigError(
+                f"spec run {json.dumps(run.names, default=str)}: config.devices: "
+                f"{run.config.devices} is more than --gpus-per-task {gpus}"
+            )
+    return plan
 
 
 def _dry_limit() -> int:
