@@ -9,7 +9,7 @@ pivots them with pandas. A tracking server is read through its REST API: paged
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,92 +38,126 @@ class Tables:
     axes: tuple[str, ...]  # the sweep's axis columns (from zoo.axis.* tags)
 
 
+_PACKED = ["run_id", "key", "values", "steps"]
+_HISTORY_PARTS = 2  # history queries at once, beside the other queries
+# a metric's value as text that reads back to the same double (17 significant digits are
+# not enough in SQLite's printf without "!"; quote() misses a few in a million); MLflow
+# stores NaN as 0 with is_nan set
+_SQLITE_VALUE = "CASE WHEN x.is_nan THEN 'nan' ELSE printf('%!.17e', x.value) END"
+_POSTGRES_VALUE = "CASE WHEN x.is_nan THEN 'NaN' ELSE CAST(x.value AS TEXT) END"
+
+
 def _sql_tables(
     uri: str, experiment: str, histories: bool = True, param_keys: tuple[str, ...] | None = None
 ) -> tuple[pd.DataFrame, ...] | None:
-    """Five queries on MLflow's tables through the raw DB-API cursor (no ORM objects);
-    metric histories come back one row per (run, key) and are unpacked with numpy."""
-    import numpy as np
+    """Five queries on MLflow's tables through raw DB-API cursors (no ORM objects). The
+    metric histories, most of the work, are read in parts on connections of their own
+    while the other queries run; they come back one row per (run, key) and are unpacked
+    with numpy."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import pandas as pd
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(uri)
-    with engine.connect() as connection:
-        found = connection.execute(
-            sqlalchemy.text("SELECT experiment_id FROM experiments WHERE name = :name"),
-            {"name": experiment},
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                sqlalchemy.text("SELECT experiment_id FROM experiments WHERE name = :name"),
+                {"name": experiment},
+            ).first()
+        if row is None:
+            return None
+        active = f"experiment_id = {int(row[0])} AND lifecycle_stage = 'active'"  # from the store
+        in_experiment = f"x.run_uuid IN (SELECT run_uuid FROM runs WHERE {active})"
+        only = ""
+        if param_keys is not None:
+            listed = ",".join("'" + k.replace("'", "''") + "'" for k in param_keys) or "NULL"
+            only = f" AND x.key IN ({listed})"
+        long = ["run_id", "key", "value"]
+        runs = _query(
+            engine,
+            f"SELECT run_uuid, status, start_time, end_time FROM runs WHERE {active}",
+            ["run_id", "status", "start_time", "end_time"],
         )
-        row = found.first()
-    if row is None:
+        with ThreadPoolExecutor(_HISTORY_PARTS) as pool:
+            parts = [
+                pool.submit(_query, engine, _history_sql(engine, in_experiment, part), _PACKED)
+                for part in (_run_ranges(runs["run_id"]) if histories else [])
+            ]
+            tags, params, latest = (
+                _query(engine, f"SELECT x.run_uuid, x.key, x.value FROM {table} x {where}", long)
+                for table, where in (
+                    ("tags", f"WHERE {in_experiment}"),
+                    ("params", f"WHERE {in_experiment}{only}"),
+                    ("latest_metrics", f"WHERE {in_experiment}"),
+                )
+            )
+            packed = [part.result() for part in parts]
+        history = _unpack(pd.concat(packed, ignore_index=True) if packed else None)
+    finally:
         engine.dispose()
-        return None
-    experiment_id = int(row[0])  # an integer from the store itself: safe to inline
-    in_experiment = (
-        f"x.run_uuid IN (SELECT run_uuid FROM runs WHERE experiment_id = "
-        f"{experiment_id} AND lifecycle_stage = 'active')"
-    )
-    keys = " OR ".join([f"x.key = '{k}'" for k in _HISTORY_KEYS] + ["x.key LIKE 'val_%'"])
-    if engine.dialect.name == "sqlite":
-        values = "group_concat(quote(x.value)), group_concat(x.step)"  # exact
-    else:
-        values = (
-            "string_agg(CAST(x.value AS TEXT), ',' ORDER BY x.step), "
-            "string_agg(CAST(x.step AS TEXT), ',' ORDER BY x.step)"
-        )
+    return runs, tags, params, latest, history
+
+
+def _query(engine: Any, sql: str, columns: list[str]) -> pd.DataFrame:
+    """``sql``'s rows on a connection of its own (safe from any thread)."""
+    import pandas as pd
+
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
-
-        def query(sql: str, columns: list[str]) -> pd.DataFrame:
-            cursor.execute(sql)
-            return pd.DataFrame(cursor.fetchall(), columns=columns)
-
-        runs = query(
-            "SELECT run_uuid, status, start_time, end_time FROM runs WHERE "
-            f"experiment_id = {experiment_id} AND lifecycle_stage = 'active'",
-            ["run_id", "status", "start_time", "end_time"],
-        )
-        long = ["run_id", "key", "value"]
-        tags = query(f"SELECT x.run_uuid, x.key, x.value FROM tags x WHERE {in_experiment}", long)
-        only = (
-            ""
-            if param_keys is None
-            else " AND x.key IN ({})".format(
-                ",".join("'" + k.replace("'", "''") + "'" for k in param_keys) or "NULL"
-            )
-        )
-        params = query(
-            f"SELECT x.run_uuid, x.key, x.value FROM params x WHERE {in_experiment}{only}", long
-        )
-        latest = query(
-            f"SELECT x.run_uuid, x.key, x.value FROM latest_metrics x WHERE {in_experiment}", long
-        )
-        packed = (
-            query(
-                f"SELECT x.run_uuid, x.key, {values} FROM metrics x WHERE "
-                f"{in_experiment} AND ({keys}) GROUP BY x.run_uuid, x.key",
-                ["run_id", "key", "values", "steps"],
-            )
-            if histories
-            else pd.DataFrame(columns=["run_id", "key", "values", "steps"])
-        )
+        cursor.execute(sql)
+        return pd.DataFrame(cursor.fetchall(), columns=columns)
     finally:
         raw.close()
-        engine.dispose()
-    counts = packed["steps"].str.count(",").to_numpy() + 1 if len(packed) else np.zeros(0, int)
-    history = pd.DataFrame(
-        {
-            "run_id": np.repeat(packed["run_id"].to_numpy(), counts),
-            "key": np.repeat(packed["key"].to_numpy(), counts),
-            "step": np.array(",".join(packed["steps"]).split(","), dtype=np.int64)
-            if len(packed)
-            else np.zeros(0, np.int64),
-            "value": np.array(",".join(packed["values"]).split(","), dtype=np.float64)
-            if len(packed)
-            else np.zeros(0),
-        }
+
+
+def _run_ranges(run_ids: pd.Series) -> list[str]:
+    """Conditions splitting the runs into ``_HISTORY_PARTS`` ranges of run ids."""
+    ids = sorted(run_ids)
+    bounds = [ids[len(ids) * i // _HISTORY_PARTS] for i in range(1, _HISTORY_PARTS)]
+    quoted = ["'" + b.replace("'", "''") + "'" for b in bounds]
+    lower = [""] + [f" AND x.run_uuid >= {b}" for b in quoted]
+    upper = [f" AND x.run_uuid < {b}" for b in quoted] + [""]
+    return [lo + hi for lo, hi in zip(lower, upper, strict=True)] if ids else []
+
+
+def _history_sql(engine: Any, in_experiment: str, part: str) -> str:
+    """One row per run (of those ``part`` selects) and per-epoch key: its values and
+    steps, comma-separated."""
+    keys = " OR ".join([f"x.key = '{k}'" for k in _HISTORY_KEYS] + ["x.key LIKE 'val_%'"])
+    if engine.dialect.name == "sqlite":
+        values = f"group_concat({_SQLITE_VALUE}), group_concat(x.step)"  # in the same order
+    else:
+        values = (
+            f"string_agg({_POSTGRES_VALUE}, ',' ORDER BY x.step), "
+            "string_agg(CAST(x.step AS TEXT), ',' ORDER BY x.step)"
+        )
+    return (
+        f"SELECT x.run_uuid, x.key, {values} FROM metrics x WHERE {in_experiment}{part} "
+        f"AND ({keys}) GROUP BY x.run_uuid, x.key"
     )
-    return runs, tags, params, latest, history
+
+
+def _unpack(packed: pd.DataFrame | None) -> pd.DataFrame:
+    """run_id, key, step, value: one row per point of the packed (run, key) rows."""
+    import numpy as np
+    import pandas as pd
+
+    if packed is None or packed.empty:
+        empty = pd.Series([], dtype="str")
+        return pd.DataFrame(
+            {"run_id": empty, "key": empty, "step": np.zeros(0, np.int64), "value": np.zeros(0)}
+        )
+    steps = np.fromstring(",".join(packed["steps"]), dtype=np.int64, sep=",")
+    values = np.fromstring(",".join(packed["values"]), dtype=np.float64, sep=",")
+    counts = packed["steps"].str.count(",").to_numpy(dtype=np.int64) + 1
+    if len(steps) != counts.sum() or len(values) != len(steps):
+        raise ValueError("metric history could not be read back")  # never seen: a guard
+    rows = np.repeat(np.arange(len(packed)), counts)
+    history = packed[["run_id", "key"]].take(rows).reset_index(drop=True)
+    return history.assign(step=steps, value=values)
 
 
 def _rest_tables(
