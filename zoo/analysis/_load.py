@@ -20,6 +20,8 @@ _HISTORY_KEYS = ("train_loss", "stage", "epoch_seconds", "lr")
 _EPOCH_KEYS = (*_HISTORY_KEYS, "images_per_s")  # per-epoch metrics: histories, not run columns
 _BULK_RUNS = 100  # run ids per get-history-bulk request (the server's limit)
 _BULK_CAP = 25000  # points per get-history-bulk response (the server's limit)
+_SEARCH_PAGE = 1000  # runs per runs/search response
+_REST_REQUESTS = 8  # requests to a tracking server at once
 _TAG_COLUMNS = {
     "zoo.kind": "kind",
     "zoo.error": "error",
@@ -163,61 +165,82 @@ def _unpack(packed: pd.DataFrame | None) -> pd.DataFrame:
 def _rest_tables(
     uri: str, experiment: str, histories: bool = True, param_keys: tuple[str, ...] | None = None
 ) -> tuple[pd.DataFrame, ...] | None:
-    """Paged ``search_runs`` for runs, then the server's ``get-history-bulk`` endpoint for
-    histories (see ``_bulk_history``) instead of one call per run and key."""
+    """The REST API, 8 requests at a time: ``runs/search`` in 16 parts (run ids by their
+    first hex digit: MLflow's run ids are uuid4 hex), then ``get-history-bulk`` (see
+    ``_bulk_request``) per key and 100 runs, asked as soon as those runs are known."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
+    found = MlflowClient(uri).get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs, tags, params, latest = [], [], [], []
-    wanted: dict[str, dict[str, None]] = {}  # history key -> run ids (an ordered set)
-    token = None
-    while True:
-        page = client.search_runs([found.experiment_id], max_results=5000, page_token=token)
-        for run in page:
-            run_id = run.info.run_id
-            runs.append((run_id, run.info.status, run.info.start_time, run.info.end_time))
-            tags += [(run_id, k, v) for k, v in run.data.tags.items()]
-            params += [
-                (run_id, k, v)
-                for k, v in run.data.params.items()
-                if param_keys is None or k in param_keys
-            ]
-            latest += [(run_id, k, v) for k, v in run.data.metrics.items()]
-            for key in run.data.metrics:
-                if histories and (key in _HISTORY_KEYS or key.startswith("val_")):
-                    wanted.setdefault(key, {})[run_id] = None
-        token = page.token
-        if not token:
-            break
-    history = _bulk_history(uri, wanted)
+    rows: dict[str, list[tuple]] = {"runs": [], "tags": [], "params": [], "latest": []}
+    pending: dict[str, list[str]] = {}  # history key -> run ids not yet asked for
+    with ThreadPoolExecutor(_REST_REQUESTS) as pool:
+        parts = [pool.submit(_search, uri, found.experiment_id, d) for d in "0123456789abcdef"]
+        asked = []
+        for part in as_completed(parts):
+            for run in part.result():
+                for key in _add_run(rows, run, param_keys) if histories else ():
+                    pending.setdefault(key, []).append(run["info"]["run_id"])
+                    if len(pending[key]) == _BULK_RUNS:
+                        asked.append(pool.submit(_bulk_request, uri, key, pending.pop(key)))
+        asked += [pool.submit(_bulk_request, uri, k, ids) for k, ids in pending.items()]
+        history = [point for points in asked for point in points.result()]
     columns = ["run_id", "key", "value"]
     return (
-        pd.DataFrame(runs, columns=["run_id", "status", "start_time", "end_time"]),
-        pd.DataFrame(tags, columns=columns),
-        pd.DataFrame(params, columns=columns),
-        pd.DataFrame(latest, columns=columns),
+        pd.DataFrame(rows["runs"], columns=["run_id", "status", "start_time", "end_time"]),
+        pd.DataFrame(rows["tags"], columns=columns),
+        pd.DataFrame(rows["params"], columns=columns),
+        pd.DataFrame(rows["latest"], columns=columns),
         pd.DataFrame(history, columns=["run_id", "key", "step", "value"]),
     )
 
 
-def _bulk_history(uri: str, wanted: dict[str, dict[str, None]]) -> list[tuple]:
-    """Every (run, key, step, value) point of the ``wanted`` keys and runs: one
-    ``get-history-bulk`` request per key and 100 runs, 8 at a time."""
-    from concurrent.futures import ThreadPoolExecutor
+def _search(uri: str, experiment_id: str, digit: str) -> list[dict]:
+    """Every active run of the experiment whose id starts with ``digit``, as the
+    server's JSON (pages of 1000)."""
+    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
-    jobs = [
-        (key, ids[i : i + _BULK_RUNS])
-        for key, runs in wanted.items()
-        for ids in [list(runs)]
-        for i in range(0, len(ids), _BULK_RUNS)
+    found, token = [], None
+    while True:
+        query = {
+            "experiment_ids": [experiment_id],
+            "filter": f"attributes.run_id LIKE '{digit}%'",
+            "max_results": _SEARCH_PAGE,
+        }
+        response = http_request(
+            MlflowHostCreds(uri.rstrip("/")),
+            "/api/2.0/mlflow/runs/search",
+            "POST",
+            json={**query, "page_token": token} if token else query,
+        )
+        response.raise_for_status()
+        page = response.json()
+        found += page.get("runs", [])
+        token = page.get("next_page_token")
+        if not token:
+            return found
+
+
+def _add_run(
+    rows: dict[str, list[tuple]], run: dict, param_keys: tuple[str, ...] | None
+) -> list[str]:
+    """Add one run of a search response to ``rows``; returns its per-epoch metric keys."""
+    info, data = run["info"], run.get("data", {})
+    run_id = info["run_id"]
+    rows["runs"].append((run_id, info["status"], info.get("start_time"), info.get("end_time")))
+    rows["tags"] += [(run_id, t["key"], t["value"]) for t in data.get("tags", [])]
+    rows["params"] += [
+        (run_id, p["key"], p["value"])
+        for p in data.get("params", [])
+        if param_keys is None or p["key"] in param_keys
     ]
-    with ThreadPoolExecutor(8) as pool:
-        found = pool.map(lambda job: _bulk_request(uri, *job), jobs)
-        return [point for points in found for point in points]
+    metrics = data.get("metrics", [])
+    rows["latest"] += [(run_id, m["key"], float(m["value"])) for m in metrics]
+    return [m["key"] for m in metrics if m["key"] in _HISTORY_KEYS or m["key"].startswith("val_")]
 
 
 def _bulk_request(uri: str, key: str, run_ids: list[str]) -> list[tuple]:
