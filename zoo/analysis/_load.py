@@ -84,7 +84,7 @@ def _sql_tables(
         )
         with ThreadPoolExecutor(_HISTORY_PARTS) as pool:
             parts = [
-                pool.submit(_query, engine, _history_sql(engine, in_experiment, part), _PACKED)
+                pool.submit(_history, engine, _history_sql(engine, in_experiment, part))
                 for part in (_run_ranges(runs["run_id"]) if histories else [])
             ]
             tags, params, latest = (
@@ -95,8 +95,8 @@ def _sql_tables(
                     ("latest_metrics", f"WHERE {in_experiment}"),
                 )
             )
-            packed = [part.result() for part in parts]
-        history = _unpack(pd.concat(packed, ignore_index=True) if packed else None)
+            found = [points for part in parts if len(points := part.result())]
+        history = pd.concat(found, ignore_index=True) if found else _no_history()
     finally:
         engine.dispose()
     return runs, tags, params, latest, history
@@ -142,24 +142,32 @@ def _history_sql(engine: Any, in_experiment: str, part: str) -> str:
     )
 
 
-def _unpack(packed: pd.DataFrame | None) -> pd.DataFrame:
-    """run_id, key, step, value: one row per point of the packed (run, key) rows."""
+def _no_history() -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
-    if packed is None or packed.empty:
-        empty = pd.Series([], dtype="str")
-        return pd.DataFrame(
-            {"run_id": empty, "key": empty, "step": np.zeros(0, np.int64), "value": np.zeros(0)}
-        )
-    steps = np.fromstring(",".join(packed["steps"]), dtype=np.int64, sep=",")
-    values = np.fromstring(",".join(packed["values"]), dtype=np.float64, sep=",")
-    counts = packed["steps"].str.count(",").to_numpy(dtype=np.int64) + 1
-    if len(steps) != counts.sum() or len(values) != len(steps):
-        raise ValueError("metric history could not be read back")  # never seen: a guard
-    rows = np.repeat(np.arange(len(packed)), counts)
-    history = packed[["run_id", "key"]].take(rows).reset_index(drop=True)
-    return history.assign(step=steps, value=values)
+    empty = pd.Series([], dtype="str")
+    return pd.DataFrame({"run_id": empty, "key": empty, "step": np.zeros(0, np.int64), "value": []})
+
+
+def _history(engine: Any, sql: str) -> pd.DataFrame:
+    """run_id, key, step, value: one row per point of the packed (run, key) rows that
+    ``sql`` reads, split and parsed by Arrow (exact, and off the GIL)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    packed = _query(engine, sql, _PACKED)
+    values = pc.split_pattern(pa.array(packed["values"], pa.string()), ",")
+    steps = pc.split_pattern(pa.array(packed["steps"], pa.string()), ",")
+    counts = pc.list_value_length(steps).to_numpy(zero_copy_only=False)
+    if not np.array_equal(counts, pc.list_value_length(values).to_numpy(zero_copy_only=False)):
+        raise ValueError("metric values and steps read back in different numbers")  # a guard
+    history = packed[["run_id", "key"]].take(np.repeat(np.arange(len(packed)), counts))
+    return history.reset_index(drop=True).assign(
+        step=pc.cast(pc.list_flatten(steps), pa.int64()).to_numpy(zero_copy_only=False),
+        value=pc.cast(pc.list_flatten(values), pa.float64()).to_numpy(zero_copy_only=False),
+    )
 
 
 def _rest_tables(
