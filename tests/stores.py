@@ -1,8 +1,9 @@
 """Real tracking stores for tests: a PostgreSQL cluster and an MLflow server on it.
 
-Both are session-scoped (started once, stopped at the end) on ports 15410 and 15420;
-each test gets a fresh SQLite file or PostgreSQL database, or (on the server) its own
-experiment names.
+Both are session-scoped (started once, stopped at the end) on ports 15410 and 15420
+(``$ZOO_TEST_PORT`` moves them to that port and the one 10 above, for two test sessions
+on one machine); each test gets a fresh SQLite file or PostgreSQL database, or (on the
+server) its own experiment names.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-PG_PORT = 15410
-SERVER_PORT = 15420
+PG_PORT = int(os.environ.get("ZOO_TEST_PORT", "15410"))
+SERVER_PORT = PG_PORT + 10
 
 
 def _reachable_folder() -> Path:

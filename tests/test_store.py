@@ -3,6 +3,7 @@ a PostgreSQL database and an MLflow tracking server on PostgreSQL, all real."""
 
 from __future__ import annotations
 
+import math
 import uuid
 
 import pytest
@@ -72,6 +73,21 @@ def test_runs_read_back_exactly_as_written(store, tmp_path):
         points = history[(history.run_id == run_id) & (history.key == "val_loss/a")]
         assert points["step"].tolist() == [1, 2, 3]
         assert points["value"].tolist() == [2.0, 1.0, 2 / 3]
+
+
+# doubles that SQLite's quote() or printf('%.17g') do not read back exactly, and a NaN
+AWKWARD = [5.2984899718600703e104, 3.8531618622561997e-73, 2.229383271060314e-147, 0.3]
+
+
+def test_every_double_and_nan_read_back_exactly(store, tmp_path):
+    tracker = Tracker(store, ProjectPaths(tmp_path))
+    name = _name()
+    run_id = tracker.create(tracker.experiment(name), {CONFIG_HASH_TAG: "a"})
+    for step, value in enumerate([*AWKWARD, float("nan")], start=1):
+        tracker.log_metrics(run_id, {"train_loss": value}, step)
+    tracker.finish(run_id)
+    points = load_tables(store, name).histories.sort_values("step")["value"].tolist()
+    assert points[:-1] == AWKWARD and math.isnan(points[-1])
 
 
 def test_a_finished_retry_clears_the_earlier_error(store, tmp_path):

@@ -9,7 +9,7 @@ pivots them with pandas. A tracking server is read through its REST API: paged
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,6 +20,8 @@ _HISTORY_KEYS = ("train_loss", "stage", "epoch_seconds", "lr")
 _EPOCH_KEYS = (*_HISTORY_KEYS, "images_per_s")  # per-epoch metrics: histories, not run columns
 _BULK_RUNS = 100  # run ids per get-history-bulk request (the server's limit)
 _BULK_CAP = 25000  # points per get-history-bulk response (the server's limit)
+_SEARCH_PAGE = 1000  # runs per runs/search response
+_REST_REQUESTS = 8  # requests to a tracking server at once
 _TAG_COLUMNS = {
     "zoo.kind": "kind",
     "zoo.error": "error",
@@ -38,152 +40,215 @@ class Tables:
     axes: tuple[str, ...]  # the sweep's axis columns (from zoo.axis.* tags)
 
 
+_PACKED = ["run_id", "key", "values", "steps"]
+_HISTORY_PARTS = 2  # history queries at once, beside the other queries
+# a metric's value as text that reads back to the same double (17 significant digits are
+# not enough in SQLite's printf without "!"; quote() misses a few in a million); MLflow
+# stores NaN as 0 with is_nan set
+_SQLITE_VALUE = "CASE WHEN x.is_nan THEN 'nan' ELSE printf('%!.17e', x.value) END"
+_POSTGRES_VALUE = "CASE WHEN x.is_nan THEN 'NaN' ELSE CAST(x.value AS TEXT) END"
+
+
 def _sql_tables(
     uri: str, experiment: str, histories: bool = True, param_keys: tuple[str, ...] | None = None
 ) -> tuple[pd.DataFrame, ...] | None:
-    """Five queries on MLflow's tables through the raw DB-API cursor (no ORM objects);
-    metric histories come back one row per (run, key) and are unpacked with numpy."""
-    import numpy as np
+    """Five queries on MLflow's tables through raw DB-API cursors (no ORM objects). The
+    metric histories, most of the work, are read in parts on connections of their own
+    while the other queries run; they come back one row per (run, key) and are unpacked
+    with numpy."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import pandas as pd
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(uri)
-    with engine.connect() as connection:
-        found = connection.execute(
-            sqlalchemy.text("SELECT experiment_id FROM experiments WHERE name = :name"),
-            {"name": experiment},
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                sqlalchemy.text("SELECT experiment_id FROM experiments WHERE name = :name"),
+                {"name": experiment},
+            ).first()
+        if row is None:
+            return None
+        active = f"experiment_id = {int(row[0])} AND lifecycle_stage = 'active'"  # from the store
+        in_experiment = f"x.run_uuid IN (SELECT run_uuid FROM runs WHERE {active})"
+        only = ""
+        if param_keys is not None:
+            listed = ",".join("'" + k.replace("'", "''") + "'" for k in param_keys) or "NULL"
+            only = f" AND x.key IN ({listed})"
+        long = ["run_id", "key", "value"]
+        runs = _query(
+            engine,
+            f"SELECT run_uuid, status, start_time, end_time FROM runs WHERE {active}",
+            ["run_id", "status", "start_time", "end_time"],
         )
-        row = found.first()
-    if row is None:
+        with ThreadPoolExecutor(_HISTORY_PARTS) as pool:
+            parts = [
+                pool.submit(_history, engine, _history_sql(engine, in_experiment, part))
+                for part in (_run_ranges(runs["run_id"]) if histories else [])
+            ]
+            tags, params, latest = (
+                _query(engine, f"SELECT x.run_uuid, x.key, x.value FROM {table} x {where}", long)
+                for table, where in (
+                    ("tags", f"WHERE {in_experiment}"),
+                    ("params", f"WHERE {in_experiment}{only}"),
+                    ("latest_metrics", f"WHERE {in_experiment}"),
+                )
+            )
+            found = [points for part in parts if len(points := part.result())]
+        history = pd.concat(found, ignore_index=True) if found else _no_history()
+    finally:
         engine.dispose()
-        return None
-    experiment_id = int(row[0])  # an integer from the store itself: safe to inline
-    in_experiment = (
-        f"x.run_uuid IN (SELECT run_uuid FROM runs WHERE experiment_id = "
-        f"{experiment_id} AND lifecycle_stage = 'active')"
-    )
-    keys = " OR ".join([f"x.key = '{k}'" for k in _HISTORY_KEYS] + ["x.key LIKE 'val_%'"])
-    if engine.dialect.name == "sqlite":
-        values = "group_concat(quote(x.value)), group_concat(x.step)"  # exact
-    else:
-        values = (
-            "string_agg(CAST(x.value AS TEXT), ',' ORDER BY x.step), "
-            "string_agg(CAST(x.step AS TEXT), ',' ORDER BY x.step)"
-        )
+    return runs, tags, params, latest, history
+
+
+def _query(engine: Any, sql: str, columns: list[str]) -> pd.DataFrame:
+    """``sql``'s rows on a connection of its own (safe from any thread)."""
+    import pandas as pd
+
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
-
-        def query(sql: str, columns: list[str]) -> pd.DataFrame:
-            cursor.execute(sql)
-            return pd.DataFrame(cursor.fetchall(), columns=columns)
-
-        runs = query(
-            "SELECT run_uuid, status, start_time, end_time FROM runs WHERE "
-            f"experiment_id = {experiment_id} AND lifecycle_stage = 'active'",
-            ["run_id", "status", "start_time", "end_time"],
-        )
-        long = ["run_id", "key", "value"]
-        tags = query(f"SELECT x.run_uuid, x.key, x.value FROM tags x WHERE {in_experiment}", long)
-        only = (
-            ""
-            if param_keys is None
-            else " AND x.key IN ({})".format(
-                ",".join("'" + k.replace("'", "''") + "'" for k in param_keys) or "NULL"
-            )
-        )
-        params = query(
-            f"SELECT x.run_uuid, x.key, x.value FROM params x WHERE {in_experiment}{only}", long
-        )
-        latest = query(
-            f"SELECT x.run_uuid, x.key, x.value FROM latest_metrics x WHERE {in_experiment}", long
-        )
-        packed = (
-            query(
-                f"SELECT x.run_uuid, x.key, {values} FROM metrics x WHERE "
-                f"{in_experiment} AND ({keys}) GROUP BY x.run_uuid, x.key",
-                ["run_id", "key", "values", "steps"],
-            )
-            if histories
-            else pd.DataFrame(columns=["run_id", "key", "values", "steps"])
-        )
+        cursor.execute(sql)
+        return pd.DataFrame(cursor.fetchall(), columns=columns)
     finally:
         raw.close()
-        engine.dispose()
-    counts = packed["steps"].str.count(",").to_numpy() + 1 if len(packed) else np.zeros(0, int)
-    history = pd.DataFrame(
-        {
-            "run_id": np.repeat(packed["run_id"].to_numpy(), counts),
-            "key": np.repeat(packed["key"].to_numpy(), counts),
-            "step": np.array(",".join(packed["steps"]).split(","), dtype=np.int64)
-            if len(packed)
-            else np.zeros(0, np.int64),
-            "value": np.array(",".join(packed["values"]).split(","), dtype=np.float64)
-            if len(packed)
-            else np.zeros(0),
-        }
+
+
+def _run_ranges(run_ids: pd.Series) -> list[str]:
+    """Conditions splitting the runs into ``_HISTORY_PARTS`` ranges of run ids."""
+    ids = sorted(run_ids)
+    bounds = [ids[len(ids) * i // _HISTORY_PARTS] for i in range(1, _HISTORY_PARTS)]
+    quoted = ["'" + b.replace("'", "''") + "'" for b in bounds]
+    lower = [""] + [f" AND x.run_uuid >= {b}" for b in quoted]
+    upper = [f" AND x.run_uuid < {b}" for b in quoted] + [""]
+    return [lo + hi for lo, hi in zip(lower, upper, strict=True)] if ids else []
+
+
+def _history_sql(engine: Any, in_experiment: str, part: str) -> str:
+    """One row per run (of those ``part`` selects) and per-epoch key: its values and
+    steps, comma-separated."""
+    keys = " OR ".join([f"x.key = '{k}'" for k in _HISTORY_KEYS] + ["x.key LIKE 'val_%'"])
+    if engine.dialect.name == "sqlite":
+        values = f"group_concat({_SQLITE_VALUE}), group_concat(x.step)"  # in the same order
+    else:
+        values = (
+            f"string_agg({_POSTGRES_VALUE}, ',' ORDER BY x.step), "
+            "string_agg(CAST(x.step AS TEXT), ',' ORDER BY x.step)"
+        )
+    return (
+        f"SELECT x.run_uuid, x.key, {values} FROM metrics x WHERE {in_experiment}{part} "
+        f"AND ({keys}) GROUP BY x.run_uuid, x.key"
     )
-    return runs, tags, params, latest, history
+
+
+def _no_history() -> pd.DataFrame:
+    import numpy as np
+    import pandas as pd
+
+    empty = pd.Series([], dtype="str")
+    return pd.DataFrame({"run_id": empty, "key": empty, "step": np.zeros(0, np.int64), "value": []})
+
+
+def _history(engine: Any, sql: str) -> pd.DataFrame:
+    """run_id, key, step, value: one row per point of the packed (run, key) rows that
+    ``sql`` reads, split and parsed by Arrow (exact, and off the GIL)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    packed = _query(engine, sql, _PACKED)
+    values = pc.split_pattern(pa.array(packed["values"], pa.string()), ",")
+    steps = pc.split_pattern(pa.array(packed["steps"], pa.string()), ",")
+    counts = pc.list_value_length(steps).to_numpy(zero_copy_only=False)
+    if not np.array_equal(counts, pc.list_value_length(values).to_numpy(zero_copy_only=False)):
+        raise ValueError("metric values and steps read back in different numbers")  # a guard
+    history = packed[["run_id", "key"]].take(np.repeat(np.arange(len(packed)), counts))
+    return history.reset_index(drop=True).assign(
+        step=pc.cast(pc.list_flatten(steps), pa.int64()).to_numpy(zero_copy_only=False),
+        value=pc.cast(pc.list_flatten(values), pa.float64()).to_numpy(zero_copy_only=False),
+    )
 
 
 def _rest_tables(
     uri: str, experiment: str, histories: bool = True, param_keys: tuple[str, ...] | None = None
 ) -> tuple[pd.DataFrame, ...] | None:
-    """Paged ``search_runs`` for runs, then the server's ``get-history-bulk`` endpoint for
-    histories (see ``_bulk_history``) instead of one call per run and key."""
+    """The REST API, 8 requests at a time: ``runs/search`` in 16 parts (run ids by their
+    first hex digit: MLflow's run ids are uuid4 hex), then ``get-history-bulk`` (see
+    ``_bulk_request``) per key and 100 runs, asked as soon as those runs are known."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
+    found = MlflowClient(uri).get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs, tags, params, latest = [], [], [], []
-    wanted: dict[str, dict[str, None]] = {}  # history key -> run ids (an ordered set)
-    token = None
-    while True:
-        page = client.search_runs([found.experiment_id], max_results=5000, page_token=token)
-        for run in page:
-            run_id = run.info.run_id
-            runs.append((run_id, run.info.status, run.info.start_time, run.info.end_time))
-            tags += [(run_id, k, v) for k, v in run.data.tags.items()]
-            params += [
-                (run_id, k, v)
-                for k, v in run.data.params.items()
-                if param_keys is None or k in param_keys
-            ]
-            latest += [(run_id, k, v) for k, v in run.data.metrics.items()]
-            for key in run.data.metrics:
-                if histories and (key in _HISTORY_KEYS or key.startswith("val_")):
-                    wanted.setdefault(key, {})[run_id] = None
-        token = page.token
-        if not token:
-            break
-    history = _bulk_history(uri, wanted)
+    rows: dict[str, list[tuple]] = {"runs": [], "tags": [], "params": [], "latest": []}
+    pending: dict[str, list[str]] = {}  # history key -> run ids not yet asked for
+    with ThreadPoolExecutor(_REST_REQUESTS) as pool:
+        parts = [pool.submit(_search, uri, found.experiment_id, d) for d in "0123456789abcdef"]
+        asked = []
+        for part in as_completed(parts):
+            for run in part.result():
+                for key in _add_run(rows, run, param_keys) if histories else ():
+                    pending.setdefault(key, []).append(run["info"]["run_id"])
+                    if len(pending[key]) == _BULK_RUNS:
+                        asked.append(pool.submit(_bulk_request, uri, key, pending.pop(key)))
+        asked += [pool.submit(_bulk_request, uri, k, ids) for k, ids in pending.items()]
+        history = [point for points in asked for point in points.result()]
     columns = ["run_id", "key", "value"]
     return (
-        pd.DataFrame(runs, columns=["run_id", "status", "start_time", "end_time"]),
-        pd.DataFrame(tags, columns=columns),
-        pd.DataFrame(params, columns=columns),
-        pd.DataFrame(latest, columns=columns),
+        pd.DataFrame(rows["runs"], columns=["run_id", "status", "start_time", "end_time"]),
+        pd.DataFrame(rows["tags"], columns=columns),
+        pd.DataFrame(rows["params"], columns=columns),
+        pd.DataFrame(rows["latest"], columns=columns),
         pd.DataFrame(history, columns=["run_id", "key", "step", "value"]),
     )
 
 
-def _bulk_history(uri: str, wanted: dict[str, dict[str, None]]) -> list[tuple]:
-    """Every (run, key, step, value) point of the ``wanted`` keys and runs: one
-    ``get-history-bulk`` request per key and 100 runs, 8 at a time."""
-    from concurrent.futures import ThreadPoolExecutor
+def _search(uri: str, experiment_id: str, digit: str) -> list[dict]:
+    """Every active run of the experiment whose id starts with ``digit``, as the
+    server's JSON (pages of 1000)."""
+    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
-    jobs = [
-        (key, ids[i : i + _BULK_RUNS])
-        for key, runs in wanted.items()
-        for ids in [list(runs)]
-        for i in range(0, len(ids), _BULK_RUNS)
+    found, token = [], None
+    while True:
+        query = {
+            "experiment_ids": [experiment_id],
+            "filter": f"attributes.run_id LIKE '{digit}%'",
+            "max_results": _SEARCH_PAGE,
+        }
+        response = http_request(
+            MlflowHostCreds(uri.rstrip("/")),
+            "/api/2.0/mlflow/runs/search",
+            "POST",
+            json={**query, "page_token": token} if token else query,
+        )
+        response.raise_for_status()
+        page = response.json()
+        found += page.get("runs", [])
+        token = page.get("next_page_token")
+        if not token:
+            return found
+
+
+def _add_run(
+    rows: dict[str, list[tuple]], run: dict, param_keys: tuple[str, ...] | None
+) -> list[str]:
+    """Add one run of a search response to ``rows``; returns its per-epoch metric keys."""
+    info, data = run["info"], run.get("data", {})
+    run_id = info["run_id"]
+    rows["runs"].append((run_id, info["status"], info.get("start_time"), info.get("end_time")))
+    rows["tags"] += [(run_id, t["key"], t["value"]) for t in data.get("tags", [])]
+    rows["params"] += [
+        (run_id, p["key"], p["value"])
+        for p in data.get("params", [])
+        if param_keys is None or p["key"] in param_keys
     ]
-    with ThreadPoolExecutor(8) as pool:
-        found = pool.map(lambda job: _bulk_request(uri, *job), jobs)
-        return [point for points in found for point in points]
+    metrics = data.get("metrics", [])
+    rows["latest"] += [(run_id, m["key"], float(m["value"])) for m in metrics]
+    return [m["key"] for m in metrics if m["key"] in _HISTORY_KEYS or m["key"].startswith("val_")]
 
 
 def _bulk_request(uri: str, key: str, run_ids: list[str]) -> list[tuple]:
