@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +28,17 @@ from zoo.tracking import Tracker
 SPEC = Path(__file__).parent.parent / "sweeps" / "demo.yaml"
 
 
-def timed_sweep(spec, workers: int) -> tuple[float, float, int]:
-    """(wall seconds, seconds inside training epochs, runs) of ``spec`` in a fresh root."""
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its ended children (the workers)."""
+    return sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
+
+
+def timed_sweep(spec, workers: int) -> tuple[float, float, int, float]:
+    """(wall seconds, seconds inside training epochs, runs, CPU seconds) of ``spec`` in a
+    fresh root."""
     with tempfile.TemporaryDirectory() as root:
         paths = ProjectPaths(Path(root))
         tracker = Tracker(None, paths)
@@ -37,9 +47,9 @@ def timed_sweep(spec, workers: int) -> tuple[float, float, int]:
 
         for config in {r.config.digest(): r.config for r in plan.runs}.values():
             load_datasets(config, paths)  # data generation is not sweep overhead
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         report = run_sweep(plan, tracker, workers, echo=lambda _: None)
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
         assert not report.failed, report.failed
         client = MlflowClient(paths.tracking_uri)
         experiment = client.get_experiment_by_name(spec.name).experiment_id
@@ -48,7 +58,7 @@ def timed_sweep(spec, workers: int) -> tuple[float, float, int]:
             stages = run.data.tags["zoo.stages"].split(",")
             trained_here = stages[-1:] if run.data.tags.get("zoo.stage_run") else stages
             training += sum(run.data.metrics.get(f"train_seconds/{s}", 0.0) for s in trained_here)
-        return wall, training, len(plan.runs)
+        return wall, training, len(plan.runs), cpu
 
 
 def main() -> None:
@@ -71,11 +81,12 @@ def main() -> None:
             ("unshared", timed_sweep(dataclasses.replace(spec, share_stages=False), args.workers))
         )
     print(f"sweep {spec.name}: {shared[2]} runs, {args.workers} worker(s)")
-    for label, (wall, training, runs) in variants:
+    for label, (wall, training, runs, cpu) in variants:
         print(
             f"  {label:9} wall {wall:7.1f} s, training {training:7.1f} s, "
             f"overhead {(wall * args.workers - training) / runs:5.2f} s/run, "
-            f"efficiency {training / (wall * args.workers):.0%}"
+            f"efficiency {training / (wall * args.workers):.0%}, "
+            f"CPU {cpu / runs:5.2f} s/run ({(cpu - training) / runs:5.2f} s/run outside epochs)"
         )
     if not args.shared_only:
         print(

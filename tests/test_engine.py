@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import yaml
+from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY_DATA
+from tests.conftest import TINY_DATA, zoo_process
 from zoo.cli import main
 
 MAKER = textwrap.dedent(
@@ -139,3 +144,54 @@ def test_plan_on_a_profile_predicts_time_disk_and_memory(tiny_spec, project, cap
     assert json.loads(capsys.readouterr().out)["profile"] == "cpu-2core-loaded"  # committed
     assert main(["sweep", "plan", str(spec), "--profile", "nope"]) == 2
     assert "--profile: no profile 'nope'; known:" in capsys.readouterr().err
+
+
+def _pool_worker(parent: int) -> int:
+    """The pid of the one worker process of the local executor started by ``parent``."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    for pid in children:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"spawn_main" in command and b"resource_tracker" not in command:
+            return int(pid)
+    raise AssertionError(f"no worker among {children}")
+
+
+def _epoch_lines(log: Path) -> int:
+    return len(re.findall(r"^  \w+ epoch \d+:", log.read_text(), re.M))
+
+
+def test_sigterm_to_a_worker_loses_no_metric_rows_and_no_figures(tiny_spec, project):
+    """A worker killed with SIGTERM mid-run: every epoch it reported has its metric rows,
+    the runs it finished have their figures (the background drawer was drained), the
+    killed run ends KILLED and a re-run completes it with each step logged once."""
+    spec = tiny_spec(sources=("a",), epochs=12)  # a shared stage, then 2 runs of 12 epochs
+    sweep = zoo_process(project.root, "sweep", "run", str(spec), "--workers", "1")
+    logs = project.logs / "tiny"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        counts = sorted(_epoch_lines(log) for log in logs.glob("*.log"))
+        if len(counts) == 3 and counts[-1] == 13 and 1 < counts[1] < 13:
+            break  # the first run finished, the second trains its transfer stage
+        assert sweep.poll() is None, sweep.stdout.read().decode()
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the sweep never reached the second run: {counts}")
+    os.kill(_pool_worker(sweep.pid), signal.SIGTERM)
+    sweep.communicate(timeout=120)
+
+    client = MlflowClient(project.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    runs = {r.data.tags["zoo.config_hash"]: r for r in client.search_runs([experiment])}
+    assert sorted(r.info.status for r in runs.values()) == ["FINISHED", "FINISHED", "KILLED"]
+    for key, run in runs.items():
+        rows = client.get_metric_history(run.info.run_id, "train_loss")
+        reported = _epoch_lines(logs / f"{key}.log")  # logged, then written to the log
+        assert reported <= len(rows) <= reported + 1
+        if run.info.status == "FINISHED":
+            figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+            assert figures == {"figures/loss_curves.png", "figures/predictions.png"}
+
+    assert main(["sweep", "run", str(spec), "--workers", "1"]) == 0
+    (killed,) = [r for r in runs.values() if r.info.status == "KILLED"]
+    steps = [m.step for m in client.get_metric_history(killed.info.run_id, "train_loss")]
+    assert sorted(steps) == list(range(1, 14))  # resumed: no step lost or logged twice

@@ -38,7 +38,7 @@ def test_demo_sweep_on_slurm_every_run_once_and_throttled(
     options = ["--max-parallel", "2", "--runs-per-task", "2", "--runs-per-gpu", "2"]
     assert main(["sweep", "submit", str(spec), *options]) == 0
     output = capsys.readouterr().out
-    assert "submitted stages-0" in output and "after afterany:" in output
+    assert "submitted jobs-0" in output and "after afterany:" in output
     _squeue_empty()
     runs = tiny_runs()
     assert len(runs) == 3 + 6 and all(r.info.status == "FINISHED" for r in runs)
@@ -47,7 +47,8 @@ def test_demo_sweep_on_slurm_every_run_once_and_throttled(
     assert len(intervals) == 3 + 3 + 3  # datasets a, b, c, 3 stage tasks, 6 runs in tasks of 2
     most = max(sum(s <= t < e for s, e in intervals) for t, _ in intervals)
     assert most <= 2
-    logs = list(project.state.glob("sweeps/tiny/*/logs/runs-*.out"))
+    logs = project.state.glob("sweeps/tiny/*/logs/jobs-*.out")
+    logs = [log for log in logs if ": run " in log.read_text()]
     assert len(logs) == 3
     for log in logs:  # each task's 2 runs went to 2 processes
         lanes = re.findall(r"^task \d+ lane (\d+) pid (\d+): run ", log.read_text(), re.M)
@@ -72,7 +73,7 @@ def test_usr1_requeues_the_task_and_it_resumes_to_the_same_metrics(
             break
         time.sleep(0.5)
     job = subprocess.run(
-        ["squeue", "-h", "-o", "%i", "-t", "R", "-n", "zoo-tiny-runs-0"],
+        ["squeue", "-h", "-o", "%i", "-t", "R", "-n", "zoo-tiny-jobs-0"],
         capture_output=True,
         text=True,
     ).stdout.split()
@@ -150,14 +151,14 @@ def test_arrays_split_at_max_array_size_and_dry_run_submits_nothing(
     )
     assert main(["sweep", "submit", str(spec), "--dry-run"]) == 0
     output = capsys.readouterr().out
-    # datasets a, b, c in one array; 3 stages (one per seed) in one array; 9 runs in
-    # three arrays of 3 tasks (MaxArraySize 3)
+    # datasets a, b, c in one array; 3 stages (one per seed) and 9 runs in four arrays
+    # of 3 tasks (MaxArraySize 3)
     assert output.count("#SBATCH --array=0-2") == 5 and "nothing written or submitted" in output
     assert not project.state.joinpath("sweeps").exists()
     spec = tiny_spec(sources=("a",), freezes=("none",), extra={"seeds": [0, 1, 2, 3]})
     assert main(["sweep", "submit", str(spec), "--dry-run"]) == 0
     output = capsys.readouterr().out
-    assert "#SBATCH --array=0-2\n" in output and "#SBATCH --array=0-0\n" in output
+    assert "#SBATCH --array=0-2\n" in output and "#SBATCH --array=0-1\n" in output
     assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == ""
 
 
@@ -236,11 +237,53 @@ def test_dataset_array_runs_before_the_stage_array(tiny_spec, tiny_runs, cluster
     spec = tiny_spec(sources=("a",))
     assert main(["sweep", "submit", str(spec), "--data-cpus", "1", "--data-time", "10:00"]) == 0
     output = capsys.readouterr().out
-    assert output.index("submitted datasets-0") < output.index("submitted stages-0")
+    assert output.index("submitted datasets-0") < output.index("submitted jobs-0")
     _squeue_empty()
-    made, stages = _array_intervals(project, "datasets-0"), _array_intervals(project, "stages-0")
-    assert len(made) == 3 and len(stages) == 1  # one task per dataset: a, b, c
-    assert max(end for _, end in made) <= min(start for start, _ in stages)
+    made, jobs = _array_intervals(project, "datasets-0"), _array_intervals(project, "jobs-0")
+    assert len(made) == 3 and len(jobs) == 3  # one task per dataset: a, b, c; 1 stage, 2 runs
+    assert max(end for _, end in made) <= min(start for start, _ in jobs)
     assert len(tiny_runs()) == 3 and all(r.info.status == "FINISHED" for r in tiny_runs())
     index = json.loads(project.dataset_index.read_text())
     assert sorted(index) == ["a", "b", "c"]
+
+
+def test_a_run_waits_for_its_own_stage_only(tiny_spec, tiny_runs, cluster, project, capsys):
+    """Stage a trains 1 epoch, stage b many: a run that starts from a finishes while b
+    still trains (it waited for a only), and --max-parallel still bounds every task.
+    Tasks (MaxArraySize 3): jobs-0 = stage a, stage b, run a/none; jobs-1 = the rest."""
+    spec = tiny_spec(
+        extra={
+            "derive": {"epochs": {"lookup": ["$source", {"a": 1, "b": 200}]}},
+            "set": {
+                "stages.0.train": "$source",
+                "stages.0.epochs": "$epochs",
+                "stages.1.freeze": "$freeze",
+            },
+        },
+    )
+    assert main(["sweep", "submit", str(spec), "--max-parallel", "3"]) == 0
+    capsys.readouterr()
+    _squeue_empty()
+    runs = tiny_runs()
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+
+    def of(kind, source):
+        (found,) = [
+            r
+            for r in runs
+            if r.data.tags["zoo.kind"] == kind
+            and r.data.tags["zoo.axis.source"] == source
+            and r.data.tags.get("zoo.axis.freeze", "none") == "none"
+        ]
+        return found.info
+
+    fast, slow, run = of("stage", "a"), of("stage", "b"), of("run", "a")
+    print(
+        f"run from stage a: started {(run.start_time - fast.end_time) / 1000:.1f} s after "
+        f"stage a ended, ended {(slow.end_time - run.end_time) / 1000:.1f} s before the "
+        f"slow stage b ended ({(slow.end_time - slow.start_time) / 1000:.1f} s long)"
+    )
+    assert run.end_time < slow.end_time
+    intervals = _array_intervals(project, "jobs-0") + _array_intervals(project, "jobs-1")
+    assert len(intervals) == 6
+    assert max(sum(s <= t < e for s, e in intervals) for t, _ in intervals) <= 3

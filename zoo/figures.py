@@ -47,7 +47,7 @@ def loss_curves(stages: list[tuple[str, list[dict[str, Any]]]], out: Path) -> Pa
     axis.set(xlabel="epoch", ylabel="loss", yscale="log")
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.legend(fontsize="small")
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)  # tight_layout: +30 % CPU
     figure.savefig(out, dpi=100)
     plt.close(figure)
     return out

@@ -150,6 +150,10 @@ class SubmissionPaths:
         """The log of one job (a run, a stage or a search worker) within a task."""
         return self.logs / f"{key}.log"
 
+    def ended(self, key: str) -> Path:
+        """Written when stage job ``key`` of this submission ended, however it ended."""
+        return self.logs / f"{key}.ended"
+
 
 @dataclass(frozen=True)
 class DatasetPaths:

@@ -13,23 +13,23 @@ from __future__ import annotations
 import platform
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from filelock import FileLock, Timeout
 
 from zoo import distributed
 from zoo._liveness import Heartbeat
-from zoo.artifacts import log_linked
-from zoo.checkpoint import load_weights
+from zoo.artifacts import FigureJob, draw_later, log_linked
 from zoo.config import RunConfig, flatten
 from zoo.continuation import CONTINUED_TAG, continue_stage, continued_from, intermediate_weights
 from zoo.data import Dataset, MixSpec, load, materialise, mixture
 from zoo.errors import ConfigError
-from zoo.figures import loss_curves, predictions
-from zoo.losses import apply_head, loss_floor, loss_task
+from zoo.losses import loss_floor
 from zoo.models import check_encoder, create_model
 from zoo.paths import ProjectPaths, StagePaths
 from zoo.resident import device_datasets
@@ -161,6 +161,7 @@ def _artifacts(
     tracker: Tracker,
     run_id: str,
 ) -> None:
+    """Config, history and weights now; the figures through ``draw_later`` (zoo.artifacts)."""
     last = results[-1]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -172,24 +173,20 @@ def _artifacts(
             result = results[names.index(stage)] if stage else last
             where = f"weights/{stage}" if stage else "weights"
             log_linked(tracker, run_id, StagePaths(result.folder).weights(kind), where)
-        curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
-        tracker.log_artifact(run_id, loss_curves(curves, folder / "loss_curves.png"), "figures")
         tracker.log_artifact(run_id, _history_csv(config, results, folder / "history.csv"))
-        if loss_task(config.stages[-1].loss) != "segmentation":
-            return  # predicted masks only: no figure for image targets yet
+    curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
+    job = FigureJob(run_id, curves)
+    if config.model.task == "segmentation":  # no figure for image targets yet
         dataset = datasets[config.stages[-1].train]
         first = dataset.train_count
-        x = model_inputs(dataset, config.model, slice(first, first + 4))
-        images, masks = x[:, 0].numpy(), dataset.val[1][:4]
-        model = create_model(config.model)
-        model.load_state_dict(load_weights(StagePaths(last.folder).weights("best")))
-        model.eval()
-        with torch.inference_mode():
-            output = apply_head(model(x), config.model.head)
-        predicted = output.argmax(dim=1).numpy()
-        tracker.log_artifact(
-            run_id, predictions(images, masks, predicted, folder / "predictions.png"), "figures"
+        job = replace(
+            job,
+            model=config.model,
+            weights=str(StagePaths(last.folder).weights("best")),
+            inputs=model_inputs(dataset, config.model, slice(first, first + 4)).numpy(),
+            masks=np.array(dataset.val[1][:4]),
         )
+    draw_later(job, tracker)
 
 
 def _history_csv(config: RunConfig, results: list[StageResult], out: Path) -> Path:
@@ -225,7 +222,8 @@ def preflight(config: RunConfig, paths: ProjectPaths) -> Prepared:
     cached datasets is written."""
     device = pick_device(config)
     check_encoder(config.model.encoder)
-    create_model(config.model)
+    with torch.device("meta"):  # built, not initialised: a check, so it costs nothing
+        create_model(config.model)
     return device, load_datasets(config, paths)
 
 

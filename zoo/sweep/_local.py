@@ -29,10 +29,14 @@ __all__ = ["LocalExecutor", "run_sweep"]
 
 def _init_worker(counter: Any) -> None:
     """One intra-op thread per worker: CPU numerics then do not depend on how many runs
-    share the machine (use as many workers as cores)."""
+    share the machine (use as many workers as cores). Figures are drawn in the
+    background (zoo.artifacts), drained when the worker exits or gets SIGTERM."""
     import torch
 
+    from zoo.artifacts import figures_in_background
+
     torch.set_num_threads(1)
+    figures_in_background()
     with counter.get_lock():
         index = counter.value
         counter.value += 1

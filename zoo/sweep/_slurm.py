@@ -1,15 +1,31 @@
 """The SLURM executor: jobs submitted as job arrays, one array task running K jobs.
 
 Layout of a submission (zoo.paths.SubmissionPaths): ``runs.json`` (every
-array's job keys and each job's JSON description, written before anything is
+array's tasks and each job's JSON description, written before anything is
 submitted), one script per array rendered from the packaged template
 ``zoo/resources/array.sbatch``, and per-task logs. The datasets the jobs need
 and the cache lacks go first, as a CPU array of one task per dataset
-(``--data-partition``, ``--data-cpus``, ``--data-time``). Shared stages go
-next as one array; the runs that start from a shared stage form an array that
-waits (``afterok``) for exactly that stage's task, so one failed stage leaves
-only its own dependents unstarted (SLURM's ``kill_invalid_depend`` removes
-them). Arrays longer than the cluster's ``MaxArraySize`` are split.
+(``--data-partition``, ``--data-cpus``, ``--data-time``).
+
+Scheduling without stragglers: shared stages and runs go in ONE array, stage
+tasks first, then run tasks grouped by the stage they start from. A run task
+waits inside its allocation for its own stage's checkpoint only (the stage's
+task writes an ``ended`` marker however it ends; a failed stage leaves its runs
+skipped), so one slow stage holds only its own runs, never the runs of other
+stages. Since SLURM starts array tasks in index order, every stage task starts
+before the runs that wait for it. The array throttle ``--max-parallel N`` then
+bounds the whole sweep exactly.
+
+The trade-off: a waiting run task holds its slot (and GPU) idle until its stage
+ends, at most one stage's training time, while the alternatives either wait for
+every stage (the old ``afterany`` chain of a stage array and a run array: one
+slow stage held every run) or lose the bound (one array per stage group with
+``afterok`` on its own stage task runs N tasks per array, N × groups in all). A
+stage task requeued after preemption makes its waiting run tasks requeue too
+(so they cannot hold the slots it needs); that counts as one of their restarts.
+Arrays longer than the cluster's ``MaxArraySize`` are split and run one after
+another (``afterany``): at each split the next array waits for the slowest task
+of the one before, so the bound costs stragglers at split points only.
 """
 
 from __future__ import annotations
@@ -170,13 +186,22 @@ class SubmitOptions:
 @dataclass
 class Array:
     name: str
-    keys: list[str]  # job keys, runs_per_task consecutive keys per task
+    keys: list[str]  # job keys, runs_per_task consecutive keys per task (unless tasks)
     depends_on: str | None = None  # the array that must end before this one starts
     job_id: str | None = None
     task_count: int = 0
     runs_per_task: int = 1
     runs_per_gpu: int = 1
     kind: str = "jobs"  # "datasets": each key names a dataset to make
+    tasks: list[list[str]] | None = None  # the keys of each task, when they differ in count
+
+
+def task_keys(array: dict[str, Any]) -> list[list[str]]:
+    """The job keys of each task of a recorded array, in task order."""
+    if array.get("tasks") is not None:
+        return array["tasks"]
+    keys, per_task = array["keys"], array["runs_per_task"]
+    return [keys[i : i + per_task] for i in range(0, len(keys), per_task)]
 
 
 def _slurm(*args: str) -> str:
@@ -232,29 +257,31 @@ def queued_keys(paths: ProjectPaths, sweep: str) -> dict[str, str]:
     queued = {}
     for submission in submissions:
         for array in json.loads(submission.record.read_text())["arrays"]:
-            for index, key in enumerate(array["keys"]):
-                state = active.get((str(array["job_id"]), index // array["runs_per_task"]))
+            for index, keys in enumerate(task_keys(array)):
+                state = active.get((str(array["job_id"]), index))
                 if state:
-                    queued[key] = state
+                    queued.update(dict.fromkeys(keys, state))
     return queued
 
 
 def _group(selected: list[JobSpec], limit: int, per_task: int, per_gpu: int) -> list[Array]:
-    """A chain of arrays: shared stages first, then runs (grouped by their stage), then
-    search workers (one per task).
+    """Shared stages and runs in one array (split at ``limit`` tasks), then search
+    workers (one per task).
 
-    Each array waits for the one before it to end (``afterany``), so the array
-    throttle %N bounds the whole sweep and arrays split at MaxArraySize run in turn.
-    A run task whose stage failed finds no checkpoint and reports the run skipped.
+    Stage tasks come first, one stage each; then the runs, ``per_task`` to a task,
+    a task's runs all starting from the same stage. A run task waits inside the task
+    for its own stage only (see ``_wait_for_stage``). Each array waits for the one
+    before it to end (``afterany``), so the array throttle %N bounds the whole sweep.
     """
-    stages = [j.key for j in selected if j.kind == "stage"]
-    runs = sorted((j for j in selected if j.kind == "run"), key=lambda j: j.depends[-1:])
-    searches = [j.key for j in selected if j.kind == "search"]
-    arrays = (
-        _split("stages", stages, limit, 1, 1)
-        + _split("runs", [j.key for j in runs], limit, per_task, per_gpu)
-        + _split("search", searches, limit, 1, 1)
-    )
+    stages = [[j.key] for j in selected if j.kind == "stage"]
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for job in (j for j in selected if j.kind == "run"):
+        groups.setdefault(job.depends[-1:], []).append(job.key)
+    runs = [
+        keys[i : i + per_task] for keys in groups.values() for i in range(0, len(keys), per_task)
+    ]
+    searches = [[j.key] for j in selected if j.kind == "search"]
+    arrays = _split("jobs", stages + runs, limit, per_gpu) + _split("search", searches, limit, 1)
     for before, after in itertools.pairwise(arrays):
         after.depends_on = before.name
     return arrays
@@ -262,7 +289,7 @@ def _group(selected: list[JobSpec], limit: int, per_task: int, per_gpu: int) -> 
 
 def _datasets_first(datasets: dict[str, Any], arrays: list[Array], limit: int) -> list[Array]:
     """``arrays`` after a CPU array making ``datasets`` (one task each), chained like them."""
-    first = _split("datasets", list(datasets), limit, 1, 1)
+    first = _split("datasets", [[name] for name in datasets], limit, 1)
     for array in first:
         array.kind = "datasets"
     chain = first + arrays
@@ -271,16 +298,17 @@ def _datasets_first(datasets: dict[str, Any], arrays: list[Array], limit: int) -
     return chain
 
 
-def _split(name: str, keys: list[str], limit: int, per_task: int, per_gpu: int) -> list[Array]:
-    per_array = limit * per_task
-    chunks = [keys[i : i + per_array] for i in range(0, len(keys), per_array)]
+def _split(name: str, tasks: list[list[str]], limit: int, per_gpu: int) -> list[Array]:
+    """Arrays ``name-0``, ``name-1``... of at most ``limit`` tasks each."""
+    chunks = [tasks[i : i + limit] for i in range(0, len(tasks), limit)]
     return [
         Array(
             f"{name}-{n}",
-            chunk,
-            task_count=-(-len(chunk) // per_task),
-            runs_per_task=per_task,
+            [key for task in chunk for key in task],
+            task_count=len(chunk),
+            runs_per_task=max(len(task) for task in chunk),
             runs_per_gpu=per_gpu,
+            tasks=chunk,
         )
         for n, chunk in enumerate(chunks)
     ]
@@ -451,6 +479,7 @@ def _write_record(submission: SubmissionPaths, record: dict[str, Any], arrays: l
         {
             "name": a.name,
             "keys": a.keys,
+            "tasks": a.tasks,
             "job_id": a.job_id,
             "runs_per_task": a.runs_per_task,
             "runs_per_gpu": a.runs_per_gpu,
@@ -472,24 +501,29 @@ def worker(folder: Path, array_name: str, task: int) -> int:
     USR1, checkpoint and requeue this task only (at most each job's ``max_requeues``
     times: then its run ends FAILED).
 
-    With ``runs_per_gpu`` N > 1 the task's runs are dealt to N processes that
-    train side by side (round-robin over the task's GPUs); USR1 is passed on to
-    them. Like local workers each trains with one intra-op thread, so a run's
-    numbers are the same whichever executor ran it and whatever shared its GPU.
+    A run whose shared stage is a task of this array first waits for that stage
+    (see ``_wait_for_stage``). With ``runs_per_gpu`` N > 1 the task's runs are dealt
+    to N processes that train side by side (round-robin over the task's GPUs); USR1
+    is passed on to them. Like local workers each trains with one intra-op thread, so
+    a run's numbers are the same whichever executor ran it and whatever shared its GPU.
     """
     submission = SubmissionPaths(folder)
     record = json.loads(submission.record.read_text())
     array = next(a for a in record["arrays"] if a["name"] == array_name)
-    per_task, per_gpu = array["runs_per_task"], array.get("runs_per_gpu", 1)
-    keys = array["keys"][task * per_task : (task + 1) * per_task]
+    per_gpu = array.get("runs_per_gpu", 1)
+    tasks = task_keys(array)
+    keys = tasks[task]
     started = time.time()
     if array.get("kind") == "datasets":
         code = make_task(record["datasets"], keys, ProjectPaths.default())
-    elif per_gpu == 1:
-        code = _lane([record["jobs"][k] for k in keys], submission, task, 0)
     else:
         jobs = [record["jobs"][k] for k in keys]
-        code = _lanes([jobs[i::per_gpu] for i in range(per_gpu)], submission, task)
+        stages = _stage_tasks(tasks, record["jobs"])
+        lanes = [jobs[i::per_gpu] for i in range(per_gpu)]
+        if len(lanes) == 1:
+            code = _lane(jobs, submission, task, 0, stages)
+        else:
+            code = _lanes(lanes, submission, task, stages)
     if code == PREEMPTED:
         target = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
         print(f"preempted: requeueing {target}", flush=True)
@@ -499,13 +533,62 @@ def worker(folder: Path, array_name: str, task: int) -> int:
     return code
 
 
-def _lanes(lanes: list[list[str]], submission: SubmissionPaths, task: int) -> int:
+def _stage_tasks(tasks: list[list[str]], jobs: dict[str, str]) -> dict[str, int]:
+    """Stage key -> the task of this array that trains it."""
+    return {
+        keys[0]: index
+        for index, keys in enumerate(tasks)
+        if len(keys) == 1 and json.loads(jobs[keys[0]])["kind"] == "stage"
+    }
+
+
+_POLL_S = 1.0  # how often a waiting run looks for its stage's checkpoint
+_QUEUE_S = 60.0  # how often it asks SLURM whether the stage's task is still there
+_WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED"}
+
+
+def _wait_for_stage(
+    job: JobSpec, submission: SubmissionPaths, stages: dict[str, int], echo: Callable
+) -> bool:
+    """Wait until the shared stage ``job`` starts from (when it is a task of this array)
+    has its checkpoint or ended; False when this task should give its slot back instead.
+
+    A stage task has a lower index than every run task, so it started before any run
+    task waiting for it. Its task writes ``ended`` however the stage job ended; a stage
+    task killed outright is noticed from ``squeue`` within ``_QUEUE_S``. When the stage's
+    task is pending again (requeued after preemption) the run task returns False, to be
+    requeued itself, so waiting runs can never hold every slot the stage needs.
+    """
+    stage = job.depends[-1] if job.depends else None
+    if stage not in stages:
+        return True
+    result, ended = job.paths.stage_files(stage).result, submission.ended(stage)
+    target = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{stages[stage]}"
+    began = asked = time.monotonic()
+    while not (result.exists() or ended.exists()):
+        if time.monotonic() - asked >= _QUEUE_S:
+            asked = time.monotonic()
+            state = _slurm("squeue", "-h", "-j", target, "-o", "%T").strip()
+            if state in _WAITING:
+                echo(f"shared stage {stage} (task {target}) is {state}: giving this slot back")
+                return False
+            if not state and not (result.exists() or ended.exists()):
+                break  # the stage's task is gone: run_job reports the run skipped
+        time.sleep(_POLL_S)
+    if time.monotonic() - began >= _POLL_S:
+        echo(f"waited {time.monotonic() - began:.0f} s for shared stage {stage}")
+    return True
+
+
+def _lanes(
+    lanes: list[list[str]], submission: SubmissionPaths, task: int, stages: dict[str, int]
+) -> int:
     """Run each list of jobs in its own process at the same time; the worst exit code."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_lane_exit, args=(jobs, submission, task, lane))
+        context.Process(target=_lane_exit, args=(jobs, submission, task, lane, stages))
         for lane, jobs in enumerate(lanes)
         if jobs
     ]
@@ -525,24 +608,43 @@ def _lane_exit(*args: Any) -> None:
     sys.exit(_lane(*args))
 
 
-def _lane(jobs: list[str], submission: SubmissionPaths, task: int, lane: int) -> int:
+def _lane(
+    jobs: list[str], submission: SubmissionPaths, task: int, lane: int, stages: dict[str, int]
+) -> int:
     """Run ``jobs`` (JSON descriptions) one after another on lane ``lane``'s device: 0
-    unless one failed (1) or training stopped on USR1 after checkpointing (PREEMPTED)."""
+    unless one failed (1) or training stopped on USR1 after checkpointing, or a run
+    gave its slot back to its requeued stage (PREEMPTED)."""
     import torch
 
-    from zoo.train import STOP, Preempted
+    from zoo.artifacts import drain_figures, figures_in_background
 
     torch.set_num_threads(1)
     pin_device(lane)
+    figures_in_background()
+    try:
+        return _lane_jobs(jobs, submission, task, lane, stages)
+    finally:
+        drain_figures()
+
+
+def _lane_jobs(
+    jobs: list[str], submission: SubmissionPaths, task: int, lane: int, stages: dict[str, int]
+) -> int:
+    from zoo.train import STOP, Preempted
+
     signal.signal(signal.SIGUSR1, lambda *_: STOP.set())
     failures = 0
     for text in jobs:
         job = JobSpec.from_json(text)
         print(f"task {task} lane {lane} pid {os.getpid()}: {job.kind} {job.key}", flush=True)
+        if not _wait_for_stage(job, submission, stages, lambda line: print(line, flush=True)):
+            return PREEMPTED
         try:
             result = run_job(job, submission.job_log(job.key))
         except Preempted:
-            return PREEMPTED
+            return PREEMPTED  # a preempted stage has not ended: its runs keep waiting
+        if job.kind == "stage":
+            submission.ended(job.key).touch()
         if result.status == "skipped":
             print(f"task {task}: skipped {job.key}: {result.reason}", flush=True)
             continue
