@@ -195,11 +195,9 @@ def measure_images_per_s(config: RunConfig, steps: int = 4, max_side: int = 128)
 
 
 def plan_task(plan: Plan) -> str:
-    """The task of the plan's runs: that of the last stage's loss ("segmentation" for a plan
-    without runs), read from its first run."""
-    from zoo.losses import loss_task
-
-    return loss_task(plan.runs[0].config.stages[-1].loss) if plan.runs else "segmentation"
+    """The task of the plan's runs (``model.task``, read from its first run; "segmentation"
+    for a plan without runs)."""
+    return plan.runs[0].config.model.task if plan.runs else "segmentation"
 
 
 def report(plan: Plan, images_per_s: float, show: int = 3) -> dict[str, Any]:
