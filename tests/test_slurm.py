@@ -82,7 +82,7 @@ def test_usr1_requeues_the_task_and_it_resumes_to_the_same_metrics(
     _squeue_empty(timeout=400)
     runs = [r for r in tiny_runs() if r.data.tags["zoo.kind"] == "run"]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    logs = "".join(p.read_text() for p in project.state.glob("sweeps/tiny/*/logs/runs-0*.out"))
+    logs = "".join(p.read_text() for p in project.state.glob("sweeps/tiny/*/logs/jobs-0*.out"))
     assert "preempted: requeueing" in logs and re.search(r"requeueing \d+_0", logs)
     resumed = MlflowClient(project.tracking_uri).get_metric_history(
         runs[0].info.run_id, "val_loss/b"
