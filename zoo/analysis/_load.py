@@ -2,8 +2,9 @@
 
 MLflow's ``search_runs`` builds a Python object per run and metric and is slow
 at sweep scale; zoo reads SQL stores (SQLite, PostgreSQL) with a few queries and
-pivots them with pandas. A tracking server is read through its REST API: paged
-``search_runs`` and bulk metric histories (see ``_rest_tables``).
+pivots them with pandas. A tracking server is read through its REST API: runs
+searched in parts and bulk metric histories, several requests at once (see
+``_rest_tables``). Every backend returns values exactly as logged (NaN included).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _sql_tables(
     """Five queries on MLflow's tables through raw DB-API cursors (no ORM objects). The
     metric histories, most of the work, are read in parts on connections of their own
     while the other queries run; they come back one row per (run, key) and are unpacked
-    with numpy."""
+    by Arrow (see ``_history``)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pandas as pd
