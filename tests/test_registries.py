@@ -11,7 +11,7 @@ import torch
 from zoo.config import ModelConfig, RunConfig, StageConfig
 from zoo.losses import LOSSES
 from zoo.models import ARCHITECTURES, create_model
-from zoo.train import Step, amp_dtype, make_optimizer, train_step
+from zoo.train import Step, _amp_dtype, make_optimizer, train_step
 
 OPTIMIZERS = typing.get_args(typing.get_type_hints(StageConfig)["optimizer"])
 AMP_MODES = typing.get_args(typing.get_type_hints(RunConfig)["amp"])
@@ -43,7 +43,7 @@ def _one_step(arch="unet", optimizer="adam", loss="cross_entropy", amp="off", si
     model = create_model(model_config).train()
     before = [p.detach().clone() for p in model.parameters()]
     stage = StageConfig(name="s", train="a", optimizer=optimizer, loss=loss, lr=1e-2)
-    dtype = amp_dtype(RunConfig("x", (stage,), {}, amp=amp), torch.device("cpu"))
+    dtype = _amp_dtype(RunConfig("x", (stage,), {}, amp=amp), torch.device("cpu"))
     if not _cpu_supports(dtype):
         pytest.skip(f"CPU autocast in {dtype} is not supported by this torch build")
     scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)

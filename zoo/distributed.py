@@ -49,7 +49,7 @@ from zoo.train import (
     Shard,
     ShardFactory,
     Step,
-    amp_dtype,
+    _amp_dtype,  # the stage's autocast dtype, exactly as rank 0 chooses it
     epoch_order,
     make_optimizer,
     pick_device,
@@ -377,7 +377,7 @@ class _Follower:
         self.optimizer = make_optimizer(self.stage_config, self.model)
         self.part = _Ranked(self.me, self.model, self.optimizer)
         network = torch.compile(self.part.network) if config.compile else self.part.network
-        amp = amp_dtype(config, device)
+        amp = _amp_dtype(config, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         loss = make_loss(self.stage_config.loss)
         self.train = Step(network, self.optimizer, loss, config.model.head, amp, scaler)

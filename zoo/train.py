@@ -55,7 +55,6 @@ __all__ = [
     "ShardFactory",
     "StageResult",
     "Step",
-    "amp_dtype",
     "check_data",
     "dataset_stats",
     "dihedral",
@@ -261,7 +260,7 @@ def check_data(config: RunConfig, datasets: dict[str, Dataset]) -> None:
             )
 
 
-def amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
+def _amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
     amp = config.amp
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" else "off"
@@ -506,7 +505,7 @@ def train_stage(
     if finished is not None:
         return _replay(finished, folder, on_epoch)
     stage, device = config.stages[index], data[config.stages[index].train].train_images.device
-    amp = amp_dtype(config, device)
+    amp = _amp_dtype(config, device)
     floor = loss_floor(stage.loss, config.model.head, config.model.classes)
     record = stage_record(config, index)
     atomic_write_text(files.record, json.dumps(record, indent=1))  # what is trained here
