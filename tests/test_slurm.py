@@ -253,7 +253,7 @@ def test_a_run_waits_for_its_own_stage_only(tiny_spec, tiny_runs, cluster, proje
     Tasks (MaxArraySize 3): jobs-0 = stage a, stage b, run a/none; jobs-1 = the rest."""
     spec = tiny_spec(
         extra={
-            "derive": {"epochs": {"lookup": ["$source", {"a": 1, "b": 200}]}},
+            "derive": {"epochs": {"lookup": ["$source", {"a": 1, "b": 100}]}},
             "set": {
                 "stages.0.train": "$source",
                 "stages.0.epochs": "$epochs",
