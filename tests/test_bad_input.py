@@ -767,7 +767,7 @@ CASES = [
         regression(model={"input_scaling": "per_batch"}),
         TRAIN,
         2,
-        r"config\.model\.input_scaling: 'per_batch' .*'per_dataset', 'none' or a number",
+        r"config\.model\.input_scaling: 'per_batch' .*'per_dataset', 'none' or a finite number",
     ),
     (
         "input-scaling-zero",

@@ -758,10 +758,9 @@ def main(argv: list[str] | None = None) -> int:
     from zoo.errors import ConfigError, DataError
 
     try:
-        if getattr(args, "tracking_uri", None):  # where init: run: references are looked up
-            from zoo.config import use_store
+        from zoo.config import use_store
 
-            use_store(args.tracking_uri)
+        use_store(getattr(args, "tracking_uri", None))  # where init: run: references are looked up
         return args.func(args) or 0
     except (ConfigError, DataError) as error:
         print(f"zoo: error: {_one_line(error)}", file=sys.stderr)
