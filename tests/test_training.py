@@ -260,6 +260,7 @@ def test_compiled_run_reports_compile_time_apart_and_trains_like_eager(project):
         assert ("compile_seconds/pretrain" in metrics) == compile_
         history = client.get_metric_history(run.info.run_id, "train_loss")
         losses[compile_] = [m.value for m in sorted(history, key=lambda m: m.step)]
-    compiled_seconds = metrics["compile_seconds/pretrain"]
-    assert compiled_seconds > 1 and compiled_seconds > 3 * metrics["train_seconds/pretrain"]
+    # compiling takes longer than this stage's training: were it counted in train_seconds,
+    # train_seconds would exceed it (a factor of 1 keeps the check true under machine load)
+    assert metrics["compile_seconds/pretrain"] > metrics["train_seconds/pretrain"] > 0
     assert losses[True] == pytest.approx(losses[False], rel=1e-3)
