@@ -879,6 +879,14 @@ CASES = [
         2,
         r"--grace: -1",
     ),
+    ("stage-name-path", run(stage={"name": "../x"}), TRAIN, 2, r"stages\.0\.name: '\.\./x'"),
+    (
+        "h5-images-with-two-channels",
+        run(datasets={"d": {**H5, "channels": ["image", "baseline"]}}),
+        TRAIN,
+        2,
+        r"data\.h5: images/masks data has 1 channel",
+    ),
     # --- model zoo: read-only, so never a store created ---
     ("models-list-no-store", {}, ["models", "list"], 2, r"mlflow\.db does not exist"),
     ("models-list-limit-0", {}, ["models", "list", "--limit", "0"], 2, r"--limit: '0'"),

@@ -392,7 +392,7 @@ def _positive(kind: type) -> object:
 
 
 def _port(text: str) -> int:
-    """An argparse type: a TCP port, 1 to 65535 (PostgreSQL beside a server takes it + 1)."""
+    """An argparse type: a TCP port, 1 to 65534 (PostgreSQL beside a server takes it + 1)."""
     if not text.isdigit() or not 1 <= int(text) <= 65534:
         raise argparse.ArgumentTypeError(f"{text!r} is not allowed; expected a port 1-65534")
     return int(text)

@@ -32,6 +32,7 @@ __all__ = [
     "load_config",
     "resolve",
     "set_path",
+    "store_in_use",
     "use_store",
 ]
 
@@ -216,6 +217,12 @@ class StageConfig:
     def validate(self, where: str) -> None:
         from zoo.losses import check_loss
 
+        check(
+            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.name) is not None,
+            f"{where}.name",
+            self.name,
+            "letters, digits, '.', '_' or '-' (it names folders and run:ID@STAGE)",
+        )
         check(self.lr > 0, f"{where}.lr", self.lr, "a learning rate > 0")
         check(0 < self.lr_decay <= 1, f"{where}.lr_decay", self.lr_decay, "0 < decay <= 1")
         check(self.epochs >= 1, f"{where}.epochs", self.epochs, "an integer >= 1")
@@ -539,6 +546,11 @@ def use_store(uri: str | None) -> None:
     """Identify ``init: run:``/``model:`` references in the store at ``uri`` (None: the
     default, ``$MLFLOW_TRACKING_URI`` or the project's mlflow.db)."""
     _STORE["uri"] = uri
+
+
+def store_in_use() -> str | None:
+    """The store set by :func:`use_store` (handed to processes that resolve configs)."""
+    return _STORE["uri"]
 
 
 def _init_kind(init: str) -> dict[str, str]:

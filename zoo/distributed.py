@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from zoo.config import RunConfig, resolve
+from zoo.config import RunConfig, resolve, store_in_use, use_store
 from zoo.losses import make_loss
 from zoo.models import create_model, freeze, set_train_mode
 from zoo.paths import ProjectPaths
@@ -269,7 +269,7 @@ def group(
         context.Process(
             target=_follow,
             args=(config.to_dict(), str(root), rank, world, store.port, load_datasets),
-            kwargs={"threads": torch.get_num_threads()},
+            kwargs={"threads": torch.get_num_threads(), "tracking_uri": store_in_use()},
             name=f"zoo-rank-{rank}",
         )
         for rank in range(1, world)
@@ -331,10 +331,13 @@ def _follow(
     port: int,
     load_datasets: Callable[[RunConfig, Any], dict[str, Any]],
     threads: int = 1,
+    tracking_uri: str | None = None,
 ) -> None:
-    """A follower process: load the data, join the group, obey rank 0 until DONE."""
+    """A follower process: load the data, join the group, obey rank 0 until DONE
+    (``init: run:`` references resolved in rank 0's store, ``tracking_uri``)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # rank 0 alone checkpoints on USR1
     torch.set_num_threads(threads)
+    use_store(tracking_uri)
     config = resolve(document)
     device = _rank_device(config, rank)
     if device.type == "cuda":

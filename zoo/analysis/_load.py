@@ -211,7 +211,8 @@ def _rest_tables(
 def _search(uri: str, experiment_id: str, digit: str) -> list[dict]:
     """Every active run of the experiment whose id starts with ``digit``, as the
     server's JSON (pages of 1000)."""
-    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
 
     found, token = [], None
     while True:
@@ -221,7 +222,7 @@ def _search(uri: str, experiment_id: str, digit: str) -> list[dict]:
             "max_results": _SEARCH_PAGE,
         }
         response = http_request(
-            MlflowHostCreds(uri.rstrip("/")),
+            get_default_host_creds(uri.rstrip("/")),
             "/api/2.0/mlflow/runs/search",
             "POST",
             json={**query, "page_token": token} if token else query,
@@ -255,10 +256,11 @@ def _add_run(
 def _bulk_request(uri: str, key: str, run_ids: list[str]) -> list[tuple]:
     """The points of ``key`` for ``run_ids``; a response that reaches the server's
     25,000-point cap is asked again in halves."""
-    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
 
     response = http_request(
-        MlflowHostCreds(uri.rstrip("/")),
+        get_default_host_creds(uri.rstrip("/")),  # the client's credentials and TLS settings
         "/ajax-api/2.0/mlflow/metrics/get-history-bulk",
         "GET",
         params={"run_id": run_ids, "metric_key": key, "max_results": _BULK_CAP},

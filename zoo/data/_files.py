@@ -84,9 +84,19 @@ def _binary(name: str, mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
+def _one_channel(path: Path, spec: FileSpec) -> None:
+    """Images/masks layouts hold one grey channel: more named channels are a DataError."""
+    if len(spec.channels) != 1:
+        raise DataError(
+            f"{path}: images/masks data has 1 channel; {_named(spec.channels)} "
+            "(several channels need inputs/ and targets/)"
+        )
+
+
 def _read_folder(root: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray]:
     if (root / "inputs").is_dir():
         return _read_pairs(root, spec.channels)
+    _one_channel(root, spec)
     image_dir, mask_dir = root / "images", root / "masks"
     if not image_dir.is_dir() or not mask_dir.is_dir():
         raise DataError(
@@ -192,6 +202,7 @@ def _read_hdf5(path: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray]:
         with h5py.File(path, "r") as handle:
             if "inputs" in handle:
                 return _read_hdf5_pairs(handle, path, spec.channels)
+            _one_channel(path, spec)
             missing = [k for k in ("images", "masks") if k not in handle]
             if missing:
                 raise DataError(f"{path}: no dataset {missing[0]!r} (needs 'images' and 'masks')")

@@ -15,7 +15,8 @@ __all__ = ["filter_models", "format_models", "model_table", "sort_models"]
 
 _FIXED = ("run_id", "name", "experiment")
 _TAIL = ("train", "validate", "params", "state")
-_PARAMS = (*(f"stages.{i}.train" for i in range(8)), "validate_on")  # what a listing reads
+# what a listing reads
+_PARAMS = (*(f"stages.{i}.train" for i in range(8)), "validate_on", "model.task")
 
 
 def _experiments(uri: str, names: list[str] | None) -> list[str]:

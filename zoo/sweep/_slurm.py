@@ -568,7 +568,7 @@ def _wait_for_stage(
     while not (result.exists() or ended.exists()):
         if time.monotonic() - asked >= _QUEUE_S:
             asked = time.monotonic()
-            state = _slurm("squeue", "-h", "-j", target, "-o", "%T").strip()
+            state = _queue_state(target)
             if state in _WAITING:
                 echo(f"shared stage {stage} (task {target}) is {state}: giving this slot back")
                 return False
@@ -578,6 +578,17 @@ def _wait_for_stage(
     if time.monotonic() - began >= _POLL_S:
         echo(f"waited {time.monotonic() - began:.0f} s for shared stage {stage}")
     return True
+
+
+def _queue_state(task: str) -> str:
+    """The state of array task ``task`` in ``squeue``; "" when the controller no longer
+    knows it (ended and purged), "UNKNOWN" while ``squeue`` itself fails (keep waiting)."""
+    try:
+        return _slurm("squeue", "-h", "-j", task, "-o", "%T").strip()
+    except ConfigError as error:
+        return "" if "Invalid job id" in str(error) else "UNKNOWN"
+    except subprocess.TimeoutExpired:
+        return "UNKNOWN"
 
 
 def _lanes(
@@ -643,8 +654,9 @@ def _lane_jobs(
             result = run_job(job, submission.job_log(job.key))
         except Preempted:
             return PREEMPTED  # a preempted stage has not ended: its runs keep waiting
-        if job.kind == "stage":
-            submission.ended(job.key).touch()
+        finally:  # ended however it ended (unless preempted), so its runs stop waiting
+            if job.kind == "stage" and not STOP.is_set():
+                submission.ended(job.key).touch()
         if result.status == "skipped":
             print(f"task {task}: skipped {job.key}: {result.reason}", flush=True)
             continue
