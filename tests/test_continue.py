@@ -3,8 +3,11 @@ stopped into a new linked run, with the numbers of an uninterrupted longer run."
 
 from __future__ import annotations
 
+import re
+
 import h5py
 import numpy as np
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
@@ -160,3 +163,22 @@ def test_a_run_starts_from_a_kept_epoch_or_a_stage_of_another_run(project, capsy
     assert error.count("\n") == 1 and "config.stages.0.init" in error
     assert "the run trained 3 epochs" in error
     assert len(_runs(project.root)[1]) == before  # refused before any run exists
+
+
+def test_an_epoch_or_stage_a_run_did_not_keep_is_refused_before_training():
+    from zoo.config import _check_point
+    from zoo.errors import ConfigError
+
+    params = {"stages.0.name": "s", "stages.0.epochs": "3", "stages.0.keep_epochs": "False"}
+    params |= {"stages.1.name": "t", "stages.1.epochs": "2", "stages.1.keep_epochs": "True"}
+    for point in ("s", "t", "epoch:3", "epoch:4", "epoch:5"):  # last epochs, kept epochs
+        _check_point(params, point, "refused:")
+    for point, reason in (
+        ("epoch:2", "stage 0 kept only its last epoch (3"),
+        ("epoch:6", "the run trained 5 epochs"),
+        ("u", "no stage 'u'"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(reason)):
+            _check_point(params, point, "refused:")
+    with pytest.raises(ConfigError, match="not trained by zoo"):
+        _check_point({}, "s", "refused:")

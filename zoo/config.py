@@ -622,11 +622,20 @@ def _check_point(params: dict[str, str], point: str, refused: str) -> None:
         at = len(stages)
         stages.append((params[f"stages.{at}.name"], int(params[f"stages.{at}.epochs"])))
     if not stages:
-        return  # not made by zoo: nothing to check against
+        raise ConfigError(f"{refused} the run was not trained by zoo (it has no stages)")
     if point.startswith("epoch:"):
-        total = sum(epochs for _, epochs in stages)
-        if int(point.removeprefix("epoch:")) > total:
-            raise ConfigError(f"{refused} the run trained {total} epochs")
+        epoch, first = int(point.removeprefix("epoch:")), 0
+        for at, (_, epochs) in enumerate(stages):
+            kept = params.get(f"stages.{at}.keep_epochs", "").lower() == "true"
+            if epoch <= first + epochs:
+                if epoch < first + epochs and not kept:
+                    raise ConfigError(
+                        f"{refused} its stage {at} kept only its last epoch "
+                        f"({first + epochs}; keep_epochs: true keeps every one)"
+                    )
+                return
+            first += epochs
+        raise ConfigError(f"{refused} the run trained {first} epochs")
     elif point not in (name for name, _ in stages):
         raise ConfigError(
             f"{refused} no stage {point!r}; the run has " + ", ".join(n for n, _ in stages)
