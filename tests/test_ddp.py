@@ -168,5 +168,5 @@ def test_gpus_per_task_trains_each_run_on_that_many_gpus(project, tiny_spec, cap
     capsys.readouterr()
     assert main(["sweep", "submit", str(path), "--dry-run", "--gpus-per-task", "2"]) == 0
     scripts = capsys.readouterr().out
-    runs = [s for s in scripts.split("# would run: ")[1:] if "zoo-tiny-runs-" in s]
+    runs = [s for s in scripts.split("# would run: ")[1:] if "zoo-tiny-jobs-" in s]
     assert runs and all("\n#SBATCH --gpus-per-task=2\n" in s for s in runs)

@@ -38,7 +38,7 @@ __all__ = [
 
 def local_artifact_dir(tracker: Tracker, run_id: str) -> Path | None:
     """The run's artifact folder when it is on this machine's filesystem, else None."""
-    uri = tracker.client.get_run(run_id).info.artifact_uri
+    uri = tracker.artifact_uri(run_id)
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))

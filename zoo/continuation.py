@@ -105,8 +105,8 @@ def continued_from(config: RunConfig, tracker: Tracker, paths: ProjectPaths) -> 
     """The id of the finished run this config continues: the same config with fewer
     epochs of its last stage (whose final state the last stage continues from), or
     without its last stage (whose stages this one reuses)."""
-    found = tracker.client.get_experiment_by_name(config.experiment)
-    if found is None:
+    experiment_id = tracker.experiment_id(config.experiment)
+    if experiment_id is None:
         return None
     last = len(config.stages) - 1
     candidates = [_shorter_stage(config, last, paths)]
@@ -118,7 +118,7 @@ def continued_from(config: RunConfig, tracker: Tracker, paths: ProjectPaths) -> 
     for candidate in candidates:
         if candidate is None:
             continue
-        run = tracker.find(found.experiment_id, candidate.digest())
+        run = tracker.find(experiment_id, candidate.digest())
         if run is not None and run.info.status == "FINISHED":
             return run.info.run_id
     return None

@@ -275,8 +275,8 @@ def run(
 
 def _existing(tracker: Tracker, experiment: str, identity: str) -> Any | None:
     """The newest run of ``identity``, without creating the experiment."""
-    found = tracker.client.get_experiment_by_name(experiment)
-    return tracker.find(found.experiment_id, identity) if found else None
+    experiment_id = tracker.experiment_id(experiment)
+    return tracker.find(experiment_id, identity) if experiment_id else None
 
 
 def _attempt(
@@ -323,7 +323,7 @@ def _attempt(
     except Pruned as pruned:
         echo(f"run {run_id} {pruned}")
         tracker.set_tags(run_id, {"zoo.pruned_epoch": str(pruned.epoch)})
-        tracker.client.set_terminated(run_id, "KILLED")
+        tracker.kill(run_id)
         raise
     except BaseException as error:
         tracker.finish(run_id, error)

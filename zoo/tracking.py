@@ -307,6 +307,15 @@ class Tracker:
             os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # per run
         self.client = MlflowClient(self.uri)
 
+    def experiment_id(self, name: str) -> str | None:
+        """The id of experiment ``name``, or None; never creates it."""
+        found = _retrying(lambda: self.client.get_experiment_by_name(name))
+        return found.experiment_id if found else None
+
+    def artifact_uri(self, run_id: str) -> str:
+        """Where run ``run_id`` keeps its artifacts."""
+        return _retrying(lambda: self.client.get_run(run_id)).info.artifact_uri
+
     def experiment(self, name: str, description: str | None = None) -> str | None:
         """The id of experiment ``name``, created if missing (read-only: None if missing).
 
@@ -433,6 +442,10 @@ class Tracker:
         self.set_tags(run_id, {ERROR_TAG: f"{type(error).__name__}: {error}"})
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         _retrying(lambda: self.client.set_terminated(run_id, status))
+
+    def kill(self, run_id: str) -> None:
+        """End the run KILLED on purpose (a pruned trial), with no error tag."""
+        _retrying(lambda: self.client.set_terminated(run_id, "KILLED"))
 
     def import_runs(self, experiment_id: str, runs: Iterable[FinishedRun]) -> int:
         """Log ``runs`` as FINISHED runs through batched logging, skipping identities
