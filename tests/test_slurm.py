@@ -170,9 +170,10 @@ def test_shell_injection_values_never_execute(
     spec = tiny_spec(
         sources=("a",),
         freezes=("none",),
-        extra={
+        extra={  # the value travels in every job's axes and run name
             "derive": {"label": {"value": value}},
-            "set": {"stages.0.train": "$source", "stages.1.name": "t{label}"},
+            "set": {"stages.0.train": "$source"},
+            "run_name": "r {label} {seed}",
         },
     )
     assert main(["sweep", "submit", str(spec), "--partition", value]) == 2
