@@ -147,7 +147,7 @@ class _Stop(Exception):
 
 
 def _stop_after(epoch, seen=None):
-    def on_epoch(at, metrics):
+    def on_epoch(at, metrics, replayed):
         if seen is not None:
             seen.append(metrics)
         if at == epoch:
@@ -172,7 +172,7 @@ def test_corrupt_checkpoint_is_set_aside_and_training_resumes(project, caplog, t
     assert (folder / "previous.last.safetensors").exists()
     last.write_bytes(last.read_bytes()[:1000])  # a kill during a write, a full disk
     replayed = []
-    result, _ = _stage_call(project, 3, lambda epoch, _: replayed.append(epoch))
+    result, _ = _stage_call(project, 3, lambda epoch, *_: replayed.append(epoch))
     assert replayed == [1, 2, 3]
     # resumed from the previous good checkpoint: epoch 1 is the first attempt's, not redone
     assert result.history[0]["epoch_seconds"] == first_attempt[0]["epoch_seconds"]

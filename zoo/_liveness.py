@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-__all__ = ["HEARTBEAT_S", "HEARTBEAT_TAG", "STALE_S", "Heartbeat", "alive"]
+__all__ = ["HEARTBEAT_S", "HEARTBEAT_TAG", "STALE_S", "Heartbeat", "alive", "beat_tags"]
 
 HEARTBEAT_TAG = "zoo.heartbeat"
 HEARTBEAT_S = 30.0
@@ -40,12 +40,28 @@ def alive(tags: Mapping[str, str], now: float | None = None) -> bool:
         return True
 
 
-class Heartbeat:
-    """Context manager calling ``beat(tags)`` now and every ``interval`` seconds until exit;
-    a failing beat is skipped (the next one retries)."""
+def beat_tags() -> dict[str, str]:
+    """The tags of a first heartbeat: now, this host and this process."""
+    return {
+        HEARTBEAT_TAG: f"{time.time():.0f}",
+        "zoo.host": platform.node(),
+        "zoo.pid": str(os.getpid()),
+    }
 
-    def __init__(self, beat: Callable[[dict[str, str]], None], interval: float = HEARTBEAT_S):
+
+class Heartbeat:
+    """Context manager calling ``beat(tags)`` now (``beat_tags()``; skipped with
+    ``first=False``, when the run was created with them) and every ``interval`` seconds
+    until exit; a failing periodic beat is skipped (the next one retries)."""
+
+    def __init__(
+        self,
+        beat: Callable[[dict[str, str]], None],
+        interval: float = HEARTBEAT_S,
+        first: bool = True,
+    ):
         self._beat, self._interval, self._stop = beat, interval, threading.Event()
+        self._first = first
 
     def _send(self) -> None:
         with contextlib.suppress(Exception):  # a store hiccup must not stop training
@@ -56,13 +72,8 @@ class Heartbeat:
             self._send()
 
     def __enter__(self) -> Heartbeat:
-        self._beat(
-            {
-                HEARTBEAT_TAG: f"{time.time():.0f}",
-                "zoo.host": platform.node(),
-                "zoo.pid": str(os.getpid()),
-            }
-        )
+        if self._first:
+            self._beat(beat_tags())
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self

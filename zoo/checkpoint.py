@@ -113,12 +113,21 @@ def weights_digest(path: Path) -> str:
 
 def weights_problem(path: Path, recorded: str) -> str | None:
     """None when ``path`` holds the bytes whose digest was ``recorded``, else one line
-    naming the file and what is wrong with it."""
+    naming the file and what is wrong with it. A file this process verified is read again
+    only when its inode, size, modification or change time differ."""
     try:
-        found = weights_digest(path)
+        stat = path.stat()
+        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        found = _VERIFIED.get(key) or weights_digest(path)
     except OSError as error:
         return f"{path}: unreadable weights ({type(error).__name__})"
-    return None if found == recorded else f"{path}: damaged weights (content changed)"
+    if found != recorded:
+        return f"{path}: damaged weights (content changed)"
+    _VERIFIED[key] = found
+    return None
+
+
+_VERIFIED: dict[tuple, str] = {}  # (path, inode, size, mtime, ctime) -> sha256 seen
 
 
 def reissue(source: Path, target: Path, record: dict[str, Any]) -> dict[str, Any]:

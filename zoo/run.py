@@ -10,6 +10,7 @@ changed, and the numbers equal those of an uninterrupted longer run.
 
 from __future__ import annotations
 
+import functools
 import platform
 import tempfile
 from collections.abc import Callable
@@ -23,9 +24,9 @@ import yaml
 from filelock import FileLock, Timeout
 
 from zoo import distributed
-from zoo._liveness import Heartbeat
+from zoo._liveness import Heartbeat, beat_tags
 from zoo.artifacts import FigureJob, draw_later, log_linked
-from zoo.config import RunConfig, flatten
+from zoo.config import ModelConfig, RunConfig, flatten
 from zoo.continuation import CONTINUED_TAG, continue_stage, continued_from, intermediate_weights
 from zoo.data import Dataset, MixSpec, load, materialise, mixture
 from zoo.errors import ConfigError
@@ -222,9 +223,15 @@ def preflight(config: RunConfig, paths: ProjectPaths) -> Prepared:
     cached datasets is written."""
     device = pick_device(config)
     check_encoder(config.model.encoder)
-    with torch.device("meta"):  # built, not initialised: a check, so it costs nothing
-        create_model(config.model)
+    _check_buildable(config.model)
     return device, load_datasets(config, paths)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_buildable(model: ModelConfig) -> None:
+    """Build ``model`` on the meta device (not initialised, no memory), once per process."""
+    with torch.device("meta"):
+        create_model(model)
 
 
 def run(
@@ -299,45 +306,71 @@ def _attempt(
         if continued is not None:
             run_tags[CONTINUED_TAG] = continued
             echo(f"continuing finished run {continued} into a new run")
+        run_tags.update(beat_tags())  # the first heartbeat travels with the run's creation
         run_id = tracker.create(tracker.experiment(config.experiment), run_tags)
-        logged: set[int] = set()
+        log = _Log(tracker, run_id, set())
+        log.params = {**flatten(config.to_dict()), "loss_floor": floor}
     else:
         run_id = existing.info.run_id
         tracker.reopen(run_id)
-        logged = tracker.logged_steps(run_id, "train_loss")
+        log = _Log(tracker, run_id, tracker.logged_steps(run_id, "train_loss"))
     echo(f"run {run_id} ({identity}) on {device}")
     try:
-        with Heartbeat(lambda beat: tracker.set_tags(run_id, beat)):
-            if existing is None:
-                tracker.log_params(run_id, {**flatten(config.to_dict()), "loss_floor": floor})
+        with Heartbeat(lambda beat: tracker.set_tags(run_id, beat), first=existing is not None):
             data = device_datasets(datasets, device, echo, config.model)
             with distributed.group(config, paths.root, load_datasets) as shard:
-                results = _train_stages(
-                    config, data, tracker, run_id, logged, paths, echo, on_epoch, shard
-                )
-            tracker.log_metrics(run_id, _summary(config, results, floor, results[-1].total), 0)
+                results = _train_stages(config, data, log, paths, echo, on_epoch, shard)
+            log.add(0, _summary(config, results, floor, results[-1].total))
+            log.flush()
             _artifacts(config, results, datasets, tracker, run_id)
     except Preempted:
+        log.flush()
         echo(f"run {run_id} preempted; it stays RUNNING and resumes from its checkpoint")
         raise
     except Pruned as pruned:
+        log.flush()
         echo(f"run {run_id} {pruned}")
         tracker.set_tags(run_id, {"zoo.pruned_epoch": str(pruned.epoch)})
         tracker.kill(run_id)
         raise
     except BaseException as error:
+        log.flush()
         tracker.finish(run_id, error)
         raise
     tracker.finish(run_id)
     return run_id
 
 
+class _Log:
+    """A run's params and epoch metrics on their way to the store: held while finished
+    stages replay their history, sent together at the next live epoch (or end), so a
+    run costs a few round trips rather than one per epoch. Steps already in the store
+    (an attempt that continues) are not sent again."""
+
+    def __init__(self, tracker: Tracker, run_id: str, logged: set[int]):
+        self.tracker, self.run_id, self.logged = tracker, run_id, logged
+        self.params: dict[str, Any] = {}
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+
+    def add(self, step: int, metrics: dict[str, float]) -> bool:
+        """Hold ``metrics`` of ``step``; False when that step was logged before."""
+        if step in self.logged:
+            return False
+        self.metrics.append((step, metrics))
+        self.logged.add(step)
+        return True
+
+    def flush(self) -> None:
+        """Send everything held."""
+        if self.params or self.metrics:
+            self.tracker.log_batch(self.run_id, self.params, self.metrics)
+            self.params, self.metrics = {}, []
+
+
 def _train_stages(
     config: RunConfig,
     data: dict[str, Any],
-    tracker: Tracker,
-    run_id: str,
-    logged: set[int],
+    log: _Log,
     paths: ProjectPaths,
     echo: Callable[[str], None],
     hook: EpochHook | None = None,
@@ -351,23 +384,27 @@ def _train_stages(
 
         target = init.partition(":")[2]
         if init.startswith("run:") and "@" in target:
-            return intermediate_weights(target, tracker, paths)
-        return fetch_weights(target, tracker)
+            return intermediate_weights(target, log.tracker, paths)
+        return fetch_weights(target, log.tracker)
 
     for index, stage in enumerate(config.stages):
 
         def on_epoch(
-            epoch: int, metrics: dict[str, Any], index: int = index, offset: int = offset
+            epoch: int,
+            metrics: dict[str, Any],
+            replayed: bool,
+            index: int = index,
+            offset: int = offset,
         ) -> None:
-            step = offset + epoch
-            if step not in logged:
-                tracker.log_metrics(run_id, _epoch_metrics(metrics, index), step)
-                logged.add(step)
+            if log.add(offset + epoch, _epoch_metrics(metrics, index)):
                 echo(
                     f"  {config.stages[index].name} epoch {epoch}: train loss "
                     f"{metrics['train_loss']:.4f}, "
                     + ", ".join(f"{n} {v['loss_adj']:.4f}" for n, v in metrics["val"].items())
                 )
+            last = index == len(config.stages) - 1 and epoch == config.stages[index].epochs
+            if not replayed and not last:  # the last epoch's metrics go with the summary
+                log.flush()
             if hook is not None:
                 hook(config.stages[index].name, epoch, metrics)
 

@@ -306,21 +306,37 @@ class Tracker:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
             os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # per run
         self.client = MlflowClient(self.uri)
+        # what this process learnt once and relies on: experiment ids by name (an id
+        # never changes), experiments whose tags it set, runs' artifact locations, and
+        # the runs it reopened (only those may carry an earlier attempt's error tag)
+        self._experiment_ids: dict[str, str] = {}
+        self._tagged: set[tuple[str, str | None]] = set()
+        self._artifact_uris: dict[str, str] = {}
+        self._reopened: set[str] = set()
 
     def experiment_id(self, name: str) -> str | None:
         """The id of experiment ``name``, or None; never creates it."""
-        found = _retrying(lambda: self.client.get_experiment_by_name(name))
-        return found.experiment_id if found else None
+        if name not in self._experiment_ids:
+            found = _retrying(lambda: self.client.get_experiment_by_name(name))
+            if found is None:
+                return None
+            self._experiment_ids[name] = found.experiment_id
+        return self._experiment_ids[name]
 
     def artifact_uri(self, run_id: str) -> str:
         """Where run ``run_id`` keeps its artifacts."""
-        return _retrying(lambda: self.client.get_run(run_id)).info.artifact_uri
+        if run_id not in self._artifact_uris:
+            run = _retrying(lambda: self.client.get_run(run_id))
+            self._artifact_uris[run_id] = run.info.artifact_uri
+        return self._artifact_uris[run_id]
 
     def experiment(self, name: str, description: str | None = None) -> str | None:
         """The id of experiment ``name``, created if missing (read-only: None if missing).
 
         Its tags open MLflow 3's training-runs view and hold ``description`` as its note.
         """
+        if (name, description) in self._tagged:
+            return self._experiment_ids[name]
         found = _retrying(lambda: self.client.get_experiment_by_name(name))
         if found is None and self.read_only:
             return None
@@ -335,6 +351,8 @@ class Tracker:
                     _retrying(
                         lambda k=key, v=value: self.client.set_experiment_tag(experiment_id, k, v)
                     )
+            self._experiment_ids[name] = experiment_id
+            self._tagged.add((name, description))
         return experiment_id
 
     def _create_experiment(self, name: str) -> str:
@@ -390,22 +408,41 @@ class Tracker:
 
     def create(self, experiment_id: str, tags: dict[str, str]) -> str:
         """A new RUNNING run with ``tags``; returns its id."""
-        return _retrying(lambda: self.client.create_run(experiment_id, tags=tags)).info.run_id
+        info = _retrying(lambda: self.client.create_run(experiment_id, tags=tags)).info
+        self._artifact_uris[info.run_id] = info.artifact_uri
+        return info.run_id
 
     def _batch(self, run_id: str, **items: list) -> None:
         _retrying(lambda: self.client.log_batch(run_id, **items))
 
+    def log_batch(
+        self,
+        run_id: str,
+        params: dict[str, Any] | None = None,
+        metrics: Iterable[tuple[int, dict[str, float]]] = (),
+    ) -> None:
+        """``params`` (under MLflow-safe keys, see metric_key) and the metrics of several
+        steps, as (step, {key: value}), in as few round trips as MLflow's batch limits
+        allow (100 params, 1000 values per call)."""
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        named = [Param(metric_key(k), str(v)) for k, v in (params or {}).items()]
+        values = [Metric(k, float(v), now, step) for step, row in metrics for k, v in row.items()]
+        while named or values:
+            chunk = named[:_PARAM_BATCH]
+            room = _METRIC_BATCH - len(chunk)
+            self._batch(run_id, params=chunk, metrics=values[:room])
+            named, values = named[_PARAM_BATCH:], values[room:]
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """``params`` under MLflow-safe keys (see metric_key), in batches of 100."""
-        from mlflow.entities import Param
-
-        items = [Param(metric_key(k), str(v)) for k, v in params.items()]
-        for i in range(0, len(items), _PARAM_BATCH):
-            self._batch(run_id, params=items[i : i + _PARAM_BATCH])
+        self.log_batch(run_id, params)
 
     def reopen(self, run_id: str) -> None:
         """Mark an interrupted or failed run RUNNING again, to continue into it."""
         _retrying(lambda: self.client.update_run(run_id, status="RUNNING"))
+        self._reopened.add(run_id)
 
     def logged_steps(self, run_id: str, key: str) -> set[int]:
         """Steps already logged for metric ``key``."""
@@ -413,10 +450,7 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         """All ``metrics`` of one step in one batch."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self._batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self.log_batch(run_id, metrics=[(step, metrics)])
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -434,8 +468,9 @@ class Tracker:
         """End the run FINISHED (clearing a ``zoo.error`` left by an earlier attempt), or
         FAILED with the error's type and message in ``zoo.error``."""
         if error is None:
-            run = _retrying(lambda: self.client.get_run(run_id))
-            if ERROR_TAG in run.data.tags:
+            reopened = run_id in self._reopened
+            run = _retrying(lambda: self.client.get_run(run_id)) if reopened else None
+            if run is not None and ERROR_TAG in run.data.tags:
                 _retrying(lambda: self.client.delete_tag(run_id, ERROR_TAG))
             _retrying(lambda: self.client.set_terminated(run_id, "FINISHED"))
             return

@@ -83,7 +83,7 @@ class Preempted(Exception):
     """Training stopped on request after checkpointing; running it again resumes."""
 
 
-EpochCallback = Callable[[int, dict[str, float]], None]
+EpochCallback = Callable[[int, dict[str, float], bool], None]  # (epoch, metrics, replayed)
 DEFAULT_MODEL = ModelConfig()  # one grey image, standardised per image
 
 
@@ -512,7 +512,7 @@ def train_stage(
     checkpoint = files.checkpoint
     model, optimizer, progress = _resume(config, index, previous, fetch_run, device, checkpoint)
     for epoch, metrics in enumerate(progress["history"], start=1):
-        on_epoch(epoch, metrics)
+        on_epoch(epoch, metrics, True)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     source = data[stage.train]
     count = min(stage.size or len(source.train_images), len(source.train_images))
@@ -574,7 +574,7 @@ def train_stage(
             )
             progress["history"].append(metrics)
             save_checkpoint(checkpoint, model, optimizer, progress, record)
-            on_epoch(epoch, metrics)
+            on_epoch(epoch, metrics, False)
     final, best_weights = files.weights("final"), files.weights("best")
     if progress["best"][stage.selection_set]["epoch"] == stage.epochs:
         final.unlink(missing_ok=True)
@@ -593,10 +593,14 @@ def train_stage(
         "weights": {k: weights_digest(files.weights(k)) for k in ("best", "final")},
     }
     if config.keeps_optimizer(index) or index == len(config.stages) - 1:
-        # the next stage carries this optimizer on; a run's last stage may be continued
-        save_checkpoint(files.carry, model, optimizer, progress, record)
+        # the next stage carries this optimizer on; a run's last stage may be continued.
+        # The last epoch's checkpoint is that state: renamed, not written again
+        if checkpoint.exists():
+            os.replace(checkpoint, files.carry)
+        else:  # resumed, every epoch done, from the checkpoint before a damaged last one
+            save_checkpoint(files.carry, model, optimizer, progress, record)
     atomic_write_text(done, json.dumps({**result, "record": record}, indent=1))
-    checkpoint.unlink()
+    checkpoint.unlink(missing_ok=True)
     previous_path(checkpoint).unlink(missing_ok=True)
     return _replay(result, folder, lambda *_: None)
 
@@ -647,24 +651,36 @@ def _fresh(
     """The stage's starting model (seeded, initialised, on the device, frozen) and optimizer."""
     stage = config.stages[index]
     torch.manual_seed(config.seed)
-    model = create_model(config.model)
     if stage.optimizer_state == "carry":
-        return _carried(model, stage, previous, device)
+        return _carried(create_model(config.model), stage, previous, device)
     initial = _initial_weights(config, index, previous, fetch_run)
-    if initial is not None:
-        try:
-            model.load_state_dict(initial)
-        except RuntimeError as error:
-            first = str(error).splitlines()[0]
-            raise DataError(
-                f"config.stages.{index}.init: {stage.init!r} does not fit the model ({first})"
-            ) from None
+    model = create_model(config.model) if initial is None else _loaded(config, index, initial)
     model.to(device)
     if device.type == "cuda":  # fast defaults: cuDNN autotuning, NHWC convolutions
         torch.backends.cudnn.benchmark = True
         model.to(memory_format=torch.channels_last)
     freeze(model, stage.freeze)
     return model, make_optimizer(stage, model)
+
+
+def _loaded(config: RunConfig, index: int, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The model holding ``weights`` (every parameter and buffer; built without the random
+    initialisation they replace). Weights that do not fit are one line naming the init."""
+    with torch.device("meta"):
+        model = create_model(config.model)
+    try:
+        model.load_state_dict(weights, assign=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise DataError(
+            f"config.stages.{index}.init: {config.stages[index].init!r} does not fit the model "
+            f"({first})"
+        ) from None
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # not in a state dict
+        torch.manual_seed(config.seed)
+        model = create_model(config.model)
+        model.load_state_dict(weights)
+    return model
 
 
 def _carried(
@@ -752,7 +768,7 @@ def _finished(done: Path, config: RunConfig, index: int) -> dict[str, Any] | Non
 
 def _replay(result: dict[str, Any], folder: Path, on_epoch: EpochCallback) -> StageResult:
     for epoch, metrics in enumerate(result["history"], start=1):
-        on_epoch(epoch, metrics)
+        on_epoch(epoch, metrics, True)
     return StageResult(
         folder,
         result["history"],

@@ -31,6 +31,7 @@ __all__ = [
     "pin_device",
     "requeues_left",
     "run_job",
+    "with_parent",
 ]
 
 _WORKER: dict[str, Any] = {}  # per process: the tracker in use, the pinned device
@@ -206,12 +207,14 @@ def _give_up(job: JobSpec, tracker: Tracker, echo: Callable[[str], None], error:
     return JobResult("failed", found.info.run_id if found else "", str(reason))
 
 
+def with_parent(job: JobSpec, parent: str) -> JobSpec:
+    """``job`` tagged with ``parent``, the MLflow run of the shared stage it starts from."""
+    return replace(job, tags={**job.tags, "mlflow.parentRunId": parent, "zoo.stage_run": parent})
+
+
 def _with_parent(job: JobSpec, tracker: Tracker) -> JobSpec:
-    """``job`` tagged with the MLflow run of the shared stage it starts from."""
+    """``job`` tagged with its shared stage's MLflow run, looked up unless it came with it."""
     if not job.depends or job.tags.get("mlflow.parentRunId"):
         return job
     found = tracker.find(tracker.experiment(job.experiment), job.depends[-1])
-    if found is None:
-        return job
-    parent = found.info.run_id
-    return replace(job, tags={**job.tags, "mlflow.parentRunId": parent, "zoo.stage_run": parent})
+    return job if found is None else with_parent(job, found.info.run_id)

@@ -20,7 +20,14 @@ from typing import Any
 
 from zoo.sweep._datasets import make_datasets
 from zoo.sweep._executor import Executor, SweepReport, pending
-from zoo.sweep._job import JobResult, JobSpec, jobs_from_plan, pin_device, run_job
+from zoo.sweep._job import (
+    JobResult,
+    JobSpec,
+    jobs_from_plan,
+    pin_device,
+    run_job,
+    with_parent,
+)
 from zoo.sweep._plan import Plan
 from zoo.tracking import Tracker
 
@@ -105,7 +112,7 @@ class LocalExecutor(Executor):
         progress = _Progress(len(todo), self.echo)
         try:
             make_datasets(todo, tracker.paths, self.echo, pool.map)
-            _schedule(pool, workers, todo, set(finished), report, progress)
+            _schedule(pool, workers, todo, dict(finished), report, progress)
         except KeyboardInterrupt:
             report.interrupted = True
             self.echo(
@@ -131,11 +138,13 @@ def _schedule(
     pool: ProcessPoolExecutor,
     workers: int,
     todo: list[JobSpec],
-    done_keys: set[str],
+    done: dict[str, str],
     report: SweepReport,
     progress: _Progress,
 ) -> None:
-    """Start each job once its stages finished, ``workers`` at a time, until none is left."""
+    """Start each job once its stages finished, ``workers`` at a time, until none is left.
+    ``done``: key -> MLflow run id of the finished jobs (a run learns its stage's run
+    from it, rather than by a search of its own)."""
     running: dict[Future, JobSpec] = {}
     failed_stages: set[str] = set()
     while todo or running:
@@ -148,17 +157,19 @@ def _schedule(
                 if job.kind == "stage":
                     failed_stages.add(job.key)
                 progress.show(report, len(running), f"skipped {_describe(job)}")
-            elif all(d in done_keys for d in job.depends):
+            elif all(d in done for d in job.depends):
                 todo.remove(job)
+                if job.depends and done[job.depends[-1]]:
+                    job = with_parent(job, done[job.depends[-1]])
                 running[pool.submit(_run, job.to_json())] = job
         if not running:
             return
-        done, _ = wait(running, return_when=FIRST_COMPLETED)
-        for future in done:
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
             job = running.pop(future)
             result = future.result()
             if result.status == "finished":
-                done_keys.add(job.key)
+                done[job.key] = result.run_id
                 report.finished.append(job.key)
             else:
                 report.failed[job.key] = result.reason
