@@ -29,6 +29,7 @@ class SweepReport:
     skipped: list[str] = field(default_factory=list)  # a stage they need failed
     submitted: list[str] = field(default_factory=list)  # handed to a scheduler (SLURM)
     submission: Path | None = None  # the SLURM submission folder
+    seconds: dict[str, float] = field(default_factory=dict)  # key -> job wall time (local)
     interrupted: bool = False
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -74,6 +75,7 @@ class JobResult:
     status: Literal["finished", "failed", "skipped"]
     run_id: str = ""  # the MLflow run, when one exists
     reason: str = ""  # why it failed or was skipped
+    seconds: float = 0.0  # wall time of run_job in its worker
 
 
 def job_tags(
@@ -149,6 +151,12 @@ def run_job(job: JobSpec, log: Path | None = None, on_epoch: EpochHook | None = 
     job (zoo.train.Preempted) propagates while ``requeues_left``; past the cap its
     run ends FAILED, naming the cap. ``on_epoch`` may raise zoo.run.Pruned.
     """
+    started = time.perf_counter()
+    result = _run_job(job, log, on_epoch)
+    return replace(result, seconds=time.perf_counter() - started)
+
+
+def _run_job(job: JobSpec, log: Path | None, on_epoch: EpochHook | None) -> JobResult:
     if job.kind == "search":
         from zoo.sweep._search import work
 

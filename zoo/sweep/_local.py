@@ -168,6 +168,7 @@ def _schedule(
         for future in finished:
             job = running.pop(future)
             result = future.result()
+            report.seconds[job.key] = result.seconds
             if result.status == "finished":
                 done[job.key] = result.run_id
                 report.finished.append(job.key)
