@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 __all__ = [
+    "BackgroundWrites",
     "CheckpointError",
     "atomic_write_text",
     "checkpoint_record",
@@ -148,6 +149,15 @@ def save_checkpoint(
 ) -> None:
     """Weights, optimizer state, torch RNG state, ``progress`` and ``record`` (what made
     it: JSON-ready) in one file; the checkpoint it replaces is kept as previous_path."""
+    _atomic_save(*_checkpoint_parts(model, optimizer, progress, record), path, True)
+
+
+def _checkpoint_parts(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    progress: dict[str, Any],
+    record: dict[str, Any] | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     state = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     scalars: dict[str, dict[str, Any]] = {}
@@ -164,7 +174,61 @@ def save_checkpoint(
         "optim_scalars": json.dumps(scalars),
         "record": json.dumps(record),
     }
-    _atomic_save(tensors, path, metadata, keep_previous=True)
+    return tensors, metadata
+
+
+class BackgroundWrites:
+    """Weights and checkpoints written in the order given by one thread, while training
+    goes on (a context manager). What is handed over is copied at once, so training may
+    change it; leaving the context waits until every file is on disk (whatever ends
+    it) and then raises the first error a write met, if nothing else is raised."""
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="zoo-checkpoints", daemon=True)
+
+    def __enter__(self) -> BackgroundWrites:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type | None, *_: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if kind is None and self._error is not None:
+            raise self._error
+
+    def weights(self, model: torch.nn.Module, path: Path) -> None:
+        """``save_weights(model, path)``, in the background."""
+        self._queue.put((_copied(model.state_dict()), path, {"format": "pt"}, False))
+
+    def checkpoint(
+        self,
+        path: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        progress: dict[str, Any],
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        """``save_checkpoint(...)``, in the background."""
+        tensors, metadata = _checkpoint_parts(model, optimizer, progress, record)
+        self._queue.put((_copied(tensors), path, metadata, True))
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:  # after a failed write, later ones would mislead
+                try:
+                    _atomic_save(*item)
+                except BaseException as error:
+                    self._error = error
+
+
+def _copied(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Host copies of ``tensors`` (from any device), owned by the caller."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

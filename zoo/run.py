@@ -244,6 +244,7 @@ def run(
     tags: dict[str, str] | None = None,
     prepared: Prepared | None = None,
     on_epoch: EpochHook | None = None,
+    pending: bool = False,
 ) -> str:
     """Train ``config`` (or finish an interrupted attempt); returns the MLflow run id.
 
@@ -253,10 +254,12 @@ def run(
     the caller ran it already). One process at a time works on an identity: others
     wait for it, then find it finished. ``tags`` are added to a new run. ``on_epoch``
     sees every epoch's metrics once logged (replayed ones too). Any failure after the
-    run exists ends it FAILED.
+    run exists ends it FAILED. ``pending``: the caller (an executor) found the run
+    unfinished, so the look-up that spares a finished run its preflight is skipped; the
+    one made holding the lock is not.
     """
     identity = identity or config.digest()
-    existing = _existing(tracker, config.experiment, identity)
+    existing = None if pending else _existing(tracker, config.experiment, identity)
     if existing is not None and existing.info.status == "FINISHED":
         echo(f"run {existing.info.run_id} already finished; nothing to do")
         return existing.info.run_id

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from zoo.checkpoint import (
+    BackgroundWrites,
     CheckpointError,
     atomic_write_text,
     checkpoint_record,
@@ -521,7 +522,7 @@ def train_stage(
     step = Step(network, optimizer, make_loss(stage.loss), config.model.head, amp, scaler)
     device_index = (device.index or 0) if device.type == "cuda" else None
     compiled = not config.compile  # the first step in this process compiles the model
-    with GpuMeter(device_index, config.power_cap_w) as meter:
+    with GpuMeter(device_index, config.power_cap_w) as meter, BackgroundWrites() as writes:
         for epoch in range(progress["epoch"] + 1, stage.epochs + 1):
             started = time.perf_counter()
             lr = stage_lr(stage, epoch)
@@ -551,7 +552,7 @@ def train_stage(
                         "total": part.total(total).item(),
                         "seconds": time.perf_counter() - started,
                     }
-                    save_checkpoint(checkpoint, model, optimizer, progress, record)
+                    writes.checkpoint(checkpoint, model, optimizer, progress, record)
                     raise Preempted(f"stopped in epoch {epoch} of {stage.name}; checkpointed")
             total = part.total(total)
             validation = {
@@ -564,16 +565,16 @@ def train_stage(
             )
             bests = _update_best(progress["best"], epoch, validation, floor, stage.select_metric)
             if stage.selection_set in bests:
-                save_weights(model, files.weights("best"))
+                writes.weights(model, files.weights("best"))
             if stage.keep_epochs:
-                save_weights(model, files.epoch(epoch))
+                writes.weights(model, files.epoch(epoch))
             progress.update(
                 epoch=epoch,
                 seconds=progress["seconds"] + seconds,
                 images=progress.get("images", 0) + len(order),
             )
             progress["history"].append(metrics)
-            save_checkpoint(checkpoint, model, optimizer, progress, record)
+            writes.checkpoint(checkpoint, model, optimizer, progress, record)
             on_epoch(epoch, metrics, False)
     final, best_weights = files.weights("final"), files.weights("best")
     if progress["best"][stage.selection_set]["epoch"] == stage.epochs:

@@ -189,7 +189,14 @@ def _train(
         config = replace(config, device=_WORKER["device"])
     try:
         run_id = run(
-            config, tracker, job.paths, echo, identity=job.key, tags=job.tags, on_epoch=on_epoch
+            config,
+            tracker,
+            job.paths,
+            echo,
+            identity=job.key,
+            tags=job.tags,
+            on_epoch=on_epoch,
+            pending=True,
         )
     except Preempted as error:
         if requeues_left(job):
