@@ -53,13 +53,8 @@ _POSTGRES_VALUE = "CASE WHEN x.is_nan THEN 'NaN' ELSE CAST(x.value AS TEXT) END"
 def _sql_tables(
     uri: str, experiment: str, histories: bool = True, param_keys: tuple[str, ...] | None = None
 ) -> tuple[pd.DataFrame, ...] | None:
-    """Five queries on MLflow's tables through raw DB-API cursors (no ORM objects). The
-    metric histories, most of the work, are read in parts on connections of their own
-    while the other queries run; they come back one row per (run, key) and are unpacked
-    by Arrow (see ``_history``)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import pandas as pd
+    """The experiment named ``experiment`` read from the SQL store at ``uri`` (see
+    ``experiment_tables``); None if there is none."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(uri)
@@ -71,36 +66,52 @@ def _sql_tables(
             ).first()
         if row is None:
             return None
-        active = f"experiment_id = {int(row[0])} AND lifecycle_stage = 'active'"  # from the store
-        in_experiment = f"x.run_uuid IN (SELECT run_uuid FROM runs WHERE {active})"
-        only = ""
-        if param_keys is not None:
-            listed = ",".join("'" + k.replace("'", "''") + "'" for k in param_keys) or "NULL"
-            only = f" AND x.key IN ({listed})"
-        long = ["run_id", "key", "value"]
-        runs = _query(
-            engine,
-            f"SELECT run_uuid, status, start_time, end_time FROM runs WHERE {active}",
-            ["run_id", "status", "start_time", "end_time"],
-        )
-        with ThreadPoolExecutor(_HISTORY_PARTS) as pool:
-            parts = [
-                pool.submit(_history, engine, _history_sql(engine, in_experiment, part))
-                for part in (_run_ranges(runs["run_id"]) if histories else [])
-            ]
-            tags, params, latest = (
-                _query(engine, f"SELECT x.run_uuid, x.key, x.value FROM {table} x {where}", long)
-                for table, where in (
-                    ("tags", f"WHERE {in_experiment}"),
-                    ("params", f"WHERE {in_experiment}{only}"),
-                    ("latest_metrics", f"WHERE {in_experiment}"),
-                )
-            )
-            found = [points for part in parts if len(points := part.result())]
-        history = pd.concat(found, ignore_index=True) if found else _no_history()
+        *tables, packed = experiment_tables(engine, int(row[0]), histories, param_keys)
+        return (*tables, expand_history(packed))
     finally:
         engine.dispose()
-    return runs, tags, params, latest, history
+
+
+def experiment_tables(
+    engine: Any, experiment_id: int, histories: bool, param_keys: tuple[str, ...] | None
+) -> tuple[Any, ...]:
+    """runs, tags, params, latest (DataFrames) and the packed histories (an Arrow table,
+    see ``_history``) of experiment ``experiment_id``'s active runs, by five queries on
+    MLflow's tables through raw DB-API cursors (no ORM objects). The metric histories,
+    most of the work, are read in parts on connections of their own while the other
+    queries run. ``engine`` (a SQLAlchemy engine) is the caller's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+
+    active = f"experiment_id = {int(experiment_id)} AND lifecycle_stage = 'active'"
+    in_experiment = f"x.run_uuid IN (SELECT run_uuid FROM runs WHERE {active})"
+    only = ""
+    if param_keys is not None:
+        listed = ",".join("'" + k.replace("'", "''") + "'" for k in param_keys) or "NULL"
+        only = f" AND x.key IN ({listed})"
+    long = ["run_id", "key", "value"]
+    runs = _query(
+        engine,
+        f"SELECT run_uuid, status, start_time, end_time FROM runs WHERE {active}",
+        ["run_id", "status", "start_time", "end_time"],
+    )
+    with ThreadPoolExecutor(_HISTORY_PARTS) as pool:
+        parts = [
+            pool.submit(_history, engine, _history_sql(engine, in_experiment, part))
+            for part in (_run_ranges(runs["run_id"]) if histories else [])
+        ]
+        tags, params, latest = (
+            _query(engine, f"SELECT x.run_uuid, x.key, x.value FROM {table} x {where}", long)
+            for table, where in (
+                ("tags", f"WHERE {in_experiment}"),
+                ("params", f"WHERE {in_experiment}{only}"),
+                ("latest_metrics", f"WHERE {in_experiment}"),
+            )
+        )
+        found = [points for part in parts if len(points := part.result())]
+    packed = pa.concat_tables(found) if found else _packed_schema().empty_table()
+    return runs, tags, params, latest, packed
 
 
 def _query(engine: Any, sql: str, columns: list[str]) -> pd.DataFrame:
@@ -143,17 +154,22 @@ def _history_sql(engine: Any, in_experiment: str, part: str) -> str:
     )
 
 
-def _no_history() -> pd.DataFrame:
-    import numpy as np
-    import pandas as pd
+def _packed_schema() -> Any:
+    import pyarrow as pa
 
-    empty = pd.Series([], dtype="str")
-    return pd.DataFrame({"run_id": empty, "key": empty, "step": np.zeros(0, np.int64), "value": []})
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("key", pa.string()),
+            ("step", pa.list_(pa.int64())),
+            ("value", pa.list_(pa.float64())),
+        ]
+    )
 
 
-def _history(engine: Any, sql: str) -> pd.DataFrame:
-    """run_id, key, step, value: one row per point of the packed (run, key) rows that
-    ``sql`` reads, split and parsed by Arrow (exact, and off the GIL)."""
+def _history(engine: Any, sql: str) -> Any:
+    """The packed (run, key) rows that ``sql`` reads as an Arrow table: run_id, key, and
+    the lists of steps and values, split and parsed by Arrow (exact, and off the GIL)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -161,13 +177,34 @@ def _history(engine: Any, sql: str) -> pd.DataFrame:
     packed = _query(engine, sql, _PACKED)
     values = pc.split_pattern(pa.array(packed["values"], pa.string()), ",")
     steps = pc.split_pattern(pa.array(packed["steps"], pa.string()), ",")
-    counts = pc.list_value_length(steps).to_numpy(zero_copy_only=False)
-    if not np.array_equal(counts, pc.list_value_length(values).to_numpy(zero_copy_only=False)):
+    if not np.array_equal(
+        pc.list_value_length(steps).to_numpy(zero_copy_only=False),
+        pc.list_value_length(values).to_numpy(zero_copy_only=False),
+    ):
         raise ValueError("metric values and steps read back in different numbers")  # a guard
-    history = packed[["run_id", "key"]].take(np.repeat(np.arange(len(packed)), counts))
+    columns = [pa.array(packed["run_id"], pa.string()), pa.array(packed["key"], pa.string())]
+    columns += [pc.cast(steps, pa.list_(pa.int64())), pc.cast(values, pa.list_(pa.float64()))]
+    return pa.Table.from_arrays(columns, schema=_packed_schema())
+
+
+def expand_history(packed: Any) -> pd.DataFrame:
+    """run_id, key, step, value: one row per point of the packed Arrow table that
+    ``_history`` builds."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    if not len(packed):
+        empty = pd.Series([], dtype="str")
+        return pd.DataFrame(
+            {"run_id": empty, "key": empty, "step": np.zeros(0, np.int64), "value": []}
+        )
+    counts = pc.list_value_length(packed["step"]).to_numpy(zero_copy_only=False)
+    labels = packed.select(["run_id", "key"]).to_pandas()
+    history = labels.take(np.repeat(np.arange(len(packed)), counts))
     return history.reset_index(drop=True).assign(
-        step=pc.cast(pc.list_flatten(steps), pa.int64()).to_numpy(zero_copy_only=False),
-        value=pc.cast(pc.list_flatten(values), pa.float64()).to_numpy(zero_copy_only=False),
+        step=pc.list_flatten(packed["step"]).to_numpy(zero_copy_only=False),
+        value=pc.list_flatten(packed["value"]).to_numpy(zero_copy_only=False),
     )
 
 
