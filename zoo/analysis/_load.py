@@ -208,24 +208,92 @@ def expand_history(packed: Any) -> pd.DataFrame:
     )
 
 
+def encode_tables(tables: tuple[Any, ...]) -> bytes:
+    """``experiment_tables``' result as bytes: per table, its length (8 bytes, little
+    endian) and an Arrow IPC stream."""
+    import pyarrow as pa
+
+    out = bytearray()
+    for table in tables:
+        if not isinstance(table, pa.Table):
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        out += len(sink.getvalue()).to_bytes(8, "little") + sink.getvalue().to_pybytes()
+    return bytes(out)
+
+
+def decode_tables(data: bytes) -> tuple[pd.DataFrame, ...]:
+    """runs, tags, params, latest and history frames from ``encode_tables``' bytes."""
+    import pyarrow as pa
+
+    tables, at = [], 0
+    while at < len(data):
+        size = int.from_bytes(data[at : at + 8], "little")
+        tables.append(pa.ipc.open_stream(pa.py_buffer(data[at + 8 : at + 8 + size])).read_all())
+        at += 8 + size
+    *frames, packed = tables
+    return (*(t.to_pandas() for t in frames), expand_history(packed))
+
+
 def _rest_tables(
     uri: str, experiment: str, histories: bool = True, param_keys: tuple[str, ...] | None = None
 ) -> tuple[pd.DataFrame, ...] | None:
-    """The REST API, 8 requests at a time: ``runs/search`` in 16 parts (run ids by their
-    first hex digit: MLflow's run ids are uuid4 hex), then ``get-history-bulk`` (see
-    ``_bulk_request``) per key and 100 runs, asked as soon as those runs are known."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    import pandas as pd
+    """A tracking server: zoo's server (``zoo server start``) answers ``/zoo/api/1/tables``
+    in one request (see ``zoo._server_app``); any other MLflow server (that route 404s)
+    is read through the public REST API, much slower (see ``_public_rest_tables``)."""
     from mlflow.tracking import MlflowClient
 
     found = MlflowClient(uri).get_experiment_by_name(experiment)
     if found is None:
         return None
+    tables = _zoo_tables(uri, found.experiment_id, histories, param_keys)
+    if tables is None:
+        tables = _public_rest_tables(uri, found.experiment_id, histories, param_keys)
+    return tables
+
+
+def _zoo_tables(
+    uri: str, experiment_id: str, histories: bool, param_keys: tuple[str, ...] | None
+) -> tuple[pd.DataFrame, ...] | None:
+    """The tables from zoo's server route; None if the server has no such route (404) or
+    its store is not SQL (501)."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    from zoo._server_app import ROUTE
+
+    response = http_request(
+        get_default_host_creds(uri.rstrip("/")),
+        ROUTE,
+        "POST",
+        json={
+            "experiment_id": experiment_id,
+            "histories": histories,
+            "param_keys": None if param_keys is None else list(param_keys),
+        },
+    )
+    if response.status_code in (404, 501):
+        return None
+    response.raise_for_status()
+    return decode_tables(response.content)
+
+
+def _public_rest_tables(
+    uri: str, experiment_id: str, histories: bool, param_keys: tuple[str, ...] | None
+) -> tuple[pd.DataFrame, ...]:
+    """The public REST API, 8 requests at a time: ``runs/search`` in 16 parts (run ids by
+    their first hex digit: MLflow's run ids are uuid4 hex), then ``get-history-bulk`` (see
+    ``_bulk_request``) per key and 100 runs, asked as soon as those runs are known."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    import pandas as pd
+
     rows: dict[str, list[tuple]] = {"runs": [], "tags": [], "params": [], "latest": []}
     pending: dict[str, list[str]] = {}  # history key -> run ids not yet asked for
     with ThreadPoolExecutor(_REST_REQUESTS) as pool:
-        parts = [pool.submit(_search, uri, found.experiment_id, d) for d in "0123456789abcdef"]
+        parts = [pool.submit(_search, uri, experiment_id, d) for d in "0123456789abcdef"]
         asked = []
         for part in as_completed(parts):
             for run in part.result():
