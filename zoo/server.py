@@ -187,9 +187,9 @@ def start_mlflow(server: Server) -> Server:
     """Start ``mlflow server`` for ``server`` and wait until it answers; returns the record."""
     from zoo.tracking import Tracker
 
+    _check_app()
     data = Path(server.data)
     Tracker(server.store, None)  # creates and migrates the store once, under its lock
-    _check_app()
     log = open(data / "mlflow.log", "a")  # noqa: SIM115 (the child keeps it open)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", server.store]
     command += ["--app-name", _APP]  # MLflow's app plus zoo's bulk read (zoo._server_app)

@@ -2,9 +2,11 @@
 
 MLflow's ``search_runs`` builds a Python object per run and metric and is slow
 at sweep scale; zoo reads SQL stores (SQLite, PostgreSQL) with a few queries and
-pivots them with pandas. A tracking server is read through its REST API: runs
-searched in parts and bulk metric histories, several requests at once (see
-``_rest_tables``). Every backend returns values exactly as logged (NaN included).
+pivots them with pandas. zoo's tracking server (``zoo server start``) runs the same
+queries on its own database and sends the tables as Arrow (``zoo._server_app``); any
+other MLflow server is read through its public REST API: runs searched in parts and
+bulk metric histories, several requests at once (see ``_rest_tables``). Every backend
+returns values exactly as logged (NaN included).
 """
 
 from __future__ import annotations
