@@ -3,7 +3,8 @@
 Both are session-scoped (started once, stopped at the end) on ports 15410 and 15420
 (``$ZOO_TEST_PORT`` moves them to that port and the one 10 above, for two test sessions
 on one machine); each test gets a fresh SQLite file or PostgreSQL database, or (on the
-server) its own experiment names.
+server) its own experiment names. The server is zoo's (``mlflow server --app-name zoo``);
+``plain_mlflow_server`` starts MLflow's plain one on demand.
 """
 
 from __future__ import annotations
