@@ -11,7 +11,9 @@ zoo's GPU target (1600 images/s per GPU shared by 16 packed runs: 100 images/s p
 run) trains 64-512 images of 512 px and validates 128 per epoch: 2-6 s per epoch;
 ``--epoch-seconds 2`` is its fast end.
 (b) read: 10,000 finished runs with full histories (6 metrics × 20 epochs), built with
-the bulk-insert fixture, loaded by zoo's ``load_tables`` and by ``mlflow.search_runs``.
+the bulk-insert fixture, loaded by zoo's ``load_tables`` (through the server: by zoo's
+route, ``zoo._server_app``, and by MLflow's public REST API as from a plain ``mlflow
+server``) and by ``mlflow.search_runs``.
 
 A PostgreSQL cluster (``--port``, default 15460) and an MLflow server on it (port + 10,
 ``--workers``) are started here and stopped at the end; each row also prints the
@@ -32,12 +34,14 @@ import shutil
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
-from zoo.analysis import BulkRun, bulk_insert, load_tables
+from zoo.analysis import BulkRun, _load, bulk_insert, load_tables
 from zoo.paths import ProjectPaths
 from zoo.server import (
     Server,
@@ -174,19 +178,31 @@ def build(uri: str, count: int) -> float:
     return time.perf_counter() - start
 
 
-def read_test(write_uri: str, read_uri: str, count: int) -> tuple[float, float]:
+def _timed_load(uri: str, count: int, public: bool = False) -> float:
+    """Seconds ``load_tables`` takes; ``public``: a server read through MLflow's public
+    REST API, as from a plain ``mlflow server`` (zoo's route not asked)."""
+    start = time.perf_counter()
+    with mock.patch.object(_load, "_zoo_tables", lambda *a: None) if public else nullcontext():
+        tables = load_tables(uri, "bench")
+    seconds = time.perf_counter() - start
+    assert len(tables.runs) == count and len(tables.histories) == count * len(HISTORY) * 20
+    return seconds
+
+
+def read_test(write_uri: str, read_uri: str, count: int, public: bool) -> list[float]:
+    """Seconds to read ``count`` runs: zoo's ``load_tables`` (through a server: also by the
+    public REST API when ``public``), then ``mlflow.search_runs``."""
     import mlflow
 
     build(write_uri, count)
-    start = time.perf_counter()
-    tables = load_tables(read_uri, "bench")
-    zoo_s = time.perf_counter() - start
-    assert len(tables.runs) == count and len(tables.histories) == count * len(HISTORY) * 20
+    seconds = [_timed_load(read_uri, count)]
+    if public:
+        seconds.append(_timed_load(read_uri, count, public=True))
     mlflow.set_tracking_uri(read_uri)
     start = time.perf_counter()
     frame = mlflow.search_runs(experiment_names=["bench"], max_results=100_000)
     assert len(frame) == count
-    return zoo_s, time.perf_counter() - start
+    return [*seconds, time.perf_counter() - start]
 
 
 def main() -> None:
@@ -248,18 +264,19 @@ def main() -> None:
                         flush=True,
                     )
         if not args.skip_read:
-            print(f"(b) read {args.runs} runs: backend, zoo load_tables s, mlflow.search_runs s")
+            print(
+                f"(b) read {args.runs} runs: backend, zoo load_tables s (through the server: "
+                "zoo's route, then the public REST API), mlflow.search_runs s, load average"
+            )
             reads = {
                 "sqlite": (f"sqlite:///{folder / 'read.db'}",) * 2,
                 "postgresql": (_database(base, "read"),) * 2,
                 "server": (server.store, server.uri),
             }
             for backend in backends:
-                zoo_s, mlflow_s = read_test(*reads[backend], args.runs)
-                print(
-                    f"{backend:10} {zoo_s:8.2f} {mlflow_s:8.2f}  load {os.getloadavg()[0]:.1f}",
-                    flush=True,
-                )
+                found = read_test(*reads[backend], args.runs, public=backend == "server")
+                figures = " ".join(f"{s:8.2f}" for s in found)
+                print(f"{backend:10} {figures}  load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         stop_mlflow(server)
         stop_postgres(folder / "pg")

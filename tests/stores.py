@@ -3,17 +3,22 @@
 Both are session-scoped (started once, stopped at the end) on ports 15410 and 15420
 (``$ZOO_TEST_PORT`` moves them to that port and the one 10 above, for two test sessions
 on one machine); each test gets a fresh SQLite file or PostgreSQL database, or (on the
-server) its own experiment names.
+server) its own experiment names. The server is zoo's (``mlflow server --app-name zoo``);
+``plain_mlflow_server`` starts MLflow's plain one on demand.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,6 +69,38 @@ def tracking_server(postgres):
     yield server
     stop_mlflow(server)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def plain_mlflow_server(store: str, port: int):
+    """A plain ``mlflow server`` (MLflow's app, no zoo route) on ``store``; yields its URI."""
+    folder = _reachable_folder()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(folder / "mlflow.log", "w") as log:
+        child = subprocess.Popen(
+            command,
+            cwd=folder,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while child.poll() is None and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert child.poll() is None, (folder / "mlflow.log").read_text()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_python(code: str, root: Path, *args: str) -> subprocess.Popen:

@@ -3,6 +3,7 @@ server going away for 30 s."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import time
 from collections import Counter
@@ -10,12 +11,12 @@ from collections import Counter
 import pytest
 from conftest import zoo_process
 from mlflow.tracking import MlflowClient
-from stores import _reachable_folder
+from stores import PG_PORT, _reachable_folder
 
 from zoo.cli import main
-from zoo.server import _recorded, start_mlflow, stop, stop_mlflow
+from zoo.server import Server, _recorded, start_mlflow, stop, stop_mlflow
 
-PORT = 15450
+PORT = PG_PORT + 40  # 15450 by default; $ZOO_TEST_PORT moves it
 OUTAGE_S = 30
 
 
@@ -81,3 +82,10 @@ def test_sweep_through_the_server_survives_a_30_s_outage(tiny_spec, project, dat
     assert main(["sweep", "run", str(spec), "--tracking-uri", f"sqlite:///{reference}"]) == 0
     uninterrupted = _runs(f"sqlite:///{reference}", "tiny")
     assert rows == _metric_rows(f"sqlite:///{reference}", uninterrupted)
+
+
+def test_start_names_the_fix_when_zoos_app_is_not_installed(data, monkeypatch):
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kwargs: ())
+    with pytest.raises(RuntimeError, match=r"reinstall zoo \(make"):
+        start_mlflow(Server(str(data), "sqlite", "127.0.0.1", PORT, None, None, 1))
+    assert not (data / "mlflow.db").exists()

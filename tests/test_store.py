@@ -6,11 +6,12 @@ from __future__ import annotations
 import math
 import uuid
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from stores import fresh_database, run_python
+from stores import SERVER_PORT, fresh_database, plain_mlflow_server, run_python
 
-from zoo.analysis import load_tables
+from zoo.analysis import _load, load_tables
 from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths
 from zoo.tracking import (
@@ -122,6 +123,33 @@ def test_import_is_idempotent(store, tmp_path):
     assert sorted(tables.runs["size"]) == [0, 8, 16, 24, 32]
     assert len(tables.histories) == 5 * 3
     assert sorted(tables.histories.query("step == 3")["value"]) == [0.3, 1.3, 2.3, 3.3, 4.3]
+
+
+def test_a_plain_mlflow_server_reads_back_the_same_as_zoos(tracking_server, tmp_path, monkeypatch):
+    """zoo's server answers ``load_tables`` from its route; a plain ``mlflow server`` on
+    the same store has none, and the public REST API reads back the same tables."""
+    tracker = Tracker(tracking_server.uri, ProjectPaths(tmp_path))
+    name = _name()
+    experiment = tracker.experiment(name)
+    for identity in ("a", "b", "c"):
+        _log(tracker, experiment, identity, epochs=4)
+    public = _load._public_rest_tables
+    asked = []
+    monkeypatch.setattr(_load, "_public_rest_tables", lambda *a: asked.append(a[0]) or public(*a))
+    ours = load_tables(tracking_server.uri, name)
+    with plain_mlflow_server(tracking_server.store, SERVER_PORT + 1) as plain:
+        theirs = load_tables(plain, name)
+    assert asked == [plain]  # zoo's server answered from its route
+    pd.testing.assert_frame_equal(
+        ours.runs.sort_values("run_id", ignore_index=True),
+        theirs.runs.sort_values("run_id", ignore_index=True)[ours.runs.columns],
+    )
+    order = ["run_id", "key", "step"]
+    pd.testing.assert_frame_equal(
+        ours.histories.sort_values(order, ignore_index=True),
+        theirs.histories.sort_values(order, ignore_index=True),
+    )
+    assert len(ours.histories) == 3 * 2 * 4
 
 
 WRITER = """

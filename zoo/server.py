@@ -3,8 +3,10 @@
 The cluster path for sweeps: one server on a login or service node, every array task
 logging to it over HTTP. ``start`` initialises PostgreSQL (Debian's packages,
 installed when missing) under a data folder, starts it on the loopback interface
-only, starts ``mlflow server`` on it (serving artifacts from the same folder) and
-records both in ``server.json`` there; ``stop`` stops exactly what that file names.
+only, starts ``mlflow server`` on it with zoo's app (MLflow's own plus a bulk read
+route for ``load_tables``, see ``zoo._server_app``), serving artifacts from the same
+folder, and records both in ``server.json`` there; ``stop`` stops exactly what that
+file names.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ BACKENDS = ("postgresql", "sqlite")
 _DATABASE = "mlflow"
 _USER = "zoo"
 _READY_S = 120.0
+_APP = "zoo"  # mlflow server --app-name: zoo._server_app, declared in setup.cfg
 _MAX_CONNECTIONS = 500  # mlflow server's workers × 50 pooled connections, and clients
 
 
@@ -169,14 +172,27 @@ def _allowed_hosts(host: str) -> str:
     return ",".join(sorted(p for n in names for p in (n, f"{n}:*")))
 
 
+def _check_app() -> None:
+    """zoo's app must be registered with MLflow (setup.cfg's ``mlflow.app`` entry point)."""
+    from importlib.metadata import entry_points
+
+    if not entry_points(group="mlflow.app", name=_APP):
+        raise RuntimeError(
+            f"zoo's MLflow app ({_APP!r} in entry point group mlflow.app) is not installed; "
+            "reinstall zoo (make .venv/.installed, or pip install -e .)"
+        )
+
+
 def start_mlflow(server: Server) -> Server:
     """Start ``mlflow server`` for ``server`` and wait until it answers; returns the record."""
     from zoo.tracking import Tracker
 
+    _check_app()
     data = Path(server.data)
     Tracker(server.store, None)  # creates and migrates the store once, under its lock
     log = open(data / "mlflow.log", "a")  # noqa: SIM115 (the child keeps it open)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", server.store]
+    command += ["--app-name", _APP]  # MLflow's app plus zoo's bulk read (zoo._server_app)
     command += ["--artifacts-destination", str(data / "artifacts"), "--serve-artifacts"]
     command += ["--host", server.host, "--port", str(server.port), "--workers", str(server.workers)]
     command += ["--allowed-hosts", _allowed_hosts(server.host)]

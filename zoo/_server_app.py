@@ -1,0 +1,59 @@
+"""zoo's MLflow tracking server: MLflow's own app plus one read-only route.
+
+``mlflow server --app-name zoo`` (what ``zoo server start`` runs; the entry point is
+declared in setup.cfg under ``mlflow.app``) serves everything a plain server serves
+and ``POST /zoo/api/1/tables`` with JSON ``{"experiment_id": "1", "histories": true,
+"param_keys": null}``: that experiment's active runs, tags, params, latest metrics and
+packed metric histories, read from the server's SQL backend store by the same queries
+that read a SQLite or PostgreSQL store directly (``zoo.analysis._load``), as Arrow IPC
+(``encode_tables``). 400 for a malformed request; 501 when the backend store is not SQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ROUTE", "create_app"]
+
+ROUTE = "/zoo/api/1/tables"
+
+
+def _tables() -> Any:
+    from flask import Response, request
+    from mlflow.server.handlers import _get_tracking_store
+
+    from zoo.analysis._load import encode_tables, experiment_tables
+
+    body = request.get_json(silent=True)
+    body = body if isinstance(body, dict) else {}
+    keys = body.get("param_keys")
+    try:
+        experiment_id = int(body["experiment_id"])
+    except (KeyError, TypeError, ValueError):
+        return Response("experiment_id: an experiment's id is required", 400)
+    if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+        return Response("param_keys: a list of strings or null", 400)
+    engine = getattr(_get_tracking_store(), "engine", None)  # a SqlAlchemyStore's
+    if engine is None:
+        return Response("zoo tables: the backend store is not a SQL database", 501)
+    histories = bool(body.get("histories", True))
+    tables = experiment_tables(
+        engine, experiment_id, histories, None if keys is None else tuple(keys)
+    )
+    return Response(encode_tables(tables), mimetype="application/vnd.apache.arrow.stream")
+
+
+def create_app() -> Any:
+    """MLflow's app (FastAPI under uvicorn, its Flask app under gunicorn or waitress) with
+    zoo's route added to the Flask app, which both serve."""
+    from mlflow.environment_variables import _MLFLOW_SGI_NAME
+    from mlflow.server import app
+    from mlflow.server.handlers import _add_static_prefix
+
+    if "zoo_tables" not in app.view_functions:
+        app.add_url_rule(_add_static_prefix(ROUTE), "zoo_tables", _tables, methods=["POST"])
+    if _MLFLOW_SGI_NAME.get() == "uvicorn":
+        from mlflow.server.fastapi_app import app as fastapi_app
+
+        return fastapi_app
+    return app
