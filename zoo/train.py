@@ -501,109 +501,173 @@ def train_stage(
     process's part in training (default: all of it, zoo.train.Shard).
     """
     files = StagePaths(folder)
-    done = files.result
-    finished = _finished(done, config, index)
+    finished = _finished(files.result, config, index)
     if finished is not None:
         return _replay(finished, folder, on_epoch)
-    stage, device = config.stages[index], data[config.stages[index].train].train_images.device
-    amp = _amp_dtype(config, device)
-    floor = loss_floor(stage.loss, config.model.head, config.model.classes)
     record = stage_record(config, index)
     atomic_write_text(files.record, json.dumps(record, indent=1))  # what is trained here
-    checkpoint = files.checkpoint
-    model, optimizer, progress = _resume(config, index, previous, fetch_run, device, checkpoint)
+    device = data[config.stages[index].train].train_images.device
+    model, optimizer, progress = _resume(
+        config, index, previous, fetch_run, device, files.checkpoint
+    )
     for epoch, metrics in enumerate(progress["history"], start=1):
         on_epoch(epoch, metrics, True)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    source = data[stage.train]
-    count = min(stage.size or len(source.train_images), len(source.train_images))
-    part = shard(config, index, model, optimizer) if shard else Shard(model)
-    network = torch.compile(part.network) if config.compile else part.network
-    step = Step(network, optimizer, make_loss(stage.loss), config.model.head, amp, scaler)
+    training = _StageTraining(config, index, data, (model, optimizer), progress, shard)
     device_index = (device.index or 0) if device.type == "cuda" else None
-    compiled = not config.compile  # the first step in this process compiles the model
     with GpuMeter(device_index, config.power_cap_w) as meter, BackgroundWrites() as writes:
-        for epoch in range(progress["epoch"] + 1, stage.epochs + 1):
-            started = time.perf_counter()
-            lr = stage_lr(stage, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            set_train_mode(model, stage.freeze)
-            first, before = config.stream(index)  # a carried stage continues the shuffles
-            augment = stage.augment == "dihedral"
-            order = epoch_order(config.seed, first, before + epoch, count, augment)
-            partial = progress.pop("partial", {"step": 0, "total": 0.0, "seconds": 0.0})
-            started -= partial["seconds"]
-            total = torch.tensor(partial["total"], device=device)
-            batches = Batcher(source, order)
-            part.epoch(epoch)
-            for start in range(partial["step"], len(order), stage.batch_size):
-                if not compiled:
-                    began = _clock(device)
-                total += part.step(step, batches, start, stage.batch_size)
-                if not compiled:
-                    compiling = _clock(device) - began
-                    progress["compile_seconds"] = progress.get("compile_seconds", 0) + compiling
-                    started += compiling
-                    compiled = True
-                if STOP.is_set():  # preempted: checkpoint mid-epoch, let the caller requeue
-                    progress["partial"] = {
-                        "step": start + stage.batch_size,
-                        "total": part.total(total).item(),
-                        "seconds": time.perf_counter() - started,
-                    }
-                    writes.checkpoint(checkpoint, model, optimizer, progress, record)
-                    raise Preempted(f"stopped in epoch {epoch} of {stage.name}; checkpointed")
-            total = part.total(total)
-            validation = {
-                n: evaluate(model, data[n].val_images, data[n].val_masks, config, stage, amp)
-                for n in config.validation_sets
-            }
-            seconds = time.perf_counter() - started
-            metrics = _epoch_metrics(
-                total.item() / len(order), lr, seconds, len(order), validation, floor
+        for epoch in range(progress["epoch"] + 1, config.stages[index].epochs + 1):
+            on_epoch(epoch, training.epoch(epoch, files, record, writes), False)
+    return _finish_stage(training, files, record, meter.reading.metrics(""))
+
+
+class _StageTraining:
+    """A stage's model, optimizer, step and data between its epochs, and its progress
+    (what every checkpoint saves)."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        index: int,
+        data: dict[str, DeviceData],
+        state: tuple[torch.nn.Module, torch.optim.Optimizer],
+        progress: dict[str, Any],
+        shard: ShardFactory | None,
+    ):
+        stage = config.stages[index]
+        self.config, self.index, self.stage, self.data = config, index, stage, data
+        (self.model, self.optimizer), self.progress = state, progress
+        self.source = data[stage.train]
+        self.count = min(stage.size or len(self.source.train_images), len(self.source.train_images))
+        self.device = self.source.train_images.device
+        self.amp = _amp_dtype(config, self.device)
+        self.floor = loss_floor(stage.loss, config.model.head, config.model.classes)
+        self.part = shard(config, index, self.model, self.optimizer) if shard else Shard(self.model)
+        network = torch.compile(self.part.network) if config.compile else self.part.network
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        loss = make_loss(stage.loss)
+        self.step = Step(network, self.optimizer, loss, config.model.head, self.amp, scaler)
+        self.compiled = not config.compile  # the first step in this process compiles the model
+
+    def epoch(
+        self, epoch: int, files: StagePaths, record: dict[str, Any], writes: BackgroundWrites
+    ) -> dict[str, Any]:
+        """Train and validate epoch ``epoch`` (the rest of it, when a checkpoint stopped
+        in it); its files go to ``writes``; returns its metrics. Raises Preempted, after a
+        mid-epoch checkpoint, once STOP is set."""
+        started = time.perf_counter()
+        lr = stage_lr(self.stage, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        set_train_mode(self.model, self.stage.freeze)
+        first, before = self.config.stream(self.index)  # a carried stage continues the shuffles
+        augment = self.stage.augment == "dihedral"
+        order = epoch_order(self.config.seed, first, before + epoch, self.count, augment)
+        partial = self.progress.pop("partial", {"step": 0, "total": 0.0, "seconds": 0.0})
+        started -= partial["seconds"]
+        total = torch.tensor(partial["total"], device=self.device)
+        batches = Batcher(self.source, order)
+        self.part.epoch(epoch)
+        for start in range(partial["step"], len(order), self.stage.batch_size):
+            loss, compiling = self._step(batches, start)
+            total, started = total + loss, started + compiling
+            if STOP.is_set():  # preempted: checkpoint mid-epoch, let the caller requeue
+                self.progress["partial"] = {
+                    "step": start + self.stage.batch_size,
+                    "total": self.part.total(total).item(),
+                    "seconds": time.perf_counter() - started,
+                }
+                writes.checkpoint(
+                    files.checkpoint, self.model, self.optimizer, self.progress, record
+                )
+                raise Preempted(f"stopped in epoch {epoch} of {self.stage.name}; checkpointed")
+        total = self.part.total(total).item() / len(order)
+        metrics = self._validate(epoch, lr, total, len(order), time.perf_counter() - started)
+        if self.stage.selection_set in metrics.pop("bests"):
+            writes.weights(self.model, files.weights("best"))
+        if self.stage.keep_epochs:
+            writes.weights(self.model, files.epoch(epoch))
+        writes.checkpoint(files.checkpoint, self.model, self.optimizer, self.progress, record)
+        return metrics
+
+    def _step(self, batches: Batcher, start: int) -> tuple[torch.Tensor, float]:
+        """The summed loss of one batch, and the seconds spent compiling in it."""
+        if self.compiled:
+            return self.part.step(self.step, batches, start, self.stage.batch_size), 0.0
+        began = _clock(self.device)
+        loss = self.part.step(self.step, batches, start, self.stage.batch_size)
+        compiling = _clock(self.device) - began
+        self.progress["compile_seconds"] = self.progress.get("compile_seconds", 0) + compiling
+        self.compiled = True
+        return loss, compiling
+
+    def _validate(
+        self, epoch: int, lr: float, train_loss: float, images: int, trained_s: float
+    ) -> dict[str, Any]:
+        """The epoch's metrics after validation, recorded in the progress; under key
+        ``bests`` the validation sets whose best this epoch is."""
+        started = time.perf_counter()
+        validation = {
+            n: evaluate(
+                self.model,
+                self.data[n].val_images,
+                self.data[n].val_masks,
+                self.config,
+                self.stage,
+                self.amp,
             )
-            bests = _update_best(progress["best"], epoch, validation, floor, stage.select_metric)
-            if stage.selection_set in bests:
-                writes.weights(model, files.weights("best"))
-            if stage.keep_epochs:
-                writes.weights(model, files.epoch(epoch))
-            progress.update(
-                epoch=epoch,
-                seconds=progress["seconds"] + seconds,
-                images=progress.get("images", 0) + len(order),
-            )
-            progress["history"].append(metrics)
-            writes.checkpoint(checkpoint, model, optimizer, progress, record)
-            on_epoch(epoch, metrics, False)
+            for n in self.config.validation_sets
+        }
+        seconds = trained_s + time.perf_counter() - started
+        metrics = _epoch_metrics(train_loss, lr, seconds, images, validation, self.floor)
+        progress = self.progress
+        bests = _update_best(
+            progress["best"], epoch, validation, self.floor, self.stage.select_metric
+        )
+        progress.update(
+            epoch=epoch,
+            seconds=progress["seconds"] + seconds,
+            images=progress.get("images", 0) + images,
+        )
+        progress["history"].append(metrics)
+        return {**metrics, "bests": bests}
+
+
+def _finish_stage(
+    training: _StageTraining, files: StagePaths, record: dict[str, Any], telemetry: dict[str, float]
+) -> StageResult:
+    """Once every epoch's files are written: the final weights, the carried state when
+    kept, then ``result.json`` (the stage is finished); returns the stage's result."""
+    config, index, stage = training.config, training.index, training.stage
+    model, progress, checkpoint = training.model, training.progress, files.checkpoint
     final, best_weights = files.weights("final"), files.weights("best")
     if progress["best"][stage.selection_set]["epoch"] == stage.epochs:
         final.unlink(missing_ok=True)
         os.link(best_weights, final)  # the same weights: one file on disk
     else:
         save_weights(model, final)
-    result = {
-        "history": progress["history"],
-        "best": progress["best"],
-        "seconds": progress["seconds"],
-        "telemetry": meter.reading.metrics(""),
-        "trainable": parameter_counts(model)[1],
-        "total": parameter_counts(model)[0],
-        "images": progress.get("images", 0),
-        "compile_seconds": progress.get("compile_seconds", 0.0),
-        "weights": {k: weights_digest(files.weights(k)) for k in ("best", "final")},
-    }
     if config.keeps_optimizer(index) or index == len(config.stages) - 1:
         # the next stage carries this optimizer on; a run's last stage may be continued.
         # The last epoch's checkpoint is that state: renamed, not written again
         if checkpoint.exists():
             os.replace(checkpoint, files.carry)
         else:  # resumed, every epoch done, from the checkpoint before a damaged last one
-            save_checkpoint(files.carry, model, optimizer, progress, record)
-    atomic_write_text(done, json.dumps({**result, "record": record}, indent=1))
+            save_checkpoint(files.carry, model, training.optimizer, progress, record)
+    total, trainable = parameter_counts(model)
+    result = {
+        "history": progress["history"],
+        "best": progress["best"],
+        "seconds": progress["seconds"],
+        "telemetry": telemetry,
+        "trainable": trainable,
+        "total": total,
+        "images": progress.get("images", 0),
+        "compile_seconds": progress.get("compile_seconds", 0.0),
+        "weights": {k: weights_digest(files.weights(k)) for k in ("best", "final")},
+    }
+    atomic_write_text(files.result, json.dumps({**result, "record": record}, indent=1))
     checkpoint.unlink(missing_ok=True)
     previous_path(checkpoint).unlink(missing_ok=True)
-    return _replay(result, folder, lambda *_: None)
+    return _replay(result, files.folder, lambda *_: None)
 
 
 @functools.cache
