@@ -564,7 +564,15 @@ def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zoo", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    _data_parser(commands)
+    stores = _run_parsers(commands) + _sweep_parser(commands) + _analysis_parsers(commands)
+    _server_parser(commands)
+    for sub in stores + _model_commands(commands):
+        sub.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
+    return parser
 
+
+def _data_parser(commands) -> None:
     data = commands.add_parser("data", help="make, preview and export datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     make = data_commands.add_parser("make", help="generate the datasets a YAML file declares")
@@ -585,6 +593,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
     data_commands.choices["show"].add_argument("--count", type=_positive(int), default=8)
 
+
+def _run_parsers(commands) -> list[argparse.ArgumentParser]:
     train = commands.add_parser("train", help="train one run config (resumes if interrupted)")
     train.add_argument("config", type=Path, help="run config YAML")
     train.add_argument(
@@ -595,7 +605,10 @@ def _parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="start the MLflow UI on the tracking store")
     ui.add_argument("--port", type=_port, default=5000)
     ui.set_defaults(func=_ui)
+    return [train, ui]
 
+
+def _sweep_parser(commands) -> list[argparse.ArgumentParser]:
     sweep = commands.add_parser("sweep", help="plan, run and follow sweeps")
     sweep_commands = sweep.add_subparsers(dest="sweep_command", required=True)
     plan = sweep_commands.add_parser("plan", help="counts, shared stages and cost; runs nothing")
@@ -624,6 +637,19 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_sweep_status)
     submit = sweep_commands.add_parser("submit", help="submit to SLURM as job arrays")
+    _submit_options(submit)
+    submit.set_defaults(func=_sweep_submit)
+    work = sweep_commands.add_parser("worker", help="(run by SLURM) train one array task")
+    work.add_argument("submission", type=Path)
+    work.add_argument("array")
+    work.add_argument("task", type=int)
+    work.set_defaults(func=_sweep_worker)
+    for sub in (plan, run_sweep, status, submit):
+        sub.add_argument("spec", type=Path, help="sweep spec YAML")
+    return [run_sweep, status, submit]
+
+
+def _submit_options(submit: argparse.ArgumentParser) -> None:
     for option in ("partition", "account", "qos", "time", "constraint"):
         submit.add_argument(f"--{option}")
     submit.add_argument("--gpus-per-task", type=int)
@@ -682,15 +708,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--data-partition", help="partition of the dataset array (CPU)")
     submit.add_argument("--data-cpus", type=_positive(int), help="CPUs per dataset array task")
     submit.add_argument("--data-time", help="time limit of a dataset array task")
-    submit.set_defaults(func=_sweep_submit)
-    work = sweep_commands.add_parser("worker", help="(run by SLURM) train one array task")
-    work.add_argument("submission", type=Path)
-    work.add_argument("array")
-    work.add_argument("task", type=int)
-    work.set_defaults(func=_sweep_worker)
-    for sub in (plan, run_sweep, status, submit):
-        sub.add_argument("spec", type=Path, help="sweep spec YAML")
 
+
+def _analysis_parsers(commands) -> list[argparse.ArgumentParser]:
     analyze = commands.add_parser("analyze", help="tables, figures and report.html of a sweep")
     analyze.add_argument("target", help="sweep spec YAML, or an experiment name")
     analyze.add_argument("--out", type=_output("folder"), required=True, metavar="DIR")
@@ -725,12 +745,7 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("specs", type=Path, nargs="*", metavar="SPEC", help="sweeps to keep")
     collect.add_argument("--dry-run", action="store_true", help="list only; remove nothing")
     collect.set_defaults(func=_gc)
-
-    _server_parser(commands)
-    zoo_subs = _model_commands(commands)
-    for sub in (train, ui, run_sweep, status, submit, analyze, imports, collect, *zoo_subs):
-        sub.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
-    return parser
+    return [analyze, imports, collect]
 
 
 def _server_parser(commands) -> None:
