@@ -132,7 +132,10 @@ def _sqlite_tables(
     read-only (never created or changed; a missing or unreadable one raises
     ``sqlite3.OperationalError``, one line naming it); each connection waits up to 60 s
     for a writer's lock; every value is CAST to its column's one type, so the driver's
-    per-batch type inference cannot meet two types in a column."""
+    per-batch type inference cannot meet two types in a column. The driver links its own
+    SQLite, which does not see the POSIX locks that Python's ``sqlite3`` holds in the
+    same process (and closing a file drops them): a process reads here only while it is
+    not itself writing the store (zoo's readers, ``analyze`` and ``models list``, never are)."""
     from concurrent.futures import ThreadPoolExecutor
 
     found = _adbc(uri, "SELECT experiment_id FROM experiments WHERE name = ?", (experiment,))
@@ -199,11 +202,11 @@ def _adbc(uri: str, sql: str, parameters: tuple = ()) -> Any:
 
 
 def _frame(table: Any, columns: list[str]) -> pd.DataFrame:
-    """An Arrow result as the frame DB-API rows would give (a column of only NULLs stays
-    an object column of None, as ``pd.DataFrame`` makes it)."""
+    """An Arrow result as the frame DB-API rows would give (no rows, or a column of only
+    NULLs: object columns, as ``pd.DataFrame`` makes them)."""
     import pandas as pd
 
-    if table.num_rows and any(c.null_count == table.num_rows for c in table.columns):
+    if any(c.null_count == table.num_rows for c in table.columns):  # or no rows
         return pd.DataFrame(list(zip(*table.to_pydict().values(), strict=True)), columns=columns)
     return table.rename_columns(columns).to_pandas()
 
@@ -244,11 +247,13 @@ def _query(engine: Any, sql: str, columns: list[str]) -> pd.DataFrame:
 def _run_ranges(run_ids: pd.Series) -> list[str]:
     """Conditions splitting the runs into ``_HISTORY_PARTS`` ranges of run ids."""
     ids = sorted(run_ids)
+    if not ids:
+        return []
     bounds = [ids[len(ids) * i // _HISTORY_PARTS] for i in range(1, _HISTORY_PARTS)]
     quoted = ["'" + b.replace("'", "''") + "'" for b in bounds]
     lower = [""] + [f" AND x.run_uuid >= {b}" for b in quoted]
     upper = [f" AND x.run_uuid < {b}" for b in quoted] + [""]
-    return [lo + hi for lo, hi in zip(lower, upper, strict=True)] if ids else []
+    return [lo + hi for lo, hi in zip(lower, upper, strict=True)]
 
 
 def _history_sql(engine: Any, in_experiment: str, part: str) -> str:
