@@ -2,7 +2,8 @@
 
 MLflow's ``search_runs`` builds a Python object per run and metric and is slow
 at sweep scale; zoo reads SQL stores (SQLite, PostgreSQL) with a few queries and
-pivots them with pandas. zoo's tracking server (``zoo server start``) runs the same
+pivots them with pandas (SQLite through ADBC's Arrow-native driver, see
+``_sqlite_tables``). zoo's tracking server (``zoo server start``) runs the same
 queries on its own database and sends the tables as Arrow (``zoo._server_app``); any
 other MLflow server is read through its public REST API: runs searched in parts and
 bulk metric histories, several requests at once (see ``_rest_tables``). Every backend
@@ -244,7 +245,7 @@ def _query(engine: Any, sql: str, columns: list[str]) -> pd.DataFrame:
         raw.close()
 
 
-def _run_ranges(run_ids: pd.Series) -> list[str]:
+def _run_ranges(run_ids: Any) -> list[str]:
     """Conditions splitting the runs into ``_HISTORY_PARTS`` ranges of run ids."""
     ids = sorted(run_ids)
     if not ids:
