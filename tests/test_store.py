@@ -237,3 +237,66 @@ def test_zoo_import_twice_adds_nothing_the_second_time(tmp_path, capsys):
     runs = load_tables(uri, "ext").runs
     assert sorted(runs["size"]) == [8, 16, 32]
     assert sorted(runs["target_loss_adj"].round(6)) == [0.011, 0.015, 0.02]
+
+
+def _dbapi_tables(uri: str, experiment: str, **options) -> _load.Tables | None:
+    """``load_tables`` through the SQLAlchemy/DB-API reader (PostgreSQL's) on a SQLite store."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_load, "_sqlite_tables", _load._sql_tables)
+        return load_tables(uri, experiment, **options)
+
+
+def test_sqlite_reader_gives_the_same_tables_as_the_dbapi_reader(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker("sqlite:///store/mlflow.db", ProjectPaths(tmp_path))
+    experiment = tracker.experiment("e")
+    tracker.experiment("empty")
+    for identity in ("a1", "b2", "c3"):
+        _log(tracker, experiment, identity)
+    running = tracker.create(experiment, {CONFIG_HASH_TAG: "d4", "zoo.axis.size": "8"})
+    tracker.log_metrics(running, {"train_loss": float("nan"), "lr": 3}, 1)
+    store = tmp_path / "store" / "mlflow.db"
+    before = store.read_bytes()
+    for uri in ("sqlite:///store/mlflow.db", f"sqlite:///{store}"):
+        for name, options in [("e", {}), ("e", {"histories": False, "param_keys": ()})]:
+            old, new = _dbapi_tables(uri, name, **options), load_tables(uri, name, **options)
+            pd.testing.assert_frame_equal(new.runs, old.runs)
+            pd.testing.assert_frame_equal(new.histories, old.histories)
+            assert new.axes == old.axes
+        assert load_tables(uri, "empty").runs.empty and load_tables(uri, "none") is None
+    assert store.read_bytes() == before  # read only
+
+
+def test_sqlite_reader_never_creates_a_store_and_waits_for_a_writer(tmp_path):
+    import sqlite3
+    import time
+    from contextlib import closing
+
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    with pytest.raises(sqlite3.OperationalError, match=str(missing)):
+        load_tables(f"sqlite:///{missing}", "e")
+    assert not missing.parent.exists()
+    made = f"sqlite:///{tmp_path / 'made.db'}"
+    _log(
+        Tracker(made, ProjectPaths(tmp_path)),
+        Tracker(made, ProjectPaths(tmp_path)).experiment("e"),
+        "a",
+    )
+    with closing(sqlite3.connect(tmp_path / "made.db")) as made:  # a copy no connection holds
+        made.execute(f"VACUUM INTO '{tmp_path / 'mlflow.db'}'")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # another process holds the write lock of a rollback-journal store for 2 s
+    writer = run_python(
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA journal_mode=DELETE'); c.execute('BEGIN EXCLUSIVE')\n"
+        "c.execute(\"UPDATE tags SET value = value || '!' WHERE key = 'zoo.kind'\")\n"
+        "print('locked', flush=True); time.sleep(2); c.execute('COMMIT')\n",
+        tmp_path / "writer",
+        str(tmp_path / "mlflow.db"),
+    )
+    assert writer.stdout.readline().strip() == "locked"
+    started = time.monotonic()
+    runs = load_tables(uri, "e").runs
+    assert time.monotonic() - started > 1 and runs["kind"].tolist() == ["run!"]
+    assert writer.wait(timeout=30) == 0

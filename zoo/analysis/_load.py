@@ -2,7 +2,8 @@
 
 MLflow's ``search_runs`` builds a Python object per run and metric and is slow
 at sweep scale; zoo reads SQL stores (SQLite, PostgreSQL) with a few queries and
-pivots them with pandas. zoo's tracking server (``zoo server start``) runs the same
+pivots them with pandas (SQLite through ADBC's Arrow-native driver, see
+``_sqlite_tables``). zoo's tracking server (``zoo server start``) runs the same
 queries on its own database and sends the tables as Arrow (``zoo._server_app``); any
 other MLflow server is read through its public REST API: runs searched in parts and
 bulk metric histories, several requests at once (see ``_rest_tables``). Every backend
@@ -86,12 +87,7 @@ def experiment_tables(
 
     import pyarrow as pa
 
-    active = f"experiment_id = {int(experiment_id)} AND lifecycle_stage = 'active'"
-    in_experiment = f"x.run_uuid IN (SELECT run_uuid FROM runs WHERE {active})"
-    only = ""
-    if param_keys is not None:
-        listed = ",".join("'" + k.replace("'", "''") + "'" for k in param_keys) or "NULL"
-        only = f" AND x.key IN ({listed})"
+    active, in_experiment, only = _conditions(experiment_id, param_keys)
     long = ["run_id", "key", "value"]
     runs = _query(
         engine,
@@ -116,6 +112,126 @@ def experiment_tables(
     return runs, tags, params, latest, packed
 
 
+def _conditions(experiment_id: int, param_keys: tuple[str, ...] | None) -> tuple[str, str, str]:
+    """SQL conditions: the experiment's active runs (on ``runs``), rows of those runs (on a
+    table aliased ``x``), and the params to read (empty for all)."""
+    active = f"experiment_id = {int(experiment_id)} AND lifecycle_stage = 'active'"
+    in_experiment = f"x.run_uuid IN (SELECT run_uuid FROM runs WHERE {active})"
+    only = ""
+    if param_keys is not None:
+        listed = ",".join("'" + k.replace("'", "''") + "'" for k in param_keys) or "NULL"
+        only = f" AND x.key IN ({listed})"
+    return active, in_experiment, only
+
+
+def _sqlite_tables(
+    uri: str, experiment: str, histories: bool = True, param_keys: tuple[str, ...] | None = None
+) -> tuple[pd.DataFrame, ...] | None:
+    """``_sql_tables`` for a SQLite store, read through ADBC's SQLite driver: Arrow-native,
+    doubles arrive as binary (exact, NaN included, no text formatting). The same frames
+    as ``_sql_tables`` (histories ordered by run, key and step). The file is opened
+    read-only (never created or changed; a missing or unreadable one raises
+    ``sqlite3.OperationalError``, one line naming it); each connection waits up to 60 s
+    for a writer's lock; every value is CAST to its column's one type, so the driver's
+    per-batch type inference cannot meet two types in a column. The driver links its own
+    SQLite, which does not see the POSIX locks that Python's ``sqlite3`` holds in the
+    same process (and closing a file drops them): a process reads here only while it is
+    not itself writing the store (zoo's readers, ``analyze`` and ``models list``, never are)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    found = _adbc(uri, "SELECT experiment_id FROM experiments WHERE name = ?", (experiment,))
+    if found.num_rows == 0:
+        return None
+    active, in_experiment, only = _conditions(found.column(0)[0].as_py(), param_keys)
+    runs = _adbc(uri, f"SELECT run_uuid, status, start_time, end_time FROM runs WHERE {active}")
+    keys = " OR ".join([f"x.key = '{k}'" for k in _HISTORY_KEYS] + ["x.key LIKE 'val_%'"])
+    value = "CASE WHEN x.is_nan THEN NULL ELSE CAST(x.value AS REAL) END"
+    with ThreadPoolExecutor(_HISTORY_PARTS) as pool:
+        parts = [
+            pool.submit(
+                _adbc,
+                uri,
+                f"SELECT x.run_uuid, x.key, CAST(x.step AS INTEGER), {value} FROM metrics x "
+                f"WHERE {in_experiment}{part} AND ({keys}) ORDER BY x.run_uuid, x.key, x.step",
+            )
+            for part in (_run_ranges(runs.column(0).to_pylist()) if histories else [])
+        ]
+        tags, params, latest = (
+            _adbc(uri, f"SELECT x.run_uuid, x.key, {cast} FROM {table} x WHERE {where}")
+            for table, cast, where in (
+                ("tags", "CAST(x.value AS TEXT)", in_experiment),
+                ("params", "CAST(x.value AS TEXT)", in_experiment + only),
+                ("latest_metrics", "CAST(x.value AS REAL)", in_experiment),
+            )
+        )
+        points = [part.result() for part in parts]
+    return (
+        _frame(runs, ["run_id", "status", "start_time", "end_time"]),
+        *(_frame(t, ["run_id", "key", "value"]) for t in (tags, params, latest)),
+        _points(points),
+    )
+
+
+def _adbc(uri: str, sql: str, parameters: tuple = ()) -> Any:
+    """``sql``'s result (an Arrow table) on a read-only connection of its own to the SQLite
+    store at ``uri`` (safe from any thread); the driver's errors as one-line
+    ``sqlite3.OperationalError``s naming the file."""
+    import sqlite3
+    from urllib.parse import quote
+
+    import adbc_driver_manager
+    import adbc_driver_sqlite.dbapi
+
+    from zoo.tracking import sqlite_path
+
+    path = sqlite_path(uri).absolute()
+    if not path.is_file():
+        raise sqlite3.OperationalError(f"unable to open database file {path}: no such file")
+    try:
+        with (
+            adbc_driver_sqlite.dbapi.connect(
+                f"file:{quote(str(path))}?mode=ro", autocommit=True
+            ) as connection,
+            connection.cursor() as cursor,
+        ):
+            cursor.execute("PRAGMA busy_timeout = 60000")  # as zoo.tracking's connections
+            cursor.execute(sql, parameters or None)
+            return cursor.fetch_arrow_table()
+    except adbc_driver_manager.Error as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise sqlite3.OperationalError(f"{path}: {first}") from error
+
+
+def _frame(table: Any, columns: list[str]) -> pd.DataFrame:
+    """An Arrow result as the frame DB-API rows would give (no rows, or a column of only
+    NULLs: object columns, as ``pd.DataFrame`` makes them)."""
+    import pandas as pd
+
+    if any(c.null_count == table.num_rows for c in table.columns):  # or no rows
+        return pd.DataFrame(list(zip(*table.to_pydict().values(), strict=True)), columns=columns)
+    return table.rename_columns(columns).to_pandas()
+
+
+def _points(parts: list[Any]) -> pd.DataFrame:
+    """run_id, key, step, value from the history queries' Arrow results."""
+    import pyarrow as pa
+
+    found = [part for part in parts if part.num_rows]
+    if not found:
+        return expand_history(_packed_schema().empty_table())
+    schema = pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("key", pa.string()),
+            ("step", pa.int64()),
+            ("value", pa.float64()),
+        ]
+    )
+    return pa.concat_tables(
+        [part.rename_columns(schema.names).cast(schema) for part in found]
+    ).to_pandas()
+
+
 def _query(engine: Any, sql: str, columns: list[str]) -> pd.DataFrame:
     """``sql``'s rows on a connection of its own (safe from any thread)."""
     import pandas as pd
@@ -129,14 +245,16 @@ def _query(engine: Any, sql: str, columns: list[str]) -> pd.DataFrame:
         raw.close()
 
 
-def _run_ranges(run_ids: pd.Series) -> list[str]:
+def _run_ranges(run_ids: Any) -> list[str]:
     """Conditions splitting the runs into ``_HISTORY_PARTS`` ranges of run ids."""
     ids = sorted(run_ids)
+    if not ids:
+        return []
     bounds = [ids[len(ids) * i // _HISTORY_PARTS] for i in range(1, _HISTORY_PARTS)]
     quoted = ["'" + b.replace("'", "''") + "'" for b in bounds]
     lower = [""] + [f" AND x.run_uuid >= {b}" for b in quoted]
     upper = [f" AND x.run_uuid < {b}" for b in quoted] + [""]
-    return [lo + hi for lo, hi in zip(lower, upper, strict=True)] if ids else []
+    return [lo + hi for lo, hi in zip(lower, upper, strict=True)]
 
 
 def _history_sql(engine: Any, in_experiment: str, part: str) -> str:
@@ -413,7 +531,8 @@ def load_tables(
     from zoo.tracking import backend, store_uri
 
     uri = store_uri(uri)
-    reader = _rest_tables if backend(uri) == "http" else _sql_tables
+    readers = {"http": _rest_tables, "sqlite": _sqlite_tables}
+    reader = readers.get(backend(uri), _sql_tables)
     found = reader(uri, experiment, histories, param_keys)
     if found is None:
         return None
