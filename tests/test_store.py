@@ -247,24 +247,40 @@ def _dbapi_tables(uri: str, experiment: str, **options) -> _load.Tables | None:
 
 
 def test_sqlite_reader_gives_the_same_tables_as_the_dbapi_reader(tmp_path, monkeypatch):
+    import sqlite3
+    from contextlib import closing
+
     monkeypatch.chdir(tmp_path)
-    tracker = Tracker("sqlite:///store/mlflow.db", ProjectPaths(tmp_path))
+    tracker = Tracker("sqlite:///made.db", ProjectPaths(tmp_path))
     experiment = tracker.experiment("e")
     tracker.experiment("empty")
     for identity in ("a1", "b2", "c3"):
         _log(tracker, experiment, identity)
     running = tracker.create(experiment, {CONFIG_HASH_TAG: "d4", "zoo.axis.size": "8"})
     tracker.log_metrics(running, {"train_loss": float("nan"), "lr": 3}, 1)
+    (tmp_path / "store").mkdir()
     store = tmp_path / "store" / "mlflow.db"
+    with closing(sqlite3.connect(tmp_path / "made.db")) as made:  # a copy no connection holds
+        made.execute(f"VACUUM INTO '{store}'")
     before = store.read_bytes()
-    for uri in ("sqlite:///store/mlflow.db", f"sqlite:///{store}"):
-        for name, options in [("e", {}), ("e", {"histories": False, "param_keys": ()})]:
-            old, new = _dbapi_tables(uri, name, **options), load_tables(uri, name, **options)
-            pd.testing.assert_frame_equal(new.runs, old.runs)
-            pd.testing.assert_frame_equal(new.histories, old.histories)
-            assert new.axes == old.axes
-        assert load_tables(uri, "empty").runs.empty and load_tables(uri, "none") is None
+    reads = []
+    monkeypatch.setattr(_load, "_adbc", lambda *a, f=_load._adbc: reads.append(a) or f(*a))
+    cases = [
+        (uri, name, options)
+        for uri in ("sqlite:///store/mlflow.db", f"sqlite:///{store}")
+        for name, options in [("e", {}), ("e", {"histories": False, "param_keys": ()})]
+    ]
+    new = [load_tables(uri, name, **options) for uri, name, options in cases]
+    assert load_tables(cases[0][0], "empty").runs.empty and load_tables(cases[0][0], "x") is None
+    assert reads  # read by ADBC: this process did not hold the store open
+    for (uri, name, options), found in zip(cases, new, strict=True):
+        old = _dbapi_tables(uri, name, **options)
+        pd.testing.assert_frame_equal(found.runs, old.runs)
+        pd.testing.assert_frame_equal(found.histories, old.histories)
+        assert found.axes == old.axes
     assert store.read_bytes() == before  # read only
+    reads.clear()  # a store this process holds open (its Tracker) is read by the DB-API reader
+    assert len(load_tables("sqlite:///made.db", "e").runs) == 4 and not reads
 
 
 def test_sqlite_reader_never_creates_a_store_and_waits_for_a_writer(tmp_path):

@@ -12,6 +12,9 @@ returns values exactly as logged (NaN included).
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -170,6 +173,26 @@ def _sqlite_tables(
         *(_frame(t, ["run_id", "key", "value"]) for t in (tags, params, latest)),
         _points(points),
     )
+
+
+def _sqlite_reader(uri: str) -> Callable[..., tuple[pd.DataFrame, ...] | None]:
+    """``_sqlite_tables``, unless this process holds the store open already (through
+    Python's ``sqlite3``, e.g. a Tracker): the ADBC driver's own SQLite would neither see
+    that connection's locks nor keep them when it closes the file, so the DB-API reader
+    (``_sql_tables``) reads it then. Without /proc to tell, the DB-API reader too."""
+    from zoo.tracking import sqlite_path
+
+    path = os.path.realpath(sqlite_path(uri))
+    ours = {path, f"{path}-wal", f"{path}-shm", f"{path}-journal"}
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return _sql_tables
+    held = set()
+    for descriptor in descriptors:
+        with contextlib.suppress(OSError):  # closed meanwhile (the listing's own one)
+            held.add(os.readlink(f"/proc/self/fd/{descriptor}"))
+    return _sql_tables if ours & held else _sqlite_tables
 
 
 def _adbc(uri: str, sql: str, parameters: tuple = ()) -> Any:
@@ -531,8 +554,7 @@ def load_tables(
     from zoo.tracking import backend, store_uri
 
     uri = store_uri(uri)
-    readers = {"http": _rest_tables, "sqlite": _sqlite_tables}
-    reader = readers.get(backend(uri), _sql_tables)
+    reader = {"http": _rest_tables, "sqlite": _sqlite_reader(uri)}.get(backend(uri), _sql_tables)
     found = reader(uri, experiment, histories, param_keys)
     if found is None:
         return None
