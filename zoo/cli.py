@@ -294,9 +294,9 @@ def _read_only(uri: str | None):
 
 def _analyze(args: argparse.Namespace) -> None:
     from zoo import analysis
-    from zoo.tracking import Tracker
+    from zoo.tracking import existing_store
 
-    uri = Tracker(args.tracking_uri, create=False).uri
+    uri = existing_store(args.tracking_uri)  # not opened: a SQLite store is read by ADBC
     experiment, expected = _experiment(args.target)
     baseline = analysis.load(uri, _experiment(args.baseline)[0]) if args.baseline else None
     result = analysis.analyze(
@@ -433,10 +433,10 @@ def _output(kind: str) -> object:
 
 def _models_list(args: argparse.Namespace) -> None:
     from zoo import modelzoo
-    from zoo.tracking import Tracker
+    from zoo.tracking import existing_store
 
     experiments = [_experiment(args.target)[0]] if args.target else None
-    uri = Tracker(args.tracking_uri, create=False).uri  # a listing never creates a store
+    uri = existing_store(args.tracking_uri)  # a listing never creates (nor opens) a store
     table = modelzoo.model_table(uri, experiments)
     if table.empty:
         print(f"no trained models in {uri}")

@@ -41,6 +41,7 @@ __all__ = [
     "StoreMissing",
     "Tracker",
     "backend",
+    "existing_store",
     "metric_key",
     "network_filesystem",
     "refuse_network_sqlite",
@@ -97,6 +98,18 @@ class FinishedRun:
 def tracking_uri(uri: str | None, paths: ProjectPaths) -> str:
     """The store to use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else the project's mlflow.db."""
     return store_uri(uri or os.environ.get("MLFLOW_TRACKING_URI") or paths.tracking_uri)
+
+
+def existing_store(uri: str | None, paths: ProjectPaths | None = None) -> str:
+    """The store a read-only command uses (see tracking_uri), not opened here: a missing
+    SQLite file raises StoreMissing (other backends fail at their first read)."""
+    uri = tracking_uri(uri, paths or ProjectPaths.default())
+    if backend(uri) == "sqlite" and not sqlite_path(uri).exists():
+        raise StoreMissing(
+            f"tracking store {sqlite_path(uri)} does not exist "
+            "(nothing was logged there yet; check --tracking-uri or $MLFLOW_TRACKING_URI)"
+        )
+    return uri
 
 
 def store_uri(uri: str) -> str:
@@ -292,11 +305,8 @@ class Tracker:
         self.uri = tracking_uri(uri, self.paths)
         self.read_only = not create
         kind = backend(self.uri)
-        if kind == "sqlite" and not create and not sqlite_path(self.uri).exists():
-            raise StoreMissing(
-                f"tracking store {sqlite_path(self.uri)} does not exist "
-                "(nothing was logged there yet; check --tracking-uri or $MLFLOW_TRACKING_URI)"
-            )
+        if not create:
+            existing_store(self.uri, self.paths)
         if kind == "sqlite":
             _retrying(lambda: _create_sqlite(self.uri))
         elif kind == "postgresql":
