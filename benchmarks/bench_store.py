@@ -34,14 +34,12 @@ import shutil
 import tempfile
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
-from zoo.analysis import BulkRun, _load, bulk_insert, load_tables
+from zoo.analysis import BulkRun, bulk_insert, load_tables
 from zoo.paths import ProjectPaths
 from zoo.server import (
     Server,
@@ -178,15 +176,32 @@ def build(uri: str, count: int) -> float:
     return time.perf_counter() - start
 
 
+_LOAD = """
+import sys, time
+from contextlib import nullcontext
+from unittest import mock
+from zoo.analysis import _load, load_tables
+uri, count, public = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "public"
+start = time.perf_counter()
+with mock.patch.object(_load, "_zoo_tables", lambda *a: None) if public else nullcontext():
+    tables = load_tables(uri, "bench")
+seconds = time.perf_counter() - start
+assert len(tables.runs) == count and len(tables.histories) == count * 6 * 20  # HISTORY
+print(seconds)
+"""
+
+
 def _timed_load(uri: str, count: int, public: bool = False) -> float:
-    """Seconds ``load_tables`` takes; ``public``: a server read through MLflow's public
-    REST API, as from a plain ``mlflow server`` (zoo's route not asked)."""
-    start = time.perf_counter()
-    with mock.patch.object(_load, "_zoo_tables", lambda *a: None) if public else nullcontext():
-        tables = load_tables(uri, "bench")
-    seconds = time.perf_counter() - start
-    assert len(tables.runs) == count and len(tables.histories) == count * len(HISTORY) * 20
-    return seconds
+    """Seconds ``load_tables`` takes in a process of its own, as in ``zoo analyze`` (not
+    this one, which wrote the store and holds it open); ``public``: a server read
+    through MLflow's public REST API, as from a plain ``mlflow server``."""
+    import subprocess
+    import sys
+
+    mode = "public" if public else "zoo"
+    command = [sys.executable, "-c", _LOAD, uri, str(count), mode]
+    found = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(found.stdout.split()[-1])
 
 
 def read_test(write_uri: str, read_uri: str, count: int, public: bool) -> list[float]:
