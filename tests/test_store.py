@@ -86,9 +86,26 @@ def test_every_double_and_nan_read_back_exactly(store, tmp_path):
     run_id = tracker.create(tracker.experiment(name), {CONFIG_HASH_TAG: "a"})
     for step, value in enumerate([*AWKWARD, float("nan")], start=1):
         tracker.log_metrics(run_id, {"train_loss": value}, step)
+    tracker.log_metrics(run_id, {"target_loss": float("nan"), "target_loss_adj": 0.25}, 0)
     tracker.finish(run_id)
-    points = load_tables(store, name).histories.sort_values("step")["value"].tolist()
+    tables = load_tables(store, name)
+    points = tables.histories.sort_values("step")["value"].tolist()
     assert points[:-1] == AWKWARD and math.isnan(points[-1])
+    (summary,) = tables.runs.to_dict("records")  # a diverged run's NaN is not a 0 loss
+    assert math.isnan(summary["target_loss"]) and summary["target_loss_adj"] == 0.25
+
+
+def test_a_batch_of_many_steps_splits_between_steps_only(tmp_path, monkeypatch):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", ProjectPaths(tmp_path))
+    run_id = tracker.create(tracker.experiment("e"), {CONFIG_HASH_TAG: "a"})
+    calls = []
+    monkeypatch.setattr(tracker, "_batch", lambda run, **items: calls.append(items))
+    rows = [(step, {f"m{i}": float(i) for i in range(400)}) for step in range(1, 6)]
+    tracker.log_batch(run_id, {f"p{i}": i for i in range(150)}, rows)
+    sent = [sorted({m.step for m in call["metrics"]}) for call in calls]
+    assert sent == [[1, 2], [3, 4], [5]]  # whole steps beside 100, then 50 params
+    assert all(len(c["params"]) + len(c["metrics"]) <= 1000 for c in calls)
+    assert sum(len(c["params"]) for c in calls) == 150
 
 
 def test_a_finished_retry_clears_the_earlier_error(store, tmp_path):

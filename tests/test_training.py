@@ -264,3 +264,31 @@ def test_compiled_run_reports_compile_time_apart_and_trains_like_eager(project):
     # train_seconds would exceed it (a factor of 1 keeps the check true under machine load)
     assert metrics["compile_seconds/pretrain"] > metrics["train_seconds/pretrain"] > 0
     assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
+def test_a_half_precision_weights_file_initialises_a_float32_model_with_its_values(project):
+    from zoo.config import resolve
+    from zoo.train import _loaded
+
+    config = resolve(TINY_RUN)
+    reference = create_model(config.model)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in reference.state_dict().items()}
+    model = _loaded(config, 1, half)
+    for name, value in model.state_dict().items():
+        assert value.dtype == reference.state_dict()[name].dtype, name
+        assert torch.equal(value, half[name].to(value.dtype)), name
+
+
+def test_a_failed_checkpoint_write_stops_training_at_the_next_epoch(tmp_path):
+    from zoo.checkpoint import BackgroundWrites
+
+    model = torch.nn.Linear(2, 2)
+    (tmp_path / "file").write_text("not a folder")
+    blocked = tmp_path / "file" / "best.safetensors"  # its folder cannot be made
+    with pytest.raises(OSError), BackgroundWrites() as writes:
+        writes.weights(model, blocked)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the next hand-over raises the write's error
+            writes.weights(model, tmp_path / "later.safetensors")
+            time.sleep(0.05)
+    assert not (tmp_path / "later.safetensors").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -35,6 +36,9 @@ __all__ = [
     "weights_digest",
     "weights_problem",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(Exception):
@@ -180,14 +184,16 @@ def _checkpoint_parts(
 class BackgroundWrites:
     """Weights and checkpoints written in the order given by one thread, while training
     goes on (a context manager). What is handed over is copied at once, so training may
-    change it; leaving the context waits until every file is on disk (whatever ends
-    it) and then raises the first error a write met, if nothing else is raised."""
+    change it; at most two copies wait, so a slow disk slows training rather than
+    filling memory. A failed write is raised at the next hand-over and on leaving the
+    context (which first waits for every file); when another exception leaves the
+    context, the failed write is logged with it."""
 
     def __init__(self) -> None:
         import queue
         import threading
 
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="zoo-checkpoints", daemon=True)
 
@@ -198,12 +204,14 @@ class BackgroundWrites:
     def __exit__(self, kind: type | None, *_: object) -> None:
         self._queue.put(None)
         self._thread.join()
-        if kind is None and self._error is not None:
+        if self._error is not None and kind is None:
             raise self._error
+        if self._error is not None:
+            log.error("zoo: a checkpoint write failed: %s", self._error)
 
     def weights(self, model: torch.nn.Module, path: Path) -> None:
         """``save_weights(model, path)``, in the background."""
-        self._queue.put((_copied(model.state_dict()), path, {"format": "pt"}, False))
+        self._hand_over((_copied(model.state_dict()), path, {"format": "pt"}, False))
 
     def checkpoint(
         self,
@@ -215,7 +223,12 @@ class BackgroundWrites:
     ) -> None:
         """``save_checkpoint(...)``, in the background."""
         tensors, metadata = _checkpoint_parts(model, optimizer, progress, record)
-        self._queue.put((_copied(tensors), path, metadata, True))
+        self._hand_over((_copied(tensors), path, metadata, True))
+
+    def _hand_over(self, item: tuple) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
 
     def _loop(self) -> None:
         while (item := self._queue.get()) is not None:

@@ -303,6 +303,7 @@ def _attempt(
 ) -> str:
     """One attempt at a run, holding its identity's lock."""
     floor = loss_floor(config.stages[-1].loss, config.model.head, config.model.classes)
+    params = {**flatten(config.to_dict()), "loss_floor": floor}
     if existing is None:
         run_tags = {**_tags(config, device, floor), **(tags or {}), CONFIG_HASH_TAG: identity}
         continued = continued_from(config, tracker, paths)
@@ -312,11 +313,12 @@ def _attempt(
         run_tags.update(beat_tags())  # the first heartbeat travels with the run's creation
         run_id = tracker.create(tracker.experiment(config.experiment), run_tags)
         log = _Log(tracker, run_id, set())
-        log.params = {**flatten(config.to_dict()), "loss_floor": floor}
     else:
         run_id = existing.info.run_id
         tracker.reopen(run_id)
         log = _Log(tracker, run_id, tracker.logged_steps(run_id, "train_loss"))
+        params = {k: v for k, v in params.items() if metric_key(k) not in existing.data.params}
+    log.params = params  # sent with the first epoch; an attempt killed before sends them next
     echo(f"run {run_id} ({identity}) on {device}")
     try:
         with Heartbeat(lambda beat: tracker.set_tags(run_id, beat), first=existing is not None):
@@ -327,17 +329,17 @@ def _attempt(
             log.flush()
             _artifacts(config, results, datasets, tracker, run_id)
     except Preempted:
-        log.flush()
+        log.settle(echo)
         echo(f"run {run_id} preempted; it stays RUNNING and resumes from its checkpoint")
         raise
     except Pruned as pruned:
-        log.flush()
+        log.settle(echo)
         echo(f"run {run_id} {pruned}")
         tracker.set_tags(run_id, {"zoo.pruned_epoch": str(pruned.epoch)})
         tracker.kill(run_id)
         raise
     except BaseException as error:
-        log.flush()
+        log.settle(echo)
         tracker.finish(run_id, error)
         raise
     tracker.finish(run_id)
@@ -364,10 +366,18 @@ class _Log:
         return True
 
     def flush(self) -> None:
-        """Send everything held."""
-        if self.params or self.metrics:
-            self.tracker.log_batch(self.run_id, self.params, self.metrics)
-            self.params, self.metrics = {}, []
+        """Send everything held (handed over first: a failed send is not sent again)."""
+        params, metrics = self.params, self.metrics
+        self.params, self.metrics = {}, []
+        if params or metrics:
+            self.tracker.log_batch(self.run_id, params, metrics)
+
+    def settle(self, echo: Callable[[str], None]) -> None:
+        """``flush`` for a run that is ending anyway: a failure is reported, not raised."""
+        try:
+            self.flush()
+        except Exception as error:
+            echo(f"run {self.run_id}: held metrics not logged ({type(error).__name__}: {error})")
 
 
 def _train_stages(

@@ -433,17 +433,22 @@ class Tracker:
     ) -> None:
         """``params`` (under MLflow-safe keys, see metric_key) and the metrics of several
         steps, as (step, {key: value}), in as few round trips as MLflow's batch limits
-        allow (100 params, 1000 values per call)."""
+        allow (100 params, 1000 values per call). A step's values travel in one call
+        (split only when they alone exceed the limit), so a step is logged whole or not."""
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
         named = [Param(metric_key(k), str(v)) for k, v in (params or {}).items()]
-        values = [Metric(k, float(v), now, step) for step, row in metrics for k, v in row.items()]
-        while named or values:
-            chunk = named[:_PARAM_BATCH]
-            room = _METRIC_BATCH - len(chunk)
-            self._batch(run_id, params=chunk, metrics=values[:room])
-            named, values = named[_PARAM_BATCH:], values[room:]
+        rows = [[Metric(k, float(v), now, step) for k, v in row.items()] for step, row in metrics]
+        rows = [row for row in rows if row]
+        while named or rows:
+            chunk, named, values = named[:_PARAM_BATCH], named[_PARAM_BATCH:], []
+            while rows and len(chunk) + len(values) + len(rows[0]) <= _METRIC_BATCH:
+                values += rows.pop(0)
+            if not chunk and not values:  # one step above the limit
+                values, rows[0] = rows[0][:_METRIC_BATCH], rows[0][_METRIC_BATCH:]
+                rows = [row for row in rows if row]
+            self._batch(run_id, params=chunk, metrics=values)
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """``params`` under MLflow-safe keys (see metric_key), in batches of 100."""

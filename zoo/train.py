@@ -32,7 +32,6 @@ from zoo.checkpoint import (
     load_checkpoint,
     load_weights,
     previous_path,
-    save_checkpoint,
     save_weights,
     set_aside,
     weights_digest,
@@ -647,11 +646,10 @@ def _finish_stage(
         save_weights(model, final)
     if config.keeps_optimizer(index) or index == len(config.stages) - 1:
         # the next stage carries this optimizer on; a run's last stage may be continued.
-        # The last epoch's checkpoint is that state: renamed, not written again
-        if checkpoint.exists():
-            os.replace(checkpoint, files.carry)
-        else:  # resumed, every epoch done, from the checkpoint before a damaged last one
-            save_checkpoint(files.carry, model, training.optimizer, progress, record)
+        # The last epoch's checkpoint is that state: linked, not written again (it stays
+        # until result.json is written, so a kill before then resumes from it)
+        files.carry.unlink(missing_ok=True)
+        os.link(checkpoint, files.carry)
     total, trainable = parameter_counts(model)
     result = {
         "history": progress["history"],
@@ -729,22 +727,27 @@ def _fresh(
 
 
 def _loaded(config: RunConfig, index: int, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """The model holding ``weights`` (every parameter and buffer; built without the random
-    initialisation they replace). Weights that do not fit are one line naming the init."""
+    """The model holding ``weights`` (every parameter and buffer, in the model's dtypes).
+    It is built on the meta device, without the random initialisation the weights
+    replace, unless it has dropout (which draws from the random stream initialisation
+    advances) or buffers no state dict holds: then it is initialised as before, so the
+    numbers stay those of the stage's identity. Weights that do not fit are one line."""
     with torch.device("meta"):
         model = create_model(config.model)
+    expected = model.state_dict()
+    dropout = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in model.modules())
+    unsaved = any(name not in expected for name, _ in model.named_buffers())
+    if dropout or unsaved:
+        model = create_model(config.model)  # seeded by the caller
+    weights = {k: v.to(expected[k].dtype) if k in expected else v for k, v in weights.items()}
     try:
-        model.load_state_dict(weights, assign=True)
+        model.load_state_dict(weights, assign=not (dropout or unsaved))
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise DataError(
             f"config.stages.{index}.init: {config.stages[index].init!r} does not fit the model "
             f"({first})"
         ) from None
-    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # not in a state dict
-        torch.manual_seed(config.seed)
-        model = create_model(config.model)
-        model.load_state_dict(weights)
     return model
 
 

@@ -103,16 +103,20 @@ def experiment_tables(
             for part in (_run_ranges(runs["run_id"]) if histories else [])
         ]
         tags, params, latest = (
-            _query(engine, f"SELECT x.run_uuid, x.key, x.value FROM {table} x {where}", long)
-            for table, where in (
-                ("tags", f"WHERE {in_experiment}"),
-                ("params", f"WHERE {in_experiment}{only}"),
-                ("latest_metrics", f"WHERE {in_experiment}"),
+            _query(engine, f"SELECT x.run_uuid, x.key, {value} FROM {table} x {where}", long)
+            for table, value, where in (
+                ("tags", "x.value", f"WHERE {in_experiment}"),
+                ("params", "x.value", f"WHERE {in_experiment}{only}"),
+                ("latest_metrics", _LATEST, f"WHERE {in_experiment}"),
             )
         )
         found = [points for part in parts if len(points := part.result())]
     packed = pa.concat_tables(found) if found else _packed_schema().empty_table()
     return runs, tags, params, latest, packed
+
+
+# a summary metric's value: MLflow keeps NaN as 0 with is_nan set
+_LATEST = "CASE WHEN x.is_nan THEN NULL ELSE CAST(x.value AS REAL) END"
 
 
 def _conditions(experiment_id: int, param_keys: tuple[str, ...] | None) -> tuple[str, str, str]:
@@ -164,7 +168,7 @@ def _sqlite_tables(
             for table, cast, where in (
                 ("tags", "CAST(x.value AS TEXT)", in_experiment),
                 ("params", "CAST(x.value AS TEXT)", in_experiment + only),
-                ("latest_metrics", "CAST(x.value AS REAL)", in_experiment),
+                ("latest_metrics", _LATEST, in_experiment),
             )
         )
         points = [part.result() for part in parts]
@@ -554,7 +558,13 @@ def load_tables(
     from zoo.tracking import backend, store_uri
 
     uri = store_uri(uri)
-    reader = {"http": _rest_tables, "sqlite": _sqlite_reader(uri)}.get(backend(uri), _sql_tables)
+    kind = backend(uri)
+    if kind == "http":
+        reader = _rest_tables
+    elif kind == "sqlite":
+        reader = _sqlite_reader(uri)
+    else:
+        reader = _sql_tables
     found = reader(uri, experiment, histories, param_keys)
     if found is None:
         return None

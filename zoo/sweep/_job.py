@@ -144,19 +144,27 @@ def requeues_left(job: JobSpec) -> bool:
 EpochHook = Callable[[str, int, dict[str, Any]], None]
 
 
-def run_job(job: JobSpec, log: Path | None = None, on_epoch: EpochHook | None = None) -> JobResult:
+def run_job(
+    job: JobSpec,
+    log: Path | None = None,
+    on_epoch: EpochHook | None = None,
+    pending: bool = False,
+) -> JobResult:
     """Run ``job``; a failure is recorded in MLflow (FAILED with its reason) when this returns.
 
     A job whose shared stage has no finished checkpoint is skipped. A preempted
     job (zoo.train.Preempted) propagates while ``requeues_left``; past the cap its
     run ends FAILED, naming the cap. ``on_epoch`` may raise zoo.run.Pruned.
+    ``pending``: the caller found the job unfinished just now (see zoo.run.run).
     """
     started = time.perf_counter()
-    result = _run_job(job, log, on_epoch)
+    result = _run_job(job, log, on_epoch, pending)
     return replace(result, seconds=time.perf_counter() - started)
 
 
-def _run_job(job: JobSpec, log: Path | None, on_epoch: EpochHook | None) -> JobResult:
+def _run_job(
+    job: JobSpec, log: Path | None, on_epoch: EpochHook | None, pending: bool
+) -> JobResult:
     if job.kind == "search":
         from zoo.sweep._search import work
 
@@ -174,11 +182,15 @@ def _run_job(job: JobSpec, log: Path | None, on_epoch: EpochHook | None) -> JobR
             handle.write(line + "\n")
             handle.flush()
 
-        return _train(job, tracker, echo, on_epoch)
+        return _train(job, tracker, echo, on_epoch, pending)
 
 
 def _train(
-    job: JobSpec, tracker: Tracker, echo: Callable[[str], None], on_epoch: EpochHook | None
+    job: JobSpec,
+    tracker: Tracker,
+    echo: Callable[[str], None],
+    on_epoch: EpochHook | None,
+    pending: bool,
 ) -> JobResult:
     from zoo.config import resolve
     from zoo.run import Pruned, run
@@ -196,7 +208,7 @@ def _train(
             identity=job.key,
             tags=job.tags,
             on_epoch=on_epoch,
-            pending=True,
+            pending=pending,
         )
     except Preempted as error:
         if requeues_left(job):

@@ -51,8 +51,9 @@ def _init_worker(counter: Any) -> None:
 
 
 def _run(text: str) -> JobResult:
-    """run_job in a worker process; the job travels as its JSON description."""
-    return run_job(JobSpec.from_json(text))
+    """run_job in a worker process; the job travels as its JSON description (and was
+    found unfinished when the sweep started)."""
+    return run_job(JobSpec.from_json(text), pending=True)
 
 
 class _Progress:
