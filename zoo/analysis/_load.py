@@ -103,20 +103,31 @@ def experiment_tables(
             for part in (_run_ranges(runs["run_id"]) if histories else [])
         ]
         tags, params, latest = (
-            _query(engine, f"SELECT x.run_uuid, x.key, {value} FROM {table} x {where}", long)
-            for table, value, where in (
-                ("tags", "x.value", f"WHERE {in_experiment}"),
-                ("params", "x.value", f"WHERE {in_experiment}{only}"),
-                ("latest_metrics", _LATEST, f"WHERE {in_experiment}"),
-            )
+            _query(engine, sql, long)
+            for sql in _long_sql(in_experiment, only, "x.value", "x.value")
         )
         found = [points for part in parts if len(points := part.result())]
     packed = pa.concat_tables(found) if found else _packed_schema().empty_table()
     return runs, tags, params, latest, packed
 
 
-# a summary metric's value: MLflow keeps NaN as 0 with is_nan set
-_LATEST = "CASE WHEN x.is_nan THEN NULL ELSE CAST(x.value AS REAL) END"
+def _metric_value(number: str) -> str:
+    """A metric's value selected as ``number`` (MLflow keeps NaN as 0 with is_nan set)."""
+    return f"CASE WHEN x.is_nan THEN NULL ELSE {number} END"
+
+
+def _long_sql(in_experiment: str, only: str, text: str, number: str) -> list[str]:
+    """The queries of the experiment's tags, params (``only``: those asked for) and
+    summary metrics as (run, key, value) rows; ``text``, ``number``: how to select a
+    text and a double-precision value."""
+    return [
+        f"SELECT x.run_uuid, x.key, {value} FROM {table} x WHERE {where}"
+        for table, value, where in (
+            ("tags", text, in_experiment),
+            ("params", text, in_experiment + only),
+            ("latest_metrics", _metric_value(number), in_experiment),
+        )
+    ]
 
 
 def _conditions(experiment_id: int, param_keys: tuple[str, ...] | None) -> tuple[str, str, str]:
@@ -152,23 +163,22 @@ def _sqlite_tables(
     active, in_experiment, only = _conditions(found.column(0)[0].as_py(), param_keys)
     runs = _adbc(uri, f"SELECT run_uuid, status, start_time, end_time FROM runs WHERE {active}")
     keys = " OR ".join([f"x.key = '{k}'" for k in _HISTORY_KEYS] + ["x.key LIKE 'val_%'"])
-    value = "CASE WHEN x.is_nan THEN NULL ELSE CAST(x.value AS REAL) END"
+    value = _metric_value("CAST(x.value AS REAL)")  # SQLite's REAL: double precision
     with ThreadPoolExecutor(_HISTORY_PARTS) as pool:
         parts = [
             pool.submit(
                 _adbc,
                 uri,
-                f"SELECT x.run_uuid, x.key, CAST(x.step AS INTEGER), {value} FROM metrics x "
+                f"SELECT x.run_uuid, x.key, CAST(x.step AS INTEGER), {value} "
+                "FROM metrics x "
                 f"WHERE {in_experiment}{part} AND ({keys}) ORDER BY x.run_uuid, x.key, x.step",
             )
             for part in (_run_ranges(runs.column(0).to_pylist()) if histories else [])
         ]
         tags, params, latest = (
-            _adbc(uri, f"SELECT x.run_uuid, x.key, {cast} FROM {table} x WHERE {where}")
-            for table, cast, where in (
-                ("tags", "CAST(x.value AS TEXT)", in_experiment),
-                ("params", "CAST(x.value AS TEXT)", in_experiment + only),
-                ("latest_metrics", _LATEST, in_experiment),
+            _adbc(uri, sql)
+            for sql in _long_sql(
+                in_experiment, only, "CAST(x.value AS TEXT)", "CAST(x.value AS REAL)"
             )
         )
         points = [part.result() for part in parts]
