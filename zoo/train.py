@@ -639,11 +639,14 @@ def _finish_stage(
     config, index, stage = training.config, training.index, training.stage
     model, progress, checkpoint = training.model, training.progress, files.checkpoint
     final, best_weights = files.weights("final"), files.weights("best")
+    digests = {"best": weights_digest(best_weights)}
     if progress["best"][stage.selection_set]["epoch"] == stage.epochs:
         final.unlink(missing_ok=True)
         os.link(best_weights, final)  # the same weights: one file on disk
+        digests["final"] = digests["best"]
     else:
         save_weights(model, final)
+        digests["final"] = weights_digest(final)
     if config.keeps_optimizer(index) or index == len(config.stages) - 1:
         # the next stage carries this optimizer on; a run's last stage may be continued.
         # The last epoch's checkpoint is that state: linked, not written again (it stays
@@ -660,7 +663,7 @@ def _finish_stage(
         "total": total,
         "images": progress.get("images", 0),
         "compile_seconds": progress.get("compile_seconds", 0.0),
-        "weights": {k: weights_digest(files.weights(k)) for k in ("best", "final")},
+        "weights": digests,
     }
     atomic_write_text(files.result, json.dumps({**result, "record": record}, indent=1))
     checkpoint.unlink(missing_ok=True)
