@@ -366,11 +366,11 @@ class _Log:
         return True
 
     def flush(self) -> None:
-        """Send everything held (handed over first: a failed send is not sent again)."""
-        params, metrics = self.params, self.metrics
-        self.params, self.metrics = {}, []
-        if params or metrics:
-            self.tracker.log_batch(self.run_id, params, metrics)
+        """Send everything held; what a failed or interrupted send held stays held, for
+        ``settle`` to send (a send cut short after some of its calls may repeat them)."""
+        if self.params or self.metrics:
+            self.tracker.log_batch(self.run_id, self.params, self.metrics)
+            self.params, self.metrics = {}, []
 
     def settle(self, echo: Callable[[str], None]) -> None:
         """``flush`` for a run that is ending anyway: a failure is reported, not raised."""
