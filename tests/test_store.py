@@ -108,6 +108,43 @@ def test_a_batch_of_many_steps_splits_between_steps_only(tmp_path, monkeypatch):
     assert sum(len(c["params"]) for c in calls) == 150
 
 
+def test_a_batch_sent_again_under_its_timestamp_adds_no_row_twice(store, tmp_path):
+    """An interrupted send that did land, sent again: each step and param stays once."""
+    tracker = Tracker(store, ProjectPaths(tmp_path))
+    run_id = tracker.create(tracker.experiment(_name()), {CONFIG_HASH_TAG: "a"})
+    rows = [(step, {"train_loss": 1 / step, "val_loss/a": float("nan")}) for step in (1, 2)]
+    for _ in range(2):
+        tracker.log_batch(run_id, {"lr": 0.1}, rows, timestamp=1_700_000_000_000)
+    for key in ("train_loss", "val_loss/a"):
+        steps = [m.step for m in tracker.client.get_metric_history(run_id, key)]
+        assert sorted(steps) == [1, 2]
+    assert tracker.client.get_run(run_id).data.params == {"lr": "0.1"}
+
+
+def test_a_send_interrupted_after_it_landed_is_settled_without_duplicates(tmp_path, monkeypatch):
+    from zoo.run import _Log
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", ProjectPaths(tmp_path))
+    run_id = tracker.create(tracker.experiment("e"), {CONFIG_HASH_TAG: "a"})
+    log = _Log(tracker, run_id, set())
+    log.params = {"lr": 0.1}
+    for step in (1, 2):
+        log.add(step, {"train_loss": 1 / step})
+    send = tracker._batch
+
+    def lands_then_interrupted(run: str, **items) -> None:
+        send(run, **items)
+        monkeypatch.setattr(tracker, "_batch", send)
+        raise KeyboardInterrupt  # SIGTERM after the commit, before the reply is handled
+
+    monkeypatch.setattr(tracker, "_batch", lands_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        log.flush()
+    log.settle(print)
+    steps = [m.step for m in tracker.client.get_metric_history(run_id, "train_loss")]
+    assert sorted(steps) == [1, 2]
+
+
 def test_a_finished_retry_clears_the_earlier_error(store, tmp_path):
     tracker = Tracker(store, ProjectPaths(tmp_path))
     experiment = tracker.experiment(_name())

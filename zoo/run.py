@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import platform
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -356,6 +357,7 @@ class _Log:
         self.tracker, self.run_id, self.logged = tracker, run_id, logged
         self.params: dict[str, Any] = {}
         self.metrics: list[tuple[int, dict[str, float]]] = []
+        self.sent_at: int | None = None  # the timestamp of a send not known to have landed
 
     def add(self, step: int, metrics: dict[str, float]) -> bool:
         """Hold ``metrics`` of ``step``; False when that step was logged before."""
@@ -367,10 +369,13 @@ class _Log:
 
     def flush(self) -> None:
         """Send everything held; what a failed or interrupted send held stays held, for
-        ``settle`` to send (a send cut short after some of its calls may repeat them)."""
+        ``settle`` to send again under the same timestamp, so rows that did land (a send
+        interrupted after its commit) are not logged twice."""
         if self.params or self.metrics:
-            self.tracker.log_batch(self.run_id, self.params, self.metrics)
-            self.params, self.metrics = {}, []
+            if self.sent_at is None:
+                self.sent_at = int(time.time() * 1000)
+            self.tracker.log_batch(self.run_id, self.params, self.metrics, self.sent_at)
+            self.params, self.metrics, self.sent_at = {}, [], None
 
     def settle(self, echo: Callable[[str], None]) -> None:
         """``flush`` for a run that is ending anyway: a failure is reported, not raised."""

@@ -430,14 +430,18 @@ class Tracker:
         run_id: str,
         params: dict[str, Any] | None = None,
         metrics: Iterable[tuple[int, dict[str, float]]] = (),
+        timestamp: int | None = None,
     ) -> None:
         """``params`` (under MLflow-safe keys, see metric_key) and the metrics of several
         steps, as (step, {key: value}), in as few round trips as MLflow's batch limits
         allow (100 params, 1000 values per call). A step's values travel in one call
-        (split only when they alone exceed the limit), so a step is logged whole or not."""
+        (split only when they alone exceed the limit), so a step is logged whole or not.
+        Every metric carries ``timestamp`` (ms; now by default): a batch sent again with
+        the same timestamp adds no row twice, as MLflow skips a metric equal in key, step,
+        timestamp and value."""
         from mlflow.entities import Metric, Param
 
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000) if timestamp is None else timestamp
         named = [Param(metric_key(k), str(v)) for k, v in (params or {}).items()]
         rows = [[Metric(k, float(v), now, step) for k, v in row.items()] for step, row in metrics]
         rows = [row for row in rows if row]
