@@ -48,6 +48,7 @@ class Timing:
     runs: int
     cpu: float  # CPU seconds of this process and its workers
     job_overheads: list[float]  # per run job: its wall time in the worker minus its epochs
+    busy: float  # seconds workers spent inside jobs (all jobs, stage jobs included)
 
 
 def timed_sweep(spec, workers: int) -> Timing:
@@ -75,7 +76,8 @@ def timed_sweep(spec, workers: int) -> Timing:
             key = run.data.tags["zoo.config_hash"]
             if run.data.tags.get("zoo.kind") == "run" and key in report.seconds:
                 overheads.append(report.seconds[key] - seconds)
-        return Timing(wall, training, len(plan.runs), cpu, overheads)
+        busy = sum(report.seconds.values())
+        return Timing(wall, training, len(plan.runs), cpu, overheads, busy)
 
 
 def _predicted_seconds(spec, profile_name: str, workers: int) -> float:
@@ -95,6 +97,10 @@ def _print_timing(label: str, timing: Timing, workers: int) -> None:
         f"{statistics.median(timing.job_overheads):5.2f} s/run (median in its worker), "
         f"CPU {timing.cpu / timing.runs:5.2f} s/run "
         f"({(timing.cpu - timing.training) / timing.runs:5.2f} outside epochs)"
+    )
+    print(
+        f"  {'':9} worker seconds outside epochs: {timing.busy - timing.training:6.1f} in jobs, "
+        f"{worker_wall - timing.busy:6.1f} between jobs (start-up, waiting for a stage, tail)"
     )
 
 
