@@ -18,7 +18,7 @@ from zoo.checkpoint import load_weights
 from zoo.cli import main
 from zoo.config import ModelConfig, load_config
 from zoo.losses import LOSSES, apply_head, loss_floor
-from zoo.models import create_model, freeze, parameter_counts
+from zoo.models import create_model, freeze, meta_model, parameter_counts
 from zoo.train import Batcher, DeviceData, dihedral, epoch_order
 
 TINY_DATA = {"preset": "defocus", "image_size": 32, "count": 20, "sim_sampling_a": 0.4}
@@ -205,6 +205,20 @@ def test_resnet18_unet_size_and_encoder_freezing():
     freeze(model, "encoder")
     total, trainable = parameter_counts(model)
     assert trainable / total == pytest.approx(0.22, abs=0.01)
+
+
+def test_a_model_built_for_weights_leaves_the_random_stream_to_the_run_initialising():
+    """A sweep worker's figure drawer builds the finished run's model while the next run
+    seeds torch and initialises its own: had the build drawn from torch's random stream,
+    that run's initial weights would depend on the drawer's timing."""
+    config = ModelConfig(encoder_depth=3, decoder_channels=(24, 12, 6))  # built here only
+    torch.manual_seed(7)
+    alone = create_model(config).state_dict()
+    torch.manual_seed(7)
+    module = meta_model(config)  # one input channel: smp re-initialises the first conv
+    beside_a_build = create_model(config).state_dict()
+    assert all(torch.equal(alone[k], beside_a_build[k]) for k in alone)
+    assert {p.device.type for p in module.decoder.parameters()} == {"meta"}
 
 
 @pytest.mark.parametrize(

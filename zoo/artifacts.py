@@ -70,6 +70,7 @@ class FigureJob:
     run_id: str
     curves: list[tuple[str, list[dict[str, Any]]]]  # (stage name, epoch history)
     model: Any = None  # zoo.config.ModelConfig, when predictions are drawn
+    module: Any = None  # its zoo.models.meta_model, built by the caller's thread
     weights: str = ""  # the best weights file
     inputs: Any = None  # float32 (n, c, h, w) validation inputs, scaled as in training
     masks: Any = None
@@ -97,10 +98,8 @@ def _predict(job: FigureJob) -> Any:
 
     from zoo.checkpoint import load_weights
     from zoo.losses import apply_head
-    from zoo.models import create_model
 
-    with torch.device("meta"):
-        model = create_model(job.model)
+    model = job.module
     model.load_state_dict(load_weights(Path(job.weights)), assign=True)
     model.eval()
     with torch.inference_mode():

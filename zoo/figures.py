@@ -10,19 +10,16 @@ import numpy as np
 __all__ = ["loss_curves", "predictions"]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+_FAST_PNG = 1  # zlib level: a third of the default's CPU on noisy images, files ~5 % larger
 
 
 def loss_curves(stages: list[tuple[str, list[dict[str, Any]]]], out: Path) -> Path:
-    """Train and adjusted validation loss per epoch, stages one after another."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4))
+    """Train and adjusted validation loss per epoch, stages one after another. Drawn
+    without pyplot's global state, so a background thread may draw while others work."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4))
+    axis = figure.subplots()
     offset = 0
     for index, (name, history) in enumerate(stages):
         epochs = np.arange(offset + 1, offset + len(history) + 1)
@@ -48,8 +45,7 @@ def loss_curves(stages: list[tuple[str, list[dict[str, Any]]]], out: Path) -> Pa
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.legend(fontsize="small")
     figure.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)  # tight_layout: +30 % CPU
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
+    figure.savefig(out, dpi=100, pil_kwargs={"compress_level": _FAST_PNG})
     return out
 
 
@@ -70,5 +66,5 @@ def predictions(images: np.ndarray, masks: np.ndarray, predicted: np.ndarray, ou
     scale = max(1, 192 // images.shape[-1])
     Image.fromarray(grid).resize(
         (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
-    ).save(out)
+    ).save(out, compress_level=_FAST_PNG)
     return out

@@ -10,6 +10,7 @@ stage can adapt the output layer.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,9 +20,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ARCHITECTURES",
+    "check_buildable",
     "check_encoder",
     "create_model",
     "freeze",
+    "meta_model",
     "parameter_counts",
     "set_train_mode",
 ]
@@ -78,6 +81,31 @@ def create_model(config: ModelConfig) -> nn.Module:
     if config.output == "residual":
         model.register_forward_hook(_residual(config.reference_channel))
     return model
+
+
+def meta_model(config: ModelConfig) -> nn.Module:
+    """A fresh copy of ``config``'s model on the meta device, to load weights into with
+    ``assign=True``. It draws nothing from torch's random stream (a plain build does:
+    smp initialises a re-shaped first convolution on the CPU), so another thread may
+    call it while a run seeds and initialises its model. Refuses an unbuildable
+    ``config`` as ``create_model`` does."""
+    import copy
+
+    return copy.deepcopy(_meta_template(config))
+
+
+def check_buildable(config: ModelConfig) -> None:
+    """Refuse ``config`` in one line (ConfigError) when its model cannot be built; the
+    meta-device build is kept for ``meta_model``, so a process builds it once."""
+    _meta_template(config)
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_template(config: ModelConfig) -> nn.Module:
+    import torch
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return create_model(config)
 
 
 def _residual(channel: int):

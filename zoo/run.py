@@ -10,7 +10,6 @@ changed, and the numbers equal those of an uninterrupted longer run.
 
 from __future__ import annotations
 
-import functools
 import platform
 import tempfile
 import time
@@ -27,12 +26,12 @@ from filelock import FileLock, Timeout
 from zoo import distributed
 from zoo._liveness import Heartbeat, beat_tags
 from zoo.artifacts import FigureJob, draw_later, log_linked
-from zoo.config import ModelConfig, RunConfig, flatten
+from zoo.config import RunConfig, flatten
 from zoo.continuation import CONTINUED_TAG, continue_stage, continued_from, intermediate_weights
 from zoo.data import Dataset, MixSpec, load, materialise, mixture
 from zoo.errors import ConfigError
 from zoo.losses import loss_floor
-from zoo.models import check_encoder, create_model
+from zoo.models import check_buildable, check_encoder, meta_model
 from zoo.paths import ProjectPaths, StagePaths
 from zoo.resident import device_datasets
 from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
@@ -184,6 +183,7 @@ def _artifacts(
         job = replace(
             job,
             model=config.model,
+            module=meta_model(config.model),
             weights=str(StagePaths(last.folder).weights("best")),
             inputs=model_inputs(dataset, config.model, slice(first, first + 4)).numpy(),
             masks=np.array(dataset.val[1][:4]),
@@ -224,15 +224,8 @@ def preflight(config: RunConfig, paths: ProjectPaths) -> Prepared:
     cached datasets is written."""
     device = pick_device(config)
     check_encoder(config.model.encoder)
-    _check_buildable(config.model)
+    check_buildable(config.model)
     return device, load_datasets(config, paths)
-
-
-@functools.lru_cache(maxsize=256)
-def _check_buildable(model: ModelConfig) -> None:
-    """Build ``model`` on the meta device (not initialised, no memory), once per process."""
-    with torch.device("meta"):
-        create_model(model)
 
 
 def run(
