@@ -9,7 +9,9 @@ seconds. Then the speed-up from sharing beside the ratio of training image passe
 and, with ``--profile``, beside the plan's predicted wall times (training, validation
 and per-run overhead on that profile), and the plan's prediction of the shared sweep
 against the measured time. Targets (issue 16): efficiency ≥ 95 %, overhead ≤ 0.2 s
-per run, the sharing speed-up ≥ 0.97× the predicted ratio.
+per run, the sharing speed-up ≥ 0.97× the predicted ratio. Also printed: the seconds a
+fresh process takes to import what a worker needs, which every worker pays once
+and which alone caps a sweep's efficiency at 1 − start-up ÷ wall.
 Run: ``.venv/bin/python benchmarks/bench_sweep.py [--seeds 1] [--workers 1]
 [--profile NAME]``.
 """
@@ -80,6 +82,25 @@ def timed_sweep(spec, workers: int) -> Timing:
         return Timing(wall, training, len(plan.runs), cpu, overheads, busy)
 
 
+_WORKER_IMPORTS = (
+    "import time; started = time.perf_counter(); import torch, zoo.sweep._local, zoo.run, "
+    "matplotlib.figure; torch.optim.SGD([torch.zeros(1, requires_grad=True)]); "
+    "print(time.perf_counter() - started)"
+)
+
+
+def worker_startup_seconds() -> float:
+    """Wall seconds a fresh process takes to import what a sweep worker needs before its
+    first step: torch, the compiler stack torch.optim loads, smp, MLflow, matplotlib."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _WORKER_IMPORTS], capture_output=True, text=True, check=True
+    )
+    return float(done.stdout.split()[-1])
+
+
 def _predicted_seconds(spec, profile_name: str, workers: int) -> float:
     from zoo.calibrate import load_profile
     from zoo.sweep._cost import predict
@@ -88,7 +109,7 @@ def _predicted_seconds(spec, profile_name: str, workers: int) -> float:
     return predict(make_plan(spec), profile, workers)["predicted_seconds"]
 
 
-def _print_timing(label: str, timing: Timing, workers: int) -> None:
+def _print_timing(label: str, timing: Timing, workers: int, startup: float) -> None:
     worker_wall = timing.wall * workers
     print(
         f"  {label:9} wall {timing.wall:7.1f} s, epochs {timing.training:7.1f} s, "
@@ -101,6 +122,10 @@ def _print_timing(label: str, timing: Timing, workers: int) -> None:
     print(
         f"  {'':9} worker seconds outside epochs: {timing.busy - timing.training:6.1f} in jobs, "
         f"{worker_wall - timing.busy:6.1f} between jobs (start-up, waiting for a stage, tail)"
+    )
+    print(
+        f"  {'':9} a worker's start-up ({startup:.1f} s of imports, once per worker) alone "
+        f"caps the efficiency of this sweep at {1 - startup / timing.wall:.0%}"
     )
 
 
@@ -122,9 +147,10 @@ def main() -> None:
     unshared_spec = dataclasses.replace(spec, share_stages=False)
     if not args.shared_only:
         variants.append(("unshared", timed_sweep(unshared_spec, args.workers)))
+    startup = worker_startup_seconds()
     print(f"sweep {spec.name}: {shared.runs} runs, {args.workers} worker(s)")
     for label, timing in variants:
-        _print_timing(label, timing, args.workers)
+        _print_timing(label, timing, args.workers, startup)
     if not args.shared_only:
         speedup = variants[1][1].wall / shared.wall
         print(

@@ -85,10 +85,10 @@ def create_model(config: ModelConfig) -> nn.Module:
 
 def meta_model(config: ModelConfig) -> nn.Module:
     """A fresh copy of ``config``'s model on the meta device, to load weights into with
-    ``assign=True``. It draws nothing from torch's random stream (a plain build does:
-    smp initialises a re-shaped first convolution on the CPU), so another thread may
-    call it while a run seeds and initialises its model. Refuses an unbuildable
-    ``config`` as ``create_model`` does."""
+    ``assign=True``. Leaves torch's random stream as it was (a plain build draws from
+    it: smp initialises a re-shaped first convolution on the CPU): the model is built
+    once per process, the stream saved and restored around the build, then copied.
+    Refuses an unbuildable ``config`` as ``create_model`` does."""
     import copy
 
     return copy.deepcopy(_meta_template(config))

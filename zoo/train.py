@@ -42,7 +42,7 @@ from zoo.data import Dataset
 from zoo.errors import ConfigError, DataError
 from zoo.losses import LOSSES, apply_head, loss_floor, loss_task, make_loss
 from zoo.metrics import HEADLINE, batch_totals, better, finish
-from zoo.models import create_model, freeze, parameter_counts, set_train_mode
+from zoo.models import create_model, freeze, meta_model, parameter_counts, set_train_mode
 from zoo.paths import StagePaths
 from zoo.telemetry import GpuMeter
 
@@ -735,12 +735,13 @@ def _loaded(config: RunConfig, index: int, weights: dict[str, torch.Tensor]) -> 
     replace, unless it has dropout (which draws from the random stream initialisation
     advances) or buffers no state dict holds: then it is initialised as before, so the
     numbers stay those of the stage's identity. Weights that do not fit are one line."""
-    with torch.device("meta"):
-        model = create_model(config.model)
+    model = meta_model(config.model)
     expected = model.state_dict()
     dropout = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in model.modules())
     unsaved = any(name not in expected for name, _ in model.named_buffers())
-    if dropout or unsaved:
+    if dropout or unsaved:  # the random stream as it always was: a meta build, then a real one
+        with torch.device("meta"):
+            create_model(config.model)
         model = create_model(config.model)  # seeded by the caller
     weights = {k: v.to(expected[k].dtype) if k in expected else v for k, v in weights.items()}
     try:
