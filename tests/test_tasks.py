@@ -19,18 +19,28 @@ PINNED_RUN = {
     "datasets": {"a": {**TINY_DATA, "defocus_nm": -10}},
     "stages": [{"name": "only", "train": "a", "size": 8, "epochs": 2, "lr": 1e-3}],
 }
-# The summary metrics of PINNED_RUN, recorded from zoo before regression tasks existed.
-PINNED = {
+# The summary metrics of PINNED_RUN, recorded from zoo before regression tasks existed:
+# exact where no float kernel is involved, within CPU_SPREAD where training is.
+PINNED_EXACT = {
     "best_epoch/only/a": 2.0,
     "loss_floor": 0.31326168751822286,
     "lr": 0.00099,
     "params_total": 451346.0,
+}
+PINNED_TRAINED = {
     "train_loss": 0.6207449436187744,
     "val_acc/a": 0.814697265625,
     "val_iou/a": 0.0931899641577061,
     "val_loss/a": 0.6102487444877625,
     "val_loss_adj/a": 0.2969870569695396,
 }
+# The same code on another x86-64 CPU (AMD EPYC; the pins come from an earlier machine)
+# gave train_loss 0.620754 (1.5e-5 relative), val_loss_adj/a 0.296777 (7e-4), val_acc/a
+# 0.813965 (9e-4) and val_iou/a 0.0863 (-0.0069 on a tiny validation set): CPU kernels
+# differ in their last bits and two epochs amplify that. A changed loss, scaling or
+# data path moves these by far more.
+CPU_SPREAD = {"rel": 5e-3}
+IOU_SPREAD = {"abs": 0.02}
 PINNED_IDENTITY = ("faf55461a650a982", "6a55f9e2ea30318b")  # run, stage 0
 
 
@@ -48,7 +58,10 @@ def test_segmentation_results_are_pinned_to_their_values_before_regression_tasks
     experiment = client.get_experiment_by_name("pinned")
     (run,) = client.search_runs([experiment.experiment_id])
     metrics = run.data.metrics
-    assert {k: metrics[k] for k in PINNED} == pytest.approx(PINNED, rel=1e-6)
+    assert {k: metrics[k] for k in PINNED_EXACT} == pytest.approx(PINNED_EXACT, rel=1e-9)
+    trained = {k: v for k, v in PINNED_TRAINED.items() if k != "val_iou/a"}
+    assert {k: metrics[k] for k in trained} == pytest.approx(trained, **CPU_SPREAD)
+    assert metrics["val_iou/a"] == pytest.approx(PINNED_TRAINED["val_iou/a"], **IOU_SPREAD)
 
 
 def _pair():
