@@ -145,6 +145,36 @@ def test_a_send_interrupted_after_it_landed_is_settled_without_duplicates(tmp_pa
     assert sorted(steps) == [1, 2]
 
 
+def test_a_sigterm_inside_a_store_write_interrupts_once_the_write_returns(tmp_path, monkeypatch):
+    """A sweep worker's SIGTERM that lands inside a write (mid-transaction) is raised when
+    the write returns: the write lands whole and no write lock is left held."""
+    import os
+    import signal
+
+    from zoo.tracking import stop_on_sigterm
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", ProjectPaths(tmp_path))
+    run_id = tracker.create(tracker.experiment("e"), {CONFIG_HASH_TAG: "a"})
+    write = tracker.client.log_batch
+
+    def signalled_midway(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next bytecode
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(tracker.client, "log_batch", signalled_midway)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_sigterm()
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            tracker.log_metrics(run_id, {"train_loss": 0.5}, step=1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    tracker.finish(run_id, KeyboardInterrupt("SIGTERM"))  # the store is writable at once
+    assert [m.step for m in tracker.client.get_metric_history(run_id, "train_loss")] == [1]
+    assert tracker.client.get_run(run_id).info.status == "KILLED"
+
+
 def test_a_finished_retry_clears_the_earlier_error(store, tmp_path):
     tracker = Tracker(store, ProjectPaths(tmp_path))
     experiment = tracker.experiment(_name())

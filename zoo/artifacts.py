@@ -8,7 +8,7 @@ the other intact. Elsewhere (a tracking server, S3...) it is uploaded as usual.
 Figures (loss curves, predictions) are drawn from data the run already logged
 (its metrics and best weights). A sweep worker hands them to a background
 thread (``figures_in_background``) and starts its next run at once; the drawer
-is drained before the worker exits and on SIGTERM. A run is
+is drained before the worker exits, after a SIGTERM too. A run is
 FINISHED once its metrics, config, history and weights are logged; its figures
 follow within seconds (a worker killed with SIGKILL may leave a finished run
 without them). Elsewhere (``zoo run``, searches) figures are drawn before the
@@ -159,21 +159,18 @@ def drain_figures() -> None:
 
 def figures_in_background() -> None:
     """From now on this process (a sweep worker) hands its runs' figures to a background
-    drawer, so the next run starts at once. The drawer is drained when this process
-    exits normally and on SIGTERM (which then stops the current run as Ctrl-C does:
-    it ends KILLED and resumes from its checkpoint)."""
+    drawer, so the next run starts at once. SIGTERM stops the current run as Ctrl-C
+    does (it ends KILLED and resumes from its checkpoint); the drawer is drained when
+    this process exits, after a SIGTERM too (zoo.tracking.stop_on_sigterm: never inside
+    a store call, and the handler waits for nothing)."""
     import atexit
-    import signal
     from multiprocessing import util
+
+    from zoo.tracking import stop_on_sigterm
 
     if _STATE["background"]:
         return
     _STATE["background"] = True
     util.Finalize(None, drain_figures, exitpriority=100)  # pool workers skip atexit
     atexit.register(drain_figures)
-
-    def stop(*_: Any) -> None:
-        drain_figures()
-        raise KeyboardInterrupt("SIGTERM")
-
-    signal.signal(signal.SIGTERM, stop)
+    stop_on_sigterm()

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable
-from contextlib import closing
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +48,7 @@ __all__ = [
     "network_filesystem",
     "refuse_network_sqlite",
     "sqlite_path",
+    "stop_on_sigterm",
     "store_uri",
     "tracking_uri",
 ]
@@ -183,13 +186,44 @@ def _transient(error: BaseException) -> bool:
     return any(s in text for s in _TRANSIENT)
 
 
+_SIGTERM = {"depth": 0, "held": False}  # main-thread store calls under way; a SIGTERM held
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does,
+    but never inside a store call: a SIGTERM that lands in one is raised when the call
+    returns, so no store write is cut halfway and no write lock is left held."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(*_: Any) -> None:
+    if _SIGTERM["depth"]:
+        _SIGTERM["held"] = True
+        return
+    raise KeyboardInterrupt("SIGTERM")
+
+
+@contextmanager
+def _store_call() -> Iterator[None]:
+    main = threading.current_thread() is threading.main_thread()
+    _SIGTERM["depth"] += main
+    try:
+        yield
+    finally:
+        _SIGTERM["depth"] -= main
+        if main and not _SIGTERM["depth"] and _SIGTERM["held"]:
+            _SIGTERM["held"] = False
+            raise KeyboardInterrupt("SIGTERM")
+
+
 def _retrying(call: Callable[[], T], within_s: float = _RETRY_S) -> T:
     """``call()``, retried with exponential backoff (0.1 s doubling to 10 s) while it fails
-    transiently, for up to ``within_s``."""
+    transiently, for up to ``within_s``; a SIGTERM waits for each attempt to return."""
     deadline, pause = time.monotonic() + within_s, 0.1
     while True:
         try:
-            return call()
+            with _store_call():
+                return call()
         except Exception as error:
             if not _transient(error) or time.monotonic() > deadline:
                 raise
