@@ -205,13 +205,15 @@ def _on_sigterm(*_: Any) -> None:
 
 @contextmanager
 def _store_call() -> Iterator[None]:
-    main = threading.current_thread() is threading.main_thread()
-    _SIGTERM["depth"] += main
+    if threading.current_thread() is not threading.main_thread():  # signals go to main only
+        yield
+        return
+    _SIGTERM["depth"] += 1
     try:
         yield
     finally:
-        _SIGTERM["depth"] -= main
-        if main and not _SIGTERM["depth"] and _SIGTERM["held"]:
+        _SIGTERM["depth"] -= 1
+        if not _SIGTERM["depth"] and _SIGTERM["held"]:
             _SIGTERM["held"] = False
             raise KeyboardInterrupt("SIGTERM")
 
