@@ -191,8 +191,10 @@ _SIGTERM = {"depth": 0, "held": False}  # main-thread store calls under way; a S
 
 def stop_on_sigterm() -> None:
     """From now on SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does,
-    but never inside a store call: a SIGTERM that lands in one is raised when the call
-    returns, so no store write is cut halfway and no write lock is left held."""
+    but never inside a store call a Tracker method makes (every write of a run): a
+    SIGTERM that lands in one is raised when the call returns, so no such write is cut
+    halfway and no write lock is left held. Calls made on ``Tracker.client`` directly
+    are not covered."""
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
