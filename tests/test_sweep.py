@@ -329,3 +329,22 @@ def test_preempted_run_requeues_until_the_cap_then_ends_failed(
     if not requeued:
         assert "preempted 4 times" in run.data.tags["zoo.error"]
         assert run_job(job).status == "skipped"  # its stage never finished
+
+
+def test_a_local_sweep_starts_its_longest_runs_first(tiny_spec, tiny_runs, project):
+    """Ready runs start by the image passes they make, most first (here: by transfer
+    size), so a sweep ends on its shortest runs rather than on a long one started last."""
+    from zoo.sweep import run_sweep
+    from zoo.tracking import Tracker
+
+    spec = tiny_spec(
+        extra={
+            "axes": [{"product": {"source": ["a"], "size": [2, 8, 4]}}],
+            "set": {"stages.0.train": "$source", "stages.1.size": "$size"},
+        }
+    )
+    report = run_sweep(make_plan(load_spec(spec)), Tracker(paths=project), echo=lambda _: None)
+    assert len(report.finished) == 1 + 3
+    runs = [r for r in tiny_runs() if r.data.tags["zoo.kind"] == "run"]
+    started = sorted(runs, key=lambda r: r.info.start_time)
+    assert [r.data.tags["zoo.axis.size"] for r in started] == ["8", "4", "2"]

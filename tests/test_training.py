@@ -175,6 +175,32 @@ def test_killed_run_resumes_into_same_run_with_identical_metrics(project, config
     assert resumed[0] == "FINISHED"
 
 
+@pytest.mark.parametrize("interval_s", [0.0, 3600.0])
+def test_quick_epochs_reach_the_store_together_and_whole(
+    project, config_file, monkeypatch, interval_s
+):
+    """Epochs that end within the live interval of the last send are held and sent
+    together: with an hour's interval a 6-epoch run sends all its metrics (and params) in
+    one round trip at its end; with none, one per epoch. Every step lands."""
+    import zoo.run
+    from zoo.tracking import Tracker
+
+    monkeypatch.setattr(zoo.run, "LIVE_INTERVAL_S", interval_s)
+    sends, batch = [], Tracker._batch
+
+    def counted(self, run_id, **items):
+        if items.get("metrics"):
+            sends.append(run_id)
+        batch(self, run_id, **items)
+
+    monkeypatch.setattr(Tracker, "_batch", counted)
+    assert main(["train", str(config_file({0: {"epochs": 3}, 1: {"epochs": 3}}))]) == 0
+    client, (run,) = _runs(project)
+    assert len(sends) == (1 if interval_s else 6)
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
+
+
 def test_failed_run_is_marked_failed_with_reason(project, config_file):
     (project.root / "broken.safetensors").write_bytes(b"not safetensors")
     path = config_file({1: {"init": "file:broken.safetensors"}})

@@ -17,6 +17,7 @@ def loss_curves(stages: list[tuple[str, list[dict[str, Any]]]], out: Path) -> Pa
     """Train and adjusted validation loss per epoch, stages one after another. Drawn
     without pyplot's global state, so a background thread may draw while others work."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import LogFormatter
 
     figure = Figure(figsize=(7, 4))
     axis = figure.subplots()
@@ -42,6 +43,9 @@ def loss_curves(stages: list[tuple[str, list[dict[str, Any]]]], out: Path) -> Pa
         axis.text(offset + 1, 1.0, name, transform=axis.get_xaxis_transform(), va="bottom")
         offset += len(history)
     axis.set(xlabel="epoch", ylabel="loss", yscale="log")
+    # plain-text tick labels (3e-01): the default's mathtext (3×10⁻¹) is a quarter of the CPU
+    axis.yaxis.set_major_formatter(LogFormatter())
+    axis.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.legend(fontsize="small")
     figure.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)  # tight_layout: +30 % CPU

@@ -340,17 +340,24 @@ def _attempt(
     return run_id
 
 
+LIVE_INTERVAL_S = 5.0  # least seconds between a live run's sends of its epochs
+
+
 class _Log:
     """A run's params and epoch metrics on their way to the store: held while finished
-    stages replay their history, sent together at the next live epoch (or end), so a
-    run costs a few round trips rather than one per epoch. Steps already in the store
-    (an attempt that continues) are not sent again."""
+    stages replay their history, and while live epochs end within ``LIVE_INTERVAL_S`` of
+    the last send (or the run's start); sent together at the first epoch after that, or
+    at the end. A run of quick epochs so costs a few round trips rather than one per
+    epoch. Steps already in the store (an attempt that continues) are not sent again;
+    steps held when a run is killed outright are sent by its next attempt, which
+    replays them from its checkpoints."""
 
     def __init__(self, tracker: Tracker, run_id: str, logged: set[int]):
         self.tracker, self.run_id, self.logged = tracker, run_id, logged
         self.params: dict[str, Any] = {}
         self.metrics: list[tuple[int, dict[str, float]]] = []
         self.sent_at: int | None = None  # the timestamp of a send not known to have landed
+        self.last_send = time.monotonic()
 
     def add(self, step: int, metrics: dict[str, float]) -> bool:
         """Hold ``metrics`` of ``step``; False when that step was logged before."""
@@ -369,6 +376,12 @@ class _Log:
                 self.sent_at = int(time.time() * 1000)
             self.tracker.log_batch(self.run_id, self.params, self.metrics, self.sent_at)
             self.params, self.metrics, self.sent_at = {}, [], None
+            self.last_send = time.monotonic()
+
+    def flush_due(self) -> None:
+        """``flush`` when the last send (or the run's start) is ``LIVE_INTERVAL_S`` ago."""
+        if time.monotonic() - self.last_send >= LIVE_INTERVAL_S:
+            self.flush()
 
     def settle(self, echo: Callable[[str], None]) -> None:
         """``flush`` for a run that is ending anyway: a failure is reported, not raised."""
@@ -415,7 +428,7 @@ def _train_stages(
                 )
             last = index == len(config.stages) - 1 and epoch == config.stages[index].epochs
             if not replayed and not last:  # the last epoch's metrics go with the summary
-                log.flush()
+                log.flush_due()
             if hook is not None:
                 hook(config.stages[index].name, epoch, metrics)
 

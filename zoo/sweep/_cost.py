@@ -14,20 +14,20 @@ from typing import Any
 
 from zoo._typed import to_dict
 from zoo.calibrate import Profile, load_profile
-from zoo.sweep._plan import Plan, format_report, image_passes, report
+from zoo.sweep._plan import (
+    Plan,
+    format_report,
+    image_passes,
+    report,
+    trained_stages,
+    val_images,
+)
 
 __all__ = ["format_cost", "predict", "profile_report"]
 
 
 def _side(config: Any, name: str) -> int:
     return getattr(config.sources[name], "image_size", 0) or 64
-
-
-def _val_images(config: Any, name: str) -> int:
-    source = config.sources[name]
-    if hasattr(source, "mix"):
-        return sum(_val_images(config, part) for part in source.mix)
-    return getattr(source, "val_count", 0)
 
 
 def _job_seconds(config: Any, trained: list[int], profile: Profile) -> tuple[float, int]:
@@ -37,7 +37,7 @@ def _job_seconds(config: Any, trained: list[int], profile: Profile) -> tuple[flo
         stage = config.stages[index]
         seconds += image_passes(config, index) / profile.rate("train", _side(config, stage.train))
         for name in config.validation_sets:
-            passes = stage.epochs * _val_images(config, name)
+            passes = stage.epochs * val_images(config, name)
             val_passes += passes
             seconds += passes / profile.rate("val", _side(config, name))
     return seconds, val_passes
@@ -57,12 +57,7 @@ def predict(plan: Plan, profile: Profile, workers: int = 1) -> dict[str, Any]:
     times: dict[str, float] = {}
     val_passes = 0
     for job in plan.jobs:
-        count = len(job.config.stages)
-        trained = (
-            [count - 1]
-            if job.kind == "stage"
-            else [i for i in range(count) if job.config.stage_digest(i) not in stage_keys]
-        )
+        trained = trained_stages(job, stage_keys)
         times[job.key], passes = _job_seconds(job.config, trained, profile)
         val_passes += passes
     chain = max(

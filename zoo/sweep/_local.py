@@ -28,7 +28,7 @@ from zoo.sweep._job import (
     run_job,
     with_parent,
 )
-from zoo.sweep._plan import Plan
+from zoo.sweep._plan import Plan, longest_first
 from zoo.tracking import Tracker
 
 __all__ = ["LocalExecutor", "run_sweep"]
@@ -187,12 +187,13 @@ def run_sweep(
     echo: Callable[[str], None] = print,
     runs_per_gpu: int = 1,
 ) -> SweepReport:
-    """Train every job of ``plan`` not yet finished in ``tracker``'s store, locally."""
+    """Train every job of ``plan`` not yet finished in ``tracker``'s store, locally; ready
+    jobs start longest first (zoo.sweep._plan.longest_first)."""
     tracker.experiment(plan.spec.name, plan.spec.description)
     executor = LocalExecutor(workers, echo, runs_per_gpu)
-    return executor.submit(
-        plan.spec.name, jobs_from_plan(plan, tracker.uri, tracker.paths), tracker
-    )
+    order = {key: rank for rank, key in enumerate(longest_first(plan))}
+    jobs = sorted(jobs_from_plan(plan, tracker.uri, tracker.paths), key=lambda j: order[j.key])
+    return executor.submit(plan.spec.name, jobs, tracker)
 
 
 def _describe(job: JobSpec) -> str:

@@ -35,6 +35,45 @@ def image_passes(config: RunConfig, index: int) -> int:
     return stage.epochs * images * (8 if stage.augment == "dihedral" else 1)
 
 
+def val_images(config: RunConfig, name: str) -> int:
+    """Validation images of dataset ``name`` (a mixture: of its parts)."""
+    source = config.sources[name]
+    if hasattr(source, "mix"):
+        return sum(val_images(config, part) for part in source.mix)
+    return getattr(source, "val_count", 0)
+
+
+def trained_stages(job: Job, stage_keys: set[str]) -> list[int]:
+    """The stages ``job`` trains itself: a stage job its last, a run those that no stage
+    job among ``stage_keys`` trains for it."""
+    count = len(job.config.stages)
+    if job.kind == "stage":
+        return [count - 1]
+    return [i for i in range(count) if job.config.stage_digest(i) not in stage_keys]
+
+
+_VALIDATION_WEIGHT = 1 / 3  # a validation pass (forward only) against a training pass
+
+
+def longest_first(plan: Plan) -> list[str]:
+    """The plan's job keys: stage jobs first, in dependency order, then run jobs by the
+    image passes they make (training, plus validation at a third), most first; ties
+    keep the plan's order. A scheduler taking ready jobs in this order ends a sweep
+    with its shortest runs, so no long run started last leaves the other workers idle."""
+    stage_keys = {j.key for j in plan.jobs if j.kind == "stage"}
+
+    def work(job: Job) -> float:
+        config, passes = job.config, 0.0
+        for index in trained_stages(job, stage_keys):
+            validated = sum(val_images(config, n) for n in config.validation_sets)
+            epochs = config.stages[index].epochs
+            passes += image_passes(config, index) + _VALIDATION_WEIGHT * epochs * validated
+        return passes
+
+    runs = sorted((j for j in plan.jobs if j.kind == "run"), key=work, reverse=True)
+    return [j.key for j in plan.jobs if j.kind == "stage"] + [j.key for j in runs]
+
+
 @dataclass(frozen=True)
 class Plan:
     spec: SweepSpec
