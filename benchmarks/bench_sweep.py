@@ -13,7 +13,7 @@ per run, the sharing speed-up ≥ 0.97× the predicted ratio. Also printed: the 
 fresh process takes to import what a worker needs, which every worker pays once
 and which alone caps a sweep's efficiency at 1 − start-up ÷ wall.
 Run: ``.venv/bin/python benchmarks/bench_sweep.py [--seeds 1] [--workers 1]
-[--profile NAME]``.
+[--profile NAME] [--no-figures]``.
 """
 
 from __future__ import annotations
@@ -136,10 +136,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--shared-only", action="store_true", help="skip the unshared sweep")
     parser.add_argument("--profile", help="also print the plan's prediction on this profile")
+    parser.add_argument("--no-figures", action="store_true", help="runs log no figures")
     args = parser.parse_args()
     spec = load_spec(args.spec)
     if args.seeds:
         spec = dataclasses.replace(spec, seeds=spec.seeds[: args.seeds])
+    if args.no_figures:
+        spec = dataclasses.replace(spec, base={**spec.base, "figures": False})
     counts = make_plan(spec).counts()
     predicted = counts["image_passes_unshared"] / counts["image_passes"]
     shared = timed_sweep(spec, args.workers)

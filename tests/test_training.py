@@ -201,6 +201,16 @@ def test_quick_epochs_reach_the_store_together_and_whole(
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_without_figures_logs_everything_else(project, config_file):
+    path = config_file()
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "figures": False}))
+    assert main(["train", str(path)]) == 0
+    client, (run,) = _runs(project)
+    assert run.info.status == "FINISHED"
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "history.csv", "weights"} <= logged and "figures" not in logged
+
+
 def test_failed_run_is_marked_failed_with_reason(project, config_file):
     (project.root / "broken.safetensors").write_bytes(b"not safetensors")
     path = config_file({1: {"init": "file:broken.safetensors"}})

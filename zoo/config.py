@@ -42,7 +42,7 @@ __all__ = [
 STAGE_VERSION = 1
 # Fields that change where or how a run executes, not what it computes; each enters the
 # identity only when set to a non-default value, so hashes made before that stay valid.
-EXECUTION_FIELDS = ("device", "devices", "power_cap_w", "log_weights", "share_stages")
+EXECUTION_FIELDS = ("device", "devices", "power_cap_w", "log_weights", "share_stages", "figures")
 NOT_IDENTITY = ("experiment", *EXECUTION_FIELDS)
 
 
@@ -308,6 +308,7 @@ class RunConfig:
     # weight artifacts: best, final (the last stage's) or STAGE/best, STAGE/final (any stage's)
     log_weights: tuple[str, ...] = ("best", "final")
     share_stages: bool = True  # false: every stage checkpoint belongs to this run alone
+    figures: bool = True  # false: no figures/*.png artifacts (the MLflow UI plots the metrics)
 
     def validate(self, where: str) -> None:
         check(

@@ -162,7 +162,8 @@ def _artifacts(
     tracker: Tracker,
     run_id: str,
 ) -> None:
-    """Config, history and weights now; the figures through ``draw_later`` (zoo.artifacts)."""
+    """Config, history and weights now; the figures (unless ``config.figures`` is false)
+    through ``draw_later`` (zoo.artifacts)."""
     last = results[-1]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -175,6 +176,16 @@ def _artifacts(
             where = f"weights/{stage}" if stage else "weights"
             log_linked(tracker, run_id, StagePaths(result.folder).weights(kind), where)
         tracker.log_artifact(run_id, _history_csv(config, results, folder / "history.csv"))
+    if config.figures:
+        draw_later(_figure_job(config, results, datasets, run_id), tracker)
+
+
+def _figure_job(
+    config: RunConfig, results: list[StageResult], datasets: dict[str, Dataset], run_id: str
+) -> FigureJob:
+    """The figures of a finished run: its loss curves and, for segmentation, what its
+    best weights predict on four validation images of its last stage's dataset."""
+    last = results[-1]
     curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
     job = FigureJob(run_id, curves)
     if config.model.task == "segmentation":  # no figure for image targets yet
@@ -188,7 +199,7 @@ def _artifacts(
             inputs=model_inputs(dataset, config.model, slice(first, first + 4)).numpy(),
             masks=np.array(dataset.val[1][:4]),
         )
-    draw_later(job, tracker)
+    return job
 
 
 def _history_csv(config: RunConfig, results: list[StageResult], out: Path) -> Path:
