@@ -84,14 +84,16 @@ def timed_sweep(spec, workers: int) -> Timing:
 
 _WORKER_IMPORTS = (
     "import time; started = time.perf_counter(); import torch, zoo.sweep._local, zoo.run, "
-    "matplotlib.figure; torch.optim.SGD([torch.zeros(1, requires_grad=True)]); "
-    "print(time.perf_counter() - started)"
+    "matplotlib.figure, segmentation_models_pytorch, mlflow.tracking, "
+    "mlflow.store.tracking.sqlalchemy_store; p = torch.zeros(1, requires_grad=True); "
+    "p.sum().backward(); torch.optim.Adam([p]).step(); print(time.perf_counter() - started)"
 )
 
 
 def worker_startup_seconds() -> float:
-    """Wall seconds a fresh process takes to import what a sweep worker needs before its
-    first step: torch, the compiler stack torch.optim loads, smp, MLflow, matplotlib."""
+    """Wall seconds a fresh process takes to import what a sweep worker needs by the end
+    of its first job: torch, the compiler stack an optimizer's step loads, smp, MLflow
+    with its SQL store, matplotlib (the figure drawer)."""
     import subprocess
     import sys
 
