@@ -4,6 +4,7 @@ a PostgreSQL database and an MLflow tracking server on PostgreSQL, all real."""
 from __future__ import annotations
 
 import math
+import time
 import uuid
 
 import pandas as pd
@@ -143,6 +144,40 @@ def test_a_send_interrupted_after_it_landed_is_settled_without_duplicates(tmp_pa
     log.settle(print)
     steps = [m.step for m in tracker.client.get_metric_history(run_id, "train_loss")]
     assert sorted(steps) == [1, 2]
+
+
+def test_a_live_run_sends_its_epochs_once_the_interval_since_its_last_send_passed(
+    tmp_path, monkeypatch
+):
+    """Epochs ending every second, a 5 s interval: sent at 5 s and 10 s, the rest at the
+    end; each send carries every step held since the last."""
+    import types
+
+    import zoo.run
+    from zoo.run import _Log
+
+    clock = [0.0]
+    fake = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    monkeypatch.setattr(zoo.run, "time", fake)
+    monkeypatch.setattr(zoo.run, "LIVE_INTERVAL_S", 5.0)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", ProjectPaths(tmp_path))
+    run_id = tracker.create(tracker.experiment("e"), {CONFIG_HASH_TAG: "a"})
+    sent, send = [], tracker.log_batch
+
+    def recorded(run, params=None, metrics=(), timestamp=None):
+        sent.append([step for step, _ in metrics])
+        send(run, params, metrics, timestamp)
+
+    monkeypatch.setattr(tracker, "log_batch", recorded)
+    log = _Log(tracker, run_id, set())
+    for step in range(1, 13):
+        clock[0] = float(step)
+        log.add(step, {"train_loss": 1 / step})
+        log.flush_due()
+    log.flush()
+    assert sent == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12]]
+    steps = [m.step for m in tracker.client.get_metric_history(run_id, "train_loss")]
+    assert sorted(steps) == list(range(1, 13))
 
 
 def test_a_sigterm_inside_a_store_write_interrupts_once_the_write_returns(tmp_path, monkeypatch):

@@ -202,6 +202,8 @@ def test_quick_epochs_reach_the_store_together_and_whole(
 
 
 def test_a_run_without_figures_logs_everything_else(project, config_file):
+    """``figures: false`` leaves out the figures only, and is not part of the identity:
+    switching it on a finished run trains and logs nothing."""
     path = config_file()
     path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "figures": False}))
     assert main(["train", str(path)]) == 0
@@ -209,6 +211,8 @@ def test_a_run_without_figures_logs_everything_else(project, config_file):
     assert run.info.status == "FINISHED"
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "history.csv", "weights"} <= logged and "figures" not in logged
+    assert main(["train", str(config_file(name="with-figures.yaml"))]) == 0
+    assert [r.info.run_id for r in _runs(project)[1]] == [run.info.run_id]
 
 
 def test_failed_run_is_marked_failed_with_reason(project, config_file):

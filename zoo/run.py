@@ -258,10 +258,10 @@ def run(
     is refused before the run exists (see preflight; ``prepared`` is its result when
     the caller ran it already). One process at a time works on an identity: others
     wait for it, then find it finished. ``tags`` are added to a new run. ``on_epoch``
-    sees every epoch's metrics once logged (replayed ones too). Any failure after the
-    run exists ends it FAILED. ``pending``: the caller (an executor) found the run
-    unfinished, so the look-up that spares a finished run its preflight is skipped; the
-    one made holding the lock is not.
+    sees every epoch's metrics as it ends (replayed ones too), before they are sent.
+    Any failure after the run exists ends it FAILED. ``pending``: the caller (an
+    executor) found the run unfinished, so the look-up that spares a finished run its
+    preflight is skipped; the one made holding the lock is not.
     """
     identity = identity or config.digest()
     existing = None if pending else _existing(tracker, config.experiment, identity)
@@ -323,7 +323,7 @@ def _attempt(
         tracker.reopen(run_id)
         log = _Log(tracker, run_id, tracker.logged_steps(run_id, "train_loss"))
         params = {k: v for k, v in params.items() if metric_key(k) not in existing.data.params}
-    log.params = params  # sent with the first epoch; an attempt killed before sends them next
+    log.params = params  # sent with the first send; an attempt killed before sends them next
     echo(f"run {run_id} ({identity}) on {device}")
     try:
         with Heartbeat(lambda beat: tracker.set_tags(run_id, beat), first=existing is not None):

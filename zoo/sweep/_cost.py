@@ -18,6 +18,7 @@ from zoo.sweep._plan import (
     Plan,
     format_report,
     image_passes,
+    image_side,
     report,
     trained_stages,
     val_images,
@@ -26,27 +27,24 @@ from zoo.sweep._plan import (
 __all__ = ["format_cost", "predict", "profile_report"]
 
 
-def _side(config: Any, name: str) -> int:
-    return getattr(config.sources[name], "image_size", 0) or 64
-
-
 def _job_seconds(config: Any, trained: list[int], profile: Profile) -> tuple[float, int]:
     """(seconds, validation image passes) of training stages ``trained`` of ``config``."""
     seconds, val_passes = profile.job_overhead_s, 0
     for index in trained:
         stage = config.stages[index]
-        seconds += image_passes(config, index) / profile.rate("train", _side(config, stage.train))
+        side = image_side(config, stage.train)
+        seconds += image_passes(config, index) / profile.rate("train", side)
         for name in config.validation_sets:
             passes = stage.epochs * val_images(config, name)
             val_passes += passes
-            seconds += passes / profile.rate("val", _side(config, name))
+            seconds += passes / profile.rate("val", image_side(config, name))
     return seconds, val_passes
 
 
 def _dataset_bytes(config: Any, name: str, per_pixel: int) -> int:
     source = config.sources[name]
     count = getattr(source, "count", 0)
-    return count * _side(config, name) ** 2 * per_pixel
+    return count * image_side(config, name) ** 2 * per_pixel
 
 
 def predict(plan: Plan, profile: Profile, workers: int = 1) -> dict[str, Any]:
@@ -100,7 +98,7 @@ def profile_report(plan: Plan, name: str, workers: int, show: int) -> dict[str, 
 
     profile = load_profile(name, ProjectPaths.default())
     first = plan.runs[0].config if plan.runs else None
-    rate = profile.rate("train", _side(first, first.stages[0].train)) if first else 1.0
+    rate = profile.rate("train", image_side(first, first.stages[0].train)) if first else 1.0
     return {**report(plan, rate, show), **predict(plan, profile, workers)}
 
 

@@ -35,6 +35,11 @@ def image_passes(config: RunConfig, index: int) -> int:
     return stage.epochs * images * (8 if stage.augment == "dihedral" else 1)
 
 
+def image_side(config: RunConfig, name: str) -> int:
+    """The side of dataset ``name``'s images in pixels (64 when not known before reading)."""
+    return getattr(config.sources[name], "image_size", 0) or 64
+
+
 def val_images(config: RunConfig, name: str) -> int:
     """Validation images of dataset ``name`` (a mixture: of its parts)."""
     source = config.sources[name]
@@ -57,18 +62,22 @@ _VALIDATION_WEIGHT = 1 / 3  # a validation pass (forward only) against a trainin
 
 def longest_first(plan: Plan) -> list[str]:
     """The plan's job keys: stage jobs first, in dependency order, then run jobs by the
-    image passes they make (training, plus validation at a third), most first; ties
+    pixels they pass through (training, plus validation at a third), most first; ties
     keep the plan's order. A scheduler taking ready jobs in this order ends a sweep
-    with its shortest runs, so no long run started last leaves the other workers idle."""
+    with its shortest runs, so no long run started last leaves the other workers idle.
+    Datasets read from files count by their stages' sizes only (their image counts
+    are not known before they are read)."""
     stage_keys = {j.key for j in plan.jobs if j.kind == "stage"}
 
     def work(job: Job) -> float:
-        config, passes = job.config, 0.0
+        config, pixels = job.config, 0.0
         for index in trained_stages(job, stage_keys):
-            validated = sum(val_images(config, n) for n in config.validation_sets)
-            epochs = config.stages[index].epochs
-            passes += image_passes(config, index) + _VALIDATION_WEIGHT * epochs * validated
-        return passes
+            stage = config.stages[index]
+            pixels += image_passes(config, index) * image_side(config, stage.train) ** 2
+            for name in config.validation_sets:
+                validated = stage.epochs * val_images(config, name) * image_side(config, name) ** 2
+                pixels += _VALIDATION_WEIGHT * validated
+        return pixels
 
     runs = sorted((j for j in plan.jobs if j.kind == "run"), key=work, reverse=True)
     return [j.key for j in plan.jobs if j.kind == "stage"] + [j.key for j in runs]
