@@ -43,7 +43,8 @@ STAGE_VERSION = 1
 # Fields that change where or how a run executes, not what it computes; each enters the
 # identity only when set to a non-default value, so hashes made before that stay valid.
 EXECUTION_FIELDS = ("device", "devices", "power_cap_w", "log_weights", "share_stages")
-# Fields that never enter the identity: switching them on a finished sweep changes nothing
+# Fields left out of the identity document (execution fields return through execution()
+# when not default); `figures` never enters it: switching it on a finished sweep changes nothing
 NOT_IDENTITY = ("experiment", "figures", *EXECUTION_FIELDS)
 
 

@@ -17,11 +17,10 @@ from zoo.calibrate import Profile, load_profile
 from zoo.sweep._plan import (
     Plan,
     format_report,
-    image_passes,
     image_side,
     report,
+    stage_passes,
     trained_stages,
-    val_images,
 )
 
 __all__ = ["format_cost", "predict", "profile_report"]
@@ -30,14 +29,9 @@ __all__ = ["format_cost", "predict", "profile_report"]
 def _job_seconds(config: Any, trained: list[int], profile: Profile) -> tuple[float, int]:
     """(seconds, validation image passes) of training stages ``trained`` of ``config``."""
     seconds, val_passes = profile.job_overhead_s, 0
-    for index in trained:
-        stage = config.stages[index]
-        side = image_side(config, stage.train)
-        seconds += image_passes(config, index) / profile.rate("train", side)
-        for name in config.validation_sets:
-            passes = stage.epochs * val_images(config, name)
-            val_passes += passes
-            seconds += passes / profile.rate("val", image_side(config, name))
+    for kind, passes, side in stage_passes(config, trained):
+        seconds += passes / profile.rate(kind, side)
+        val_passes += passes if kind == "val" else 0
     return seconds, val_passes
 
 

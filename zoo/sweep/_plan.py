@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -57,7 +58,17 @@ def trained_stages(job: Job, stage_keys: set[str]) -> list[int]:
     return [i for i in range(count) if job.config.stage_digest(i) not in stage_keys]
 
 
-_VALIDATION_WEIGHT = 1 / 3  # a validation pass (forward only) against a training pass
+def stage_passes(config: RunConfig, trained: list[int]) -> Iterator[tuple[str, int, int]]:
+    """(kind, image passes, image side) of training stages ``trained``: each stage's
+    training passes (kind "train"), then its passes over each validation set ("val")."""
+    for index in trained:
+        stage = config.stages[index]
+        yield "train", image_passes(config, index), image_side(config, stage.train)
+        for name in config.validation_sets:
+            yield "val", stage.epochs * val_images(config, name), image_side(config, name)
+
+
+_WEIGHT = {"train": 1.0, "val": 1 / 3}  # a validation pass (forward only) against training
 
 
 def longest_first(plan: Plan) -> list[str]:
@@ -70,14 +81,8 @@ def longest_first(plan: Plan) -> list[str]:
     stage_keys = {j.key for j in plan.jobs if j.kind == "stage"}
 
     def work(job: Job) -> float:
-        config, pixels = job.config, 0.0
-        for index in trained_stages(job, stage_keys):
-            stage = config.stages[index]
-            pixels += image_passes(config, index) * image_side(config, stage.train) ** 2
-            for name in config.validation_sets:
-                validated = stage.epochs * val_images(config, name) * image_side(config, name) ** 2
-                pixels += _VALIDATION_WEIGHT * validated
-        return pixels
+        passes = stage_passes(job.config, trained_stages(job, stage_keys))
+        return sum(_WEIGHT[kind] * count * side**2 for kind, count, side in passes)
 
     runs = sorted((j for j in plan.jobs if j.kind == "run"), key=work, reverse=True)
     return [j.key for j in plan.jobs if j.kind == "stage"] + [j.key for j in runs]
