@@ -348,3 +348,26 @@ def test_a_local_sweep_starts_its_longest_runs_first(tiny_spec, tiny_runs, proje
     runs = [r for r in tiny_runs() if r.data.tags["zoo.kind"] == "run"]
     started = sorted(runs, key=lambda r: r.info.start_time)
     assert [r.data.tags["zoo.axis.size"] for r in started] == ["8", "4", "2"]
+
+
+def test_workers_take_the_environment_and_directory_their_sweep_has_now(
+    project, tmp_path, monkeypatch
+):
+    """Workers are forked from a server that started earlier (with another environment
+    and directory); each still sees its parent's current ones, as a spawned worker
+    would, and is not a process the parent spawned itself."""
+    import os
+
+    from zoo.sweep._local import start_worker_server, worker_pool
+
+    start_worker_server()
+    later = tmp_path / "later"
+    later.mkdir()
+    monkeypatch.setenv("ZOO_WORKER_CHECK", "set after the server started")
+    monkeypatch.chdir(later)
+    with worker_pool(1) as pool:
+        seen = pool.submit(os.getenv, "ZOO_WORKER_CHECK").result()
+        directory = pool.submit(os.getcwd).result()
+        parent = pool.submit(os.getppid).result()
+    assert (seen, Path(directory)) == ("set after the server started", later)
+    assert parent != os.getpid()

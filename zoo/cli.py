@@ -168,10 +168,12 @@ def _sweep_plan(args: argparse.Namespace) -> None:
 def _search_run(args: argparse.Namespace) -> int:
     import json
 
+    from zoo import sweep
     from zoo.sweep import _search
     from zoo.tracking import Tracker
 
     spec, block = _search.load_search(args.spec)
+    sweep.start_worker_server()
     status = _search.run_search(spec, block, Tracker(args.tracking_uri), args.workers)
     print(_search.format_search_status(spec.name, status))
     for key, reason in status["failed_workers"].items():
@@ -187,7 +189,9 @@ def _sweep_run(args: argparse.Namespace) -> int:
 
     if sweep.is_search(args.spec):
         return _search_run(args)
-    plan = sweep.make_plan(sweep.load_spec(args.spec))
+    spec = sweep.load_spec(args.spec)
+    sweep.start_worker_server()  # its imports overlap the plan and the store's opening
+    plan = sweep.make_plan(spec)
     sweep.check_plan(plan)
     result = sweep.run_sweep(
         plan, Tracker(args.tracking_uri), args.workers, runs_per_gpu=args.runs_per_gpu

@@ -7,7 +7,7 @@ Public API: :func:`load_spec`, :func:`make_plan`, :func:`run_sweep`, :func:`swee
 
 from zoo.sweep._executor import Executor, SweepReport
 from zoo.sweep._job import JobResult, JobSpec, job_tags, jobs_from_plan, run_job
-from zoo.sweep._local import LocalExecutor, run_sweep
+from zoo.sweep._local import LocalExecutor, run_sweep, start_worker_server
 from zoo.sweep._plan import (
     Job,
     Plan,
@@ -43,5 +43,6 @@ __all__ = [
     "report",
     "run_job",
     "run_sweep",
+    "start_worker_server",
     "sweep_status",
 ]

@@ -7,11 +7,17 @@ leaves its dependents skipped, and the sweep goes on. Jobs whose MLflow run is
 already FINISHED are not started, so running a finished sweep again trains
 nothing and creates no runs. Ctrl-C stops the workers; their runs end KILLED
 and resume from their checkpoints next time.
+
+Workers are forked from one server process that imported what a worker needs
+(torch, smp, MLflow, matplotlib) once: ``start_worker_server`` starts it in the
+background, so a caller that starts it early overlaps those imports with its own
+work, and N workers cost one import instead of N.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,13 +37,55 @@ from zoo.sweep._job import (
 from zoo.sweep._plan import Plan, longest_first
 from zoo.tracking import Tracker
 
-__all__ = ["LocalExecutor", "run_sweep"]
+__all__ = ["LocalExecutor", "run_sweep", "start_worker_server"]
+
+# What a worker imports by the end of its first job (torch._dynamo: an optimizer's step)
+WORKER_MODULES = (
+    "torch",
+    "torch._dynamo",
+    "segmentation_models_pytorch",
+    "mlflow.tracking",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "matplotlib.figure",
+    "zoo.run",
+    "zoo.sweep._job",
+)
 
 
-def _init_worker(counter: Any) -> None:
-    """One intra-op thread per worker: CPU numerics then do not depend on how many runs
-    share the machine (use as many workers as cores). Figures are drawn in the
-    background (zoo.artifacts), drained when the worker exits or gets SIGTERM."""
+def start_worker_server() -> None:
+    """Start, in the background and without waiting, the process that local workers are
+    forked from; it imports WORKER_MODULES once, and forks each worker when asked.
+    Idempotent; the server ends when this process does. It keeps the environment and
+    working directory of the moment it started: a worker takes its parent's current
+    ones in ``_init_worker``."""
+    from multiprocessing import forkserver
+
+    forkserver.set_forkserver_preload(list(WORKER_MODULES))
+    forkserver.ensure_running()
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes forked from start_worker_server's server (started
+    here unless it runs) as jobs arrive; each has this process's current environment
+    and working directory, one intra-op thread and a device of its own."""
+    start_worker_server()
+    context = multiprocessing.get_context("forkserver")
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(context.Value("i", 0), dict(os.environ), os.getcwd()),
+    )
+
+
+def _init_worker(counter: Any, environ: dict[str, str], cwd: str) -> None:
+    """The parent's environment and working directory as the pool started. One intra-op
+    thread per worker: CPU numerics then do not depend on how many runs share the
+    machine (use as many workers as cores). Figures are drawn in the background
+    (zoo.artifacts), drained when the worker exits or gets SIGTERM."""
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(cwd)
     import torch
 
     from zoo.artifacts import figures_in_background
@@ -85,7 +133,8 @@ class _Progress:
 
 
 class LocalExecutor(Executor):
-    """``workers`` spawned processes on this machine; with GPUs and ``runs_per_gpu`` N > 1,
+    """``workers`` processes on this machine (forked from start_worker_server's
+    server, which this starts unless it runs); with GPUs and ``runs_per_gpu`` N > 1,
     N processes share each GPU (``workers`` is then the GPU count × N); a run's
     results do not depend on what shares its GPU."""
 
@@ -106,10 +155,7 @@ class LocalExecutor(Executor):
             f"sweep {name}: {len(todo)} jobs to run "
             f"({len(report.already)} already finished), {workers} worker(s)"
         )
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(context.Value("i", 0),)
-        )
+        pool = worker_pool(workers)
         progress = _Progress(len(todo), self.echo)
         try:
             make_datasets(todo, tracker.paths, self.echo, pool.map)
