@@ -147,13 +147,17 @@ def test_plan_on_a_profile_predicts_time_disk_and_memory(tiny_spec, project, cap
 
 
 def _pool_worker(parent: int) -> int:
-    """The pid of the one worker process of the local executor started by ``parent``."""
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    for pid in children:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"spawn_main" in command and b"resource_tracker" not in command:
-            return int(pid)
-    raise AssertionError(f"no worker among {children}")
+    """The pid of the one worker process of the local executor started by ``parent``: a
+    child of its worker server."""
+    for server in _children(parent):
+        if b"forkserver" in Path(f"/proc/{server}/cmdline").read_bytes():
+            (worker,) = _children(server)
+            return worker
+    raise AssertionError(f"no worker server among {_children(parent)}")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _epoch_lines(log: Path) -> int:

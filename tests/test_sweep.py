@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -371,3 +373,48 @@ def test_workers_take_the_environment_and_directory_their_sweep_has_now(
         parent = pool.submit(os.getppid).result()
     assert (seen, Path(directory)) == ("set after the server started", later)
     assert parent != os.getpid()
+
+
+def _python(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_module_in_the_working_directory_does_not_break_the_workers(tmp_path):
+    """A project directory holding a ``pandas.py`` (any name a worker imports) still gets
+    workers: the server that forks them does not import from its working directory."""
+    (tmp_path / "pandas.py").write_text("raise RuntimeError('the project pandas.py')\n")
+    done = _python(
+        """
+        import os
+        from zoo.sweep._local import worker_pool
+        with worker_pool(1) as pool:
+            print(pool.submit(os.getpid).result())
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_worker_server_never_asks_cuda_for_devices(tmp_path):
+    """A process that has asked CUDA for its devices forks children that cannot use a
+    GPU; the server's imports ask nothing, so its workers can."""
+    done = _python(
+        """
+        import torch
+        asked = []
+        torch._C._cuda_getDeviceCount = lambda: asked.append(1) or 0
+        torch.cuda.is_available = lambda: asked.append(1) or False
+        from zoo.sweep._local import WORKER_MODULES
+        for name in WORKER_MODULES:
+            __import__(name)
+        print(len(asked), torch.cuda.is_initialized())
+        """,
+        tmp_path,
+    )
+    assert done.stdout.split() == ["0", "False"], done.stderr[-2000:]

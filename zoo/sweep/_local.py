@@ -57,11 +57,20 @@ def start_worker_server() -> None:
     forked from; it imports WORKER_MODULES once, and forks each worker when asked.
     Idempotent; the server ends when this process does. It keeps the environment and
     working directory of the moment it started: a worker takes its parent's current
-    ones in ``_init_worker``."""
+    ones in ``_init_worker``. Its interpreter runs with PYTHONSAFEPATH, so a module in
+    the working directory (a ``pandas.py``) never shadows one it imports."""
     from multiprocessing import forkserver
 
     forkserver.set_forkserver_preload(list(WORKER_MODULES))
-    forkserver.ensure_running()
+    before = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        forkserver.ensure_running()
+    finally:
+        if before is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = before
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
