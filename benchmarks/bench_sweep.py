@@ -10,8 +10,8 @@ and, with ``--profile``, beside the plan's predicted wall times (training, valid
 and per-run overhead on that profile), and the plan's prediction of the shared sweep
 against the measured time. Targets (issue 16): efficiency ≥ 95 %, overhead ≤ 0.2 s
 per run, the sharing speed-up ≥ 0.97× the predicted ratio. Also printed: the seconds a
-fresh process takes to import what a worker needs, which every worker pays once
-and which its workers' server (zoo.sweep.start_worker_server) pays once. The server
+fresh process takes to import what a worker needs, which the workers' server
+(zoo.sweep.start_worker_server) pays once, and a worker's start from it. The server
 starts as the benchmark begins, as ``zoo sweep run`` starts it before making its plan
 and opening its store; ``--cli`` checks that claim: it times the whole command
 (interpreter, plan, store, datasets, workers) on the shared sweep, from its start to
