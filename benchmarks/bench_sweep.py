@@ -38,6 +38,7 @@ from mlflow.tracking import MlflowClient
 
 from zoo.paths import ProjectPaths
 from zoo.sweep import load_spec, make_plan, run_sweep, start_worker_server
+from zoo.sweep._local import WORKER_MODULES, worker_pool
 from zoo.tracking import Tracker
 
 SPEC = Path(__file__).parent.parent / "sweeps" / "demo.yaml"
@@ -110,17 +111,14 @@ def timed_sweep(spec, workers: int) -> Timing:
 
 
 _WORKER_IMPORTS = (
-    "import time; started = time.perf_counter(); import torch, zoo.sweep._local, zoo.run, "
-    "matplotlib.figure, segmentation_models_pytorch, mlflow.tracking, "
-    "mlflow.store.tracking.sqlalchemy_store; p = torch.zeros(1, requires_grad=True); "
-    "p.sum().backward(); torch.optim.Adam([p]).step(); print(time.perf_counter() - started)"
+    "import time; started = time.perf_counter(); "
+    f"import {', '.join(WORKER_MODULES)}; print(time.perf_counter() - started)"
 )
 
 
 def worker_startup_seconds() -> float:
-    """Wall seconds a fresh process takes to import what a sweep worker needs by the end
-    of its first job: torch, the compiler stack an optimizer's step loads, smp, MLflow
-    with its SQL store, matplotlib (the figure drawer). The workers' server pays it once."""
+    """Wall seconds a fresh process takes to import WORKER_MODULES, what a sweep worker
+    needs by the end of its first job; the workers' server pays it once."""
     done = subprocess.run(
         [sys.executable, "-c", _WORKER_IMPORTS], capture_output=True, text=True, check=True
     )
@@ -129,8 +127,6 @@ def worker_startup_seconds() -> float:
 
 def worker_fork_seconds() -> float:
     """Wall seconds from asking the running server for a worker to its first answer."""
-    from zoo.sweep._local import worker_pool
-
     start = time.perf_counter()
     with worker_pool(1) as pool:
         pool.submit(os.getpid).result()
@@ -213,12 +209,12 @@ def main() -> None:
     parser.add_argument("--cli", action="store_true", help="also time `zoo sweep run`")
     parser.add_argument("--baseline", type=Path, help="with --cli: a zoo checkout to compare")
     args = parser.parse_args()
-    start_worker_server()
-    if args.cli:
+    if args.cli:  # first: this process's own server would compete with the commands
         for label, zoo in [("this", SPEC.parent.parent), ("baseline", args.baseline)]:
             if zoo:
                 timed = cli_sweep(args.spec, args.seeds, args.no_figures, args.workers, zoo)
                 _print_cli(label, timed, args.workers)
+    start_worker_server()
     spec = load_spec(args.spec)
     if args.seeds:
         spec = dataclasses.replace(spec, seeds=spec.seeds[: args.seeds])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+import zoo
 from zoo.cli import main
 from zoo.errors import ConfigError
 from zoo.sweep import expand, load_spec, make_plan
@@ -386,9 +388,9 @@ def _python(script: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_a_module_in_the_working_directory_does_not_break_the_workers(tmp_path):
-    """A project directory holding a ``pandas.py`` (any name a worker imports) still gets
+    """A project directory holding a ``torch.py`` (any name a worker imports) still gets
     workers: the server that forks them does not import from its working directory."""
-    (tmp_path / "pandas.py").write_text("raise RuntimeError('the project pandas.py')\n")
+    (tmp_path / "torch.py").write_text("raise RuntimeError('the project torch.py')\n")
     done = _python(
         """
         import os
@@ -399,6 +401,22 @@ def test_a_module_in_the_working_directory_does_not_break_the_workers(tmp_path):
         tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_workers_run_the_zoo_their_parent_imported(tmp_path):
+    """A sweep started with another checkout of zoo (or after an edit) trains with that
+    code, not with what the workers' server found on its own path."""
+    shutil.copytree(Path(zoo.__file__).parent, tmp_path / "zoo")
+    done = _python(
+        """
+        import importlib.util, zoo
+        from zoo.sweep._local import worker_pool
+        with worker_pool(1) as pool:
+            print(zoo.__file__, pool.submit(importlib.util.find_spec, "zoo").result().origin)
+        """,
+        tmp_path,
+    )
+    assert done.stdout.split() == [str(tmp_path / "zoo" / "__init__.py")] * 2, done.stderr
 
 
 def test_the_worker_server_never_asks_cuda_for_devices(tmp_path):

@@ -39,7 +39,9 @@ from zoo.tracking import Tracker
 
 __all__ = ["LocalExecutor", "run_sweep", "start_worker_server"]
 
-# What a worker imports by the end of its first job (torch._dynamo: an optimizer's step)
+# The third-party modules a worker imports by the end of its first job (torch._dynamo:
+# an optimizer's step). Never zoo's own: a worker imports zoo from its parent's sys.path,
+# so it runs the parent's zoo, edited or checked out elsewhere, not the server's.
 WORKER_MODULES = (
     "torch",
     "torch._dynamo",
@@ -47,18 +49,16 @@ WORKER_MODULES = (
     "mlflow.tracking",
     "mlflow.store.tracking.sqlalchemy_store",
     "matplotlib.figure",
-    "zoo.run",
-    "zoo.sweep._job",
 )
 
 
 def start_worker_server() -> None:
     """Start, in the background and without waiting, the process that local workers are
     forked from; it imports WORKER_MODULES once, and forks each worker when asked.
-    Idempotent; the server ends when this process does. It keeps the environment and
-    working directory of the moment it started: a worker takes its parent's current
-    ones in ``_init_worker``. Its interpreter runs with PYTHONSAFEPATH, so a module in
-    the working directory (a ``pandas.py``) never shadows one it imports."""
+    Idempotent; the server ends once this process has ended and its imports are done.
+    Its interpreter runs with PYTHONSAFEPATH, so a module in the working directory (a
+    ``torch.py``) never shadows one it imports. Settings those modules read as they are
+    imported (TORCH_*, MPL*, HF_*) are taken from this process's environment now."""
     from multiprocessing import forkserver
 
     forkserver.set_forkserver_preload(list(WORKER_MODULES))
@@ -75,26 +75,26 @@ def start_worker_server() -> None:
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` processes forked from start_worker_server's server (started
-    here unless it runs) as jobs arrive; each has this process's current environment
-    and working directory, one intra-op thread and a device of its own."""
+    here unless it runs) as jobs arrive; each has this process's environment as the pool
+    is made, its working directory and sys.path as the worker starts (multiprocessing
+    hands those over), one intra-op thread, and a device by its number (pin_device)."""
     start_worker_server()
     context = multiprocessing.get_context("forkserver")
     return ProcessPoolExecutor(
         workers,
         mp_context=context,
         initializer=_init_worker,
-        initargs=(context.Value("i", 0), dict(os.environ), os.getcwd()),
+        initargs=(context.Value("i", 0), dict(os.environ)),
     )
 
 
-def _init_worker(counter: Any, environ: dict[str, str], cwd: str) -> None:
-    """The parent's environment and working directory as the pool started. One intra-op
-    thread per worker: CPU numerics then do not depend on how many runs share the
-    machine (use as many workers as cores). Figures are drawn in the background
-    (zoo.artifacts), drained when the worker exits or gets SIGTERM."""
+def _init_worker(counter: Any, environ: dict[str, str]) -> None:
+    """The parent's environment as the pool was made. One intra-op thread per worker: CPU
+    numerics then do not depend on how many runs share the machine (use as many
+    workers as cores). Figures are drawn in the background (zoo.artifacts), drained
+    when the worker exits or gets SIGTERM."""
     os.environ.clear()
     os.environ.update(environ)
-    os.chdir(cwd)
     import torch
 
     from zoo.artifacts import figures_in_background
