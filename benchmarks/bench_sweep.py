@@ -174,7 +174,7 @@ def _print_cli(label: str, timed: tuple[float, float, float], workers: int) -> N
     wall, first, epochs = timed
     print(
         f"  {label:9} `zoo sweep run`: wall {wall:7.1f} s, first run started after "
-        f"{first:5.1f} s, epochs {epochs:7.1f} s, efficiency {epochs / (wall * workers):.0%}"
+        f"{first:5.1f} s, epochs {epochs:7.1f} s, efficiency {epochs / (wall * workers):.1%}"
     )
 
 
@@ -182,7 +182,7 @@ def _print_timing(label: str, timing: Timing, workers: int, startup: float) -> N
     worker_wall = timing.wall * workers
     print(
         f"  {label:9} wall {timing.wall:7.1f} s, epochs {timing.training:7.1f} s, "
-        f"efficiency {timing.training / worker_wall:.0%}, overhead "
+        f"efficiency {timing.training / worker_wall:.1%}, overhead "
         f"{(worker_wall - timing.training) / timing.runs:5.2f} s/run (sweep), "
         f"{statistics.median(timing.job_overheads):5.2f} s/run (median in its worker), "
         f"CPU {timing.cpu / timing.runs:5.2f} s/run "

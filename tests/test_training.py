@@ -7,19 +7,24 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from conftest import zoo_process
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from zoo.checkpoint import load_weights
 from zoo.cli import main
 from zoo.config import ModelConfig, load_config
+from zoo.figures import predictions
 from zoo.losses import LOSSES, apply_head, loss_floor
 from zoo.models import create_model, freeze, meta_model, parameter_counts
-from zoo.train import Batcher, DeviceData, dihedral, epoch_order
+from zoo.run import load_datasets
+from zoo.train import Batcher, DeviceData, dihedral, epoch_order, model_inputs
 
 TINY_DATA = {"preset": "defocus", "image_size": 32, "count": 20, "sim_sampling_a": 0.4}
 TINY_RUN = {
@@ -199,6 +204,29 @@ def test_quick_epochs_reach_the_store_together_and_whole(
     assert len(sends) == (1 if interval_s else 6)
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_predictions_figure_shows_what_the_best_weights_predict(project, config_file, tmp_path):
+    """The figure's predicted outlines are the run's best weights' (kept from the
+    validation of the best epoch, not recomputed), when the last epoch is not the best."""
+    path = config_file({1: {"epochs": 4, "lr": 0.5, "freeze": "none"}})
+    assert main(["train", str(path)]) == 0
+    client, (run,) = _runs(project)
+    assert run.data.metrics["best_epoch/transfer/b"] < 4  # lr 0.5 overshoots after epoch 3
+    config = load_config(path)
+    best = client.download_artifacts(run.info.run_id, "weights/best.safetensors", str(tmp_path))
+    model = create_model(config.model).eval()
+    model.load_state_dict(load_weights(Path(best)))
+    dataset = load_datasets(config, project)["b"]
+    inputs = model_inputs(
+        dataset, config.model, slice(dataset.train_count, dataset.train_count + 4)
+    )
+    with torch.inference_mode():
+        expected = apply_head(model(inputs), config.model.head).argmax(dim=1).numpy()
+    masks = np.array(dataset.val[1][:4])
+    drawn = predictions(inputs.numpy()[:, 0], masks, expected, tmp_path / "expected.png")
+    logged = client.download_artifacts(run.info.run_id, "figures/predictions.png", str(tmp_path))
+    assert np.array_equal(np.asarray(Image.open(logged)), np.asarray(Image.open(drawn)))
 
 
 def test_a_run_without_figures_logs_everything_else(project, config_file):

@@ -70,14 +70,17 @@ class FigureJob:
     run_id: str
     curves: list[tuple[str, list[dict[str, Any]]]]  # (stage name, epoch history)
     model: Any = None  # zoo.config.ModelConfig, when predictions are drawn
-    module: Any = None  # its zoo.models.meta_model, built by the caller's thread
+    template: Any = None  # its zoo.models.meta_template, built by the caller's thread
     weights: str = ""  # the best weights file
     inputs: Any = None  # float32 (n, c, h, w) validation inputs, scaled as in training
     masks: Any = None
+    predicted: Any = None  # the classes the best weights predicted, if training kept them
 
 
-def draw(job: FigureJob, tracker: Tracker) -> None:
-    """Render ``job``'s figures and log them as artifacts ``figures/*.png``."""
+def draw(job: FigureJob, tracker: Tracker, models: dict[Any, Any] | None = None) -> None:
+    """Render ``job``'s figures and log them as artifacts ``figures/*.png``. ``models``:
+    the module the previous job loaded weights into, by model config, reused when the
+    model is the same (kept here: one at most)."""
     import tempfile
 
     from zoo.figures import loss_curves, predictions
@@ -88,18 +91,25 @@ def draw(job: FigureJob, tracker: Tracker) -> None:
             job.run_id, loss_curves(job.curves, folder / "loss_curves.png"), "figures"
         )
         if job.model is not None:
-            predicted = _predict(job)
+            predicted = job.predicted
+            if predicted is None:
+                predicted = _predict(job, {} if models is None else models)
             figure = predictions(job.inputs[:, 0], job.masks, predicted, folder / "predictions.png")
             tracker.log_artifact(job.run_id, figure, "figures")
 
 
-def _predict(job: FigureJob) -> Any:
+def _predict(job: FigureJob, models: dict[Any, Any]) -> Any:
+    import copy
+
     import torch
 
     from zoo.checkpoint import load_weights
     from zoo.losses import apply_head
 
-    model = job.module
+    if job.model not in models:  # one copy of the template kept; its weights are replaced
+        models.clear()
+        models[job.model] = copy.deepcopy(job.template)
+    model = models[job.model]
     model.load_state_dict(load_weights(Path(job.weights)), assign=True)
     model.eval()
     with torch.inference_mode():
@@ -116,7 +126,7 @@ class _Drawer:
         import queue
         import threading
 
-        self.tracker, self.queue = tracker, queue.Queue()
+        self.tracker, self.queue, self.models = tracker, queue.Queue(), {}
         self.thread = threading.Thread(target=self._loop, name="zoo-figures", daemon=True)
         self.thread.start()
 
@@ -125,7 +135,7 @@ class _Drawer:
 
         while (job := self.queue.get()) is not None:
             try:
-                draw(job, self.tracker)
+                draw(job, self.tracker, self.models)
             except Exception as error:  # a figure must never stop the sweep
                 reason = f"{type(error).__name__}: {error}"
                 print(f"figures of run {job.run_id}: {reason}", file=sys.stderr)

@@ -25,6 +25,7 @@ __all__ = [
     "create_model",
     "freeze",
     "meta_model",
+    "meta_template",
     "parameter_counts",
     "set_train_mode",
 ]
@@ -91,17 +92,19 @@ def meta_model(config: ModelConfig) -> nn.Module:
     Refuses an unbuildable ``config`` as ``create_model`` does."""
     import copy
 
-    return copy.deepcopy(_meta_template(config))
+    return copy.deepcopy(meta_template(config))
 
 
 def check_buildable(config: ModelConfig) -> None:
     """Refuse ``config`` in one line (ConfigError) when its model cannot be built; the
     meta-device build is kept for ``meta_model``, so a process builds it once."""
-    _meta_template(config)
+    meta_template(config)
 
 
 @functools.lru_cache(maxsize=64)
-def _meta_template(config: ModelConfig) -> nn.Module:
+def meta_template(config: ModelConfig) -> nn.Module:
+    """The meta-device model ``meta_model`` copies, built once per process (see there).
+    Shared by every caller: copy it, never change it."""
     import torch
 
     with torch.random.fork_rng(devices=[]), torch.device("meta"):

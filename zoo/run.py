@@ -31,11 +31,12 @@ from zoo.continuation import CONTINUED_TAG, continue_stage, continued_from, inte
 from zoo.data import Dataset, MixSpec, load, materialise, mixture
 from zoo.errors import ConfigError
 from zoo.losses import loss_floor
-from zoo.models import check_buildable, check_encoder, meta_model
+from zoo.models import check_buildable, check_encoder, meta_template
 from zoo.paths import ProjectPaths, StagePaths
 from zoo.resident import device_datasets
 from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
 from zoo.train import (
+    SAMPLE_IMAGES,
     Preempted,
     ShardFactory,
     StageResult,
@@ -184,7 +185,8 @@ def _figure_job(
     config: RunConfig, results: list[StageResult], datasets: dict[str, Dataset], run_id: str
 ) -> FigureJob:
     """The figures of a finished run: its loss curves and, for segmentation, what its
-    best weights predict on four validation images of its last stage's dataset."""
+    best weights predict on the first SAMPLE_IMAGES validation images of its last
+    stage's dataset (kept by its validation, else predicted by the drawer)."""
     last = results[-1]
     curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
     job = FigureJob(run_id, curves)
@@ -194,10 +196,11 @@ def _figure_job(
         job = replace(
             job,
             model=config.model,
-            module=meta_model(config.model),
+            template=meta_template(config.model),
             weights=str(StagePaths(last.folder).weights("best")),
-            inputs=model_inputs(dataset, config.model, slice(first, first + 4)).numpy(),
-            masks=np.array(dataset.val[1][:4]),
+            inputs=model_inputs(dataset, config.model, slice(first, first + SAMPLE_IMAGES)).numpy(),
+            masks=np.array(dataset.val[1][:SAMPLE_IMAGES]),
+            predicted=last.predicted,
         )
     return job
 

@@ -89,6 +89,7 @@ DEFAULT_MODEL = ModelConfig()  # one grey image, standardised per image
 
 STORAGE = torch.float16  # standardised images on the device: half the memory
 CHUNK = 64  # images uploaded and scaled at a time
+SAMPLE_IMAGES = 4  # validation images a run's last stage keeps predictions of (its figure)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ class StageResult:
     total: int  # parameters of the model
     images: int  # training images processed (augmented copies counted)
     compile_seconds: float  # torch.compile's first steps, left out of the epoch times
+    # the classes the best weights predicted for the first SAMPLE_IMAGES validation images
+    # of the training set (segmentation), when this process trained the best epoch
+    predicted: np.ndarray | None = None
 
 
 def _clock(device: torch.device) -> float:
@@ -397,12 +401,16 @@ def evaluate(
     config: RunConfig,
     stage: StageConfig,
     amp: torch.dtype | None,
-) -> dict[str, float]:
-    """Loss, IoU of the foreground classes and pixel accuracy over a validation split."""
+    keep: int = 0,
+) -> dict[str, Any]:
+    """Loss, IoU of the foreground classes and pixel accuracy over a validation split;
+    with ``keep`` (segmentation), also the classes predicted for its first ``keep``
+    images, under key ``predicted`` (a NumPy array: no metric)."""
     model.eval()
     compute, task = make_loss(stage.loss), loss_task(stage.loss)
     loss = torch.zeros((), device=images.device, dtype=torch.float64)
     sums: dict[str, torch.Tensor] = {}
+    kept = []
     for start in range(0, len(images), config.val_batch_size):
         end = start + config.val_batch_size
         x = images[start:end].float()
@@ -412,7 +420,10 @@ def evaluate(
         loss += compute(output, y).double() * len(x)
         for name, value in batch_totals(task, output.float(), y).items():
             sums[name] = sums[name] + value if name in sums else value
-    return {"loss": (loss / len(images)).item(), **finish(task, sums, len(images))}
+        if task == "segmentation" and start < keep:
+            kept.append(output[: keep - start].argmax(dim=1).cpu())
+    metrics = {"loss": (loss / len(images)).item(), **finish(task, sums, len(images))}
+    return {**metrics, "predicted": torch.cat(kept).numpy()} if kept else metrics
 
 
 def _initial_weights(
@@ -546,6 +557,7 @@ class _StageTraining:
         loss = make_loss(stage.loss)
         self.step = Step(network, self.optimizer, loss, config.model.head, self.amp, scaler)
         self.compiled = not config.compile  # the first step in this process compiles the model
+        self.best_predicted: np.ndarray | None = None  # see StageResult.predicted
 
     def epoch(
         self, epoch: int, files: StagePaths, record: dict[str, Any], writes: BackgroundWrites
@@ -605,6 +617,7 @@ class _StageTraining:
         """The epoch's metrics after validation, recorded in the progress; under key
         ``bests`` the validation sets whose best this epoch is."""
         started = time.perf_counter()
+        last = self.index == len(self.config.stages) - 1  # the run's figure shows its best
         validation = {
             n: evaluate(
                 self.model,
@@ -613,15 +626,19 @@ class _StageTraining:
                 self.config,
                 self.stage,
                 self.amp,
+                SAMPLE_IMAGES if last and n == self.stage.train else 0,
             )
             for n in self.config.validation_sets
         }
+        predicted = validation.get(self.stage.train, {}).pop("predicted", None)
         seconds = trained_s + time.perf_counter() - started
         metrics = _epoch_metrics(train_loss, lr, seconds, images, validation, self.floor)
         progress = self.progress
         bests = _update_best(
             progress["best"], epoch, validation, self.floor, self.stage.select_metric
         )
+        if self.stage.selection_set in bests:  # the weights saved as best predicted these
+            self.best_predicted = predicted
         progress.update(
             epoch=epoch,
             seconds=progress["seconds"] + seconds,
@@ -668,7 +685,8 @@ def _finish_stage(
     atomic_write_text(files.result, json.dumps({**result, "record": record}, indent=1))
     checkpoint.unlink(missing_ok=True)
     previous_path(checkpoint).unlink(missing_ok=True)
-    return _replay(result, files.folder, lambda *_: None)
+    finished = _replay(result, files.folder, lambda *_: None)
+    return replace(finished, predicted=training.best_predicted)
 
 
 @functools.cache

@@ -9,7 +9,7 @@ nothing and creates no runs. Ctrl-C stops the workers; their runs end KILLED
 and resume from their checkpoints next time.
 
 Workers are forked from one server process that imported what a worker needs
-(torch, smp, MLflow, matplotlib) once: ``start_worker_server`` starts it in the
+(torch, smp, MLflow) once: ``start_worker_server`` starts it in the
 background, so a caller that starts it early overlaps those imports with its own
 work, and N workers cost one import instead of N.
 """
@@ -48,7 +48,6 @@ WORKER_MODULES = (
     "segmentation_models_pytorch",
     "mlflow.tracking",
     "mlflow.store.tracking.sqlalchemy_store",
-    "matplotlib.figure",
 )
 
 
