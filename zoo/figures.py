@@ -11,6 +11,11 @@ __all__ = ["loss_curves", "predictions"]
 
 
 _FAST_PNG = 1  # zlib level: a third of the default's CPU on noisy images, files ~5 % larger
+_GREYS = 254  # palette entries 0..253: grey levels; 254, 255: the outline colours
+_PALETTE = [
+    *(round(i * 255 / (_GREYS - 1)) for i in range(_GREYS) for _ in range(3)),
+    *(255, 40, 40, 40, 220, 255),
+]
 
 
 def loss_curves(stages: list[tuple[str, list[dict[str, Any]]]], out: Path) -> Path:
@@ -35,21 +40,24 @@ def loss_curves(stages: list[tuple[str, list[dict[str, Any]]]], out: Path) -> Pa
 
 
 def predictions(images: np.ndarray, masks: np.ndarray, predicted: np.ndarray, out: Path) -> Path:
-    """Rows of image | true mask outlined in red | predicted mask outlined in cyan."""
+    """Rows of image | true mask outlined in red | predicted mask outlined in cyan. A
+    palette PNG (254 grey levels and the two outline colours): a third of an RGB
+    image's encoding time."""
     from PIL import Image
 
     from zoo.data._preview import outline, to_grey
 
     rows = []
     for image, mask, guess in zip(images, masks, predicted, strict=True):
-        grey = np.repeat(to_grey(image)[..., None], 3, axis=2)
+        grey = (to_grey(image).astype(np.uint16) * (_GREYS - 1) // 255).astype(np.uint8)
         truth, prediction = grey.copy(), grey.copy()
-        truth[outline(mask.astype(np.uint8))] = (255, 40, 40)
-        prediction[outline(guess.astype(np.uint8))] = (40, 220, 255)
+        truth[outline(mask.astype(np.uint8))] = _GREYS  # red
+        prediction[outline(guess.astype(np.uint8))] = _GREYS + 1  # cyan
         rows.append(np.concatenate([grey, truth, prediction], axis=1))
-    grid = np.concatenate(rows, axis=0)
+    grid = Image.fromarray(np.concatenate(rows, axis=0), "P")
+    grid.putpalette(_PALETTE)
     scale = max(1, 192 // images.shape[-1])
-    Image.fromarray(grid).resize(
-        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
-    ).save(out, compress_level=_FAST_PNG)
+    grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(
+        out, compress_level=_FAST_PNG
+    )
     return out

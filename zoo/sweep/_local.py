@@ -57,7 +57,7 @@ def start_worker_server() -> None:
     Idempotent; the server ends once this process has ended and its imports are done.
     Its interpreter runs with PYTHONSAFEPATH, so a module in the working directory (a
     ``torch.py``) never shadows one it imports. Settings those modules read as they are
-    imported (TORCH_*, MPL*, HF_*) are taken from this process's environment now."""
+    imported (TORCH_*, HF_*) are taken from this process's environment now."""
     from multiprocessing import forkserver
 
     forkserver.set_forkserver_preload(list(WORKER_MODULES))
