@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from zoo._chart import TAB10
 from zoo.figures import loss_curves
@@ -17,27 +18,40 @@ def _history(val: dict[str, list[float]], train: list[float]) -> list[dict]:
     ]
 
 
-def _pixels_of(image: np.ndarray, colour: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and columns of the plot's pixels within a few levels of ``colour``, the
-    legend's box (outlined in light grey) left out."""
+def _outside_legend(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``mask`` with the legend's box (outlined in light grey) cleared."""
     rgb = image[..., :3].astype(int)
-    close = np.abs(rgb - colour).max(axis=2) <= 6
     outline = np.abs(rgb - (200, 200, 200)).max(axis=2) <= 2
     rows = np.nonzero(outline.sum(axis=1) >= 60)[0]  # its top and bottom edges
     columns = np.nonzero(outline.sum(axis=0) >= 30)[0]  # its sides
-    close[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1] = False
-    return np.nonzero(close)
+    mask = mask.copy()
+    mask[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1] = False
+    return mask
+
+
+def _pixels_of(image: np.ndarray, colour: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the plot's pixels within a few levels of ``colour``."""
+    close = np.abs(image[..., :3].astype(int) - colour).max(axis=2) <= 6
+    return np.nonzero(_outside_legend(image, close))
+
+
+def _blueish(image: np.ndarray) -> np.ndarray:
+    """Where set a's blue (TAB10[0]) is drawn in the plot, smoothed edges included."""
+    rgb = image[..., :3].astype(int)
+    return _outside_legend(image, rgb[..., 2] - rgb[..., 0] > 40)
 
 
 def test_loss_curves_draw_each_set_where_its_losses_are(tmp_path):
     """Set a falls tenfold, set b rises: a's points go down to the right, b's up, and
-    a's last point lies below b's (log axis, lower is better)."""
+    a's last point lies below b's (log axis, lower is better); a stage's points are
+    joined by a line, the next stage's are not joined to them."""
     falling, rising = [0.5, 0.2, 0.05], [0.1, 0.2, 0.4]
     stages = [
         ("pretrain", _history({"a": falling[:2], "b": rising[:2]}, [0.6, 0.4])),
         ("transfer", _history({"a": falling[2:], "b": rising[2:]}, [0.3])),
     ]
     image = np.asarray(Image.open(loss_curves(stages, tmp_path / "curves.png")))
+    assert ndimage.label(_blueish(image))[1] == 2  # pretrain's line, transfer's point
     ends = {}
     for name, colour in (("a", TAB10[0]), ("b", TAB10[1])):
         rows, columns = _pixels_of(image, colour)
@@ -49,15 +63,19 @@ def test_loss_curves_draw_each_set_where_its_losses_are(tmp_path):
 
 
 def test_loss_curves_survive_a_diverged_epoch(tmp_path):
-    """NaN, infinite and zero losses are left out (a gap in their line); the others are
-    still drawn, and a one-epoch stage's train loss is a visible dot."""
+    """NaN, infinite and zero losses are left out, and no line bridges them: set a's
+    three finite points stand alone; a one-epoch stage's train loss is a visible dot."""
     nan, inf = float("nan"), float("inf")
     stages = [
         ("only", _history({"a": [0.3, nan, inf, 0.0, 0.1]}, [0.5, nan, 0.4, 0.3, 0.2])),
         ("one", _history({"a": [0.09]}, [0.15])),
     ]
     image = np.asarray(Image.open(loss_curves(stages, tmp_path / "curves.png")))
-    rows, columns = _pixels_of(image, TAB10[0])
-    assert len(rows)
-    grey_rows, grey_columns = _pixels_of(image, (128, 128, 128))
-    assert grey_columns.max() > columns.max() - 20  # the last stage's lone train point
+    blobs, count = ndimage.label(_blueish(image))
+    assert count == 3  # epochs 1, 5 and 6, unconnected
+    last = max(range(1, count + 1), key=lambda i: np.nonzero(blobs == i)[1].mean())
+    column = np.nonzero(blobs == last)[1].mean()
+    row = np.nonzero(blobs == last)[0].mean()
+    rows, columns = _pixels_of(image, (128, 128, 128))
+    above = (rows < row - 3) & (rows > row - 150)  # 0.15 over 0.09: drawn above it
+    assert np.any(np.abs(columns[above] - column) <= 2)  # epoch 6's lone train loss
