@@ -1,13 +1,14 @@
 """A run's loss curves: each validation set in its colour where its losses are, gaps
-where a loss cannot be drawn, stages one after another."""
+where a loss cannot be drawn, stages one after another, a labelled loss axis."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 from scipy import ndimage
 
-from zoo._chart import TAB10
+from zoo._chart import TAB10, Line, _frame, _y_ticks
 from zoo.figures import loss_curves
 
 
@@ -79,3 +80,14 @@ def test_loss_curves_survive_a_diverged_epoch(tmp_path):
     rows, columns = _pixels_of(image, (128, 128, 128))
     above = (rows < row - 3) & (rows > row - 150)  # 0.15 over 0.09: drawn above it
     assert np.any(np.abs(columns[above] - column) <= 2)  # epoch 6's lone train loss
+
+
+@pytest.mark.parametrize(
+    "losses", [[0.31, 0.38], [0.0211, 0.0214], [0.2, 0.2], [0.07, 0.5], [1e-30, 1e10]]
+)
+def test_the_loss_axis_has_two_to_ten_labels_whatever_the_range(losses):
+    """A plateau narrower than one digit's step (0.31 to 0.38) is labelled too."""
+    frame = _frame([Line(losses, TAB10[0])], (700, 400), fonts={})
+    ticks = _y_ticks(frame)
+    low, high = (10.0**v for v in frame.y_range)
+    assert 2 <= len(ticks) <= 10 and all(low <= t <= high for t in ticks)

@@ -24,7 +24,7 @@ from zoo.figures import predictions
 from zoo.losses import LOSSES, apply_head, loss_floor
 from zoo.models import create_model, freeze, meta_model, parameter_counts
 from zoo.run import load_datasets
-from zoo.train import Batcher, DeviceData, dihedral, epoch_order, model_inputs
+from zoo.train import Batcher, DeviceData, dihedral, epoch_order, to_device
 
 TINY_DATA = {"preset": "defocus", "image_size": 32, "count": 20, "sim_sampling_a": 0.4}
 TINY_RUN = {
@@ -206,21 +206,34 @@ def test_quick_epochs_reach_the_store_together_and_whole(
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
 
 
-def test_the_predictions_figure_shows_what_the_best_weights_predict(project, config_file, tmp_path):
-    """The figure's predicted outlines are the run's best weights' (kept from the
-    validation of the best epoch, not recomputed), when the last epoch is not the best."""
-    path = config_file({1: {"epochs": 4, "lr": 0.5, "freeze": "none"}})
+def _no_second_forward_pass(*_):
+    raise AssertionError("the drawer ran the model: training kept no predictions")
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kept-by-validation", "drawer-predicts"])
+def test_the_predictions_figure_shows_what_the_best_weights_predict(
+    project, config_file, tmp_path, monkeypatch, kept
+):
+    """The figure's predicted outlines are the run's best weights' on its first validation
+    images, as training stored them: kept from the validation of the best epoch (no
+    second forward pass; here the last epoch is not the best), or, when the last stage's
+    dataset is not validated, predicted by the drawer from the best weights."""
+    changes = {"epochs": 4, "lr": 0.5, "freeze": "none", **({} if kept else {"select_on": "a"})}
+    path = config_file({1: changes})
+    if kept:
+        monkeypatch.setattr("zoo.artifacts._predict", _no_second_forward_pass)
+    else:
+        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "validate_on": ["a"]}))
     assert main(["train", str(path)]) == 0
     client, (run,) = _runs(project)
-    assert run.data.metrics["best_epoch/transfer/b"] < 4  # lr 0.5 overshoots after epoch 3
+    if kept:
+        assert run.data.metrics["best_epoch/transfer/b"] < 4  # lr 0.5 overshoots after epoch 3
     config = load_config(path)
     best = client.download_artifacts(run.info.run_id, "weights/best.safetensors", str(tmp_path))
     model = create_model(config.model).eval()
     model.load_state_dict(load_weights(Path(best)))
     dataset = load_datasets(config, project)["b"]
-    inputs = model_inputs(
-        dataset, config.model, slice(dataset.train_count, dataset.train_count + 4)
-    )
+    inputs = to_device(dataset, torch.device("cpu"), config.model).val_images[:4].float()
     with torch.inference_mode():
         expected = apply_head(model(inputs), config.model.head).argmax(dim=1).numpy()
     masks = np.array(dataset.val[1][:4])

@@ -5,13 +5,14 @@ ticks and text in Python); a sweep draws one chart per run. This draws what thos
 charts need and nothing more: lines with optional markers on a linear x axis and a
 logarithmic y axis, integer x ticks, dotted vertical markers with a caption above the
 plot, axis labels and a legend. Points that cannot be drawn (not finite, or not
-positive) break their line and are left out.
+positive) break their line and are left out; a line with none keeps its legend entry.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ class Line:
 
 @dataclass(frozen=True)
 class Marker:
-    """A dotted vertical line at ``x`` with ``caption`` above the plot at ``caption_x``."""
+    """A dotted vertical line at ``x`` (none when None) with ``caption`` above the plot,
+    starting at ``caption_x``."""
 
     x: float | None
     caption: str
@@ -52,7 +54,7 @@ class _Frame:
     height: int
     x_range: tuple[float, float]
     y_range: tuple[float, float]  # log10 of y
-    fonts: dict = field(default_factory=dict)
+    fonts: dict  # "tick", "small": PIL fonts at the drawing scale
 
     def px(self, x: float, v: float) -> tuple[float, float]:
         """Pixel (at the drawing scale) of x and ``v``, the log10 of a y."""
@@ -74,7 +76,7 @@ def line_chart(
     lines: list[Line],
     out: Path,
     *,
-    markers: list[Marker] = (),
+    markers: Sequence[Marker] = (),
     xlabel: str = "",
     ylabel: str = "",
     size: tuple[int, int] = (700, 400),
@@ -82,11 +84,11 @@ def line_chart(
     """Draw ``lines`` into the PNG ``out`` (``size`` pixels) and return ``out``."""
     from PIL import Image, ImageDraw, ImageFont
 
-    frame = _frame(lines, size)
-    frame.fonts = {k: ImageFont.load_default(s * _SCALE) for k, s in [("tick", 11), ("small", 10)]}
+    fonts = {k: ImageFont.load_default(s * _SCALE) for k, s in [("tick", 11), ("small", 10)]}
+    frame = _frame(lines, size, fonts)
     image = Image.new("RGB", (size[0] * _SCALE, size[1] * _SCALE), "white")
     draw = ImageDraw.Draw(image)
-    _axes(image, frame, xlabel, ylabel)
+    _axes(draw, image, frame, xlabel, ylabel)
     for marker in markers:
         _marker(draw, frame, marker)
     for line in lines:
@@ -97,29 +99,35 @@ def line_chart(
 
 
 def _drawable(values: list[float]) -> np.ndarray:
-    """log10 of ``values``, NaN where a value is not finite or not positive."""
+    """log10 of ``values``, NaN where a value is not finite or not positive (below
+    1e-300: its ticks would underflow)."""
     y = np.asarray(values, dtype=float)
-    keep = np.isfinite(y) & (y > 0)
+    keep = np.isfinite(y) & (y > 1e-300)
     return np.where(keep, np.log10(np.where(keep, y, 1.0)), np.nan)
 
 
-def _frame(lines: list[Line], size: tuple[int, int]) -> _Frame:
-    last = max((line.start + len(line.y) - 1 for line in lines), default=1)
+def _frame(lines: list[Line], size: tuple[int, int], fonts: dict) -> _Frame:
+    last = max(1, *(line.start + len(line.y) - 1 for line in lines))
     drawable = [v for line in lines for v in _drawable(line.y) if not np.isnan(v)]
     low, high = (min(drawable), max(drawable)) if drawable else (-1.0, 0.0)
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
     pad = 0.05 * (high - low)
-    return _Frame(*size, (0.5, last + 0.5), (low - pad, high + pad))
+    return _Frame(*size, (0.5, last + 0.5), (low - pad, high + pad), fonts)
 
 
 def _y_ticks(frame: _Frame) -> list[float]:
     """The y ticks: every digit of each decade in view, else 1-2-5, else decades
-    (every k-th when more than ten), at most ten of them."""
+    (every k-th when more than ten), at most ten of them; a range narrower than one
+    digit's step gets evenly spaced ticks."""
     low, high = frame.y_range
     decades = range(math.floor(low), math.ceil(high) + 1)
     for digits in ((1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 5), (1,)):
         ticks = [d * 10.0**k for k in decades for d in digits if low <= math.log10(d) + k <= high]
+        if len(ticks) < 2 and digits[-1] == 9:
+            bottom, top = 10.0**low, 10.0**high
+            step = _nice_step((top - bottom) / 4)
+            return [k * step for k in range(math.ceil(bottom / step), math.floor(top / step) + 1)]
         if len(ticks) <= 10:
             return ticks
     step = math.ceil(len(decades) / 10)
@@ -131,10 +139,8 @@ def _nice_step(rough: float) -> float:
     return next(m * power for m in (1, 2, 5, 10) if m * power >= rough)
 
 
-def _axes(image, frame: _Frame, xlabel: str, ylabel: str) -> None:
-    from PIL import ImageDraw
-
-    draw, s, font = ImageDraw.Draw(image), _SCALE, frame.fonts["tick"]
+def _axes(draw, image, frame: _Frame, xlabel: str, ylabel: str) -> None:
+    s, font = _SCALE, frame.fonts["tick"]
     (left, top), (right, bottom) = frame.corners()
     draw.rectangle((left, top, right, bottom), outline="black", width=s)
     for x in _x_ticks(int(frame.x_range[1] - 0.5)):
@@ -186,12 +192,6 @@ def _points(frame: _Frame, line: Line) -> list[tuple[float, float] | None]:
     return [None if np.isnan(v) else frame.px(line.start + i, v) for i, v in enumerate(values)]
 
 
-def _points(frame: _Frame, line: Line) -> list[tuple[float, float] | None]:
-    """The pixel of each of the line's values; None where it cannot be drawn."""
-    values = _drawable(line.y)
-    return [None if np.isnan(v) else frame.px(line.start + i, v) for i, v in enumerate(values)]
-
-
 def _line(draw, frame: _Frame, line: Line) -> None:
     s = _SCALE
     points = _points(frame, line)
@@ -206,7 +206,8 @@ def _line(draw, frame: _Frame, line: Line) -> None:
             x, y = run[0]
             draw.ellipse((x - s, y - s, x + s, y + s), fill=line.color)
         run = []
-    if line.markers:
+    plot_width = (frame.width - _MARGIN["left"] - _MARGIN["right"]) * s
+    if line.markers and len(points) * 8 * s <= plot_width:  # dense points: the line alone
         for point in filter(None, points):
             x, y = point
             draw.ellipse((x - 3 * s, y - 3 * s, x + 3 * s, y + 3 * s), fill=line.color)

@@ -196,6 +196,7 @@ def _figure_job(
         job = replace(
             job,
             model=config.model,
+            # template and weights: for the drawer to predict when training kept nothing
             template=meta_template(config.model),
             weights=str(StagePaths(last.folder).weights("best")),
             inputs=model_inputs(dataset, config.model, slice(first, first + SAMPLE_IMAGES)).numpy(),

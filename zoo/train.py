@@ -199,7 +199,7 @@ def to_device(
     input channel, so a residual output adds that channel in the targets' units."""
     method = model.input_scaling
     stats = dataset_stats(dataset, model, device) if method == "per_dataset" else None
-    storage = STORAGE if method in ("per_image", "per_dataset") else torch.float32
+    storage = _storage(model)
     reference = model.reference_channel
 
     def upload(rows: range) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,13 +234,19 @@ def to_device(
 
 def model_inputs(dataset: Dataset, model: ModelConfig, rows: slice) -> torch.Tensor:
     """Images ``rows`` of ``dataset`` as the model's float32 input on the CPU: its input
-    channels under its input scaling, as training sees them."""
+    channels under its input scaling, stored as training stores them (to_device), so
+    the model predicts on them what it predicted in validation."""
     stats = None
     if model.input_scaling == "per_dataset":
         stats = dataset_stats(dataset, model, torch.device("cpu"))
     x = torch.from_numpy(dataset.inputs(model.inputs, rows)).float()
     shift, scale = scaling(x, model.input_scaling, stats)
-    return (x - shift) / scale
+    return ((x - shift) / scale).to(_storage(model)).float()
+
+
+def _storage(model: ModelConfig) -> torch.dtype:
+    """The dtype ``model``'s scaled inputs are kept in on the device."""
+    return STORAGE if model.input_scaling in ("per_image", "per_dataset") else torch.float32
 
 
 def check_data(config: RunConfig, datasets: dict[str, Dataset]) -> None:
