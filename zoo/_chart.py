@@ -91,9 +91,10 @@ def line_chart(
     _axes(draw, image, frame, xlabel, ylabel)
     for marker in markers:
         _marker(draw, frame, marker)
-    for line in lines:
-        _line(draw, frame, line)
-    _legend(draw, frame, lines)
+    points = [_points(frame, line) for line in lines]
+    for line, where in zip(lines, points, strict=True):
+        _line(draw, frame, line, where)
+    _legend(draw, frame, lines, [p for where in points for p in where if p is not None])
     image.reduce(_SCALE).save(out, compress_level=1)
     return out
 
@@ -192,9 +193,8 @@ def _points(frame: _Frame, line: Line) -> list[tuple[float, float] | None]:
     return [None if np.isnan(v) else frame.px(line.start + i, v) for i, v in enumerate(values)]
 
 
-def _line(draw, frame: _Frame, line: Line) -> None:
+def _line(draw, frame: _Frame, line: Line, points: list[tuple[float, float] | None]) -> None:
     s = _SCALE
-    points = _points(frame, line)
     run: list[tuple[float, float]] = []
     for point in [*points, None]:
         if point is not None:
@@ -213,15 +213,14 @@ def _line(draw, frame: _Frame, line: Line) -> None:
             draw.ellipse((x - 3 * s, y - 3 * s, x + 3 * s, y + 3 * s), fill=line.color)
 
 
-def _legend(draw, frame: _Frame, lines: list[Line]) -> None:
-    """The labelled lines' legend, in the plot's corner holding fewest points."""
+def _legend(draw, frame: _Frame, lines: list[Line], points: list[tuple[float, float]]) -> None:
+    """The labelled lines' legend, in the plot's corner holding fewest of ``points``."""
     labelled = [line for line in lines if line.label]
     if not labelled:
         return
     s, font = _SCALE, frame.fonts["small"]
     width = max(draw.textlength(line.label, font=font) for line in labelled) + 40 * s
     height = 4 * s + 16 * s * len(labelled)
-    points = [p for line in lines for p in _points(frame, line) if p is not None]
     box = min(_corners(frame, width, height), key=lambda b: sum(map(_inside(b), points)))
     box = tuple(round(v / s) * s for v in box)  # on whole output pixels: a crisp outline
     draw.rectangle(
