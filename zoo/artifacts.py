@@ -21,7 +21,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from zoo.tracking import Tracker
 
@@ -31,25 +30,13 @@ __all__ = [
     "draw",
     "draw_later",
     "figures_in_background",
-    "local_artifact_dir",
     "log_linked",
 ]
 
 
-def local_artifact_dir(tracker: Tracker, run_id: str) -> Path | None:
-    """The run's artifact folder when it is on this machine's filesystem, else None."""
-    uri = tracker.artifact_uri(run_id)
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
-        return Path(uri)
-    return None
-
-
 def log_linked(tracker: Tracker, run_id: str, path: Path, folder: str) -> None:
     """Log ``path`` as artifact ``folder/<name>``, by hard link where the store is local."""
-    root = local_artifact_dir(tracker, run_id)
+    root = tracker.local_artifacts(run_id)
     if root is not None:
         target = root / folder / path.name
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,8 @@
 ``zoo calibrate NAME [SPEC]`` measures, on the machine where it runs (a compute
 node), the training and validation images per second of SPEC's model (default:
 the demo's U-Net) at its image size, and the fixed cost of a job (tracking,
-model set-up, checkpoints, figures) from two real one-epoch runs, and saves
-them as ``.zoo/profiles/NAME.json``. ``zoo sweep plan --profile NAME`` reads a
+model set-up, checkpoints, figures) as a sweep worker pays it, from real runs in
+one, and saves them as ``.zoo/profiles/NAME.json``. ``zoo sweep plan --profile NAME`` reads a
 profile from there, else from the ones committed in ``zoo/profiles/``; only
 ``calibrate`` measures anything.
 """
@@ -81,9 +81,11 @@ def calibrate(name: str, spec: Path | None = None, echo=print) -> Profile:
     """Measure a profile of SPEC's first run config (default: the demo's model at 64 px)."""
     import torch
 
+    from zoo._malloc import keep_freed_memory
     from zoo.sweep import load_spec, make_plan, measure_images_per_s
 
     torch.set_num_threads(1)  # as sweep workers train
+    keep_freed_memory()
     if spec is not None:
         config = make_plan(load_spec(spec)).runs[0].config
         model, side = config.model.to_dict(), _side(config)
@@ -94,7 +96,7 @@ def calibrate(name: str, spec: Path | None = None, echo=print) -> Profile:
     echo(f"training: {train:.1f} images/s at {side} px")
     val = _val_images_per_s(config, side)
     echo(f"validation: {val:.1f} images/s at {side} px")
-    overhead = _job_overhead(model, train * (side / 32) ** 2, val * (side / 32) ** 2)
+    overhead = _job_overhead(model)
     echo(f"job overhead: {overhead:.2f} s")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return Profile(
@@ -125,7 +127,7 @@ def _config(model: dict[str, Any], side: int, count: int, seed: int = 0) -> Any:
             "datasets": {
                 "t": {"preset": "defocus", "defocus_nm": 0, "image_size": side, "count": count}
             },
-            "stages": [{"name": "s", "train": "t", "size": 8, "epochs": 1, "batch_size": 8}],
+            "stages": [{"name": "s", "train": "t", "size": 8, "epochs": 2, "batch_size": 8}],
             "validate_on": ["t"],
             "log_weights": ["best"],
         }
@@ -149,20 +151,30 @@ def _val_images_per_s(config: Any, side: int, batches: int = 4) -> float:
     return batches * config.val_batch_size / (time.perf_counter() - start)
 
 
-def _job_overhead(model: dict[str, Any], train_rate: float, val_rate: float) -> float:
-    """Seconds of a real one-epoch run (the second of two: warm) beyond its steps, at 32 px."""
-    from zoo.run import load_datasets, run
+def _job_overhead(model: dict[str, Any], runs: int = 5) -> float:
+    """Median seconds a sweep worker spends on a job beyond the epochs it records (its
+    ``train_seconds``), over ``runs`` one-stage, two-epoch runs at 32 px in one worker
+    forked as a sweep's are; the first, cold job is left out."""
+    import statistics
+
+    from zoo.run import load_datasets
+    from zoo.sweep import JobSpec, run_job
+    from zoo.sweep._local import worker_pool
     from zoo.tracking import Tracker
 
-    with tempfile.TemporaryDirectory() as tmp:
+    overheads = []
+    with tempfile.TemporaryDirectory() as tmp, worker_pool(1) as pool:
         paths = ProjectPaths(Path(tmp))
         tracker = Tracker(paths.tracking_uri, paths)
-        seconds = 0.0
-        for seed in (0, 1):
+        for seed in range(runs):
             config = _config(model, 32, count=16, seed=seed)
             load_datasets(config, paths)  # making data is not a job's overhead
-            start = time.perf_counter()
-            run(config, tracker, paths, echo=lambda _: None)
-            seconds = time.perf_counter() - start
-    steps = 8 / train_rate + 8 / val_rate  # one epoch: 8 training, 8 validation images
-    return max(seconds - steps, 0.0)
+            job = JobSpec(
+                config.digest(), "run", "run", config.experiment, tracker.uri, tmp, config.to_dict()
+            )
+            result = pool.submit(run_job, job, None, None, True).result()
+            if result.status != "finished":
+                raise RuntimeError(f"calibration run failed: {result.reason}")
+            epochs = tracker.client.get_run(result.run_id).data.metrics["train_seconds"]
+            overheads.append(result.seconds - epochs)
+    return statistics.median(overheads[1:])

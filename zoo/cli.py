@@ -75,6 +75,7 @@ def _data_export(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from zoo._malloc import keep_freed_memory
     from zoo.config import load_config
     from zoo.paths import ProjectPaths
     from zoo.run import preflight, run
@@ -83,6 +84,7 @@ def _train(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     paths = ProjectPaths.default()
     prepared = preflight(config, paths)  # bad input refused before the store is opened
+    keep_freed_memory()
     run(config, Tracker(args.tracking_uri, paths), paths, prepared=prepared)
 
 

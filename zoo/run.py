@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from filelock import FileLock, Timeout
 
 from zoo import distributed
 from zoo._liveness import Heartbeat, beat_tags
+from zoo._yaml import dump_yaml
 from zoo.artifacts import FigureJob, draw_later, log_linked
 from zoo.config import RunConfig, flatten
 from zoo.continuation import CONTINUED_TAG, continue_stage, continued_from, intermediate_weights
@@ -168,7 +168,7 @@ def _artifacts(
     last = results[-1]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        (folder / "config.yaml").write_text(dump_yaml(config.to_dict()))
         tracker.log_artifact(run_id, folder / "config.yaml")
         names = [s.name for s in config.stages]
         for entry in config.log_weights:  # best, final (the last stage's) or STAGE/best|final

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -514,8 +515,30 @@ class Tracker:
 
         self._batch(run_id, tags=[RunTag(k, str(v)[:_MAX_TAG]) for k, v in tags.items()])
 
+    def local_artifacts(self, run_id: str) -> Path | None:
+        """Run ``run_id``'s artifact folder when it is on this machine's filesystem (the
+        embedded store, any ``file:`` artifact location), else None."""
+        from urllib.parse import unquote, urlparse
+
+        uri = self.artifact_uri(run_id)
+        parsed = urlparse(uri)
+        if parsed.scheme == "file":
+            return Path(unquote(parsed.path))
+        if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
+            return Path(uri)
+        return None
+
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
-        _retrying(lambda: self.client.log_artifact(run_id, str(path), folder))
+        """``path`` as artifact ``folder/<name>``: copied straight into a local artifact
+        folder (as MLflow's local repository does, without its look-up of the run), else
+        uploaded through MLflow."""
+        root = self.local_artifacts(run_id)
+        if root is None:
+            _retrying(lambda: self.client.log_artifact(run_id, str(path), folder))
+            return
+        target = root / (folder or "") / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
 
     def download(self, run_id: str, artifact: str, into: Path) -> Path:
         into.mkdir(parents=True, exist_ok=True)

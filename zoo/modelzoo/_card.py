@@ -164,10 +164,10 @@ def model_card(info: dict[str, Any], ref: str) -> str:
 
 def export_model(loaded: LoadedModel, tracker: Tracker, out: Path, ref: str) -> Path:
     """``out`` with model.safetensors, the resolved config.yaml and a README.md model card."""
-    import yaml
+    from zoo._yaml import dump_yaml
 
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(loaded.weights, out / "model.safetensors")
-    (out / "config.yaml").write_text(yaml.safe_dump(loaded.config.to_dict(), sort_keys=False))
+    (out / "config.yaml").write_text(dump_yaml(loaded.config.to_dict()))
     (out / "README.md").write_text(model_card(describe(loaded, tracker), ref))
     return out

@@ -27,6 +27,7 @@ from zoo.tracking import Tracker
 __all__ = [
     "JobResult",
     "JobSpec",
+    "become_worker",
     "job_tags",
     "jobs_from_plan",
     "pin_device",
@@ -125,6 +126,22 @@ def pin_device(worker: int) -> None:
 
     if torch.cuda.is_available():
         _WORKER["device"] = f"cuda:{worker % torch.cuda.device_count()}"
+
+
+def become_worker(index: int) -> None:
+    """Make this process sweep worker number ``index``, local or SLURM alike: one intra-op
+    CPU thread (a run's numbers then do not depend on what shares the machine), freed
+    host memory kept for reuse (zoo._malloc), its GPU by number (pin_device), figures
+    drawn in the background (zoo.artifacts; drained when the process exits)."""
+    import torch
+
+    from zoo._malloc import keep_freed_memory
+    from zoo.artifacts import figures_in_background
+
+    torch.set_num_threads(1)
+    keep_freed_memory()
+    pin_device(index)
+    figures_in_background()
 
 
 def tracker_for(job: JobSpec) -> Tracker:

@@ -29,8 +29,8 @@ from zoo.sweep._executor import Executor, SweepReport, pending
 from zoo.sweep._job import (
     JobResult,
     JobSpec,
+    become_worker,
     jobs_from_plan,
-    pin_device,
     run_job,
     with_parent,
 )
@@ -40,14 +40,18 @@ from zoo.tracking import Tracker
 __all__ = ["LocalExecutor", "run_sweep", "start_worker_server"]
 
 # The third-party modules a worker imports by the end of its first job (torch._dynamo:
-# an optimizer's step). Never zoo's own: a worker imports zoo from its parent's sys.path,
-# so it runs the parent's zoo, edited or checked out elsewhere, not the server's.
+# an optimizer's step; the SQLite dialect: the embedded store; scipy.fft: zoo.data's
+# simulator, imported with zoo.data). Never zoo's own: a worker imports zoo from its
+# parent's sys.path, so it runs the parent's zoo, edited or checked out elsewhere, not
+# the server's.
 WORKER_MODULES = (
     "torch",
     "torch._dynamo",
     "segmentation_models_pytorch",
     "mlflow.tracking",
     "mlflow.store.tracking.sqlalchemy_store",
+    "sqlalchemy.dialects.sqlite",
+    "scipy.fft",
 )
 
 
@@ -76,7 +80,7 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` processes forked from start_worker_server's server (started
     here unless it runs) as jobs arrive; each has this process's environment as the pool
     is made, its working directory and sys.path as the worker starts (multiprocessing
-    hands those over), one intra-op thread, and a device by its number (pin_device)."""
+    hands those over), and is a sweep worker numbered as it starts (become_worker)."""
     start_worker_server()
     context = multiprocessing.get_context("forkserver")
     return ProcessPoolExecutor(
@@ -88,22 +92,15 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def _init_worker(counter: Any, environ: dict[str, str]) -> None:
-    """The parent's environment as the pool was made. One intra-op thread per worker: CPU
-    numerics then do not depend on how many runs share the machine (use as many
-    workers as cores). Figures are drawn in the background (zoo.artifacts), drained
-    when the worker exits or gets SIGTERM."""
+    """The parent's environment as the pool was made; then a sweep worker numbered in
+    the order the pool started it (become_worker: one intra-op thread, so use as many
+    workers as cores; figures drained when the worker exits or gets SIGTERM)."""
     os.environ.clear()
     os.environ.update(environ)
-    import torch
-
-    from zoo.artifacts import figures_in_background
-
-    torch.set_num_threads(1)
-    figures_in_background()
     with counter.get_lock():
         index = counter.value
         counter.value += 1
-    pin_device(index)
+    become_worker(index)
 
 
 def _run(text: str) -> JobResult:

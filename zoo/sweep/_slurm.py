@@ -51,7 +51,7 @@ from zoo.paths import ProjectPaths, SubmissionPaths
 from zoo.resources import resource
 from zoo.sweep._datasets import make_task, missing_sources
 from zoo.sweep._executor import Executor, SweepReport, pending
-from zoo.sweep._job import JobSpec, jobs_from_plan, pin_device, run_job
+from zoo.sweep._job import JobSpec, become_worker, jobs_from_plan, run_job
 from zoo.sweep._plan import Plan, make_plan
 from zoo.tracking import Tracker
 
@@ -625,13 +625,9 @@ def _lane(
     """Run ``jobs`` (JSON descriptions) one after another on lane ``lane``'s device: 0
     unless one failed (1) or training stopped on USR1 after checkpointing, or a run
     gave its slot back to its requeued stage (PREEMPTED)."""
-    import torch
+    from zoo.artifacts import drain_figures
 
-    from zoo.artifacts import drain_figures, figures_in_background
-
-    torch.set_num_threads(1)
-    pin_device(lane)
-    figures_in_background()
+    become_worker(lane)
     try:
         return _lane_jobs(jobs, submission, task, lane, stages)
     finally:
