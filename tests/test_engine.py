@@ -132,7 +132,8 @@ def test_plan_on_a_profile_predicts_time_disk_and_memory(tiny_spec, project, cap
     # validation: 4 images of a, b and c after every epoch of the 3 stages trained
     assert one["image_passes"] == (8 + 2 * 4) * 8
     assert one["validation_image_passes"] == 3 * 3 * 4
-    expected = 3 * 1.0 + 128 / 1600 + 36 / 6400
+    # the transfer with a frozen encoder makes its 32 passes at 2/3 of a full pass's cost
+    expected = 3 * 1.0 + (96 + 32 * 2 / 3) / 1600 + 36 / 6400
     assert abs(one["predicted_seconds"] - expected) < 1e-6
     chain = 2 * 1.0 + 96 / 1600 + 24 / 6400  # the pretrain, then one transfer
     assert abs(plans[2]["predicted_seconds"] - chain) < 1e-6

@@ -354,6 +354,17 @@ def test_a_local_sweep_starts_its_longest_runs_first(tiny_spec, tiny_runs, proje
     assert [r.data.tags["zoo.axis.size"] for r in started] == ["8", "4", "2"]
 
 
+def test_runs_that_freeze_a_part_start_after_those_that_train_it_all(tiny_spec):
+    """Equal image passes, unequal work: a frozen part spares its weight gradients (the
+    frozen encoder also its input gradients), so those runs are shorter and end a sweep."""
+    from zoo.sweep._plan import longest_first
+
+    plan = make_plan(load_spec(tiny_spec(sources=("a",), freezes=("encoder", "none", "decoder"))))
+    jobs = {job.key: job for job in plan.jobs}
+    order = [jobs[key].config.stages[1].freeze for key in longest_first(plan)[1:]]
+    assert order == ["none", "decoder", "encoder"]
+
+
 def test_workers_take_the_environment_and_directory_their_sweep_has_now(
     project, tmp_path, monkeypatch
 ):

@@ -1,6 +1,7 @@
 """What a sweep's plan will cost: wall time on a throughput profile, disk, memory.
 
-Time per job = its training image passes ÷ the profile's training rate + its
+Time per job = its training image passes ÷ the profile's training rate (a frozen
+encoder's or decoder's passes at their FROZEN_PASS_COST) + its
 validation image passes (every epoch validates on every validation set) ÷ the
 validation rate + the profile's per-job overhead, rates scaled by pixel count.
 With N workers the sweep takes the larger of (total ÷ N) and its longest chain
@@ -29,8 +30,8 @@ __all__ = ["format_cost", "predict", "profile_report"]
 def _job_seconds(config: Any, trained: list[int], profile: Profile) -> tuple[float, int]:
     """(seconds, validation image passes) of training stages ``trained`` of ``config``."""
     seconds, val_passes = profile.job_overhead_s, 0
-    for kind, passes, side in stage_passes(config, trained):
-        seconds += passes / profile.rate(kind, side)
+    for kind, passes, side, cost in stage_passes(config, trained):
+        seconds += passes * cost / profile.rate(kind, side)
         val_passes += passes if kind == "val" else 0
     return seconds, val_passes
 
