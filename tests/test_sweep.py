@@ -365,6 +365,38 @@ def test_runs_that_freeze_a_part_start_after_those_that_train_it_all(tiny_spec):
     assert order == ["none", "decoder", "encoder"]
 
 
+def _heap_growth_after_a_freed_block(size: int) -> int:
+    """Bytes of free heap malloc holds after ``size`` bytes are allocated, written and
+    freed, beyond what it held before (glibc)."""
+    import ctypes
+
+    class Info(ctypes.Structure):
+        fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks")
+        _fields_ = [(n, ctypes.c_size_t) for n in (*fields, "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype, libc.malloc.restype = Info, ctypes.c_void_p
+    libc.malloc.argtypes, libc.free.argtypes = [ctypes.c_size_t], [ctypes.c_void_p]
+    before = libc.mallinfo2().fordblks
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+    return libc.mallinfo2().fordblks - before
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
+def test_a_sweep_worker_keeps_freed_memory_for_its_next_steps(project):
+    """What a training step frees stays in the worker's heap for the next step, rather
+    than going back to the kernel and being paged in again, zeroed (zoo._malloc: the
+    demo's CPU steps 8 % faster, benchmarks/bench_malloc.py)."""
+    from zoo.sweep._local import worker_pool
+
+    size = 24 << 20  # an activation-sized block: glibc's default maps and unmaps it
+    with worker_pool(1) as pool:
+        kept = pool.submit(_heap_growth_after_a_freed_block, size).result()
+    assert kept > size // 2  # most of it: the block may have reused some free heap
+
+
 def test_workers_take_the_environment_and_directory_their_sweep_has_now(
     project, tmp_path, monkeypatch
 ):
