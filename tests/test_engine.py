@@ -118,6 +118,18 @@ PROFILE = {
 }
 
 
+def test_calibrate_saves_a_profile_the_plan_prices_a_sweep_with(tiny_spec, project, capsys):
+    """zoo calibrate measures the rates here and a job's overhead in a sweep worker."""
+    assert main(["calibrate", "here"]) == 0
+    profile = json.loads(project.profile("here").read_text())
+    assert profile["train_images_per_s"] > 0 and profile["val_images_per_s"] > 0
+    assert 0 < profile["job_overhead_s"] < 5  # seconds, not the runs' whole wall time
+    assert profile["worker_host_bytes"] > 100 * 2**20  # a worker holds torch at least
+    capsys.readouterr()
+    assert main(["sweep", "plan", str(tiny_spec()), "--profile", "here", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["predicted_seconds"] > 4 * profile["job_overhead_s"]
+
+
 def test_plan_on_a_profile_predicts_time_disk_and_memory(tiny_spec, project, capsys):
     spec = tiny_spec(sources=("a",))  # 1 shared pretrain, 2 transfers, 3 jobs
     project.profile("fake").parent.mkdir(parents=True)

@@ -33,8 +33,9 @@ _Loader.add_implicit_resolver(
 
 
 def dump_yaml(document: Any) -> str:
-    """``yaml.safe_dump(document, sort_keys=False)``, the same text, written by libyaml
-    where PyYAML has it (a run's config in 1 ms rather than 5)."""
+    """``yaml.safe_dump(document, sort_keys=False)``, written by libyaml where PyYAML has
+    it (a run's config in 1 ms rather than 5): the same document, and the same text for
+    every config of ``sweeps/`` (libyaml may break a long quoted string elsewhere)."""
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     return yaml.dump(document, Dumper=dumper, sort_keys=False)
 

@@ -47,8 +47,10 @@ class Profile:
     image_size: int  # rates scale with pixels: images/s at side s = rate × (image_size / s)²
     train_images_per_s: float
     val_images_per_s: float
-    job_overhead_s: float  # per job beyond its training and validation steps
-    worker_host_bytes: int  # peak resident memory of a worker after a run
+    # per job beyond the epochs it records (tracking, model set-up, checkpoint hand-overs,
+    # figures): a sweep worker's job wall time minus its train_seconds
+    job_overhead_s: float
+    worker_host_bytes: int  # peak resident memory of a worker after runs (or of the rates)
     measured: str  # UTC time of the measurement
 
     def rate(self, kind: str, side: int) -> float:
@@ -96,7 +98,7 @@ def calibrate(name: str, spec: Path | None = None, echo=print) -> Profile:
     echo(f"training: {train:.1f} images/s at {side} px")
     val = _val_images_per_s(config, side)
     echo(f"validation: {val:.1f} images/s at {side} px")
-    overhead = _job_overhead(model)
+    overhead, worker_bytes = _in_a_worker(model)
     echo(f"job overhead: {overhead:.2f} s")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return Profile(
@@ -107,7 +109,7 @@ def calibrate(name: str, spec: Path | None = None, echo=print) -> Profile:
         train,
         val,
         overhead,
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, worker_bytes),
         time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     )
 
@@ -151,10 +153,11 @@ def _val_images_per_s(config: Any, side: int, batches: int = 4) -> float:
     return batches * config.val_batch_size / (time.perf_counter() - start)
 
 
-def _job_overhead(model: dict[str, Any], runs: int = 5) -> float:
-    """Median seconds a sweep worker spends on a job beyond the epochs it records (its
-    ``train_seconds``), over ``runs`` one-stage, two-epoch runs at 32 px in one worker
-    forked as a sweep's are; the first, cold job is left out."""
+def _in_a_worker(model: dict[str, Any], runs: int = 5) -> tuple[float, int]:
+    """(median seconds a job takes beyond the epochs it records (its ``train_seconds``),
+    the worker's peak resident bytes), over ``runs`` (at least 2) one-stage, two-epoch
+    runs at 32 px in one worker forked as a sweep's are; the first, cold job is left
+    out of the median."""
     import statistics
 
     from zoo.run import load_datasets
@@ -177,4 +180,5 @@ def _job_overhead(model: dict[str, Any], runs: int = 5) -> float:
                 raise RuntimeError(f"calibration run failed: {result.reason}")
             epochs = tracker.client.get_run(result.run_id).data.metrics["train_seconds"]
             overheads.append(result.seconds - epochs)
-    return statistics.median(overheads[1:])
+        peak = pool.submit(resource.getrusage, resource.RUSAGE_SELF).result().ru_maxrss
+    return statistics.median(overheads[1:]), peak * 1024

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from zoo._malloc import keep_freed_memory
 from zoo.config import RunConfig, resolve, store_in_use, use_store
 from zoo.losses import make_loss
 from zoo.models import create_model, freeze, set_train_mode
@@ -337,6 +338,7 @@ def _follow(
     (``init: run:`` references resolved in rank 0's store, ``tracking_uri``)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # rank 0 alone checkpoints on USR1
     torch.set_num_threads(threads)
+    keep_freed_memory()  # as rank 0's process does (a sweep worker, or zoo run)
     use_store(tracking_uri)
     config = resolve(document)
     device = _rank_device(config, rank)

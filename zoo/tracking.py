@@ -518,27 +518,32 @@ class Tracker:
     def local_artifacts(self, run_id: str) -> Path | None:
         """Run ``run_id``'s artifact folder when it is on this machine's filesystem (the
         embedded store, any ``file:`` artifact location), else None."""
-        from urllib.parse import unquote, urlparse
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
 
         uri = self.artifact_uri(run_id)
         parsed = urlparse(uri)
         if parsed.scheme == "file":
-            return Path(unquote(parsed.path))
+            return Path(url2pathname(parsed.path))
         if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
             return Path(uri)
         return None
 
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
-        """``path`` as artifact ``folder/<name>``: copied straight into a local artifact
-        folder (as MLflow's local repository does, without its look-up of the run), else
-        uploaded through MLflow."""
+        """``path`` as artifact ``folder/<name>`` (``folder``: a relative path zoo names):
+        in a local artifact folder, copied beside its target and renamed over it (a
+        reader sees the old file or the new one; a hard link there is replaced, not
+        written through), without MLflow's look-up of the run; else uploaded through
+        MLflow."""
         root = self.local_artifacts(run_id)
         if root is None:
             _retrying(lambda: self.client.log_artifact(run_id, str(path), folder))
             return
         target = root / (folder or "") / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
+        shutil.copyfile(path, partial)
+        os.replace(partial, target)
 
     def download(self, run_id: str, artifact: str, into: Path) -> Path:
         into.mkdir(parents=True, exist_ok=True)

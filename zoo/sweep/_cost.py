@@ -1,9 +1,12 @@
 """What a sweep's plan will cost: wall time on a throughput profile, disk, memory.
 
 Time per job = its training image passes ÷ the profile's training rate (a frozen
-encoder's or decoder's passes at their FROZEN_PASS_COST) + its
-validation image passes (every epoch validates on every validation set) ÷ the
-validation rate + the profile's per-job overhead, rates scaled by pixel count.
+encoder's or decoder's passes at their FROZEN_PASS_COST) + its validation image
+passes (every epoch validates on every validation set) ÷ the validation rate, rates
+scaled by pixel count and measured on bare steps, + the profile's per-job overhead
+(what a sweep worker's job takes beyond the epochs it records; the epochs' own
+batching and metrics, beyond bare steps, are priced nowhere: on the demo the plan
+came within 4 % of the measured sweep).
 With N workers the sweep takes the larger of (total ÷ N) and its longest chain
 (a shared stage, then the slowest run that starts from it).
 """
