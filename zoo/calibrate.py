@@ -4,9 +4,9 @@
 node), the training and validation images per second of SPEC's model (default:
 the demo's U-Net) at its image size, and the fixed cost of a job (tracking,
 model set-up, checkpoints, figures) as a sweep worker pays it, from real runs in
-one, and saves them as ``.zoo/profiles/NAME.json``. ``zoo sweep plan --profile NAME`` reads a
-profile from there, else from the ones committed in ``zoo/profiles/``; only
-``calibrate`` measures anything.
+one, and saves them as ``.zoo/profiles/NAME.json``. ``zoo sweep plan --profile
+NAME`` reads a profile from there, else from the ones committed in
+``zoo/profiles/``; only ``calibrate`` measures anything.
 """
 
 from __future__ import annotations

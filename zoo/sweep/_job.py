@@ -30,7 +30,6 @@ __all__ = [
     "become_worker",
     "job_tags",
     "jobs_from_plan",
-    "pin_device",
     "requeues_left",
     "run_job",
     "with_parent",
@@ -119,7 +118,7 @@ def jobs_from_plan(
     ]
 
 
-def pin_device(worker: int) -> None:
+def _pin_device(worker: int) -> None:
     """Runs of worker number ``worker`` in this process use GPU ``worker`` modulo the
     GPU count (with ``device: auto``); nothing changes without CUDA."""
     import torch
@@ -131,7 +130,7 @@ def pin_device(worker: int) -> None:
 def become_worker(index: int) -> None:
     """Make this process sweep worker number ``index``, local or SLURM alike: one intra-op
     CPU thread (a run's numbers then do not depend on what shares the machine), freed
-    host memory kept for reuse (zoo._malloc), its GPU by number (pin_device), figures
+    host memory kept for reuse (zoo._malloc), its GPU by number (_pin_device), figures
     drawn in the background (zoo.artifacts; drained when the process exits)."""
     import torch
 
@@ -140,7 +139,7 @@ def become_worker(index: int) -> None:
 
     torch.set_num_threads(1)
     keep_freed_memory()
-    pin_device(index)
+    _pin_device(index)
     figures_in_background()
 
 
