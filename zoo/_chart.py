@@ -108,7 +108,7 @@ def _drawable(values: list[float]) -> np.ndarray:
 
 
 def _frame(lines: list[Line], size: tuple[int, int], fonts: dict) -> _Frame:
-    last = max(1, *(line.start + len(line.y) - 1 for line in lines))
+    last = max([1, *(line.start + len(line.y) - 1 for line in lines)])  # lines may be []
     drawable = [v for line in lines for v in _drawable(line.y) if not np.isnan(v)]
     low, high = (min(drawable), max(drawable)) if drawable else (-1.0, 0.0)
     if high - low < 1e-9:

@@ -175,7 +175,7 @@ def _in_a_worker(model: dict[str, Any], runs: int = 5) -> tuple[float, int]:
             job = JobSpec(
                 config.digest(), "run", "run", config.experiment, tracker.uri, tmp, config.to_dict()
             )
-            result = pool.submit(run_job, job, None, None, True).result()
+            result = pool.submit(run_job, job, pending=True).result()
             if result.status != "finished":
                 raise RuntimeError(f"calibration run failed: {result.reason}")
             epochs = tracker.client.get_run(result.run_id).data.metrics["train_seconds"]
