@@ -157,14 +157,15 @@ def test_two_processes_give_the_losses_of_one_and_resume_after_preemption(projec
 
 def test_gpus_per_task_trains_each_run_on_that_many_gpus(project, tiny_spec, capsys):
     from zoo import sweep
-    from zoo.sweep._slurm import on_gpus
+    from zoo.sweep._slurm import SubmitOptions, with_options
 
     path = tiny_spec()
     plan = sweep.make_plan(sweep.load_spec(path))
-    on_two = on_gpus(plan, 2)
+    on_two = with_options(plan, SubmitOptions(gpus_per_task=2))
     assert {j.config.devices for j in on_two.jobs} == {2}
     assert not {j.key for j in on_two.jobs} & {j.key for j in plan.jobs}  # new identities
-    assert on_gpus(plan, 1) is plan and on_gpus(plan, None) is plan
+    for gpus in (1, None):
+        assert with_options(plan, SubmitOptions(gpus_per_task=gpus)) is plan
     capsys.readouterr()
     assert main(["sweep", "submit", str(path), "--dry-run", "--gpus-per-task", "2"]) == 0
     scripts = capsys.readouterr().out

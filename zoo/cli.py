@@ -155,7 +155,7 @@ def _sweep_plan(args: argparse.Namespace) -> None:
         text = _search_report.format_search_plan(summary)
         print(json.dumps(summary, indent=1) if args.json else text)
         return
-    plan = sweep.make_plan(sweep.load_spec(args.spec))
+    plan = sweep.make_plan(_executed_spec(args))
     if args.profile:
         from zoo.sweep._cost import format_cost, profile_report
 
@@ -165,6 +165,16 @@ def _sweep_plan(args: argparse.Namespace) -> None:
     rate = args.images_per_s or sweep.measure_images_per_s(plan.runs[0].config)
     summary = sweep.report(plan, rate, args.show)
     print(json.dumps(summary, indent=1) if args.json else sweep.format_report(summary))
+
+
+def _executed_spec(args: argparse.Namespace):
+    """The spec of ``args`` with the options that change what its runs compute
+    (``--gpus-per-task``, ``--gpu-power``: zoo.sweep.with_execution), so plan, run, submit
+    and status given the same options compute the same keys."""
+    from zoo import sweep
+
+    spec = sweep.load_spec(args.spec)
+    return sweep.with_execution(spec, getattr(args, "gpus_per_task", None), args.gpu_power)
 
 
 def _search_run(args: argparse.Namespace) -> int:
@@ -191,10 +201,11 @@ def _sweep_run(args: argparse.Namespace) -> int:
 
     if sweep.is_search(args.spec):
         return _search_run(args)
-    spec = sweep.load_spec(args.spec)
+    spec = _executed_spec(args)
     sweep.start_worker_server()  # its imports overlap the plan and the store's opening
     plan = sweep.make_plan(spec)
     sweep.check_plan(plan)
+    sweep.check_placement(plan, args.workers, args.runs_per_gpu)
     result = sweep.run_sweep(
         plan, Tracker(args.tracking_uri), args.workers, runs_per_gpu=args.runs_per_gpu
     )
@@ -281,7 +292,7 @@ def _sweep_status(args: argparse.Namespace) -> None:
         text = _search.format_search_status(spec.name, result)
         print(json.dumps(result, indent=1, default=str) if args.json else text)
         return
-    plan = sweep.make_plan(sweep.load_spec(args.spec))
+    plan = sweep.make_plan(_executed_spec(args))
     status = sweep.sweep_status(plan, Tracker(args.tracking_uri, create=False))
     print(
         json.dumps(status, indent=1) if args.json else sweep.format_status(plan.spec.name, status)
@@ -637,11 +648,17 @@ def _sweep_parser(commands) -> list[argparse.ArgumentParser]:
         metavar="N",
         help="with GPUs: N worker processes per GPU (overrides --workers)",
     )
+    run_sweep.add_argument(
+        "--gpu-power", type=_positive(int), metavar="W", help="GPU power cap in watts (identity)"
+    )
     run_sweep.add_argument("--json", action="store_true", help="a search's status as JSON")
     run_sweep.set_defaults(func=_sweep_run)
     status = sweep_commands.add_parser("status", help="counts by state from the tracking store")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_sweep_status)
+    for sub in (plan, status):  # the keys of a sweep submitted with these options
+        sub.add_argument("--gpus-per-task", type=_positive(int), metavar="N")
+        sub.add_argument("--gpu-power", type=_positive(int), metavar="W")
     submit = sweep_commands.add_parser("submit", help="submit to SLURM as job arrays")
     _submit_options(submit)
     submit.set_defaults(func=_sweep_submit)

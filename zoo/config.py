@@ -40,12 +40,16 @@ __all__ = [
 # computes (training loop, data pipeline, model construction), so checkpoints made by older
 # code are never reused. Version 1 is left out of the hash (hashes made before it existed).
 STAGE_VERSION = 1
-# Fields that change where or how a run executes, not what it computes; each enters the
-# identity only when set to a non-default value, so hashes made before that stay valid.
-EXECUTION_FIELDS = ("device", "devices", "power_cap_w", "log_weights", "share_stages")
+# Fields that change how a run executes; each enters the identity only when set to a
+# non-default value, so hashes made before that stay valid. `device` (where a run is
+# placed: cpu, cuda, cuda:N) never enters it: a sweep worker places runs on its own device.
+EXECUTION_FIELDS = ("devices", "power_cap_w", "log_weights", "share_stages")
+# Fields that enter a stage's identity too: the stage's numbers depend on how many devices
+# train it (not bit for bit those of one process), its energy on the power cap.
+STAGE_EXECUTION_FIELDS = ("devices", "power_cap_w")
 # Fields left out of the identity document (execution fields return through execution()
 # when not default); `figures` never enters it: switching it on a finished sweep changes nothing
-NOT_IDENTITY = ("experiment", "figures", *EXECUTION_FIELDS)
+NOT_IDENTITY = ("experiment", "figures", "device", *EXECUTION_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -459,6 +463,13 @@ class RunConfig:
             if getattr(self, name) != defaults[name]
         }
 
+    def identity_fields(self, index: int | None = None) -> dict[str, str]:
+        """Field -> short hash of each top-level field of stage ``index``'s identity
+        document (the run's when None): a job carries its planned ones, so a worker that
+        computes another identity can name the field that differs."""
+        document = self._documents[-1 if index is None else index]
+        return {name: _hash(value)[:8] for name, value in document.items()}
+
     def stage_identity(self, index: int) -> dict[str, Any]:
         """The document stage ``index``'s identity hashes (recorded beside its checkpoints)."""
         return self._documents[index]
@@ -490,11 +501,7 @@ class RunConfig:
         if inits:  # the contents of init files and the identities of init runs
             run_document["init_files"] = inits
         run = _hash(run_document)
-        # a stage's numbers depend on where and on how many devices it trains (not bit for
-        # bit the same as one process); its energy on the power cap
-        placement = {
-            k: v for k, v in execution.items() if k in ("device", "devices", "power_cap_w")
-        }
+        placement = {k: v for k, v in execution.items() if k in STAGE_EXECUTION_FIELDS}
         digests: list[str] = []
         documents: list[dict[str, Any]] = []
         for index, stage in enumerate(self.stages):

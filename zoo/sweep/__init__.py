@@ -7,7 +7,7 @@ Public API: :func:`load_spec`, :func:`make_plan`, :func:`run_sweep`, :func:`swee
 
 from zoo.sweep._executor import Executor, SweepReport
 from zoo.sweep._job import JobResult, JobSpec, job_tags, jobs_from_plan, run_job
-from zoo.sweep._local import LocalExecutor, run_sweep, start_worker_server
+from zoo.sweep._local import LocalExecutor, check_placement, run_sweep, start_worker_server
 from zoo.sweep._plan import (
     Job,
     Plan,
@@ -18,7 +18,7 @@ from zoo.sweep._plan import (
     report,
 )
 from zoo.sweep._search import is_search
-from zoo.sweep._spec import SweepSpec, expand, load_spec
+from zoo.sweep._spec import SweepSpec, expand, load_spec, with_execution
 from zoo.sweep._status import format_status, sweep_status
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Plan",
     "SweepReport",
     "SweepSpec",
+    "check_placement",
     "check_plan",
     "expand",
     "format_report",
@@ -45,4 +46,5 @@ __all__ = [
     "run_sweep",
     "start_worker_server",
     "sweep_status",
+    "with_execution",
 ]

@@ -19,23 +19,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zoo._typed import build, check
-from zoo.config import use_store
+from zoo.config import RunConfig, use_store
+from zoo.errors import ConfigError
 from zoo.naming import run_name
 from zoo.paths import ProjectPaths
-from zoo.tracking import Tracker
+from zoo.tracking import CONFIG_HASH_TAG, Tracker
 
 __all__ = [
     "JobResult",
     "JobSpec",
     "become_worker",
+    "identity_differs",
     "job_tags",
     "jobs_from_plan",
+    "place_worker",
+    "placed",
     "requeues_left",
     "run_job",
     "with_parent",
 ]
 
-_WORKER: dict[str, Any] = {}  # per process: the tracker in use, the pinned device
+_WORKER: dict[str, Any] = {}  # per process: the tracker in use, the worker's device
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class JobSpec:
     tags: dict[str, str] = field(default_factory=dict)  # added to a new MLflow run
     depends: tuple[str, ...] = ()  # keys of the stage jobs that must finish first
     max_requeues: int = 3  # preemptions requeued before the run ends FAILED
+    # the plan's identity document of a stage or run job, field -> short hash
+    # (RunConfig.identity_fields): a worker computing another key names what differs
+    planned: dict[str, str] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
         check(self.max_requeues >= 0, f"{where}.max_requeues", self.max_requeues, "an integer >= 0")
@@ -113,24 +120,38 @@ def jobs_from_plan(
             tags=job_tags(plan.spec.name, job.kind, job.name, job.names, _title(plan, job)),
             depends=job.depends,
             max_requeues=max_requeues,
+            planned=job.config.identity_fields(_stage_index(job)),
         )
         for job in plan.jobs
     ]
 
 
-def _pin_device(worker: int) -> None:
-    """Runs of worker number ``worker`` in this process use GPU ``worker`` modulo the
-    GPU count (with ``device: auto``); nothing changes without CUDA."""
-    import torch
+def _stage_index(job: Any) -> int | None:
+    """The stage a stage job's key identifies (its config's last); None for a run job."""
+    return len(job.config.stages) - 1 if job.kind == "stage" else None
 
-    if torch.cuda.is_available():
-        _WORKER["device"] = f"cuda:{worker % torch.cuda.device_count()}"
+
+def place_worker(index: int, gpus: int) -> str:
+    """The device of sweep worker ``index`` on a machine with ``gpus`` CUDA devices: GPU
+    ``index`` modulo ``gpus``, or ``cpu`` without one. The same code places workers on CPU
+    and GPU nodes; placement never changes an identity (``device`` is not part of one)."""
+    return f"cuda:{index % gpus}" if gpus > 0 else "cpu"
+
+
+def placed(config: RunConfig) -> RunConfig:
+    """``config`` on this worker's device where the config leaves the choice to zoo
+    (``device: auto``, or ``cuda`` on a GPU worker; one device per run), else as it is."""
+    device = _WORKER.get("device")
+    choose = config.device == "auto" or (config.device == "cuda" and str(device)[:4] == "cuda")
+    if device is None or not choose or config.devices != 1:
+        return config
+    return replace(config, device=device)
 
 
 def become_worker(index: int) -> None:
     """Make this process sweep worker number ``index``, local or SLURM alike: one intra-op
     CPU thread (a run's numbers then do not depend on what shares the machine), freed
-    host memory kept for reuse (zoo._malloc), its GPU by number (_pin_device), figures
+    host memory kept for reuse (zoo._malloc), its device by number (place_worker), figures
     drawn in the background (zoo.artifacts; drained when the process exits)."""
     import torch
 
@@ -139,7 +160,8 @@ def become_worker(index: int) -> None:
 
     torch.set_num_threads(1)
     keep_freed_memory()
-    _pin_device(index)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    _WORKER["device"] = place_worker(index, gpus)
     figures_in_background()
 
 
@@ -212,9 +234,10 @@ def _train(
     from zoo.run import Pruned, run
     from zoo.train import Preempted
 
-    config = resolve(job.config)
-    if config.device == "auto" and "device" in _WORKER and config.devices == 1:
-        config = replace(config, device=_WORKER["device"])
+    config = placed(resolve(job.config))
+    differs = identity_differs(job, config)
+    if differs:
+        return _refuse(job, tracker, echo, differs)
     try:
         run_id = run(
             config,
@@ -236,6 +259,34 @@ def _train(
         echo(f"FAILED: {type(error).__name__}: {error}")
         return JobResult("failed", reason=f"{type(error).__name__}: {error}")
     return JobResult("finished", run_id)
+
+
+def identity_differs(job: JobSpec, config: RunConfig) -> str:
+    """ "" when ``config`` (as this worker resolved and placed it) has the identity the plan
+    gave ``job``; otherwise why not, naming the identity fields that differ."""
+    index = len(config.stages) - 1 if job.kind == "stage" else None
+    computed = config.digest() if index is None else config.stage_digest(index)
+    if computed == job.key:
+        return ""
+    mine = config.identity_fields(index)
+    fields = sorted(k for k in {*mine, *job.planned} if mine.get(k) != job.planned.get(k))
+    named = ", ".join(fields) if fields else "unknown (the job carries no planned fields)"
+    return f"this worker computes identity {computed}, not the planned {job.key} (differs: {named})"
+
+
+def _refuse(job: JobSpec, tracker: Tracker, echo: Callable[[str], None], why: str) -> JobResult:
+    """End ``job``'s run FAILED with ``why``, training nothing (the sweep goes on)."""
+    error = ConfigError(f"job {job.key}: {why}; trained nothing")
+    experiment = tracker.experiment(job.experiment)
+    found = tracker.find(experiment, job.key)
+    run_id = (
+        found.info.run_id
+        if found
+        else tracker.create(experiment, {**job.tags, CONFIG_HASH_TAG: job.key})
+    )
+    tracker.finish(run_id, error)
+    echo(f"FAILED: {error}")
+    return JobResult("failed", run_id, str(error))
 
 
 def _give_up(job: JobSpec, tracker: Tracker, echo: Callable[[str], None], error: Exception):

@@ -16,6 +16,7 @@ work, and N workers cost one import instead of N.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sys
@@ -24,6 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
+from zoo.errors import ConfigError
 from zoo.sweep._datasets import make_datasets
 from zoo.sweep._executor import Executor, SweepReport, pending
 from zoo.sweep._job import (
@@ -37,7 +39,7 @@ from zoo.sweep._job import (
 from zoo.sweep._plan import Plan, longest_first
 from zoo.tracking import Tracker
 
-__all__ = ["LocalExecutor", "run_sweep", "start_worker_server"]
+__all__ = ["LocalExecutor", "check_placement", "run_sweep", "start_worker_server"]
 
 # The third-party modules a worker imports by the end of its first job (torch._dynamo:
 # an optimizer's step; the SQLite dialect: the embedded store; scipy.fft: zoo.data's
@@ -231,6 +233,23 @@ def _schedule(
             progress.show(report, len(running), f"{result.status} {_describe(job)}")
 
 
+def check_placement(plan: Plan, workers: int, runs_per_gpu: int = 1) -> None:
+    """Refuse, before anything runs, several local workers for runs that each train on
+    several devices (``devices`` N > 1: cuda:0..N-1, or N CPU processes): every worker's
+    run would take the same devices. A ConfigError naming the options and the run."""
+    wide = next((r for r in plan.runs if r.config.devices > 1), None)
+    if wide is None or (workers == 1 and runs_per_gpu == 1):
+        return
+    option, value = (
+        ("--workers", workers) if runs_per_gpu == 1 else ("--runs-per-gpu", runs_per_gpu)
+    )
+    raise ConfigError(
+        f"{option}: {value} is not allowed with config.devices: "
+        f"{wide.config.devices} (spec run {json.dumps(wide.names, default=str)}); expected "
+        "--workers 1 --runs-per-gpu 1: each run trains on all the devices itself"
+    )
+
+
 def run_sweep(
     plan: Plan,
     tracker: Tracker,
@@ -240,6 +259,7 @@ def run_sweep(
 ) -> SweepReport:
     """Train every job of ``plan`` not yet finished in ``tracker``'s store, locally; ready
     jobs start longest first (zoo.sweep._plan.longest_first)."""
+    check_placement(plan, workers, runs_per_gpu)
     tracker.experiment(plan.spec.name, plan.spec.description)
     executor = LocalExecutor(workers, echo, runs_per_gpu)
     order = {key: rank for rank, key in enumerate(longest_first(plan))}

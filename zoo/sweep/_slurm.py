@@ -53,16 +53,17 @@ from zoo.sweep._datasets import make_task, missing_sources
 from zoo.sweep._executor import Executor, SweepReport, pending
 from zoo.sweep._job import JobSpec, become_worker, jobs_from_plan, run_job
 from zoo.sweep._plan import Plan, make_plan
+from zoo.sweep._spec import with_execution
 from zoo.tracking import Tracker
 
 __all__ = [
     "SlurmExecutor",
     "SubmitOptions",
     "cluster_max_array_size",
-    "on_gpus",
     "queued_keys",
     "render",
     "submit",
+    "with_options",
     "worker",
 ]
 
@@ -419,37 +420,35 @@ class SlurmExecutor(Executor):
         return queued
 
     def _jobs(self, selected: list[JobSpec]) -> dict[str, str]:
-        """Key -> JSON description, with the power cap and requeue limit of these options."""
-        jobs = {}
-        for job in selected:
-            job = replace(job, max_requeues=self.options.max_requeues)
-            if self.options.gpu_power and job.kind != "search":
-                job = replace(
-                    job, config={**job.config, "power_cap_w": float(self.options.gpu_power)}
-                )
-            jobs[job.key] = job.to_json()
-        return jobs
+        """Key -> JSON description, with the requeue limit of these options (the power
+        cap is already in each job's config and key: see ``with_options``)."""
+        return {
+            job.key: replace(job, max_requeues=self.options.max_requeues).to_json()
+            for job in selected
+        }
 
 
 def submit(plan: Plan, tracker: Tracker, options: SubmitOptions, echo=print) -> SweepReport:
-    """Submit the jobs of sweep ``plan`` that are neither finished nor queued; with
-    ``--gpus-per-task`` N > 1 every run trains on the N GPUs of its task (devices: N)."""
-    plan = on_gpus(plan, options.gpus_per_task)
+    """Submit the jobs of sweep ``plan`` (made again ``with_options``) that are neither
+    finished nor queued."""
+    plan = with_options(plan, options)
     if not options.dry_run:
         tracker.experiment(plan.spec.name, plan.spec.description)
     jobs = jobs_from_plan(plan, tracker.uri, tracker.paths)
     return SlurmExecutor(options, echo).submit(plan.spec.name, jobs, tracker)
 
 
-def on_gpus(plan: Plan, gpus: int | None) -> Plan:
-    """``plan`` made again with ``devices: gpus`` in its base config when ``gpus`` > 1 (a
-    new identity for every run: zoo.distributed); a run asking for more devices than
-    that is a ConfigError."""
-    if (gpus or 1) == 1:
-        return plan
-    plan = make_plan(replace(plan.spec, base={**plan.spec.base, "devices": gpus}))
+def with_options(plan: Plan, options: SubmitOptions) -> Plan:
+    """``plan`` with the options that change what its runs compute in its base config
+    (``--gpus-per-task`` N > 1: ``devices: N``, zoo.distributed; ``--gpu-power W``:
+    ``power_cap_w: W``), made again only when they change it, so its keys are the ones
+    the workers compute. A run asking for more devices than a task has is a ConfigError."""
+    gpus = options.gpus_per_task
+    spec = with_execution(plan.spec, gpus, options.gpu_power)
+    if spec is not plan.spec:
+        plan = make_plan(spec)
     for run in plan.runs:
-        if run.config.devices > gpus:
+        if run.config.devices > (gpus or 1) > 1:
             raise ConfigError(
                 f"spec run {json.dumps(run.names, default=str)}: config.devices: "
                 f"{run.config.devices} is more than --gpus-per-task {gpus}"

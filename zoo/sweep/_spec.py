@@ -15,7 +15,7 @@ import itertools
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from zoo._yaml import load_yaml
 from zoo.config import RunConfig, resolve, set_path
 from zoo.errors import ConfigError
 
-__all__ = ["Assignment", "SweepSpec", "expand", "load_spec"]
+__all__ = ["Assignment", "SweepSpec", "expand", "load_spec", "with_execution"]
 
 Assignment = dict[str, Any]
 _TEMPLATE = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
@@ -88,6 +88,20 @@ def load_spec(path: str | Path) -> SweepSpec:
     _check_size(spec)
     _check_names(spec)
     return spec
+
+
+def with_execution(
+    spec: SweepSpec, devices: int | None = None, power_cap_w: float | None = None
+) -> SweepSpec:
+    """``spec`` with the submit-time options that change what its runs compute written
+    into its base config (``devices`` when > 1, ``power_cap_w`` when given), so the plan's
+    identities include them: every command given the same options computes the same keys."""
+    base = dict(spec.base)
+    if (devices or 1) > 1:
+        base["devices"] = devices
+    if power_cap_w is not None:
+        base["power_cap_w"] = float(power_cap_w)
+    return spec if base == spec.base else replace(spec, base=base)
 
 
 def _axis_size(entry: Any) -> int:
