@@ -346,6 +346,48 @@ CASES = [
         r"--workers: '0' is not allowed",
     ),
     (
+        "gpu-power-zero",
+        spec(),
+        ["sweep", "run", "spec.yaml", "--gpu-power", "0"],
+        2,
+        r"--gpu-power: '0' is not allowed; expected a number > 0",
+    ),
+    (
+        "gpu-power-negative",
+        spec(),
+        ["sweep", "run", "spec.yaml", "--gpu-power", "-5"],
+        2,
+        r"--gpu-power: '-5' is not allowed",
+    ),
+    (
+        "gpu-power-zero-submit",
+        spec(),
+        [*SUBMIT_DRY, "--gpu-power", "0"],
+        2,
+        r"--gpu-power: 0 is not allowed; expected an integer >= 1",
+    ),
+    (
+        "gpu-power-negative-submit",
+        spec(),
+        [*SUBMIT_DRY, "--gpu-power", "-5"],
+        2,
+        r"--gpu-power: -5 is not allowed; expected an integer >= 1",
+    ),
+    (
+        "runs-per-gpu-zero-submit",
+        spec(),
+        [*SUBMIT_DRY, "--runs-per-gpu", "0"],
+        2,
+        r"--runs-per-gpu: 0 is not allowed",
+    ),
+    (
+        "workers-sharing-devices",
+        spec("  devices: 2\n"),
+        ["sweep", "run", "spec.yaml", "--workers", "2"],
+        2,
+        r"--workers: 2 is not allowed with config\.devices: 2 \(spec run \{\"seed\": 0\}\)",
+    ),
+    (
         "images-per-s-negative",
         spec(),
         ["sweep", "plan", "spec.yaml", "--images-per-s", "-1"],
@@ -976,6 +1018,27 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert len(error) == 1, error
     assert re.search(pattern, error[0]), error[0]
     assert "Traceback" not in error[0]
+    assert _snapshot(project.root) == before
+
+
+@pytest.mark.parametrize(
+    ("files", "argv"),
+    [
+        (run(devices=3, device="cuda"), TRAIN),
+        (spec("  devices: 3\n  device: cuda\n"), ["sweep", "run", "spec.yaml"]),
+    ],
+    ids=["train", "sweep-run"],
+)
+def test_more_devices_than_gpus_is_one_line(project, capsys, monkeypatch, files, argv):
+    """``devices: 3`` on a machine with 2 GPUs (CUDA's answers faked: there is no GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    _write(project.root, files)
+    capsys.readouterr()
+    before = _snapshot(project.root)
+    assert _main(argv) == 2
+    (error,) = [x for x in capsys.readouterr().err.strip().splitlines() if "INFO" not in x]
+    assert re.search(r"config\.devices: 3 is not available here \(2 CUDA devices\)", error)
     assert _snapshot(project.root) == before
 
 
