@@ -107,6 +107,15 @@ def _tags(config: RunConfig, device: torch.device, floor: float) -> dict[str, st
     return tags
 
 
+def _power_limit_unknown(config: RunConfig, results: list[StageResult]) -> bool:
+    """Whether a power cap was asked for and some stage trained where the limit in force
+    could not be read (no NVML or no CUDA device; see zoo.telemetry.GpuMeter). Where it
+    was read, it is the stage's ``power_limit_w`` metric."""
+    return config.power_cap_w is not None and any(
+        "power_limit_w" not in r.telemetry for r in results
+    )
+
+
 def _epoch_metrics(metrics: dict[str, Any], stage: int) -> dict[str, float]:
     flat = {k: v for k, v in metrics.items() if k != "val"}
     flat["stage"] = stage
@@ -336,6 +345,8 @@ def _attempt(
                 results = _train_stages(config, data, log, paths, echo, on_epoch, shard)
             log.add(0, _summary(config, results, floor, results[-1].total))
             log.flush()
+            if _power_limit_unknown(config, results):
+                tracker.set_tags(run_id, {"zoo.power_limit_w": "unknown"})
             _artifacts(config, results, datasets, tracker, run_id)
     except Preempted:
         log.settle(echo)

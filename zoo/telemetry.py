@@ -1,6 +1,7 @@
 """GPU telemetry and power caps through NVML (nvidia-ml-py's ``pynvml``).
 
-Without a GPU or NVML everything here is a quiet no-op (one debug line).
+Without a GPU or NVML measuring is a quiet no-op (one debug line); a power cap that
+cannot be applied is not (see GpuMeter).
 """
 
 from __future__ import annotations
@@ -44,28 +45,51 @@ def device_uuid(device_index: int) -> str:
     return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
 
 
-def nvml_device(device_index: int | None) -> tuple[Any, Any] | None:
-    """(pynvml module, device handle) of CUDA device ``device_index``, found by its UUID
-    (never by NVML's own index, which ignores CUDA_VISIBLE_DEVICES); None without a device
-    or a working NVML (logged at debug level). Each success holds one nvmlInit: release it
-    with nvml_release."""
+_UNAPPLIED: set[float] = set()  # power caps this process has warned it could not apply
+
+
+def _open(device_index: int | None) -> tuple[Any, Any] | str:
+    """(pynvml module, device handle) of CUDA device ``device_index``, or why there is none."""
     if device_index is None:
-        log.debug("no CUDA device: GPU telemetry skipped")
-        return None
+        return "no CUDA device"
     try:
         import pynvml
 
         uuid = device_uuid(device_index)
         pynvml.nvmlInit()
-    except Exception as error:  # NVML missing or broken: skip quietly
-        log.debug("NVML unavailable (%s): GPU telemetry skipped", error)
-        return None
+    except Exception as error:  # NVML missing or broken
+        return f"NVML unavailable ({error})"
     try:
         return pynvml, pynvml.nvmlDeviceGetHandleByUUID(uuid)
     except Exception as error:
-        log.debug("no NVML device %s (%s): GPU telemetry skipped", uuid, error)
         pynvml.nvmlShutdown()
+        return f"no NVML device {uuid} ({error})"
+
+
+def nvml_device(device_index: int | None) -> tuple[Any, Any] | None:
+    """(pynvml module, device handle) of CUDA device ``device_index``, found by its UUID
+    (never by NVML's own index, which ignores CUDA_VISIBLE_DEVICES); None without a device
+    or a working NVML (logged at debug level). Each success holds one nvmlInit: release it
+    with nvml_release."""
+    opened = _open(device_index)
+    if isinstance(opened, str):
+        _skipped(opened)
         return None
+    return opened
+
+
+def _skipped(why: str, power_cap_w: float | None = None) -> None:
+    """Say that nothing is measured, and why: at debug level, but as a warning (once per
+    process and cap) when that leaves ``power_cap_w`` unapplied."""
+    if power_cap_w is None:
+        log.debug("%s: GPU telemetry skipped", why)
+    elif power_cap_w not in _UNAPPLIED:
+        _UNAPPLIED.add(power_cap_w)
+        log.warning(
+            "GPU power cap of %g W not applied (%s): the power limit in force is unknown",
+            power_cap_w,
+            why,
+        )
 
 
 def nvml_release(nvml: Any) -> None:
@@ -77,8 +101,17 @@ def nvml_release(nvml: Any) -> None:
 
 
 class GpuMeter:
-    """Context manager measuring one GPU while a stage trains; optionally caps its power
-    for that time and restores the previous limit afterwards."""
+    """Context manager measuring CUDA device ``device_index`` while a stage trains: its
+    ``reading`` is complete on exit, energy as the difference of NVML's energy counter.
+
+    With ``power_cap_w`` the GPU's power limit is set to the cap on entry and the previous
+    limit restored on exit, however the block ends (an exception; SIGTERM too, once
+    zoo.tracking.stop_on_sigterm makes it a KeyboardInterrupt). ``reading.power_limit_w``
+    is then the limit in force: the cap, or the old limit when setting it fails (no root:
+    one warning). Without NVML or a CUDA device nothing is measured and the limit in
+    force is unknown: ``power_limit_w`` stays None, one warning per process names the
+    cap and why it was not applied, and zoo.run tags the run ``zoo.power_limit_w:
+    unknown``."""
 
     def __init__(
         self, device_index: int | None, power_cap_w: float | None = None, interval_s: float = 0.5
@@ -87,7 +120,11 @@ class GpuMeter:
         self._stop = threading.Event()
         self._interval = interval_s
         self._cap = power_cap_w
-        self._nvml, self._handle = nvml_device(device_index) or (None, None)
+        opened = _open(device_index)
+        if isinstance(opened, str):
+            _skipped(opened, power_cap_w)
+            opened = (None, None)
+        self._nvml, self._handle = opened
 
     def _set_cap(self, milliwatts: int) -> bool:
         try:

@@ -60,6 +60,7 @@ __all__ = [
     "dihedral",
     "epoch_order",
     "git_commit",
+    "gpu_index",
     "headline",
     "make_optimizer",
     "model_inputs",
@@ -529,11 +530,16 @@ def train_stage(
     for epoch, metrics in enumerate(progress["history"], start=1):
         on_epoch(epoch, metrics, True)
     training = _StageTraining(config, index, data, (model, optimizer), progress, shard)
-    device_index = (device.index or 0) if device.type == "cuda" else None
-    with GpuMeter(device_index, config.power_cap_w) as meter, BackgroundWrites() as writes:
+    with GpuMeter(gpu_index(device), config.power_cap_w) as meter, BackgroundWrites() as writes:
         for epoch in range(progress["epoch"] + 1, config.stages[index].epochs + 1):
             on_epoch(epoch, training.epoch(epoch, files, record, writes), False)
     return _finish_stage(training, files, record, meter.reading.metrics(""))
+
+
+def gpu_index(device: torch.device) -> int | None:
+    """The CUDA device index whose power GpuMeter measures and caps while training on
+    ``device``; None off CUDA. (Tests replace it to meter a CPU run with a fake NVML.)"""
+    return (device.index or 0) if device.type == "cuda" else None
 
 
 class _StageTraining:
