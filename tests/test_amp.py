@@ -5,6 +5,7 @@ scaler, ``amp`` is part of the identity, and a tiny ``zoo train`` under each fin
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Iterator
 
@@ -26,7 +27,7 @@ FLOAT32_MODES = ("off", "auto")  # auto is off on the CPU
 MODES = (*HALF, *FLOAT32_MODES)
 
 
-def _training(amp: str) -> _StageTraining:
+def _training(amp: str, progress: dict | None = None) -> _StageTraining:
     """zoo's own training of stage 0 (its Step, optimizer and gradient scaler, as
     train_stage builds them) for a seeded tiny model on random 32 px images, on the CPU."""
     model_config = ModelConfig(encoder=MODEL["encoder"], decoder_channels=(16,) * 5)
@@ -37,7 +38,7 @@ def _training(amp: str) -> _StageTraining:
     images = torch.randn(8, 1, 32, 32)
     masks = (images[:, 0] > 0).to(torch.uint8)
     data = {"a": DeviceData(images, masks, images[:2], masks[:2])}
-    progress = {"epoch": 0, "history": [], "best": {}, "seconds": 0.0}
+    progress = progress or {"epoch": 0, "history": [], "best": {}, "seconds": 0.0}
     state = (model, make_optimizer(config.stages[0], model))
     return _StageTraining(config, 0, data, state, progress, None)
 
@@ -121,6 +122,30 @@ def test_fp16_skips_a_step_whose_activations_overflow_then_trains_on():
     assert all(torch.isfinite(p).all() for p in after)
     assert not all(torch.equal(b, a) for b, a in zip(before, after, strict=True))
     assert optimizer.state  # the finite step did step
+
+
+def test_fp16_resumes_with_the_scale_it_had_checkpointed(tmp_path):
+    """Guards resume under fp16: an epoch's checkpoint carries the scaler that backed off,
+    and a stage resumed from it scales as the unbroken one would (a fresh 2**16 would
+    skip different steps)."""
+    from safetensors import safe_open
+
+    from zoo.paths import StagePaths
+    from zoo.train import BackgroundWrites
+
+    training = _training("fp16")
+    x, y = _batch(training)
+    train_step(training.step, x * 1e6, y)  # overflows: the scale backs off
+    scale = training.step.scaler.get_scale()
+    assert scale < 2.0**16
+    files = StagePaths(tmp_path)
+    with BackgroundWrites() as writes:
+        training._checkpoint(files, {}, writes)
+    with safe_open(files.checkpoint, framework="pt") as handle:
+        progress = json.loads(handle.metadata()["progress"])
+    assert progress["scaler"]["scale"] == scale
+    resumed = _training("fp16", progress)
+    assert resumed.step.scaler.get_scale() == scale
 
 
 @pytest.mark.parametrize("amp", MODES)

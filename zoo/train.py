@@ -566,6 +566,8 @@ class _StageTraining:
         self.part = shard(config, index, self.model, self.optimizer) if shard else Shard(self.model)
         network = torch.compile(self.part.network) if config.compile else self.part.network
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        if scaler.is_enabled() and "scaler" in progress:  # fp16: resume at the saved scale
+            scaler.load_state_dict(progress["scaler"])
         loss = make_loss(stage.loss)
         self.step = Step(network, self.optimizer, loss, config.model.head, self.amp, scaler)
         self.compiled = not config.compile  # the first step in this process compiles the model
@@ -599,9 +601,7 @@ class _StageTraining:
                     "total": self.part.total(total).item(),
                     "seconds": time.perf_counter() - started,
                 }
-                writes.checkpoint(
-                    files.checkpoint, self.model, self.optimizer, self.progress, record
-                )
+                self._checkpoint(files, record, writes)
                 raise Preempted(f"stopped in epoch {epoch} of {self.stage.name}; checkpointed")
         total = self.part.total(total).item() / len(order)
         metrics = self._validate(epoch, lr, total, len(order), time.perf_counter() - started)
@@ -609,8 +609,15 @@ class _StageTraining:
             writes.weights(self.model, files.weights("best"))
         if self.stage.keep_epochs:
             writes.weights(self.model, files.epoch(epoch))
-        writes.checkpoint(files.checkpoint, self.model, self.optimizer, self.progress, record)
+        self._checkpoint(files, record, writes)
         return metrics
+
+    def _checkpoint(self, files: StagePaths, record: dict[str, Any], writes: BackgroundWrites):
+        """Checkpoint the stage; its progress carries fp16's gradient scaler (scale and
+        growth count), so a resumed stage scales and skips steps as an unbroken one."""
+        if self.step.scaler.is_enabled():
+            self.progress["scaler"] = self.step.scaler.state_dict()
+        writes.checkpoint(files.checkpoint, self.model, self.optimizer, self.progress, record)
 
     def _step(self, batches: Batcher, start: int) -> tuple[torch.Tensor, float]:
         """The summed loss of one batch, and the seconds spent compiling in it."""
