@@ -1,12 +1,14 @@
 # The README's two commands: `make demo` and `make test`. Both create .venv if
-# missing and install the pinned dependencies (constraints.txt) first.
+# missing and install the pinned dependencies (constraints.txt) first. `make
+# gpu-check` proves zoo on a CUDA device (benchmarks/gpu_check.py; one line and
+# exit 0 without one).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEPS := setup.cfg pyproject.toml constraints.txt
 DEMO_OUT := demo-out
 
-.PHONY: demo test lint
+.PHONY: demo test lint gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +39,6 @@ lint: $(VENV)/.installed-test
 
 test: lint
 	$(BIN)/python -m pytest
+
+gpu-check: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/gpu_check.py

@@ -15,7 +15,10 @@ N in 1, 2, 4, 8, 16, by each way of packing:
 
 On a CPU it uses small images, N in 1, 2, one thread per process (as zoo's
 sweep workers do; ``fused`` gets N threads), and reports packed-versus-single.
-``--power-cap W`` repeats (c) under an NVML power cap (needs root).
+``--power-cap W`` repeats (c) under an NVML power cap (needs root), right after
+(c). ``--modes`` and ``--counts`` choose the packed rows (default: all of them);
+``--json PATH`` also writes the rows measured so far there after each row
+(benchmarks/gpu_check.py reads it).
 Target (issue 7) on one H100/H200: >= 1600 images/s in aggregate at 512 px.
 Run: ``.venv/bin/python benchmarks/bench_gpu.py [--size 512] [--seconds 20]``.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import multiprocessing
 import os
 import shutil
@@ -34,6 +38,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +53,7 @@ from zoo.train import STORAGE, Batcher, DeviceData, Step, epoch_order, train_ste
 GFLOP_PER_IMAGE_512 = 126.9
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 DATA_IMAGES = 64  # random training images on the device per run
+MODES = ("processes", "mps", "streams", "fused")
 
 
 @dataclass(frozen=True)
@@ -247,7 +254,9 @@ def mps_daemon() -> Iterator[None]:
                     os.environ[key] = value
 
 
-def _rows(cuda: bool, setup: Setup) -> list[tuple[str, str, int, Setup]]:
+def _rows(
+    cuda: bool, setup: Setup, modes: tuple[str, ...], counts: tuple[int, ...]
+) -> list[tuple[str, str, int, Setup]]:
     fp32 = replace(setup, amp=False, fast=False)
     best = replace(setup, amp=cuda, fast=True)
     rows = [
@@ -255,50 +264,139 @@ def _rows(cuda: bool, setup: Setup) -> list[tuple[str, str, int, Setup]]:
         ("(b) one run, AMP", "single", 1, replace(fp32, amp=cuda)),
         ("(c) zoo best single run", "single", 1, best),
     ]
-    modes = ("processes", "mps", "streams", "fused") if cuda else ("processes", "fused")
     for mode in modes:
-        for count in (1, 2, 4, 8, 16) if cuda else (1, 2):
+        for count in counts:
             threads = count if mode == "fused" and not cuda else 1
             rows.append((f"(d) {count} x {mode}", mode, count, replace(best, threads=threads)))
     return rows
 
 
-def main() -> None:
+def _measure(mode: str, count: int, setup: Setup, cap: float | None = None) -> dict[str, Any]:
+    """One row's figures: images_per_s, wh_per_1000_images (None without NVML) and, under
+    NVML power cap ``cap``, power_cap_w and power_limit_w (the limit in force); or its
+    ``error`` when it could not be measured."""
+    meter = GpuMeter(0, cap) if cap else contextlib.nullcontext()
+    try:
+        with mps_daemon() if mode == "mps" else contextlib.nullcontext(), meter:
+            rate, energy = measure(mode, count, setup)
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
+        return {"error": (str(error).splitlines() or [type(error).__name__])[0]}
+    row = {"images_per_s": rate, "wh_per_1000_images": energy}
+    if cap:
+        row.update(power_cap_w=cap, power_limit_w=meter.reading.power_limit_w)
+    return row
+
+
+class Results:
+    """The table: each row printed as it is measured and kept; with ``path``, the header
+    and every row so far written there as JSON at the start and after each row
+    (replacing the file), so a run stopped midway leaves what it planned and measured."""
+
+    def __init__(self, path: Path | None, header: dict[str, Any]):
+        self.path, self.header, self.rows = path, header, []
+        self._write()
+
+    def add(self, label: str, mode: str, count: int, setup: Setup, figures: dict) -> None:
+        row = {"label": label, "mode": mode, "count": count, "amp": setup.amp, "fast": setup.fast}
+        row.update(figures)
+        self.rows.append(row)
+        if "error" in row:
+            print(f"{label:28} not measured: {row['error']}", flush=True)
+        else:
+            rate, energy = row["images_per_s"], row["wh_per_1000_images"]
+            peak, flop = self.header["bf16_peak_tflops"], self.header["gflop_per_image"] * 1e9
+            fraction = f"{rate * flop / (peak * 1e12):13.1%}" if peak else f"{'n/a':>13}"
+            energy_text = f"{energy:12.3f}" if energy else f"{'n/a':>12}"
+            limit = f"  (limit in force {row['power_limit_w']} W)" if "power_cap_w" in row else ""
+            print(f"{label:28} {rate:9.1f} {fraction} {energy_text}{limit}", flush=True)
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            partial = self.path.with_name(self.path.name + ".partial")
+            partial.write_text(json.dumps({**self.header, "rows": self.rows}, indent=1))
+            partial.replace(self.path)
+
+    def rate(self, label: str) -> float | None:
+        """The images/s of row ``label``, None unless it was measured."""
+        found = [r for r in self.rows if r["label"] == label and "error" not in r]
+        return found[0]["images_per_s"] if found else None
+
+
+def _modes(text: str) -> tuple[str, ...]:
+    """Comma-separated packing modes (an argparse type)."""
+    modes = tuple(m for m in text.split(",") if m)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected some of {', '.join(MODES)}")
+    return modes
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    """Comma-separated run counts, each >= 1 (an argparse type)."""
+    try:
+        counts = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers, comma-separated")
+    return counts
+
+
+def _arguments(cuda: bool) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cuda = torch.cuda.is_available()
     parser.add_argument("--size", type=int, default=512 if cuda else 64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20 if cuda else 6)
     parser.add_argument("--power-cap", type=float, metavar="W", help="repeat (c) under this cap")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--modes",
+        type=_modes,
+        default=MODES if cuda else ("processes", "fused"),
+        help=f"packing modes, comma-separated (default: {','.join(MODES)}; CPU: processes,fused)",
+    )
+    parser.add_argument(
+        "--counts",
+        type=_counts,
+        default=(1, 2, 4, 8, 16) if cuda else (1, 2),
+        help="runs packed, comma-separated (default: 1,2,4,8,16; CPU: 1,2)",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as JSON")
+    return parser.parse_args()
+
+
+def main() -> None:
+    cuda = torch.cuda.is_available()
+    args = _arguments(cuda)
     name = torch.cuda.get_device_name(0) if cuda else "CPU"
-    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
-    flop = GFLOP_PER_IMAGE_512 * (args.size / 512) ** 2 * 1e9
     setup = Setup(args.size, args.batch, args.seconds)
+    rows = _rows(cuda, setup, args.modes, args.counts)
+    cap = args.power_cap if cuda else None
+    capped = f"(c) capped at {cap:g} W" if cap else None
+    planned = [row[0] for row in rows]
+    if capped:
+        planned.insert(3, capped)  # right after (c)
+    header = {
+        "device": name,
+        "torch": torch.__version__,
+        "size": args.size,
+        "batch": args.batch,
+        "seconds": args.seconds,
+        "gflop_per_image": GFLOP_PER_IMAGE_512 * (args.size / 512) ** 2,
+        "bf16_peak_tflops": next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None),
+        "planned": planned,
+    }
+    results = Results(args.json, header)
     print(f"{name}, U-Net/ResNet-18, {args.size} px, batch {args.batch}, torch {torch.__version__}")
     print(f"{'configuration':28} {'images/s':>9} {'of bf16 peak':>13} {'Wh/1000 img':>12}")
-    results = {}
-    for label, mode, count, row_setup in _rows(cuda, setup):
-        try:
-            with mps_daemon() if mode == "mps" else contextlib.nullcontext():
-                rate, energy = measure(mode, count, row_setup)
-        except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
-            print(f"{label:28} not measured: {str(error).splitlines()[0]}")
-            continue
-        results[label] = rate
-        fraction = f"{rate * flop / (peak * 1e12):13.1%}" if peak else f"{'n/a':>13}"
-        energy_text = f"{energy:12.3f}" if energy else f"{'n/a':>12}"
-        print(f"{label:28} {rate:9.1f} {fraction} {energy_text}", flush=True)
-    if args.power_cap and cuda:
-        with GpuMeter(0, args.power_cap) as meter:
-            rate, energy = measure("single", 1, replace(setup, amp=True, fast=True))
-        cap = meter.reading.power_limit_w
-        energy_text = f"{energy:12.3f}" if energy else f"{'n/a':>12}"
-        print(f"{f'(c) capped at {cap} W':28} {rate:9.1f} {'':13} {energy_text}")
-    single = results["(c) zoo best single run"]
-    for mode in ("processes", "mps", "streams", "fused"):
-        packed = [v for k, v in results.items() if k.endswith(f" x {mode}")]
-        if packed:
+    for label, mode, count, row_setup in rows:
+        results.add(label, mode, count, row_setup, _measure(mode, count, row_setup))
+        if capped and label.startswith("(c)"):  # zoo's best again, under the cap
+            results.add(capped, mode, count, row_setup, _measure(mode, count, row_setup, cap))
+    single = results.rate("(c) zoo best single run")
+    for mode in args.modes:
+        packed = [r["images_per_s"] for r in results.rows if r["mode"] == mode and "error" not in r]
+        if packed and single:
             print(f"best {mode} / single: {max(packed) / single:.2f}x")
 
 

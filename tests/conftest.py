@@ -15,6 +15,17 @@ import yaml
 from zoo.paths import ProjectPaths
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked ``gpu`` are skipped, "needs a CUDA device", when torch sees none."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in gpu:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
 def zoo_process(root: Path, *args: str, env: dict | None = None, **popen) -> subprocess.Popen:
     """``zoo ARGS`` as a child process in project ``root`` (its working directory and
     ``$ZOO_ROOT``, ``env`` added); stdout and stderr share one pipe unless ``popen`` says."""

@@ -1,5 +1,5 @@
 """CUDA paths: fast defaults, a step loop without host synchronisation, NVML energy,
-packed runs matching runs alone. Skipped without a CUDA device."""
+packed runs matching runs alone. Marked gpu: skipped without a CUDA device (conftest)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from zoo.data import Dataset
 from zoo.models import create_model
 from zoo.train import Batcher, Step, epoch_order, make_optimizer, to_device, train_step
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.gpu
 
 
 def _device_data(size=64, count=32):
