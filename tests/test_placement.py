@@ -72,6 +72,7 @@ def test_two_placed_workers_train_each_shared_stage_once(project, tiny_spec, tin
     runs = tiny_runs()
     assert len(runs) == 2 + 4 and {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.params["device"] for r in runs} == {"cpu"}
+    assert {r.data.tags["zoo.precision"] for r in runs} == {"off"}  # amp: auto on a CPU
     stage_keys = [
         r.data.tags["zoo.config_hash"] for r in runs if r.data.tags["zoo.kind"] == "stage"
     ]

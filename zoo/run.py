@@ -45,6 +45,7 @@ from zoo.train import (
     headline,
     model_inputs,
     pick_device,
+    precision,
     train_stage,
 )
 
@@ -98,6 +99,7 @@ def _tags(config: RunConfig, device: torch.device, floor: float) -> dict[str, st
         "zoo.torch": torch.__version__,
         "zoo.cuda": str(torch.version.cuda),
         "zoo.loss_floor": f"{floor:.6f}",
+        "zoo.precision": precision(config, device),  # amp, with auto decided
         "mlflow.runName": f"{config.stages[-1].name}-{config.digest()[:8]}",
     }
     if device.type == "cuda":

@@ -65,6 +65,7 @@ __all__ = [
     "make_optimizer",
     "model_inputs",
     "pick_device",
+    "precision",
     "scaling",
     "stage_lr",
     "stage_record",
@@ -271,11 +272,16 @@ def check_data(config: RunConfig, datasets: dict[str, Dataset]) -> None:
             )
 
 
+def precision(config: RunConfig, device: torch.device) -> str:
+    """The precision a run trains in on ``device``: its ``amp``, with ``auto`` decided
+    here (bf16 on CUDA, off elsewhere), since ``auto`` is one identity on every device."""
+    if config.amp != "auto":
+        return config.amp
+    return "bf16" if device.type == "cuda" else "off"
+
+
 def _amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
-    amp = config.amp
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "off"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[precision(config, device)]
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
