@@ -374,6 +374,16 @@ CASES = [
         r"--gpu-power: -5 is not allowed; expected an integer >= 1",
     ),
     (
+        "gpu-power-on-a-search",
+        spec(
+            "axes: []\nsearch: {parameters: {lr: {type: float, low: 0.001, high: 0.1}}, "
+            "budget: 2}\nset: {stages.0.lr: $lr}\n"
+        ),
+        ["sweep", "run", "spec.yaml", "--gpu-power", "250"],
+        2,
+        r"--gpu-power: not allowed for a search spec; expected power_cap_w in its base",
+    ),
+    (
         "runs-per-gpu-zero-submit",
         spec(),
         [*SUBMIT_DRY, "--runs-per-gpu", "0"],

@@ -144,7 +144,7 @@ def _sweep_plan(args: argparse.Namespace) -> None:
 
     from zoo import sweep
 
-    if sweep.is_search(args.spec):
+    if _given_a_search(args):
         from zoo.sweep import _search, _search_report
 
         spec, block = _search.load_search(args.spec)
@@ -165,6 +165,22 @@ def _sweep_plan(args: argparse.Namespace) -> None:
     rate = args.images_per_s or sweep.measure_images_per_s(plan.runs[0].config)
     summary = sweep.report(plan, rate, args.show)
     print(json.dumps(summary, indent=1) if args.json else sweep.format_report(summary))
+
+
+def _given_a_search(args: argparse.Namespace) -> bool:
+    """Whether ``args.spec`` is a search spec; one given ``--gpu-power`` or
+    ``--gpus-per-task`` is refused (a search's runs take them from its base config)."""
+    from zoo import sweep
+
+    if not sweep.is_search(args.spec):
+        return False
+    for option in ("gpu_power", "gpus_per_task"):
+        if getattr(args, option, None) is not None:
+            raise _config_error(
+                f"--{option.replace('_', '-')}: not allowed for a search spec; expected "
+                f"{'power_cap_w' if option == 'gpu_power' else 'devices'} in its base config"
+            )
+    return True
 
 
 def _executed_spec(args: argparse.Namespace):
@@ -199,7 +215,7 @@ def _sweep_run(args: argparse.Namespace) -> int:
     from zoo import sweep
     from zoo.tracking import Tracker
 
-    if sweep.is_search(args.spec):
+    if _given_a_search(args):
         return _search_run(args)
     spec = _executed_spec(args)
     sweep.start_worker_server()  # its imports overlap the plan and the store's opening
@@ -284,7 +300,7 @@ def _sweep_status(args: argparse.Namespace) -> None:
     from zoo.paths import ProjectPaths
     from zoo.tracking import Tracker
 
-    if sweep.is_search(args.spec):
+    if _given_a_search(args):
         from zoo.sweep import _search
 
         spec, block = _search.load_search(args.spec)
