@@ -19,7 +19,8 @@ sweep workers do; ``fused`` gets N threads), and reports packed-versus-single.
 (c). ``--modes`` and ``--counts`` choose the packed rows (default: all of them);
 ``--json PATH`` also writes the rows measured so far there after each row
 (benchmarks/gpu_check.py reads it).
-Target (issue 7) on one H100/H200: >= 1600 images/s in aggregate at 512 px.
+Targets (issue 26) on one H100 at 512 px: one run >= 1,000 images/s with AMP; packed runs
+>= 2,700 images/s in aggregate; a 250 W cap <= 10 % more time for >= 15 % less energy.
 Run: ``.venv/bin/python benchmarks/bench_gpu.py [--size 512] [--seconds 20]``.
 """
 

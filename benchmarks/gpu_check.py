@@ -286,7 +286,8 @@ def power_limits(nvml: Any) -> dict[int, int]:
 
 def restore_limits(nvml: Any, before: dict[int, int]) -> dict[str, Any]:
     """Each NVML device's power limit set back to ``before`` (power_limits) where it
-    differs now; the check "GPU power limits restored", failed if one could not be."""
+    differs now; the check "GPU power limits as found", failed if zoo left one changed
+    (its runs restore what they cap) or it could not be set back."""
     changed, errors = [], []
     for index, limit in before.items():
         try:
@@ -298,7 +299,7 @@ def restore_limits(nvml: Any, before: dict[int, int]) -> dict[str, Any]:
         except nvml.NVMLError as error:
             errors.append(f"GPU {index}: {error}")
     detail = "; ".join(errors + changed) or f"{len(before)} GPU(s) unchanged"
-    return _check("GPU power limits restored", not errors, detail)
+    return _check("GPU power limits as found", not errors and not changed, detail)
 
 
 class GpuSettings:
@@ -310,7 +311,7 @@ class GpuSettings:
     def __init__(self):
         self.cap_w: int | None = None
         self.why = "no NVML device"
-        self.restored = _check("GPU power limits restored", True, "no NVML: nothing changed")
+        self.restored = _check("GPU power limits as found", True, "no NVML: nothing changed")
         self._nvml, self._before = None, {}
 
     def __enter__(self) -> GpuSettings:

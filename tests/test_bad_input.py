@@ -384,6 +384,13 @@ CASES = [
         r"--gpu-power: not allowed for a search spec; expected power_cap_w in its base",
     ),
     (
+        "gpus-per-task-below-devices-not-dry",
+        spec("axes: [{product: {n: [1, 4]}}]\nset: {devices: $n}\n"),
+        ["sweep", "submit", "spec.yaml", "--gpus-per-task", "2"],
+        2,
+        r"config\.devices: 4 is more than --gpus-per-task 2",
+    ),
+    (
         "runs-per-gpu-zero-submit",
         spec(),
         [*SUBMIT_DRY, "--runs-per-gpu", "0"],

@@ -262,7 +262,7 @@ def _report(bench: dict) -> dict:
         "pytest": {**step, **counts},
         "bench": {**bench, **step, "ok": False, "returncode": None, "timed_out": True},
         "sweep": {**step, "power_cap_w": 250, "checks": checks, "ok": False},
-        "restored": gpu_check._check("GPU power limits restored", True, "1 GPU(s) unchanged"),
+        "restored": gpu_check._check("GPU power limits as found", True, "1 GPU(s) unchanged"),
         "targets": gpu_check.targets(bench, 250, ""),
     }
 
@@ -294,7 +294,7 @@ def test_the_table_shows_every_planned_row_the_targets_and_the_checks():
     assert rows["bench_gpu.py"][0::2] == ["timed out after 100 s", "FAIL"]
     assert rows["zoo sweep run --gpu-power 250"][2] == "FAIL"
     assert rows[f"sweep: {ONCE}"][2] == "FAIL" and rows[f"sweep: {FINISHED}"][2] == "pass"
-    assert rows["GPU power limits restored"] == ["1 GPU(s) unchanged", "", "pass"]
+    assert rows["GPU power limits as found"] == ["1 GPU(s) unchanged", "", "pass"]
 
 
 def test_main_goes_on_past_a_failed_step_and_exits_1(tmp_path, monkeypatch, capsys):
@@ -302,7 +302,7 @@ def test_main_goes_on_past_a_failed_step_and_exits_1(tmp_path, monkeypatch, caps
 
     class Settings:
         cap_w, why = 250, ""
-        restored = gpu_check._check("GPU power limits restored", True, "1 GPU(s) unchanged")
+        restored = gpu_check._check("GPU power limits as found", True, "1 GPU(s) unchanged")
 
         def __enter__(self):
             return self
@@ -385,11 +385,12 @@ def test_power_limits_changed_are_set_back_and_a_failure_is_reported():
     nvml.sets.clear()
     restored = gpu_check.restore_limits(nvml, before)
     assert nvml.sets == [(1, 700_000)] and nvml.limits == before
-    assert restored == {
-        "name": "GPU power limits restored",
-        "ok": True,
+    assert restored == {  # set back, but zoo should not have left it changed
+        "name": "GPU power limits as found",
+        "ok": False,
         "detail": "GPU 1: 250 W back to 700 W",
     }
+    assert gpu_check.restore_limits(nvml, before)["ok"]  # as found now
     stuck = FakeNvml({0: 250_000}, settable=False)
     assert not gpu_check.restore_limits(stuck, {0: 700_000})["ok"]
 

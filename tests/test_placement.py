@@ -9,6 +9,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 from conftest import squeue_empty
 
 from zoo.cli import main
@@ -71,8 +72,9 @@ def test_two_placed_workers_train_each_shared_stage_once(project, tiny_spec, tin
     assert main(["sweep", "run", str(spec), "--workers", "2"]) == 0
     runs = tiny_runs()
     assert len(runs) == 2 + 4 and {r.info.status for r in runs} == {"FINISHED"}
-    assert {r.data.params["device"] for r in runs} == {"cpu"}
-    assert {r.data.tags["zoo.precision"] for r in runs} == {"off"}  # amp: auto on a CPU
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert {r.data.params["device"] for r in runs} <= {_job.place_worker(i, gpus) for i in (0, 1)}
+    assert {r.data.tags["zoo.precision"] for r in runs} == {"bf16" if gpus else "off"}  # auto
     stage_keys = [
         r.data.tags["zoo.config_hash"] for r in runs if r.data.tags["zoo.kind"] == "stage"
     ]
@@ -113,6 +115,19 @@ def test_a_refused_job_in_a_worker_trains_nothing(project, tiny_spec):
     assert result.status == "failed" and "(differs: seed)" in result.reason
     assert log.read_text().startswith("FAILED: job ")
     assert not project.stages.exists() or not any(project.stages.iterdir())
+
+
+def test_a_refusal_never_turns_a_finished_run_failed(project, tiny_spec, tiny_runs):
+    """A requeued task may meet a job whose identity moved after its run FINISHED: the
+    run stays FINISHED; a job written without planned fields says they are unknown."""
+    plan = make_plan(load_spec(tiny_spec(sources=("a",))))
+    (stage, *_) = jobs_from_plan(plan, project.tracking_uri, project)
+    assert run_job(stage).status == "finished"
+    moved = replace(stage, config={**stage.config, "seed": 7})
+    result = run_job(moved)
+    assert result.status == "finished" and {r.info.status for r in tiny_runs()} == {"FINISHED"}
+    config = resolve(moved.config)
+    assert "(differs: unknown" in _job.identity_differs(replace(moved, planned={}), config)
 
 
 def test_gpu_power_enters_the_plan_on_the_local_executor(project, tiny_spec, tiny_runs, capsys):

@@ -110,9 +110,11 @@ CAPPED = [["init"], ["set", "handle of GPU-0", 250_000], ["set", "handle of GPU-
 
 
 @pytest.fixture(autouse=True)
-def fresh_process(monkeypatch):
-    """Each test sees a process that has warned about no unapplied cap yet."""
+def fresh_process(monkeypatch, tmp_path):
+    """Each test sees a process that has warned about no unapplied cap yet, and GPU cap
+    leases of its own."""
     monkeypatch.setattr(telemetry, "_UNAPPLIED", set())
+    monkeypatch.setattr(telemetry, "LEASES", tmp_path)
 
 
 @pytest.fixture
@@ -160,6 +162,32 @@ def test_a_cap_holds_for_the_block_and_the_previous_limit_is_restored(nvml, endi
     assert nvml.calls == [*CAPPED, ["shutdown"]]
     assert meter.reading.power_limit_w == 250
     assert meter.reading.energy_wh == pytest.approx(0.5)
+
+
+def test_workers_sharing_a_gpu_restore_its_limit_once_the_last_leaves(nvml, tmp_path):
+    """Two meters capping one GPU at once (workers sharing it): the first to leave keeps
+    the cap for the other, the last restores the limit from before the first, and a
+    lease left by a worker killed outright still restores the original limit."""
+    first = telemetry.GpuMeter(0, power_cap_w=250, interval_s=60)
+    second = telemetry.GpuMeter(0, power_cap_w=250, interval_s=60)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert nvml.limit_mw == 250_000  # the second still trains under the cap
+    second.__exit__(None, None, None)
+    assert nvml.limit_mw == 300_000 and not list(tmp_path.glob("*.json"))
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lease = tmp_path / "zoo-power-GPU-0.json"
+    lease.write_text(json.dumps({"before": 300_000, "holders": [int(killed.stdout)]}))
+    nvml.limit_mw = 250_000  # the killed worker's cap is still in force
+    with telemetry.GpuMeter(0, power_cap_w=250, interval_s=60):
+        pass
+    assert nvml.limit_mw == 300_000
 
 
 def test_sigterm_inside_the_block_restores_the_previous_limit(tmp_path):
@@ -245,6 +273,8 @@ def test_a_cap_without_nvml_warns_once_and_the_limit_is_recorded_unknown(
     if missing == "NVML":  # a CUDA device, but no pynvml to reach it
         monkeypatch.setattr(zoo.train, "gpu_index", lambda device: 0)
         monkeypatch.setitem(sys.modules, "pynvml", None)
+    else:  # the run trains on the CPU even where there is a GPU
+        monkeypatch.setattr(zoo.train, "gpu_index", lambda device: None)
     found = _two_stage_run(project, power_cap_w=250)
     (warning,) = _warnings(caplog)
     assert "250 W" in warning

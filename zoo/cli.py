@@ -242,7 +242,7 @@ def _sweep_submit(args: argparse.Namespace) -> None:
     from zoo import sweep
     from zoo.paths import ProjectPaths
     from zoo.sweep import _search
-    from zoo.sweep._slurm import SubmitOptions, submit
+    from zoo.sweep._slurm import SubmitOptions, submit, with_options
     from zoo.tracking import Tracker, refuse_network_sqlite, tracking_uri
 
     names = [f.name for f in dataclasses.fields(SubmitOptions)]
@@ -253,11 +253,16 @@ def _sweep_submit(args: argparse.Namespace) -> None:
     search = sweep.is_search(args.spec)
     if search:
         spec, block = _search.load_search(args.spec)
+        if options.gpu_power is not None:
+            raise _config_error(
+                "--gpu-power: not allowed for a search spec; expected power_cap_w in its base"
+            )
     elif args.workers is not None:
         raise _config_error("--workers: only for a search spec; a grid sweep has one task per job")
     else:
         plan = sweep.make_plan(sweep.load_spec(args.spec))
-        sweep.check_plan(plan)
+        sweep.check_plan(plan)  # on this machine's devices: before the task's options
+        plan = with_options(plan, options)
     # the spec is good: only now is the store opened (and, unless a dry run, created)
     tracker = _read_only(args.tracking_uri) if options.dry_run else Tracker(args.tracking_uri)
     if search:

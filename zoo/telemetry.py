@@ -6,14 +6,23 @@ cannot be applied is not (see GpuMeter).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 __all__ = ["GpuMeter", "Reading", "device_uuid", "nvml_device", "nvml_release"]
 
 log = logging.getLogger(__name__)
+# Where the processes capping one GPU record its limit from before the first of them and
+# who holds the cap (sweep workers sharing a GPU): the last to leave restores it.
+LEASES = Path(tempfile.gettempdir())
 
 
 @dataclass
@@ -106,7 +115,9 @@ class GpuMeter:
 
     With ``power_cap_w`` the GPU's power limit is set to the cap on entry and the previous
     limit restored on exit, however the block ends (an exception; SIGTERM too, once
-    zoo.tracking.stop_on_sigterm makes it a KeyboardInterrupt). ``reading.power_limit_w``
+    zoo.tracking.stop_on_sigterm makes it a KeyboardInterrupt); of processes capping one
+    GPU at once (workers sharing it) the last restores the limit from before the first,
+    recorded in a lease file under LEASES. ``reading.power_limit_w``
     is then the limit in force: the cap, or the old limit when setting it fails (no root:
     one warning). Without NVML or a CUDA device nothing is measured and the limit in
     force is unknown: ``power_limit_w`` stays None, one warning per process names the
@@ -119,7 +130,7 @@ class GpuMeter:
         self.reading = Reading()
         self._stop = threading.Event()
         self._interval = interval_s
-        self._cap = power_cap_w
+        self._cap, self._device_index = power_cap_w, device_index
         opened = _open(device_index)
         if isinstance(opened, str):
             _skipped(opened, power_cap_w)
@@ -149,11 +160,9 @@ class GpuMeter:
     def __enter__(self) -> GpuMeter:
         if self._handle is None:
             return self
-        self._previous_cap = None
+        self._lease = None
         if self._cap is not None:
-            previous = self._nvml.nvmlDeviceGetPowerManagementLimit(self._handle)
-            if self._set_cap(int(self._cap * 1000)):
-                self._previous_cap = previous
+            self._lease = self._hold_cap(int(self._cap * 1000))
             limit = self._nvml.nvmlDeviceGetEnforcedPowerLimit(self._handle)
             self.reading.power_limit_w = limit / 1000  # the limit in force, set or not
         self._start_mj = self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
@@ -168,6 +177,52 @@ class GpuMeter:
         self._thread.join()
         used_mj = self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) - self._start_mj
         self.reading.energy_wh = used_mj / 3.6e6
-        if self._previous_cap is not None:  # leave the GPU as it was found
-            self._set_cap(self._previous_cap)
+        if self._lease is not None:  # the last holder leaves the GPU as it was found
+            self._release_cap(self._lease)
         nvml_release(self._nvml)
+
+    def _hold_cap(self, milliwatts: int) -> Path | None:
+        """Set the cap and join its holders; the lease file, or None when not set. The
+        limit from before the first holder is kept for the last one to restore."""
+        lease = LEASES / f"zoo-power-{device_uuid(self._device_index)}.json"
+        with FileLock(f"{lease}.lock"):
+            state = _lease_state(lease)  # a holder killed outright left its lease behind
+            if state["before"] is None:
+                state["before"] = self._nvml.nvmlDeviceGetPowerManagementLimit(self._handle)
+            if not self._set_cap(milliwatts):
+                return None
+            state["holders"].append(os.getpid())
+            lease.write_text(json.dumps(state))
+        return lease
+
+    def _release_cap(self, lease: Path) -> None:
+        with FileLock(f"{lease}.lock"):
+            state = _lease_state(lease)
+            if os.getpid() in state["holders"]:
+                state["holders"].remove(os.getpid())
+            if state["holders"]:
+                lease.write_text(json.dumps(state))
+                return
+            if state.get("before") is not None:
+                self._set_cap(state["before"])
+            lease.unlink(missing_ok=True)
+
+
+def _lease_state(lease: Path) -> dict[str, Any]:
+    """A GPU's cap lease: the limit before it (milliwatts) and the live holders' pids."""
+    try:
+        state = json.loads(lease.read_text())
+    except (OSError, ValueError):
+        state = {}
+    holders = [pid for pid in state.get("holders", []) if _alive(pid)]
+    return {"before": state.get("before"), "holders": holders}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

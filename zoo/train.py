@@ -572,7 +572,9 @@ class _StageTraining:
         self.part = shard(config, index, self.model, self.optimizer) if shard else Shard(self.model)
         network = torch.compile(self.part.network) if config.compile else self.part.network
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        if scaler.is_enabled() and "scaler" in progress:  # fp16: resume at the saved scale
+        # fp16 in one process resumes at its saved scale (DDP followers start theirs afresh,
+        # so a run on several devices keeps every rank's scale equal instead)
+        if scaler.is_enabled() and "scaler" in progress and config.devices == 1:
             scaler.load_state_dict(progress["scaler"])
         loss = make_loss(stage.loss)
         self.step = Step(network, self.optimizer, loss, config.model.head, self.amp, scaler)

@@ -270,15 +270,19 @@ def identity_differs(job: JobSpec, config: RunConfig) -> str:
         return ""
     mine = config.identity_fields(index)
     fields = sorted(k for k in {*mine, *job.planned} if mine.get(k) != job.planned.get(k))
-    named = ", ".join(fields) if fields else "unknown (the job carries no planned fields)"
+    named = ", ".join(fields) if job.planned else "unknown (the job carries no planned fields)"
     return f"this worker computes identity {computed}, not the planned {job.key} (differs: {named})"
 
 
 def _refuse(job: JobSpec, tracker: Tracker, echo: Callable[[str], None], why: str) -> JobResult:
-    """End ``job``'s run FAILED with ``why``, training nothing (the sweep goes on)."""
+    """End ``job``'s run FAILED with ``why``, training nothing (the sweep goes on); a run
+    of the planned key that FINISHED already stays as it is."""
     error = ConfigError(f"job {job.key}: {why}; trained nothing")
     experiment = tracker.experiment(job.experiment)
     found = tracker.find(experiment, job.key)
+    if found is not None and found.info.status == "FINISHED":
+        echo(f"run {found.info.run_id} already finished; nothing to do ({why})")
+        return JobResult("finished", found.info.run_id)
     run_id = (
         found.info.run_id
         if found

@@ -448,7 +448,7 @@ def with_options(plan: Plan, options: SubmitOptions) -> Plan:
     if spec is not plan.spec:
         plan = make_plan(spec)
     for run in plan.runs:
-        if run.config.devices > (gpus or 1) > 1:
+        if gpus is not None and run.config.devices > gpus:
             raise ConfigError(
                 f"spec run {json.dumps(run.names, default=str)}: config.devices: "
                 f"{run.config.devices} is more than --gpus-per-task {gpus}"
