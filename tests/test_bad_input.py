@@ -391,6 +391,30 @@ CASES = [
         r"config\.devices: 4 is more than --gpus-per-task 2",
     ),
     (
+        "rehearse-resubmit-never-rehearsed",
+        spec(),
+        ["sweep", "submit", "spec.yaml", "--rehearse", "--resubmit-failed"],
+        2,
+        r"--resubmit-failed: sweep t-rehearsal was never submitted; expected a first",
+    ),
+    (
+        "rehearse-a-search",
+        spec(
+            "axes: []\nsearch: {parameters: {lr: {type: float, low: 0.001, high: 0.1}}, "
+            "budget: 2}\nset: {stages.0.lr: $lr}\n"
+        ),
+        ["sweep", "plan", "spec.yaml", "--rehearse"],
+        2,
+        r"--rehearse: not allowed for a search spec; expected a grid sweep spec",
+    ),
+    (
+        "rehearse-in-a-spec",
+        spec("rehearse: true\n"),
+        PLAN,
+        2,
+        r"spec\.rehearse: True is not allowed; expected false \(a rehearsal is made with",
+    ),
+    (
         "runs-per-gpu-zero-submit",
         spec(),
         [*SUBMIT_DRY, "--runs-per-gpu", "0"],

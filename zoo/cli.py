@@ -168,29 +168,42 @@ def _sweep_plan(args: argparse.Namespace) -> None:
 
 
 def _given_a_search(args: argparse.Namespace) -> bool:
-    """Whether ``args.spec`` is a search spec; one given ``--gpu-power`` or
-    ``--gpus-per-task`` is refused (a search's runs take them from its base config)."""
+    """Whether ``args.spec`` is a search spec; one given ``--gpu-power``,
+    ``--gpus-per-task`` (a search's runs take them from its base config) or
+    ``--rehearse`` (grid sweeps only) is refused."""
     from zoo import sweep
 
     if not sweep.is_search(args.spec):
         return False
-    for option in ("gpu_power", "gpus_per_task"):
-        if getattr(args, option, None) is not None:
+    expected = {
+        "gpu_power": "power_cap_w in its base config",
+        "gpus_per_task": "devices in its base config",
+        "rehearse": "a grid sweep spec",
+    }
+    for option, instead in expected.items():
+        if getattr(args, option, None) not in (None, False):
             raise _config_error(
-                f"--{option.replace('_', '-')}: not allowed for a search spec; expected "
-                f"{'power_cap_w' if option == 'gpu_power' else 'devices'} in its base config"
+                f"--{option.replace('_', '-')}: not allowed for a search spec; expected {instead}"
             )
     return True
 
 
 def _executed_spec(args: argparse.Namespace):
-    """The spec of ``args`` with the options that change what its runs compute
-    (``--gpus-per-task``, ``--gpu-power``: zoo.sweep.with_execution), so plan, run, submit
-    and status given the same options compute the same keys."""
+    """The spec of ``args`` (its rehearsal with ``--rehearse``) with the options that
+    change what its runs compute (``--gpus-per-task``, ``--gpu-power``:
+    zoo.sweep.with_execution), so plan, run, submit and status given the same options
+    compute the same keys."""
     from zoo import sweep
 
-    spec = sweep.load_spec(args.spec)
+    spec = _rehearsed(sweep.load_spec(args.spec), args)
     return sweep.with_execution(spec, getattr(args, "gpus_per_task", None), args.gpu_power)
+
+
+def _rehearsed(spec, args: argparse.Namespace):
+    """``spec``, or with ``--rehearse`` its rehearsal (zoo.sweep.rehearsal)."""
+    from zoo import sweep
+
+    return sweep.rehearsal(spec) if args.rehearse else spec
 
 
 def _search_run(args: argparse.Namespace) -> int:
@@ -250,7 +263,7 @@ def _sweep_submit(args: argparse.Namespace) -> None:
     options.validate()
     if not options.dry_run and not args.allow_network_sqlite:
         refuse_network_sqlite(tracking_uri(args.tracking_uri, ProjectPaths.default()))
-    search = sweep.is_search(args.spec)
+    search = _given_a_search(args)
     if search:
         spec, block = _search.load_search(args.spec)
         if options.gpu_power is not None:
@@ -260,7 +273,8 @@ def _sweep_submit(args: argparse.Namespace) -> None:
     elif args.workers is not None:
         raise _config_error("--workers: only for a search spec; a grid sweep has one task per job")
     else:
-        plan = sweep.make_plan(sweep.load_spec(args.spec))
+        plan = sweep.make_plan(_rehearsed(sweep.load_spec(args.spec), args))
+        _check_resubmit(plan.spec, options)
         sweep.check_plan(plan)  # on this machine's devices: before the task's options
         plan = with_options(plan, options)
     # the spec is good: only now is the store opened (and, unless a dry run, created)
@@ -269,6 +283,21 @@ def _sweep_submit(args: argparse.Namespace) -> None:
         _search.submit_search(spec, block, tracker, options, args.workers or 1)
     else:
         submit(plan, tracker, options)
+
+
+def _check_resubmit(spec, options) -> None:
+    """Refuse ``--resubmit-failed`` of a rehearsal that was never submitted."""
+    from zoo.paths import ProjectPaths
+
+    if (
+        spec.rehearse
+        and options.resubmit_failed
+        and not ProjectPaths.default().submissions(spec.name)
+    ):
+        raise _config_error(
+            f"--resubmit-failed: sweep {spec.name} was never submitted; expected a first "
+            "`zoo sweep submit SPEC --rehearse` without it"
+        )
 
 
 def _sweep_worker(args: argparse.Namespace) -> int:
@@ -690,6 +719,11 @@ def _sweep_parser(commands) -> list[argparse.ArgumentParser]:
     work.set_defaults(func=_sweep_worker)
     for sub in (plan, run_sweep, status, submit):
         sub.add_argument("spec", type=Path, help="sweep spec YAML")
+        sub.add_argument(
+            "--rehearse",
+            action="store_true",
+            help="every run and stage at toy size, into experiment NAME-rehearsal",
+        )
     return [run_sweep, status, submit]
 
 

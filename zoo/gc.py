@@ -7,8 +7,9 @@ What is garbage:
   stage never resumes;
 - scratch: half-written dataset folders and index files of makers that died,
   and artifacts downloaded for ``init: run:ID`` (downloaded again when needed);
-- with sweep specs given: cached datasets that none of them references, and
-  the SLURM submission folders of those sweeps whose every job has finished.
+- with sweep specs given: cached datasets that none of them references (a
+  rehearsal's toy datasets included), and the SLURM submission folders of those
+  sweeps and of their rehearsals whose every job has finished.
 
 Best and final weights, stage results and the tracking store are never
 touched, so re-running a finished sweep still trains nothing. A file with
@@ -117,9 +118,15 @@ def _datasets(paths: ProjectPaths, plans: list[Any]) -> list[Garbage]:
 
 
 def _submissions(paths: ProjectPaths, plans: list[Any], tracker: Any) -> list[Garbage]:
+    """The submission folders of the given sweeps, and of their rehearsals, whose every
+    job finished."""
+    from zoo.sweep._rehearsal import SUFFIX
+
     found = []
-    for plan in plans:
-        name = plan.spec.name
+    names = [n for plan in plans for n in (plan.spec.name, plan.spec.name + SUFFIX)]
+    for name in names:
+        if not paths.submissions(name):
+            continue
         states = tracker.states(tracker.experiment(name))
         finished = {k for k, (_, status) in states.items() if status == "FINISHED"}
         for submission in paths.submissions(name):

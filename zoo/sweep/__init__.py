@@ -17,6 +17,7 @@ from zoo.sweep._plan import (
     measure_images_per_s,
     report,
 )
+from zoo.sweep._rehearsal import rehearsal
 from zoo.sweep._search import is_search
 from zoo.sweep._spec import SweepSpec, expand, load_spec, with_execution
 from zoo.sweep._status import format_status, sweep_status
@@ -41,6 +42,7 @@ __all__ = [
     "load_spec",
     "make_plan",
     "measure_images_per_s",
+    "rehearsal",
     "report",
     "run_job",
     "run_sweep",

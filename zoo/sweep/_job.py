@@ -117,7 +117,10 @@ def jobs_from_plan(
             uri=uri,
             root=str(paths.root),
             config=job.config.to_dict(),
-            tags=job_tags(plan.spec.name, job.kind, job.name, job.names, _title(plan, job)),
+            tags={
+                **job_tags(plan.spec.name, job.kind, job.name, job.names, _title(plan, job)),
+                **({"zoo.rehearsal": "true"} if plan.spec.rehearse else {}),
+            },
             depends=job.depends,
             max_requeues=max_requeues,
             planned=job.config.identity_fields(_stage_index(job)),

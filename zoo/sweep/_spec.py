@@ -23,6 +23,7 @@ from zoo._typed import build, check
 from zoo._yaml import load_yaml
 from zoo.config import RunConfig, resolve, set_path
 from zoo.errors import ConfigError
+from zoo.sweep._rehearsal import SUFFIX, toy_document
 
 __all__ = ["Assignment", "SweepSpec", "expand", "load_spec", "with_execution"]
 
@@ -62,6 +63,7 @@ class SweepSpec:
     max_candidates: int = 5_000_000  # refuse specs whose axes' product × seeds is larger
     search: dict[str, Any] | None = None  # an Optuna search instead of a grid: zoo.sweep._search
     run_name: str = ""  # pattern with {name:format} fields; "" = from the axes (zoo.naming)
+    rehearse: bool = False  # every run at toy size (zoo.sweep._rehearsal; --rehearse sets it)
 
     def validate(self, where: str) -> None:
         check(
@@ -73,6 +75,12 @@ class SweepSpec:
         check(len(self.seeds) >= 1, f"{where}.seeds", [], "at least one seed")
         for i, seed in enumerate(self.seeds):
             check(0 <= seed < 2**32, f"{where}.seeds.{i}", seed, "an integer 0 <= seed < 2**32")
+        check(
+            not self.rehearse or self.name.endswith(SUFFIX),
+            f"{where}.rehearse",
+            self.rehearse,
+            f"false (a rehearsal is made with --rehearse, named <name>{SUFFIX})",
+        )
         check(self.max_candidates >= 1, f"{where}.max_candidates", self.max_candidates, ">= 1")
         check(
             re.fullmatch(r"[\w.-]+", self.name) is not None,
@@ -352,6 +360,8 @@ def expand(spec: SweepSpec) -> list[Expanded]:
                     str(_evaluate(lambda k, n, _: render(k, n), key, full, f"spec.set.{key}")),
                     _evaluate(lambda v, n, _: render(v, n), value, full, f"spec.set.{key}"),
                 )
+            if spec.rehearse:
+                document = toy_document(document)
             try:
                 runs.append(Expanded(full, resolve(document)))
             except ConfigError as error:
