@@ -325,7 +325,7 @@ CASES = [
     ),
     (
         "sweep-run-device-missing",
-        spec("axes: [{product: {d: [cpu, 'cuda:99']}}]\nset: {device: $d}\n"),
+        spec("  device: 'cuda:99'\n"),  # not an axis: runs differing only in it are one run
         ["sweep", "run", "spec.yaml"],
         2,
         r"config\.device: 'cuda:99' is not available",
