@@ -5,8 +5,8 @@ on their cluster before spending GPU-hours on it.
 ``rehearsal(spec)`` is the spec's rehearsal: experiment ``<name>-rehearsal``, every run
 tagged ``zoo.rehearsal``. Each run config is made as the real one, then shrunk by
 ``toy_document``: simulated datasets at TOY_SIDE px (coarser simulation sampling), image
-counts and stage ``size`` on a logarithmic scale (``toy_count``: 512 images become 36;
-sizes more than about 20 % apart stay apart, so runs that differ in them stay
+counts and stage ``size`` on a logarithmic scale (``toy_count``: 512 images become 19;
+sizes more than about 40 % apart stay apart, so runs that differ in them stay
 different), one epoch per stage, a small model. Its identities therefore never equal
 a real run's or stage's: nothing is shared between a rehearsal and the real sweep.
 Datasets read from files are used as they are.
@@ -23,7 +23,7 @@ __all__ = ["SUFFIX", "TOY_SIDE", "rehearsal", "toy_count", "toy_document"]
 
 SUFFIX = "-rehearsal"  # of a rehearsal's name and experiment
 TOY_SIDE = 16  # pixels per side of a rehearsal's simulated images
-TOY_STEPS = 4  # toy image counts per doubling of the real count (see toy_count)
+TOY_STEPS = 2  # toy image counts per doubling of the real count (see toy_count)
 TOY_SAMPLING_A = 0.8  # simulation sampling of the toy images (Å; 4× their pixel size)
 # a small model for TOY_SIDE px: a timm test ResNet, 3 levels (8× down-sampling)
 TOY_MODEL = {"encoder": "tu-test_resnet", "encoder_depth": 3, "decoder_channels": [16] * 3}
@@ -59,7 +59,7 @@ def toy_document(document: dict[str, Any]) -> dict[str, Any]:
 
 def toy_count(images: float) -> int:
     """A rehearsal's number of images for ``images``: TOY_STEPS per doubling, growing
-    with it (1 → 4, 64 → 24, 512 → 36); values below 1 as they are (validation names
+    with it (1 → 2, 64 → 13, 512 → 19); values below 1 as they are (validation names
     them)."""
     if images < 1:
         return images
