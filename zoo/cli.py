@@ -259,12 +259,19 @@ def _sweep_submit(args: argparse.Namespace) -> None:
     from zoo.tracking import Tracker, refuse_network_sqlite, tracking_uri
 
     names = [f.name for f in dataclasses.fields(SubmitOptions)]
-    options = SubmitOptions(**{**{n: getattr(args, n) for n in names}, "extra": tuple(args.extra)})
+    auto = args.runs_per_task == "auto"
+    given = {n: getattr(args, n) for n in names}
+    if auto:  # decided once the plan is made; the least it can be meanwhile
+        given["runs_per_task"] = max(args.runs_per_gpu, 1)
+    options = SubmitOptions(**{**given, "extra": tuple(args.extra)})
     options.validate()
+    _check_auto(auto, args.profile)
     if not options.dry_run and not args.allow_network_sqlite:
         refuse_network_sqlite(tracking_uri(args.tracking_uri, ProjectPaths.default()))
     search = _given_a_search(args)
     if search:
+        if auto:
+            raise _config_error("--runs-per-task: auto is not allowed for a search spec")
         spec, block = _search.load_search(args.spec)
         if options.gpu_power is not None:
             raise _config_error(
@@ -277,12 +284,41 @@ def _sweep_submit(args: argparse.Namespace) -> None:
         _check_resubmit(plan.spec, options)
         sweep.check_plan(plan)  # on this machine's devices: before the task's options
         plan = with_options(plan, options)
+        if auto:
+            options = _auto_runs_per_task(plan, options, args.profile)
     # the spec is good: only now is the store opened (and, unless a dry run, created)
     tracker = _read_only(args.tracking_uri) if options.dry_run else Tracker(args.tracking_uri)
     if search:
         _search.submit_search(spec, block, tracker, options, args.workers or 1)
     else:
         submit(plan, tracker, options)
+
+
+def _check_auto(auto: bool, profile: str | None) -> None:
+    """``--runs-per-task auto`` needs a profile to price runs, and only it uses one."""
+    if auto and profile is None:
+        raise _config_error(
+            "--runs-per-task: auto needs --profile NAME, the throughput profile it prices "
+            "runs on (measure one with `zoo calibrate NAME` on a compute node)"
+        )
+    if profile is not None and not auto:
+        raise _config_error(f"--profile: {profile!r} is only used with --runs-per-task auto")
+
+
+def _auto_runs_per_task(plan, options, profile_name: str):
+    """``options`` with the runs per task ``--runs-per-task auto`` picks for ``plan``
+    (zoo.sweep._packing), said in one line."""
+    import dataclasses
+
+    from zoo.calibrate import load_profile
+    from zoo.paths import ProjectPaths
+    from zoo.sweep._packing import auto_runs_per_task, read_limits
+
+    profile = load_profile(profile_name, ProjectPaths.default())
+    limits = read_limits(options.dry_run)
+    per_task, why = auto_runs_per_task(plan, profile, limits, options.runs_per_gpu)
+    print(f"--runs-per-task auto: {per_task} ({why})")
+    return dataclasses.replace(options, runs_per_task=per_task)
 
 
 def _check_resubmit(spec, options) -> None:
@@ -440,6 +476,18 @@ def _server(args: argparse.Namespace) -> int:
         stopped = server.stop(data)
         print(f"stopped the server in {data}" if stopped else f"no server recorded in {data}")
     return 0
+
+
+def _runs_per_task(text: str) -> int | str:
+    """An argparse type: ``auto`` or an integer (SubmitOptions checks its range)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not allowed; expected an integer >= 1 or auto"
+        ) from None
 
 
 def _positive(kind: type) -> object:
@@ -734,7 +782,13 @@ def _submit_options(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("--cpus-per-task", type=int)
     submit.add_argument("--mem-per-task", help="e.g. 16G")
     submit.add_argument("--max-parallel", type=int, help="array throttle %%N")
-    submit.add_argument("--runs-per-task", type=int, default=1, help="runs one array task trains")
+    submit.add_argument(
+        "--runs-per-task",
+        type=_runs_per_task,
+        default=1,
+        help="runs one array task trains; auto: tasks of >= 5 min on --profile",
+    )
+    submit.add_argument("--profile", help="throughput profile --runs-per-task auto prices on")
     submit.add_argument(
         "--runs-per-gpu",
         type=int,

@@ -27,7 +27,7 @@ from zoo.sweep._plan import (
     trained_stages,
 )
 
-__all__ = ["format_cost", "predict", "profile_report"]
+__all__ = ["format_cost", "job_seconds", "predict", "profile_report", "source_key"]
 
 
 def _job_seconds(config: Any, trained: list[int], profile: Profile) -> tuple[float, int]:
@@ -45,17 +45,28 @@ def _dataset_bytes(config: Any, name: str, per_pixel: int) -> int:
     return count * image_side(config, name) ** 2 * per_pixel
 
 
+def job_seconds(plan: Plan, profile: Profile) -> dict[str, float]:
+    """Job key -> its predicted seconds on ``profile`` (per-job overhead included)."""
+    return _priced(plan, profile)[0]
+
+
+def _priced(plan: Plan, profile: Profile) -> tuple[dict[str, float], int]:
+    """(job key -> predicted seconds, validation image passes of the whole plan)."""
+    stage_keys = {j.key for j in plan.jobs if j.kind == "stage"}
+    times: dict[str, float] = {}
+    val_passes = 0
+    for job in plan.jobs:
+        times[job.key], passes = _job_seconds(job.config, trained_stages(job, stage_keys), profile)
+        val_passes += passes
+    return times, val_passes
+
+
 def predict(plan: Plan, profile: Profile, workers: int = 1) -> dict[str, Any]:
     """Predicted seconds with ``workers`` workers, disk bytes, memory per worker."""
     from zoo.resident import cache_limit
 
     stage_keys = {j.key for j in plan.jobs if j.kind == "stage"}
-    times: dict[str, float] = {}
-    val_passes = 0
-    for job in plan.jobs:
-        trained = trained_stages(job, stage_keys)
-        times[job.key], passes = _job_seconds(job.config, trained, profile)
-        val_passes += passes
+    times, val_passes = _priced(plan, profile)
     chain = max(
         (times[j.key] + sum(times[d] for d in j.depends) for j in plan.jobs if j.kind == "run"),
         default=0.0,
@@ -65,7 +76,7 @@ def predict(plan: Plan, profile: Profile, workers: int = 1) -> dict[str, Any]:
     device: dict[str, int] = {}  # source -> bytes on the device (float16 + uint8)
     largest = 0
     for job in plan.jobs:
-        used = [_source_key(job.config, n) for n in job.config.used_datasets]
+        used = [source_key(job.config, n) for n in job.config.used_datasets]
         for key, name in zip(used, job.config.used_datasets, strict=True):
             host[key] = _dataset_bytes(job.config, name, 5)
             device[key] = _dataset_bytes(job.config, name, 3)
@@ -86,7 +97,7 @@ def predict(plan: Plan, profile: Profile, workers: int = 1) -> dict[str, Any]:
     }
 
 
-def _source_key(config: Any, name: str) -> str:
+def source_key(config: Any, name: str) -> str:
     return json.dumps(to_dict(config.sources[name]), sort_keys=True)
 
 
