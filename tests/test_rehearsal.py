@@ -49,6 +49,25 @@ def test_toy_sizes_keep_runs_apart_and_fit_their_data():
     assert document["stages"][0]["size"] == 512  # the real document is left alone
 
 
+def test_every_grid_sweep_of_the_project_rehearses_with_fitting_data():
+    """Every sweep in sweeps/ plans as a rehearsal with its real counts, and every
+    mixture part and stage size fits the toy data it draws from."""
+    for path in sorted(SWEEPS.glob("*.yaml")):
+        document = path.read_text()
+        if "search:" in document or "\nbase:" not in document:
+            continue  # a search or a run config
+        real, toy = make_plan(load_spec(path)), make_plan(rehearsal(load_spec(path)))
+        assert real.counts()["stage_trainings"] == toy.counts()["stage_trainings"], path
+        for run in toy.runs:
+            sources = run.config.sources
+            for stage in run.config.stages:
+                available = getattr(sources[stage.train], "train_count", None)
+                assert available is None or (stage.size or 0) <= available, path
+            for source in sources.values():
+                for part, count in getattr(source, "mix", {}).items():
+                    assert count <= sources[part].train_count, (path, part)
+
+
 def test_a_rehearsal_plans_every_run_of_the_paper_series_and_prices_it(project, capsys):
     argv = ["sweep", "plan", str(SWEEPS / "defocus.yaml"), "--json", "--images-per-s", "100"]
     assert main([*argv[:3], "--rehearse", *argv[3:]]) == 0

@@ -167,10 +167,12 @@ def _sweep_plan(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=1) if args.json else sweep.format_report(summary))
 
 
-def _given_a_search(args: argparse.Namespace) -> bool:
-    """Whether ``args.spec`` is a search spec; one given ``--gpu-power``,
-    ``--gpus-per-task`` (a search's runs take them from its base config) or
-    ``--rehearse`` (grid sweeps only) is refused."""
+def _given_a_search(
+    args: argparse.Namespace, refused: tuple[str, ...] = ("gpu_power", "gpus_per_task", "rehearse")
+) -> bool:
+    """Whether ``args.spec`` is a search spec; one given any of the ``refused`` options
+    is refused (``--gpu-power``, ``--gpus-per-task``: a search's runs take them from its
+    base config; ``--rehearse``: grid sweeps only)."""
     from zoo import sweep
 
     if not sweep.is_search(args.spec):
@@ -180,8 +182,9 @@ def _given_a_search(args: argparse.Namespace) -> bool:
         "gpus_per_task": "devices in its base config",
         "rehearse": "a grid sweep spec",
     }
-    for option, instead in expected.items():
+    for option in refused:
         if getattr(args, option, None) not in (None, False):
+            instead = expected[option]
             raise _config_error(
                 f"--{option.replace('_', '-')}: not allowed for a search spec; expected {instead}"
             )
@@ -253,8 +256,11 @@ def _sweep_submit(args: argparse.Namespace) -> None:
     import dataclasses
 
     from zoo import sweep
+    from zoo.calibrate import load_profile
     from zoo.paths import ProjectPaths
     from zoo.sweep import _search
+    from zoo.sweep._packing import with_auto_runs_per_task
+    from zoo.sweep._rehearsal import check_resubmit
     from zoo.sweep._slurm import SubmitOptions, submit, with_options
     from zoo.tracking import Tracker, refuse_network_sqlite, tracking_uri
 
@@ -268,24 +274,21 @@ def _sweep_submit(args: argparse.Namespace) -> None:
     _check_auto(auto, args.profile)
     if not options.dry_run and not args.allow_network_sqlite:
         refuse_network_sqlite(tracking_uri(args.tracking_uri, ProjectPaths.default()))
-    search = _given_a_search(args)
+    search = _given_a_search(args, ("gpu_power", "rehearse"))  # its tasks may get GPUs
     if search:
         if auto:
             raise _config_error("--runs-per-task: auto is not allowed for a search spec")
         spec, block = _search.load_search(args.spec)
-        if options.gpu_power is not None:
-            raise _config_error(
-                "--gpu-power: not allowed for a search spec; expected power_cap_w in its base"
-            )
     elif args.workers is not None:
         raise _config_error("--workers: only for a search spec; a grid sweep has one task per job")
     else:
         plan = sweep.make_plan(_rehearsed(sweep.load_spec(args.spec), args))
-        _check_resubmit(plan.spec, options)
+        check_resubmit(plan.spec, options.resubmit_failed, ProjectPaths.default())
         sweep.check_plan(plan)  # on this machine's devices: before the task's options
         plan = with_options(plan, options)
         if auto:
-            options = _auto_runs_per_task(plan, options, args.profile)
+            profile = load_profile(args.profile, ProjectPaths.default())
+            options = with_auto_runs_per_task(plan, options, profile)
     # the spec is good: only now is the store opened (and, unless a dry run, created)
     tracker = _read_only(args.tracking_uri) if options.dry_run else Tracker(args.tracking_uri)
     if search:
@@ -303,37 +306,6 @@ def _check_auto(auto: bool, profile: str | None) -> None:
         )
     if profile is not None and not auto:
         raise _config_error(f"--profile: {profile!r} is only used with --runs-per-task auto")
-
-
-def _auto_runs_per_task(plan, options, profile_name: str):
-    """``options`` with the runs per task ``--runs-per-task auto`` picks for ``plan``
-    (zoo.sweep._packing), said in one line."""
-    import dataclasses
-
-    from zoo.calibrate import load_profile
-    from zoo.paths import ProjectPaths
-    from zoo.sweep._packing import auto_runs_per_task, read_limits
-
-    profile = load_profile(profile_name, ProjectPaths.default())
-    limits = read_limits(options.dry_run)
-    per_task, why = auto_runs_per_task(plan, profile, limits, options.runs_per_gpu)
-    print(f"--runs-per-task auto: {per_task} ({why})")
-    return dataclasses.replace(options, runs_per_task=per_task)
-
-
-def _check_resubmit(spec, options) -> None:
-    """Refuse ``--resubmit-failed`` of a rehearsal that was never submitted."""
-    from zoo.paths import ProjectPaths
-
-    if (
-        spec.rehearse
-        and options.resubmit_failed
-        and not ProjectPaths.default().submissions(spec.name)
-    ):
-        raise _config_error(
-            f"--resubmit-failed: sweep {spec.name} was never submitted; expected a first "
-            "`zoo sweep submit SPEC --rehearse` without it"
-        )
 
 
 def _sweep_worker(args: argparse.Namespace) -> int:
@@ -775,13 +747,7 @@ def _sweep_parser(commands) -> list[argparse.ArgumentParser]:
     return [run_sweep, status, submit]
 
 
-def _submit_options(submit: argparse.ArgumentParser) -> None:
-    for option in ("partition", "account", "qos", "time", "constraint"):
-        submit.add_argument(f"--{option}")
-    submit.add_argument("--gpus-per-task", type=int)
-    submit.add_argument("--cpus-per-task", type=int)
-    submit.add_argument("--mem-per-task", help="e.g. 16G")
-    submit.add_argument("--max-parallel", type=int, help="array throttle %%N")
+def _packing_options(submit: argparse.ArgumentParser) -> None:
     submit.add_argument(
         "--runs-per-task",
         type=_runs_per_task,
@@ -789,6 +755,16 @@ def _submit_options(submit: argparse.ArgumentParser) -> None:
         help="runs one array task trains; auto: tasks of >= 5 min on --profile",
     )
     submit.add_argument("--profile", help="throughput profile --runs-per-task auto prices on")
+
+
+def _submit_options(submit: argparse.ArgumentParser) -> None:
+    for option in ("partition", "account", "qos", "time", "constraint"):
+        submit.add_argument(f"--{option}")
+    submit.add_argument("--gpus-per-task", type=int)
+    submit.add_argument("--cpus-per-task", type=int)
+    submit.add_argument("--mem-per-task", help="e.g. 16G")
+    submit.add_argument("--max-parallel", type=int, help="array throttle %%N")
+    _packing_options(submit)
     submit.add_argument(
         "--runs-per-gpu",
         type=int,

@@ -11,12 +11,20 @@ from __future__ import annotations
 import math
 import re
 import subprocess
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any
 
 from zoo.sweep._plan import Plan
 
-__all__ = ["MIN_TASK_S", "ClusterLimits", "auto_runs_per_task", "cluster_limits", "read_limits"]
+__all__ = [
+    "MIN_TASK_S",
+    "ClusterLimits",
+    "auto_runs_per_task",
+    "cluster_limits",
+    "read_limits",
+    "with_auto_runs_per_task",
+]
 
 MIN_TASK_S = 300.0  # a task trains at least this long on the profile (5 minutes)
 
@@ -29,7 +37,8 @@ class ClusterLimits:
 
 def cluster_limits(config_text: str) -> ClusterLimits:
     """The limits in ``scontrol show config``'s output: MaxArraySize, and the smaller of
-    MaxSubmitJobs (where the site shows it there) and MaxJobCount."""
+    MaxJobCount and MaxSubmitJobs where the site shows it there (it is usually an
+    association limit, which ``sacctmgr`` shows and this does not read)."""
 
     def value(name: str) -> int | None:
         match = re.search(rf"^{name}\s*=\s*(\d+)", config_text, re.M)
@@ -61,35 +70,50 @@ def auto_runs_per_task(
     plan: Plan, profile: Any, limits: ClusterLimits, runs_per_gpu: int = 1
 ) -> tuple[int, str]:
     """(runs per task, why): the fewest runs per task for which a task of the plan's
-    shortest runs trains MIN_TASK_S on ``profile`` (zoo.calibrate.Profile), raised until
-    the sweep's tasks (stage jobs, one per dataset, and run tasks) fit ``limits.max_jobs``
-    and to at least ``runs_per_gpu``."""
+    shortest runs trains MIN_TASK_S on ``profile`` (zoo.calibrate.Profile; with
+    ``runs_per_gpu`` N, N of them at a time), raised until the sweep's tasks (stage jobs,
+    one per dataset, and run tasks, packed per shared stage as the SLURM executor packs
+    them) fit ``limits.max_jobs``; at least ``runs_per_gpu``."""
     from zoo.sweep._cost import job_seconds
 
     seconds = job_seconds(plan, profile)
     runs = [seconds[j.key] for j in plan.jobs if j.kind == "run"]
     if not runs:
-        return 1, "no runs to pack"
+        return max(1, runs_per_gpu), "no runs to pack"
     shortest = min(runs)
-    per_task = max(1, math.ceil(MIN_TASK_S / max(shortest, 1e-9)), runs_per_gpu)
+    per_task = math.ceil(MIN_TASK_S * runs_per_gpu / max(shortest, 1e-9))
+    per_task = max(runs_per_gpu, min(per_task, len(runs)))
     why = f"shortest run {shortest:.1f} s on profile {profile.name}: tasks of >= {MIN_TASK_S:.0f} s"
     if limits.max_jobs is not None:
         others = sum(j.kind == "stage" for j in plan.jobs) + len(_sources(plan))
+        groups = Counter(j.depends[-1:] for j in plan.jobs if j.kind == "run").values()
         room = limits.max_jobs - others
-        if room < 1:
-            raise _too_many(limits.max_jobs, others)
-        fitting = math.ceil(len(runs) / room)
+        if room < len(groups):
+            raise _too_many(limits.max_jobs, others, len(groups))
+        fitting = per_task
+        while sum(math.ceil(n / fitting) for n in groups) > room:
+            fitting += 1
         if fitting > per_task:
             per_task, why = fitting, f"{len(runs)} runs within {room} of {limits.max_jobs} jobs"
-    return min(per_task, len(runs)), why
+    return per_task, why
 
 
-def _too_many(max_jobs: int, others: int) -> Exception:
+def with_auto_runs_per_task(plan: Plan, options: Any, profile: Any, echo=print) -> Any:
+    """SLURM submit ``options`` with the runs per task ``auto_runs_per_task`` picks for
+    ``plan`` on ``profile`` within this cluster's limits, said in one line."""
+    limits = read_limits(options.dry_run)
+    per_task, why = auto_runs_per_task(plan, profile, limits, options.runs_per_gpu)
+    echo(f"--runs-per-task auto: {per_task} ({why})")
+    return replace(options, runs_per_task=per_task)
+
+
+def _too_many(max_jobs: int, others: int, groups: int) -> Exception:
     from zoo.errors import ConfigError
 
     return ConfigError(
         f"--runs-per-task: auto cannot fit this sweep into the cluster's {max_jobs} jobs: "
-        f"its stage and dataset tasks alone are {others}; expected a larger MaxSubmitJobs"
+        f"it has {others} stage and dataset tasks and {groups} groups of runs (one task "
+        "each at least); expected a larger job limit"
     )
 
 

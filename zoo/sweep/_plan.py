@@ -140,7 +140,14 @@ def make_plan(spec: SweepSpec) -> Plan:
     runs = expand(spec)
     if not spec.share_stages:
         runs = [replace(r, config=replace(r.config, share_stages=False)) for r in runs]
-    _refuse_collisions(runs)
+    try:
+        _refuse_collisions(runs)
+    except ConfigError as error:
+        if not spec.rehearse:
+            raise
+        raise ConfigError(
+            f"{error} (a rehearsal fixes epochs, the model and image sizes)"
+        ) from None
     users: Counter[str] = Counter()
     for run in runs:
         for index in range(len(run.config.stages) - 1):

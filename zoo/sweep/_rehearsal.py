@@ -8,8 +8,12 @@ tagged ``zoo.rehearsal``. Each run config is made as the real one, then shrunk b
 counts and stage ``size`` on a logarithmic scale (``toy_count``: 512 images become 19;
 sizes more than about 40 % apart stay apart, so runs that differ in them stay
 different), one epoch per stage, a small model. Its identities therefore never equal
-a real run's or stage's: nothing is shared between a rehearsal and the real sweep.
-Datasets read from files are used as they are.
+a real run's or stage's wherever toy size changes the config (any sweep larger than
+toy size): nothing is shared between a rehearsal and the real sweep. Datasets read
+from files are used as they are, mixtures take toy counts of their parts, and a stage
+starting from a file, run or model starts from random weights (real-size weights do
+not fit the toy model). Axes over epochs, the model or image sizes change nothing in
+a rehearsal: its plan refuses them as runs that are the same.
 """
 
 from __future__ import annotations
@@ -19,14 +23,15 @@ import math
 from dataclasses import replace
 from typing import Any
 
-__all__ = ["SUFFIX", "TOY_SIDE", "rehearsal", "toy_count", "toy_document"]
+__all__ = ["SUFFIX", "TOY_SIDE", "check_resubmit", "rehearsal", "toy_count", "toy_document"]
 
 SUFFIX = "-rehearsal"  # of a rehearsal's name and experiment
 TOY_SIDE = 16  # pixels per side of a rehearsal's simulated images
 TOY_STEPS = 2  # toy image counts per doubling of the real count (see toy_count)
 TOY_SAMPLING_A = 0.8  # simulation sampling of the toy images (Å; 4× their pixel size)
-# a small model for TOY_SIDE px: a timm test ResNet, 3 levels (8× down-sampling)
-TOY_MODEL = {"encoder": "tu-test_resnet", "encoder_depth": 3, "decoder_channels": [16] * 3}
+# a small model for TOY_SIDE px: a timm test ResNet, 3 levels (8× down-sampling); 32
+# decoder channels, which every architecture accepts (FPN wants a multiple of 32)
+TOY_MODEL = {"encoder": "tu-test_resnet", "encoder_depth": 3, "decoder_channels": [32] * 3}
 
 
 def rehearsal(spec: Any) -> Any:
@@ -35,10 +40,24 @@ def rehearsal(spec: Any) -> Any:
     return replace(spec, name=spec.name + SUFFIX, rehearse=True)
 
 
+def check_resubmit(spec: Any, resubmit_failed: bool, paths: Any) -> None:
+    """Refuse ``--resubmit-failed`` of a rehearsal never submitted in project ``paths``
+    (zoo.paths.ProjectPaths): a ConfigError saying what to run first."""
+    from zoo.errors import ConfigError
+
+    if spec.rehearse and resubmit_failed and not paths.submissions(spec.name):
+        raise ConfigError(
+            f"--resubmit-failed: sweep {spec.name} was never submitted; expected a first "
+            "`zoo sweep submit SPEC --rehearse` without it"
+        )
+
+
 def toy_document(document: dict[str, Any]) -> dict[str, Any]:
     """Run config ``document`` (a mapping before resolution) at toy size; a new mapping."""
     toy = copy.deepcopy(document)
     for entry in toy.get("datasets", {}).values():
+        if isinstance(entry, dict) and isinstance(entry.get("mix"), dict):
+            entry["mix"] = {k: toy_count(v) if _number(v) else v for k, v in entry["mix"].items()}
         if isinstance(entry, dict) and not {"path", "mix"} & entry.keys():
             count, held_out = entry.get("count", 640), entry.get("val_fraction", 0.2)
             if _number(count) and _number(held_out) and 0 <= held_out < 1:
@@ -49,6 +68,8 @@ def toy_document(document: dict[str, Any]) -> dict[str, Any]:
     for stage in toy.get("stages", []):
         if isinstance(stage, dict):
             stage["epochs"] = 1
+            if str(stage.get("init", "")).partition(":")[0] in ("file", "run", "model"):
+                stage["init"] = "random"  # real-size weights do not fit the toy model
             if _number(stage.get("size")):
                 stage["size"] = toy_count(stage["size"])
     model = toy.setdefault("model", {})
