@@ -102,16 +102,14 @@ def _store(data: Path):
     return psycopg.connect(f"postgresql://zoo@127.0.0.1:{server['pg_port']}/mlflow")
 
 
-def task_overhead(root: Path, experiment: str, client) -> tuple[float, int]:
-    """(seconds per run of task wall not in recorded epochs, tasks measured)."""
+def task_overhead(root: Path, experiment: str, runs: list) -> tuple[float, int]:
+    """(seconds per job of task wall not in the epochs ``runs`` recorded, tasks measured)."""
     walls = []
     for log in root.glob(f".zoo/sweeps/{experiment}/*/logs/jobs-*.out"):
         for line in log.read_text().splitlines():
             if line.startswith("{") and '"start"' in line:
                 record = json.loads(line)
                 walls.append(record["end"] - record["start"])
-    found = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([found.experiment_id], max_results=50000)
     epochs = sum(
         r.data.metrics.get("train_seconds", 0.0) - _replayed(r.data.metrics, r.data.tags)
         for r in runs
@@ -137,9 +135,7 @@ def store_size(data: Path) -> dict[str, int]:
     return rows
 
 
-def counts(client, experiment: str, planned: set[str]) -> dict[str, int]:
-    found = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([found.experiment_id], max_results=50000)
+def counts(runs: list, planned: set[str]) -> dict[str, int]:
     keys = Counter(r.data.tags.get("zoo.config_hash") for r in runs)
     finished = {r.data.tags.get("zoo.config_hash") for r in runs if r.info.status == "FINISHED"}
     return {
@@ -172,8 +168,10 @@ def measure(args: argparse.Namespace, root: Path, data: Path) -> dict:
         zoo(root, *submit, "--resubmit-failed")
     wait_empty(args.timeout)
     result["wall_s"] = time.perf_counter() - began
-    result.update(counts(client, name, {j.key for j in plan.jobs}))
-    result["overhead_s_per_job"], result["tasks"] = task_overhead(root, name, client)
+    found = client.get_experiment_by_name(name)
+    logged = client.search_runs([found.experiment_id], max_results=50000)  # fetched once
+    result.update(counts(logged, {j.key for j in plan.jobs}))
+    result["overhead_s_per_job"], result["tasks"] = task_overhead(root, name, logged)
     result.update(store_size(data))
     status = ["sweep", "status", str(args.spec), "--rehearse", "--tracking-uri", uri]
     result["status_s"] = zoo(root, *status)[0]

@@ -125,11 +125,12 @@ def _submissions(paths: ProjectPaths, plans: list[Any], tracker: Any) -> list[Ga
     found = []
     names = [n for plan in plans for n in (plan.spec.name, plan.spec.name + SUFFIX)]
     for name in names:
-        if not paths.submissions(name):
+        submissions = paths.submissions(name)
+        if not submissions:
             continue
         states = tracker.states(tracker.experiment(name))
         finished = {k for k, (_, status) in states.items() if status == "FINISHED"}
-        for submission in paths.submissions(name):
+        for submission in submissions:
             record = json.loads(submission.record.read_text())
             if set(record["jobs"]) <= finished:
                 found.append(_item(submission.folder, f"submission of finished sweep {name}"))

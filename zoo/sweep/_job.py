@@ -30,6 +30,7 @@ __all__ = [
     "JobSpec",
     "become_worker",
     "identity_differs",
+    "identity_index",
     "job_tags",
     "jobs_from_plan",
     "place_worker",
@@ -123,15 +124,16 @@ def jobs_from_plan(
             },
             depends=job.depends,
             max_requeues=max_requeues,
-            planned=job.config.identity_fields(_stage_index(job)),
+            planned=job.config.identity_fields(identity_index(job.kind, job.config)),
         )
         for job in plan.jobs
     ]
 
 
-def _stage_index(job: Any) -> int | None:
-    """The stage a stage job's key identifies (its config's last); None for a run job."""
-    return len(job.config.stages) - 1 if job.kind == "stage" else None
+def identity_index(kind: str, config: RunConfig) -> int | None:
+    """What a job's key identifies: for a stage job its config's last stage (the index),
+    for a run job the run (None); RunConfig.identity_fields takes the same."""
+    return len(config.stages) - 1 if kind == "stage" else None
 
 
 def place_worker(index: int, gpus: int) -> str:
@@ -145,7 +147,7 @@ def placed(config: RunConfig) -> RunConfig:
     """``config`` on this worker's device where the config leaves the choice to zoo
     (``device: auto``, or ``cuda`` on a GPU worker; one device per run), else as it is."""
     device = _WORKER.get("device")
-    choose = config.device == "auto" or (config.device == "cuda" and str(device)[:4] == "cuda")
+    choose = config.device == "auto" or (config.device == "cuda" and str(device).startswith("cuda"))
     if device is None or not choose or config.devices != 1:
         return config
     return replace(config, device=device)
@@ -267,7 +269,7 @@ def _train(
 def identity_differs(job: JobSpec, config: RunConfig) -> str:
     """ "" when ``config`` (as this worker resolved and placed it) has the identity the plan
     gave ``job``; otherwise why not, naming the identity fields that differ."""
-    index = len(config.stages) - 1 if job.kind == "stage" else None
+    index = identity_index(job.kind, config)
     computed = config.digest() if index is None else config.stage_digest(index)
     if computed == job.key:
         return ""

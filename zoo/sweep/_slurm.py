@@ -52,6 +52,7 @@ from zoo.resources import resource
 from zoo.sweep._datasets import make_task, missing_sources
 from zoo.sweep._executor import Executor, SweepReport, pending
 from zoo.sweep._job import JobSpec, become_worker, jobs_from_plan, run_job
+from zoo.sweep._packing import cluster_limits
 from zoo.sweep._plan import Plan, make_plan
 from zoo.sweep._spec import with_execution
 from zoo.tracking import Tracker
@@ -220,8 +221,7 @@ def _slurm(*args: str) -> str:
 
 def cluster_max_array_size() -> int:
     """MaxArraySize of the cluster: the most tasks one array may have."""
-    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", _slurm("scontrol", "show", "config"), re.M)
-    return int(match.group(1)) if match else 1001
+    return cluster_limits(_slurm("scontrol", "show", "config")).max_array_size
 
 
 def active_tasks(sweep: str) -> dict[tuple[str, int], str]:
