@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -146,6 +147,66 @@ def counts(runs: list, planned: set[str]) -> dict[str, int]:
     }
 
 
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+UI_FILTER = ("zoo.axis.size", "64")  # the filter the UI is timed with
+
+
+def ui_seconds(uri: str, experiment_id: str, logged: list, folder: Path) -> dict[str, float]:
+    """Seconds until MLflow's UI (served by ``uri``) in headless Chromium shows the
+    experiment's first page of runs (rows with run names: MLflow folds a shared stage's
+    runs under it), and until the runs page filtered on UI_FILTER (its value "64", or
+    the tag's first value where no run has 64) says how many runs match and shows
+    rows; from a fresh browser each."""
+    from urllib.parse import quote
+
+    key = UI_FILTER[0]
+    values = sorted({r.data.tags[key] for r in logged if key in r.data.tags}, key=len)
+    value = UI_FILTER[1] if UI_FILTER[1] in values or not values else values[0]
+    names = {r.data.tags.get("mlflow.runName") for r in logged} - {None}
+    matching = sum(r.data.tags.get(key) == value for r in logged)
+    page = f"{uri}/#/experiments/{experiment_id}/runs"
+    search = quote(f"tags.\"{key}\" = '{value}'")
+    return {
+        "ui_first_page_s": _page_seconds(page, lambda body: any(n in body for n in names), folder),
+        "ui_filtered_s": _page_seconds(
+            f"{page}?searchFilter={search}",
+            lambda body: _matching(body) >= matching and any(n in body for n in names),
+            folder,
+        ),
+    }
+
+
+def _matching(body: str) -> int:
+    """The runs a filtered runs page says match (their shared stages' runs included: the
+    UI shows them as the rows the matching runs fold under); 0 before it says."""
+    said = re.search(r"(\d+) matching runs", body)
+    return int(said.group(1)) if said else 0
+
+
+def _page_seconds(url: str, ready, folder: Path, timeout: float = 120) -> float:
+    """Seconds from asking headless Chromium for ``url`` until ``ready(body text)``."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1700,900",
+                 f"--user-data-dir={tempfile.mkdtemp(dir=folder)}"]:  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        began = time.perf_counter()
+        driver.get(url)
+        while not ready(driver.find_element(By.TAG_NAME, "body").text):
+            if time.perf_counter() - began > timeout:
+                return float("inf")
+            time.sleep(0.1)
+        return time.perf_counter() - began
+    finally:
+        driver.quit()
+
+
 def measure(args: argparse.Namespace, root: Path, data: Path) -> dict:
     from mlflow.tracking import MlflowClient
 
@@ -157,11 +218,13 @@ def measure(args: argparse.Namespace, root: Path, data: Path) -> dict:
     runs = sum(j.kind == "run" for j in plan.jobs)
     submit = ["sweep", "submit", str(args.spec), "--rehearse", "--tracking-uri", uri]
     submit += ["--runs-per-task", str(args.runs_per_task), "--max-parallel", "4"]
+    submit += ["--profile", args.profile] if args.profile else []
     began = time.perf_counter()
     seconds, out = zoo(root, *submit)
     result = {"spec": str(args.spec), "runs_planned": runs, "submit_s": seconds}
     result["arrays"] = out.count("submitted ")
-    result["runs_per_task"] = args.runs_per_task
+    picked = re.search(r"--runs-per-task auto: (\d+)", out)
+    result["runs_per_task"] = picked.group(1) if picked else args.runs_per_task
     if args.drill:
         result["drill_cancelled_tasks"] = drill(data, args.drill, runs)
         wait_empty(args.timeout)
@@ -178,13 +241,15 @@ def measure(args: argparse.Namespace, root: Path, data: Path) -> dict:
     result["analyze_s"] = zoo(root, "analyze", name, "--out", "report", "--tracking-uri", uri)[0]
     models = ["models", "list", name, "--limit", "10", "--tracking-uri", uri]
     result["models_list_s"] = zoo(root, *models)[0]
+    result.update(ui_seconds(uri, found.experiment_id, logged, data))
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", type=Path, default=REPO / "sweeps" / "defocus.yaml")
-    parser.add_argument("--runs-per-task", default="30")
+    parser.add_argument("--runs-per-task", default="auto")
+    parser.add_argument("--profile", default="cpu-2core", help="for --runs-per-task auto")
     parser.add_argument("--drill", type=float, default=0.0, help="cancel half at this share")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds to wait for it")
     args = parser.parse_args()

@@ -12,6 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from stores import SERVER_PORT, fresh_database, plain_mlflow_server, run_python
 
+from zoo._indexes import ensure_indexes, present_indexes
+from zoo._states import ById, read_states
 from zoo.analysis import _load, load_tables
 from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths
@@ -75,6 +77,53 @@ def test_runs_read_back_exactly_as_written(store, tmp_path):
         points = history[(history.run_id == run_id) & (history.key == "val_loss/a")]
         assert points["step"].tolist() == [1, 2, 3]
         assert points["value"].tolist() == [2.0, 1.0, 2 / 3]
+
+
+def test_states_are_read_in_one_query_as_mlflow_would_search_them(store, tmp_path):
+    """What status, resubmission and gc judge runs by (identity, newest run, status,
+    liveness tags) reads the same in one query as through MLflow's search, deleted
+    runs and runs without an identity left out."""
+    tracker = Tracker(store, ProjectPaths(tmp_path))
+    name = _name()
+    experiment = tracker.experiment(name)
+    _log(tracker, experiment, "a1")
+    older = tracker.create(experiment, {CONFIG_HASH_TAG: "b2"})
+    tracker.finish(older, RuntimeError("first try failed"))
+    time.sleep(0.01)  # MLflow orders runs by start time (ms)
+    newer = _log(tracker, experiment, "b2")
+    beat = {"zoo.heartbeat": "1700000000", "zoo.host": "node7", "zoo.pid": "42"}
+    running = tracker.create(experiment, {CONFIG_HASH_TAG: "c3", **beat})
+    gone = _log(tracker, experiment, "d4")
+    tracker.client.delete_run(gone)
+    tracker.create(experiment, {"zoo.kind": "report"})
+
+    states = read_states(tracker.uri, name)
+    assert states == read_states(tracker.uri, ById(experiment))
+    assert {k: (s.run_id, s.status) for k, s in states.items()} == {
+        "a1": (tracker.find(experiment, "a1").info.run_id, "FINISHED"),
+        "b2": (newer, "FINISHED"),
+        "c3": (running, "RUNNING"),
+    }
+    assert {k: v for k, v in states["c3"].tags.items() if k != CONFIG_HASH_TAG} == beat
+    assert tracker.states(experiment) == {k: (s.run_id, s.status) for k, s in states.items()}
+    assert read_states(tracker.uri, "never-made") == {}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_zoo_indexes_are_added_once_to_a_store_mlflow_made(kind, request, tmp_path):
+    """The runs-by-experiment index zoo's reads need is created where missing, and a
+    second call (another ``zoo server start``) finds it and creates nothing (a server's
+    own store: tests/test_server.py)."""
+    store = (
+        f"sqlite:///{tmp_path / 'mlflow.db'}"
+        if kind == "sqlite"
+        else fresh_database(request.getfixturevalue("postgres"))
+    )
+    Tracker(store, ProjectPaths(tmp_path))  # MLflow creates its schema
+    assert present_indexes(store) == {"zoo_runs_experiment_start": False}
+    assert ensure_indexes(store) == ["zoo_runs_experiment_start"]
+    assert ensure_indexes(store) == []
+    assert present_indexes(store) == {"zoo_runs_experiment_start": True}
 
 
 # doubles that SQLite's quote() or printf('%.17g') do not read back exactly, and a NaN
@@ -258,6 +307,10 @@ def test_a_plain_mlflow_server_reads_back_the_same_as_zoos(tracking_server, tmp_
     ours = load_tables(tracking_server.uri, name)
     with plain_mlflow_server(tracking_server.store, SERVER_PORT + 1) as plain:
         theirs = load_tables(plain, name)
+        assert read_states(plain, name) is None  # no route: callers search through MLflow
+        assert Tracker(plain, ProjectPaths(tmp_path)).states(experiment) == tracker.states(
+            experiment
+        )
     assert asked == [plain]  # zoo's server answered from its route
     pd.testing.assert_frame_equal(
         ours.runs.sort_values("run_id", ignore_index=True),

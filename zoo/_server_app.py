@@ -7,11 +7,18 @@ and ``POST /zoo/api/1/tables`` with JSON ``{"experiment_id": "1", "histories": t
 packed metric histories, read from the server's SQL backend store by the same queries
 that read a SQLite or PostgreSQL store directly (``zoo.analysis._load``), as Arrow IPC
 (``encode_tables``). 400 for a malformed request; 501 when the backend store is not SQL.
+
+``POST /zoo/api/1/states`` with JSON ``{"experiment": "NAME"}`` (or ``{"experiment_id":
+"1"}``) answers
+``{"states": {identity: [run id, status, liveness tags]}}`` for that experiment's
+active runs (see ``zoo._states``), by one query; the same 400 and 501.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from zoo._states import STATES_ROUTE
 
 __all__ = ["ROUTE", "create_app"]
 
@@ -43,6 +50,27 @@ def _tables() -> Any:
     return Response(encode_tables(tables), mimetype="application/vnd.apache.arrow.stream")
 
 
+def _states() -> Any:
+    from flask import Response, jsonify, request
+    from mlflow.server.handlers import _get_tracking_store
+
+    from zoo._states import experiment_of, query_states
+
+    experiment = experiment_of(request.get_json(silent=True))
+    if experiment is None:
+        return Response("experiment or experiment_id: an experiment is required", 400)
+    engine = getattr(_get_tracking_store(), "engine", None)
+    if engine is None:
+        return Response("zoo states: the backend store is not a SQL database", 501)
+    paramstyle = "qmark" if engine.dialect.name == "sqlite" else "format"
+    connection = engine.raw_connection()
+    try:
+        states = query_states(connection, experiment, paramstyle)
+    finally:
+        connection.close()
+    return jsonify({"states": {k: list(v) for k, v in states.items()}})
+
+
 def create_app() -> Any:
     """MLflow's app (FastAPI under uvicorn, its Flask app under gunicorn or waitress) with
     zoo's route added to the Flask app, which both serve."""
@@ -52,6 +80,7 @@ def create_app() -> Any:
 
     if "zoo_tables" not in app.view_functions:
         app.add_url_rule(_add_static_prefix(ROUTE), "zoo_tables", _tables, methods=["POST"])
+        app.add_url_rule(_add_static_prefix(STATES_ROUTE), "zoo_states", _states, methods=["POST"])
     if _MLFLOW_SGI_NAME.get() == "uvicorn":
         from mlflow.server.fastapi_app import app as fastapi_app
 

@@ -434,10 +434,18 @@ class Tracker:
         return runs[0] if runs else None
 
     def states(self, experiment_id: str | None) -> dict[str, tuple[str, str]]:
-        """Identity tag -> (run id, status) of every run in the experiment (newest wins)."""
+        """Identity tag -> (run id, status) of every run in the experiment (newest wins);
+        read without params or metrics where the store allows (zoo._states)."""
+        from zoo._states import ById, read_states
+
+        if experiment_id is None:
+            return {}
+        quick = _retrying(lambda: read_states(self.uri, ById(experiment_id)))
+        if quick is not None:
+            return {k: (s.run_id, s.status) for k, s in quick.items()}
         found: dict[str, tuple[str, str]] = {}
         token = None
-        while experiment_id is not None:
+        while True:
             page = _retrying(
                 lambda t=token: self.client.search_runs(
                     [experiment_id],

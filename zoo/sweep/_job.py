@@ -316,8 +316,15 @@ def with_parent(job: JobSpec, parent: str) -> JobSpec:
 
 
 def _with_parent(job: JobSpec, tracker: Tracker) -> JobSpec:
-    """``job`` tagged with its shared stage's MLflow run, looked up unless it came with it."""
+    """``job`` tagged with its shared stage's MLflow run, looked up unless it came with it
+    (once per process and stage: a finished stage's run never changes)."""
     if not job.depends or job.tags.get("mlflow.parentRunId"):
         return job
-    found = tracker.find(tracker.experiment(job.experiment), job.depends[-1])
-    return job if found is None else with_parent(job, found.info.run_id)
+    parents = _WORKER.setdefault("parents", {})
+    key = (tracker.uri, job.experiment, job.depends[-1])
+    if key not in parents:
+        found = tracker.find(tracker.experiment(job.experiment), job.depends[-1])
+        if found is None or found.info.status != "FINISHED":
+            return job if found is None else with_parent(job, found.info.run_id)
+        parents[key] = found.info.run_id
+    return with_parent(job, parents[key])

@@ -53,9 +53,32 @@ def check_resubmit(spec: Any, resubmit_failed: bool, paths: Any) -> None:
 
 
 def toy_document(document: dict[str, Any]) -> dict[str, Any]:
-    """Run config ``document`` (a mapping before resolution) at toy size; a new mapping."""
-    toy = copy.deepcopy(document)
-    for entry in toy.get("datasets", {}).values():
+    """Run config ``document`` (a mapping before resolution) at toy size; a new mapping
+    that shares no changed container with ``document``. Runs of a sweep that share
+    their ``datasets`` mapping share its toy version too (so it is parsed once)."""
+    toy = dict(document)
+    if isinstance(toy.get("datasets"), dict):
+        toy["datasets"] = _toy_datasets(toy["datasets"])
+    if isinstance(toy.get("stages"), list):
+        toy["stages"] = [_toy_stage(dict(s)) if isinstance(s, dict) else s for s in toy["stages"]]
+    model = toy.get("model", {})
+    if isinstance(model, dict):
+        toy["model"] = {**model, **copy.deepcopy(TOY_MODEL)}
+    return toy
+
+
+_TOY_DATASETS: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # id -> (real, toy)
+
+
+def _toy_datasets(datasets: dict[str, Any]) -> dict[str, Any]:
+    """The toy version of a ``datasets`` mapping, made once per mapping object."""
+    known = _TOY_DATASETS.get(id(datasets))
+    if known is not None and known[0] is datasets:
+        return known[1]
+    if len(_TOY_DATASETS) > 1024:
+        _TOY_DATASETS.clear()
+    toy = copy.deepcopy(datasets)
+    for entry in toy.values():
         if isinstance(entry, dict) and isinstance(entry.get("mix"), dict):
             entry["mix"] = {k: toy_count(v) if _number(v) else v for k, v in entry["mix"].items()}
         if isinstance(entry, dict) and not {"path", "mix"} & entry.keys():
@@ -65,17 +88,18 @@ def toy_document(document: dict[str, Any]) -> dict[str, Any]:
             entry.update(image_size=TOY_SIDE, count=count)
             if entry.get("fidelity", "full") == "full":  # cheap sets its own sampling
                 entry["sim_sampling_a"] = TOY_SAMPLING_A
-    for stage in toy.get("stages", []):
-        if isinstance(stage, dict):
-            stage["epochs"] = 1
-            if str(stage.get("init", "")).partition(":")[0] in ("file", "run", "model"):
-                stage["init"] = "random"  # real-size weights do not fit the toy model
-            if _number(stage.get("size")):
-                stage["size"] = toy_count(stage["size"])
-    model = toy.setdefault("model", {})
-    if isinstance(model, dict):
-        model.update(copy.deepcopy(TOY_MODEL))
+    _TOY_DATASETS[id(datasets)] = (datasets, toy)
     return toy
+
+
+def _toy_stage(stage: dict[str, Any]) -> dict[str, Any]:
+    """A stage mapping (a copy, changed in place) at toy size."""
+    stage["epochs"] = 1
+    if str(stage.get("init", "")).partition(":")[0] in ("file", "run", "model"):
+        stage["init"] = "random"  # real-size weights do not fit the toy model
+    if _number(stage.get("size")):
+        stage["size"] = toy_count(stage["size"])
+    return stage
 
 
 def toy_count(images: float) -> int:

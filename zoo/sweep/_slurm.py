@@ -645,8 +645,8 @@ def _lane_jobs(
         print(f"task {task} lane {lane} pid {os.getpid()}: {job.kind} {job.key}", flush=True)
         if not _wait_for_stage(job, submission, stages, lambda line: print(line, flush=True)):
             return PREEMPTED
-        try:
-            result = run_job(job, submission.job_log(job.key))
+        try:  # pending: the submission found it unfinished (run checks again, locked)
+            result = run_job(job, submission.job_log(job.key), pending=True)
         except Preempted:
             return PREEMPTED  # a preempted stage has not ended: its runs keep waiting
         finally:  # ended however it ended (unless preempted), so its runs stop waiting

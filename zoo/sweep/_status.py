@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+from zoo._states import RunState, read_states
+from zoo.paths import ProjectPaths
 from zoo.sweep._plan import Plan
-from zoo.tracking import Tracker
 
 __all__ = ["STATES", "format_status", "sweep_status"]
 
@@ -25,18 +26,19 @@ _MLFLOW_STATES = {
 }
 
 
-def _job_states(plan: Plan, tracker: Tracker) -> dict[str, str]:
+def _job_states(plan: Plan, uri: str, paths: ProjectPaths) -> dict[str, str]:
+    from zoo._liveness import alive
     from zoo.sweep._slurm import queued_keys
 
-    found = tracker.client.get_experiment_by_name(plan.spec.name)
-    mlflow = tracker.states(found.experiment_id) if found else {}
-    queue = queued_keys(tracker.paths, plan.spec.name)
+    mlflow = _run_states(plan.spec.name, uri, paths)
+    queue = queued_keys(paths, plan.spec.name)
     states: dict[str, str] = {}
     for job in plan.jobs:  # stage jobs come first, so a dependent sees its stage's state
         if job.key in mlflow:
-            states[job.key] = _MLFLOW_STATES.get(mlflow[job.key][1], "failed")
+            states[job.key] = _MLFLOW_STATES.get(mlflow[job.key].status, "failed")
             if states[job.key] == "running" and job.key not in queue:
-                states[job.key] = _running_or_interrupted(tracker, mlflow[job.key][0])
+                # a RUNNING run whose process died (see zoo._liveness) is interrupted
+                states[job.key] = "running" if alive(mlflow[job.key].tags) else "interrupted"
         elif job.key in queue:
             states[job.key] = "running" if queue[job.key] == "RUNNING" else "queued"
         elif any(states.get(d) in ("failed", "skipped") for d in job.depends):
@@ -46,16 +48,31 @@ def _job_states(plan: Plan, tracker: Tracker) -> dict[str, str]:
     return states
 
 
-def _running_or_interrupted(tracker: Tracker, run_id: str) -> str:
-    """A RUNNING run whose process died (see zoo._liveness) is ``interrupted``."""
-    from zoo._liveness import alive
+def _run_states(experiment: str, uri: str, paths: ProjectPaths) -> dict[str, RunState]:
+    """The runs' states in one query where the store allows (zoo._states), else through
+    MLflow's client (RUNNING runs' tags fetched one by one)."""
+    quick = read_states(uri, experiment)
+    if quick is not None:
+        return quick
+    from zoo.tracking import Tracker
 
-    return "running" if alive(tracker.client.get_run(run_id).data.tags) else "interrupted"
+    tracker = Tracker(uri, paths, create=False)
+    found = tracker.experiment_id(experiment)
+    states = tracker.states(found) if found else {}
+    return {
+        key: RunState(
+            run_id,
+            status,
+            tracker.client.get_run(run_id).data.tags if status == "RUNNING" else {},
+        )
+        for key, (run_id, status) in states.items()
+    }
 
 
-def sweep_status(plan: Plan, tracker: Tracker) -> dict[str, dict[str, int]]:
-    """Job group ("run" or a shared stage's name) -> state -> count."""
-    states = _job_states(plan, tracker)
+def sweep_status(plan: Plan, uri: str, paths: ProjectPaths) -> dict[str, dict[str, int]]:
+    """Job group ("run" or a shared stage's name) -> state -> count, from the store at
+    ``uri`` (which must exist) and the SLURM submissions in project ``paths``."""
+    states = _job_states(plan, uri, paths)
     counts: dict[str, Counter[str]] = {}
     for job in plan.jobs:
         counts.setdefault(job.name, Counter())[states[job.key]] += 1
