@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 	$(BIN)/zoo analyze sweeps/demo.yaml --out $(DEMO_OUT)/report
 	$(BIN)/zoo data export micrograph --spec sweeps/demo-micrograph.yaml --out $(DEMO_OUT)/micrograph.npz
 	$(BIN)/zoo models list sweeps/demo.yaml --limit 5
-	$(BIN)/zoo predict demo $(DEMO_OUT)/micrograph.npz --out $(DEMO_OUT)/predict
+	$(BIN)/zoo predict demo $(DEMO_OUT)/micrograph.npz --out $(DEMO_OUT)/predict --force
 	@echo "previews: $(abspath $(DEMO_OUT))/previews"
 	@echo "report:   $(abspath $(DEMO_OUT))/report/report.html"
 	@echo "overlay:  $(abspath $(DEMO_OUT))/predict/micrograph_overlay.png"

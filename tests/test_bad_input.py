@@ -65,6 +65,18 @@ def _pairs_folder(root: Path) -> None:
         np.save(root / sub / f"{name}.npy", np.zeros((16, 16), np.float32))
 
 
+def _unsafe_pickle(path: Path) -> None:
+    """A torch file that only an unsafe load reads (an object, not tensors)."""
+    import argparse
+
+    torch.save(argparse.Namespace(weights=1), path)
+
+
+def _non_empty(path: Path) -> None:
+    path.mkdir()
+    (path / "notes.txt").write_text("mine")
+
+
 REGRESSION = {"task": "regression", "classes": 1, "head": "logits", "inputs": ["image", "base"]}
 PAIRS = {**H5, "channels": ["image", "base"]}
 
@@ -116,6 +128,10 @@ def _bomb(where: str) -> str:
 
 
 PLAN = ["sweep", "plan", "spec.yaml", "--images-per-s", "1"]
+SEARCH = (
+    "axes: []\nsearch: {parameters: {lr: {type: float, low: 0.001, high: 0.1}}, "
+    "budget: 2}\nset: {stages.0.lr: $lr}\n"
+)
 TRAIN = ["train", "run.yaml"]
 SUBMIT_DRY = ["sweep", "submit", "spec.yaml", "--dry-run"]
 RUNS_PER_GPU_2 = ["--runs-per-task", "2", "--runs-per-gpu", "2"]
@@ -200,7 +216,14 @@ CASES = [
         spec(text="name: [unclosed\n"),
         PLAN,
         2,
-        r"spec\.yaml: not valid YAML at line",
+        r"spec\.yaml:2:1: expected ',' or '\]', but got '<stream end>'$",
+    ),
+    (
+        "config-invalid-yaml",
+        {"run.yaml": "experiment: x\nmodel\n  arch: unet\n"},
+        TRAIN,
+        2,
+        r"run\.yaml:3:7: could not find expected ':'$",
     ),
     ("spec-not-mapping", spec(text="- 1\n- 2\n"), PLAN, 2, r"spec: \[1, 2\] is not allowed"),
     (
@@ -209,6 +232,27 @@ CASES = [
         PLAN,
         2,
         r"spec\.axes\.0\.grid: unknown axis kind",
+    ),
+    (
+        "spec-field-suggested",
+        spec("seed: [1]\n"),
+        PLAN,
+        2,
+        r"spec\.seed: unknown key; .*did you mean 'seeds'\?$",
+    ),
+    (
+        "axis-name-suggested",
+        spec("axes: [{product: {transfer_lr: [0.1]}}]\nset: {stages.0.lr: $transfer_rl}\n"),
+        PLAN,
+        2,
+        r"spec\.set\.stages\.0\.lr: unknown name 'transfer_rl'; .*did you mean 'transfer_lr'\?$",
+    ),
+    (
+        "axis-kind-suggested",
+        spec("axes: [{prodcut: {lr: [0.1]}}]\n"),
+        PLAN,
+        2,
+        r"spec\.axes\.0\.prodcut: unknown axis kind; .*did you mean 'product'\?$",
     ),
     (
         "axis-empty-list",
@@ -275,6 +319,20 @@ CASES = [
         PLAN,
         2,
         r"spec\.name: 'a b'",
+    ),
+    (
+        "spec-name-dot-dot",
+        spec(text=SPEC.replace("name: t", "name: '..'")),
+        PLAN,
+        2,
+        r"spec\.name: '\.\.'",
+    ),
+    (
+        "spec-name-dot",
+        spec(text=SPEC.replace("name: t", "name: '.'")),
+        PLAN,
+        2,
+        r"spec\.name: '\.'",
     ),
     (
         "spec-base-experiment",
@@ -512,7 +570,106 @@ CASES = [
         2,
         r"spec run \{\"n\": 4, \"seed\": 0\}: config\.devices: 4 is more than --gpus-per-task 2",
     ),
-    ("show-negative", spec(), ["sweep", "plan", "spec.yaml", "--show", "-2"], 2, r"--show: '-2'"),
+    (
+        "show-negative",
+        spec(),
+        ["sweep", "plan", "spec.yaml", "--show", "-2"],
+        2,
+        r"--show: -2 is not allowed; expected a run index 0-0 \(the plan has 1 runs\)",
+    ),
+    (
+        "show-past-the-last-run",
+        spec("axes: [{product: {lr: [0.1, 0.2]}}]\nset: {stages.0.lr: $lr}\n"),
+        ["sweep", "plan", "spec.yaml", "--show", "2"],
+        2,
+        r"--show: 2 is not allowed; expected a run index 0-1 \(the plan has 2 runs\)",
+    ),
+    (
+        "show-on-a-search",
+        spec(SEARCH),
+        ["sweep", "plan", "spec.yaml", "--show", "0"],
+        2,
+        r"--show: not allowed for a search spec; expected a grid sweep spec",
+    ),
+    (
+        "profile-on-a-search",
+        spec(SEARCH),
+        ["sweep", "plan", "spec.yaml", "--profile", "cpu-2core"],
+        2,
+        r"--profile: not allowed for a search spec; expected --images-per-s",
+    ),
+    (
+        "profile-and-images-per-s",
+        spec(),
+        [*PLAN, "--profile", "cpu-2core"],
+        2,
+        r"--images-per-s: not allowed with --profile; expected one price",
+    ),
+    (
+        "override-unknown-key-plan",
+        spec(),
+        ["sweep", "plan", "spec.yaml", "stages.0.epochz=3"],
+        2,
+        r"override stages\.0\.epochz: unknown key 'epochz'; allowed keys: .*; "
+        r"did you mean 'epochs'\?$",
+    ),
+    (
+        "override-unknown-key-run",
+        spec(),
+        ["sweep", "run", "spec.yaml", "modle.encoder=resnet34"],
+        2,
+        r"override modle\.encoder: unknown key 'modle'; .*did you mean 'model'\?$",
+    ),
+    (
+        "override-unknown-key-submit",
+        spec(),
+        ["sweep", "submit", "spec.yaml", "stages.0.lrr=0.1", "--dry-run"],
+        2,
+        r"override stages\.0\.lrr: unknown key 'lrr'; .*did you mean 'lr'",
+    ),
+    (
+        "override-stage-out-of-range",
+        spec(),
+        ["sweep", "plan", "spec.yaml", "stages.3.epochs=2"],
+        2,
+        r"override stages\.3: '3' is not an index below 1",
+    ),
+    (
+        "override-seed",
+        spec(),
+        ["sweep", "plan", "spec.yaml", "seed=3"],
+        2,
+        r"override seed: set by the sweep \(its name, its seeds:\); expected a key of spec\.base",
+    ),
+    (
+        "override-a-key-set-writes",
+        spec("axes: [{product: {lr: [0.1, 0.2]}}]\nset: {stages.0.lr: $lr}\n"),
+        ["sweep", "plan", "spec.yaml", "stages.0.lr=0.5"],
+        2,
+        r"override stages\.0\.lr: spec\.set writes stages\.0\.lr in every run",
+    ),
+    (
+        "override-a-key-a-search-samples",
+        spec(SEARCH),
+        ["sweep", "plan", "spec.yaml", "stages.0.lr=0.5"],
+        2,
+        r"override stages\.0\.lr: spec\.set writes stages\.0\.lr in every run",
+    ),
+    (
+        "completion-unknown-shell",
+        {},
+        ["completion", "fish"],
+        2,
+        r"argument shell: invalid choice: 'fish' \(choose from 'bash', 'zsh'\)",
+    ),
+    ("command-suggested", {}, ["tarin"], 2, r"invalid choice: 'tarin' .*did you mean 'train'\?"),
+    (
+        "subcommand-suggested",
+        {},
+        ["sweep", "stauts", "spec.yaml"],
+        2,
+        r"invalid choice: 'stauts' .*did you mean 'status'\?",
+    ),
     (
         "data-show-count-zero",
         {},
@@ -570,6 +727,22 @@ CASES = [
     ("seed-negative", run(seed=-1), TRAIN, 2, r"config\.seed: -1"),
     ("experiment-empty", run(experiment=""), TRAIN, 2, r"config\.experiment: ''"),
     ("experiment-newline", run(experiment="a\nb"), TRAIN, 2, r"config\.experiment: 'a\\nb'"),
+    ("experiment-dot-dot", run(experiment=".."), TRAIN, 2, r"config\.experiment: '\.\.'"),
+    ("experiment-slash", run(experiment="a/b"), TRAIN, 2, r"config\.experiment: 'a/b'"),
+    (
+        "init-file-unsafe-pickle",
+        {**run(stage={"init": "file:bad.pt"}), "bad.pt": _unsafe_pickle},
+        TRAIN,
+        2,
+        r"config\.stages\.0\.init: 'file:bad\.pt' is not allowed; .*bad\.pt is not weights",
+    ),
+    (
+        "init-file-not-safetensors",
+        {**run(stage={"init": "file:bad.safetensors"}), "bad.safetensors": b"not weights"},
+        TRAIN,
+        2,
+        r"config\.stages\.0\.init: 'file:bad\.safetensors' is not allowed; .*SafetensorError",
+    ),
     ("device-unknown", run(device="tpu"), TRAIN, 2, r"config\.device: 'tpu'"),
     (
         "device-cuda-index",
@@ -723,6 +896,13 @@ CASES = [
         TRAIN,
         2,
         r"config\.experiment: missing required key",
+    ),
+    (
+        "config-field-suggested",
+        run(stage={"epochz": 2}),
+        TRAIN,
+        2,
+        r"config\.stages\.0\.epochz: unknown key; allowed keys: .*did you mean 'epochs'\?$",
     ),
     # --- data ---
     (
@@ -968,6 +1148,27 @@ CASES = [
     ("server-workers-0", {}, ["server", "start", "--workers", "0"], 2, r"--workers: '0'"),
     ("ui-port-negative", {}, ["ui", "--port", "-5"], 2, r"--port: '-5'"),
     (
+        "server-every-address-without-insecure",
+        {},
+        ["server", "start", "--host", "0.0.0.0"],
+        2,
+        r"--host: '0\.0\.0\.0' is not allowed without --insecure: zoo's server has no auth",
+    ),
+    (
+        "server-a-name-without-insecure",
+        {},
+        ["server", "start", "--host", "login1.example.org", "--backend", "sqlite"],
+        2,
+        r"--host: 'login1\.example\.org' is not allowed without --insecure",
+    ),
+    (
+        "import-experiment-path",
+        {"t.csv": "size,loss\n1,0.5\n"},
+        ["import", "t.csv", "--experiment", "../x", "--axis", "size", "--metric", "loss=loss"],
+        2,
+        r"--experiment: '\.\./x' is not allowed",
+    ),
+    (
         "preview-under-a-file",
         spec(),
         ["data", "make", "spec.yaml", "--preview", "spec.yaml/x"],
@@ -1009,6 +1210,20 @@ CASES = [
     ("models-list-no-store", {}, ["models", "list"], 2, r"mlflow\.db does not exist"),
     ("models-list-limit-0", {}, ["models", "list", "--limit", "0"], 2, r"--limit: '0'"),
     ("models-show-no-store", {}, ["models", "show", "demo"], 2, r"mlflow\.db does not exist"),
+    (
+        "models-export-out-not-empty",
+        {"out": _non_empty},
+        ["models", "export", "demo", "--out", "out"],
+        2,
+        r"--out: 'out' is a folder with files in it; expected a new or empty folder, or --force",
+    ),
+    (
+        "predict-out-not-empty",
+        {"mlflow.db": "store", "x.npy": lambda p: np.save(p, np.zeros((8, 8))), "out": _non_empty},
+        ["predict", "demo", "x.npy", "--out", "out"],
+        2,
+        r"--out: 'out' is a folder with files in it",
+    ),
     (
         "predict-no-store",
         {},
@@ -1125,7 +1340,7 @@ def test_the_table_is_large_enough():
 def test_internal_error_is_one_line_with_a_log(project, capsys, monkeypatch):
     import zoo.sweep
 
-    def broken(path):
+    def broken(*args):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(zoo.sweep, "load_spec", broken)

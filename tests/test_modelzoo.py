@@ -123,6 +123,9 @@ def test_show_export_and_load_round_trip(trained, capsys, tmp_path):
         "## Datasets",
     ):
         assert text in card
+    assert main(["models", "export", "tiny", "--out", str(out)]) == 2  # it holds an export
+    assert f"--out: {str(out)!r} is a folder with files" in capsys.readouterr().err
+    assert main(["models", "export", "tiny", "--out", str(out), "--force"]) == 0
 
     module, config = zoo.load_model(best["run_id"])
     assert config.stages[1].freeze == best["freeze"] and not module.training

@@ -92,6 +92,19 @@ def test_a_different_pixel_size_is_refused_unless_rescaled_or_forced(
     assert main(["predict", "tiny", str(fine), "--out", str(tmp_path / "f"), "--force"]) == 0
 
 
+def test_a_non_empty_out_needs_force(trained, micrograph, tmp_path, capsys):
+    image, out = tmp_path / "m.npy", tmp_path / "out"
+    np.save(image, micrograph)
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["predict", "tiny", str(image), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"--out: {str(out)!r}" in error and "--force" in error
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert main(["predict", "tiny", str(image), "--out", str(out), "--force"]) == 0
+    assert (out / "m_mask.npy").exists() and (out / "notes.txt").read_text() == "mine"
+
+
 def test_bad_inputs_are_one_line_errors(trained, tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     np.save(tmp_path / "cube.npy", np.zeros((2, 2, 8, 8)))

@@ -4,9 +4,14 @@ server going away for 30 s."""
 from __future__ import annotations
 
 import importlib.metadata
+import ipaddress
+import re
 import shutil
+import socket
 import time
+import urllib.request
 from collections import Counter
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import zoo_process
@@ -49,7 +54,9 @@ def test_sweep_through_the_server_survives_a_30_s_outage(tiny_spec, project, dat
     uri = f"http://127.0.0.1:{PORT}"
     assert f"--tracking-uri {uri}" in capsys.readouterr().out
     assert main(["server", "status", "--data", str(data)]) == 0
-    assert "mlflow: running\npostgresql: running" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mlflow: running\npostgresql: running" in out
+    assert "indexes: zoo_runs_experiment_start present" in out  # made by start (zoo._indexes)
     spec = tiny_spec(sources=("a",), freezes=("none", "encoder"), epochs=3)
     sweep = zoo_process(project.root, "sweep", "run", str(spec), "--tracking-uri", uri, text=True)
     try:
@@ -76,7 +83,9 @@ def test_sweep_through_the_server_survives_a_30_s_outage(tiny_spec, project, dat
     rows = _metric_rows(uri, runs)
     assert main(["server", "stop", "--data", str(data)]) == 0
     assert main(["server", "status", "--data", str(data)]) == 3
-    assert "mlflow: stopped\npostgresql: stopped" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mlflow: stopped\npostgresql: stopped" in out
+    assert "indexes: unknown (OperationalError" in out
     # the same sweep into a fresh SQLite store, never interrupted, logs as many rows
     reference = project.root / "reference.db"
     assert main(["sweep", "run", str(spec), "--tracking-uri", f"sqlite:///{reference}"]) == 0
@@ -89,3 +98,41 @@ def test_start_names_the_fix_when_zoos_app_is_not_installed(data, monkeypatch):
     with pytest.raises(RuntimeError, match=r"reinstall zoo \(make"):
         start_mlflow(Server(str(data), "sqlite", "127.0.0.1", PORT, None, None, 1))
     assert not (data / "mlflow.db").exists()
+
+
+def test_every_address_needs_insecure_and_prints_the_uri_other_machines_use(data, capsys):
+    """Refused without --insecure (nothing written); with it, the printed URI names this
+    machine as others reach it, not loopback, and the server answers there (Host check
+    included)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("203.0.113.1", 9))  # a route beyond loopback; nothing is sent
+    except OSError:
+        pytest.skip("this machine has no network beyond loopback")
+    start = ["server", "start", "--data", str(data), "--backend", "sqlite", "--host", "0.0.0.0"]
+    start += ["--port", str(PORT + 2), "--workers", "1"]
+    assert main(start) == 2
+    assert "--insecure" in capsys.readouterr().err and not any(data.iterdir())
+    assert main([*start, "--insecure"]) == 0
+    uri = re.search(r"tracking server at (\S+) ", capsys.readouterr().out).group(1)
+    host = urlsplit(uri).hostname
+    addresses = {found[4][0] for found in socket.getaddrinfo(host, None)}
+    assert not any(ipaddress.ip_address(a).is_loopback for a in addresses), (uri, addresses)
+    url = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.status == 200
+
+
+def test_ipv6_loopback_needs_no_insecure_and_answers_at_its_uri(data, capsys):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    uri = f"http://[::1]:{PORT + 4}"
+    start = ["server", "start", "--data", str(data), "--backend", "sqlite", "--host", "::1"]
+    assert main([*start, "--port", str(PORT + 4), "--workers", "1"]) == 0
+    assert f"tracking server at {uri} " in capsys.readouterr().out
+    url = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    with urllib.request.urlopen(url, timeout=30) as response:  # Host [::1]:PORT accepted
+        assert response.status == 200

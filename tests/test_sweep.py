@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,10 +11,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 import zoo
 from zoo.cli import main
+from zoo.config import resolve
 from zoo.errors import ConfigError
 from zoo.sweep import expand, load_spec, make_plan
 
@@ -48,6 +51,59 @@ def test_defocus_sharing_saves_the_predicted_image_passes(capsys):
     # 30 pretrainings of 512 images × 8 × 10 epochs, 7200 transfers of 240 images on average
     assert plan["image_passes"] == 30 * 40960 + 7200 * 240 * 80
     assert plan["image_passes_unshared"] / plan["image_passes"] == pytest.approx(3.1, abs=0.05)
+
+
+DEMO = SWEEPS / "demo.yaml"
+
+
+def _estimates(lines: list[str]) -> list[str]:
+    """The lines of a plan that give a time estimate ("1.2 h (...)")."""
+    return [line for line in lines if re.search(r"\d h \(", line)]
+
+
+def test_a_plan_without_a_price_measures_nothing_and_says_how_to_get_one():
+    code = (
+        "import sys; from zoo.cli import main\n"
+        f"code = main(['sweep', 'plan', {str(DEMO)!r}])\n"
+        "print('exit', code, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    *lines, last = done.stdout.splitlines()
+    assert last == "exit 0 False", done.stdout + done.stderr  # timing a step needs torch
+    assert _estimates(lines) == []
+    (hint,) = [line for line in lines if "no time estimate" in line]
+    assert "--profile NAME (known: cpu-2core, " in hint and "--images-per-s N" in hint
+    assert "`zoo calibrate NAME` on a compute node" in hint
+
+
+@pytest.mark.parametrize(
+    ("argv", "source"),
+    [
+        (["--images-per-s", "100"], "(--images-per-s, training passes only)"),
+        (["--profile", "cpu-2core"], "profile cpu-2core (/"),
+    ],
+    ids=["rate", "profile"],
+)
+def test_a_priced_plan_prints_one_estimate_and_where_it_came_from(capsys, argv, source):
+    assert main(["sweep", "plan", str(DEMO), *argv]) == 0
+    (estimate,) = _estimates(capsys.readouterr().out.splitlines())
+    assert source in estimate
+    if "--profile" in argv:
+        assert "zoo/profiles/cpu-2core.json: cpu (x86_64" in estimate
+
+
+def test_overrides_apply_to_the_base_and_show_prints_a_run_as_zoo_train_takes_it(capsys):
+    plain = _plan_json(capsys, DEMO)
+    assert main(["sweep", "plan", str(DEMO), "stages.0.epochs=3", "--json"]) == 0
+    longer = json.loads(capsys.readouterr().out)
+    # the 4 shared pretrainings (32 images × 8 transforms) train one epoch more
+    assert longer["image_passes"] - plain["image_passes"] == 4 * 32 * 8
+    assert (longer["priced_by"], plain["priced_by"]) == (None, "--images-per-s")
+    assert main(["sweep", "plan", str(DEMO), "stages.0.epochs=3", "--show", "5"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    run = make_plan(load_spec(DEMO, ["stages.0.epochs=3"])).runs[5]
+    assert shown["stages"][0]["epochs"] == 3 and run.names["seed"] == 1
+    assert resolve(shown).digest() == run.config.digest()
 
 
 def test_baseline_mixes_major_and_minor_sets():

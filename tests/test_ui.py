@@ -7,6 +7,7 @@ import os
 import socket
 import time
 import urllib.request
+from pathlib import Path
 
 from conftest import zoo_process
 
@@ -19,7 +20,19 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_ui_lists_the_project_experiments_and_analysis_reads_it_over_rest(project):
+def _listening_on(port: int) -> set[str]:
+    """The local addresses listening on TCP ``port`` (hex, as /proc/net/tcp* writes them)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.rpartition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_ui_lists_the_project_experiments_on_loopback_only_and_analysis_reads_it(project):
     bulk_insert(
         project.tracking_uri,
         "visible-in-ui",
@@ -44,6 +57,7 @@ def test_ui_lists_the_project_experiments_and_analysis_reads_it_over_rest(projec
             except OSError:
                 time.sleep(0.5)
         assert "visible-in-ui" in names
+        assert _listening_on(port) == {"0100007F"}  # 127.0.0.1 only
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
             assert b"MLflow" in response.read()
         tables = load_tables(f"http://127.0.0.1:{port}", "visible-in-ui")

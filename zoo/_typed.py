@@ -16,12 +16,14 @@ import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, did_you_mean
 
-__all__ = ["CONTROL_CHARACTERS", "build", "check", "to_dict"]
+__all__ = ["CONTROL_CHARACTERS", "build", "check", "check_key", "check_name", "to_dict"]
 
 # refused in any value that reaches a file name, a tag or a rendered script
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# sweep and experiment names: they name folders (.zoo/sweeps/NAME, .zoo/logs/NAME)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.+@=-]+")
 
 T = TypeVar("T")
 
@@ -30,6 +32,18 @@ def check(condition: bool, where: str, value: Any, allowed: str) -> None:
     """Raise a one-line ConfigError unless ``condition`` holds."""
     if not condition:
         raise ConfigError(f"{where}: {value!r} is not allowed; expected {allowed}")
+
+
+def check_name(name: str, where: str) -> None:
+    """Refuse (ConfigError naming ``where``) a sweep or experiment name that is empty,
+    has a character other than ASCII letters, digits and ``- _ . + @ =``, is ``.`` or
+    contains ``..``: such a name could not name a folder of its own."""
+    check(
+        _SAFE_NAME.fullmatch(name) is not None and name != "." and ".." not in name,
+        where,
+        name,
+        "letters, digits, '-', '_', '.', '+', '@' or '=' (not '.' alone, no '..')",
+    )
 
 
 def _require(condition: bool, where: str, value: Any, tp: Any) -> None:
@@ -44,9 +58,7 @@ def build(cls: type[T], mapping: Any, where: str) -> T:
     hints, fields = _schema(cls)
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(sorted(fields))}"
-        )
+        raise _unknown_key(f"{where}.{unknown[0]}: unknown key", unknown[0], fields)
     values = {}
     for name, field in fields.items():
         if name in mapping:
@@ -58,6 +70,30 @@ def build(cls: type[T], mapping: Any, where: str) -> T:
     if validate:
         validate(where)
     return instance
+
+
+def check_key(cls: type, key: str, where: str) -> None:
+    """Refuse a dotted ``key`` (``stages.0.lr``) naming no field of dataclass ``cls``: a
+    ConfigError ``where: unknown key ...`` with the closest keys. List parts pass as
+    indices (their range is the caller's to check), and so does every key below a
+    mapping of ``Any`` (a dataset's parameters) or a scalar."""
+    tp: Any = cls
+    for part in key.split("."):
+        if dataclasses.is_dataclass(tp):
+            hints, fields = _schema(tp)
+            if part not in fields:
+                raise _unknown_key(f"{where}: unknown key {part!r}", part, fields)
+            tp = hints[part]
+        elif get_origin(tp) in (list, tuple, dict):
+            tp = get_args(tp)[-1 if get_origin(tp) is dict else 0]
+        else:
+            return
+
+
+def _unknown_key(message: str, key: str, fields: dict[str, Any]) -> ConfigError:
+    """``message`` with the allowed keys and the closest ones to ``key``."""
+    allowed = ", ".join(sorted(fields))
+    return ConfigError(f"{message}; allowed keys: {allowed}{did_you_mean(key, fields)}")
 
 
 @functools.cache

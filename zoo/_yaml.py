@@ -45,7 +45,8 @@ MAX_NODES = 1_000_000  # a document expanding (aliases followed) past this is re
 
 def load_yaml(path: str | Path) -> Any:
     """The document in ``path``; a missing, non-UTF-8, malformed or (through aliases)
-    oversized file is a ConfigError naming it."""
+    oversized file is a ConfigError naming it (a malformed one with the parser's line,
+    column and reason)."""
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except OSError as error:
@@ -55,9 +56,7 @@ def load_yaml(path: str | Path) -> Any:
     try:
         document = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{at}") from None
+        raise ConfigError(_parse_error(path, error)) from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply") from None
     if expanded_size(document) > MAX_NODES:
@@ -66,6 +65,13 @@ def load_yaml(path: str | Path) -> Any:
             "the limit guards against alias bombs"
         )
     return document
+
+
+def _parse_error(path: str | Path, error: yaml.YAMLError) -> str:
+    """``PATH:LINE:COLUMN: REASON`` (1-based, as compilers write it) of a parse error."""
+    mark = getattr(error, "problem_mark", None)
+    reason = getattr(error, "problem", None) or "not valid YAML"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: {reason}" if mark else f"{path}: {reason}"
 
 
 def expanded_size(document: Any) -> int:

@@ -23,7 +23,14 @@ from typing import Any
 from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths
 
-__all__ = ["Profile", "calibrate", "load_profile", "save_profile"]
+__all__ = [
+    "Profile",
+    "calibrate",
+    "known_profiles",
+    "load_profile",
+    "profile_file",
+    "save_profile",
+]
 
 DEMO_MODEL = {
     "arch": "unet",
@@ -67,16 +74,25 @@ def save_profile(profile: Profile, paths: ProjectPaths) -> Path:
 
 def load_profile(name: str, paths: ProjectPaths) -> Profile:
     """Profile ``name``: this project's, else a committed one."""
+    return Profile(**json.loads(profile_file(name, paths).read_text()))
+
+
+def profile_file(name: str, paths: ProjectPaths) -> Path:
+    """The file profile ``name`` is read from; a ConfigError naming the known profiles
+    when there is none."""
     for path in (paths.profile(name), _PACKAGED / f"{name}.json"):
         if path.exists():
-            return Profile(**json.loads(path.read_text()))
-    known = sorted({p.stem for p in _PACKAGED.glob("*.json")})
-    if paths.profile(name).parent.exists():
-        known = sorted({*known, *(p.stem for p in paths.profile(name).parent.glob("*.json"))})
+            return path
     raise ConfigError(
-        f"--profile: no profile {name!r}; known: {', '.join(known) or 'none'} "
+        f"--profile: no profile {name!r}; known: {', '.join(known_profiles(paths)) or 'none'} "
         f"(measure one with `zoo calibrate {name}` on the target machine)"
     )
+
+
+def known_profiles(paths: ProjectPaths) -> list[str]:
+    """Names ``--profile`` takes here: this project's profiles and the committed ones."""
+    saved = paths.profile("any").parent  # where zoo calibrate saves them
+    return sorted({p.stem for folder in (_PACKAGED, saved) for p in folder.glob("*.json")})
 
 
 def calibrate(name: str, spec: Path | None = None, echo=print) -> Profile:
@@ -84,7 +100,7 @@ def calibrate(name: str, spec: Path | None = None, echo=print) -> Profile:
     import torch
 
     from zoo._malloc import keep_freed_memory
-    from zoo.sweep import load_spec, make_plan, measure_images_per_s
+    from zoo.sweep import load_spec, make_plan
 
     torch.set_num_threads(1)  # as sweep workers train
     keep_freed_memory()
@@ -94,7 +110,7 @@ def calibrate(name: str, spec: Path | None = None, echo=print) -> Profile:
     else:
         model, side = DEMO_MODEL, 64
         config = _config(model, side, count=40)
-    train = measure_images_per_s(config, steps=8, max_side=side)
+    train = _train_images_per_s(config, side)
     echo(f"training: {train:.1f} images/s at {side} px")
     val = _val_images_per_s(config, side)
     echo(f"validation: {val:.1f} images/s at {side} px")
@@ -134,6 +150,29 @@ def _config(model: dict[str, Any], side: int, count: int, seed: int = 0) -> Any:
             "log_weights": ["best"],
         }
     )
+
+
+def _train_images_per_s(config: Any, side: int, steps: int = 8) -> float:
+    """Training images/s of the config's model and first stage on this machine, from
+    ``steps`` steps on random ``side`` px data (after one untimed step)."""
+    import torch
+
+    from zoo.losses import make_loss
+    from zoo.models import create_model
+    from zoo.train import Step, make_optimizer, pick_device, train_step
+
+    stage = config.stages[0]
+    device = pick_device(config)
+    model = create_model(config.model).to(device).train()
+    step = Step(model, make_optimizer(stage, model), make_loss(stage.loss), config.model.head)
+    x = torch.randn(stage.batch_size, config.model.in_channels, side, side, device=device)
+    y = torch.randint(0, config.model.classes, (stage.batch_size, side, side), device=device)
+    train_step(step, x, y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = train_step(step, x, y)
+    loss.item()
+    return steps * stage.batch_size / (time.perf_counter() - start)
 
 
 def _val_images_per_s(config: Any, side: int, batches: int = 4) -> float:

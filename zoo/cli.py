@@ -147,32 +147,28 @@ def _sweep_plan(args: argparse.Namespace) -> None:
     if _given_a_search(args):
         from zoo.sweep import _search, _search_report
 
-        spec, block = _search.load_search(args.spec)
-        config = _search_report.sample_config(spec, block)
-        summary = _search_report.search_plan(
-            spec, block, args.images_per_s or sweep.measure_images_per_s(config)
-        )
+        spec, block = _search.load_search(args.spec, args.overrides)
+        summary = _search_report.search_plan(spec, block, args.images_per_s)
         text = _search_report.format_search_plan(summary)
         print(json.dumps(summary, indent=1) if args.json else text)
         return
     plan = sweep.make_plan(_executed_spec(args))
-    if args.profile:
-        from zoo.sweep._cost import format_cost, profile_report
-
-        summary = profile_report(plan, args.profile, args.workers, args.show)
-        print(json.dumps(summary, indent=1) if args.json else format_cost(summary))
+    if args.show is not None:
+        print(sweep.show_run(plan, args.show), end="")
         return
-    rate = args.images_per_s or sweep.measure_images_per_s(plan.runs[0].config)
-    summary = sweep.report(plan, rate, args.show)
-    print(json.dumps(summary, indent=1) if args.json else sweep.format_report(summary))
+    from zoo.sweep._cost import format_priced, priced_report
+
+    summary = priced_report(plan, args.profile, args.images_per_s, args.workers)
+    print(json.dumps(summary, indent=1) if args.json else format_priced(summary))
 
 
 def _given_a_search(
-    args: argparse.Namespace, refused: tuple[str, ...] = ("gpu_power", "gpus_per_task", "rehearse")
+    args: argparse.Namespace,
+    refused: tuple[str, ...] = ("gpu_power", "gpus_per_task", "rehearse", "profile", "show"),
 ) -> bool:
     """Whether ``args.spec`` is a search spec; one given any of the ``refused`` options
     is refused (``--gpu-power``, ``--gpus-per-task``: a search's runs take them from its
-    base config; ``--rehearse``: grid sweeps only)."""
+    base config; ``--rehearse``, ``--profile``, ``--show``: grid sweeps only)."""
     from zoo import sweep
 
     if not sweep.is_search(args.spec):
@@ -181,9 +177,12 @@ def _given_a_search(
         "gpu_power": "power_cap_w in its base config",
         "gpus_per_task": "devices in its base config",
         "rehearse": "a grid sweep spec",
+        "profile": "--images-per-s (a search is priced by its training image passes)",
+        "show": "a grid sweep spec (a search's runs are sampled as it goes)",
     }
     for option in refused:
-        if getattr(args, option, None) not in (None, False):
+        value = getattr(args, option, None)
+        if value is not None and value is not False:  # given (--show 0 is given)
             instead = expected[option]
             raise _config_error(
                 f"--{option.replace('_', '-')}: not allowed for a search spec; expected {instead}"
@@ -192,13 +191,13 @@ def _given_a_search(
 
 
 def _executed_spec(args: argparse.Namespace):
-    """The spec of ``args`` (its rehearsal with ``--rehearse``) with the options that
-    change what its runs compute (``--gpus-per-task``, ``--gpu-power``:
-    zoo.sweep.with_execution), so plan, run, submit and status given the same options
-    compute the same keys."""
+    """The spec of ``args`` with its ``KEY=VALUE`` overrides (its rehearsal with
+    ``--rehearse``) and the options that change what its runs compute
+    (``--gpus-per-task``, ``--gpu-power``: zoo.sweep.with_execution), so plan, run,
+    submit and status given the same options compute the same keys."""
     from zoo import sweep
 
-    spec = _rehearsed(sweep.load_spec(args.spec), args)
+    spec = _rehearsed(sweep.load_spec(args.spec, args.overrides), args)
     return sweep.with_execution(spec, getattr(args, "gpus_per_task", None), args.gpu_power)
 
 
@@ -216,7 +215,7 @@ def _search_run(args: argparse.Namespace) -> int:
     from zoo.sweep import _search
     from zoo.tracking import Tracker
 
-    spec, block = _search.load_search(args.spec)
+    spec, block = _search.load_search(args.spec, args.overrides)
     sweep.start_worker_server()
     status = _search.run_search(spec, block, Tracker(args.tracking_uri), args.workers)
     print(_search.format_search_status(spec.name, status))
@@ -278,11 +277,11 @@ def _sweep_submit(args: argparse.Namespace) -> None:
     if search:
         if auto:
             raise _config_error("--runs-per-task: auto is not allowed for a search spec")
-        spec, block = _search.load_search(args.spec)
+        spec, block = _search.load_search(args.spec, args.overrides)
     elif args.workers is not None:
         raise _config_error("--workers: only for a search spec; a grid sweep has one task per job")
     else:
-        plan = sweep.make_plan(_rehearsed(sweep.load_spec(args.spec), args))
+        plan = sweep.make_plan(_rehearsed(sweep.load_spec(args.spec, args.overrides), args))
         check_resubmit(plan.spec, options.resubmit_failed, ProjectPaths.default())
         sweep.check_plan(plan)  # on this machine's devices: before the task's options
         plan = with_options(plan, options)
@@ -306,6 +305,12 @@ def _check_auto(auto: bool, profile: str | None) -> None:
         )
     if profile is not None and not auto:
         raise _config_error(f"--profile: {profile!r} is only used with --runs-per-task auto")
+
+
+def _completion(args: argparse.Namespace) -> None:
+    from zoo._completion import script
+
+    print(script(_parser(), args.shell), end="")
 
 
 def _sweep_worker(args: argparse.Namespace) -> int:
@@ -340,18 +345,19 @@ def _sweep_status(args: argparse.Namespace) -> None:
 
     from zoo import sweep
     from zoo.paths import ProjectPaths
-    from zoo.tracking import Tracker
+    from zoo.tracking import existing_store
 
     if _given_a_search(args):
         from zoo.sweep import _search
 
-        spec, block = _search.load_search(args.spec)
+        spec, block = _search.load_search(args.spec, args.overrides)
         result = _search.search_status(spec, block, ProjectPaths.default())
         text = _search.format_search_status(spec.name, result)
         print(json.dumps(result, indent=1, default=str) if args.json else text)
         return
     plan = sweep.make_plan(_executed_spec(args))
-    status = sweep.sweep_status(plan, Tracker(args.tracking_uri, create=False))
+    paths = ProjectPaths.default()
+    status = sweep.sweep_status(plan, existing_store(args.tracking_uri, paths), paths)
     print(
         json.dumps(status, indent=1) if args.json else sweep.format_status(plan.spec.name, status)
     )
@@ -437,7 +443,9 @@ def _server(args: argparse.Namespace) -> int:
 
     data = args.data or ProjectPaths.default().state / "server"
     if args.server_command == "start":
-        started = server.start(data, args.backend, args.host, args.port, args.workers)
+        started = server.start(
+            data, args.backend, args.host, args.port, args.workers, args.insecure
+        )
         print(f"tracking server at {started.uri} (store {started.store}, data {data})")
         print(f"use: --tracking-uri {started.uri}  or  export MLFLOW_TRACKING_URI={started.uri}")
     elif args.server_command == "status":
@@ -549,8 +557,10 @@ def _models_show(args: argparse.Namespace) -> None:
 
 def _models_export(args: argparse.Namespace) -> None:
     from zoo import modelzoo
+    from zoo.paths import check_out_folder
     from zoo.tracking import Tracker
 
+    check_out_folder(args.out, args.force)
     tracker = Tracker(args.tracking_uri, create=False)
     print(modelzoo.export_model(modelzoo.load(args.ref, tracker), tracker, args.out, args.ref))
 
@@ -590,7 +600,19 @@ def _config_error(message: str) -> Exception:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (``zoo sub: error: ...``), status 2."""
+    """An argument parser whose errors are one line (``zoo sub: error: ...``), status 2,
+    and whose invalid choices (commands too) name the closest valid ones."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            from zoo.errors import did_you_mean
+
+            choices = ", ".join(repr(c) for c in action.choices)
+            raise argparse.ArgumentError(
+                action,
+                f"invalid choice: {value!r} (choose from {choices})"
+                + did_you_mean(value, action.choices),
+            )
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} -h)\n")
@@ -611,6 +633,7 @@ def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
     show.set_defaults(func=_models_show)
     export = model_commands.add_parser("export", help="safetensors, config.yaml and a model card")
     export.add_argument("--out", type=_output("folder"), required=True, metavar="DIR")
+    export.add_argument("--force", action="store_true", help="write into a non-empty --out")
     export.set_defaults(func=_models_export)
     register = model_commands.add_parser("register", help="add to MLflow's Model Registry")
     register.add_argument("--name", required=True)
@@ -640,7 +663,7 @@ def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
         "--rescale", action="store_true", help="resample inputs to the model's pixel size"
     )
     predict.add_argument(
-        "--force", action="store_true", help="predict despite a pixel-size mismatch"
+        "--force", action="store_true", help="ignore a pixel-size mismatch and a non-empty --out"
     )
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -649,13 +672,22 @@ def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from zoo import __version__
+    from zoo._completion import SHELLS
+
     parser = _Parser(prog="zoo", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"zoo {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _data_parser(commands)
     stores = _run_parsers(commands) + _sweep_parser(commands) + _analysis_parsers(commands)
     _server_parser(commands)
     for sub in stores + _model_commands(commands):
         sub.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
+    completion = commands.add_parser("completion", help="print a shell completion script")
+    completion.add_argument(
+        "shell", choices=list(SHELLS), help='e.g. eval "$(zoo completion bash)"'
+    )
+    completion.set_defaults(func=_completion)
     return parser
 
 
@@ -701,9 +733,9 @@ def _sweep_parser(commands) -> list[argparse.ArgumentParser]:
     plan = sweep_commands.add_parser("plan", help="counts, shared stages and cost; runs nothing")
     plan.add_argument("--json", action="store_true")
     plan.add_argument(
-        "--images-per-s", type=_positive(float), help="throughput (default: measured here)"
+        "--images-per-s", type=_positive(float), help="price at this training throughput"
     )
-    plan.add_argument("--show", type=_positive(int), default=3, help="expanded configs to print")
+    plan.add_argument("--show", type=int, metavar="N", help="print run N's resolved config (YAML)")
     plan.add_argument("--profile", help="price on a throughput profile (zoo calibrate NAME)")
     plan.add_argument(
         "--workers", type=_positive(int), default=1, help="workers the prediction assumes"
@@ -739,6 +771,9 @@ def _sweep_parser(commands) -> list[argparse.ArgumentParser]:
     work.set_defaults(func=_sweep_worker)
     for sub in (plan, run_sweep, status, submit):
         sub.add_argument("spec", type=Path, help="sweep spec YAML")
+        sub.add_argument(
+            "overrides", nargs="*", metavar="KEY=VALUE", help="set in spec.base: stages.0.epochs=3"
+        )
         sub.add_argument(
             "--rehearse",
             action="store_true",
@@ -863,6 +898,7 @@ def _server_parser(commands) -> None:
     start.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
     start.add_argument("--port", type=_port, default=5001, help="mlflow server's (PostgreSQL: +1)")
     start.add_argument("--host", default="127.0.0.1", help="listen here (e.g. 0.0.0.0)")
+    start.add_argument("--insecure", action="store_true", help="allow a non-loopback --host")
     start.add_argument("--workers", type=_positive(int), default=4, help="mlflow server processes")
     for verb, help_text in (("status", "is it running"), ("stop", "stop what start started")):
         server_commands.add_parser(verb, help=help_text)

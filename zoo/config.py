@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from zoo._typed import CONTROL_CHARACTERS, build, check, to_dict
+from zoo._typed import CONTROL_CHARACTERS, build, check, check_name, to_dict
 from zoo._yaml import load_yaml, parse_scalar
 from zoo.errors import ConfigError
 
@@ -317,12 +317,7 @@ class RunConfig:
     figures: bool = True  # false: no figures/*.png artifacts (the MLflow UI plots the metrics)
 
     def validate(self, where: str) -> None:
-        check(
-            bool(self.experiment.strip()) and not CONTROL_CHARACTERS.search(self.experiment),
-            f"{where}.experiment",
-            self.experiment,
-            "a non-empty name without control characters",
-        )
+        check_name(self.experiment, f"{where}.experiment")
         check(0 <= self.seed < 2**32, f"{where}.seed", self.seed, "an integer 0 <= seed < 2**32")
         check(self.val_batch_size >= 1, f"{where}.val_batch_size", self.val_batch_size, ">= 1")
         check(len(self.stages) >= 1, f"{where}.stages", [], "at least one stage")
@@ -719,8 +714,9 @@ def resolve(mapping: Any, where: str = "config") -> RunConfig:
                 part,
                 "names of non-mixture datasets",
             )
+    root = project_root()
     for i, stage in enumerate(config.stages):
-        _check_targets(config, i, where)
+        _check_targets(config, i, where, root)
         available = getattr(config.sources[stage.train], "train_count", None)  # None for files
         check(
             stage.size is None or available is None or stage.size <= available,
@@ -746,11 +742,10 @@ def _with_in_channels(mapping: Any) -> Any:
     return {**mapping, "model": {**model, "in_channels": len(model["inputs"])}}
 
 
-def _check_targets(config: RunConfig, index: int, where: str) -> None:
+def _check_targets(config: RunConfig, index: int, where: str, root: Path) -> None:
     """Refuse a stage whose loss is not of the model's task, or whose datasets lack the
     model's input channels or have targets of another task (masks for segmentation, image
     targets for regression)."""
-    from zoo.data import dataset_channels, dataset_target
     from zoo.losses import loss_task
 
     stage, task = config.stages[index], config.model.task
@@ -761,26 +756,9 @@ def _check_targets(config: RunConfig, index: int, where: str) -> None:
         f"a {task} loss for model.task {task}"
         + (" (cross_entropy)" if task == "segmentation" else " (mse, l1, smooth_l1, ssim, ...)"),
     )
-    root = project_root()
     for name in (stage.train, *config.validation_sets):
-        parts = getattr(config.sources[name], "mix", None) or {name: None}
-        for part in parts:
-            source = config.sources[part]
-            found = dataset_target(source, root)
-            check(
-                (found == "mask") == (task == "segmentation"),
-                f"{where}.model.task",
-                task,
-                f"{'segmentation' if found == 'mask' else 'regression'} for the {found} "
-                f"targets of dataset {part!r}",
-            )
-            channels = dataset_channels(source)
-            check(
-                set(config.model.inputs) <= set(channels),
-                f"{where}.model.inputs",
-                list(config.model.inputs),
-                f"channels of dataset {part!r} ({', '.join(channels)})",
-            )
+        for part in getattr(config.sources[name], "mix", None) or (name,):
+            _check_data(config, part, where, root)
     from zoo.metrics import task_metrics
 
     allowed = ("loss", "loss_adj", *task_metrics(task))
@@ -790,6 +768,40 @@ def _check_targets(config: RunConfig, index: int, where: str) -> None:
         stage.select_metric,
         "one of " + ", ".join(allowed),
     )
+
+
+_FITTING: set[tuple[Any, ...]] = set()  # (dataset identity, task, inputs, root) found fit
+
+
+def _check_data(config: RunConfig, part: str, where: str, root: Path) -> None:
+    """Refuse dataset ``part`` (not a mixture) when its targets are of another task than
+    the model's or it lacks the model's input channels; a fit found once is remembered
+    (a sweep's runs ask the same questions thousands of times)."""
+    from zoo.data import dataset_channels, dataset_target
+
+    task, inputs = config.model.task, tuple(config.model.inputs)
+    key = (config._table.digests[part], task, inputs, root)
+    if key in _FITTING:
+        return
+    source = config.sources[part]
+    found = dataset_target(source, root)
+    check(
+        (found == "mask") == (task == "segmentation"),
+        f"{where}.model.task",
+        task,
+        f"{'segmentation' if found == 'mask' else 'regression'} for the {found} "
+        f"targets of dataset {part!r}",
+    )
+    channels = dataset_channels(source)
+    check(
+        set(inputs) <= set(channels),
+        f"{where}.model.inputs",
+        list(inputs),
+        f"channels of dataset {part!r} ({', '.join(channels)})",
+    )
+    if len(_FITTING) > 4096:
+        _FITTING.clear()
+    _FITTING.add(key)
 
 
 def set_path(document: dict[str, Any], key: str, value: Any) -> None:

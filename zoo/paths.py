@@ -8,11 +8,38 @@ stage and one search study each have a class naming them.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DatasetPaths", "ProjectPaths", "StagePaths", "StudyPaths", "SubmissionPaths"]
+from zoo.errors import ConfigError
+
+__all__ = [
+    "DatasetPaths",
+    "ProjectPaths",
+    "StagePaths",
+    "StudyPaths",
+    "SubmissionPaths",
+    "check_out_folder",
+]
+
+
+def check_out_folder(out: Path, force: bool) -> None:
+    """Refuse (ConfigError naming ``--out``) an ``out`` folder that holds anything, unless
+    ``force``: what is written there would replace or mix with what is there."""
+    if not force and out.is_dir() and any(out.iterdir()):
+        raise ConfigError(
+            f"--out: {str(out)!r} is a folder with files in it; expected a new or empty "
+            "folder, or --force to write into it (files of the same names are replaced)"
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(root: str, cwd: str) -> Path:
+    """``root`` (``cwd`` when empty) absolute, symlinks resolved: once per (root, working
+    directory), as a sweep's plan asks for the project root once per run."""
+    return Path(cwd, root).resolve()
 
 
 @dataclass(frozen=True)
@@ -24,7 +51,7 @@ class ProjectPaths:
     @classmethod
     def default(cls) -> ProjectPaths:
         """Paths under ``$ZOO_ROOT`` or, without it, the current directory."""
-        return cls(Path(os.environ.get("ZOO_ROOT") or Path.cwd()).resolve())
+        return cls(_resolved(os.environ.get("ZOO_ROOT") or "", os.getcwd()))
 
     @property
     def state(self) -> Path:

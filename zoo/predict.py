@@ -34,7 +34,7 @@ FALLBACK_TILE = 256  # tile side when the training image size is not in the conf
 class PredictOptions:
     pixel_size_a: float | None = None  # Å per pixel of the inputs; None: from the file, if any
     rescale: bool = False  # resample inputs to the model's pixel size
-    force: bool = False  # predict despite a pixel-size mismatch
+    force: bool = False  # predict despite a pixel-size mismatch, and into a non-empty out
     batch_size: int = 16  # tiles per forward pass
     device: str = "auto"  # auto, cpu, cuda, cuda:N
 
@@ -251,12 +251,15 @@ def predict(
     ref: str, inputs: list[Path], out: Path, tracker: Tracker, options: PredictOptions
 ) -> list[str]:
     """Segment every image of ``inputs`` with model ``ref``; writes masks and overlay PNGs
-    into ``out`` and returns one line per input file. Bad inputs fail before any output."""
+    into ``out`` and returns one line per input file. Bad inputs fail before any output;
+    an ``out`` that holds anything is one unless ``options.force``."""
     import torch
     from tqdm import tqdm
 
     from zoo.modelzoo import image_size, load, pixel_size_a
+    from zoo.paths import check_out_folder
 
+    check_out_folder(out, options.force)
     items = [read_input(path) for path in input_files(inputs)]
     device = options.device
     if device == "auto":

@@ -26,7 +26,8 @@ from zoo import distributed
 from zoo._liveness import Heartbeat, beat_tags
 from zoo._yaml import dump_yaml
 from zoo.artifacts import FigureJob, draw_later, log_linked
-from zoo.config import RunConfig, flatten
+from zoo.checkpoint import load_weights
+from zoo.config import RunConfig, flatten, init_file
 from zoo.continuation import CONTINUED_TAG, continue_stage, continued_from, intermediate_weights
 from zoo.data import Dataset, MixSpec, load, materialise, mixture
 from zoo.errors import ConfigError
@@ -245,13 +246,33 @@ Prepared = tuple[torch.device, dict[str, Dataset]]
 
 def preflight(config: RunConfig, paths: ProjectPaths) -> Prepared:
     """Everything checkable before a run exists and without a tracking store: the device,
-    the encoder and the model, then the data (made or read into the dataset cache)
-    against the stages. Any problem is a ConfigError or DataError; nothing but valid
-    cached datasets is written."""
+    the encoder and the model, the ``init: file:`` weights, then the data (made or read
+    into the dataset cache) against the stages. Any problem is a ConfigError or
+    DataError; nothing but valid cached datasets is written."""
     device = pick_device(config)
     check_encoder(config.model.encoder)
     check_buildable(config.model)
+    _check_init_files(config)
     return device, load_datasets(config, paths)
+
+
+def _check_init_files(config: RunConfig) -> None:
+    """Every stage's ``init: file:`` loads by the safe load training uses (safetensors,
+    or torch.load with weights_only); one that does not is a ConfigError naming it."""
+    for i, stage in enumerate(config.stages):
+        path = init_file(stage.init)
+        if path is None:
+            continue
+        try:
+            load_weights(path)
+        except Exception as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [""]
+            why = next((x for x in lines if x.startswith("WeightsUnpickler")), lines[0])
+            raise ConfigError(
+                f"config.stages.{i}.init: {stage.init!r} is not allowed; {path} is not weights "
+                f"zoo loads safely ({type(error).__name__}: {why.split('. ')[0]}); expected "
+                "a .safetensors file or a .pt file of tensors only"
+            ) from None
 
 
 def run(

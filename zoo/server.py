@@ -6,11 +6,13 @@ installed when missing) under a data folder, starts it on the loopback interface
 only, starts ``mlflow server`` on it with zoo's app (MLflow's own plus a bulk read
 route for ``load_tables``, see ``zoo._server_app``), serving artifacts from the same
 folder, and records both in ``server.json`` there; ``stop`` stops exactly what that
-file names.
+file names. The server has no authentication: it listens beyond loopback only when
+asked with ``insecure`` (``--insecure``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -23,9 +25,19 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from zoo._indexes import ensure_indexes, present_indexes
 from zoo.errors import ConfigError
 
-__all__ = ["BACKENDS", "Server", "start", "start_mlflow", "status", "stop", "stop_mlflow"]
+__all__ = [
+    "BACKENDS",
+    "Server",
+    "check_host",
+    "start",
+    "start_mlflow",
+    "status",
+    "stop",
+    "stop_mlflow",
+]
 
 BACKENDS = ("postgresql", "sqlite")
 _DATABASE = "mlflow"
@@ -49,9 +61,9 @@ class Server:
 
     @property
     def uri(self) -> str:
-        """The tracking URI clients use (the host's name when it listens beyond loopback)."""
-        host = self.host if self.host in ("127.0.0.1", "localhost") else socket.getfqdn()
-        return f"http://{host}:{self.port}"
+        """The tracking URI clients use: the address it listens on, or for a wildcard
+        (0.0.0.0, ::) this machine's name or address as other machines reach it."""
+        return f"http://{_in_url(_client_host(self.host))}:{self.port}"
 
     @property
     def store(self) -> str:
@@ -167,9 +179,57 @@ def _alive(pid: int | None) -> bool:
     return b"mlflow" in cmdline
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost
+        return False
+
+
+def check_host(host: str, insecure: bool) -> None:
+    """Refuse (ConfigError naming ``--host``) a non-loopback ``host`` unless ``insecure``:
+    the server has no authentication, so whoever reaches it may change every experiment."""
+    if not insecure and not _loopback(host):
+        raise ConfigError(
+            f"--host: {host!r} is not allowed without --insecure: zoo's server has no "
+            "authentication, so anyone who reaches it can create and delete experiments; "
+            "expected 127.0.0.1, ::1 or localhost, or --insecure to listen there anyway"
+        )
+
+
+def _client_host(host: str) -> str:
+    """``host``, or for a wildcard this machine's name when it resolves beyond loopback,
+    else the address its default route leaves from, else its name."""
+    if host not in ("0.0.0.0", "::"):
+        return host
+    for name in (socket.getfqdn(), socket.gethostname()):
+        try:
+            addresses = {found[4][0] for found in socket.getaddrinfo(name, None)}
+        except OSError:
+            continue
+        if not all(_loopback(a) for a in addresses):
+            return name
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("203.0.113.1", 9))  # routes only: a UDP connect sends nothing
+            return probe.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
+
+
+def _in_url(host: str) -> str:
+    """``host`` as a URL names it (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 def _allowed_hosts(host: str) -> str:
-    names = {"localhost", "127.0.0.1", host, socket.gethostname(), socket.getfqdn()}
-    return ",".join(sorted(p for n in names for p in (n, f"{n}:*")))
+    """The Host headers mlflow server accepts: every name clients of ``host`` may use."""
+    names = {"localhost", "127.0.0.1", host, _client_host(host)}
+    names |= {socket.gethostname(), socket.getfqdn()}
+    patterns = []
+    for name in sorted(names):  # fnmatch patterns: "[" escaped as "[[]"
+        patterns += [_in_url(name), f"{_in_url(name).replace('[', '[[]', 1)}:*"]
+    return ",".join(patterns)
 
 
 def _check_app() -> None:
@@ -183,6 +243,12 @@ def _check_app() -> None:
         )
 
 
+def _local_url(server: Server) -> str:
+    """The server's URL on this machine (loopback when it listens on every address)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(server.host, server.host)
+    return f"http://{_in_url(host)}:{server.port}"
+
+
 def start_mlflow(server: Server) -> Server:
     """Start ``mlflow server`` for ``server`` and wait until it answers; returns the record."""
     from zoo.tracking import Tracker
@@ -190,6 +256,7 @@ def start_mlflow(server: Server) -> Server:
     _check_app()
     data = Path(server.data)
     Tracker(server.store, None)  # creates and migrates the store once, under its lock
+    ensure_indexes(server.store)  # those zoo's reads need at sweep scale (zoo._indexes)
     log = open(data / "mlflow.log", "a")  # noqa: SIM115 (the child keeps it open)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", server.store]
     command += ["--app-name", _APP]  # MLflow's app plus zoo's bulk read (zoo._server_app)
@@ -215,7 +282,7 @@ def start_mlflow(server: Server) -> Server:
         if child.poll() is not None:
             raise RuntimeError(f"mlflow server exited; see {data / 'mlflow.log'}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=2):
+            with urllib.request.urlopen(f"{_local_url(server)}/health", timeout=2):
                 return started
         except OSError:
             time.sleep(0.3)
@@ -241,10 +308,13 @@ def start(
     host: str = "127.0.0.1",
     port: int = 5001,
     workers: int = 4,
+    insecure: bool = False,
 ) -> Server:
-    """Start (or find running) the server recorded in ``data``; returns its record."""
+    """Start (or find running) the server recorded in ``data``; returns its record. A
+    ``host`` beyond loopback needs ``insecure`` (see check_host); refused, nothing is written."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend: {backend!r}; allowed: {', '.join(BACKENDS)}")
+    check_host(host, insecure)
     data = data.resolve()
     found = _recorded(data)
     if found and _alive(found.mlflow_pid):
@@ -268,7 +338,21 @@ def status(data: Path) -> dict[str, str]:
     if server.backend == "postgresql":
         running = _pg_running(Path(server.data) / "postgresql")
         found["postgresql"] = "running" if running else "stopped"
+    found["indexes"] = _indexes_status(server.store)
     return found
+
+
+def _indexes_status(store: str) -> str:
+    """zoo's indexes (zoo._indexes) in the store: each name and whether it is present."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        present = present_indexes(store)
+    except SQLAlchemyError as error:  # a stopped database: status still answers
+        return f"unknown ({type(error).__name__}: the store did not answer)"
+    return ", ".join(
+        f"{name} {'present' if there else 'missing'}" for name, there in present.items()
+    )
 
 
 def stop(data: Path) -> Server | None:

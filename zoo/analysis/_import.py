@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from zoo._typed import build, check
+from zoo._typed import build, check, check_name
 from zoo._yaml import load_yaml
 from zoo.errors import ConfigError
 from zoo.tracking import FinishedRun, Tracker
@@ -77,7 +77,8 @@ def _row_metrics(
 def import_table(table: Path, experiment: str, mapping: ImportMapping, uri: str) -> tuple[int, int]:
     """Log each row of ``table`` (CSV) as a finished run of ``experiment`` through the
     store's batched logging; a row already imported (same table name, row and axes) is
-    skipped. Returns (rows, runs added)."""
+    skipped. Returns (rows, runs added). A bad ``experiment`` name is a ConfigError."""
+    check_name(experiment, "--experiment")
     runs = table_runs(table, experiment, mapping)
     tracker = Tracker(uri)
     return len(runs), tracker.import_runs(tracker.experiment(experiment), runs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -101,7 +101,9 @@ def filter_models(table: pd.DataFrame, where: list[str]) -> pd.DataFrame:
         if not sep or column not in table:
             known = [c for c in table.columns if c not in (*_FIXED, *_TAIL)]
             raise ConfigError(
-                f"--where {item!r}: expected AXIS=VALUE with AXIS one of " + ", ".join(known)
+                f"--where {item!r}: expected AXIS=VALUE with AXIS one of "
+                + ", ".join(known)
+                + (did_you_mean(column, known) if sep else "")
             )
         table = table[_matches(table[column], value).fillna(False).astype(bool)]
     return table

@@ -14,8 +14,8 @@ from zoo.sweep._plan import (
     check_plan,
     format_report,
     make_plan,
-    measure_images_per_s,
     report,
+    show_run,
 )
 from zoo.sweep._rehearsal import rehearsal
 from zoo.sweep._search import is_search
@@ -41,11 +41,11 @@ __all__ = [
     "jobs_from_plan",
     "load_spec",
     "make_plan",
-    "measure_images_per_s",
     "rehearsal",
     "report",
     "run_job",
     "run_sweep",
+    "show_run",
     "start_worker_server",
     "sweep_status",
     "with_execution",

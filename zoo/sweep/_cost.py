@@ -17,17 +17,18 @@ import json
 from typing import Any
 
 from zoo._typed import to_dict
-from zoo.calibrate import Profile, load_profile
-from zoo.sweep._plan import (
-    Plan,
-    format_report,
-    image_side,
-    report,
-    stage_passes,
-    trained_stages,
-)
+from zoo.calibrate import Profile, known_profiles, load_profile, profile_file
+from zoo.errors import ConfigError
+from zoo.sweep._plan import Plan, format_report, image_side, report, stage_passes, trained_stages
 
-__all__ = ["format_cost", "job_seconds", "predict", "profile_report", "source_key"]
+__all__ = [
+    "format_priced",
+    "job_seconds",
+    "no_price",
+    "predict",
+    "priced_report",
+    "source_key",
+]
 
 
 def _job_seconds(config: Any, trained: list[int], profile: Profile) -> tuple[float, int]:
@@ -101,26 +102,76 @@ def source_key(config: Any, name: str) -> str:
     return json.dumps(to_dict(config.sources[name]), sort_keys=True)
 
 
-def profile_report(plan: Plan, name: str, workers: int, show: int) -> dict[str, Any]:
-    """The plan's report (zoo.sweep.report) priced on profile ``name`` with ``workers``."""
+def priced_report(
+    plan: Plan, profile: str | None, images_per_s: float | None, workers: int
+) -> dict[str, Any]:
+    """The plan's report (zoo.sweep.report) with one price, never measured here: on
+    throughput profile ``profile`` (wall time with ``workers`` workers, disk, memory),
+    or at ``images_per_s`` training images per second, or none (``priced_by`` null and
+    ``no_price``, the line saying how to get one). Both given is a ConfigError."""
     from zoo.paths import ProjectPaths
 
-    profile = load_profile(name, ProjectPaths.default())
-    first = plan.runs[0].config if plan.runs else None
-    rate = profile.rate("train", image_side(first, first.stages[0].train)) if first else 1.0
-    return {**report(plan, rate, show), **predict(plan, profile, workers)}
+    if profile is not None and images_per_s is not None:
+        raise ConfigError("--images-per-s: not allowed with --profile; expected one price")
+    paths = ProjectPaths.default()
+    summary = report(plan)
+    if profile is not None:
+        found = load_profile(profile, paths)
+        source = f"{profile_file(profile, paths)}: {found.device}, measured {found.measured}"
+        return {
+            **summary,
+            "priced_by": f"profile {profile} ({source})",
+            **predict(plan, found, workers),
+        }
+    if images_per_s is not None:
+        return {
+            **summary,
+            "priced_by": "--images-per-s",
+            "images_per_s": images_per_s,
+            "hours": summary["image_passes"] / images_per_s / 3600,
+            "hours_unshared": summary["image_passes_unshared"] / images_per_s / 3600,
+        }
+    return {**summary, "priced_by": None, "no_price": no_price(known_profiles(paths))}
 
 
-def format_cost(summary: dict[str, Any]) -> str:
-    """``profile_report`` as text: the plan's lines, then time, disk and memory."""
+def no_price(profiles: list[str] | None) -> str:
+    """The line of a plan given no price: how to get one (``profiles``: the names
+    ``--profile`` takes; None where a plan takes only ``--images-per-s``)."""
+    start = "no time estimate (nothing is measured here): give"
+    if profiles is None:
+        return (
+            f"{start} --images-per-s N (a profile's train_images_per_s: `zoo calibrate NAME` "
+            "on a compute node measures one)"
+        )
+    return (
+        f"{start} --profile NAME (known: {', '.join(profiles) or 'none'}; `zoo calibrate "
+        "NAME` on a compute node measures one) or --images-per-s N"
+    )
+
+
+def format_priced(summary: dict[str, Any]) -> str:
+    """``priced_report`` as text: the plan's lines, then its one estimate and where it
+    came from (on a profile also disk and memory), or the line saying how to get one."""
+    lines = [format_report(summary)]
+    if summary["priced_by"] is None:
+        return "\n".join([*lines, f"  {summary['no_price']}"])
+    if summary["priced_by"] == "--images-per-s":
+        return "\n".join(
+            [
+                *lines,
+                f"  estimated time at {summary['images_per_s']:.1f} images/s (--images-per-s, "
+                f"training passes only): {summary['hours']:.1f} h "
+                f"({summary['hours_unshared']:.1f} h without sharing)",
+            ]
+        )
     gb = 1e9
     return "\n".join(
         [
-            format_report(summary),
+            *lines,
             f"  validation image passes: {summary['validation_image_passes']:,}",
             f"  predicted wall time on profile {summary['profile']} with "
             f"{summary['workers']} worker(s): {summary['predicted_seconds'] / 3600:.2f} h "
-            f"({summary['predicted_seconds']:.0f} s)",
+            f"({summary['predicted_seconds']:.0f} s); {summary['priced_by']}",
             f"  disk: {summary['disk_bytes'] / gb:.2f} GB "
             f"(datasets {summary['dataset_bytes'] / gb:.2f} GB, the rest checkpoints)",
             f"  memory per worker: host {summary['host_bytes_per_worker'] / gb:.2f} GB, "

@@ -8,11 +8,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+from zoo._typed import check
+from zoo._yaml import dump_yaml
 from zoo.config import RunConfig
 from zoo.errors import ConfigError
 from zoo.sweep._spec import Expanded, SweepSpec, expand, references
 
-__all__ = ["Job", "Plan", "check_plan", "make_plan", "plan_task"]
+__all__ = [
+    "Job",
+    "Plan",
+    "check_plan",
+    "format_report",
+    "make_plan",
+    "plan_task",
+    "report",
+    "show_run",
+]
+
+FIRST_RUNS = 3  # runs a plan's report names
 
 
 @dataclass(frozen=True)
@@ -230,63 +243,24 @@ def _stage_names(spec: SweepSpec, names: dict[str, Any], index: int) -> dict[str
     return {k: v for k, v in names.items() if k in used}
 
 
-def measure_images_per_s(config: RunConfig, steps: int = 4, max_side: int = 128) -> float:
-    """Training images/s of the config's model on this machine, from a few steps on random data.
-
-    Images larger than ``max_side`` are timed at ``max_side`` and the rate scaled
-    by the pixel count, so measuring stays quick on a CPU.
-    """
-    import time
-
-    import torch
-
-    from zoo.losses import make_loss
-    from zoo.models import create_model
-    from zoo.train import Step, make_optimizer, pick_device, train_step
-
-    stage = config.stages[0]
-    side = getattr(config.sources[stage.train], "image_size", 64)
-    timed_side = min(side, max_side)
-    device = pick_device(config)
-    model = create_model(config.model).to(device).train()
-    step = Step(model, make_optimizer(stage, model), make_loss(stage.loss), config.model.head)
-    x = torch.randn(
-        stage.batch_size, config.model.in_channels, timed_side, timed_side, device=device
-    )
-    y = torch.randint(
-        0, config.model.classes, (stage.batch_size, timed_side, timed_side), device=device
-    )
-    train_step(step, x, y)
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = train_step(step, x, y)
-    loss.item()
-    rate = steps * stage.batch_size / (time.perf_counter() - start)
-    return rate * (timed_side / side) ** 2
-
-
 def plan_task(plan: Plan) -> str:
     """The task of the plan's runs (``model.task``, read from its first run; "segmentation"
     for a plan without runs)."""
     return plan.runs[0].config.model.task if plan.runs else "segmentation"
 
 
-def report(plan: Plan, images_per_s: float, show: int = 3) -> dict[str, Any]:
+def report(plan: Plan) -> dict[str, Any]:
     """The plan as JSON-ready data: counts, the task and the headline its reports rank by,
-    estimated hours and the first configs."""
+    and the names of its first runs; no price (zoo.sweep._cost.priced_report adds one)."""
     from zoo.analysis import HEADLINES
 
-    counts = plan.counts()
     task = plan_task(plan)
     return {
         "sweep": plan.spec.name,
-        **counts,
+        **plan.counts(),
         "task": task,
         "headline": HEADLINES[task][0],
-        "images_per_s": images_per_s,
-        "hours": counts["image_passes"] / images_per_s / 3600,
-        "hours_unshared": counts["image_passes_unshared"] / images_per_s / 3600,
-        "first_configs": [r.names for r in plan.runs[:show]],
+        "first_configs": [r.names for r in plan.runs[:FIRST_RUNS]],
     }
 
 
@@ -309,10 +283,21 @@ def format_report(summary: dict[str, Any]) -> str:
     lines.append(
         f"  task {summary['task']}: reports and `zoo models list` rank by {summary['headline']}"
     )
-    lines.append(
-        f"  estimated time at {summary['images_per_s']:.1f} images/s: "
-        f"{summary['hours']:.1f} h ({summary['hours_unshared']:.1f} h without sharing)"
-    )
-    lines.append("  first configs:")
-    lines += [f"    {names}" for names in summary["first_configs"]]
+    lines.append("  first runs (`--show N` prints run N's resolved config):")
+    lines += [f"    {i}: {names}" for i, names in enumerate(summary["first_configs"])]
     return "\n".join(lines)
+
+
+def show_run(plan: Plan, index: int) -> str:
+    """Run ``index`` (0-based, in the plan's order)'s resolved config as YAML, as
+    ``yaml.safe_dump`` writes it: a config ``zoo train`` trains as that run. An index
+    outside the plan is a ConfigError naming the range."""
+    check(
+        0 <= index < len(plan.runs),
+        "--show",
+        index,
+        f"a run index 0-{len(plan.runs) - 1} (the plan has {len(plan.runs)} runs)"
+        if plan.runs
+        else "none (the plan has no runs)",
+    )
+    return dump_yaml(plan.runs[index].config.to_dict())

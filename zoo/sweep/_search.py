@@ -148,11 +148,12 @@ class SearchBlock:
                 )
 
 
-def load_search(path: str | Path) -> tuple[SweepSpec, SearchBlock]:
-    """The spec in ``path`` and its validated ``search:`` block (ConfigError without one)."""
+def load_search(path: str | Path, overrides: list[str] = ()) -> tuple[SweepSpec, SearchBlock]:
+    """The spec in ``path`` (``overrides`` applied: zoo.sweep.load_spec) and its validated
+    ``search:`` block (ConfigError without one)."""
     document = load_yaml(path)
     block = parse_block(document.get("search") if isinstance(document, dict) else None)
-    return load_spec(path), block
+    return load_spec(path, overrides), block
 
 
 def parse_block(search: Any) -> SearchBlock:

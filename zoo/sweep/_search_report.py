@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from zoo.paths import ProjectPaths
+from zoo.sweep._cost import no_price
 from zoo.sweep._plan import image_passes
 from zoo.sweep._search import SearchBlock, open_study, trial_runs
 from zoo.sweep._spec import SweepSpec
 
-__all__ = ["add_to_report", "format_search_plan", "sample_config", "search_plan"]
+__all__ = ["add_to_report", "format_search_plan", "search_plan"]
 
 _MAX_CORNERS = 256
 
@@ -37,15 +38,11 @@ def _corners(block: SearchBlock) -> list[dict[str, Any]]:
     ]
 
 
-def sample_config(spec: SweepSpec, block: SearchBlock) -> Any:
-    """The run config of the first trial run at the first range ends (to time a step)."""
-    return trial_runs(spec, _corners(block)[0])[0].config
-
-
-def search_plan(spec: SweepSpec, block: SearchBlock, images_per_s: float) -> dict[str, Any]:
+def search_plan(spec: SweepSpec, block: SearchBlock, images_per_s: float | None) -> dict[str, Any]:
     """Budget, runs per trial, which stages every trial shares, and an upper bound of
     training image passes (the largest over the parameters' range ends, taken as the
-    most expensive; shared stages counted once), as JSON-ready data."""
+    most expensive; shared stages counted once), as JSON-ready data; priced at
+    ``images_per_s`` when given (never measured: else ``no_price`` says how)."""
     per_point = [trial_runs(spec, point) for point in _corners(block)]
     first = per_point[0]
     stages: dict[str, str] = {}
@@ -75,9 +72,16 @@ def search_plan(spec: SweepSpec, block: SearchBlock, images_per_s: float) -> dic
         "stages": stages,
         "image_passes_max": bound,
         "image_passes_max_unshared": unshared,
-        "images_per_s": images_per_s,
-        "hours_max": bound / images_per_s / 3600,
+        **_price(bound, images_per_s),
     }
+
+
+def _price(image_passes: int, images_per_s: float | None) -> dict[str, Any]:
+    """A search plan's price keys: hours at ``images_per_s``, or how to get a price."""
+    if images_per_s is None:
+        return {"priced_by": None, "no_price": no_price(None)}
+    hours = image_passes / images_per_s / 3600
+    return {"priced_by": "--images-per-s", "images_per_s": images_per_s, "hours_max": hours}
 
 
 def format_search_plan(summary: dict[str, Any]) -> str:
@@ -93,9 +97,13 @@ def format_search_plan(summary: dict[str, Any]) -> str:
         f"  training image passes: at most {summary['image_passes_max']:,} "
         f"({summary['image_passes_max_unshared']:,} without sharing; pruning only lowers it)"
     )
-    lines.append(
-        f"  at most {summary['hours_max']:.2f} h at {summary['images_per_s']:.1f} images/s"
-    )
+    if summary["priced_by"] is None:
+        lines.append(f"  {summary['no_price']}")
+    else:
+        lines.append(
+            f"  at most {summary['hours_max']:.2f} h at {summary['images_per_s']:.1f} images/s "
+            "(--images-per-s, training passes only)"
+        )
     return "\n".join(lines)
 
 

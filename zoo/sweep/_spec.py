@@ -19,13 +19,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from zoo._typed import build, check
+from zoo._typed import build, check, check_key, check_name
 from zoo._yaml import load_yaml
-from zoo.config import RunConfig, resolve, set_path
-from zoo.errors import ConfigError
+from zoo.config import RunConfig, apply_overrides, resolve, set_path
+from zoo.errors import ConfigError, did_you_mean
 from zoo.sweep._rehearsal import SUFFIX, toy_document
 
-__all__ = ["Assignment", "SweepSpec", "expand", "load_spec", "with_execution"]
+__all__ = [
+    "Assignment",
+    "SweepSpec",
+    "expand",
+    "load_spec",
+    "with_execution",
+]
 
 Assignment = dict[str, Any]
 _TEMPLATE = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
@@ -82,20 +88,16 @@ class SweepSpec:
             f"false (a rehearsal is made with --rehearse, named <name>{SUFFIX})",
         )
         check(self.max_candidates >= 1, f"{where}.max_candidates", self.max_candidates, ">= 1")
-        check(
-            re.fullmatch(r"[\w.-]+", self.name) is not None,
-            f"{where}.name",
-            self.name,
-            "letters, digits, '_', '-' and '.'",
-        )
+        check_name(self.name, f"{where}.name")
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """The strictly validated spec in ``path`` (names checked; runs not yet expanded)."""
+def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
+    """The strictly validated spec in ``path`` (names checked; runs not yet expanded),
+    with ``KEY=VALUE`` ``overrides`` applied to its base (see _with_overrides)."""
     spec = build(SweepSpec, load_yaml(path), "spec")
     _check_size(spec)
     _check_names(spec)
-    return spec
+    return _with_overrides(spec, list(overrides))
 
 
 def with_execution(
@@ -110,6 +112,34 @@ def with_execution(
     if power_cap_w is not None:
         base["power_cap_w"] = float(power_cap_w)
     return spec if base == spec.base else replace(spec, base=base)
+
+
+def _with_overrides(spec: SweepSpec, overrides: list[str]) -> SweepSpec:
+    """``spec`` with ``KEY=VALUE`` overrides applied to its base as ``zoo train`` applies
+    them to a config (zoo.config.apply_overrides). A key no run config has, one the
+    sweep sets itself (``experiment``, ``seed``) or one the spec's ``set:`` writes (it
+    would replace the override in every run) is a ConfigError naming the key."""
+    if not overrides:
+        return spec
+    base = apply_overrides(spec.base, overrides)
+    for item in overrides:
+        key = item.partition("=")[0]
+        check_key(RunConfig, key, f"override {key}")
+        parts = key.split(".")
+        if parts[0] in ("experiment", "seed"):
+            raise ConfigError(
+                f"override {key}: set by the sweep (its name, its seeds:); expected a key of "
+                "spec.base"
+            )
+        for written in spec.set:
+            theirs = written.split(".")
+            # a part filled in per run ({name}, $name) may be any key
+            if all(a == b or "{" in b or b[:1] == "$" for a, b in zip(parts, theirs, strict=False)):
+                raise ConfigError(
+                    f"override {key}: spec.set writes {written} in every run; expected a key "
+                    "that spec.set leaves alone"
+                )
+    return replace(spec, base=base)
 
 
 def _axis_size(entry: Any) -> int:
@@ -187,7 +217,10 @@ def _axis(entry: Any, where: str) -> list[Assignment]:
         else:
             pairs = itertools.combinations(values, 2)
         return [dict(zip(names, p, strict=True)) for p in pairs if repeats or p[0] != p[1]]
-    raise ConfigError(f"{at}: unknown axis kind; allowed: product, zip, pairs")
+    raise ConfigError(
+        f"{at}: unknown axis kind; allowed: product, zip, pairs"
+        + did_you_mean(kind, ("product", "zip", "pairs"))
+    )
 
 
 def _axis_names(spec: SweepSpec) -> list[str]:
@@ -229,7 +262,9 @@ def _check_defined(used: set[str], defined: list[str], where: str) -> None:
     unknown = sorted(used - set(defined))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown name {unknown[0]!r}; defined names: " + ", ".join(defined)
+            f"{where}: unknown name {unknown[0]!r}; defined names: "
+            + ", ".join(defined)
+            + did_you_mean(unknown[0], defined)
         )
 
 
@@ -251,7 +286,11 @@ def _operator(expression: Any, where: str, allowed: list[str]) -> tuple[str, Any
     )
     ((op, operands),) = expression.items()
     if op not in allowed:
-        raise ConfigError(f"{where}: unknown operator {op!r}; allowed: " + ", ".join(allowed))
+        raise ConfigError(
+            f"{where}: unknown operator {op!r}; allowed: "
+            + ", ".join(allowed)
+            + did_you_mean(op, allowed)
+        )
     return op, operands
 
 
