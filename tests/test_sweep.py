@@ -546,3 +546,16 @@ def test_the_worker_server_never_asks_cuda_for_devices(tmp_path):
         tmp_path,
     )
     assert done.stdout.split() == ["0", "False"], done.stderr[-2000:]
+
+
+def test_status_table_keeps_every_state_in_its_own_column():
+    """`zoo sweep status` prints one column per state, headers and counts apart even
+    where a header is as wide as a column (``interrupted``) or a count is large."""
+    from zoo.sweep._status import STATES, format_status
+
+    counts = {"pretrain": dict.fromkeys(STATES, 0), "run": dict.fromkeys(STATES, 0)}
+    counts["run"].update(missing=7159, interrupted=1234567)
+    _, header, *rows = format_status("defocus", counts).splitlines()
+    assert header.split() == ["group", *STATES]
+    for row, group in zip(rows, counts, strict=True):
+        assert row.split() == [group, *(str(counts[group][s]) for s in STATES)]

@@ -80,8 +80,11 @@ def sweep_status(plan: Plan, uri: str, paths: ProjectPaths) -> dict[str, dict[st
 
 
 def format_status(name: str, status: dict[str, dict[str, int]]) -> str:
-    """``sweep_status`` as a table."""
-    lines = [f"sweep {name}", f"  {'':12}" + "".join(f"{s:>10}" for s in STATES)]
+    """``sweep_status`` as a table: a column per state, each at least one space wider
+    than its header and its counts, so neighbours never run together."""
+    first = max([len(g) for g in status] + [5])
+    widths = {s: 1 + max([len(s)] + [len(str(c[s])) for c in status.values()]) for s in STATES}
+    lines = [f"sweep {name}", f"  {'group':{first}}" + "".join(f"{s:>{widths[s]}}" for s in STATES)]
     for group, counts in status.items():
-        lines.append(f"  {group:12}" + "".join(f"{counts[s]:>10}" for s in STATES))
+        lines.append(f"  {group:{first}}" + "".join(f"{counts[s]:>{widths[s]}}" for s in STATES))
     return "\n".join(lines)
