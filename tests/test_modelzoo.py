@@ -94,6 +94,18 @@ def test_bad_list_options_and_references_are_one_line_errors(trained, capsys):
         assert error.startswith("zoo: error: ") and error.count("\n") == 1, error
 
 
+def test_a_model_is_named_by_an_id_or_hash_prefix_or_its_run_name(trained, capsys):
+    """What sweep progress and `models list` show (a config-hash prefix, a run's name)
+    and a run-id prefix name the same model as its whole run id."""
+    from mlflow.tracking import MlflowClient
+
+    (best,) = _models(capsys, "tiny", "--limit", "1")
+    run = MlflowClient(trained.tracking_uri).get_run(best["run_id"])
+    for form in (best["run_id"][:8], run.data.tags["zoo.config_hash"][:8], run.info.run_name):
+        assert main(["models", "show", form]) == 0, form
+        assert yaml.safe_load(capsys.readouterr().out)["run_id"] == best["run_id"], form
+
+
 def test_show_export_and_load_round_trip(trained, capsys, tmp_path):
     (best,) = _models(capsys, "tiny", "--limit", "1")
     assert main(["models", "show", best["run_id"]]) == 0

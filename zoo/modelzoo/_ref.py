@@ -1,6 +1,7 @@
-"""Model references: a run id, a registered ``NAME@alias`` or ``NAME/version``, or a query
-``EXPERIMENT[:AXIS=VALUE,...]`` (the best finished model of that experiment matching
-every value, by the headline metric)."""
+"""Model references: a run id, a unique run-id prefix, a config-hash prefix (as sweep
+progress names runs), a run's name, a registered ``NAME@alias`` or ``NAME/version``, or
+a query ``EXPERIMENT[:AXIS=VALUE,...]`` (the best finished model of that experiment
+matching every value, by the headline metric)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from zoo.errors import ConfigError
 __all__ = ["ModelRef", "resolve_ref"]
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
-_FORMS = "a run id, NAME@ALIAS, NAME/VERSION or EXPERIMENT[:AXIS=VALUE,...]"
+_PREFIX = re.compile(r"[0-9a-f]{6,31}")  # of a run id or a config hash
+_QUERY = re.compile(r"[\w.-]+(:[\w.+-]+=[^,]*(,[\w.+-]+=[^,]*)*)?")
+_FORMS = (
+    "a run id or a unique prefix of one (6+ characters), a config-hash prefix, a run "
+    "name, NAME@ALIAS, NAME/VERSION or EXPERIMENT[:AXIS=VALUE,...]"
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,40 @@ def resolve_ref(text: str, uri: str) -> ModelRef:
         return ModelRef(text, text)
     if "@" in text or re.fullmatch(r".+/\d+", text):
         return _registered(text, client)
-    if not re.fullmatch(r"[\w.-]+(:[\w.+-]+=[^,]*(,[\w.+-]+=[^,]*)*)?", text):
-        raise ConfigError(f"model {text!r}: expected {_FORMS}")
+    if _PREFIX.fullmatch(text) or not _QUERY.fullmatch(text):
+        found = _named_run(text, client)
+        if found is not None:
+            return ModelRef(text, found)
+    if not _QUERY.fullmatch(text):
+        raise ConfigError(f"model {text!r}: no run is named so; expected {_FORMS}")
     return _query(text, uri)
+
+
+def _named_run(text: str, client) -> str | None:
+    """The run id ``text`` names as a run-id or config-hash prefix, or as a run name; None
+    if none does; a ConfigError when it names several (a config hash's newest finished
+    run is the one it names, as for every other look-up of an identity)."""
+    if "'" in text:
+        return None
+    if _PREFIX.fullmatch(text):
+        filters = [f"attributes.run_id LIKE '{text}%'", f"tags.`zoo.config_hash` LIKE '{text}%'"]
+    else:
+        filters = [f"attributes.run_name = '{text}'"]
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = {
+        run.info.run_id: run
+        for where in filters
+        for run in (client.search_runs(experiments, where, max_results=50) if experiments else [])
+    }
+    finished = {k: r for k, r in runs.items() if r.info.status == "FINISHED"}
+    by_identity = {r.data.tags.get("zoo.config_hash") for r in finished.values()}
+    if len(finished) > 1 and len(by_identity) == 1 and None not in by_identity:
+        return max(finished.values(), key=lambda r: r.info.start_time).info.run_id
+    if len(finished or runs) > 1:
+        names = sorted(r.info.run_name or r.info.run_id for r in runs.values())
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise ConfigError(
+            f"model {text!r}: names {len(runs)} runs ({shown}); expected one: give more "
+            "characters of a run id or config hash, or a whole run id"
+        )
+    return next(iter(finished or runs), None)
