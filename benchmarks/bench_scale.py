@@ -218,7 +218,7 @@ def measure(args: argparse.Namespace, root: Path, data: Path) -> dict:
     runs = sum(j.kind == "run" for j in plan.jobs)
     submit = ["sweep", "submit", str(args.spec), "--rehearse", "--tracking-uri", uri]
     submit += ["--runs-per-task", str(args.runs_per_task), "--max-parallel", "4"]
-    submit += ["--profile", args.profile] if args.profile else []
+    submit += ["--profile", args.profile] if args.runs_per_task == "auto" else []
     began = time.perf_counter()
     seconds, out = zoo(root, *submit)
     result = {"spec": str(args.spec), "runs_planned": runs, "submit_s": seconds}

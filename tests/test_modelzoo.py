@@ -106,6 +106,30 @@ def test_a_model_is_named_by_an_id_or_hash_prefix_or_its_run_name(trained, capsy
         assert yaml.safe_load(capsys.readouterr().out)["run_id"] == best["run_id"], form
 
 
+def test_a_run_name_names_its_run_and_a_shared_name_is_refused_naming_the_runs(tmp_path):
+    """`zoo train`'s names (letters, digits, '-') are found as names, not taken for
+    experiments; a name two runs share (a rehearsal's and the real sweep's) is refused
+    with each run's id prefix and experiment, so the user can pick one."""
+    from mlflow.tracking import MlflowClient
+
+    from zoo.errors import ConfigError
+    from zoo.modelzoo._ref import resolve_ref
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    trained = client.create_run(client.create_experiment("train"), run_name="transfer-1a2b3c4d")
+    client.set_terminated(trained.info.run_id)
+    shared = [
+        client.create_run(client.create_experiment(name), run_name="freeze none · seed 0")
+        for name in ("demo", "demo-rehearsal")
+    ]
+    assert resolve_ref("transfer-1a2b3c4d", uri).run_id == trained.info.run_id
+    with pytest.raises(ConfigError, match="names 2 runs") as refused:
+        resolve_ref("freeze none · seed 0", uri)
+    for run in shared:
+        assert run.info.run_id[:8] in str(refused.value)
+
+
 def test_show_export_and_load_round_trip(trained, capsys, tmp_path):
     (best,) = _models(capsys, "tiny", "--limit", "1")
     assert main(["models", "show", best["run_id"]]) == 0

@@ -109,6 +109,17 @@ def test_states_are_read_in_one_query_as_mlflow_would_search_them(store, tmp_pat
     assert read_states(tracker.uri, "never-made") == {}
 
 
+def test_states_of_a_sqlite_store_whose_path_needs_quoting(tmp_path):
+    """A store under a folder named with a URI fragment mark (#) is read, not another
+    file: its runs' states are there."""
+    folder = tmp_path / "p#q"
+    tracker = Tracker(f"sqlite:///{folder / 'mlflow.db'}", ProjectPaths(tmp_path))
+    experiment = tracker.experiment("e")
+    run_id = _log(tracker, experiment, "a1")
+    assert read_states(tracker.uri, "e") == {"a1": (run_id, "FINISHED", {CONFIG_HASH_TAG: "a1"})}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]  # nothing else made
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_zoo_indexes_are_added_once_to_a_store_mlflow_made(kind, request, tmp_path):
     """The runs-by-experiment index zoo's reads need is created where missing, and a

@@ -11,6 +11,7 @@ PostgreSQL store that MLflow has created.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 __all__ = ["INDEXES", "ensure_indexes", "present_indexes"]
@@ -42,9 +43,12 @@ def ensure_indexes(uri: str) -> list[str]:
 
 
 def present_indexes(uri: str) -> dict[str, bool]:
-    """Index name -> whether the store at ``uri`` has it, for each of INDEXES."""
+    """Index name -> whether the store at ``uri`` has it, for each of INDEXES (all False
+    for a SQLite file that does not exist: it is not created)."""
     import sqlalchemy
 
+    if uri.startswith("sqlite:") and not Path(uri.split("://", 1)[1][1:]).exists():
+        return dict.fromkeys(INDEXES, False)
     engine = _engine(uri)
     try:
         inspector = sqlalchemy.inspect(engine)

@@ -18,6 +18,7 @@ import os
 import sqlite3
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -105,8 +106,8 @@ def read_states(uri: str, experiment: Experiment) -> dict[str, RunState] | None:
 
 
 def _sqlite(uri: str, experiment: Experiment) -> dict[str, RunState]:
-    path = uri.split("://", 1)[1][1:].split("?", 1)[0]
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    path = Path(uri.split("://", 1)[1][1:].split("?", 1)[0]).absolute()
+    connection = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True, timeout=60)
     try:
         return query_states(connection, experiment, "qmark")
     except sqlite3.OperationalError as error:
@@ -126,8 +127,9 @@ def _postgresql(uri: str, experiment: Experiment) -> dict[str, RunState]:
 
 
 def _server(uri: str, experiment: Experiment) -> dict[str, RunState] | None:
-    """Ask zoo's server; None when the route is missing (another MLflow server) or its
-    store is not SQL."""
+    """Ask zoo's server; None when it cannot answer so (another MLflow server, a store
+    that is not SQL, a proxy, authentication or TLS set up for MLflow's client, a server
+    that does not answer): MLflow's client then answers, or names the problem."""
     request = urllib.request.Request(
         uri.rstrip("/") + STATES_ROUTE,
         data=json.dumps(request_body(experiment)).encode(),
@@ -137,11 +139,9 @@ def _server(uri: str, experiment: Experiment) -> dict[str, RunState] | None:
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             body = json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        if error.code in (404, 405, 501):
-            return None
-        raise
-    return {k: RunState(*v) for k, v in body["states"].items()}
+        return {k: RunState(*v) for k, v in body["states"].items()}
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def request_body(experiment: Experiment) -> dict[str, str]:

@@ -23,7 +23,7 @@ __all__ = ["CONTROL_CHARACTERS", "build", "check", "check_key", "check_name", "t
 # refused in any value that reaches a file name, a tag or a rendered script
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 # sweep and experiment names: they name folders (.zoo/sweeps/NAME, .zoo/logs/NAME)
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_.+@=-]+")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.+=-]+")  # no '@': NAME@ALIAS names a model
 
 T = TypeVar("T")
 

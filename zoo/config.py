@@ -317,7 +317,12 @@ class RunConfig:
     figures: bool = True  # false: no figures/*.png artifacts (the MLflow UI plots the metrics)
 
     def validate(self, where: str) -> None:
-        check_name(self.experiment, f"{where}.experiment")
+        check(  # stored configs keep loading; new names: check_name (load_config, sweeps)
+            bool(self.experiment.strip()) and not CONTROL_CHARACTERS.search(self.experiment),
+            f"{where}.experiment",
+            self.experiment,
+            "a non-empty name without control characters",
+        )
         check(0 <= self.seed < 2**32, f"{where}.seed", self.seed, "an integer 0 <= seed < 2**32")
         check(self.val_batch_size >= 1, f"{where}.val_batch_size", self.val_batch_size, ">= 1")
         check(len(self.stages) >= 1, f"{where}.stages", [], "at least one stage")
@@ -852,10 +857,13 @@ def apply_overrides(mapping: dict[str, Any], overrides: list[str]) -> dict[str, 
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """The resolved RunConfig in ``path`` with ``overrides`` applied."""
+    """The resolved RunConfig in ``path`` with ``overrides`` applied; its experiment's
+    name must be a safe one (check_name), as a new run makes it."""
     document = load_yaml(path)
     check(isinstance(document, dict), str(path), type(document).__name__, "a mapping")
-    return resolve(apply_overrides(document, list(overrides)))
+    config = resolve(apply_overrides(document, list(overrides)))
+    check_name(config.experiment, "config.experiment")
+    return config
 
 
 def flatten(document: Any, prefix: str = "") -> dict[str, Any]:

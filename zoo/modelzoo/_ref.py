@@ -14,7 +14,7 @@ __all__ = ["ModelRef", "resolve_ref"]
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 _PREFIX = re.compile(r"[0-9a-f]{6,31}")  # of a run id or a config hash
-_QUERY = re.compile(r"[\w.-]+(:[\w.+-]+=[^,]*(,[\w.+-]+=[^,]*)*)?")
+_QUERY = re.compile(r"[\w.+=-]+(:[\w.+-]+=[^,]*(,[\w.+-]+=[^,]*)*)?")
 _FORMS = (
     "a run id or a unique prefix of one (6+ characters), a config-hash prefix, a run "
     "name, NAME@ALIAS, NAME/VERSION or EXPERIMENT[:AXIS=VALUE,...]"
@@ -74,7 +74,8 @@ def resolve_ref(text: str, uri: str) -> ModelRef:
         return ModelRef(text, text)
     if "@" in text or re.fullmatch(r".+/\d+", text):
         return _registered(text, client)
-    if _PREFIX.fullmatch(text) or not _QUERY.fullmatch(text):
+    plain = ":" not in text and client.get_experiment_by_name(text) is None
+    if _PREFIX.fullmatch(text) or not _QUERY.fullmatch(text) or plain:
         found = _named_run(text, client)
         if found is not None:
             return ModelRef(text, found)
@@ -104,7 +105,10 @@ def _named_run(text: str, client) -> str | None:
     if len(finished) > 1 and len(by_identity) == 1 and None not in by_identity:
         return max(finished.values(), key=lambda r: r.info.start_time).info.run_id
     if len(finished or runs) > 1:
-        names = sorted(r.info.run_name or r.info.run_id for r in runs.values())
+        names = sorted(
+            f"{r.info.run_id[:8]} ({r.info.run_name}, experiment {r.info.experiment_id})"
+            for r in runs.values()
+        )
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise ConfigError(
             f"model {text!r}: names {len(runs)} runs ({shown}); expected one: give more "

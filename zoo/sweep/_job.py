@@ -36,6 +36,7 @@ __all__ = [
     "place_worker",
     "placed",
     "requeues_left",
+    "requeues_made",
     "run_job",
     "with_parent",
 ]
@@ -179,9 +180,14 @@ def tracker_for(job: JobSpec) -> Tracker:
     return _WORKER["tracker"]
 
 
+def requeues_made() -> int:
+    """How often SLURM requeued this task (0 outside SLURM)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
 def requeues_left(job: JobSpec) -> bool:
     """Whether a preempted job may be requeued: SLURM counts its restarts."""
-    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) < job.max_requeues
+    return requeues_made() < job.max_requeues
 
 
 EpochHook = Callable[[str, int, dict[str, Any]], None]

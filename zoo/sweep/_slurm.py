@@ -51,7 +51,7 @@ from zoo.paths import ProjectPaths, SubmissionPaths
 from zoo.resources import resource
 from zoo.sweep._datasets import make_task, missing_sources
 from zoo.sweep._executor import Executor, SweepReport, pending
-from zoo.sweep._job import JobSpec, become_worker, jobs_from_plan, run_job
+from zoo.sweep._job import JobSpec, become_worker, jobs_from_plan, requeues_made, run_job
 from zoo.sweep._packing import cluster_limits
 from zoo.sweep._plan import Plan, make_plan
 from zoo.sweep._spec import with_execution
@@ -645,8 +645,8 @@ def _lane_jobs(
         print(f"task {task} lane {lane} pid {os.getpid()}: {job.kind} {job.key}", flush=True)
         if not _wait_for_stage(job, submission, stages, lambda line: print(line, flush=True)):
             return PREEMPTED
-        try:  # pending: the submission found it unfinished (run checks again, locked)
-            result = run_job(job, submission.job_log(job.key), pending=True)
+        try:  # the submission found it unfinished; after a requeue it may have finished
+            result = run_job(job, submission.job_log(job.key), pending=not requeues_made())
         except Preempted:
             return PREEMPTED  # a preempted stage has not ended: its runs keep waiting
         finally:  # ended however it ended (unless preempted), so its runs stop waiting
