@@ -50,6 +50,21 @@ def _folder(root: Path, count=3, masks=True, broken=None) -> None:
         (root / "images" / "im1.png").write_bytes(b"not a png")
 
 
+def _mrc(path: Path, shape: tuple[int, ...]) -> None:
+    import mrcfile
+
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.zeros(shape, np.float32))
+
+
+def _mrc_volume_folder(root: Path) -> None:
+    """images/ holding an .mrc volume (3, 16, 16) where one image is expected."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    _mrc(root / "images" / "im0.mrc", (3, 16, 16))
+    np.save(root / "masks" / "im0.npy", np.zeros((16, 16), np.uint8))
+
+
 def _pairs_h5(path: Path, channels=2, targets=1) -> None:
     """Regression data: (8, channels, 16, 16) inputs and (8, targets, 16, 16) targets."""
     rng = np.random.default_rng(0)
@@ -1010,6 +1025,13 @@ CASES = [
         2,
         r"im1\.png: unreadable image",
     ),
+    (
+        "folder-mrc-volume-as-image",
+        {**run(datasets={"d": {"path": "imgs"}}), "imgs": _mrc_volume_folder},
+        TRAIN,
+        2,
+        r"im0\.mrc: shape \(3, 16, 16\); expected one 2-D grey image \(H, W\) per file",
+    ),
     ("task-unknown", run(model={"task": "detection"}), TRAIN, 2, r"config\.model\.task: 'detec"),
     (
         "task-loss-mismatch",
@@ -1223,6 +1245,13 @@ CASES = [
         ["predict", "demo", "x.npy", "--out", "out"],
         2,
         r"--out: 'out' is a folder with files in it",
+    ),
+    (
+        "predict-mrc-of-rank-4",
+        {"mlflow.db": "store", "v.mrc": lambda p: _mrc(p, (2, 3, 8, 8))},
+        ["predict", "demo", "v.mrc", "--out", "out"],
+        2,
+        r"v\.mrc: shape \(2, 3, 8, 8\) of float32; expected a 2-D image \(H, W\) or a stack",
     ),
     (
         "predict-no-store",

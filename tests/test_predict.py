@@ -4,6 +4,7 @@ input's format family, overlays, the pixel-size check and one-line errors."""
 from __future__ import annotations
 
 import h5py
+import mrcfile
 import numpy as np
 import pytest
 import tifffile
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from zoo.cli import main
-from zoo.data import generator_spec, simulate
+from zoo.data import generator_spec, read_image, simulate
 from zoo.modelzoo import load
 from zoo.predict import segment
 from zoo.tracking import Tracker
@@ -90,6 +91,26 @@ def test_a_different_pixel_size_is_refused_unless_rescaled_or_forced(
     assert "resampled ×0.5" in capsys.readouterr().out
     assert np.load(out / "fine_mask.npz")["masks"].shape == (1, *micrograph.shape)
     assert main(["predict", "tiny", str(fine), "--out", str(tmp_path / "f"), "--force"]) == 0
+
+
+def test_an_mrc_is_read_with_its_voxel_size_and_its_masks_keep_it(
+    trained, micrograph, tmp_path, capsys
+):
+    for name, voxel_size in (("fine", 1.6), ("m", 3.2)):
+        with mrcfile.new(tmp_path / f"{name}.mrc") as mrc:
+            mrc.set_data(micrograph)
+            mrc.voxel_size = voxel_size
+    out = tmp_path / "out"
+    assert main(["predict", "tiny", str(tmp_path / "fine.mrc"), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "fine.mrc: pixel size 1.6 Å" in error and "3.2 Å" in error
+    assert not out.exists()
+    assert main(["predict", "tiny", str(tmp_path / "m.mrc"), "--out", str(out)]) == 0
+    masks, size = read_image(out / "m_mask.tif")
+    assert masks.shape == micrograph.shape and size == pytest.approx(3.2, rel=1e-6)
+    np.save(tmp_path / "m.npy", micrograph)
+    assert main(["predict", "tiny", str(tmp_path / "m.npy"), "--out", str(tmp_path / "n")]) == 0
+    assert np.array_equal(masks, np.load(tmp_path / "n" / "m_mask.npy"))
 
 
 def test_a_non_empty_out_needs_force(trained, micrograph, tmp_path, capsys):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from zoo.data import IMAGE_SUFFIXES, PIXEL_SIZE_TOLERANCE, read_image, write_tiff
 from zoo.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -25,8 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Micrographs", "PredictOptions", "blend_weights", "predict", "read_input", "segment"]
 
-SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".npz", ".h5", ".hdf5")
-TOLERANCE = 0.10  # relative pixel-size difference accepted without --rescale or --force
+SUFFIXES = (*IMAGE_SUFFIXES, ".npz", ".h5", ".hdf5")
 FALLBACK_TILE = 256  # tile side when the training image size is not in the config
 
 
@@ -48,42 +48,35 @@ class Micrographs:
     pixel_size_a: float | None  # as recorded in the file, if it records one
 
 
-def _array(path: Path) -> tuple[np.ndarray, float | None]:
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False), None
-    if suffix == ".npz":
+def _container(path: Path) -> tuple[np.ndarray, float | None]:
+    """The ``images`` of an NPZ or HDF5 file and the pixel size it records."""
+    if path.suffix.lower() == ".npz":
         with np.load(path, allow_pickle=False) as archive:
             if "images" not in archive:
                 raise DataError(f"{path}: no 'images' array (has {', '.join(archive.files)})")
             size = float(archive["pixel_size_A"]) if "pixel_size_A" in archive else None
             return archive["images"], size if size == size else None
-    if suffix in (".h5", ".hdf5"):
-        import h5py
+    import h5py
 
-        with h5py.File(path, "r") as handle:
-            if "images" not in handle:
-                raise DataError(f"{path}: no 'images' dataset (has {', '.join(handle)})")
-            size = handle["images"].attrs.get("pixel_size_a", handle.attrs.get("pixel_size_a"))
-            return handle["images"][()], None if size is None else float(size)
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        return tifffile.imread(path), None
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("F")), None
+    with h5py.File(path, "r") as handle:
+        if "images" not in handle:
+            raise DataError(f"{path}: no 'images' dataset (has {', '.join(handle)})")
+        size = handle["images"].attrs.get("pixel_size_a", handle.attrs.get("pixel_size_a"))
+        return handle["images"][()], None if size is None else float(size)
 
 
 def read_input(path: Path) -> Micrographs:
-    """The images in one PNG, TIFF, NPY, NPZ (``images``) or HDF5 (``images``) file."""
-    try:
-        array, size = _array(path)
-    except DataError:
-        raise
-    except Exception as error:
-        raise DataError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
+    """The images in one file, with the pixel size it records: an image or a stack (N, H, W)
+    in any format zoo.data reads (``IMAGE_SUFFIXES``), or ``images`` of an NPZ or HDF5 file."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        array, size = read_image(path)
+    else:
+        try:
+            array, size = _container(path)
+        except DataError:
+            raise
+        except Exception as error:
+            raise DataError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3 or min(array.shape) == 0 or not np.issubdtype(array.dtype, np.number):
@@ -170,17 +163,18 @@ def segment(
 def _check_pixel_size(
     path: Path, given: float | None, model: float | None, options: PredictOptions
 ) -> float:
-    """The resampling factor for one input; refuses a mismatch beyond TOLERANCE."""
+    """The resampling factor for one input; refuses a mismatch beyond PIXEL_SIZE_TOLERANCE."""
     if given is None or model is None:
         return 1.0
     difference = given / model - 1
-    if abs(difference) <= TOLERANCE or options.force:
+    if abs(difference) <= PIXEL_SIZE_TOLERANCE or options.force:
         return 1.0
     if options.rescale:
         return given / model
     raise ConfigError(
         f"{path}: pixel size {given:.4g} Å differs from the model's {model:.4g} Å by "
-        f"{difference:+.0%} (more than {TOLERANCE:.0%}); use --rescale to resample or --force"
+        f"{difference:+.0%} (more than {PIXEL_SIZE_TOLERANCE:.0%}); use --rescale to resample "
+        "or --force"
     )
 
 
@@ -195,7 +189,8 @@ def _overlay(image: np.ndarray, mask: np.ndarray, path: Path) -> None:
 
 
 def _write_masks(item: Micrographs, masks: np.ndarray, out: Path, stem: str) -> Path:
-    """Masks (0/1, uint8) in the input's format family: PNG (0/255) per image, else one file."""
+    """Masks (0/1, uint8) in the input's format family: PNG (0/255) per image, else one file;
+    a TIFF recording the input's pixel size for TIFF and microscope formats (MRC, DM, ...)."""
     suffix = item.path.suffix.lower()
     if suffix == ".png":
         from PIL import Image
@@ -208,11 +203,11 @@ def _write_masks(item: Micrographs, masks: np.ndarray, out: Path, stem: str) -> 
         for name, mask in zip(names, masks, strict=True):
             Image.fromarray(mask * 255).save(out / name)
         return out / names[0]
+    if suffix not in (".tiff", ".npy", ".npz", ".h5", ".hdf5"):
+        suffix = ".tif"
     target = out / f"{stem}_mask{suffix}"
     if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        tifffile.imwrite(target, masks[0] if len(masks) == 1 else masks)
+        write_tiff(target, masks[0] if len(masks) == 1 else masks, item.pixel_size_a)
     elif suffix == ".npy":
         np.save(target, masks[0] if len(masks) == 1 else masks)
     elif suffix == ".npz":

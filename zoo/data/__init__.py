@@ -6,6 +6,7 @@ Public API: declare a dataset with :func:`dataset_source`, make it with
 
 from zoo.data._crystals import LATTICES
 from zoo.data._files import FileSpec, content_digest, file_hash
+from zoo.data._formats import IMAGE_SUFFIXES, PIXEL_SIZE_TOLERANCE, read_image, write_tiff
 from zoo.data._preview import preview
 from zoo.data._simulate import Micrograph, make_scene, simulate, simulate_scene
 from zoo.data._spec import PRESETS, STRUCTURES, GeneratorSpec, generator_spec
@@ -25,7 +26,9 @@ from zoo.data._store import (
 )
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "LATTICES",
+    "PIXEL_SIZE_TOLERANCE",
     "PRESETS",
     "STRUCTURES",
     "Dataset",
@@ -48,6 +51,8 @@ __all__ = [
     "materialise",
     "mixture",
     "preview",
+    "read_image",
     "simulate",
     "simulate_scene",
+    "write_tiff",
 ]

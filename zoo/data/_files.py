@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from zoo._typed import check, to_dict
+from zoo.data._formats import IMAGE_SUFFIXES, PIXEL_SIZE_TOLERANCE, read_image
 from zoo.errors import DataError
 from zoo.paths import ProjectPaths
 
 __all__ = ["FileSpec", "content_digest", "file_hash", "file_target", "read_files", "save_hashes"]
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 HDF5_SUFFIXES = (".h5", ".hdf5")
 
 
@@ -58,22 +58,6 @@ class FileSpec:
         return {k: v for k, v in document.items() if k != "channels" or v != ["image"]}
 
 
-def _read_array(path: Path) -> np.ndarray:
-    try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if path.suffix in (".tif", ".tiff"):
-            import tifffile
-
-            return tifffile.imread(path)
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return np.asarray(image.convert("F") if image.mode not in ("L", "1") else image)
-    except Exception as error:
-        raise DataError(f"{path}: unreadable image ({type(error).__name__}: {error})") from None
-
-
 def _binary(name: str, mask: np.ndarray) -> np.ndarray:
     """The mask as 0/1 uint8; 0/255 masks are accepted, anything else is an error."""
     values = np.unique(mask)
@@ -93,7 +77,10 @@ def _one_channel(path: Path, spec: FileSpec) -> None:
         )
 
 
-def _read_folder(root: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray]:
+Sizes = list[tuple[Path, float | None]]  # each image or input file with its recorded Å/pixel
+
+
+def _read_folder(root: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray, Sizes]:
     if (root / "inputs").is_dir():
         return _read_pairs(root, spec.channels)
     _one_channel(root, spec)
@@ -106,30 +93,33 @@ def _read_folder(root: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray]:
     if not image_files:
         raise DataError(f"{image_dir}: no {'/'.join(IMAGE_SUFFIXES)} files")
     masks_by_stem = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    images, masks = [], []
+    images, masks, sizes = [], [], []
     for image_file in image_files:
         mask_file = masks_by_stem.get(image_file.stem)
         if mask_file is None:
             raise DataError(f"{image_file}: no mask named {image_file.stem}.* in {mask_dir}")
-        image, mask = _read_array(image_file).astype(np.float32), _read_array(mask_file)
+        (image, size), (mask, _) = read_image(image_file), read_image(mask_file)
         if image.ndim != 2:
-            raise DataError(f"{image_file}: shape {image.shape}; expected a 2-D grey image")
+            raise DataError(
+                f"{image_file}: shape {image.shape}; expected one 2-D grey image (H, W) per file"
+            )
         if mask.shape != image.shape:
             raise DataError(
                 f"{mask_file}: mask shape {mask.shape} does not match image {image.shape}"
             )
         masks.append(_binary(str(mask_file), mask))
         images.append(image)
+        sizes.append((image_file, size))
     if len({i.shape for i in images}) > 1:
         raise DataError(f"{root}: images differ in shape; all must have the same size")
-    return np.stack(images), np.stack(masks)
+    return np.stack(images), np.stack(masks), sizes
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
 
 
-def _read_pairs(root: Path, channels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _read_pairs(root: Path, channels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, Sizes]:
     """Inputs (N, H, W) or (N, C, H, W) and float targets (N, H, W) or (N, K, H, W) of an
     ``inputs/``/``targets/`` folder, matched by file name."""
     input_dir, target_dir = root / "inputs", root / "targets"
@@ -141,30 +131,32 @@ def _read_pairs(root: Path, channels: tuple[str, ...]) -> tuple[np.ndarray, np.n
     for stem, file in sorted(targets.items()):
         if stem not in inputs:
             raise DataError(f"{file}: no input named {stem}.* in {input_dir}")
-    xs, ys = [], []
+    xs, ys, sizes = [], [], []
     for stem, input_file in sorted(inputs.items()):
         if stem not in targets:
             raise DataError(f"{input_file}: no target named {stem}.* in {target_dir}")
-        x = _stacked(input_file, channels, "input")
-        y = _stacked(targets[stem], None, "target")
+        x, size = _stacked(input_file, channels, "input")
+        y, _ = _stacked(targets[stem], None, "target")
         if y.shape[1:] != x.shape[1:]:
             raise DataError(f"{targets[stem]}: target shape {y.shape} does not match {x.shape}")
         xs.append(x)
         ys.append(y)
+        sizes.append((input_file, size))
     if len({x.shape for x in xs}) > 1 or len({y.shape for y in ys}) > 1:
         raise DataError(f"{root}: inputs or targets differ in shape; all must be the same")
-    return _squeezed(np.stack(xs)), _squeezed(np.stack(ys))
+    return _squeezed(np.stack(xs)), _squeezed(np.stack(ys)), sizes
 
 
-def _stacked(path: Path, channels: tuple[str, ...] | None, kind: str) -> np.ndarray:
-    """The file's array as float32 (C, H, W); ``channels``: the names it must have."""
-    array = _read_array(path).astype(np.float32)
+def _stacked(
+    path: Path, channels: tuple[str, ...] | None, kind: str
+) -> tuple[np.ndarray, float | None]:
+    """The file's array as float32 (C, H, W) and its recorded pixel size; ``channels``: the
+    names it must have."""
+    array, size = read_image(path)
     array = array[None] if array.ndim == 2 else array
-    if array.ndim != 3:
-        raise DataError(f"{path}: shape {array.shape}; expected (H, W) or stacked (C, H, W)")
     if channels is not None and len(array) != len(channels):
         raise DataError(f"{path}: {len(array)} {kind} channels; {_named(channels)}")
-    return array
+    return array, size
 
 
 def _squeezed(array: np.ndarray) -> np.ndarray:
@@ -311,20 +303,42 @@ def save_hashes(cache: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_files(spec: FileSpec, root: Path) -> tuple[np.ndarray, np.ndarray, str]:
-    """(images float32, masks uint8, content digest) of a folder or HDF5 dataset.
+def _pixel_size(spec: FileSpec, sizes: Sizes) -> float | None:
+    """The dataset's Å per pixel: its declared ``pixel_size_a``, else the first one its files
+    record. A file recording one that differs from it by more than PIXEL_SIZE_TOLERANCE is a
+    DataError naming the file."""
+    recorded = [(path, size) for path, size in sizes if size is not None]
+    if spec.pixel_size_a is not None:
+        reference, source = spec.pixel_size_a, "the dataset's pixel_size_a"
+    elif recorded:
+        reference, source = recorded[0][1], f"that of {recorded[0][0].name}"
+    else:
+        return None
+    for path, size in recorded:
+        if abs(size / reference - 1) > PIXEL_SIZE_TOLERANCE:
+            raise DataError(
+                f"{path}: pixel size {size:.4g} Å differs from {source}, {reference:.4g} Å, by "
+                f"{size / reference - 1:+.0%} (more than {PIXEL_SIZE_TOLERANCE:.0%})"
+            )
+    return reference
+
+
+def read_files(spec: FileSpec, root: Path) -> tuple[np.ndarray, np.ndarray, float | None, str]:
+    """(images float32, masks uint8, Å per pixel or None, content digest) of a folder or
+    HDF5 dataset.
 
     Every file is checked before anything is returned; the first problem raises
     a DataError naming the file.
     """
     path = _located(spec, root)
+    sizes: Sizes = []
     if path.is_dir():
-        images, masks = _read_folder(path, spec)
+        images, masks, sizes = _read_folder(path, spec)
     elif path.suffix.lower() in HDF5_SUFFIXES:
         images, masks = _read_hdf5(path, spec)
     else:
         raise DataError(f"{path}: expected a folder or an {'/'.join(HDF5_SUFFIXES)} file")
-    return images, masks, content_digest(spec, root)
+    return images, masks, _pixel_size(spec, sizes), content_digest(spec, root)
 
 
 _HDF5_TARGETS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> target

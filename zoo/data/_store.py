@@ -179,10 +179,10 @@ def _materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
             train_count=source.train_count, pixel_size_a=source.field_nm * 10 / source.image_size
         )
     else:
-        images, masks, digest = read_files(source, paths.root)
+        images, masks, pixel_size, digest = read_files(source, paths.root)
         meta.update(
             train_count=len(images) - round(len(images) * source.val_fraction),
-            pixel_size_a=source.pixel_size_a,
+            pixel_size_a=pixel_size,
         )
         if source.channels != ("image",):
             meta["channels"] = list(source.channels)
