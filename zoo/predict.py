@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zoo.data import IMAGE_SUFFIXES, PIXEL_SIZE_TOLERANCE, read_image, write_tiff
+from zoo.data._formats import read_guarded
 from zoo.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -71,12 +72,7 @@ def read_input(path: Path) -> Micrographs:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         array, size = read_image(path)
     else:
-        try:
-            array, size = _container(path)
-        except DataError:
-            raise
-        except Exception as error:
-            raise DataError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
+        array, size = read_guarded(_container, path)
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3 or min(array.shape) == 0 or not np.issubdtype(array.dtype, np.number):

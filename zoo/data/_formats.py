@@ -15,7 +15,7 @@ import numpy as np
 
 from zoo.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "PIXEL_SIZE_TOLERANCE", "read_image", "write_tiff"]
+__all__ = ["IMAGE_SUFFIXES", "PIXEL_SIZE_TOLERANCE", "read_guarded", "read_image", "write_tiff"]
 
 PIXEL_SIZE_TOLERANCE = 0.10  # relative pixel-size difference accepted against a reference
 
@@ -114,6 +114,18 @@ _READERS: dict[str, Callable[[Path], Reading]] = {
 IMAGE_SUFFIXES = tuple(_READERS)
 
 
+def read_guarded(
+    reader: Callable[[Path], tuple[np.ndarray, float | None]], path: Path
+) -> tuple[np.ndarray, float | None]:
+    """``reader(path)``; any failure but a DataError becomes one naming the file."""
+    try:
+        return reader(path)
+    except DataError:
+        raise
+    except Exception as error:
+        raise DataError(f"{path}: unreadable image ({type(error).__name__}: {error})") from None
+
+
 def read_image(path: Path) -> Reading:
     """The image (H, W) or stack (N, H, W) in ``path`` as float32, and the pixel size in Å
     the file records (None where it records none). An unknown suffix, an unreadable file,
@@ -121,12 +133,7 @@ def read_image(path: Path) -> Reading:
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise DataError(f"{path}: unsupported type; allowed: {', '.join(IMAGE_SUFFIXES)}")
-    try:
-        array, size = reader(path)
-    except DataError:
-        raise
-    except Exception as error:
-        raise DataError(f"{path}: unreadable image ({type(error).__name__}: {error})") from None
+    array, size = read_guarded(reader, path)
     if array.ndim not in (2, 3) or min(array.shape) == 0 or array.dtype.kind not in "biuf":
         raise DataError(
             f"{path}: shape {tuple(array.shape)} of {array.dtype}; expected a 2-D image "
