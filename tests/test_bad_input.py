@@ -57,6 +57,15 @@ def _mrc(path: Path, shape: tuple[int, ...]) -> None:
         mrc.set_data(np.zeros(shape, np.float32))
 
 
+def _colour_png(path: Path) -> None:
+    """An RGB preview grid, as a figure or a screenshot is: its channels differ."""
+    from PIL import Image
+
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:8, :, 0], rgb[8:, :, 2] = 255, 255
+    Image.fromarray(rgb).save(path)
+
+
 def _mrc_volume_folder(root: Path) -> None:
     """images/ holding an .mrc volume (3, 16, 16) where one image is expected."""
     (root / "images").mkdir(parents=True)
@@ -1252,6 +1261,13 @@ CASES = [
         ["predict", "demo", "v.mrc", "--out", "out"],
         2,
         r"v\.mrc: shape \(2, 3, 8, 8\) of float32; expected a 2-D image \(H, W\) or a stack",
+    ),
+    (
+        "predict-colour-png",
+        {"mlflow.db": "store", "grid.png": _colour_png},
+        ["predict", "demo", "grid.png", "--out", "out"],
+        2,
+        r"grid\.png: a colour image \(RGB, 3 channels that differ\); expected one grey channel",
     ),
     (
         "predict-no-store",

@@ -50,7 +50,7 @@ def test_large_image_gives_the_central_crops_mask(trained, micrograph):
     assert tiled.shape == micrograph.shape
 
 
-def test_every_format_gives_masks_of_its_family_and_overlays(trained, micrograph, tmp_path):
+def test_every_format_gives_masks_of_its_family_and_overlays(trained, micrograph, tmp_path, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()
     np.save(inputs / "m.npy", micrograph)
@@ -61,6 +61,13 @@ def test_every_format_gives_masks_of_its_family_and_overlays(trained, micrograph
         handle.create_dataset("images", data=micrograph[None]).attrs["pixel_size_a"] = 3.1
     out = tmp_path / "out"
     assert main(["predict", "tiny", str(inputs), "--out", str(out), "--batch-size", "3"]) == 0
+    said = {
+        line.split(" -> ")[0].rsplit("/", 1)[1]: line
+        for line in capsys.readouterr().out.splitlines()
+    }
+    for name in ("m.npy", "t.tif", "p.png"):  # they record none: the model's was assumed
+        assert f"{name} records no pixel size: assumed the model's 3.2 Å" in said[name]
+    assert "assumed" not in said["h.h5"]  # it records 3.1 Å
     assert np.load(out / "m_mask.npy").shape == micrograph.shape
     assert tifffile.imread(out / "t_mask.tif").shape == (2, *micrograph.shape)
     png = np.asarray(Image.open(out / "p_mask.png"))

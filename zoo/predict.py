@@ -156,6 +156,16 @@ def segment(
     return (total / norm)[:, :height, :width].cpu().numpy()
 
 
+def _assumed_size(item: Micrographs, options: PredictOptions, model: float | None) -> str:
+    """What a file's line says when its pixel size was assumed, not read or given."""
+    if model is None or options.pixel_size_a or item.pixel_size_a:
+        return ""
+    return (
+        f" (warning: {item.path.name} records no pixel size: assumed the model's "
+        f"{model:.4g} Å; give --pixel-size if it differs)"
+    )
+
+
 def _check_pixel_size(
     path: Path, given: float | None, model: float | None, options: PredictOptions
 ) -> float:
@@ -242,7 +252,8 @@ def predict(
     ref: str, inputs: list[Path], out: Path, tracker: Tracker, options: PredictOptions
 ) -> list[str]:
     """Segment every image of ``inputs`` with model ``ref``; writes masks and overlay PNGs
-    into ``out`` and returns one line per input file. Bad inputs fail before any output;
+    into ``out`` and returns one line per input file (saying so where a file's pixel size
+    was assumed: it records none). Bad inputs fail before any output;
     an ``out`` that holds anything is one unless ``options.force``."""
     import torch
     from tqdm import tqdm
@@ -290,5 +301,6 @@ def predict(
                 _overlay(image, mask, out / name)
                 overlays.append(out / name)
             note = f" (resampled ×{factor:.3g})" if factor != 1.0 else ""
+            note += _assumed_size(item, options, model_size)
             lines.append(f"{item.path} -> {target}, {overlays[0]}{note}")
     return lines

@@ -61,7 +61,21 @@ def _pillow(path: Path) -> Reading:
     from PIL import Image
 
     with Image.open(path) as image:
-        return np.asarray(image if image.mode in ("L", "1") else image.convert("F")), None
+        if image.mode in ("L", "1", "I", "I;16", "F"):
+            return np.asarray(image if image.mode in ("L", "1") else image.convert("F")), None
+        return _grey(path, np.asarray(image.convert("RGB")), image.mode), None
+
+
+def _grey(path: Path, colour: np.ndarray, mode: str) -> np.ndarray:
+    """The one channel of an (H, W, C) colour image whose channels are all equal (grey
+    saved as colour); a DataError for a real colour image: averaging its channels
+    would feed a model something it was never trained on, without a word."""
+    if not (colour == colour[..., :1]).all():
+        raise DataError(
+            f"{path}: a colour image ({mode}, {colour.shape[-1]} channels that differ); "
+            "expected one grey channel per image (a micrograph, not a preview or a figure)"
+        )
+    return colour[..., 0]
 
 
 def _tiff(path: Path) -> Reading:
@@ -71,7 +85,10 @@ def _tiff(path: Path) -> Reading:
         page = tiff.pages[0]
         unit = (tiff.imagej_metadata or {}).get("unit") or _TIFF_UNITS.get(page.resolutionunit)
         x, y = (_angstroms(1 / r, unit) if r > 0 else None for r in page.resolution)
-        return tiff.asarray(), _square(path, x, y)
+        array = tiff.asarray()
+        if page.samplesperpixel > 1 and array.ndim == 3 and array.shape[-1] == page.samplesperpixel:
+            array = _grey(path, array, f"TIFF, {page.photometric.name}")
+        return array, _square(path, x, y)
 
 
 def _mrc(path: Path) -> Reading:
