@@ -200,3 +200,12 @@ def squeue_empty(timeout=300):
 
 
 from stores import postgres, tracking_server  # noqa: E402, F401  (real stores, session-wide)
+
+
+def unfit_weights(path: Path) -> None:
+    """Weights zoo loads safely (so a run starting from them exists) that fit no model:
+    the run fails when they are loaded into it, naming the file."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"not.a.layer": torch.zeros(1)}, path)

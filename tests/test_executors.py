@@ -4,6 +4,7 @@ run against the local executor and the real local SLURM cluster."""
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import squeue_empty
 
 from zoo.sweep import LocalExecutor, jobs_from_plan, load_spec, make_plan
@@ -48,10 +49,15 @@ def test_every_job_finishes_once_and_a_second_submit_runs_nothing(execute, tiny_
 def test_a_failed_stage_skips_its_runs_and_the_others_finish(
     execute, tiny_spec, tiny_runs, project
 ):
-    (project.root / "broken.pt").write_bytes(b"not a state dict")  # fails when loaded
+    from safetensors.torch import save_file
+
+    # weights zoo loads safely (so the run exists) that do not fit the model: fails training
+    save_file({"not.a.layer": torch.zeros(1)}, project.root / "broken.safetensors")
     spec = tiny_spec(
         extra={
-            "derive": {"init": {"lookup": ["$source", {"a": "random", "b": "file:broken.pt"}]}},
+            "derive": {
+                "init": {"lookup": ["$source", {"a": "random", "b": "file:broken.safetensors"}]}
+            },
             "set": {
                 "stages.0.train": "$source",
                 "stages.0.init": "$init",
@@ -63,7 +69,7 @@ def test_a_failed_stage_skips_its_runs_and_the_others_finish(
     by_key = {r.data.tags["zoo.config_hash"]: r for r in tiny_runs()}
     broken = next(j for j in plan.jobs if j.kind == "stage" and j.names["source"] == "b")
     assert by_key[broken.key].info.status == "FAILED"
-    assert "broken.pt" in by_key[broken.key].data.tags["zoo.error"]
+    assert "broken.safetensors" in by_key[broken.key].data.tags["zoo.error"]
     for job in plan.jobs:
         if job.kind == "run" and job.names["source"] == "b":
             assert job.key not in by_key or by_key[job.key].info.status != "FINISHED"

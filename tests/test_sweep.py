@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import unfit_weights
 from mlflow.tracking import MlflowClient
 
 import zoo
@@ -230,7 +231,7 @@ def test_sweep_runs_shared_stages_once_and_a_second_run_trains_nothing(
 
 
 def test_failed_config_is_reported_and_the_others_finish(tiny_spec, tiny_runs, project, capsys):
-    (project.root / "broken.safetensors").write_bytes(b"not safetensors")
+    unfit_weights(project.root / "broken.safetensors")
     spec = tiny_spec(
         sources=("a",),
         extra={
@@ -250,7 +251,7 @@ def test_failed_config_is_reported_and_the_others_finish(tiny_spec, tiny_runs, p
 
 
 def test_failed_shared_stage_skips_its_dependents(tiny_spec, project, capsys):
-    (project.root / "broken.safetensors").write_bytes(b"not safetensors")
+    unfit_weights(project.root / "broken.safetensors")
     spec = tiny_spec(
         extra={
             "derive": {

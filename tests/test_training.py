@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import zoo_process
+from conftest import unfit_weights, zoo_process
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -257,7 +257,7 @@ def test_a_run_without_figures_logs_everything_else(project, config_file):
 
 
 def test_failed_run_is_marked_failed_with_reason(project, config_file):
-    (project.root / "broken.safetensors").write_bytes(b"not safetensors")
+    unfit_weights(project.root / "broken.safetensors")
     path = config_file({1: {"init": "file:broken.safetensors"}})
     assert main(["train", str(path)]) == 2
     _, (run,) = _runs(project)
