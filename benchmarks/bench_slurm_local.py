@@ -16,28 +16,11 @@ import argparse
 import os
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CLUSTER = REPO / "slurm" / "local-cluster.sh"
-
-
-def zoo(root: Path, *args: str) -> float:
-    """Seconds ``zoo ARGS`` took in project ``root``; a failure raises."""
-    began = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "zoo.cli", *args],
-        cwd=root,
-        env={**os.environ, "ZOO_ROOT": str(root)},
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"zoo {' '.join(args)}: {done.stderr.strip()[-2000:]}")
-    return time.perf_counter() - began
+from bench_scale import CLUSTER, REPO, zoo  # this folder's: a script's first path
 
 
 def finished(root: Path) -> int:
@@ -63,7 +46,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-slurm-local-") as folder:
         local, cluster = Path(folder) / "local", Path(folder) / "slurm-root"
         local.mkdir(), cluster.mkdir()
-        local_s = zoo(local, "sweep", "run", spec, "--workers", str(args.workers))
+        local_s = zoo(local, "sweep", "run", spec, "--workers", str(args.workers))[0]
         env = {
             **os.environ,
             "ZOO_SLURM_DIR": f"{folder}/slurm",
