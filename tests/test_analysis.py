@@ -170,3 +170,45 @@ def test_partial_sweep_counts_missing_runs(project, capsys):
     )
     assert main(["analyze", str(spec), "--out", str(project.root / "out")]) == 0
     assert "finished 50, failed 0, running 0, missing 130" in capsys.readouterr().out
+
+
+def test_report_opens_on_the_sweeps_best_runs_with_worded_headings(paper_report):
+    page = (paper_report / "report.html").read_text()
+    assert (
+        "<h1>Defocus series (Rangel DaCosta, Oill, Scott 2025), imported: paper-defocus</h1>"
+        in (page)
+    )
+    assert page.index("<h2>Best 10 runs</h2>") < page.index("<h2>Status</h2>")
+    runs = pd.read_parquet(paper_report / "runs.parquet").query("transfer_defocus != 0")
+    best = runs.sort_values("target_loss_adj").iloc[0]
+    first = re.search(r"<table class='best'>.*?</tr><tr>(.*?)</tr>", page).group(1)
+    assert f"/#/runs/{best.run_id}'>{best['name']}</a>" in first
+    assert f"<td>{best.target_loss_adj:.4g}</td>" in first
+    headings = re.findall(r"<h3>([^<]+)</h3><img", page)
+    assert headings[0] == "Best adjusted loss, transfer domain by size, freeze, lr_pair"
+    assert not {"transfer_distributions", "domain_map", "generalisation"} & set(headings)
+
+
+def test_figures_keep_dataset_spelling_and_label_log_axes():
+    from zoo.analysis import FIGURES
+    from zoo.analysis._figures import FigureData
+
+    rng = np.random.default_rng(0)
+    runs = pd.DataFrame(
+        {
+            "run_id": [f"r{i}" for i in range(12)],
+            "param.stages.1.train": ["df+10"] * 6 + ["df-10"] * 6,
+            "freeze": ["none", "encoder"] * 6,
+            "target_loss_adj": rng.uniform(0.011, 0.019, 12),
+            "best_val_loss_adj/transfer/dfp10": rng.uniform(0.011, 0.019, 12),
+            "best_val_loss_adj/transfer/df-10": rng.uniform(0.011, 0.019, 12),
+        }
+    )
+    data = FigureData(runs, pd.DataFrame(), "target_loss_adj", "adjusted loss", None)
+    domains = FIGURES["generalisation"](data, {"stage": "transfer", "hue": "freeze"}).axes[0]
+    assert [t.get_text() for t in domains.get_xticklabels()] == ["df+10", "df-10"]
+    panel = FIGURES["distributions"](data, {"panels": ["freeze"]}).axes[0]
+    panel.figure.canvas.draw()
+    low, high = panel.get_ylim()
+    shown = [t for t in panel.get_yticklabels() if low <= t.get_position()[1] <= high]
+    assert len([t for t in shown if t.get_text()]) >= 3

@@ -375,7 +375,7 @@ def _read_only(uri: str | None):
 
 def _analyze(args: argparse.Namespace) -> None:
     from zoo import analysis
-    from zoo.tracking import existing_store
+    from zoo.tracking import backend, existing_store
 
     uri = existing_store(args.tracking_uri)  # not opened: a SQLite store is read by ADBC
     experiment, expected = _experiment(args.target)
@@ -387,6 +387,8 @@ def _analyze(args: argparse.Namespace) -> None:
         offset=args.offset,
         baseline=baseline,
         expected=expected,
+        sweep=experiment,
+        ui=uri.rstrip("/") if backend(uri) == "http" else "http://127.0.0.1:5000",  # `zoo ui`
     )
     if args.target.endswith((".yaml", ".yml")) and _is_search(args.target):
         from zoo.paths import ProjectPaths

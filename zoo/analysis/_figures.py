@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = ["FIGURES", "FigureData", "Skip", "figure"]
+__all__ = ["FIGURES", "FigureData", "Skip", "figure", "heading"]
 
 
 class Skip(Exception):
@@ -43,6 +43,57 @@ def figure(kind: str):
     return register
 
 
+_HEADINGS = {  # a figure's heading in the report, from its entry's columns
+    "distributions": "{value} by {panels}",
+    "heatmap": "Median {value}: {rows} (rows) by {columns} (columns)",
+    "baseline": "Transfer learning against single-stage training, by {size}",
+    "generalisation": "Every validation domain after {stage}",
+    "curves": "Learning curves on the target domain",
+    "cost": "Training cost per epoch in {stage}, by {by}",
+}
+
+
+def heading(entry: dict[str, Any], value_label: str) -> str:
+    """The words over a figure in the report: the entry's ``title``, else its kind's
+    sentence filled with its columns (``value`` is the headline's label), by its ``hue``."""
+    if entry.get("title"):
+        return str(entry["title"])
+    words = {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in entry.items()}
+    text = _HEADINGS[entry["kind"]].format_map({**words, "value": value_label})
+    text += f", by {entry['hue']}" if entry.get("hue") else ""
+    return text[0].upper() + text[1:]
+
+
+def readable_log(axis: Any) -> None:
+    """Enough tick labels on a log y axis, in plain numbers: evenly spaced ones where the
+    range spans less than a decade, else 1, 2 and 5 of every decade."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    if axis.get_yscale() != "log":
+        return
+    low, high = axis.get_ylim()
+    narrow = low > 0 and high / low < 10
+    axis.yaxis.set_major_locator(
+        MaxNLocator(6, steps=[1, 2, 2.5, 5, 10]) if narrow else LogLocator(subs=(1.0, 2.0, 5.0))
+    )
+    axis.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.yaxis.set_minor_formatter(NullFormatter())
+
+
+def spelled(names: pd.Series, runs: pd.DataFrame) -> pd.Series:
+    """``names`` read from MLflow keys (``dfp10``) back in their datasets' spelling
+    (``df+10``), as the runs' params name them."""
+    from zoo.tracking import metric_key
+
+    spelling = {}
+    for column in runs.columns:
+        if column.startswith("param."):
+            for value in runs[column].dropna().unique():
+                if isinstance(value, str) and metric_key(value) != value:
+                    spelling[metric_key(value)] = value
+    return names.map(lambda n: spelling.get(n, n))
+
+
 def _plt():
     import matplotlib
 
@@ -63,6 +114,14 @@ def _require(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
 
 def _order(series: pd.Series) -> list:
     return sorted(series.unique(), key=lambda v: (isinstance(v, str), v))
+
+
+def _numeric_first(name: str) -> tuple:
+    """Sort key: names that are numbers in numeric order (-250 before -50), then the rest."""
+    try:
+        return (0, float(name), "")
+    except ValueError:
+        return (1, 0.0, name)
 
 
 def _per_epoch(data: FigureData) -> tuple[str, str]:
@@ -125,6 +184,7 @@ def distributions(data: FigureData, entry: dict[str, Any]) -> Figure:
         axis.set_title(f"by {column} (median in red)", fontsize="small")
     axes[0][0].set_ylabel(data.value_label)
     axes[0][0].set_yscale(_scale(data))
+    readable_log(axes[0][0])
     fig.tight_layout()
     return fig
 
@@ -194,6 +254,7 @@ def baseline(data: FigureData, entry: dict[str, Any]) -> Figure:
         order=_order(frame["target-domain images"]),
     )
     axis.set(ylabel=data.value_label, yscale="log")
+    readable_log(axis)
     fig.tight_layout()
     return fig
 
@@ -211,13 +272,14 @@ def generalisation(data: FigureData, entry: dict[str, Any]) -> Figure:
     hue = entry.get("hue")
     keep = ["run_id", *([hue] if hue in data.runs else [])]
     long = data.runs[keep + columns].melt(id_vars=keep, var_name="domain", value_name="loss")
-    long["domain"] = long["domain"].str.slice(len(prefix))
+    long["domain"] = spelled(long["domain"].str.slice(len(prefix)), data.runs)
     fig, axis = plt.subplots(figsize=(max(5, 0.9 * len(columns)), 3.6))
     sns.boxplot(
         long.dropna(),
         x="domain",
         y="loss",
         hue=hue if hue in long else None,
+        order=sorted(long["domain"].unique(), key=_numeric_first),
         ax=axis,
         showfliers=False,
     )
@@ -226,6 +288,7 @@ def generalisation(data: FigureData, entry: dict[str, Any]) -> Figure:
         yscale=_scale(data),
         title=f"after {entry['stage']}, on every validation domain",
     )
+    readable_log(axis)
     fig.tight_layout()
     return fig
 
@@ -248,6 +311,7 @@ def curves(data: FigureData, entry: dict[str, Any]) -> Figure:
     fig, axis = plt.subplots(figsize=(6, 3.6))
     sns.lineplot(history, x="step", y="value", hue=hue, errorbar="sd", ax=axis, marker="o")
     axis.set(xlabel="epoch (all stages)", ylabel=f"{label}, target domain", yscale=_scale(data))
+    readable_log(axis)
     fig.tight_layout()
     return fig
 

@@ -88,11 +88,15 @@ def analyze(
     offset: float | None = None,
     baseline: Tables | None = None,
     expected: set[str] | None = None,
+    sweep: str | None = None,
+    ui: str | None = None,
 ) -> Analysis:
     """Write runs.parquet/csv, aggregate CSVs, figures (PNG, SVG) and report.html into ``out``.
 
     The headline value is the definition's, or where it names none the runs' task's
-    (best adjusted loss for segmentation, PSNR for regression)."""
+    (best adjusted loss for segmentation, PSNR for regression). The report's title names
+    ``sweep``; it opens with the best runs, each linked to its page in the MLflow UI at
+    ``ui`` (no links without one)."""
     out.mkdir(parents=True, exist_ok=True)
     tables.runs.to_parquet(out / "runs.parquet", index=False)
     tables.runs.to_csv(out / "runs.csv", index=False)
@@ -115,8 +119,53 @@ def analyze(
             analysis.skipped[entry["name"]] = str(reason)
             continue
         analysis.figures[entry["name"]] = _save(drawn, out / entry["name"])
-    analysis.report.write_text(_html(definition, analysis))
+    best = best_runs(runs, list(tables.axes), definition.value)
+    analysis.report.write_text(_html(definition, analysis, _best_html(best, definition, ui), sweep))
     return analysis
+
+
+def best_runs(runs: Any, axes: list[str], value: str, count: int = 10) -> Any:
+    """The ``count`` best runs by ``value`` (its direction: losses low, PSNR high), with
+    their name, run id, axes (seed last) and value."""
+    from zoo.analysis._tidy import higher_is_better
+
+    if value not in runs:
+        return runs.iloc[0:0]
+    shown = [a for a in axes if a != "seed" and a in runs] + [a for a in ["seed"] if a in runs]
+    columns = [c for c in ("name", "run_id") if c in runs] + shown + [value]
+    ranked = runs.dropna(subset=[value]).sort_values(value, ascending=not higher_is_better(value))
+    return ranked[columns].head(count)
+
+
+def _best_html(best: Any, definition: Definition, ui: str | None) -> str:
+    if best.empty:
+        return ""
+    rows = []
+    for row in best.to_dict("records"):
+        name = html.escape(str(row.get("name") or row["run_id"][:8]))
+        if ui:
+            name = f"<a href='{html.escape(ui)}/#/runs/{html.escape(row['run_id'])}'>{name}</a>"
+        cells = [name] + [
+            html.escape(_cell(row[c])) for c in best.columns if c not in ("name", "run_id")
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    header = ["run"] + [
+        html.escape(definition.value_label if c == definition.value else c)
+        for c in best.columns
+        if c not in ("name", "run_id")
+    ]
+    where = f"<p>Links open the run in the MLflow UI at {html.escape(ui)}.</p>" if ui else ""
+    return (
+        f"<h2>Best {len(rows)} runs</h2>{where}<table class='best'><tr>"
+        + "".join(f"<th>{h}</th>" for h in header)
+        + "</tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _image(path: Path) -> str:
@@ -124,11 +173,15 @@ def _image(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
 
 
-def _html(definition: Definition, analysis: Analysis) -> str:
+def _html(definition: Definition, analysis: Analysis, best: str, sweep: str | None) -> str:
     import pandas as pd
 
+    from zoo.analysis._figures import heading
+
+    title = f"{definition.title}: {sweep}" if sweep else definition.title
     parts = [
-        f"<h1>{html.escape(definition.title)}</h1>",
+        f"<h1>{html.escape(title)}</h1>",
+        best,
         "<h2>Status</h2>",
         "<table class='status'>"
         + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in analysis.status.items())
@@ -144,8 +197,10 @@ def _html(definition: Definition, analysis: Analysis) -> str:
             + "</ul>"
         )
     parts.append("<h2>Figures</h2>")
+    entries = {entry["name"]: entry for entry in definition.figures}
     for name, paths in analysis.figures.items():
-        parts.append(f"<h3>{html.escape(name)}</h3>{_image(paths[0])}")
+        words = heading(entries[name], definition.value_label)
+        parts.append(f"<h3>{html.escape(words)}</h3>{_image(paths[0])}")
     if analysis.skipped:
         parts.append(
             "<p>Not drawn: "
@@ -157,7 +212,7 @@ def _html(definition: Definition, analysis: Analysis) -> str:
         table = pd.read_csv(path)
         parts.append(
             f"<h3>by {html.escape(name)}</h3>"
-            + table.to_html(index=False, float_format=lambda v: f"{v:.5g}")
+            + table.to_html(index=False, float_format=lambda v: f"{v:.4g}")
         )
     style = (
         "body{font-family:sans-serif;max-width:1200px;margin:auto}img{max-width:100%}"
@@ -166,7 +221,7 @@ def _html(definition: Definition, analysis: Analysis) -> str:
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>"
-        f"{html.escape(definition.title)}</title><style>{style}</style></head><body>"
+        f"{html.escape(title)}</title><style>{style}</style></head><body>"
         + "\n".join(parts)
         + "</body></html>"
     )
