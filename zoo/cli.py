@@ -543,7 +543,14 @@ def _models_list(args: argparse.Namespace) -> None:
     if args.json:
         print(table.to_json(orient="records", indent=1, force_ascii=False))
     else:
-        print(modelzoo.format_models(table, args.sort))
+        print(modelzoo.format_models(table, args.sort, _terminal_width()))
+
+
+def _terminal_width() -> int | None:
+    """The terminal's width in characters; None when output goes to a file or pipe."""
+    import shutil
+
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
 
 
 def _models_show(args: argparse.Namespace) -> None:
@@ -554,6 +561,7 @@ def _models_show(args: argparse.Namespace) -> None:
 
     tracker = Tracker(args.tracking_uri, create=False)
     info = modelzoo.describe(modelzoo.load(args.ref, tracker), tracker)
+    info["metrics"] = {k: float(f"{v:.4g}") for k, v in info["metrics"].items()}  # as printed
     print(yaml.safe_dump(info, sort_keys=False, allow_unicode=True), end="")
 
 

@@ -132,9 +132,11 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def format_models(table: pd.DataFrame, metric: str | None = None) -> str:
-    """``table`` as aligned text: identity, axes, ``metric`` (default the models' headline),
-    domains, parameters, state."""
+def format_models(table: pd.DataFrame, metric: str | None = None, width: int | None = None) -> str:
+    """``table`` as aligned text: identity (a run id prefix every command accepts), axes,
+    ``metric`` (default the models' headline), domains, parameters, state. Lines fit
+    ``width`` where given: the domain and parameter columns go first, then long names are
+    cut in the middle, so names that differ at their end stay apart."""
     from zoo.analysis import headline
 
     metric = metric or headline(table)
@@ -154,5 +156,40 @@ def format_models(table: pd.DataFrame, metric: str | None = None) -> str:
     ]
     columns = [c for c in columns if c in table]
     rows = [columns] + [[_cell(v) for v in row] for row in table[columns].itertuples(index=False)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    for row in rows[1:]:
+        row[0] = row[0][:_ID_PREFIX]
+    return "\n".join("  ".join(row).rstrip() for row in _fit(rows, width))
+
+
+_ID_PREFIX = 8  # characters of a run id shown: `zoo models show` takes any unique prefix
+_DROPPABLE = ("validate", "train", "params")  # left out, in this order, of narrow tables
+
+
+def _fit(rows: list[list[str]], width: int | None) -> list[list[str]]:
+    """``rows`` padded to aligned columns, narrowed to ``width`` where given."""
+
+    def total(rows: list[list[str]]) -> int:
+        return sum(max(len(r[i]) for r in rows) for i in range(len(rows[0]))) + 2 * (
+            len(rows[0]) - 1
+        )
+
+    for column in _DROPPABLE:
+        if width is None or total(rows) <= width or column not in rows[0]:
+            continue
+        index = rows[0].index(column)
+        rows = [r[:index] + r[index + 1 :] for r in rows]
+    if width is not None and "name" in rows[0] and total(rows) > width:
+        index = rows[0].index("name")
+        widest = max(len(r[index]) for r in rows)
+        keep = max(12, widest - (total(rows) - width))
+        rows = [[*r[:index], _middle(r[index], keep), *r[index + 1 :]] for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [[c.ljust(w) for c, w in zip(r, widths, strict=True)] for r in rows]
+
+
+def _middle(text: str, keep: int) -> str:
+    """``text`` cut to ``keep`` characters by an ellipsis in its middle."""
+    if len(text) <= keep:
+        return text
+    head = (keep - 1) // 2
+    return text[:head] + "…" + text[len(text) - (keep - 1 - head) :]
