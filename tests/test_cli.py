@@ -35,6 +35,31 @@ def test_version_and_completion_exit_0_without_heavy_imports(argv):
         assert "_zoo()" in done.stdout
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["models", "show", "best"],
+        ["models", "export", "best", "--out", "exported"],
+        ["models", "register", "best", "--name", "hrtem"],
+    ],
+    ids=" ".join,
+)
+def test_model_commands_fail_on_a_missing_store_before_heavy_imports(argv, tmp_path):
+    """Input a command can check without a store fails fast (exit 2, one line), before
+    torch, MLflow or pandas are imported."""
+    code = (
+        "import sys; from zoo import cli\n"
+        f"code = cli.main({argv!r})\n"
+        f"print('exit', code, sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.stdout.splitlines()[-1] == "exit 2 []", done.stdout + done.stderr
+    assert "mlflow.db does not exist" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def _subcommands(parser: argparse.ArgumentParser, path: str = "zoo") -> dict[str, list[str]]:
     """Command path -> its subcommands, read from the parser itself."""
     found: dict[str, list[str]] = {}

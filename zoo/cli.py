@@ -556,8 +556,10 @@ def _terminal_width() -> int | None:
 def _models_show(args: argparse.Namespace) -> None:
     import yaml
 
+    from zoo.tracking import Tracker, existing_store
+
+    existing_store(args.tracking_uri)  # a missing store fails before torch is imported
     from zoo import modelzoo
-    from zoo.tracking import Tracker
 
     tracker = Tracker(args.tracking_uri, create=False)
     info = modelzoo.describe(modelzoo.load(args.ref, tracker), tracker)
@@ -566,18 +568,22 @@ def _models_show(args: argparse.Namespace) -> None:
 
 
 def _models_export(args: argparse.Namespace) -> None:
-    from zoo import modelzoo
     from zoo.paths import check_out_folder
-    from zoo.tracking import Tracker
+    from zoo.tracking import Tracker, existing_store
 
     check_out_folder(args.out, args.force)
+    existing_store(args.tracking_uri)  # a missing store fails before torch is imported
+    from zoo import modelzoo
+
     tracker = Tracker(args.tracking_uri, create=False)
     print(modelzoo.export_model(modelzoo.load(args.ref, tracker), tracker, args.out, args.ref))
 
 
 def _models_register(args: argparse.Namespace) -> None:
+    from zoo.tracking import Tracker, existing_store
+
+    existing_store(args.tracking_uri)  # a missing store fails before torch is imported
     from zoo import modelzoo
-    from zoo.tracking import Tracker
 
     run_id, version = modelzoo.register_model(
         args.ref, args.name, Tracker(args.tracking_uri, create=False), args.alias
