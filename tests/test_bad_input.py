@@ -169,8 +169,234 @@ def run(**changes) -> dict:
     return {"run.yaml": yaml.safe_dump(_run(**changes)), "data.h5": _h5}
 
 
+def search(parameters=None, set_=None, **block) -> dict:
+    """A valid search spec (one float parameter lr used in set:) with ``block`` changes."""
+    document = yaml.safe_load(SPEC)
+    document["search"] = {
+        "parameters": parameters or {"lr": {"type": "float", "low": 0.001, "high": 0.1}},
+        "budget": 2,
+        **block,
+    }
+    document["set"] = set_ or {"stages.0.lr": "$lr"}
+    return {"spec.yaml": yaml.safe_dump(document)}
+
+
+def _lr(**changes) -> dict:
+    return {"lr": {"type": "float", "low": 0.001, "high": 0.1, **changes}}
+
+
+def _schedule(**stage) -> dict:
+    return run(stage={"epochs": 3, **stage})
+
+
 # (id, files to write, argv, exit status, pattern the one-line message must match)
 CASES = [
+    # --- search blocks (issue 29 item 8) ---
+    ("search-step-zero", search(_lr(step=0)), PLAN, 2, r"parameters\.lr\.step: 0.*> 0"),
+    (
+        "search-step-with-log",
+        search(_lr(step=0.01, log=True)),
+        PLAN,
+        2,
+        r"parameters\.lr\.step: 0\.01 .*no step with log: true",
+    ),
+    ("search-seed-negative", search(seed=-1), PLAN, 2, r"spec\.search\.seed: -1"),
+    (
+        "search-storage-unknown-scheme",
+        search(storage="ftp://host/study"),
+        PLAN,
+        2,
+        r"spec\.search\.storage: 'ftp://host/study' .*journal or a database URL",
+    ),
+    (
+        "search-parameter-unused",
+        search({**_lr(), "wd": {"type": "float", "low": 0.0, "high": 0.1}}),
+        PLAN,
+        2,
+        r"spec\.search\.parameters\.wd: 'wd' .*uses as \$wd",
+    ),
+    (
+        "search-objective-metric-unknown",
+        search(objective={"metric": "target_los_adj"}),
+        PLAN,
+        2,
+        r"objective\.metric: 'target_los_adj' is not logged .*did you mean 'target_loss_adj'",
+    ),
+    (
+        "search-type-unknown",
+        search(_lr(type="double")),
+        PLAN,
+        2,
+        r"parameters\.lr\.type: 'double' .*'float', 'int', 'categorical'",
+    ),
+    (
+        "search-low-above-high",
+        search(_lr(low=1.0)),
+        PLAN,
+        2,
+        r"parameters\.lr\.high: 0\.1 .*>= low",
+    ),
+    (
+        "search-log-low-zero",
+        search(_lr(low=0.0, log=True)),
+        PLAN,
+        2,
+        r"lr\.low: 0\.0 .*> 0 with log",
+    ),
+    (
+        "search-categorical-empty",
+        search({"f": {"type": "categorical", "choices": []}}, {"stages.0.freeze": "$f"}),
+        PLAN,
+        2,
+        r"parameters\.f\.choices: \[\]",
+    ),
+    (
+        "search-direction-unknown",
+        search(objective={"direction": "down"}),
+        PLAN,
+        2,
+        r"objective\.direction: 'down' .*'minimize', 'maximize'",
+    ),
+    ("search-sampler-unknown", search(sampler="bayes"), PLAN, 2, r"search\.sampler: 'bayes'"),
+    ("search-pruner-unknown", search(pruner="always"), PLAN, 2, r"search\.pruner: 'always'"),
+    ("search-budget-zero", search(budget=0), PLAN, 2, r"search\.budget: 0"),
+    (
+        "search-grid-float-without-step",
+        search(sampler="grid"),
+        PLAN,
+        2,
+        r"parameters\.lr\.step: None .*sampler: grid",
+    ),
+    (
+        "search-int-low-fraction",
+        search({"n": {"type": "int", "low": 1.5, "high": 8}}, {"stages.0.batch_size": "$n"}),
+        PLAN,
+        2,
+        r"parameters\.n\.low: 1\.5 .*an integer",
+    ),
+    # --- schedules (issue 29 item 8) ---
+    (
+        "milestones-empty",
+        _schedule(scheduler="milestones"),
+        TRAIN,
+        2,
+        r"stages\.0\.milestones: \[\] .*scheduler: milestones",
+    ),
+    (
+        "warmup-not-below-epochs",
+        _schedule(warmup_epochs=3),
+        TRAIN,
+        2,
+        r"stages\.0\.warmup_epochs: 3 .*fewer than the stage's epochs \(3\)",
+    ),
+    (
+        "scheduler-unknown",
+        _schedule(scheduler="linear"),
+        TRAIN,
+        2,
+        r"stages\.0\.scheduler: 'linear'",
+    ),
+    ("step-size-zero", _schedule(scheduler="step", step_size=0), TRAIN, 2, r"step_size: 0"),
+    ("gamma-zero", _schedule(scheduler="step", gamma=0), TRAIN, 2, r"stages\.0\.gamma: 0"),
+    (
+        "milestones-decreasing",
+        _schedule(scheduler="milestones", milestones=[2, 1]),
+        TRAIN,
+        2,
+        r"stages\.0\.milestones: \[2, 1\] .*increasing",
+    ),
+    (
+        "optimizer-state-unknown",
+        _schedule(optimizer_state="keep"),
+        TRAIN,
+        2,
+        r"optimizer_state: 'keep'",
+    ),
+    (
+        "optimizer-state-carry-first-stage",
+        _schedule(optimizer_state="carry"),
+        TRAIN,
+        2,
+        r"stages\.0\.optimizer_state: 'carry'",
+    ),
+    ("optimizer-unknown", _schedule(optimizer="lion"), TRAIN, 2, r"stages\.0\.optimizer: 'lion'"),
+    ("weight-decay-negative", _schedule(weight_decay=-0.1), TRAIN, 2, r"weight_decay: -0\.1"),
+    ("select-metric-unknown", _schedule(select_metric="dice"), TRAIN, 2, r"select_metric: 'dice'"),
+    (
+        "select-metric-of-regression-on-segmentation",
+        _schedule(select_metric="psnr"),
+        TRAIN,
+        2,
+        r"stages\.0\.select_metric: 'psnr'",
+    ),
+    # --- heads, outputs and losses (issue 29 item 8) ---
+    ("head-unknown", run(model={"head": "sigmoid"}), TRAIN, 2, r"model\.head: 'sigmoid'"),
+    ("output-unknown", run(model={"output": "delta"}), TRAIN, 2, r"model\.output: 'delta'"),
+    (
+        "output-residual-segmentation",
+        run(model={"output": "residual"}),
+        TRAIN,
+        2,
+        r"model\.output: 'residual'",
+    ),
+    (
+        "loss-weight-negative",
+        run(stage={"loss": {"cross_entropy": -1.0}}),
+        TRAIN,
+        2,
+        r"stages\.0\.loss\.cross_entropy: -1\.0",
+    ),
+    (
+        "loss-term-unknown",
+        run(stage={"loss": {"cross_entropy": 1.0, "focal": 1.0}}),
+        TRAIN,
+        2,
+        r"stages\.0\.loss\.focal: 'focal'",
+    ),
+    ("loss-empty-mapping", run(stage={"loss": {}}), TRAIN, 2, r"stages\.0\.loss: \{\}"),
+    # --- command values (issue 29 item 8) ---
+    (
+        "predict-pixel-size-negative",
+        {},
+        ["predict", "best", "x.png", "--out", "o", "--pixel-size", "-1"],
+        2,
+        r"--pixel-size: '-1' is not allowed; expected a number > 0",
+    ),
+    (
+        "analyze-offset-nan",
+        {},
+        ["analyze", "t", "--out", "r", "--offset", "nan"],
+        2,
+        r"--offset: 'nan' is not allowed; expected a finite number",
+    ),
+    (
+        "import-offset-infinite",
+        {},
+        ["import", "t.csv", "--experiment", "t", "--offset", "inf"],
+        2,
+        r"--offset: 'inf' is not allowed; expected a finite number",
+    ),
+    (
+        "server-data-is-a-file",
+        {"notes.txt": "mine"},
+        ["server", "start", "--data", "notes.txt"],
+        2,
+        r"--data: 'notes\.txt' is not allowed; it is not a folder",
+    ),
+    (
+        "register-name-unsafe",
+        {},
+        ["models", "register", "best", "--name", "../x"],
+        2,
+        r"--name: '\.\./x' is not allowed; expected letters, digits",
+    ),
+    (
+        "register-alias-unsafe",
+        {},
+        ["models", "register", "best", "--name", "hrtem", "--alias", "a b"],
+        2,
+        r"--alias: 'a b' is not allowed; expected letters, digits",
+    ),
     # --- sweep specs ---
     (
         "derive-divide-by-zero",
@@ -1379,7 +1605,7 @@ def test_more_devices_than_gpus_is_one_line(project, capsys, monkeypatch, files,
 
 
 def test_the_table_is_large_enough():
-    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 230 and len({c[0] for c in CASES}) == len(CASES)
 
 
 def test_internal_error_is_one_line_with_a_log(project, capsys, monkeypatch):

@@ -495,6 +495,42 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _finite(text: str) -> float:
+    """An argparse type: a finite number (not nan, not inf)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; expected a finite number")
+    return value
+
+
+def _registry_name(kind: str) -> object:
+    """An argparse type: a Model Registry name (``kind`` "name": letters, digits, . _ -)
+    or alias ("alias": letters, digits, _ -, not ``latest`` nor ``v<N>``, which MLflow keeps)."""
+    import re
+
+    pattern = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}" if kind == "name" else r"[A-Za-z0-9_-]{1,64}"
+    expected = (
+        "letters, digits, '.', '_' or '-'" if kind == "name" else "letters, digits, '_' or '-'"
+    )
+
+    def parse(text: str) -> str:
+        reserved = kind == "alias" and re.fullmatch(r"latest|v\d+", text, re.IGNORECASE)
+        if not re.fullmatch(pattern, text) or reserved:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not allowed; expected {expected}"
+                + (" (not latest or v<N>)" if kind == "alias" else "")
+            )
+        return text
+
+    parse.__name__ = f"registry {kind}"
+    return parse
+
+
 def _profile_name(text: str) -> str:
     """An argparse type: a profile name usable as a file name (letters, digits, . _ -)."""
     import re
@@ -652,8 +688,8 @@ def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
     export.add_argument("--force", action="store_true", help="write into a non-empty --out")
     export.set_defaults(func=_models_export)
     register = model_commands.add_parser("register", help="add to MLflow's Model Registry")
-    register.add_argument("--name", required=True)
-    register.add_argument("--alias")
+    register.add_argument("--name", type=_registry_name("name"), required=True)
+    register.add_argument("--alias", type=_registry_name("alias"))
     register.set_defaults(func=_models_register)
     ref_help = "run id, NAME@ALIAS, NAME/VERSION or EXPERIMENT[:AXIS=VALUE,...] (best match)"
     for sub in (show, export, register):
@@ -671,7 +707,7 @@ def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
     predict.add_argument("--out", type=_output("folder"), required=True, metavar="DIR")
     predict.add_argument(
         "--pixel-size",
-        type=float,
+        type=_positive(float),
         metavar="A",
         help="Å per pixel of the inputs (default: read from the file)",
     )
@@ -880,7 +916,7 @@ def _analysis_parsers(commands) -> list[argparse.ArgumentParser]:
     )
     analyze.add_argument(
         "--offset",
-        type=float,
+        type=_finite,
         help="loss floor to subtract (default: each "
         "run's own, e.g. 0.3133 for a 2-class softmax head)",
     )
@@ -894,7 +930,7 @@ def _analysis_parsers(commands) -> list[argparse.ArgumentParser]:
     imports.add_argument("--axis", action="append", default=[], metavar="COLUMN[=NAME]")
     imports.add_argument("--metric", action="append", default=[], metavar="COLUMN=NAME")
     imports.add_argument("--losses", choices=["raw", "adjusted"])
-    imports.add_argument("--offset", type=float)
+    imports.add_argument("--offset", type=_finite)
     imports.set_defaults(func=_import)
     measure = commands.add_parser("calibrate", help="measure a throughput profile on this machine")
     measure.add_argument("name", type=_profile_name, help="profile name, e.g. h100 or cpu-2core")
@@ -919,7 +955,9 @@ def _server_parser(commands) -> None:
     for verb, help_text in (("status", "is it running"), ("stop", "stop what start started")):
         server_commands.add_parser(verb, help=help_text)
     for sub in server_commands.choices.values():
-        sub.add_argument("--data", type=Path, help="server data folder (default: .zoo/server)")
+        sub.add_argument(
+            "--data", type=_output("folder"), help="server data folder (default: .zoo/server)"
+        )
     server.set_defaults(func=_server)
 
 

@@ -251,6 +251,18 @@ class StageConfig:
             list(self.milestones),
             "increasing epochs >= 1",
         )
+        check(
+            self.scheduler != "milestones" or bool(self.milestones),
+            f"{where}.milestones",
+            [],
+            "at least one epoch with scheduler: milestones",
+        )
+        check(
+            self.warmup_epochs < self.epochs or not self.warmup_epochs,
+            f"{where}.warmup_epochs",
+            self.warmup_epochs,
+            f"fewer than the stage's epochs ({self.epochs})",
+        )
         kind, _, target = self.init.partition(":")
         run_id, at, point = target.partition("@") if kind == "run" else (target, "", "")
         check(

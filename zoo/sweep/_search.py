@@ -23,19 +23,25 @@ Promises of the workers (``work``), however many run and wherever:
 
 from __future__ import annotations
 
-import math
 import statistics
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from zoo._typed import build, check
+from zoo._typed import build
 from zoo._yaml import load_yaml
 from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths, StudyPaths
 from zoo.sweep._job import JobResult, JobSpec, job_tags, run_job, tracker_for
+from zoo.sweep._search_block import (
+    Objective,
+    Parameter,
+    SearchBlock,
+    check_used,
+    parse_block,
+)
 from zoo.sweep._spec import Expanded, SweepSpec, expand, load_spec
 from zoo.tracking import Tracker, store_uri
 
@@ -58,115 +64,13 @@ __all__ = [
 BEST_TAG = "zoo.best_trial"
 
 
-@dataclass(frozen=True)
-class Parameter:
-    type: Literal["float", "int", "categorical"]
-    low: float | None = None  # float and int: the range, both ends included
-    high: float | None = None
-    log: bool = False  # float and int: sample on a log scale
-    step: float | None = None  # float and int: quantisation (needed by the grid sampler)
-    choices: tuple[Any, ...] = ()  # categorical: the values
-
-    def validate(self, where: str) -> None:
-        if self.type == "categorical":
-            check(len(self.choices) >= 1, f"{where}.choices", [], "a non-empty list of values")
-            return
-        check(self.low is not None, f"{where}.low", None, "a number")
-        check(self.high is not None, f"{where}.high", None, "a number")
-        check(self.high >= self.low, f"{where}.high", self.high, f"a number >= low ({self.low})")
-        check(not self.log or self.low > 0, f"{where}.low", self.low, "> 0 with log: true")
-        check(not self.choices, f"{where}.choices", list(self.choices), "only for categorical")
-        if self.type == "int":
-            for name in ("low", "high", "step"):
-                value = getattr(self, name)
-                check(value is None or value == int(value), f"{where}.{name}", value, "an integer")
-
-    def grid(self) -> list[Any]:
-        """Every value the parameter can take (the grid sampler needs finitely many)."""
-        if self.type == "categorical":
-            return list(self.choices)
-        if self.step is None and self.type == "float":
-            raise ConfigError("a float parameter needs step: for sampler grid")
-        step = self.step or 1
-        count = round((self.high - self.low) / step) + 1
-        values = [self.low + i * step for i in range(count)]
-        return [int(v) for v in values] if self.type == "int" else values
-
-    def suggest(self, trial: Any, name: str) -> Any:
-        if self.type == "categorical":
-            return trial.suggest_categorical(name, list(self.choices))
-        if self.type == "int":
-            step = int(self.step or 1)
-            return trial.suggest_int(name, int(self.low), int(self.high), step=step, log=self.log)
-        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
-
-
-@dataclass(frozen=True)
-class Objective:
-    metric: str = "target_loss_adj"  # any metric a run logs; default the headline adjusted loss
-    direction: Literal["minimize", "maximize"] = "minimize"
-
-
-@dataclass(frozen=True)
-class SearchBlock:
-    parameters: dict[str, Parameter]  # name -> range; used in set: as $name
-    budget: int  # trials in all, whatever the number of workers and restarts
-    objective: Objective = field(default_factory=Objective)
-    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    prune_on: Literal["loss_adj", "loss", "iou", "acc"] = "loss_adj"  # last stage, every epoch
-    startup_trials: int = 4  # trials before TPE models and the median pruner prunes
-    warmup_epochs: int = 1  # the median pruner may prune a run only after this many epochs
-    seed: int = 0  # sampler seed: trial N is asked for with seed + N
-    storage: str = "journal"  # journal: a file beside the sweep; or an RDB URL (postgresql://...)
-
-    @property
-    def trials(self) -> int:
-        """The budget; with the grid sampler at most the grid's size."""
-        if self.sampler != "grid":
-            return self.budget
-        return min(self.budget, math.prod(len(p.grid()) for p in self.parameters.values()))
-
-    def validate(self, where: str) -> None:
-        check(bool(self.parameters), f"{where}.parameters", {}, "at least one parameter")
-        check(self.budget >= 1, f"{where}.budget", self.budget, "an integer >= 1")
-        check(self.startup_trials >= 0, f"{where}.startup_trials", self.startup_trials, ">= 0")
-        check(self.warmup_epochs >= 0, f"{where}.warmup_epochs", self.warmup_epochs, ">= 0")
-        check(
-            self.storage == "journal" or "://" in self.storage,
-            f"{where}.storage",
-            self.storage,
-            "journal or a database URL such as postgresql://host/db",
-        )
-        if self.sampler == "grid":
-            for name, parameter in self.parameters.items():
-                check(
-                    parameter.type != "float" or parameter.step is not None,
-                    f"{where}.parameters.{name}.step",
-                    None,
-                    "a step for every float parameter with sampler: grid",
-                )
-
-
 def load_search(path: str | Path, overrides: list[str] = ()) -> tuple[SweepSpec, SearchBlock]:
     """The spec in ``path`` (``overrides`` applied: zoo.sweep.load_spec) and its validated
     ``search:`` block (ConfigError without one)."""
     document = load_yaml(path)
     block = parse_block(document.get("search") if isinstance(document, dict) else None)
+    check_used(block, document)
     return load_spec(path, overrides), block
-
-
-def parse_block(search: Any) -> SearchBlock:
-    if search is None:
-        raise ConfigError("spec.search: missing; a search spec needs a search: block")
-    block = build(SearchBlock, search, "spec.search")
-    check(
-        "seed" not in block.parameters,
-        "spec.search.parameters.seed",
-        "seed",
-        "a name other than seed (seeds: repeats each trial)",
-    )
-    return block
 
 
 def trial_runs(spec: SweepSpec, params: dict[str, Any]) -> list[Expanded]:
