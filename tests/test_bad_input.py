@@ -290,6 +290,13 @@ CASES = [
         r"stages\.0\.warmup_epochs: 3 .*fewer than the stage's epochs \(3\)",
     ),
     (
+        "scheduler-near-miss-suggested",
+        _schedule(scheduler="cosin"),
+        TRAIN,
+        2,
+        r"stages\.0\.scheduler: 'cosin' .*; did you mean 'cosine'\?$",
+    ),
+    (
         "scheduler-unknown",
         _schedule(scheduler="linear"),
         TRAIN,

@@ -157,7 +157,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         check(value is None, where, value, "null")
         return None
     if origin is Literal:
-        _require(value in get_args(tp), where, value, tp)
+        if value not in get_args(tp):  # a near miss ('cosin') names the value it meant
+            suggestion = did_you_mean(value, get_args(tp)) if isinstance(value, str) else ""
+            raise ConfigError(
+                f"{where}: {value!r} is not allowed; expected {_describe(tp)}{suggestion}"
+            )
         return value
     if origin is tuple:
         args = get_args(tp)
