@@ -26,9 +26,9 @@ demo: $(VENV)/.installed
 	$(BIN)/zoo sweep plan sweeps/demo.yaml
 	$(BIN)/zoo sweep run sweeps/demo.yaml --workers 2
 	$(BIN)/zoo analyze sweeps/demo.yaml --out $(DEMO_OUT)/report
-	$(BIN)/zoo data export micrograph --spec sweeps/demo-micrograph.yaml --out $(DEMO_OUT)/micrograph.npz
+	$(BIN)/zoo data export micrograph --spec sweeps/demo-micrograph.yaml --out $(DEMO_OUT)/micrograph.mrc
 	$(BIN)/zoo models list sweeps/demo.yaml --limit 5
-	$(BIN)/zoo predict demo $(DEMO_OUT)/micrograph.npz --out $(DEMO_OUT)/predict --force
+	$(BIN)/zoo predict demo $(DEMO_OUT)/micrograph.mrc --out $(DEMO_OUT)/predict --force
 	@echo "previews: $(abspath $(DEMO_OUT))/previews"
 	@echo "report:   $(abspath $(DEMO_OUT))/report/report.html"
 	@echo "overlay:  $(abspath $(DEMO_OUT))/predict/micrograph_overlay.png"

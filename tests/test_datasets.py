@@ -67,6 +67,20 @@ def test_export_writes_arrays_and_parameters(project, datasets_file):
         assert json.loads(str(archive["params"]))["lattice"] == "fcc_Cu"
 
 
+@pytest.mark.parametrize("suffix", [".mrc", ".tif"])
+def test_export_as_a_microscope_file_reads_back_with_its_pixel_size(project, datasets_file, suffix):
+    """What `make demo` predicts on: the images as a microscope writes them, the pixel size
+    in the file's own metadata."""
+    from zoo.data._formats import read_image
+
+    for out in (project.root / "cu.npz", project.root / f"cu{suffix}"):
+        assert main(["data", "export", "cu", "--out", str(out), "--spec", str(datasets_file)]) == 0
+    images, pixel_size = read_image(project.root / f"cu{suffix}")
+    with np.load(project.root / "cu.npz") as archive:
+        assert np.array_equal(images, archive["images"])
+    assert pixel_size == pytest.approx(3.2, rel=1e-4)
+
+
 def test_show_writes_a_preview_grid(project, datasets_file):
     main(["data", "make", str(datasets_file), "df-10"])
     out = project.root / "preview.png"

@@ -69,7 +69,12 @@ def _data_show(args: argparse.Namespace) -> None:
 
 def _data_export(args: argparse.Namespace) -> None:
     from zoo import data
+    from zoo.errors import ConfigError
 
+    if args.out.suffix not in (".npz", ".mrc", ".tif", ".tiff"):
+        raise ConfigError(
+            f"--out: {str(args.out)!r} is not allowed; expected FILE.npz, .mrc or .tif"
+        )
     data.export(_data_folder(args), args.out)
     print(args.out)
 
@@ -755,7 +760,13 @@ def _data_parser(commands) -> None:
     make.set_defaults(func=_data_make)
     for verb, func, suffix, help_text in (
         ("show", _data_show, ".png", "write a grid of images with mask outlines"),
-        ("export", _data_export, ".npz", "write images, masks, pixel_size_A and parameters"),
+        (
+            "export",
+            _data_export,
+            ".npz|.mrc|.tif",
+            "write images, masks, pixel_size_A and "
+            "parameters (.npz), or the images with their pixel size (.mrc, .tif)",
+        ),
     ):
         sub = data_commands.add_parser(verb, help=help_text)
         sub.add_argument("name", help="dataset name (as made by `zoo data make`)")

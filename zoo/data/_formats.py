@@ -169,3 +169,13 @@ def write_tiff(path: Path, array: np.ndarray, pixel_size_a: float | None) -> Non
     else:
         per_cm = _ANGSTROMS["cm"] / pixel_size_a
         tifffile.imwrite(path, array, resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+
+
+def write_mrc(path: Path, array: np.ndarray, pixel_size_a: float | None) -> None:
+    """``array`` (an image or a stack) as an MRC file whose voxel size records
+    ``pixel_size_a``, as read_image reads it back; 0 (unknown) when None."""
+    import mrcfile
+
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(array, dtype=np.float32))
+        mrc.voxel_size = pixel_size_a or 0.0

@@ -232,10 +232,20 @@ def load(name: str, folder: Path) -> Dataset:
 
 
 def export(folder: Path, out: Path) -> None:
-    """Write the cached arrays (not standardised) and their parameters as one ``.npz``."""
+    """Write the cached arrays (not standardised) and their parameters as one ``.npz``;
+    or the images alone, with their pixel size, as ``.mrc`` or ``.tif`` (one image as
+    a 2-D file, several as a stack)."""
+    from zoo.data._formats import write_mrc, write_tiff
+
     files = DatasetPaths(folder)
     meta = json.loads(files.meta.read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix in (".mrc", ".tif", ".tiff"):
+        images = np.load(files.images)
+        images = images[0] if len(images) == 1 else images
+        write = write_mrc if out.suffix == ".mrc" else write_tiff
+        write(out, images.astype(np.float32), meta["pixel_size_a"])
+        return
     np.savez_compressed(
         out,
         images=np.load(files.images),
