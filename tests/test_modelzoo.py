@@ -260,3 +260,23 @@ def test_registered_model_loads_safely_and_initialises_a_new_run(trained, capsys
     assert not torch.equal(
         registered.segmentation_head[0].weight, finetuned.segmentation_head[0].weight
     )
+
+
+def test_sweep_logs_prints_a_jobs_log_by_any_name_of_its_run(trained, capsys):
+    """`zoo sweep logs RUN` takes what `models list` and sweep progress show (a run id prefix,
+    a config-hash prefix, a run's name) and prints that job's own log."""
+    from mlflow.tracking import MlflowClient
+
+    (best,) = _models(capsys, "tiny", "--limit", "1")
+    run = MlflowClient(trained.tracking_uri).get_run(best["run_id"])
+    identity = run.data.tags["zoo.config_hash"]
+    log = trained.job_log("tiny", identity).read_text()
+    assert best["run_id"] in log
+    for form in (best["run_id"][:8], identity[:8], run.info.run_name):
+        assert main(["sweep", "logs", form]) == 0, form
+        assert capsys.readouterr().out == log, form
+    assert main(["sweep", "logs", identity[:8], "--tail", "1"]) == 0
+    assert capsys.readouterr().out == log.splitlines(keepends=True)[-1]
+    assert main(["sweep", "logs", "0" * 12]) == 2
+    (error,) = capsys.readouterr().err.splitlines()
+    assert "0" * 12 in error

@@ -368,6 +368,15 @@ def _sweep_status(args: argparse.Namespace) -> None:
     )
 
 
+def _sweep_logs(args: argparse.Namespace) -> None:
+    from zoo.paths import ProjectPaths
+    from zoo.sweep._logs import find_log, tail
+
+    log = find_log(args.run, ProjectPaths.default(), args.tracking_uri)
+    print(f"==> {log} <==", file=sys.stderr)
+    print(tail(log, args.tail), end="")
+
+
 def _read_only(uri: str | None):
     """A Tracker that creates nothing; over a SQLite store not created yet, an empty one."""
     from zoo.tracking import EmptyStore, StoreMissing, Tracker
@@ -827,6 +836,10 @@ def _sweep_parser(commands) -> list[argparse.ArgumentParser]:
     submit = sweep_commands.add_parser("submit", help="submit to SLURM as job arrays")
     _submit_options(submit)
     submit.set_defaults(func=_sweep_submit)
+    logs = sweep_commands.add_parser("logs", help="print a sweep job's log")
+    logs.add_argument("run", metavar="RUN", help="run id or prefix, config-hash prefix, run name")
+    logs.add_argument("--tail", type=_positive(int), metavar="N", help="only the last N lines")
+    logs.set_defaults(func=_sweep_logs)
     work = sweep_commands.add_parser("worker", help="(run by SLURM) train one array task")
     work.add_argument("submission", type=Path)
     work.add_argument("array")
@@ -842,7 +855,7 @@ def _sweep_parser(commands) -> list[argparse.ArgumentParser]:
             action="store_true",
             help="every run and stage at toy size, into experiment NAME-rehearsal",
         )
-    return [run_sweep, status, submit]
+    return [run_sweep, status, submit, logs]
 
 
 def _packing_options(submit: argparse.ArgumentParser) -> None:
