@@ -472,8 +472,8 @@ def _train_stages(
             if log.add(offset + epoch, _epoch_metrics(metrics, index)):
                 echo(
                     f"  {config.stages[index].name} epoch {epoch}: train loss "
-                    f"{metrics['train_loss']:.4f}, "
-                    + ", ".join(f"{n} {v['loss_adj']:.4f}" for n, v in metrics["val"].items())
+                    f"{metrics['train_loss']:.4g}, "
+                    + ", ".join(f"{n} {v['loss_adj']:.4g}" for n, v in metrics["val"].items())
                 )
             last = index == len(config.stages) - 1 and epoch == config.stages[index].epochs
             if not replayed and not last:  # the last epoch's metrics go with the summary

@@ -291,7 +291,7 @@ def _evaluate(
     trial.set_user_attr("mlflow_run_ids", run_ids)
     study.tell(trial.number, statistics.fmean(values))
     _tag_best(study, tracker, spec.name)
-    return f"complete {statistics.fmean(values):.6g}"
+    return f"complete {statistics.fmean(values):.4g}"
 
 
 def _trial_log(job: JobSpec, trial: int) -> Path:
@@ -413,5 +413,5 @@ def format_search_status(name: str, status: dict[str, Any]) -> str:
     lines = [f"search {name}: {status['trials']} of {status['budget']} trials ({counts})"]
     if "best" in status:
         best = status["best"]
-        lines.append(f"  best: trial {best['trial']}, value {best['value']:.6g}, {best['params']}")
+        lines.append(f"  best: trial {best['trial']}, value {best['value']:.4g}, {best['params']}")
     return "\n".join(lines)

@@ -181,7 +181,7 @@ def _best_table(complete: list[Any], block: SearchBlock, count: int = 5) -> str:
     )
     names = list(block.parameters)
     rows = "".join(
-        f"<tr><td>{t.number}</td><td>{t.value:.5g}</td>"
+        f"<tr><td>{t.number}</td><td>{t.value:.4g}</td>"
         + "".join(f"<td>{html.escape(_format(t.params.get(n)))}</td>" for n in names)
         + "</tr>"
         for t in ordered[:count]
