@@ -89,6 +89,12 @@ def _pairs_folder(root: Path) -> None:
         np.save(root / sub / f"{name}.npy", np.zeros((16, 16), np.float32))
 
 
+def _masks_only(path: Path) -> None:
+    """An HDF5 file of masks without images: targets only."""
+    with h5py.File(path, "w") as handle:
+        handle["masks"] = np.zeros((8, 16, 16), np.uint8)
+
+
 def _unsafe_pickle(path: Path) -> None:
     """A torch file that only an unsafe load reads (an object, not tensors)."""
     import argparse
@@ -1083,6 +1089,33 @@ CASES = [
         r"config\.stages\.0\.init: 'file:'",
     ),
     (
+        "refine-iterations-zero",
+        run(stage={"refine": {"unlabeled": "d", "iterations": 0}}),
+        TRAIN,
+        2,
+        r"config\.stages\.0\.refine\.iterations: 0 is not allowed; expected an integer >= 1",
+    ),
+    (
+        "refine-confidence-above-one",
+        run(stage={"refine": {"unlabeled": "d", "confidence": 1.5}}),
+        TRAIN,
+        2,
+        r"config\.stages\.0\.refine\.confidence: 1\.5 is not allowed; expected a probability",
+    ),
+    (
+        "refine-unlabeled-targets-only",
+        {
+            **run(
+                datasets={"d": H5, "u": {"path": "masks.h5"}},
+                stage={"refine": {"unlabeled": "u"}},
+            ),
+            "masks.h5": _masks_only,
+        },
+        TRAIN,
+        2,
+        r"config\.stages\.0\.refine\.unlabeled: 'masks\.h5' .*targets only",
+    ),
+    (
         "init-run-unknown",
         {**run(stage={"init": "run:0123456789abcdef"}), "mlflow.db": "store"},
         TRAIN,
@@ -1216,7 +1249,8 @@ CASES = [
         {**run(), "data.h5": lambda p: _h5(p, masks=False)},
         TRAIN,
         2,
-        r"data\.h5: no dataset 'masks'",
+        r"config\.stages\.0\.train: dataset 'd' has no labels: it can only be a refine: "
+        r"unlabeled set$",
     ),
     (
         "h5-shape-mismatch",
@@ -1244,14 +1278,61 @@ CASES = [
         {**run(datasets={"d": {"path": "data.txt"}}), "data.txt": "x"},
         TRAIN,
         2,
-        r"data\.txt: expected a folder or an \.h5/\.hdf5 file",
+        r"data\.txt: expected a folder, an \.h5/\.hdf5 file or an image stack",
     ),
     (
         "folder-without-masks",
         {**run(datasets={"d": {"path": "imgs"}}), "imgs": lambda p: _folder(p, masks=False)},
         TRAIN,
         2,
-        r"imgs: expected sub-folders images/ and masks/",
+        r"config\.stages\.0\.train: dataset 'd' has no labels: it can only be a refine: "
+        r"unlabeled set$",
+    ),
+    (
+        "unlabeled-stack-as-train",
+        {**run(datasets={"d": {"path": "s.mrc"}}), "s.mrc": lambda p: _mrc(p, (3, 16, 16))},
+        TRAIN,
+        2,
+        r"config\.stages\.0\.train: dataset 'd' has no labels",
+    ),
+    (
+        "unlabeled-in-validate-on",
+        {
+            **run(datasets={"d": H5, "u": {"path": "imgs"}}, validate_on=["d", "u"]),
+            "imgs": lambda p: _folder(p, masks=False),
+        },
+        TRAIN,
+        2,
+        r"config\.validate_on\.1: dataset 'u' has no labels: it can only be a refine: "
+        r"unlabeled set$",
+    ),
+    (
+        "unlabeled-select-on",
+        {
+            **run(
+                datasets={"d": H5, "u": {"path": "imgs"}},
+                validate_on=["d", "u"],
+                stage={"select_on": "u"},
+            ),
+            "imgs": lambda p: _folder(p, masks=False),
+        },
+        TRAIN,
+        2,
+        r"config\.stages\.0\.select_on: dataset 'u' has no labels",
+    ),
+    (
+        "unlabeled-mixture-part",
+        {
+            **run(
+                datasets={"d": H5, "u": {"path": "imgs"}, "m": {"mix": {"d": 2, "u": 2}}},
+                stage={"train": "m", "select_on": "d"},
+                validate_on=["d"],
+            ),
+            "imgs": lambda p: _folder(p, masks=False),
+        },
+        TRAIN,
+        2,
+        r"config\.datasets\.m\.mix: dataset 'u' has no labels",
     ),
     (
         "folder-mask-not-binary",

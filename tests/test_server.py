@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import ipaddress
+import os
 import re
 import shutil
+import signal
 import socket
 import time
 import urllib.request
 from collections import Counter
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -18,8 +21,9 @@ from conftest import zoo_process
 from mlflow.tracking import MlflowClient
 from stores import PG_PORT, _reachable_folder
 
+from zoo._supervise import group
 from zoo.cli import main
-from zoo.server import Server, _recorded, start_mlflow, stop, stop_mlflow
+from zoo.server import Server, _record, _recorded, start_mlflow, stop, stop_mlflow
 
 PORT = PG_PORT + 40  # 15450 by default; $ZOO_TEST_PORT moves it
 OUTAGE_S = 30
@@ -136,3 +140,77 @@ def test_ipv6_loopback_needs_no_insecure_and_answers_at_its_uri(data, capsys):
     url = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
     with urllib.request.urlopen(url, timeout=30) as response:  # Host [::1]:PORT accepted
         assert response.status == 200
+
+
+def _answers_with_its_store(uri: str) -> bool:
+    """Whether the server at ``uri`` reads its backend store (not only /health)."""
+    url = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _start(data, port, *extra):
+    return ["server", "start", "--data", str(data), "--port", str(port), "--workers", "1", *extra]
+
+
+def test_start_brings_back_a_killed_postgres_and_keeps_mlflow(data, capsys):
+    port = PORT + 6
+    assert main(_start(data, port)) == 0
+    mlflow_pid = _recorded(data).mlflow_pid
+    postmaster = int((data / "postgresql" / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGKILL)
+    while Path(f"/proc/{postmaster}").exists():
+        time.sleep(0.1)
+    capsys.readouterr()
+    assert main(["server", "status", "--data", str(data)]) == 3
+    assert "postgresql: stopped" in capsys.readouterr().out
+    assert main(_start(data, port)) == 0
+    out = capsys.readouterr().out
+    assert f"postgresql: started on 127.0.0.1:{port + 1}\nmlflow: running (pid {mlflow_pid})" in out
+    assert main(["server", "status", "--data", str(data)]) == 0
+    assert "mlflow: running\npostgresql: running" in capsys.readouterr().out
+    assert _answers_with_its_store(f"http://127.0.0.1:{port}")
+
+
+def test_workers_left_by_a_dead_parent_are_told_apart_replaced_and_stopped(data, capsys):
+    """The drill: kill -9 of mlflow server's parent leaves its workers serving. status
+    says so; start replaces them; stop leaves the port free; restart starts anew."""
+    port = PORT + 8
+    assert main(_start(data, port, "--backend", "sqlite")) == 0
+    parent = _recorded(data).mlflow_pid
+    os.kill(parent, signal.SIGKILL)
+    time.sleep(1)
+    assert _answers_with_its_store(f"http://127.0.0.1:{port}")  # its workers still serve
+    capsys.readouterr()
+    assert main(["server", "status", "--data", str(data)]) == 3
+    assert f"mlflow: orphaned: its parent (pid {parent}) is gone" in capsys.readouterr().out
+    assert main(_start(data, port, "--backend", "sqlite")) == 0
+    assert "mlflow: stopped the processes its dead parent left" in capsys.readouterr().out
+    assert _recorded(data).mlflow_pid != parent and _answers_with_its_store(
+        f"http://127.0.0.1:{port}"
+    )
+    assert main(["server", "restart", "--data", str(data)]) == 0
+    assert "mlflow: started" in capsys.readouterr().out
+    restarted = _recorded(data).mlflow_pid
+    assert main(["server", "stop", "--data", str(data)]) == 0
+    assert group(restarted) == []  # its whole process group
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_a_port_zoo_did_not_record_is_named_and_left_alone(data, capsys):
+    port = PORT + 10
+    with socket.socket() as listener:  # this test's process answers the port
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        assert main(_start(data, port, "--backend", "sqlite")) == 1
+        err = capsys.readouterr().err
+        assert f"--port {port}: port {port} answers, from processes zoo did not " in err
+        assert f"record ({os.getpid()} (" in err and err.count("\n") == 1
+        assert not (data / "mlflow.log").exists()  # nothing was started
+        _record(Server(str(data), "sqlite", "127.0.0.1", port, None, None, 1))
+        assert main(["server", "status", "--data", str(data)]) == 3
+        assert f"mlflow: serving but not ours: port {port} answers" in capsys.readouterr().out

@@ -246,7 +246,7 @@ def test_a_sigterm_inside_a_store_write_interrupts_once_the_write_returns(tmp_pa
     import os
     import signal
 
-    from zoo.tracking import stop_on_sigterm
+    from zoo._signals import job_under_way, stop_as_worker
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", ProjectPaths(tmp_path))
     run_id = tracker.create(tracker.experiment("e"), {CONFIG_HASH_TAG: "a"})
@@ -257,13 +257,14 @@ def test_a_sigterm_inside_a_store_write_interrupts_once_the_write_returns(tmp_pa
         return write(*args, **kwargs)
 
     monkeypatch.setattr(tracker.client, "log_batch", signalled_midway)
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        stop_on_sigterm()
-        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        stop_as_worker()
+        with job_under_way(), pytest.raises(KeyboardInterrupt, match="SIGTERM"):
             tracker.log_metrics(run_id, {"train_loss": 0.5}, step=1)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     monkeypatch.undo()
     tracker.finish(run_id, KeyboardInterrupt("SIGTERM"))  # the store is writable at once
     assert [m.step for m in tracker.client.get_metric_history(run_id, "train_loss")] == [1]

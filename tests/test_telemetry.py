@@ -97,11 +97,10 @@ def nvmlDeviceGetMemoryInfo(handle):
 SIGTERM_SCRIPT = """
 import os, signal, time
 import zoo.telemetry as telemetry
-from zoo.tracking import stop_on_sigterm
+from zoo._signals import stop_on_signals
 
 telemetry.device_uuid = lambda index: f"GPU-{index}"
-stop_on_sigterm()
-with telemetry.GpuMeter(0, power_cap_w=250, interval_s=60):
+with stop_on_signals(), telemetry.GpuMeter(0, power_cap_w=250, interval_s=60):
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(30)  # never finishes: the signal interrupts it
 """
@@ -191,7 +190,7 @@ def test_workers_sharing_a_gpu_restore_its_limit_once_the_last_leaves(nvml, tmp_
 
 
 def test_sigterm_inside_the_block_restores_the_previous_limit(tmp_path):
-    """With zoo.tracking.stop_on_sigterm installed, a SIGTERM while capped ends the
+    """With zoo._signals.stop_on_signals installed, a SIGTERM while capped ends the
     process through the block's exit: the previous limit is set again."""
     (tmp_path / "pynvml.py").write_text(FAKE_NVML)
     calls = tmp_path / "calls.jsonl"
@@ -204,7 +203,7 @@ def test_sigterm_inside_the_block_restores_the_previous_limit(tmp_path):
         text=True,
         timeout=60,
     )
-    assert ended.returncode != 0 and "KeyboardInterrupt: SIGTERM" in ended.stderr, ended
+    assert ended.returncode != 0 and "Stopped: SIGTERM" in ended.stderr, ended
     recorded = [json.loads(line) for line in calls.read_text().splitlines()]
     assert recorded == [*CAPPED, ["shutdown"]]
 

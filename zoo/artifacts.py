@@ -156,18 +156,18 @@ def drain_figures() -> None:
 
 def figures_in_background() -> None:
     """From now on this process (a sweep worker) hands its runs' figures to a background
-    drawer, so the next run starts at once. SIGTERM stops the current run as Ctrl-C
-    does (it ends KILLED and resumes from its checkpoint); the drawer is drained when
-    this process exits, after a SIGTERM too (zoo.tracking.stop_on_sigterm: never inside
-    a store call, and the handler waits for nothing)."""
+    drawer, so the next run starts at once. SIGTERM, SIGINT or SIGHUP stops the current
+    run as Ctrl-C does (it ends KILLED and resumes from its checkpoint); the drawer is
+    drained when this process exits, after such a signal too (zoo._signals.stop_as_worker:
+    never inside a store call, and the handler waits for nothing)."""
     import atexit
     from multiprocessing import util
 
-    from zoo.tracking import stop_on_sigterm
+    from zoo._signals import stop_as_worker
 
     if _STATE["background"]:
         return
     _STATE["background"] = True
     util.Finalize(None, drain_figures, exitpriority=100)  # pool workers skip atexit
     atexit.register(drain_figures)
-    stop_on_sigterm()
+    stop_as_worker()

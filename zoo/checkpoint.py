@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
+from zoo._disk import raise_if_full
+
 __all__ = [
     "BackgroundWrites",
     "CheckpointError",
@@ -72,7 +74,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so a reader sees the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    try:
+        tmp.write_text(text)
+    except OSError as error:  # a full disk: the partial file goes; the error names the bytes
+        tmp.unlink(missing_ok=True)
+        raise_if_full(error, path, len(text.encode()))
+        raise
     _commit(tmp, path)
 
 
@@ -91,7 +98,13 @@ def _atomic_save(
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata)
+    host = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    try:
+        save_file(host, tmp, metadata)
+    except Exception as error:  # a full disk: the partial file goes; the error names the bytes
+        tmp.unlink(missing_ok=True)
+        raise_if_full(error, path, sum(t.nbytes for t in host.values()))
+        raise
     _commit(tmp, path, keep_previous)
 
 

@@ -63,7 +63,9 @@ def _data_show(args: argparse.Namespace) -> None:
     from zoo.paths import DatasetPaths
 
     files = DatasetPaths(_data_folder(args))
-    images, masks = np.load(files.images), np.load(files.masks)
+    images = np.load(files.images)
+    # an unlabeled dataset stores no masks: its images are shown without outlines
+    masks = np.load(files.masks) if files.masks.exists() else np.zeros(images.shape, np.uint8)
     print(data.preview(images[: args.count], masks[: args.count], args.out))
 
 
@@ -228,7 +230,7 @@ def _search_run(args: argparse.Namespace) -> int:
         print(f"  worker {key} failed: {reason}")
     if args.json:
         print(json.dumps(status, default=str))
-    return 130 if status["interrupted"] else 1 if status["failed_workers"] else 0
+    return _stop_status() if status["interrupted"] else 1 if status["failed_workers"] else 0
 
 
 def _sweep_run(args: argparse.Namespace) -> int:
@@ -245,15 +247,37 @@ def _sweep_run(args: argparse.Namespace) -> int:
     result = sweep.run_sweep(
         plan, Tracker(args.tracking_uri), args.workers, runs_per_gpu=args.runs_per_gpu
     )
-    print(
+    counts = (
         f"finished {len(result.finished)}, already finished {len(result.already)}, "
         f"failed {len(result.failed)}, skipped {len(result.skipped)}"
     )
+    if result.interrupted:  # one line: the same command resumes the killed runs
+        counts = f"{_stopped_by()}: {counts}, killed {len(result.killed)} (resumable)"
+    print(counts)
     for key, reason in result.failed.items():
         print(f"  failed {key}: {reason}")
     if result.interrupted:
-        return 130
+        return _stop_status()
     return 1 if result.failed or result.skipped else 0
+
+
+def _stop_signal(error: BaseException | None = None):
+    """The signal that stopped this command (else the worker ``error`` came from);
+    Ctrl-C's SIGINT when none is known."""
+    import signal
+
+    from zoo._signals import received
+
+    return signal.Signals(received() or getattr(error, "signum", None) or signal.SIGINT)
+
+
+def _stopped_by(error: BaseException | None = None) -> str:
+    return f"stopped by {_stop_signal(error).name}"
+
+
+def _stop_status(error: BaseException | None = None) -> int:
+    """128 + the signal number, as a shell reports a process a signal ended."""
+    return 128 + _stop_signal(error)
 
 
 def _sweep_submit(args: argparse.Namespace) -> None:
@@ -331,11 +355,14 @@ def _gc(args: argparse.Namespace) -> None:
 
     paths = ProjectPaths.default()
     found = gc.collect(paths, args.specs, lambda: Tracker(args.tracking_uri, paths))
-    for item in found:
+    garbage = [item for item in found if not item.holder]  # the rest: running work holds it
+    for item in garbage:
         print(f"{gc.format_bytes(item.bytes):>10}  {item.path}  ({item.why})")
-    freed = sum(item.bytes for item in found) if args.dry_run else gc.remove(found, paths)
+    freed = sum(item.bytes for item in garbage) if args.dry_run else gc.remove(found, paths)
     verb = "would free" if args.dry_run else "freed"
-    print(f"{verb} {gc.format_bytes(freed)} ({freed} bytes) in {len(found)} item(s)")
+    if len(garbage) < len(found):
+        print(gc.kept(found))
+    print(f"{verb} {gc.format_bytes(freed)} ({freed} bytes) in {len(garbage)} item(s)")
 
 
 def _calibrate(args: argparse.Namespace) -> None:
@@ -455,22 +482,30 @@ def _import(args: argparse.Namespace) -> None:
 
 def _server(args: argparse.Namespace) -> int:
     from zoo import server
+    from zoo.errors import ServerError
     from zoo.paths import ProjectPaths
 
     data = args.data or ProjectPaths.default().state / "server"
-    if args.server_command == "start":
-        started = server.start(
-            data, args.backend, args.host, args.port, args.workers, args.insecure
-        )
-        print(f"tracking server at {started.uri} (store {started.store}, data {data})")
-        print(f"use: --tracking-uri {started.uri}  or  export MLFLOW_TRACKING_URI={started.uri}")
-    elif args.server_command == "status":
-        found = server.status(data)
-        print("\n".join(f"{k}: {v}" for k, v in found.items()))
-        return 0 if found.get("mlflow") == "running" else 3
-    else:
-        stopped = server.stop(data)
-        print(f"stopped the server in {data}" if stopped else f"no server recorded in {data}")
+    try:
+        if args.server_command == "status":
+            found = server.status(data)
+            print("\n".join(f"{k}: {v}" for k, v in found.items()))
+            parts = (found.get("mlflow"), found.get("postgresql", "running"))
+            return 0 if parts == ("running", "running") else 3
+        if args.server_command == "stop":
+            stopped = server.stop(data)
+            print(f"stopped the server in {data}" if stopped else f"no server recorded in {data}")
+            return 0
+        if args.server_command == "start":
+            settings = (args.backend, args.host, args.port, args.workers, args.insecure)
+            started = server.start(data, *settings, echo=print)
+        else:
+            started = server.restart(data, echo=print)
+    except ServerError as error:  # a part that will not start, a port not ours
+        print(f"zoo: error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    print(f"tracking server at {started.uri} (store {started.store}, data {data})")
+    print(f"use: --tracking-uri {started.uri}  or  export MLFLOW_TRACKING_URI={started.uri}")
     return 0
 
 
@@ -652,6 +687,10 @@ def _predict(args: argparse.Namespace) -> None:
         force=args.force,
         batch_size=args.batch_size,
         device=args.device,
+        tile=args.tile,
+        overlap=args.overlap,
+        tta=args.tta,
+        max_pixels=args.max_pixels,
     )
     for line in predict(
         args.ref, args.inputs, args.out, Tracker(args.tracking_uri, create=False), options
@@ -709,14 +748,14 @@ def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
     for sub in (show, export, register):
         sub.add_argument("ref", metavar="REF", help=ref_help)
 
-    predict = commands.add_parser("predict", help="segment images with a trained model")
+    predict = commands.add_parser("predict", help="apply a trained model to images")
     predict.add_argument("ref", metavar="REF", help=ref_help)
     predict.add_argument(
         "inputs",
         nargs="+",
         type=Path,
         metavar="INPUT",
-        help="PNG, TIFF, NPY, NPZ or HDF5 files, or folders of them",
+        help="PNG, TIFF, MRC, DM, NPY, NPZ or HDF5 files, or folders of them",
     )
     predict.add_argument("--out", type=_output("folder"), required=True, metavar="DIR")
     predict.add_argument(
@@ -731,8 +770,24 @@ def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
     predict.add_argument(
         "--force", action="store_true", help="ignore a pixel-size mismatch and a non-empty --out"
     )
-    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument(
+        "--batch-size", type=_positive(int), default=16, metavar="N", help="tiles per pass"
+    )
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.add_argument(
+        "--tile", type=_positive(int), metavar="PX", help="tile side (default: training size)"
+    )
+    predict.add_argument(
+        "--overlap", type=int, metavar="PX", help="pixels tiles share (default: half a tile)"
+    )
+    predict.add_argument("--tta", action="store_true", help="average the 8 flips and rotations")
+    predict.add_argument(
+        "--max-pixels",
+        type=_positive(int),
+        default=2**30,
+        metavar="N",
+        help="refuse larger images, height x width (default: 2^30, 32768 x 32768)",
+    )
     predict.set_defaults(func=_predict)
     return [listing, show, export, register, predict]
 
@@ -970,13 +1025,17 @@ def _analysis_parsers(commands) -> list[argparse.ArgumentParser]:
 def _server_parser(commands) -> None:
     server = commands.add_parser("server", help="a tracking server on PostgreSQL, for clusters")
     server_commands = server.add_subparsers(dest="server_command", required=True)
-    start = server_commands.add_parser("start", help="start PostgreSQL and mlflow server")
+    start = server_commands.add_parser(
+        "start", help="start PostgreSQL and mlflow server (whichever is down)"
+    )
     start.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
     start.add_argument("--port", type=_port, default=5001, help="mlflow server's (PostgreSQL: +1)")
     start.add_argument("--host", default="127.0.0.1", help="listen here (e.g. 0.0.0.0)")
     start.add_argument("--insecure", action="store_true", help="allow a non-loopback --host")
     start.add_argument("--workers", type=_positive(int), default=4, help="mlflow server processes")
-    for verb, help_text in (("status", "is it running"), ("stop", "stop what start started")):
+    verbs = (("status", "is it running"), ("stop", "stop what start started"))
+    verbs += (("restart", "stop, then start with the recorded settings"),)
+    for verb, help_text in verbs:
         server_commands.add_parser(verb, help=help_text)
     for sub in server_commands.choices.values():
         sub.add_argument(
@@ -988,8 +1047,9 @@ def _server_parser(commands) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status.
 
-    Bad input: one line on stderr naming the field or file, status 2. Anything
-    unexpected: one line with the path of a log holding the traceback, status 1.
+    Bad input: one line on stderr naming the field or file, status 2. A full disk: one
+    line naming the path (zoo._disk), status 1. Anything unexpected: one line with the
+    path of a log under .zoo/logs holding the traceback, status 1.
     """
     args = _parser().parse_args(argv)
     from zoo.errors import ConfigError, DataError
@@ -998,24 +1058,54 @@ def main(argv: list[str] | None = None) -> int:
         from zoo.config import use_store
 
         use_store(getattr(args, "tracking_uri", None))  # where init: run: references are looked up
-        return args.func(args) or 0
+        with _stoppable(args):
+            return args.func(args) or 0
     except (ConfigError, DataError) as error:
         print(f"zoo: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("zoo: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:  # a run under way ended KILLED: running it again resumes
+        if not hasattr(error, "signum"):  # Ctrl-C in a command zoo._signals does not stop
+            print("zoo: interrupted", file=sys.stderr)
+            return 130
+        print(f"zoo: {_stopped_by(error)}; the same command resumes", file=sys.stderr)
+        return _stop_status(error)
     except Exception as error:
+        full = _out_of_space(error, args)
+        if full is not None:  # nothing to debug: one line, and the same command resumes
+            print(f"zoo: error: {full}", file=sys.stderr)
+            return 1
         store = _store_problem(error, args)
         if store is not None:
             print(f"zoo: error: {store}", file=sys.stderr)
             return 2
         log = _log_internal_error()
         print(
-            f"zoo: internal error: {type(error).__name__}: {_one_line(error)} (traceback in {log})",
+            f"zoo: internal error: {type(error).__name__}: {_one_line(error)} ({log})",
             file=sys.stderr,
         )
         return 1
+
+
+def _stoppable(args: argparse.Namespace):
+    """Commands that train or submit stop alike on SIGTERM, SIGINT and SIGHUP (zoo._signals)."""
+    import contextlib
+
+    from zoo._signals import stop_on_signals
+
+    stoppable = (_train, _sweep_run, _sweep_submit, _sweep_worker)
+    return stop_on_signals() if args.func in stoppable else contextlib.nullcontext()
+
+
+def _out_of_space(error: Exception, args: argparse.Namespace) -> str | None:
+    """One line naming the path a write found full, and the bytes (zoo._disk); None when
+    ``error`` is something else."""
+    from zoo._disk import out_of_space
+    from zoo.paths import ProjectPaths
+    from zoo.tracking import tracking_uri
+
+    paths = ProjectPaths.default()
+    full = out_of_space(error, tracking_uri(getattr(args, "tracking_uri", None), paths), paths.root)
+    return None if full is None else _one_line(full)
 
 
 def _store_problem(error: Exception, args: argparse.Namespace) -> str | None:
@@ -1037,23 +1127,22 @@ def _one_line(error: BaseException) -> str:
 
 
 def _log_internal_error() -> str:
-    """Write the current traceback to a new log file; its path (under .zoo/logs, else the
-    temporary folder)."""
-    import tempfile
+    """Write the current traceback to a new log under the project's .zoo/logs; says where
+    ("traceback in PATH"), or why it could not be written there (a partial log removed)."""
     import time
     import traceback
 
     from zoo.paths import ProjectPaths
 
     name = f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    for folder in (ProjectPaths.default().logs, Path(tempfile.gettempdir())):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_text(traceback.format_exc())
-            return str(folder / name)
-        except OSError:
-            continue
-    return "(no log: nothing writable)"
+    path = ProjectPaths.default().logs / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(traceback.format_exc())
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        return f"traceback not saved: {path}: {error.strerror or error}"
+    return f"traceback in {path}"
 
 
 if __name__ == "__main__":

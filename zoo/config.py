@@ -194,7 +194,8 @@ class StageConfig:
     batch_size: int = 16
     freeze: Literal["none", "encoder", "decoder"] = "none"
     # random | best | last (of the previous stage) | file:PATH.safetensors | run:MLFLOW_RUN_ID
-    # (its best weights; run:ID@STAGE a stage's best, run:ID@epoch:N after its N-th epoch)
+    # (its best weights; run:ID@STAGE a stage's best, run:ID@epoch:N after its N-th epoch,
+    # run:ID@iter:K its refinement's iteration K, for a stage with refine:)
     # | model:NAME@ALIAS or model:NAME/VERSION (registered); auto = random first, then best
     init: str = "auto"
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -219,6 +220,9 @@ class StageConfig:
     # keep the weights after every epoch (epoch-N.safetensors), so a later run may start
     # from any of them: init: run:ID@epoch:N
     keep_epochs: bool = False
+    # self-training after the stage's own epochs (zoo._refine_config.RefineConfig): e.g.
+    # {unlabeled: NAME, iterations: 10, epochs: 2, targets: hard, confidence: 0.9}
+    refine: dict[str, Any] | None = None
 
     def validate(self, where: str) -> None:
         from zoo.losses import check_loss
@@ -273,7 +277,18 @@ class StageConfig:
             f"{where}.init",
             self.init,
             "auto, random, best, last, file:PATH, run:RUN_ID, run:RUN_ID@STAGE, "
-            "run:RUN_ID@epoch:N or model:NAME@ALIAS",
+            "run:RUN_ID@epoch:N, run:RUN_ID@iter:K or model:NAME@ALIAS",
+        )
+        if self.refine is not None:
+            from zoo._refine_config import parse_refine
+
+            parse_refine(self.refine, f"{where}.refine")
+        check(
+            not point.startswith("iter:")
+            or (self.refine is not None and int(point[5:]) < self.refinement.iterations),
+            f"{where}.init",
+            self.init,
+            "run:RUN_ID@iter:K only for a stage with refine: and K below its iterations",
         )
 
     @property
@@ -284,16 +299,25 @@ class StageConfig:
         """The stage's fields for its identity: fields added later leave it while at their
         defaults, so hashes made before they existed stay valid."""
         document = to_dict(self)
+        if self.refine is not None:  # every setting, defaults filled in
+            document = {**document, "refine": self.refinement.identity()}
         return {
             k: v
             for k, v in document.items()
             if k not in _ADDED_STAGE_FIELDS or v != _ADDED_STAGE_FIELDS[k]
         }
 
+    @property
+    def refinement(self) -> Any:
+        """The parsed ``refine`` (a zoo._refine_config.RefineConfig), None without one."""
+        from zoo._refine_config import parse_refine
 
-# after run:ID@ in an init: a stage name (its best weights) or epoch:N (the weights after
-# the run's N-th epoch, counted across its stages)
-_INIT_POINT = re.compile(r"epoch:[1-9]\d*|[^:@]+")
+        return None if self.refine is None else parse_refine(self.refine)
+
+
+# after run:ID@ in an init: a stage name (its best weights), epoch:N (the weights after
+# the run's N-th epoch, counted across its stages) or iter:K (its refinement's K-th round)
+_INIT_POINT = re.compile(r"epoch:[1-9]\d*|iter:\d+|[^:@]+")
 
 _ADDED_STAGE_FIELDS = {
     "scheduler": "exponential",
@@ -304,6 +328,7 @@ _ADDED_STAGE_FIELDS = {
     "optimizer_state": "reset",
     "select_metric": "loss_adj",
     "keep_epochs": False,
+    "refine": None,
 }
 
 
@@ -373,6 +398,14 @@ class RunConfig:
                 stage.init,
                 "random, file:PATH, run:RUN_ID or model:NAME@ALIAS for the first stage",
             )
+        refining = [s.name for s in self.stages if s.refine is not None]
+        check(len(refining) <= 1, f"{where}.stages", refining, "at most one stage with refine:")
+        check(
+            not refining or self.devices == 1,
+            f"{where}.devices",
+            self.devices,
+            "1 for a run with refine: (self-training runs in one process)",
+        )
         weights = {"best", "final"} | {f"{n}/{k}" for n in names for k in ("best", "final")}
         for i, entry in enumerate(self.log_weights):
             check(
@@ -442,7 +475,8 @@ class RunConfig:
         """Datasets a run loads: stage training sets, validation sets and mixture parts."""
         names = [*(s.train for s in self.stages), *self.validation_sets]
         parts = [p for n in names for p in self.datasets[n].get("mix", {})]
-        return tuple(dict.fromkeys(parts + names))
+        unlabeled = [s.refinement.unlabeled for s in self.stages if s.refine is not None]
+        return tuple(dict.fromkeys(parts + names + unlabeled))
 
     @cached_property
     def _table(self) -> _DatasetTable:
@@ -522,7 +556,8 @@ class RunConfig:
                 for n in (stage.train, *self.validation_sets)
                 for p in self.datasets[n].get("mix", {})
             ]
-            used = sorted({stage.train, *self.validation_sets, *parts})
+            unlabeled = [stage.refinement.unlabeled] if stage.refine is not None else []
+            used = sorted({stage.train, *self.validation_sets, *parts, *unlabeled})
             continues = digests and stage.init in ("auto", "best", "last")
             stage_document = {**document["stages"][index], "name": ""}  # not its name
             if self.keeps_optimizer(index):
@@ -638,7 +673,12 @@ def _run_identity(uri: str, kind: str, target: str, where: str) -> str:
 
 
 def _check_point(params: dict[str, str], point: str, refused: str) -> None:
-    """Refuse a ``@STAGE`` or ``@epoch:N`` the run (by its logged params) does not have."""
+    """Refuse a ``@STAGE``, ``@epoch:N`` or ``@iter:K`` the run (by its logged params) does
+    not have."""
+    if point.startswith("iter:"):
+        from zoo._refine_config import check_iteration
+
+        return check_iteration(params, int(point.removeprefix("iter:")), refused)
     stages = []
     while f"stages.{len(stages)}.name" in params:
         at = len(stages)
@@ -732,8 +772,15 @@ def resolve(mapping: Any, where: str = "config") -> RunConfig:
                 "names of non-mixture datasets",
             )
     root = project_root()
+    from zoo._refine_config import check_labelled
+
+    check_labelled(config, where, root)
     for i, stage in enumerate(config.stages):
         _check_targets(config, i, where, root)
+        if stage.refine is not None:
+            from zoo._refine_config import check_refine_data
+
+            check_refine_data(config, i, where, root)
         available = getattr(config.sources[stage.train], "train_count", None)  # None for files
         check(
             stage.size is None or available is None or stage.size <= available,

@@ -127,10 +127,17 @@ def continued_from(config: RunConfig, tracker: Tracker, paths: ProjectPaths) -> 
 def intermediate_weights(target: str, tracker: Tracker, paths: ProjectPaths) -> Path:
     """The weights ``init: run:ID@STAGE`` (that stage's best) or ``run:ID@epoch:N`` (after
     the run's N-th epoch counted across its stages; kept by ``keep_epochs: true``, or a
-    stage's final epoch) name, from this project's stage checkpoints."""
+    stage's final epoch) name, from this project's stage checkpoints; ``run:ID@iter:K``
+    (iteration K of its refinement) from the run's artifacts."""
     from zoo.modelzoo import read_config
 
     run_id, _, point = target.partition("@")
+    if point.startswith("iter:"):  # its refinement's iteration K: a logged artifact
+        name = f"iter_{int(point.removeprefix('iter:')):02d}.safetensors"
+        local = paths.download(run_id) / "weights" / name
+        if not local.exists():
+            local = tracker.download(run_id, f"weights/{name}", local.parent)
+        return local
     local = paths.download(run_id) / "config.yaml"
     if not local.exists():
         tracker.download(run_id, "config.yaml", paths.download(run_id))

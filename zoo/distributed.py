@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 from zoo._malloc import keep_freed_memory
+from zoo._signals import exit_with_parent
 from zoo.config import RunConfig, resolve, store_in_use, use_store
 from zoo.losses import make_loss
 from zoo.models import create_model, freeze, set_train_mode
@@ -337,6 +339,7 @@ def _follow(
     """A follower process: load the data, join the group, obey rank 0 until DONE
     (``init: run:`` references resolved in rank 0's store, ``tracking_uri``)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # rank 0 alone checkpoints on USR1
+    exit_with_parent(os.getppid())  # rank 0 killed outright: no follower is left waiting
     torch.set_num_threads(threads)
     keep_freed_memory()  # as rank 0's process does (a sweep worker, or zoo run)
     use_store(tracking_uri)

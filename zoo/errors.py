@@ -2,7 +2,7 @@
 
 from collections.abc import Iterable
 
-__all__ = ["ConfigError", "DataError", "did_you_mean"]
+__all__ = ["ConfigError", "DataError", "OutOfSpace", "ServerError", "did_you_mean"]
 
 
 class ConfigError(ValueError):
@@ -14,6 +14,21 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """A dataset on disk cannot be used; the message names the file."""
+
+
+class OutOfSpace(Exception):
+    """A write found its filesystem (or quota) full; the message names the path and, when
+    known, the bytes the write needed (made by ``zoo._disk.out_of_space``).
+
+    The CLI prints the message on one line and exits with status 1. Everything written
+    before stays intact, and the same command, run again once space is freed, resumes.
+    """
+
+
+class ServerError(RuntimeError):
+    """zoo's tracking server cannot be brought to the state asked for (a port another
+    process answers, a part that will not start); the message names the cause and the
+    fix. ``zoo server`` prints it on one line and exits with status 1."""
 
 
 def did_you_mean(given: str, valid: Iterable[str]) -> str:

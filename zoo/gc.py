@@ -9,7 +9,14 @@ What is garbage:
   and artifacts downloaded for ``init: run:ID`` (downloaded again when needed);
 - with sweep specs given: cached datasets that none of them references (a
   rehearsal's toy datasets included), and the SLURM submission folders of those
-  sweeps and of their rehearsals whose every job has finished.
+  sweeps and of their rehearsals whose every job has finished;
+- lease files (zoo._leases) of holders that died, and of queued SLURM sweeps
+  whose every job ended.
+
+Nothing that running or queued work holds a live lease on is touched, whichever
+specs are given: a maker's dataset and staging folder, a run's stages and
+datasets, a running or queued sweep's stages and datasets. Such items are
+returned with their ``holder`` set, and kept.
 
 Best and final weights, stage results and the tracking store are never
 touched, so re-running a finished sweep still trains nothing. A file with
@@ -19,6 +26,7 @@ is counted as such.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -26,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoo.paths import ProjectPaths, StagePaths
+from zoo._leases import Held, holders, leases
+from zoo.paths import ProjectPaths, StagePaths, SubmissionPaths
 
-__all__ = ["Garbage", "collect", "format_bytes", "remove"]
+__all__ = ["Garbage", "collect", "format_bytes", "kept", "remove"]
 
 # a stage's resumable checkpoint, the one before it, and files half-written by a killed writer
 _INTERMEDIATE = ("last*", "previous.*", ".*.tmp")
@@ -39,6 +48,7 @@ class Garbage:
     path: Path
     bytes: int  # freed by removing it (files with other hard links count 0)
     why: str
+    holder: str = ""  # who holds it (a live lease): kept, not removed
 
 
 def _size(path: Path) -> int:
@@ -55,15 +65,43 @@ def collect(
     specs: Sequence[Path] = (),
     tracker: Callable[[], Any] | None = None,
 ) -> list[Garbage]:
-    """Everything ``remove`` would delete; nothing is changed. ``tracker`` makes the
-    zoo.tracking.Tracker that says which jobs finished (asked only with ``specs``)."""
+    """Everything ``remove`` would delete, and with ``holder`` set what running or queued
+    work holds (kept); nothing is changed. ``tracker`` makes the zoo.tracking.Tracker that
+    says which jobs finished (asked with ``specs``, and for queued SLURM sweeps' leases)."""
+    store = functools.cache(tracker) if tracker is not None else None
     found = _checkpoints(paths) + _scratch(paths)
     if specs:
         plans = [_plan(spec) for spec in specs]
         found += _datasets(paths, plans)
-        if tracker is not None:
-            found += _submissions(paths, plans, tracker())
-    return found
+        if store is not None:
+            found += _submissions(paths, plans, store())
+    held = leases(paths)
+    ended = [h for h in held if not h.live or (store is not None and _queue_ended(h, store))]
+    live = [h for h in held if h not in ended]
+    holder = holders(live)
+    found = [Garbage(g.path, g.bytes, g.why, holder(g.path) or "") for g in found]
+    return found + [_item(h.file, "lease of work that ended") for h in ended]
+
+
+def _queue_ended(held: Held, store: Callable[[], Any]) -> bool:
+    """Whether ``held`` is a queued SLURM sweep's lease whose every job ended (FINISHED
+    or FAILED in the store), or whose submission is gone."""
+    if "submission" not in held.document:
+        return False
+    record = SubmissionPaths(Path(held.document["submission"])).record
+    if not record.exists():
+        return True
+    tracker = store()
+    states = tracker.states(tracker.experiment(held.document["sweep"]))
+    ended = {k for k, (_, status) in states.items() if status in ("FINISHED", "FAILED")}
+    return set(json.loads(record.read_text())["jobs"]) <= ended
+
+
+def kept(found: Sequence[Garbage]) -> str:
+    """The line saying what was kept because running work holds it ("" when nothing)."""
+    names = sorted({g.holder for g in found if g.holder})
+    count = sum(1 for g in found if g.holder)
+    return f"kept {count} leased (in use by {'; '.join(names)})" if count else ""
 
 
 def _checkpoints(paths: ProjectPaths) -> list[Garbage]:
@@ -138,24 +176,31 @@ def _submissions(paths: ProjectPaths, plans: list[Any], tracker: Any) -> list[Ga
 
 
 def remove(found: Sequence[Garbage], paths: ProjectPaths) -> int:
-    """Delete ``found`` (from ``collect``); the dataset index forgets removed datasets.
-    Returns the bytes freed."""
+    """Delete ``found`` (from ``collect``) but what a live lease holds, asked again now
+    (work may have started since); the dataset index forgets removed datasets. Returns
+    the bytes freed."""
     from zoo.data._lock import index_lock
 
-    for item in found:
+    ending = {g.path for g in found}  # leases found ended hold nothing
+    holder = holders([h for h in leases(paths) if h.file not in ending])
+    gone = [g for g in found if not g.holder and holder(g.path) is None]
+    for item in gone:
         if item.path.is_dir():
             shutil.rmtree(item.path, ignore_errors=True)
+        elif item.path.parent == paths.datasets:  # an index being written holds this lock
+            with index_lock(paths):
+                item.path.unlink(missing_ok=True)
         else:
             item.path.unlink(missing_ok=True)
-    gone = {item.path.name for item in found if item.path.parent == paths.datasets}
-    if gone and paths.dataset_index.exists():
+    names = {item.path.name for item in gone if item.path.parent == paths.datasets}
+    if names and paths.dataset_index.exists():
         with index_lock(paths):
             index = json.loads(paths.dataset_index.read_text())
-            kept = {n: e for n, e in index.items() if e["digest"] not in gone}
+            entries = {n: e for n, e in index.items() if e["digest"] not in names}
             tmp = paths.dataset_index.with_suffix(".gc.tmp")
-            tmp.write_text(json.dumps(kept, indent=1, sort_keys=True))
+            tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
             tmp.replace(paths.dataset_index)
-    return sum(item.bytes for item in found)
+    return sum(item.bytes for item in gone)
 
 
 def format_bytes(count: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,11 @@ class ProjectPaths:
     def dataset(self, digest: str) -> Path:
         return self.datasets / digest
 
+    def dataset_staging(self, digest: str) -> Path:
+        """A fresh name for the folder a dataset is written in before it is renamed to
+        ``dataset(digest)``; one left behind is garbage (``zoo gc``) unless leased."""
+        return self.datasets / f".{digest}-{secrets.token_hex(4)}"
+
     def dataset_lock(self, key: str) -> Path:
         """Held while the dataset whose source hashes to ``key`` is made (zoo.data._lock)."""
         return self.datasets / ".locks" / f"{key}.lock"
@@ -82,6 +88,15 @@ class ProjectPaths:
     def dataset_index_lock(self) -> Path:
         """Held while ``index.json`` is read, changed and replaced."""
         return self.datasets / ".locks" / "index.lock"
+
+    @property
+    def leases(self) -> Path:
+        """One JSON file per holder of a lease (zoo._leases): what running work uses."""
+        return self.state / "leases"
+
+    def lease(self, holder_id: str) -> Path:
+        """The lease file of one holder (a maker, a run, a sweep)."""
+        return self.leases / f"{holder_id}.json"
 
     def profile(self, name: str) -> Path:
         """A throughput profile measured by ``zoo calibrate NAME`` (zoo.calibrate)."""

@@ -10,43 +10,42 @@ changed, and the numbers equal those of an uninterrupted longer run.
 
 from __future__ import annotations
 
-import platform
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
 from zoo import distributed
+from zoo._disk import failure_line
+from zoo._leases import Lease
 from zoo._liveness import Heartbeat, beat_tags
-from zoo._yaml import dump_yaml
-from zoo.artifacts import FigureJob, draw_later, log_linked
+from zoo._run_record import (
+    base_tags,
+    epoch_metrics,
+    log_artifacts,
+    power_limit_unknown,
+    summary_metrics,
+)
 from zoo.checkpoint import load_weights
 from zoo.config import RunConfig, flatten, init_file
 from zoo.continuation import CONTINUED_TAG, continue_stage, continued_from, intermediate_weights
-from zoo.data import Dataset, MixSpec, load, materialise, mixture
+from zoo.data import Dataset, MixSpec, load, materialise, mixture, used_folders
 from zoo.errors import ConfigError
 from zoo.losses import loss_floor
-from zoo.models import check_buildable, check_encoder, meta_template
-from zoo.paths import ProjectPaths, StagePaths
+from zoo.models import check_buildable, check_encoder
+from zoo.paths import ProjectPaths
+from zoo.refine import refined
 from zoo.resident import device_datasets
 from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
 from zoo.train import (
-    SAMPLE_IMAGES,
     Preempted,
     ShardFactory,
     StageResult,
     check_data,
-    git_commit,
-    headline,
-    model_inputs,
     pick_device,
-    precision,
     train_stage,
 )
 
@@ -90,155 +89,6 @@ def load_datasets(config: RunConfig, paths: ProjectPaths) -> dict[str, Dataset]:
             )
     check_data(config, datasets)
     return datasets
-
-
-def _tags(config: RunConfig, device: torch.device, floor: float) -> dict[str, str]:
-    tags = {
-        "zoo.seed": str(config.seed),
-        "zoo.stages": ",".join(s.name for s in config.stages),
-        "zoo.host": platform.node(),
-        "zoo.torch": torch.__version__,
-        "zoo.cuda": str(torch.version.cuda),
-        "zoo.loss_floor": f"{floor:.6f}",
-        "zoo.precision": precision(config, device),  # amp, with auto decided
-        "mlflow.runName": f"{config.stages[-1].name}-{config.digest()[:8]}",
-    }
-    if device.type == "cuda":
-        tags["zoo.gpu"] = torch.cuda.get_device_name(device)
-    if git_commit():
-        tags["mlflow.source.git.commit"] = git_commit()
-    return tags
-
-
-def _power_limit_unknown(config: RunConfig, results: list[StageResult]) -> bool:
-    """Whether a power cap was asked for and some stage trained where the limit in force
-    could not be read (no NVML or no CUDA device; see zoo.telemetry.GpuMeter). Where it
-    was read, it is the stage's ``power_limit_w`` metric."""
-    return config.power_cap_w is not None and any(
-        "power_limit_w" not in r.telemetry for r in results
-    )
-
-
-def _epoch_metrics(metrics: dict[str, Any], stage: int) -> dict[str, float]:
-    flat = {k: v for k, v in metrics.items() if k != "val"}
-    flat["stage"] = stage
-    for dataset, values in metrics["val"].items():
-        for name, value in values.items():
-            flat[metric_key(f"val_{name}", dataset)] = value
-    return flat
-
-
-def _summary(
-    config: RunConfig, results: list[StageResult], floor: float, total_params: int
-) -> dict[str, float]:
-    summary = {
-        "loss_floor": floor,
-        "params_total": total_params,
-        "train_seconds": sum(r.seconds for r in results),
-    }
-    target = config.stages[-1].train
-    if target in results[-1].best:  # best on the last stage's own domain: the headline result
-        best = results[-1].best[target]
-        summary.update(
-            target_loss=best["loss"],
-            target_loss_adj=best["loss_adj"],
-            **{f"target_{k}": best[k] for k in headline(best)},
-            target_epoch=best["epoch"],
-        )
-        if len(results) > 1 and target in results[0].best:
-            summary["pretrain_target_loss"] = results[0].best[target]["loss"]
-            summary["pretrain_target_loss_adj"] = results[0].best[target]["loss_adj"]
-    for stage, result in zip(config.stages, results, strict=True):
-        summary[metric_key("params_trainable", stage.name)] = result.trainable
-        summary[metric_key("train_seconds", stage.name)] = result.seconds
-        if config.compile:
-            summary[metric_key("compile_seconds", stage.name)] = result.compile_seconds
-        for name, value in result.telemetry.items():
-            summary[metric_key(name, stage.name)] = value
-        if "energy_wh" in result.telemetry and result.images:
-            summary[metric_key("energy_wh_per_1000_images", stage.name)] = (
-                1000 * result.telemetry["energy_wh"] / result.images
-            )
-        for dataset, best in result.best.items():
-            summary[metric_key("best_val_loss_adj", stage.name, dataset)] = best["loss_adj"]
-            summary[metric_key("best_val_loss", stage.name, dataset)] = best["loss"]
-            summary[metric_key("best_epoch", stage.name, dataset)] = best["epoch"]
-            for key in headline(best):
-                summary[metric_key(f"best_val_{key}", stage.name, dataset)] = best[key]
-    return summary
-
-
-def _artifacts(
-    config: RunConfig,
-    results: list[StageResult],
-    datasets: dict[str, Dataset],
-    tracker: Tracker,
-    run_id: str,
-) -> None:
-    """Config, history and weights now; the figures (unless ``config.figures`` is false)
-    through ``draw_later`` (zoo.artifacts)."""
-    last = results[-1]
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "config.yaml").write_text(dump_yaml(config.to_dict()))
-        tracker.log_artifact(run_id, folder / "config.yaml")
-        names = [s.name for s in config.stages]
-        for entry in config.log_weights:  # best, final (the last stage's) or STAGE/best|final
-            stage, _, kind = entry.rpartition("/")
-            result = results[names.index(stage)] if stage else last
-            where = f"weights/{stage}" if stage else "weights"
-            log_linked(tracker, run_id, StagePaths(result.folder).weights(kind), where)
-        tracker.log_artifact(run_id, _history_csv(config, results, folder / "history.csv"))
-    if config.figures:
-        draw_later(_figure_job(config, results, datasets, run_id), tracker)
-
-
-def _figure_job(
-    config: RunConfig, results: list[StageResult], datasets: dict[str, Dataset], run_id: str
-) -> FigureJob:
-    """The figures of a finished run: its loss curves and, for segmentation, what its
-    best weights predict on the first SAMPLE_IMAGES validation images of its last
-    stage's dataset (kept by its validation, else predicted by the drawer)."""
-    last = results[-1]
-    curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
-    job = FigureJob(run_id, curves)
-    if config.model.task == "segmentation":  # no figure for image targets yet
-        dataset = datasets[config.stages[-1].train]
-        first = dataset.train_count
-        job = replace(
-            job,
-            model=config.model,
-            # template and weights: for the drawer to predict when training kept nothing
-            template=meta_template(config.model),
-            weights=str(StagePaths(last.folder).weights("best")),
-            inputs=model_inputs(dataset, config.model, slice(first, first + SAMPLE_IMAGES)).numpy(),
-            masks=np.array(dataset.val[1][:SAMPLE_IMAGES]),
-            predicted=last.predicted,
-        )
-    return job
-
-
-def _history_csv(config: RunConfig, results: list[StageResult], out: Path) -> Path:
-    """Every epoch's logged metrics as one CSV row (step = epoch counted across stages)."""
-    import csv
-
-    rows, step = [], 0
-    for index, result in enumerate(results):
-        for metrics in result.history:
-            step += 1
-            rows.append(
-                {
-                    "step": step,
-                    "stage_name": config.stages[index].name,
-                    **_epoch_metrics(metrics, index),
-                }
-            )
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    return out
 
 
 Prepared = tuple[torch.device, dict[str, Dataset]]
@@ -317,9 +167,12 @@ def run(
         if existing is not None and existing.info.status == "FINISHED":
             echo(f"run {existing.info.run_id} finished meanwhile; nothing to do")
             return existing.info.run_id
-        return _attempt(
-            config, tracker, paths, echo, identity, tags, existing, device, datasets, on_epoch
-        )
+        with Lease(
+            paths, used_folders(config, paths), f"run {identity[:12]} ({config.experiment})"
+        ):
+            return _attempt(
+                config, tracker, paths, echo, identity, tags, existing, device, datasets, on_epoch
+            )
     finally:
         lock.release()
 
@@ -346,7 +199,7 @@ def _attempt(
     floor = loss_floor(config.stages[-1].loss, config.model.head, config.model.classes)
     params = {**flatten(config.to_dict()), "loss_floor": floor}
     if existing is None:
-        run_tags = {**_tags(config, device, floor), **(tags or {}), CONFIG_HASH_TAG: identity}
+        run_tags = {**base_tags(config, device, floor), **(tags or {}), CONFIG_HASH_TAG: identity}
         continued = continued_from(config, tracker, paths)
         if continued is not None:
             run_tags[CONTINUED_TAG] = continued
@@ -366,11 +219,11 @@ def _attempt(
             data = device_datasets(datasets, device, echo, config.model)
             with distributed.group(config, paths.root, load_datasets) as shard:
                 results = _train_stages(config, data, log, paths, echo, on_epoch, shard)
-            log.add(0, _summary(config, results, floor, results[-1].total))
+            log.add(0, summary_metrics(config, results, floor, results[-1].total))
             log.flush()
-            if _power_limit_unknown(config, results):
+            if power_limit_unknown(config, results):
                 tracker.set_tags(run_id, {"zoo.power_limit_w": "unknown"})
-            _artifacts(config, results, datasets, tracker, run_id)
+            log_artifacts(config, results, datasets, tracker, run_id)
     except Preempted:
         log.settle(echo)
         echo(f"run {run_id} preempted; it stays RUNNING and resumes from its checkpoint")
@@ -437,7 +290,8 @@ class _Log:
         try:
             self.flush()
         except Exception as error:
-            echo(f"run {self.run_id}: held metrics not logged ({type(error).__name__}: {error})")
+            reason = failure_line(error, self.tracker.uri, self.tracker.paths.root)
+            echo(f"run {self.run_id}: held metrics not logged ({reason})")
 
 
 def _train_stages(
@@ -469,7 +323,7 @@ def _train_stages(
             index: int = index,
             offset: int = offset,
         ) -> None:
-            if log.add(offset + epoch, _epoch_metrics(metrics, index)):
+            if log.add(offset + epoch, epoch_metrics(metrics, index)):
                 echo(
                     f"  {config.stages[index].name} epoch {epoch}: train loss "
                     f"{metrics['train_loss']:.4g}, "
@@ -481,6 +335,12 @@ def _train_stages(
             if hook is not None:
                 hook(config.stages[index].name, epoch, metrics)
 
+        if stage.refine is not None:  # self-training: zoo.refine
+            results.append(
+                refined(config, index, data, paths, results, log, (fetch_run, on_epoch, echo))
+            )
+            offset += stage.epochs + stage.refinement.iterations * stage.refinement.epochs
+            continue
         folder = paths.stage(config.stage_digest(index))
         folder.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder / ".lock")):

@@ -5,9 +5,13 @@ logging to it over HTTP. ``start`` initialises PostgreSQL (Debian's packages,
 installed when missing) under a data folder, starts it on the loopback interface
 only, starts ``mlflow server`` on it with zoo's app (MLflow's own plus a bulk read
 route for ``load_tables``, see ``zoo._server_app``), serving artifacts from the same
-folder, and records both in ``server.json`` there; ``stop`` stops exactly what that
-file names. The server has no authentication: it listens beyond loopback only when
-asked with ``insecure`` (``--insecure``).
+folder, and records both in ``server.json`` there. ``start`` again brings up whichever
+part is down (PostgreSQL, MLflow) and keeps what runs; ``status`` tells a running
+MLflow from a stopped one, from the orphaned processes of one whose parent died, and
+from a port answered by processes zoo did not record; ``stop`` stops exactly what that
+file names, MLflow's whole process group, and checks that its port is free. The
+server has no authentication: it listens beyond loopback only when asked with
+``insecure`` (``--insecure``).
 """
 
 from __future__ import annotations
@@ -16,22 +20,24 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from zoo import _supervise
 from zoo._indexes import ensure_indexes, present_indexes
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, ServerError
 
 __all__ = [
     "BACKENDS",
     "Server",
     "check_host",
+    "restart",
     "start",
     "start_mlflow",
     "status",
@@ -114,7 +120,7 @@ def _pg(command: list[str], log: Path) -> None:
     done = subprocess.run(_as_postgres(command), capture_output=True, text=True)
     if done.returncode:
         log.write_text(done.stdout + done.stderr)
-        raise RuntimeError(f"{Path(command[0]).name} failed; see {log}")
+        raise ServerError(f"{Path(command[0]).name} failed; see {log}")
 
 
 def init_postgres(folder: Path) -> None:
@@ -167,16 +173,6 @@ def stop_postgres(folder: Path) -> None:
     if _pg_running(folder):
         command = [_pg_binary("pg_ctl"), "-D", str(folder), "-m", "fast", "-w", "stop"]
         _pg(command, folder.parent / "pg_ctl.log")
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"mlflow" in cmdline
 
 
 def _loopback(host: str) -> bool:
@@ -237,16 +233,19 @@ def _check_app() -> None:
     from importlib.metadata import entry_points
 
     if not entry_points(group="mlflow.app", name=_APP):
-        raise RuntimeError(
+        raise ServerError(
             f"zoo's MLflow app ({_APP!r} in entry point group mlflow.app) is not installed; "
             "reinstall zoo (make .venv/.installed, or pip install -e .)"
         )
 
 
+def _local_host(server: Server) -> str:
+    """The server's address on this machine (loopback when it listens on every address)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(server.host, server.host)
+
+
 def _local_url(server: Server) -> str:
-    """The server's URL on this machine (loopback when it listens on every address)."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(server.host, server.host)
-    return f"http://{_in_url(host)}:{server.port}"
+    return f"http://{_in_url(_local_host(server))}:{server.port}"
 
 
 def start_mlflow(server: Server) -> Server:
@@ -280,26 +279,83 @@ def start_mlflow(server: Server) -> Server:
     deadline = time.monotonic() + _READY_S
     while time.monotonic() < deadline:
         if child.poll() is not None:
-            raise RuntimeError(f"mlflow server exited; see {data / 'mlflow.log'}")
+            raise ServerError(f"mlflow server exited; see {data / 'mlflow.log'}")
         try:
             with urllib.request.urlopen(f"{_local_url(server)}/health", timeout=2):
                 return started
         except OSError:
             time.sleep(0.3)
-    raise RuntimeError(f"mlflow server did not answer in {_READY_S:.0f} s; see {data}/mlflow.log")
+    raise ServerError(f"mlflow server did not answer in {_READY_S:.0f} s; see {data}/mlflow.log")
 
 
 def stop_mlflow(server: Server) -> Server:
-    """Stop the ``mlflow server`` that ``server`` records (its whole process group)."""
-    pid = server.mlflow_pid
-    if _alive(pid):
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-    return _record(Server(**{**asdict(server), "mlflow_pid": None}))
+    """Stop the ``mlflow server`` that ``server`` records: its whole process group, so
+    workers whose parent died go too (zoo._supervise)."""
+    _supervise.stop_group(server.mlflow_pid)
+    return _record(replace(server, mlflow_pid=None))
+
+
+def _mlflow_state(server: Server) -> tuple[str, list[int]]:
+    """How the recorded MLflow server stands, and the processes behind that: "running"
+    (its parent lives), "orphaned" (its parent died, processes of its group live on),
+    "not ours" (its port answers, from processes zoo did not record) or "stopped"."""
+    members = _supervise.group(server.mlflow_pid)
+    if server.mlflow_pid in members:
+        return "running", members
+    if members:
+        return "orphaned", members
+    if _supervise.answers(_local_host(server), server.port):
+        return "not ours", _supervise.listeners(server.port)
+    return "stopped", []
+
+
+def _not_ours(server: Server, pids: list[int]) -> str:
+    return (
+        f"port {server.port} answers, from processes zoo did not record "
+        f"({_supervise.describe(pids)})"
+    )
+
+
+def _mlflow_line(server: Server) -> str:
+    state, pids = _mlflow_state(server)
+    if state == "orphaned":
+        return (
+            f"orphaned: its parent (pid {server.mlflow_pid}) is gone, processes of its group "
+            f"({', '.join(map(str, pids))}) still serve port {server.port}; "
+            "`zoo server start` or `restart` replaces them"
+        )
+    return f"serving but not ours: {_not_ours(server, pids)}" if state == "not ours" else state
+
+
+def _bring_up_postgres(server: Server, echo: Callable[[str], None]) -> None:
+    """Start the recorded PostgreSQL cluster unless it runs (made first if missing)."""
+    folder = Path(server.data) / "postgresql"
+    made = (folder / "PG_VERSION").exists()
+    running = made and _pg_running(folder)
+    init_postgres(folder)
+    start_postgres(folder, server.pg_port)
+    how = "running" if running else "started" + ("" if made else " (a new cluster)")
+    echo(f"postgresql: {how} on 127.0.0.1:{server.pg_port}")
+
+
+def _bring_up_mlflow(server: Server, echo: Callable[[str], None]) -> Server:
+    """Start the recorded MLflow server unless it runs, after stopping what its dead
+    parent left serving; ServerError when processes zoo did not record hold its port."""
+    state, pids = _mlflow_state(server)
+    if state == "running":
+        echo(f"mlflow: running (pid {server.mlflow_pid})")
+        return server
+    if state == "orphaned":
+        _supervise.stop_group(server.mlflow_pid)
+        echo(f"mlflow: stopped the processes its dead parent left ({', '.join(map(str, pids))})")
+        state, pids = _mlflow_state(replace(server, mlflow_pid=None))
+    if state == "not ours":
+        raise ServerError(
+            f"--port {server.port}: {_not_ours(server, pids)}; stop them, or choose another --port"
+        )
+    started = start_mlflow(_record(replace(server, mlflow_pid=None)))
+    echo(f"mlflow: started (pid {started.mlflow_pid})")
+    return started
 
 
 def start(
@@ -309,32 +365,55 @@ def start(
     port: int = 5001,
     workers: int = 4,
     insecure: bool = False,
+    echo: Callable[[str], None] = lambda line: None,
 ) -> Server:
-    """Start (or find running) the server recorded in ``data``; returns its record. A
-    ``host`` beyond loopback needs ``insecure`` (see check_host); refused, nothing is written."""
+    """Bring up whatever part of the server recorded in ``data`` is down (PostgreSQL,
+    then MLflow), saying through ``echo`` what each part was and is; returns the record.
+    While any part runs, the recorded settings are kept; otherwise the ones given here
+    apply. A ``host`` beyond loopback needs ``insecure`` (see check_host); refused,
+    nothing is written. A port answered by processes zoo did not record: ServerError."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend: {backend!r}; allowed: {', '.join(BACKENDS)}")
     check_host(host, insecure)
     data = data.resolve()
-    found = _recorded(data)
-    if found and _alive(found.mlflow_pid):
-        return found
+    server = _recorded(data)
+    if server is None or not _any_running(server):
+        pg_port = port + 1 if backend == "postgresql" else None
+        server = Server(str(data), backend, host, port, pg_port, None, workers)
     data.mkdir(parents=True, exist_ok=True)
-    pg_port = port + 1 if backend == "postgresql" else None
-    server = Server(str(data), backend, host, port, pg_port, None, workers)
-    if backend == "postgresql":
-        init_postgres(data / "postgresql")
-        start_postgres(data / "postgresql", pg_port)
-    return start_mlflow(_record(server))
+    if server.backend == "postgresql":
+        _bring_up_postgres(server, echo)
+    return _bring_up_mlflow(server, echo)
+
+
+def _any_running(server: Server) -> bool:
+    """Whether any part ``server`` records still runs (MLflow's group, PostgreSQL)."""
+    if _supervise.group(server.mlflow_pid):
+        return True
+    folder = Path(server.data) / "postgresql"
+    return (
+        server.backend == "postgresql" and (folder / "PG_VERSION").exists() and _pg_running(folder)
+    )
+
+
+def restart(data: Path, echo: Callable[[str], None] = lambda line: None) -> Server:
+    """``stop`` then ``start`` the server recorded in ``data``, with its recorded settings
+    (a recorded host beyond loopback was allowed when it started)."""
+    server = stop(data)
+    if server is None:
+        raise ConfigError(f"--data {data}: no server recorded there; use zoo server start")
+    echo(f"stopped the server in {data}")
+    return start(
+        data, server.backend, server.host, server.port, server.workers, insecure=True, echo=echo
+    )
 
 
 def status(data: Path) -> dict[str, str]:
-    """The tracking URI and whether the MLflow server and PostgreSQL are running."""
+    """The tracking URI and how the MLflow server (see _mlflow_state) and PostgreSQL stand."""
     server = _recorded(data.resolve())
     if server is None:
         return {"server": f"none recorded in {data}"}
-    found = {"uri": server.uri, "store": server.store}
-    found["mlflow"] = "running" if _alive(server.mlflow_pid) else "stopped"
+    found = {"uri": server.uri, "store": server.store, "mlflow": _mlflow_line(server)}
     if server.backend == "postgresql":
         running = _pg_running(Path(server.data) / "postgresql")
         found["postgresql"] = "running" if running else "stopped"
@@ -356,11 +435,17 @@ def _indexes_status(store: str) -> str:
 
 
 def stop(data: Path) -> Server | None:
-    """Stop the MLflow server and PostgreSQL recorded in ``data``; None if none was."""
+    """Stop the MLflow server (its whole process group) and PostgreSQL recorded in
+    ``data``; None if none was. ServerError when its port still answers after that."""
     server = _recorded(data.resolve())
     if server is None:
         return None
     server = stop_mlflow(server)
     if server.backend == "postgresql":
         stop_postgres(Path(server.data) / "postgresql")
+    if not _supervise.wait_free(_local_host(server), server.port):
+        raise ServerError(
+            f"stopped the server in {data}, but "
+            f"{_not_ours(server, _supervise.listeners(server.port))}; stop them yourself"
+        )
     return server

@@ -115,7 +115,7 @@ class GpuMeter:
 
     With ``power_cap_w`` the GPU's power limit is set to the cap on entry and the previous
     limit restored on exit, however the block ends (an exception; SIGTERM too, once
-    zoo.tracking.stop_on_sigterm makes it a KeyboardInterrupt); of processes capping one
+    zoo._signals makes it a KeyboardInterrupt); of processes capping one
     GPU at once (workers sharing it) the last restores the limit from before the first,
     recorded in a lease file under LEASES. ``reading.power_limit_w``
     is then the limit in force: the cap, or the old limit when setting it fails (no root:

@@ -23,15 +23,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from zoo._disk import out_of_space
+from zoo._signals import guarded
 from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths
 
@@ -49,7 +50,6 @@ __all__ = [
     "network_filesystem",
     "refuse_network_sqlite",
     "sqlite_path",
-    "stop_on_sigterm",
     "store_uri",
     "tracking_uri",
 ]
@@ -187,47 +187,14 @@ def _transient(error: BaseException) -> bool:
     return any(s in text for s in _TRANSIENT)
 
 
-_SIGTERM = {"depth": 0, "held": False}  # main-thread store calls under way; a SIGTERM held
-
-
-def stop_on_sigterm() -> None:
-    """From now on SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does,
-    but never inside a store call a Tracker method makes (every write of a run): a
-    SIGTERM that lands in one is raised when the call returns, so no such write is cut
-    halfway and no write lock is left held. Calls made on ``Tracker.client`` directly
-    are not covered."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _on_sigterm(*_: Any) -> None:
-    if _SIGTERM["depth"]:
-        _SIGTERM["held"] = True
-        return
-    raise KeyboardInterrupt("SIGTERM")
-
-
-@contextmanager
-def _store_call() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():  # signals go to main only
-        yield
-        return
-    _SIGTERM["depth"] += 1
-    try:
-        yield
-    finally:
-        _SIGTERM["depth"] -= 1
-        if not _SIGTERM["depth"] and _SIGTERM["held"]:
-            _SIGTERM["held"] = False
-            raise KeyboardInterrupt("SIGTERM")
-
-
 def _retrying(call: Callable[[], T], within_s: float = _RETRY_S) -> T:
     """``call()``, retried with exponential backoff (0.1 s doubling to 10 s) while it fails
-    transiently, for up to ``within_s``; a SIGTERM waits for each attempt to return."""
+    transiently, for up to ``within_s``; a stopping signal waits for each attempt to
+    return (zoo._signals.guarded)."""
     deadline, pause = time.monotonic() + within_s, 0.1
     while True:
         try:
-            with _store_call():
+            with guarded():
                 return call()
         except Exception as error:
             if not _transient(error) or time.monotonic() > deadline:
@@ -291,6 +258,9 @@ def _refuse_non_sqlite(uri: str, path: Path) -> None:
         with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
             connection.execute("PRAGMA schema_version")
     except sqlite3.DatabaseError as error:
+        full = out_of_space(error, uri, path.parent)  # a full disk reads as "disk I/O error"
+        if full is not None:
+            raise full from error
         raise ConfigError(f"tracking store {uri}: cannot be used ({path}: {error})") from None
 
 
@@ -338,8 +308,12 @@ class Tracker:
     def __init__(
         self, uri: str | None = None, paths: ProjectPaths | None = None, create: bool = True
     ):
+        import logging
+
         from mlflow.tracking import MlflowClient
 
+        # MLflow logs each database error's traceback before raising it; zoo reports it once
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.paths = paths or ProjectPaths.default()
         self.uri = tracking_uri(uri, self.paths)
         self.read_only = not create

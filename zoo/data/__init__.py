@@ -15,6 +15,7 @@ from zoo.data._store import (
     DatasetSource,
     MixSpec,
     dataset_channels,
+    dataset_folder,
     dataset_source,
     dataset_target,
     declared,
@@ -23,6 +24,7 @@ from zoo.data._store import (
     lookup,
     materialise,
     mixture,
+    used_folders,
 )
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "MixSpec",
     "content_digest",
     "dataset_channels",
+    "dataset_folder",
     "dataset_source",
     "dataset_target",
     "declared",
@@ -54,5 +57,6 @@ __all__ = [
     "read_image",
     "simulate",
     "simulate_scene",
+    "used_folders",
     "write_tiff",
 ]

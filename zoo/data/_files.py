@@ -1,5 +1,6 @@
 """Bring-your-own data: a folder or an HDF5 file of images and masks (segmentation) or of
-inputs and image targets (regression, several channels as stacked arrays)."""
+inputs and image targets (regression, several channels as stacked arrays); or images
+without labels (target ``none``), which only a refinement's ``unlabeled:`` set may be."""
 
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ class FileSpec:
     """A dataset read from disk: a folder with ``images/`` and ``masks/`` (segmentation) or
     ``inputs/`` and ``targets/`` (regression; files matched by name, each an (H, W) or a
     stacked (C, H, W) array), or an HDF5 file with datasets ``images`` and ``masks`` or
-    ``inputs`` and ``targets`` ((N, H, W) or (N, C, H, W))."""
+    ``inputs`` and ``targets`` ((N, H, W) or (N, C, H, W)). Unlabeled: a folder with
+    ``images/`` alone or with image files directly in it, an HDF5 file with ``images``
+    alone, or one image stack file (N, H, W)."""
 
-    path: str  # folder or .h5/.hdf5 file, relative to the project root or absolute
+    path: str  # folder, .h5/.hdf5 file or image stack, relative to the project root or absolute
     val_fraction: float = 0.2  # trailing fraction (in file-name order) held out for validation
     pixel_size_a: float | None = None  # Å per pixel, when known
     channels: tuple[str, ...] = ("image",)  # names of the input channels, in stacked order
@@ -80,39 +83,59 @@ def _one_channel(path: Path, spec: FileSpec) -> None:
 Sizes = list[tuple[Path, float | None]]  # each image or input file with its recorded Å/pixel
 
 
-def _read_folder(root: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray, Sizes]:
+def _read_folder(root: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray | None, Sizes]:
+    """A folder's images and masks; masks None for images without labels (``images/``
+    alone, or image files directly in the folder)."""
     if (root / "inputs").is_dir():
         return _read_pairs(root, spec.channels)
     _one_channel(root, spec)
     image_dir, mask_dir = root / "images", root / "masks"
-    if not image_dir.is_dir() or not mask_dir.is_dir():
-        raise DataError(
-            f"{root}: expected sub-folders images/ and masks/ (or inputs/ and targets/)"
-        )
+    if not image_dir.is_dir():
+        if mask_dir.is_dir() or (root / "targets").is_dir():
+            raise DataError(
+                f"{root}: expected sub-folders images/ and masks/ (or inputs/ and targets/)"
+            )
+        image_dir = root  # unlabeled: the image files themselves
     image_files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not image_files:
         raise DataError(f"{image_dir}: no {'/'.join(IMAGE_SUFFIXES)} files")
-    masks_by_stem = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    images, masks, sizes = [], [], []
+    images, sizes = [], []
     for image_file in image_files:
-        mask_file = masks_by_stem.get(image_file.stem)
-        if mask_file is None:
-            raise DataError(f"{image_file}: no mask named {image_file.stem}.* in {mask_dir}")
-        (image, size), (mask, _) = read_image(image_file), read_image(mask_file)
+        image, size = read_image(image_file)
         if image.ndim != 2:
             raise DataError(
                 f"{image_file}: shape {image.shape}; expected one 2-D grey image (H, W) per file"
             )
+        images.append(image)
+        sizes.append((image_file, size))
+    if len({i.shape for i in images}) > 1:
+        raise DataError(f"{root}: images differ in shape; all must have the same size")
+    masks = _read_masks(image_files, mask_dir, images) if mask_dir.is_dir() else None
+    return np.stack(images), masks, sizes
+
+
+def _read_masks(image_files: list[Path], mask_dir: Path, images: list[np.ndarray]) -> np.ndarray:
+    """The binary mask of each image, matched by file name."""
+    masks_by_stem = _files_by_stem(mask_dir)
+    masks = []
+    for image_file, image in zip(image_files, images, strict=True):
+        mask_file = masks_by_stem.get(image_file.stem)
+        if mask_file is None:
+            raise DataError(f"{image_file}: no mask named {image_file.stem}.* in {mask_dir}")
+        mask, _ = read_image(mask_file)
         if mask.shape != image.shape:
             raise DataError(
                 f"{mask_file}: mask shape {mask.shape} does not match image {image.shape}"
             )
         masks.append(_binary(str(mask_file), mask))
-        images.append(image)
-        sizes.append((image_file, size))
-    if len({i.shape for i in images}) > 1:
-        raise DataError(f"{root}: images differ in shape; all must have the same size")
-    return np.stack(images), np.stack(masks), sizes
+    return np.stack(masks)
+
+
+def _read_stack(path: Path, spec: FileSpec) -> tuple[np.ndarray, Sizes]:
+    """The images of one stack file (N, H, W), or of one image (H, W), unlabeled."""
+    _one_channel(path, spec)
+    stack, size = read_image(path)
+    return (stack[None] if stack.ndim == 2 else stack), [(path, size)]
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:
@@ -187,7 +210,8 @@ def _read_hdf5_pairs(
     return _squeezed(x), _squeezed(y)
 
 
-def _read_hdf5(path: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray]:
+def _read_hdf5(path: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """An HDF5 file's images and masks; masks None for ``images`` alone (unlabeled)."""
     import h5py
 
     try:
@@ -195,13 +219,16 @@ def _read_hdf5(path: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray]:
             if "inputs" in handle:
                 return _read_hdf5_pairs(handle, path, spec.channels)
             _one_channel(path, spec)
-            missing = [k for k in ("images", "masks") if k not in handle]
-            if missing:
-                raise DataError(f"{path}: no dataset {missing[0]!r} (needs 'images' and 'masks')")
+            if "images" not in handle:
+                raise DataError(f"{path}: no dataset 'images' (needs 'images' and 'masks')")
             images = np.asarray(handle["images"], np.float32)
-            raw_masks = np.asarray(handle["masks"])
+            raw_masks = np.asarray(handle["masks"]) if "masks" in handle else None
     except OSError as error:
         raise DataError(f"{path}: unreadable HDF5 file ({error})") from None
+    if raw_masks is None and images.ndim != 3:
+        raise DataError(f"{path}: images {images.shape} must be (N, H, W)")
+    if raw_masks is None:
+        return images, None
     if images.ndim != 3 or raw_masks.shape != images.shape:
         raise DataError(
             f"{path}: images {images.shape} and masks {raw_masks.shape} must both be "
@@ -228,15 +255,15 @@ def _data_files(path: Path) -> list[tuple[str, os.DirEntry | Path]]:
     read from, in a fixed order."""
     if not path.is_dir():
         return [("", path)]
+    subs = [s for s in ("images", "inputs", "masks", "targets") if (path / s).is_dir()]
     files = []
-    for sub in ("images", "inputs", "masks", "targets"):
-        if (path / sub).is_dir():
-            with os.scandir(path / sub) as entries:
-                files += [
-                    (f"{sub}/{e.name}", e)
-                    for e in entries
-                    if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
-                ]
+    for sub in subs or [""]:  # no sub-folders: the unlabeled image files themselves
+        with os.scandir(path / sub) as entries:
+            files += [
+                (f"{sub}/{e.name}" if sub else e.name, e)
+                for e in entries
+                if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file()
+            ]
     return sorted(files, key=lambda item: item[0])
 
 
@@ -323,21 +350,29 @@ def _pixel_size(spec: FileSpec, sizes: Sizes) -> float | None:
     return reference
 
 
-def read_files(spec: FileSpec, root: Path) -> tuple[np.ndarray, np.ndarray, float | None, str]:
-    """(images float32, masks uint8, Å per pixel or None, content digest) of a folder or
-    HDF5 dataset.
+def read_files(
+    spec: FileSpec, root: Path
+) -> tuple[np.ndarray, np.ndarray | None, float | None, str]:
+    """(images float32, masks uint8 or image targets (None for unlabeled data), Å per pixel
+    or None, content digest) of a folder, HDF5 or stack dataset.
 
     Every file is checked before anything is returned; the first problem raises
     a DataError naming the file.
     """
     path = _located(spec, root)
     sizes: Sizes = []
+    masks: np.ndarray | None = None
     if path.is_dir():
         images, masks, sizes = _read_folder(path, spec)
     elif path.suffix.lower() in HDF5_SUFFIXES:
         images, masks = _read_hdf5(path, spec)
+    elif path.suffix.lower() in IMAGE_SUFFIXES:
+        images, sizes = _read_stack(path, spec)
     else:
-        raise DataError(f"{path}: expected a folder or an {'/'.join(HDF5_SUFFIXES)} file")
+        raise DataError(
+            f"{path}: expected a folder, an {'/'.join(HDF5_SUFFIXES)} file or an image stack "
+            f"({'/'.join(IMAGE_SUFFIXES)})"
+        )
     return images, masks, _pixel_size(spec, sizes), content_digest(spec, root)
 
 
@@ -345,11 +380,19 @@ _HDF5_TARGETS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) ->
 
 
 def file_target(spec: FileSpec, root: Path) -> str:
-    """``image`` for a dataset of inputs and image targets, else ``mask`` (an HDF5 file's
-    answer remembered by path, size and mtime: a sweep asks once per file)."""
+    """``image`` for a dataset of inputs and image targets, ``none`` for images without
+    labels, else ``mask`` (an HDF5 file's answer remembered by path, size and mtime: a
+    sweep asks once per file)."""
     path = _located(spec, root)
     if path.is_dir():
-        return "image" if (path / "inputs").is_dir() else "mask"
+        if (path / "inputs").is_dir():
+            return "image"
+        if (path / "images").is_dir():
+            return "mask" if (path / "masks").is_dir() else "none"
+        labels = any((path / sub).is_dir() for sub in ("masks", "targets"))
+        return "mask" if labels else "none"  # reading names a folder of labels alone
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return "none"
     if path.suffix.lower() not in HDF5_SUFFIXES:
         return "mask"  # reading it names the problem
     stat = path.stat()
@@ -359,7 +402,13 @@ def file_target(spec: FileSpec, root: Path) -> str:
 
         try:
             with h5py.File(path, "r") as handle:
-                _HDF5_TARGETS[key] = "image" if "inputs" in handle else "mask"
+                _HDF5_TARGETS[key] = _hdf5_target(handle)
         except OSError as error:
             raise DataError(f"{path}: unreadable HDF5 file ({error})") from None
     return _HDF5_TARGETS[key]
+
+
+def _hdf5_target(handle: Any) -> str:
+    if "inputs" in handle:
+        return "image"
+    return "none" if "images" in handle and "masks" not in handle else "mask"

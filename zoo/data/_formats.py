@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,17 +79,23 @@ def _grey(path: Path, colour: np.ndarray, mode: str) -> np.ndarray:
     return colour[..., 0]
 
 
+def tiff_pixel_size(path: Path, tiff: Any) -> float | None:
+    """The pixel size an open ``tifffile.TiffFile`` of ``path`` records (see _tiff)."""
+    page = tiff.pages[0]
+    unit = (tiff.imagej_metadata or {}).get("unit") or _TIFF_UNITS.get(page.resolutionunit)
+    x, y = (_angstroms(1 / r, unit) if r > 0 else None for r in page.resolution)
+    return _square(path, x, y)
+
+
 def _tiff(path: Path) -> Reading:
     import tifffile
 
     with tifffile.TiffFile(path) as tiff:
         page = tiff.pages[0]
-        unit = (tiff.imagej_metadata or {}).get("unit") or _TIFF_UNITS.get(page.resolutionunit)
-        x, y = (_angstroms(1 / r, unit) if r > 0 else None for r in page.resolution)
         array = tiff.asarray()
         if page.samplesperpixel > 1 and array.ndim == 3 and array.shape[-1] == page.samplesperpixel:
             array = _grey(path, array, f"TIFF, {page.photometric.name}")
-        return array, _square(path, x, y)
+        return array, tiff_pixel_size(path, tiff)
 
 
 def _mrc(path: Path) -> Reading:

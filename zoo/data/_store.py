@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from zoo._disk import raise_if_full
+from zoo._leases import Lease
+from zoo._refine_identity import refine_folders
 from zoo._typed import build, to_dict
 from zoo.data._files import FileSpec, file_target, read_files, save_hashes
 from zoo.data._lock import index_lock, making
@@ -25,6 +29,7 @@ __all__ = [
     "DatasetSource",
     "MixSpec",
     "dataset_channels",
+    "dataset_folder",
     "dataset_source",
     "dataset_target",
     "declared",
@@ -33,6 +38,7 @@ __all__ = [
     "lookup",
     "materialise",
     "mixture",
+    "used_folders",
 ]
 
 
@@ -68,8 +74,9 @@ def dataset_source(mapping: Any, where: str) -> DatasetSource:
 
 
 def dataset_target(source: GeneratorSpec | FileSpec, root: Path) -> str:
-    """What a (non-mixture) dataset's targets are: ``mask`` (segmentation), or ``clean``,
-    ``potential`` or ``image`` (regression)."""
+    """What a (non-mixture) dataset's targets are: ``mask`` (segmentation), ``clean``,
+    ``potential`` or ``image`` (regression), or ``none`` (images without labels, which
+    only a refinement's ``unlabeled:`` set may be)."""
     return file_target(source, root) if isinstance(source, FileSpec) else source.target
 
 
@@ -108,7 +115,8 @@ def mixture(name: str, spec: MixSpec, components: dict[str, Dataset]) -> Dataset
 @dataclass(frozen=True)
 class Dataset:
     """Images, masks and the train/validation split point; training standardises each
-    image on its device (``zoo.train.to_device``)."""
+    image on its device (``zoo.train.to_device``). An unlabeled dataset's masks are
+    zeros that nothing reads (none are stored)."""
 
     name: str
     images: np.ndarray  # (N, H, W) float32 as generated or read; (N, C, H, W) for C channels
@@ -135,14 +143,28 @@ class Dataset:
         return self.images[self.train_count :], self.masks[self.train_count :]
 
 
-def _write(folder: Path, images: np.ndarray, masks: np.ndarray, meta: dict[str, Any]) -> None:
-    """Write the arrays into ``folder`` atomically: a reader sees all of it or nothing."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+def _write(
+    folder: Path,
+    staging: Path,
+    images: np.ndarray,
+    masks: np.ndarray | None,
+    meta: dict[str, Any],
+) -> None:
+    """Write the arrays into ``folder`` by way of ``staging`` (a new folder, renamed into
+    place): a reader sees all of it or nothing. No masks (unlabeled data): no masks file."""
+    staging.mkdir(parents=True)
     files = DatasetPaths(staging)
-    np.save(files.images, images)
-    np.save(files.masks, masks)
-    files.meta.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    try:
+        np.save(files.images, images)
+        if masks is not None:
+            np.save(files.masks, masks)
+        files.meta.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    except OSError as error:  # a full disk: the error names it; nothing half-written stays
+        try:
+            raise_if_full(error, folder, images.nbytes + (0 if masks is None else masks.nbytes))
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     try:
         os.rename(staging, folder)
     except OSError:  # another process finished the same dataset first
@@ -169,29 +191,64 @@ def materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
 
 
 def _materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
-    digest = source.digest() if isinstance(source, GeneratorSpec) else None  # files: after read
-    if digest is not None and DatasetPaths(paths.dataset(digest)).meta.exists():
-        return _remember(name, digest, source, paths)
+    """Make the dataset holding a lease (zoo._leases) on its folder and staging folder
+    from when its digest is known (a generator's: at once; files': once read)."""
     meta: dict[str, Any] = {"source": to_dict(source)}
     if isinstance(source, GeneratorSpec):
-        images, masks, meta["defocus_nm"] = _generate(source)
-        meta.update(
-            train_count=source.train_count, pixel_size_a=source.field_nm * 10 / source.image_size
-        )
-    else:
-        images, masks, pixel_size, digest = read_files(source, paths.root)
-        meta.update(
-            train_count=len(images) - round(len(images) * source.val_fraction),
-            pixel_size_a=pixel_size,
-        )
-        if source.channels != ("image",):
-            meta["channels"] = list(source.channels)
-    assert digest is not None
-    if not DatasetPaths(paths.dataset(digest)).meta.exists():
-        _write(paths.dataset(digest), images, masks, meta)
-    if isinstance(source, FileSpec):
+        digest = source.digest()
+        with _making(name, digest, paths) as staging:
+            if not DatasetPaths(paths.dataset(digest)).meta.exists():
+                images, masks, meta["defocus_nm"] = _generate(source)
+                pixel_size = source.field_nm * 10 / source.image_size
+                meta.update(train_count=source.train_count, pixel_size_a=pixel_size)
+                _write(paths.dataset(digest), staging, images, masks, meta)
+            return _remember(name, digest, source, paths)
+    images, masks, pixel_size, digest = read_files(source, paths.root)
+    meta.update(
+        train_count=len(images) - round(len(images) * source.val_fraction),
+        pixel_size_a=pixel_size,
+    )
+    if source.channels != ("image",):
+        meta["channels"] = list(source.channels)
+    if masks is None:
+        meta["target"] = "none"  # unlabeled: images only
+    with _making(name, digest, paths) as staging:
+        if not DatasetPaths(paths.dataset(digest)).meta.exists():
+            _write(paths.dataset(digest), staging, images, masks, meta)
         save_hashes(paths.file_hashes)  # the dataset cache exists now
-    return _remember(name, digest, source, paths)
+        return _remember(name, digest, source, paths)
+
+
+@contextmanager
+def _making(name: str, digest: str, paths: ProjectPaths) -> Iterator[Path]:
+    """A staging folder's name, with dataset ``digest``'s folder and it leased."""
+    staging = paths.dataset_staging(digest)
+    with Lease(paths, [paths.dataset(digest), staging], f"making dataset {name}"):
+        yield staging
+
+
+def dataset_folder(name: str, source: DatasetSource, paths: ProjectPaths) -> Path | None:
+    """The cache folder of a dataset, made or not: by content hash for a generator; for
+    files the one the index records for this declaration (None before they are read, and
+    for a mixture: it is cut from its parts)."""
+    if isinstance(source, GeneratorSpec):
+        return paths.dataset(source.digest())
+    if isinstance(source, MixSpec):
+        return None
+    index = json.loads(paths.dataset_index.read_text()) if paths.dataset_index.exists() else {}
+    entry = index.get(name, {})
+    return paths.dataset(entry["digest"]) if entry.get("source") == to_dict(source) else None
+
+
+def used_folders(config: Any, paths: ProjectPaths) -> list[Path]:
+    """The folders a run of ``config`` (a zoo.config.RunConfig) uses, for its lease
+    (zoo._leases): its stages' (a refining stage's iterations' too) and its datasets' (a
+    file dataset's once read)."""
+    stages = [paths.stage(config.stage_digest(i)) for i in range(len(config.stages))]
+    for i, stage in enumerate(config.stages):
+        stages += refine_folders(config, i, paths) if stage.refine is not None else []
+    folders = (dataset_folder(n, config.sources[n], paths) for n in config.used_datasets)
+    return stages + [f for f in folders if f is not None]
 
 
 def _remember(name: str, digest: str, source: DatasetSource, paths: ProjectPaths) -> Path:
@@ -220,10 +277,15 @@ def load(name: str, folder: Path) -> Dataset:
     shared by every process on the node (copy-on-write, never written back)."""
     files = DatasetPaths(folder)
     meta = json.loads(files.meta.read_text())
+    images = np.load(files.images, mmap_mode="c").astype(np.float32, copy=False)
+    if meta.get("target") == "none":  # unlabeled: nothing stored (zero pages: no memory)
+        masks = np.zeros(images.shape[:1] + images.shape[-2:], np.uint8)
+    else:
+        masks = np.load(files.masks, mmap_mode="c")
     return Dataset(
         name,
-        np.load(files.images, mmap_mode="c").astype(np.float32, copy=False),
-        np.load(files.masks, mmap_mode="c"),
+        images,
+        masks,
         meta["train_count"],
         meta["pixel_size_a"],
         folder.name,
@@ -232,9 +294,9 @@ def load(name: str, folder: Path) -> Dataset:
 
 
 def export(folder: Path, out: Path) -> None:
-    """Write the cached arrays (not standardised) and their parameters as one ``.npz``;
-    or the images alone, with their pixel size, as ``.mrc`` or ``.tif`` (one image as
-    a 2-D file, several as a stack)."""
+    """Write the cached arrays (not standardised; no masks for unlabeled data) and their
+    parameters as one ``.npz``; or the images alone, with their pixel size, as ``.mrc`` or
+    ``.tif`` (one image as a 2-D file, several as a stack)."""
     from zoo.data._formats import write_mrc, write_tiff
 
     files = DatasetPaths(folder)
@@ -246,10 +308,11 @@ def export(folder: Path, out: Path) -> None:
         write = write_mrc if out.suffix == ".mrc" else write_tiff
         write(out, images.astype(np.float32), meta["pixel_size_a"])
         return
+    masks = {} if meta.get("target") == "none" else {"masks": np.load(files.masks)}
     np.savez_compressed(
         out,
         images=np.load(files.images),
-        masks=np.load(files.masks),
+        **masks,
         pixel_size_A=np.float64(meta["pixel_size_a"] or np.nan),
         params=np.array(json.dumps(meta["source"], sort_keys=True)),
     )

@@ -14,16 +14,27 @@ if TYPE_CHECKING:
 __all__ = ["register_model"]
 
 
-def _model_folder(loaded: LoadedModel, tracker: Tracker, ref: str) -> None:
-    """Log ``model/`` (model.safetensors, config.yaml, README.md) to the run, once."""
+def _log_folders(loaded: LoadedModel, tracker: Tracker, ref: str) -> str:
+    """Log ``model/`` (model.safetensors, config.yaml, README.md) and, for a model the
+    MLflow model takes (see _pyfunc.predictable), ``mlflow-model/`` to the run, each
+    once; returns the folder a version registers."""
     from zoo.modelzoo._card import export_model
     from zoo.modelzoo._load import MODEL_FOLDER
+    from zoo.modelzoo._pyfunc import MLFLOW_FOLDER, predictable, save_pyfunc
 
-    if tracker.client.list_artifacts(loaded.run_id, MODEL_FOLDER):
-        return
+    def missing(folder: str) -> bool:
+        return not tracker.client.list_artifacts(loaded.run_id, folder)
+
+    as_mlflow = predictable(loaded.config)
     with tempfile.TemporaryDirectory() as tmp:
         folder = export_model(loaded, tracker, Path(tmp) / MODEL_FOLDER, ref)
-        tracker.client.log_artifacts(loaded.run_id, str(folder), MODEL_FOLDER)
+        if missing(MODEL_FOLDER):
+            tracker.client.log_artifacts(loaded.run_id, str(folder), MODEL_FOLDER)
+        if as_mlflow and missing(MLFLOW_FOLDER):
+            files = (folder / "model.safetensors", folder / "config.yaml")
+            pyfunc = save_pyfunc(*files, Path(tmp) / MLFLOW_FOLDER)
+            tracker.client.log_artifacts(loaded.run_id, str(pyfunc), MLFLOW_FOLDER)
+    return MLFLOW_FOLDER if as_mlflow else MODEL_FOLDER
 
 
 def register_model(
@@ -31,13 +42,15 @@ def register_model(
 ) -> tuple[str, str]:
     """Register the model ``ref`` as a new version of ``name`` (created if missing), its
     files safetensors weights plus config.yaml, tagged with the run's axis values;
-    ``alias`` then points at it. Returns (run id, version)."""
+    ``alias`` then points at it. A segmentation model of one grey channel is registered
+    as an MLflow model (``mlflow.pyfunc.load_model("models:/NAME@ALIAS")`` predicts masks).
+    Returns (run id, version)."""
     from mlflow.exceptions import MlflowException
 
-    from zoo.modelzoo._load import MODEL_FOLDER, load, pixel_size_a
+    from zoo.modelzoo._load import load, pixel_size_a
 
     loaded = load(ref, tracker)
-    _model_folder(loaded, tracker, ref)
+    folder = _log_folders(loaded, tracker, ref)
     run = tracker.client.get_run(loaded.run_id)
     tags = {k: v for k, v in run.data.tags.items() if k.startswith("zoo.axis.")}
     tags.update(
@@ -51,7 +64,7 @@ def register_model(
         tracker.client.create_registered_model(name)
     version = tracker.client.create_model_version(
         name,
-        f"{run.info.artifact_uri}/{MODEL_FOLDER}",
+        f"{run.info.artifact_uri}/{folder}",
         run_id=loaded.run_id,
         tags=tags,
         description=run.data.tags.get("mlflow.runName", ""),

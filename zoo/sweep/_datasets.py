@@ -15,7 +15,15 @@ from typing import Any
 from zoo.paths import DatasetPaths, ProjectPaths
 from zoo.sweep._job import JobSpec
 
-__all__ = ["is_cached", "make_datasets", "make_one", "make_task", "missing_sources", "needed"]
+__all__ = [
+    "is_cached",
+    "make_datasets",
+    "make_one",
+    "make_task",
+    "missing_sources",
+    "needed",
+    "sweep_folders",
+]
 
 
 def needed(jobs: Sequence[JobSpec]) -> dict[str, Any]:
@@ -49,17 +57,33 @@ def needed(jobs: Sequence[JobSpec]) -> dict[str, Any]:
 def is_cached(name: str, source: Any, paths: ProjectPaths) -> bool:
     """Whether the dataset is in the cache: by content hash for a generator, by name and
     declaration for files (their hash needs a read)."""
-    from zoo._typed import to_dict
-    from zoo.data import GeneratorSpec
+    from zoo.data import dataset_folder
 
-    if isinstance(source, GeneratorSpec):
-        return DatasetPaths(paths.dataset(source.digest())).meta.exists()
-    index = json.loads(paths.dataset_index.read_text()) if paths.dataset_index.exists() else {}
-    entry = index.get(name, {})
-    return (
-        entry.get("source") == to_dict(source)
-        and DatasetPaths(paths.dataset(entry["digest"])).meta.exists()
-    )
+    folder = dataset_folder(name, source, paths)
+    return folder is not None and DatasetPaths(folder).meta.exists()
+
+
+def sweep_folders(plan: Any, paths: ProjectPaths) -> Callable[[], list[Path]]:
+    """What a running or queued sweep of ``plan`` keeps from ``zoo gc`` (zoo._leases): its
+    stages' folders and its datasets' (asked again at each heartbeat: a file dataset's
+    folder is known once it is read)."""
+    from zoo.data import dataset_folder
+
+    stages = {
+        paths.stage(job.config.stage_digest(i))
+        for job in plan.jobs
+        for i in range(len(job.config.stages))
+    }
+    sources: dict[tuple[str, int], Any] = {}  # configs of one datasets table share sources
+    for job in plan.jobs:
+        for name in job.config.used_datasets:
+            sources.setdefault((name, id(job.config.sources[name])), job.config.sources[name])
+
+    def folders() -> list[Path]:
+        found = (dataset_folder(name, s, paths) for (name, _), s in sources.items())
+        return sorted(stages) + sorted({f for f in found if f is not None})
+
+    return folders
 
 
 def make_one(item: tuple[str, Any, str]) -> str:

@@ -30,7 +30,8 @@ class SweepReport:
     submitted: list[str] = field(default_factory=list)  # handed to a scheduler (SLURM)
     submission: Path | None = None  # the SLURM submission folder
     seconds: dict[str, float] = field(default_factory=dict)  # key -> job wall time (local)
-    interrupted: bool = False
+    interrupted: bool = False  # stopped by a signal (local)
+    killed: list[str] = field(default_factory=list)  # under way then: KILLED, resumable
 
 
 class Executor(ABC):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from zoo._disk import failure_line
 from zoo._typed import build, check
 from zoo.config import RunConfig, use_store
 from zoo.errors import ConfigError
@@ -267,8 +268,9 @@ def _train(
     except Pruned:
         raise
     except Exception as error:  # the run is already FAILED in MLflow; report and go on
-        echo(f"FAILED: {type(error).__name__}: {error}")
-        return JobResult("failed", reason=f"{type(error).__name__}: {error}")
+        reason = failure_line(error, tracker.uri, job.paths.root)  # out of space: one line
+        echo(f"FAILED: {reason}")
+        return JobResult("failed", reason=reason)
     return JobResult("finished", run_id)
 
 

@@ -5,8 +5,10 @@ The datasets the pending jobs need are made first, in parallel on the workers.
 A job starts once the stage job it depends on has finished; a failed stage job
 leaves its dependents skipped, and the sweep goes on. Jobs whose MLflow run is
 already FINISHED are not started, so running a finished sweep again trains
-nothing and creates no runs. Ctrl-C stops the workers; their runs end KILLED
-and resume from their checkpoints next time.
+nothing and creates no runs. SIGTERM, SIGINT (Ctrl-C) or SIGHUP stops the
+workers: their runs end KILLED and resume from their checkpoints next time, and
+every worker has ended within zoo._signals.grace_s (killed then); a worker also
+stops by itself once the sweep's process has ended, killed outright too.
 
 Workers are forked from one server process that imported what a worker needs
 (torch, smp, MLflow) once: ``start_worker_server`` starts it in the
@@ -16,17 +18,22 @@ work, and N workers cost one import instead of N.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
+from zoo._leases import Lease
+from zoo._signals import exit_with_parent, grace_s, job_under_way, received, stop_all
 from zoo.errors import ConfigError
-from zoo.sweep._datasets import make_datasets
+from zoo.sweep._datasets import make_datasets, sweep_folders
 from zoo.sweep._executor import Executor, SweepReport, pending
 from zoo.sweep._job import (
     JobResult,
@@ -89,26 +96,39 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
         workers,
         mp_context=context,
         initializer=_init_worker,
-        initargs=(context.Value("i", 0), dict(os.environ)),
+        initargs=(context.Value("i", 0), dict(os.environ), os.getpid()),
     )
 
 
-def _init_worker(counter: Any, environ: dict[str, str]) -> None:
+def _init_worker(counter: Any, environ: dict[str, str], parent: int) -> None:
     """The parent's environment as the pool was made; then a sweep worker numbered in
     the order the pool started it (become_worker: one intra-op thread, so use as many
-    workers as cores; figures drained when the worker exits or gets SIGTERM)."""
+    workers as cores; figures drained when the worker exits or is stopped by a signal),
+    which stops by itself once ``parent`` (the sweep's process) has ended."""
     os.environ.clear()
     os.environ.update(environ)
     with counter.get_lock():
         index = counter.value
         counter.value += 1
     become_worker(index)
+    exit_with_parent(parent)
 
 
 def _run(text: str) -> JobResult:
     """run_job in a worker process; the job travels as its JSON description (and was
-    found unfinished when the sweep started)."""
-    return run_job(JobSpec.from_json(text), pending=True)
+    found unfinished when the sweep started). A signal stops it (zoo._signals.Stopped)."""
+    with job_under_way():
+        return run_job(JobSpec.from_json(text), pending=True)
+
+
+def _under_way(function: Callable[[Any], Any], item: Any) -> Any:
+    with job_under_way():
+        return function(item)
+
+
+def _jobs_map(pool: ProcessPoolExecutor) -> Callable[[Callable, Any], Any]:
+    """``pool.map`` whose calls are workers' jobs, as _run's are (a signal stops them)."""
+    return lambda function, items: pool.map(functools.partial(_under_way, function), items)
 
 
 class _Progress:
@@ -164,15 +184,14 @@ class LocalExecutor(Executor):
         )
         pool = worker_pool(workers)
         progress = _Progress(len(todo), self.echo)
+        running: dict[Future, JobSpec] = {}
         try:
-            make_datasets(todo, tracker.paths, self.echo, pool.map)
-            _schedule(pool, workers, todo, dict(finished), report, progress)
-        except KeyboardInterrupt:
+            make_datasets(todo, tracker.paths, self.echo, _jobs_map(pool))
+            _schedule(pool, workers, todo, dict(finished), report, progress, running)
+        except KeyboardInterrupt as error:  # here, or a worker's run stopped by a signal
             report.interrupted = True
-            self.echo(
-                "\ninterrupted: stopping workers; their runs resume from checkpoints next time"
-            )
-            pool.shutdown(wait=True, cancel_futures=True)
+            signum = received() or getattr(error, "signum", signal.SIGINT)
+            _stop(pool, running, report, signum, _newline if progress.tty else self.echo)
             return report
         pool.shutdown(wait=True)
         if progress.tty:
@@ -195,11 +214,11 @@ def _schedule(
     done: dict[str, str],
     report: SweepReport,
     progress: _Progress,
+    running: dict[Future, JobSpec],
 ) -> None:
     """Start each job once its stages finished, ``workers`` at a time, until none is left.
     ``done``: key -> MLflow run id of the finished jobs (a run learns its stage's run
-    from it, rather than by a search of its own)."""
-    running: dict[Future, JobSpec] = {}
+    from it, rather than by a search of its own). ``running``: the jobs under way."""
     failed_stages: set[str] = set()
     while todo or running:
         for job in list(todo):
@@ -220,17 +239,71 @@ def _schedule(
             return
         finished, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in finished:
+            result = future.result()  # a worker stopped by a signal: Stopped, here too
             job = running.pop(future)
-            result = future.result()
-            report.seconds[job.key] = result.seconds
+            _record(job, result, report)
             if result.status == "finished":
                 done[job.key] = result.run_id
-                report.finished.append(job.key)
-            else:
-                report.failed[job.key] = result.reason
-                if job.kind == "stage":
-                    failed_stages.add(job.key)
+            elif job.kind == "stage":
+                failed_stages.add(job.key)
             progress.show(report, len(running), f"{result.status} {_describe(job)}")
+
+
+def _record(job: JobSpec, result: JobResult, report: SweepReport) -> None:
+    report.seconds[job.key] = result.seconds
+    if result.status == "finished":
+        report.finished.append(job.key)
+    else:
+        report.failed[job.key] = result.reason
+
+
+def _stop(
+    pool: ProcessPoolExecutor,
+    running: dict[Future, JobSpec],
+    report: SweepReport,
+    signum: int,
+    echo: Callable[[str], None],
+) -> None:
+    """Stop every worker of ``pool`` after signal ``signum`` (to this process, or to a
+    worker, whose run it stopped): each is sent SIGTERM (its run ends KILLED;
+    zoo._signals.stop_as_worker) and waited for up to grace_s, then killed. Jobs that
+    ended meanwhile are counted as they ended; the rest of ``running`` are
+    ``report.killed``. The worker server is ended too."""
+    grace = grace_s()
+    deadline = time.monotonic() + grace
+    pids = list(pool._processes or {})  # the pool offers no other way to reach them
+    echo(
+        f"{signal.Signals(signum).name}: stopping {len(pids)} worker(s) within {grace:.0f} s "
+        "(a second signal stops at once); their runs resume from their checkpoints next time"
+    )
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    wait(running, timeout=max(0.0, deadline - time.monotonic()))
+    for future, job in running.items():
+        if future.done() and future.exception() is None:
+            _record(job, future.result(), report)
+        else:
+            report.killed.append(job.key)
+    pool.shutdown(wait=False, cancel_futures=True)
+    stop_all(pids, deadline)
+    _end_worker_server()
+
+
+def _end_worker_server() -> None:
+    """End start_worker_server's server now: left to end by itself once this process
+    has, it would first spend seconds tearing its imports down (start_worker_server
+    starts a new one when asked again)."""
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)  # no public handle
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _newline(line: str) -> None:
+    print("\n" + line, flush=True)  # after the progress line a terminal shows
 
 
 def check_placement(plan: Plan, workers: int, runs_per_gpu: int = 1) -> None:
@@ -264,7 +337,9 @@ def run_sweep(
     executor = LocalExecutor(workers, echo, runs_per_gpu)
     order = {key: rank for rank, key in enumerate(longest_first(plan))}
     jobs = sorted(jobs_from_plan(plan, tracker.uri, tracker.paths), key=lambda j: order[j.key])
-    return executor.submit(plan.spec.name, jobs, tracker)
+    held = sweep_folders(plan, tracker.paths)  # kept from zoo gc while the sweep runs
+    with Lease(tracker.paths, held, f"sweep {plan.spec.name} (zoo sweep run)"):
+        return executor.submit(plan.spec.name, jobs, tracker)
 
 
 def _describe(job: JobSpec) -> str:

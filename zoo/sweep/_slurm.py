@@ -45,11 +45,12 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from zoo._leases import queue_lease
 from zoo._typed import CONTROL_CHARACTERS
 from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths, SubmissionPaths
 from zoo.resources import resource
-from zoo.sweep._datasets import make_task, missing_sources
+from zoo.sweep._datasets import make_task, missing_sources, sweep_folders
 from zoo.sweep._executor import Executor, SweepReport, pending
 from zoo.sweep._job import JobSpec, become_worker, jobs_from_plan, requeues_made, run_job
 from zoo.sweep._packing import cluster_limits
@@ -435,7 +436,12 @@ def submit(plan: Plan, tracker: Tracker, options: SubmitOptions, echo=print) -> 
     if not options.dry_run:
         tracker.experiment(plan.spec.name, plan.spec.description)
     jobs = jobs_from_plan(plan, tracker.uri, tracker.paths)
-    return SlurmExecutor(options, echo).submit(plan.spec.name, jobs, tracker)
+    report = SlurmExecutor(options, echo).submit(plan.spec.name, jobs, tracker)
+    if report.submission is not None:  # queued: kept from zoo gc until its jobs end
+        record = {"sweep": plan.spec.name, "submission": str(report.submission)}
+        held, name = sweep_folders(plan, tracker.paths)(), report.submission.name
+        queue_lease(tracker.paths, held, f"sweep {plan.spec.name} (SLURM {name})", record)
+    return report
 
 
 def with_options(plan: Plan, options: SubmitOptions) -> Plan:
@@ -608,14 +614,30 @@ def _lanes(
         signal.SIGUSR1,
         lambda *_: [os.kill(p.pid, signal.SIGUSR1) for p in processes if p.is_alive()],
     )
-    for process in processes:
-        process.join()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:  # SIGTERM, SIGINT or SIGHUP (zoo._signals): stop the lanes too
+        from zoo._signals import grace_s, stop_all
+
+        stop_all([p.pid for p in processes], time.monotonic() + grace_s())  # runs end KILLED
+        for process in processes:
+            process.join()
+        raise
     codes = {p.exitcode for p in processes}
     return PREEMPTED if PREEMPTED in codes else 1 if codes != {0} else 0
 
 
 def _lane_exit(*args: Any) -> None:
-    sys.exit(_lane(*args))
+    """A lane process: _lane's status, 128 + signum when a signal stopped it; it stops
+    by itself once the task's process has ended."""
+    from zoo._signals import Stopped, exit_with_parent
+
+    exit_with_parent(os.getppid())
+    try:
+        sys.exit(_lane(*args))
+    except Stopped as stopped:
+        sys.exit(128 + stopped.signum)
 
 
 def _lane(
@@ -624,13 +646,15 @@ def _lane(
     """Run ``jobs`` (JSON descriptions) one after another on lane ``lane``'s device: 0
     unless one failed (1) or training stopped on USR1 after checkpointing, or a run
     gave its slot back to its requeued stage (PREEMPTED)."""
+    from zoo._signals import job_under_way
     from zoo.artifacts import drain_figures
 
     become_worker(lane)
-    try:
-        return _lane_jobs(jobs, submission, task, lane, stages)
-    finally:
-        drain_figures()
+    with job_under_way():  # a signal stops the run under way (KILLED), then the lane
+        try:
+            return _lane_jobs(jobs, submission, task, lane, stages)
+        finally:
+            drain_figures()
 
 
 def _lane_jobs(
