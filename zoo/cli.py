@@ -95,55 +95,13 @@ def _train(args: argparse.Namespace) -> None:
     run(config, Tracker(args.tracking_uri, paths), paths, prepared=prepared)
 
 
-def _ui_links(url: str) -> None:
-    """Once the server at ``url`` answers, print a link per zoo experiment (see
-    zoo.modelzoo.experiment_links), read and written through the server itself."""
-    import time
-    import urllib.request
-
-    from zoo.modelzoo import experiment_links
-    from zoo.tracking import Tracker
-
-    for _ in range(600):
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                break
-        except OSError:
-            time.sleep(1)
-    for name, link in experiment_links(Tracker(url), url).items():
-        print(f"  {name}: {link}", flush=True)
-
-
-def _ui(args: argparse.Namespace) -> None:
-    import os
-
+def _ui(args: argparse.Namespace) -> int:
+    from zoo._ui_process import serve
     from zoo.paths import ProjectPaths
     from zoo.tracking import tracking_uri
 
-    uri = tracking_uri(args.tracking_uri, ProjectPaths.default())
-    url = f"http://127.0.0.1:{args.port}"
-    print(f"MLflow UI for {uri} at {url}", flush=True)
-    if os.fork() == 0:  # a child prints the experiment links while this process serves
-        try:
-            _ui_links(url)
-        except Exception as error:
-            print(f"zoo ui: no experiment links ({type(error).__name__}: {error})", flush=True)
-        os._exit(0)
-    os.execvp(
-        sys.executable,
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "ui",
-            "--backend-store-uri",
-            uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(args.port),
-        ],
-    )
+    paths = ProjectPaths.default()
+    return serve(tracking_uri(args.tracking_uri, paths), args.port, paths.ui_log)
 
 
 def _sweep_plan(args: argparse.Namespace) -> None:
@@ -848,8 +806,10 @@ def _run_parsers(commands) -> list[argparse.ArgumentParser]:
     )
     train.set_defaults(func=_train)
 
-    ui = commands.add_parser("ui", help="start the MLflow UI on the tracking store")
-    ui.add_argument("--port", type=_port, default=5000)
+    ui = commands.add_parser(
+        "ui", help="MLflow UI on the tracking store; prints each sweep's runs/charts/compare links"
+    )
+    ui.add_argument("--port", type=_port, default=5000, help="on 127.0.0.1; must be free")
     ui.set_defaults(func=_ui)
     return [train, ui]
 

@@ -122,6 +122,11 @@ class ProjectPaths:
     def logs(self) -> Path:
         return self.state / "logs"
 
+    @property
+    def ui_log(self) -> Path:
+        """What the MLflow server ``zoo ui`` starts writes (its INFO lines and warnings)."""
+        return self.logs / "ui.log"
+
     def job_log(self, sweep: str, identity: str) -> Path:
         """The log of one sweep job (a run or a shared stage) run by the local executor."""
         return self.logs / sweep / f"{identity}.log"
