@@ -117,6 +117,8 @@ def test_an_appended_stage_reuses_the_finished_run_and_links_to_it(project, caps
     assert len(list(project.stages.iterdir())) == 2  # stage a trained once
     assert _history(client, new, "train_loss")[0] == _history(client, old, "train_loss")[0]
     assert "b epoch 1" in out
+    # zoo train's progress: epoch of epochs, its time and what is left of the stage
+    assert re.search(r"  b epoch 1/1 \([0-9.]+ s, stage ETA 0m00s\): train loss \d", out)
 
 
 def test_a_length_dependent_schedule_is_not_continued(project, capsys):

@@ -75,3 +75,42 @@ def test_a_failed_stage_skips_its_runs_and_the_others_finish(
             assert job.key not in by_key or by_key[job.key].info.status != "FINISHED"
         elif job.key != broken.key:
             assert by_key[job.key].info.status == "FINISHED"
+
+
+def test_progress_counts_busy_workers_and_prices_jobs_by_kind(monkeypatch):
+    """With 2 workers, the line after the shared stage ends counts the 2 runs that took its
+    place (it said "running 0"), names runs as people do, and once a run has ended the ETA
+    prices runs by the runs' own time, not by the slower stage's (elapsed / settled made
+    the first ETAs several times too long)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zoo.sweep import _local
+    from zoo.sweep._executor import SweepReport
+    from zoo.sweep._job import JobResult, JobSpec
+    from zoo.sweep._progress import SweepProgress
+
+    def job(key, kind, depends=(), name="run"):
+        tags = {"mlflow.runName": f"freeze {key} · seed 0"} if kind == "run" else {}
+        return JobSpec(key * 16, kind, name, "t", "", "", {}, tags, depends)
+
+    stage = job("a", "stage", name="pretrain")
+    runs = [job(k, "run", (stage.key,)) for k in "bcde"]
+    took = {stage.key: 40.0, **{r.key: 10.0 for r in runs}}
+    monkeypatch.setattr(
+        _local,
+        "_run",
+        lambda text: JobResult("finished", "id", "", took[JobSpec.from_json(text).key]),
+    )
+    monkeypatch.setattr(_local, "with_parent", lambda job, parent: job)
+    lines: list[str] = []
+    todo = [stage, *runs]
+    with ThreadPoolExecutor(2) as pool:
+        progress = SweepProgress(todo, 2, lines.append)
+        _local._schedule(pool, 2, list(todo), {}, SweepReport(), progress, {})
+    first = lines[0]
+    assert "done 1 running 2" in first and "finished pretrain" in first
+    assert "ETA 1m20s" in first  # no run has ended: 4 runs priced at the stage's 40 s
+    etas = [int(line.split("ETA 0m")[1][:2]) for line in lines[1:]]
+    assert max(etas) <= 15  # at most 3 runs left, at the runs' own 10 s, on 2 workers
+    assert "freeze b · seed 0 [bbbbbbbb]" in "\n".join(lines)
+    assert lines[-1].startswith("[5/5] done 5 running 0")

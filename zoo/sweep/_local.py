@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -44,6 +43,7 @@ from zoo.sweep._job import (
     with_parent,
 )
 from zoo.sweep._plan import Plan, longest_first
+from zoo.sweep._progress import SweepProgress, describe
 from zoo.tracking import Tracker
 
 __all__ = ["LocalExecutor", "check_placement", "run_sweep", "start_worker_server"]
@@ -131,34 +131,6 @@ def _jobs_map(pool: ProcessPoolExecutor) -> Callable[[Callable, Any], Any]:
     return lambda function, items: pool.map(functools.partial(_under_way, function), items)
 
 
-class _Progress:
-    """One status line: done / running / failed / skipped / remaining, ETA."""
-
-    def __init__(self, total: int, echo: Callable[[str], None]):
-        self.total, self.echo = total, echo
-        self.started = time.monotonic()
-        self.tty = echo is print and sys.stdout.isatty()
-
-    def show(self, report: SweepReport, running: int, event: str) -> None:
-        done = len(report.finished)
-        settled = done + len(report.failed) + len(report.skipped)
-        remaining = self.total - settled
-        elapsed = time.monotonic() - self.started
-        eta = ""
-        if done:
-            seconds = elapsed / settled * remaining
-            eta = f" ETA {int(seconds // 60)}m{int(seconds % 60):02d}s"
-        line = (
-            f"[{settled}/{self.total}] done {done} running {running} failed "
-            f"{len(report.failed)} skipped {len(report.skipped)} remaining {remaining}{eta}"
-            f"  {event}"
-        )
-        if self.tty:
-            print("\r\033[K" + line, end="", flush=True)
-        else:
-            self.echo(line)
-
-
 class LocalExecutor(Executor):
     """``workers`` processes on this machine (forked from start_worker_server's
     server, which this starts unless it runs); with GPUs and ``runs_per_gpu`` N > 1,
@@ -183,7 +155,7 @@ class LocalExecutor(Executor):
             f"({len(report.already)} already finished), {workers} worker(s)"
         )
         pool = worker_pool(workers)
-        progress = _Progress(len(todo), self.echo)
+        progress = SweepProgress(todo, workers, self.echo)
         running: dict[Future, JobSpec] = {}
         try:
             make_datasets(todo, tracker.paths, self.echo, _jobs_map(pool))
@@ -213,13 +185,14 @@ def _schedule(
     todo: list[JobSpec],
     done: dict[str, str],
     report: SweepReport,
-    progress: _Progress,
+    progress: SweepProgress,
     running: dict[Future, JobSpec],
 ) -> None:
     """Start each job once its stages finished, ``workers`` at a time, until none is left.
     ``done``: key -> MLflow run id of the finished jobs (a run learns its stage's run
     from it, rather than by a search of its own). ``running``: the jobs under way."""
     failed_stages: set[str] = set()
+    events: list[str] = []  # shown once the freed workers have their next jobs
     while todo or running:
         for job in list(todo):
             if len(running) >= workers:
@@ -229,12 +202,16 @@ def _schedule(
                 report.skipped.append(job.key)
                 if job.kind == "stage":
                     failed_stages.add(job.key)
-                progress.show(report, len(running), f"skipped {_describe(job)}")
+                progress.settle(job)
+                events.append(f"skipped {describe(job)}")
             elif all(d in done for d in job.depends):
                 todo.remove(job)
                 if job.depends and done[job.depends[-1]]:
                     job = with_parent(job, done[job.depends[-1]])
                 running[pool.submit(_run, job.to_json())] = job
+        for event in events:
+            progress.show(report, len(running), event)
+        events.clear()
         if not running:
             return
         finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -242,11 +219,14 @@ def _schedule(
             result = future.result()  # a worker stopped by a signal: Stopped, here too
             job = running.pop(future)
             _record(job, result, report)
+            progress.settle(job, result.seconds)
             if result.status == "finished":
                 done[job.key] = result.run_id
             elif job.kind == "stage":
                 failed_stages.add(job.key)
-            progress.show(report, len(running), f"{result.status} {_describe(job)}")
+            events.append(f"{result.status} {describe(job)}")
+    for event in events:  # the last jobs' ends
+        progress.show(report, 0, event)
 
 
 def _record(job: JobSpec, result: JobResult, report: SweepReport) -> None:
@@ -340,10 +320,3 @@ def run_sweep(
     held = sweep_folders(plan, tracker.paths)  # kept from zoo gc while the sweep runs
     with Lease(tracker.paths, held, f"sweep {plan.spec.name} (zoo sweep run)"):
         return executor.submit(plan.spec.name, jobs, tracker)
-
-
-def _describe(job: JobSpec) -> str:
-    if job.kind == "search":
-        return job.key
-    values = ", ".join(f"{k[9:]}={v}" for k, v in job.tags.items() if k.startswith("zoo.axis."))
-    return f"{job.name} {job.key[:8]} ({values})"
