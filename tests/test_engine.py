@@ -174,7 +174,7 @@ def _children(pid: int) -> list[int]:
 
 
 def _epoch_lines(log: Path) -> int:
-    return len(re.findall(r"^  \w+ epoch \d+:", log.read_text(), re.M))
+    return len(re.findall(r"^  \w+ epoch \d+/", log.read_text(), re.M))
 
 
 def test_sigterm_to_a_worker_loses_no_metric_rows_and_no_figures(tiny_spec, project):

@@ -82,7 +82,7 @@ def _none_left(leader: int, within: float) -> list[int]:
 
 
 def _epochs(log: Path) -> int:
-    return len(re.findall(r"^  \w+ epoch \d+:", log.read_text(), re.M)) if log.exists() else 0
+    return len(re.findall(r"^  \w+ epoch \d+/", log.read_text(), re.M)) if log.exists() else 0
 
 
 def _wait_for(condition, process, what: str, timeout: float = 600) -> None:
