@@ -198,3 +198,20 @@ def test_sigterm_to_zoo_train_exits_143_and_the_run_resumes(project):
     client = MlflowClient(f"sqlite:///{project.root / 'mlflow.db'}")
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
     assert sorted(steps) == list(range(1, 5))
+
+
+def test_sweep_cancel_stops_a_running_sweep_leaving_its_run_resumable(tiny_spec, project, capsys):
+    """`zoo sweep cancel SPEC` from another shell: the sweep's process stops as SIGTERM
+    stops it (exit 143; the test above shows such runs resume), its run under way ends
+    KILLED; a second cancel finds nothing running."""
+    spec = tiny_spec(sources=("a",), freezes=("none",), epochs=200)  # one run, two stages
+    sweep = _sweep(spec, project.root, workers=1)
+    logs = project.logs / "tiny"
+    _wait_for(lambda: any(_epochs(log) > 2 for log in logs.glob("*.log")), sweep, "trained")
+    capsys.readouterr()
+    assert main(["sweep", "cancel", str(spec)]) == 0
+    assert f"stopped zoo sweep run (pid {sweep.pid})" in capsys.readouterr().out
+    assert sweep.wait(timeout=5) == 128 + signal.SIGTERM
+    assert [r.info.status for r in _runs(project.root, "tiny")] == ["KILLED"]
+    assert main(["sweep", "cancel", str(spec)]) == 0
+    assert "nothing running here" in capsys.readouterr().out

@@ -353,6 +353,17 @@ def _sweep_status(args: argparse.Namespace) -> None:
     )
 
 
+def _sweep_cancel(args: argparse.Namespace) -> int:
+    from zoo.paths import ProjectPaths
+    from zoo.sweep._cancel import cancel
+    from zoo.sweep._rehearsal import SUFFIX
+    from zoo.sweep._spec import load_spec
+
+    name = load_spec(args.spec).name + (SUFFIX if args.rehearse else "")
+    cancel(name, ProjectPaths.default())
+    return 0
+
+
 def _sweep_logs(args: argparse.Namespace) -> None:
     from zoo.paths import ProjectPaths
     from zoo.sweep._logs import find_log, tail
@@ -851,6 +862,10 @@ def _sweep_parser(commands) -> list[argparse.ArgumentParser]:
     submit = sweep_commands.add_parser("submit", help="submit to SLURM as job arrays")
     _submit_options(submit)
     submit.set_defaults(func=_sweep_submit)
+    stop = sweep_commands.add_parser("cancel", help="stop a sweep's running jobs (resumable)")
+    stop.add_argument("spec", type=Path, help="sweep spec YAML")
+    stop.add_argument("--rehearse", action="store_true", help="its rehearsal")
+    stop.set_defaults(func=_sweep_cancel)
     logs = sweep_commands.add_parser("logs", help="print a sweep job's log")
     logs.add_argument("run", metavar="RUN", help="run id or prefix, config-hash prefix, run name")
     logs.add_argument("--tail", type=_positive(int), metavar="N", help="only the last N lines")

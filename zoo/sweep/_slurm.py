@@ -225,6 +225,11 @@ def cluster_max_array_size() -> int:
     return cluster_limits(_slurm("scontrol", "show", "config")).max_array_size
 
 
+def scancel(*job_ids: str) -> None:
+    """Cancel SLURM jobs (whole arrays by their job id): their tasks get SIGTERM first."""
+    _slurm("scancel", *job_ids)
+
+
 def active_tasks(sweep: str) -> dict[tuple[str, int], str]:
     """(array job id, task id) -> state of this sweep's pending and running tasks."""
     jobs = json.loads(_slurm("squeue", "--json")).get("jobs", [])
