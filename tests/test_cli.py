@@ -41,6 +41,7 @@ def test_version_and_completion_exit_0_without_heavy_imports(argv):
         ["models", "show", "best"],
         ["models", "export", "best", "--out", "exported"],
         ["models", "register", "best", "--name", "hrtem"],
+        ["predict", "best", ".", "--out", "predicted"],
     ],
     ids=" ".join,
 )
@@ -58,6 +59,20 @@ def test_model_commands_fail_on_a_missing_store_before_heavy_imports(argv, tmp_p
     assert done.stdout.splitlines()[-1] == "exit 2 []", done.stdout + done.stderr
     assert "mlflow.db does not exist" in done.stderr and len(done.stderr.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_of_a_missing_input_fails_before_heavy_imports(tmp_path):
+    code = (
+        "import sys; from zoo import cli\n"
+        "code = cli.main(['predict', 'best', 'nosuch.mrc', '--out', 'o'])\n"
+        f"print('exit', code, sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.stdout.splitlines()[-1] == "exit 2 []", done.stdout + done.stderr
+    assert done.stderr.strip() == "zoo: error: nosuch.mrc: no such file or folder"
 
 
 def _subcommands(parser: argparse.ArgumentParser, path: str = "zoo") -> dict[str, list[str]]:

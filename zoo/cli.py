@@ -647,8 +647,14 @@ def _models_register(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    from zoo.errors import DataError
+    from zoo.tracking import Tracker, existing_store
+
+    for item in args.inputs:  # missing inputs and stores fail before torch is imported
+        if not item.exists():
+            raise DataError(f"{item}: no such file or folder")
+    existing_store(args.tracking_uri)
     from zoo.predict import PredictOptions, predict
-    from zoo.tracking import Tracker
 
     options = PredictOptions(
         pixel_size_a=args.pixel_size,
