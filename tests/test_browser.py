@@ -211,3 +211,21 @@ def test_charts_open_on_the_headline_and_compare_shows_parallel_coordinates(ui, 
     assert browser.find_elements(By.CSS_SELECTOR, "svg path"), "no parallel coordinates drawn"
     _close_assistant(browser)
     _screenshot(browser, tmp_path / "ui-compare.png")
+
+
+@pytest.mark.slow
+def test_an_experiment_opened_from_mlflows_list_is_a_training_experiment(ui, browser, trained):
+    """A browser that never chose a workflow, opening the sweep the usual way (the home
+    page, then the experiment, no workflowType in its URL), sees its runs in the training
+    workflow, not GenAI's traces; MLflow alone opened it in GenAI mode."""
+    from mlflow.tracking import MlflowClient
+
+    base, _ = ui
+    experiment = MlflowClient(trained.tracking_uri).get_experiment_by_name("tiny")
+    browser.get(base)
+    _wait_for_text(browser, ["tiny"])
+    stored = browser.execute_script("return localStorage.getItem('mlflow.workflowType_v1')")
+    assert stored == '"machine_learning"'
+    browser.get(f"{base}/#/experiments/{experiment.experiment_id}")
+    body = _wait_for_text(browser, ["pretrain · source a · seed 0"])  # its runs, folded
+    assert "pretrain · source a · seed 0" in body and "Observability" not in body

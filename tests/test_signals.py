@@ -215,3 +215,45 @@ def test_sweep_cancel_stops_a_running_sweep_leaving_its_run_resumable(tiny_spec,
     assert [r.info.status for r in _runs(project.root, "tiny")] == ["KILLED"]
     assert main(["sweep", "cancel", str(spec)]) == 0
     assert "nothing running here" in capsys.readouterr().out
+
+
+def test_a_signal_mid_epoch_checkpoints_that_step_and_the_run_resumes_there(
+    project, monkeypatch, tmp_path
+):
+    """SIGTERM during epoch 1's third step: the step ends, the stage checkpoints there and
+    the run ends KILLED (exit 143); running it again trains only the steps left (21 of
+    24) and logs the numbers of a run never stopped."""
+    from zoo import train
+
+    config = _train_config(project.root, epochs=2)  # 6 images x 8 flips / batch 4: 12 steps
+    original, steps = train._StageTraining._step, []
+
+    def step(self, batches, start):
+        steps.append(start)
+        if len(steps) == 3 and stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batches, start)
+
+    monkeypatch.setattr(train._StageTraining, "_step", step)
+    stop = True
+    assert main(["train", str(config)]) == 128 + signal.SIGTERM
+    (run,) = _runs(project.root, "stop")
+    assert run.info.status == "KILLED" and len(steps) == 3
+    steps.clear()
+    stop = False
+    assert main(["train", str(config)]) == 0
+    assert len(steps) == 21 and steps[0] == 12  # epoch 1 went on at its fourth step
+    (resumed,) = _runs(project.root, "stop")
+    assert (resumed.info.run_id, resumed.info.status) == (run.info.run_id, "FINISHED")
+
+    other = tmp_path / "unstopped"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    monkeypatch.setenv("ZOO_ROOT", str(other))
+    assert main(["train", str(_train_config(other, epochs=2))]) == 0
+    client, whole = (MlflowClient(f"sqlite:///{r / 'mlflow.db'}") for r in (project.root, other))
+    (unstopped,) = _runs(other, "stop")
+    for key in ("train_loss", "val_loss/d"):
+        got = [m.value for m in client.get_metric_history(run.info.run_id, key)]
+        want = [m.value for m in whole.get_metric_history(unstopped.info.run_id, key)]
+        assert got == pytest.approx(want, rel=1e-6), key

@@ -1,4 +1,4 @@
-"""zoo's MLflow tracking server: MLflow's own app plus one read-only route.
+"""zoo's MLflow tracking server and UI: MLflow's own app plus two read-only routes.
 
 ``mlflow server --app-name zoo`` (what ``zoo server start`` runs; the entry point is
 declared in setup.cfg under ``mlflow.app``) serves everything a plain server serves
@@ -71,9 +71,30 @@ def _states() -> Any:
     return jsonify({"states": {k: list(v) for k, v in states.items()}})
 
 
+# MLflow 3's UI opens in the GenAI workflow unless the URL or the browser's stored choice
+# (localStorage "mlflow.workflowType_v1", JSON) says otherwise: a browser that never chose
+# is given the training workflow, zoo's kind of experiment; a choice made later is kept
+TRAINING_BY_DEFAULT = (
+    '<script>try{var k="mlflow.workflowType_v1";if(localStorage.getItem(k)===null)'
+    'localStorage.setItem(k,JSON.stringify("machine_learning"))}catch(e){}</script>'
+)
+
+
+def _training_by_default(response: Any) -> Any:
+    """The UI's page with TRAINING_BY_DEFAULT at the start of its head; others unchanged."""
+    if response.mimetype != "text/html":
+        return response
+    response.direct_passthrough = False  # index.html is sent as a file: read it here
+    page = response.get_data(as_text=True)
+    if "<head>" in page and TRAINING_BY_DEFAULT not in page:
+        response.set_data(page.replace("<head>", "<head>" + TRAINING_BY_DEFAULT, 1))
+    return response
+
+
 def create_app() -> Any:
     """MLflow's app (FastAPI under uvicorn, its Flask app under gunicorn or waitress) with
-    zoo's route added to the Flask app, which both serve."""
+    zoo's routes added to the Flask app, which both serve, and its UI page opening in
+    the training workflow for a browser that never chose one."""
     from mlflow.environment_variables import _MLFLOW_SGI_NAME
     from mlflow.server import app
     from mlflow.server.handlers import _add_static_prefix
@@ -81,6 +102,7 @@ def create_app() -> Any:
     if "zoo_tables" not in app.view_functions:
         app.add_url_rule(_add_static_prefix(ROUTE), "zoo_tables", _tables, methods=["POST"])
         app.add_url_rule(_add_static_prefix(STATES_ROUTE), "zoo_states", _states, methods=["POST"])
+        app.after_request(_training_by_default)
     if _MLFLOW_SGI_NAME.get() == "uvicorn":
         from mlflow.server.fastapi_app import app as fastapi_app
 

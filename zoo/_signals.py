@@ -25,7 +25,7 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from zoo.errors import ConfigError
@@ -33,6 +33,7 @@ from zoo.errors import ConfigError
 __all__ = [
     "SIGNALS",
     "Stopped",
+    "checkpointable",
     "exit_with_parent",
     "grace_s",
     "guarded",
@@ -143,6 +144,29 @@ def _handle(signum: int, _frame: Any) -> None:
                 os.kill(child.pid, signal.SIGKILL)
         os.write(2, f"zoo: stopped at once by a second {signal.Signals(signum).name}\n".encode())
         os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def checkpointable() -> Iterator[Callable[[], int | None]]:
+    """Training steps: a first signal landing inside is held, not raised; the loop asks the
+    function this yields after each step (the held signal, or None), checkpoints mid-epoch
+    and raises Stopped itself, so a resumed run continues at that step. A signal still
+    held on leaving is raised then."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    _STATE["depth"] += 1
+    try:
+        yield lambda: _STATE["held"]
+    except Stopped:
+        _STATE["held"] = None  # raised by the loop: not again below
+        raise
+    finally:
+        _STATE["depth"] -= 1
+        held = _STATE["held"]
+        if not _STATE["depth"] and held is not None:
+            _STATE["held"] = None
+            raise Stopped(held)
 
 
 @contextlib.contextmanager

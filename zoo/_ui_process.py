@@ -54,6 +54,7 @@ def _start(uri: str, port: int, log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += ["--host", _HOST, "--port", str(port), "--workers", str(WORKERS)]
+    command += ["--app-name", "zoo"]  # zoo._server_app: the UI opens in the training workflow
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # no GenAI job runner
     env["PYTHONSAFEPATH"] = "1"  # a click.py or mlflow.py where zoo ui starts is not imported
     with log.open("a") as out:

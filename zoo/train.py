@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoo._signals import Stopped, checkpointable
 from zoo.checkpoint import (
     BackgroundWrites,
     CheckpointError,
@@ -585,8 +586,8 @@ class _StageTraining:
         self, epoch: int, files: StagePaths, record: dict[str, Any], writes: BackgroundWrites
     ) -> dict[str, Any]:
         """Train and validate epoch ``epoch`` (the rest of it, when a checkpoint stopped
-        in it); its files go to ``writes``; returns its metrics. Raises Preempted, after a
-        mid-epoch checkpoint, once STOP is set."""
+        in it); its files go to ``writes``; returns its metrics. Raises Preempted once STOP
+        is set, Stopped once a signal came (zoo._signals), each after a mid-epoch checkpoint."""
         started = time.perf_counter()
         lr = stage_lr(self.stage, epoch)
         for group in self.optimizer.param_groups:
@@ -600,17 +601,20 @@ class _StageTraining:
         total = torch.tensor(partial["total"], device=self.device)
         batches = Batcher(self.source, order)
         self.part.epoch(epoch)
-        for start in range(partial["step"], len(order), self.stage.batch_size):
-            loss, compiling = self._step(batches, start)
-            total, started = total + loss, started + compiling
-            if STOP.is_set():  # preempted: checkpoint mid-epoch, let the caller requeue
-                self.progress["partial"] = {
-                    "step": start + self.stage.batch_size,
-                    "total": self.part.total(total).item(),
-                    "seconds": time.perf_counter() - started,
-                }
-                self._checkpoint(files, record, writes)
-                raise Preempted(f"stopped in epoch {epoch} of {self.stage.name}; checkpointed")
+        with checkpointable() as stopping:  # a SIGTERM waits for the step to end
+            for start in range(partial["step"], len(order), self.stage.batch_size):
+                loss, compiling = self._step(batches, start)
+                total, started = total + loss, started + compiling
+                if STOP.is_set() or stopping():  # preempted or stopped: checkpoint mid-epoch
+                    self.progress["partial"] = {
+                        "step": start + self.stage.batch_size,
+                        "total": self.part.total(total).item(),
+                        "seconds": time.perf_counter() - started,
+                    }
+                    self._checkpoint(files, record, writes)
+                    if stopping():
+                        raise Stopped(stopping())
+                    raise Preempted(f"stopped in epoch {epoch} of {self.stage.name}; checkpointed")
         total = self.part.total(total).item() / len(order)
         metrics = self._validate(epoch, lr, total, len(order), time.perf_counter() - started)
         if self.stage.selection_set in metrics.pop("bests"):
