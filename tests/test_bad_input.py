@@ -1585,10 +1585,17 @@ CASES = [
     ),
     (
         "predict-no-store",
-        {},
+        {"x.png": "not read: the store is checked first"},
         ["predict", "demo", "x.png", "--out", "out"],
         2,
         r"mlflow\.db does not exist",
+    ),
+    (
+        "predict-missing-input",
+        {},
+        ["predict", "demo", "x.png", "--out", "out"],
+        2,
+        r"^zoo: error: x\.png: no such file or folder$",
     ),
 ]
 
