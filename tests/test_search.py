@@ -62,7 +62,7 @@ def test_search_spends_its_budget_exactly_and_mlflow_holds_the_objective(
     assert main(["analyze", str(spec), "--out", str(project.root / "report")]) == 0
     report = (project.root / "report" / "report.html").read_text()
     assert "<h2>Search</h2>" in report and "optimisation_history" in report
-    assert f"<tr><td>{best.number}</td><td>{best.value:.5g}</td>" in report
+    assert f"<tr><td>{best.number}</td><td>{best.value:.4g}</td>" in report
 
 
 def test_plan_of_a_search_bounds_its_image_passes(search_spec, capsys):
