@@ -1591,6 +1591,13 @@ CASES = [
         r"mlflow\.db does not exist",
     ),
     (
+        "sweep-run-profile-unknown",
+        spec(),
+        ["sweep", "run", "spec.yaml", "--profile", "nosuch"],
+        2,
+        r"--profile: no profile 'nosuch'",
+    ),
+    (
         "predict-missing-input",
         {},
         ["predict", "demo", "x.png", "--out", "out"],

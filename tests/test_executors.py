@@ -114,3 +114,24 @@ def test_progress_counts_busy_workers_and_prices_jobs_by_kind(monkeypatch):
     assert max(etas) <= 15  # at most 3 runs left, at the runs' own 10 s, on 2 workers
     assert "freeze b · seed 0 [bbbbbbbb]" in "\n".join(lines)
     assert lines[-1].startswith("[5/5] done 5 running 0")
+
+
+def test_progress_prices_the_eta_on_the_plans_profile_scaled_by_what_finished(monkeypatch):
+    """`zoo sweep run --profile NAME`: the ETA prices the jobs left by the plan, scaled by
+    how long the finished ones took against their price (here twice as long)."""
+    from zoo.sweep._executor import SweepReport
+    from zoo.sweep._job import JobSpec
+    from zoo.sweep._progress import SweepProgress
+
+    def job(key, kind):
+        return JobSpec(key * 16, kind, kind, "t", "", "", {}, {}, ())
+
+    stage, runs = job("a", "stage"), [job(k, "run") for k in "bcde"]
+    priced = {stage.key: 20.0, **{r.key: 5.0 for r in runs}}
+    lines: list[str] = []
+    progress = SweepProgress([stage, *runs], 2, lines.append, priced)
+    assert progress.eta_s() == pytest.approx(20.0)  # (20 + 4 x 5) / 2, before anything ran
+    progress.settle(stage, 40.0)
+    report = SweepReport(finished=[stage.key])
+    progress.show(report, 2, "finished stage")
+    assert "ETA 0m20s" in lines[-1]  # 4 runs x 5 s x 2 (it took twice its price) / 2

@@ -202,8 +202,13 @@ def _sweep_run(args: argparse.Namespace) -> int:
     plan = sweep.make_plan(spec)
     sweep.check_plan(plan)
     sweep.check_placement(plan, args.workers, args.runs_per_gpu)
+    priced = _priced(plan, args.profile)  # an unknown profile is refused before the store
     result = sweep.run_sweep(
-        plan, Tracker(args.tracking_uri), args.workers, runs_per_gpu=args.runs_per_gpu
+        plan,
+        Tracker(args.tracking_uri),
+        args.workers,
+        runs_per_gpu=args.runs_per_gpu,
+        priced=priced,
     )
     counts = (
         f"finished {len(result.finished)}, already finished {len(result.already)}, "
@@ -217,6 +222,17 @@ def _sweep_run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return _stop_status()
     return 1 if result.failed or result.skipped else 0
+
+
+def _priced(plan, profile: str | None) -> dict[str, float] | None:
+    """Job key -> seconds on throughput profile ``profile`` (None without one)."""
+    if profile is None:
+        return None
+    from zoo.calibrate import load_profile
+    from zoo.paths import ProjectPaths
+    from zoo.sweep._cost import job_seconds
+
+    return job_seconds(plan, load_profile(profile, ProjectPaths.default()))
 
 
 def _stop_signal(error: BaseException | None = None):
@@ -856,6 +872,9 @@ def _sweep_parser(commands) -> list[argparse.ArgumentParser]:
     )
     run_sweep.add_argument(
         "--gpu-power", type=_positive(int), metavar="W", help="GPU power cap in watts (identity)"
+    )
+    run_sweep.add_argument(
+        "--profile", help="ETA priced on a throughput profile (zoo calibrate NAME) from the start"
     )
     run_sweep.add_argument("--json", action="store_true", help="a search's status as JSON")
     run_sweep.set_defaults(func=_sweep_run)

@@ -138,9 +138,14 @@ class LocalExecutor(Executor):
     results do not depend on what shares its GPU."""
 
     def __init__(
-        self, workers: int = 1, echo: Callable[[str], None] = print, runs_per_gpu: int = 1
+        self,
+        workers: int = 1,
+        echo: Callable[[str], None] = print,
+        runs_per_gpu: int = 1,
+        priced: dict[str, float] | None = None,
     ):
         self.workers, self.echo, self.runs_per_gpu = workers, echo, runs_per_gpu
+        self.priced = priced  # job key -> seconds on a profile: the ETA's first price
 
     def submit(self, name: str, jobs: Sequence[JobSpec], tracker: Tracker) -> SweepReport:
         report = SweepReport()
@@ -155,7 +160,7 @@ class LocalExecutor(Executor):
             f"({len(report.already)} already finished), {workers} worker(s)"
         )
         pool = worker_pool(workers)
-        progress = SweepProgress(todo, workers, self.echo)
+        progress = SweepProgress(todo, workers, self.echo, self.priced)
         running: dict[Future, JobSpec] = {}
         try:
             make_datasets(todo, tracker.paths, self.echo, _jobs_map(pool))
@@ -309,12 +314,14 @@ def run_sweep(
     workers: int = 1,
     echo: Callable[[str], None] = print,
     runs_per_gpu: int = 1,
+    priced: dict[str, float] | None = None,
 ) -> SweepReport:
     """Train every job of ``plan`` not yet finished in ``tracker``'s store, locally; ready
-    jobs start longest first (zoo.sweep._plan.longest_first)."""
+    jobs start longest first (zoo.sweep._plan.longest_first); ``priced`` (job key ->
+    seconds, zoo.sweep._cost.job_seconds) gives the progress line an ETA from the start."""
     check_placement(plan, workers, runs_per_gpu)
     tracker.experiment(plan.spec.name, plan.spec.description)
-    executor = LocalExecutor(workers, echo, runs_per_gpu)
+    executor = LocalExecutor(workers, echo, runs_per_gpu, priced)
     order = {key: rank for rank, key in enumerate(longest_first(plan))}
     jobs = sorted(jobs_from_plan(plan, tracker.uri, tracker.paths), key=lambda j: order[j.key])
     held = sweep_folders(plan, tracker.paths)  # kept from zoo gc while the sweep runs

@@ -1,9 +1,12 @@
 """A local sweep's progress: one line per event (plain, off a terminal) or one line redrawn
 in place with a bar (on a terminal): done, running, failed, skipped, remaining and an ETA.
 
-The ETA prices each remaining job by the mean time of the finished jobs of its kind (shared
-stages and runs take different times), divided among the workers; the count of running
-jobs is taken after the freed workers got their next jobs, so it reads as busy workers.
+The ETA prices each remaining job by the plan's price of it (``priced``: job key -> seconds
+on a throughput profile, zoo.sweep._cost.job_seconds), scaled by how the finished jobs'
+times compared with theirs; without a price, by the mean time of the finished jobs of its
+kind (shared stages and runs take different times); divided among the workers. The count
+of running jobs is taken after the freed workers got their next jobs, so it reads as busy
+workers.
 """
 
 from __future__ import annotations
@@ -40,22 +43,38 @@ class SweepProgress:
     """Counts of a sweep's ``jobs`` shown after each event with ``echo`` (redrawn in place
     when ``echo`` is print to a terminal), with ``workers`` sharing the remaining work."""
 
-    def __init__(self, jobs: Sequence[JobSpec], workers: int, echo: Callable[[str], None]):
+    def __init__(
+        self,
+        jobs: Sequence[JobSpec],
+        workers: int,
+        echo: Callable[[str], None],
+        priced: dict[str, float] | None = None,
+    ):
         self.total, self.workers, self.echo = len(jobs), max(1, workers), echo
         self.left = Counter(job.kind for job in jobs)  # kind -> jobs not yet settled
         self.seconds: dict[str, list[float]] = {}  # kind -> times of its finished jobs
+        self.priced = priced or {}
+        self.unsettled = {job.key for job in jobs}
+        self.ratio = [0.0, 0.0]  # measured and priced seconds of the finished priced jobs
         self.tty = echo is print and sys.stdout.isatty()
         self.started = time.monotonic()
 
     def settle(self, job: JobSpec, seconds: float | None = None) -> None:
         """``job`` ended (finished, failed or skipped), after ``seconds`` when it ran."""
         self.left[job.kind] -= 1
+        self.unsettled.discard(job.key)
         if seconds:
             self.seconds.setdefault(job.kind, []).append(seconds)
+            if job.key in self.priced:
+                self.ratio[0] += seconds
+                self.ratio[1] += self.priced[job.key]
 
     def eta_s(self) -> float | None:
-        """Seconds until every job has settled, from the mean time of each kind; None
-        before any job finished."""
+        """Seconds until every job has settled: from the plan's price when there is one,
+        else from the mean time of each kind; None when neither is known yet."""
+        if self.priced and self.unsettled <= set(self.priced):
+            scale = self.ratio[0] / self.ratio[1] if self.ratio[1] else 1.0
+            return sum(self.priced[k] for k in self.unsettled) * scale / self.workers
         means = {k: sum(v) / len(v) for k, v in self.seconds.items() if v}
         if not means:
             return None
