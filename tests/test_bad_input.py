@@ -23,6 +23,7 @@ from zoo.cli import main
 
 MODEL = {"encoder": "tu-test_resnet", "decoder_channels": [16] * 5}
 H5 = {"path": "data.h5", "val_fraction": 0.25}
+STREAMED = {"preset": "defocus", "defocus_nm": -10, "image_size": 32}
 
 
 def _h5(path: Path, shape=(8, 16, 16), masks=True, mask_shape=None, values=1) -> None:
@@ -1170,6 +1171,37 @@ CASES = [
         2,
         r"config\.validate_on\.1: 'zz'",
     ),
+    (
+        "stream-producers-zero",
+        run(datasets={"d": H5, "s": {**STREAMED, "stream": {"producers": 0}}}, validate_on=["d"]),
+        TRAIN,
+        2,
+        r"datasets\.s\.stream\.producers: 0 .*>= 1",
+    ),
+    (
+        "stream-samples-negative",
+        run(
+            datasets={"d": H5, "s": {**STREAMED, "stream": {"samples_per_epoch": -1}}},
+            validate_on=["d"],
+        ),
+        TRAIN,
+        2,
+        r"datasets\.s\.stream\.samples_per_epoch: -1 .*>= 1",
+    ),
+    (
+        "stream-validated-on",
+        run(datasets={"d": H5, "s": {**STREAMED, "stream": {}}}, validate_on=["d", "s"]),
+        TRAIN,
+        2,
+        r"config\.validate_on\.1: 's' .*stored dataset",
+    ),
+    (
+        "stream-trained-without-validate-on",
+        run(datasets={"d": H5, "s": {**STREAMED, "stream": {}}}, stage={"train": "s"}),
+        TRAIN,
+        2,
+        r"config\.validate_on: \[\] .*stored datasets \('s' is streamed\)",
+    ),
     ("val-batch-size-zero", run(val_batch_size=0), TRAIN, 2, r"config\.val_batch_size: 0"),
     ("amp-unknown", run(amp="fp8"), TRAIN, 2, r"config\.amp: 'fp8'"),
     (
@@ -1434,7 +1466,30 @@ CASES = [
         run(datasets={"d": {"preset": "noise", "dose": 10, "fidelity": "medium"}}),
         TRAIN,
         2,
-        r"datasets\.d\.fidelity: 'medium' .*cheap or full",
+        r"datasets\.d\.fidelity: 'medium' .*cheap, full or multislice",
+    ),
+    (
+        "generator-fidelity-exact",
+        run(datasets={"d": {"preset": "noise", "dose": 10, "fidelity": "exact"}}),
+        TRAIN,
+        2,
+        r"datasets\.d\.fidelity: 'exact' .*cheap, full or multislice",
+    ),
+    (
+        "generator-phonons-zero",
+        run(
+            datasets={"d": {"preset": "noise", "dose": 10, "fidelity": "multislice", "phonons": 0}}
+        ),
+        TRAIN,
+        2,
+        r"datasets\.d\.phonons: 0 .*an integer >= 1",
+    ),
+    (
+        "generator-phonons-without-multislice",
+        run(datasets={"d": {"preset": "noise", "dose": 10, "phonons": 4}}),
+        TRAIN,
+        2,
+        r"datasets\.d\.phonons: 4 .*1 unless fidelity is multislice",
     ),
     (
         "log-weights-unknown-stage",

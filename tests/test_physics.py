@@ -147,5 +147,5 @@ def test_cheap_fidelity_simulates_on_the_detector_grid_without_focal_spread():
     assert not np.array_equal(simulate(cheap, 0).clean, simulate(full, 0).clean)
     with pytest.raises(ConfigError, match=r"d\.fidelity: 'cheap' .*full when focal_spread_a"):
         generator_spec({**base, "fidelity": "cheap", "focal_spread_a": 5.0}, "d")
-    with pytest.raises(ConfigError, match=r"d\.fidelity: 'high' .*cheap or full"):
+    with pytest.raises(ConfigError, match=r"d\.fidelity: 'high' .*cheap, full or multislice"):
         generator_spec({**base, "fidelity": "high"}, "d")

@@ -143,8 +143,9 @@ def figure_job(
     last = results[-1]
     curves = [(s.name, r.history) for s, r in zip(config.stages, results, strict=True)]
     job = FigureJob(run_id, curves)
-    if config.model.task == "segmentation":  # no figure for image targets yet
-        dataset = datasets[config.stages[-1].train]
+    dataset = datasets[config.stages[-1].train]
+    # no figure for image targets yet, nor for a streamed set (no validation images)
+    if config.model.task == "segmentation" and len(dataset.val[0]):
         first = dataset.train_count
         job = replace(
             job,

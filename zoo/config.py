@@ -421,6 +421,9 @@ class RunConfig:
                 name,
                 "a dataset name from datasets: " + ", ".join(self.datasets),
             )
+        from zoo.data import check_streams
+
+        check_streams(self)
         check(
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
             f"{where}.device",

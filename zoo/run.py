@@ -29,10 +29,20 @@ from zoo._run_record import (
     power_limit_unknown,
     summary_metrics,
 )
+from zoo._streaming import log_lineage, streams
 from zoo.checkpoint import load_weights
 from zoo.config import RunConfig, flatten, init_file
 from zoo.continuation import CONTINUED_TAG, continue_stage, continued_from, intermediate_weights
-from zoo.data import Dataset, MixSpec, load, materialise, mixture, used_folders
+from zoo.data import (
+    Dataset,
+    MixSpec,
+    StreamedSpec,
+    load,
+    materialise,
+    mixture,
+    streamed,
+    used_folders,
+)
 from zoo.errors import ConfigError
 from zoo.losses import loss_floor
 from zoo.models import check_buildable, check_encoder
@@ -68,14 +78,17 @@ def load_datasets(config: RunConfig, paths: ProjectPaths) -> dict[str, Dataset]:
     datasets: dict[str, Dataset] = {}
     for name in config.used_datasets:
         source = config.sources[name]
-        if not isinstance(source, MixSpec):
+        if isinstance(source, StreamedSpec):  # made while the run trains (zoo._streaming)
+            datasets[name] = streamed(name, source)
+        elif not isinstance(source, MixSpec):
             datasets[name] = load(name, materialise(name, source, paths))
     for name in config.used_datasets:
         source = config.sources[name]
         if isinstance(source, MixSpec):
             datasets[name] = mixture(name, source, datasets)
     for i, stage in enumerate(config.stages):
-        available = datasets[stage.train].train_count
+        available = getattr(config.sources[stage.train], "train_count", None)
+        available = datasets[stage.train].train_count if available is None else available
         if stage.size is not None and stage.size > available:
             raise ConfigError(
                 f"config.stages.{i}.size: {stage.size} is larger than the training "
@@ -217,7 +230,11 @@ def _attempt(
     try:
         with Heartbeat(lambda beat: tracker.set_tags(run_id, beat), first=existing is not None):
             data = device_datasets(datasets, device, echo, config.model)
-            with distributed.group(config, paths.root, load_datasets) as shard:
+            log_lineage(config, tracker, run_id)
+            with (
+                streams(data, config) as data,
+                distributed.group(config, paths.root, load_datasets) as shard,
+            ):
                 results = _train_stages(config, data, log, paths, echo, on_epoch, shard)
             log.add(0, summary_metrics(config, results, floor, results[-1].total))
             log.flush()

@@ -103,6 +103,7 @@ class DeviceData:
     train_masks: torch.Tensor  # (N, H, W) uint8 masks, or (N, K, H, W) float32 targets
     val_images: torch.Tensor
     val_masks: torch.Tensor
+    stream: Any = None  # a streamed set's zoo._streaming.StreamFeed (no stored train split)
 
 
 @dataclass(frozen=True)
@@ -566,7 +567,9 @@ class _StageTraining:
         self.config, self.index, self.stage, self.data = config, index, stage, data
         (self.model, self.optimizer), self.progress = state, progress
         self.source = data[stage.train]
-        self.count = min(stage.size or len(self.source.train_images), len(self.source.train_images))
+        stored = len(self.source.train_images)
+        available = self.source.stream.spec.train_count if self.source.stream else stored
+        self.count = min(stage.size or available, available)
         self.device = self.source.train_images.device
         self.amp = _amp_dtype(config, self.device)
         self.floor = loss_floor(stage.loss, config.model.head, config.model.classes)
@@ -594,12 +597,14 @@ class _StageTraining:
             group["lr"] = lr
         set_train_mode(self.model, self.stage.freeze)
         first, before = self.config.stream(self.index)  # a carried stage continues the shuffles
-        augment = self.stage.augment == "dihedral"
-        order = epoch_order(self.config.seed, first, before + epoch, self.count, augment)
+        augment, key = self.stage.augment == "dihedral", (self.config.seed, first, before + epoch)
+        order = epoch_order(*key, self.count, augment)
         partial = self.progress.pop("partial", {"step": 0, "total": 0.0, "seconds": 0.0})
         started -= partial["seconds"]
         total = torch.tensor(partial["total"], device=self.device)
-        batches = Batcher(self.source, order)
+        batches: Any = Batcher(self.source, order)
+        if self.source.stream is not None:  # streamed: samples in index order, made meanwhile
+            order, batches = self.source.stream.epoch(key, self.count, augment, partial["step"])
         self.part.epoch(epoch)
         with checkpointable() as stopping:  # a SIGTERM waits for the step to end
             for start in range(partial["step"], len(order), self.stage.batch_size):
@@ -617,6 +622,9 @@ class _StageTraining:
                     raise Preempted(f"stopped in epoch {epoch} of {self.stage.name}; checkpointed")
         total = self.part.total(total).item() / len(order)
         metrics = self._validate(epoch, lr, total, len(order), time.perf_counter() - started)
+        if self.source.stream is not None:  # its waits and producers' speed, logged and kept
+            self.progress["history"][-1].update(batches.metrics())
+            metrics.update(self.progress["history"][-1])
         if self.stage.selection_set in metrics.pop("bests"):
             writes.weights(self.model, files.weights("best"))
         if self.stage.keep_epochs:

@@ -24,8 +24,10 @@ from zoo.data._store import (
     lookup,
     materialise,
     mixture,
+    streamed,
     used_folders,
 )
+from zoo.data._stream import StreamedSpec, StreamSettings, check_streams
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -39,6 +41,9 @@ __all__ = [
     "GeneratorSpec",
     "Micrograph",
     "MixSpec",
+    "StreamSettings",
+    "StreamedSpec",
+    "check_streams",
     "content_digest",
     "dataset_channels",
     "dataset_folder",
@@ -57,6 +62,7 @@ __all__ = [
     "read_image",
     "simulate",
     "simulate_scene",
+    "streamed",
     "used_folders",
     "write_tiff",
 ]

@@ -2,7 +2,8 @@
 the particles' projected potential.
 
 One image is: a scene (particles cut from a crystal, a carbon support), its
-projected potential, the transmission exp(iσV), the objective lens (defocus,
+projected potential, the transmission exp(iσV) (or, for ``fidelity: multislice``,
+abTEM's exit waves, averaged over frozen phonons), the objective lens (defocus,
 Cs, aperture, focal spread summed incoherently), a detector that bins the
 simulation grid to ``image_size`` pixels, and Poisson noise at the dose.
 """
@@ -16,6 +17,7 @@ import numpy as np
 from scipy import fft
 
 from zoo.data._crystals import LATTICES, cut_sphere, random_rotation, zone_rotation
+from zoo.data._multislice import multislice_exit_waves
 from zoo.data._optics import (
     aberration_phase,
     focal_spread_samples,
@@ -33,12 +35,15 @@ _SCENE, _OPTICS, _NOISE = 0, 1, 2  # independent random streams of one image
 
 @dataclass(frozen=True)
 class Scene:
-    """Atoms of one image: element -> (m, 2) projected positions (Å) for particles and support."""
+    """Atoms of one image: element -> (m, 2) projected positions (Å) for particles and support;
+    ``depths``: element -> (m,) height (Å) of each particle atom above its particle's bottom."""
 
     particles: dict[str, np.ndarray]
     support: np.ndarray
     radii_a: np.ndarray
     centres_a: np.ndarray
+    depths: dict[str, np.ndarray]
+    support_thickness_a: float
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ def make_scene(spec: GeneratorSpec, index: int) -> Scene:
     crystal = LATTICES[spec.lattice]
     radii, centres = _place(spec, rng)
     particles: dict[str, list[np.ndarray]] = {}
+    depths: dict[str, list[np.ndarray]] = {}
     for radius, centre in zip(radii, centres, strict=True):
         if spec.zone_axis is None:
             rotation = random_rotation(rng)
@@ -103,12 +109,14 @@ def make_scene(spec: GeneratorSpec, index: int) -> Scene:
             rotation = zone_rotation(crystal, spec.zone_axis, rng.uniform(0, 2 * np.pi))
         for element, xyz in cut_sphere(crystal, radius, rotation, rng).items():
             particles.setdefault(element, []).append(xyz[:, :2] + centre)
-    field = spec.field_nm * 10
+            depths.setdefault(element, []).append(xyz[:, 2] + radius)
+    side = spec.field_nm * 10
     thickness = rng.uniform(*spec.support_thickness_nm) * 10
-    support = rng.uniform(
-        0, field, size=(rng.poisson(spec.support_density * field**2 * thickness), 2)
-    )
-    return Scene({e: np.concatenate(v) for e, v in particles.items()}, support, radii, centres)
+    atoms = rng.poisson(spec.support_density * side**2 * thickness)
+    support = rng.uniform(0, side, size=(atoms, 2))
+    joined = {e: np.concatenate(v) for e, v in particles.items()}
+    height = {e: np.concatenate(v) for e, v in depths.items()}
+    return Scene(joined, support, radii, centres, height, thickness)
 
 
 def _bin(array: np.ndarray, factor: int) -> np.ndarray:
@@ -119,27 +127,22 @@ def _bin(array: np.ndarray, factor: int) -> np.ndarray:
 def simulate_scene(spec: GeneratorSpec, scene: Scene, index: int) -> Micrograph:
     """Image ``scene`` with the optics and detector of ``spec``."""
     n, binning, pixel = _grid(spec)
-    q2, q2_half = _frequencies(n, pixel)
-    voltage = spec.voltage_kv * 1e3
-    sigma, lam = interaction_constant(voltage), wavelength(voltage)
+    q2_half = _frequencies(n, pixel)[1]
+    sigma = interaction_constant(spec.voltage_kv * 1e3)
 
     particle_ft = projected_potential_ft(scene.particles, n, pixel, q2_half)
-    support_ft = projected_potential_ft({"C": scene.support}, n, pixel, q2_half)
-    potential = fft.irfft2(particle_ft + support_ft, s=(n, n), workers=-1)
+    if spec.propagation == "multislice":
+        exit_waves = multislice_exit_waves(spec, scene, n, index)
+    else:
+        support_ft = projected_potential_ft({"C": scene.support}, n, pixel, q2_half)
+        potential = fft.irfft2(particle_ft + support_ft, s=(n, n), workers=-1)
+        exit_waves = [np.exp(1j * sigma * potential).astype(np.complex64)]
     blur = np.exp(-2 * np.pi**2 * spec.mask_blur_a**2 * q2_half)
     particle_phase = sigma * fft.irfft2(particle_ft * blur, s=(n, n), workers=-1)
     mask = _bin((particle_phase > spec.mask_threshold_rad).astype(np.float32), binning) > 0.5
-
     optics_rng = np.random.default_rng([spec.seed, index, _OPTICS])
     defocus_nm = spec.defocus_nm + spec.defocus_jitter_nm * optics_rng.normal()
-    exit_wave = fft.fft2(np.exp(1j * sigma * potential).astype(np.complex64), workers=-1)
-    q_max = spec.aperture_mrad * 1e-3 / lam
-    chi = aberration_phase(q2, defocus_nm * 10, spec.cs_um * 1e4, lam)
-    image_wave = exit_wave * phasor(chi) * (q2 <= q_max**2)
-    intensity = np.zeros((n, n), np.float32)
-    for offset, weight in zip(*focal_spread_samples(spec.focal_spread_a), strict=True):
-        spread = _defocus_phasor(n, pixel, lam, float(offset))
-        intensity += weight * np.abs(fft.ifft2(image_wave * spread, workers=-1)) ** 2
+    intensity = sum(_lens(spec, wave, pixel, defocus_nm) for wave in exit_waves)
     clean = _bin(intensity, binning)
     clean = (clean / clean.mean()).astype(np.float32)
     phase = None
@@ -148,6 +151,24 @@ def simulate_scene(spec: GeneratorSpec, scene: Scene, index: int) -> Micrograph:
         phase = phase.astype(np.float32)
     image = _detect(spec, clean, index)
     return Micrograph(image, mask.astype(np.uint8), clean, defocus_nm, phase)
+
+
+def _lens(
+    spec: GeneratorSpec, exit_wave: np.ndarray, pixel: float, defocus_nm: float
+) -> np.ndarray:
+    """Image intensity of one exit wave: objective aberrations, aperture and focal spread."""
+    n = exit_wave.shape[0]
+    q2 = _frequencies(n, pixel)[0]
+    lam = wavelength(spec.voltage_kv * 1e3)
+    spectrum = fft.fft2(exit_wave, workers=-1)  # before the phasor: full's images bit for bit
+    q_max = spec.aperture_mrad * 1e-3 / lam
+    chi = aberration_phase(q2, defocus_nm * 10, spec.cs_um * 1e4, lam)
+    image_wave = spectrum * phasor(chi) * (q2 <= q_max**2)
+    intensity = np.zeros((n, n), np.float32)
+    for offset, weight in zip(*focal_spread_samples(spec.focal_spread_a), strict=True):
+        spread = _defocus_phasor(n, pixel, lam, float(offset))
+        intensity += weight * np.abs(fft.ifft2(image_wave * spread, workers=-1)) ** 2
+    return intensity
 
 
 def _detect(spec: GeneratorSpec, clean: np.ndarray, index: int) -> np.ndarray:

@@ -18,6 +18,12 @@ STRUCTURE_RADII_NM = {"small": (1.0, 2.0), "large": (2.5, 3.5)}
 STRUCTURES = [f"{lattice}_{size}" for lattice in LATTICES for size in STRUCTURE_RADII_NM]
 
 
+# the multislice generator's version: part of a multislice dataset's identity; bump it when
+# its images change (abTEM pin, slicing, phonon model), full and cheap identities untouched
+MULTISLICE_VERSION = 1
+_NONE = object()
+
+
 @dataclass(frozen=True)
 class GeneratorSpec:
     """Every parameter of a simulated HRTEM dataset; the images depend on these alone."""
@@ -47,6 +53,10 @@ class GeneratorSpec:
     # the targets: particle masks (segmentation), the noise-free image (denoising) or the
     # particles' projected potential as the phase it imparts, σV in rad (phase retrieval)
     target: Literal["mask", "clean", "potential"] = "mask"
+    # how the specimen becomes an exit wave: one phase grating exp(iσV) of the projected
+    # potential (fidelities full and cheap) or abTEM multislice (fidelity multislice)
+    propagation: Literal["phase_object", "multislice"] = "phase_object"
+    phonons: int = 1  # frozen-phonon configurations averaged (multislice); 1 = atoms at rest
 
     def validate(self, where: str) -> None:
         check(
@@ -82,6 +92,13 @@ class GeneratorSpec:
             self.dose,
             "a dose > 0 (e⁻/Å²) or null for noise-free images",
         )
+        check(self.phonons >= 1, f"{where}.phonons", self.phonons, "an integer >= 1")
+        check(
+            self.phonons == 1 or self.propagation == "multislice",
+            f"{where}.phonons",
+            self.phonons,
+            "1 unless fidelity is multislice",
+        )
         check(self.image_size >= 8, f"{where}.image_size", self.image_size, "an integer >= 8")
         check(self.count >= 1, f"{where}.count", self.count, "an integer >= 1")
         check(
@@ -108,15 +125,22 @@ class GeneratorSpec:
         return self.count - self.val_count
 
     def resolved(self) -> dict[str, Any]:
-        """Every parameter, JSON-ready; ``target`` only when not ``mask``, so identities made
-        before it existed stay valid."""
+        """Every parameter, JSON-ready; ``target``, ``propagation`` and ``phonons`` only when
+        not at their defaults, so identities made before they existed stay valid."""
         document = to_dict(self)
-        return {k: v for k, v in document.items() if k != "target" or v != "mask"}
+        return {k: v for k, v in document.items() if _LATER_DEFAULTS.get(k, _NONE) != v}
 
     def digest(self) -> str:
         """Content hash of the parameters: the dataset's identity in the cache."""
-        text = json.dumps(self.resolved(), sort_keys=True)
+        document = self.resolved()
+        if self.propagation == "multislice":  # its images change with the simulator's version
+            document["multislice_version"] = MULTISLICE_VERSION
+        text = json.dumps(document, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# fields added after datasets were hashed: left out of the identity at these defaults
+_LATER_DEFAULTS = {"target": "mask", "propagation": "phase_object", "phonons": 1}
 
 
 def _defocus(spec: dict[str, Any], where: str) -> dict[str, Any]:
@@ -147,8 +171,9 @@ def _require(spec: dict[str, Any], key: str, where: str, preset: str) -> None:
 
 PRESETS = {"defocus": _defocus, "noise": _noise, "structure": _structure}
 # fidelity -> how it is simulated; cheap: on the detector grid (no finer simulation
-# sampling, so no binning) without focal spread, for pretraining data made fast
-FIDELITIES = ("cheap", "full")
+# sampling, so no binning) without focal spread, for pretraining data made fast;
+# multislice: full's grid and optics with abTEM's multislice exit waves
+FIDELITIES = ("cheap", "full", "multislice")
 _CHEAP_KEYS = ("sim_sampling_a", "focal_spread_a")
 
 
@@ -156,9 +181,11 @@ def _fidelity(spec: dict[str, Any], where: str) -> dict[str, Any]:
     """``spec`` with its ``fidelity`` key expanded into simulation parameters (full: as
     given; cheap: detector-grid sampling, no focal spread), so equal data hash equally."""
     fidelity = spec.pop("fidelity", "full")
-    check(fidelity in FIDELITIES, f"{where}.fidelity", fidelity, "cheap or full")
+    check(fidelity in FIDELITIES, f"{where}.fidelity", fidelity, "cheap, full or multislice")
     if fidelity == "full":
         return spec
+    if fidelity == "multislice":
+        return {**spec, "propagation": "multislice"}
     given = [k for k in _CHEAP_KEYS if k in spec]
     check(
         not given,

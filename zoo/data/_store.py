@@ -21,6 +21,7 @@ from zoo.data._files import FileSpec, file_target, read_files, save_hashes
 from zoo.data._lock import index_lock, making
 from zoo.data._simulate import simulate
 from zoo.data._spec import GeneratorSpec, generator_spec
+from zoo.data._stream import StreamedSpec, streamed_source
 from zoo.errors import ConfigError
 from zoo.paths import DatasetPaths, ProjectPaths
 
@@ -38,6 +39,7 @@ __all__ = [
     "lookup",
     "materialise",
     "mixture",
+    "streamed",
     "used_folders",
 ]
 
@@ -61,11 +63,14 @@ class MixSpec:
         return sum(self.mix.values())
 
 
-DatasetSource = GeneratorSpec | FileSpec | MixSpec
+DatasetSource = GeneratorSpec | FileSpec | MixSpec | StreamedSpec
 
 
 def dataset_source(mapping: Any, where: str) -> DatasetSource:
-    """A generator spec; a file spec when the mapping has ``path``; a mixture with ``mix``."""
+    """A generator spec; a file spec when the mapping has ``path``; a mixture with ``mix``;
+    a streamed generator (zoo.data._stream) with ``stream``."""
+    if isinstance(mapping, dict) and "stream" in mapping:
+        return streamed_source(mapping, where)
     if isinstance(mapping, dict) and "path" in mapping:
         return build(FileSpec, mapping, where)
     if isinstance(mapping, dict) and "mix" in mapping:
@@ -73,14 +78,14 @@ def dataset_source(mapping: Any, where: str) -> DatasetSource:
     return generator_spec(mapping, where)
 
 
-def dataset_target(source: GeneratorSpec | FileSpec, root: Path) -> str:
+def dataset_target(source: GeneratorSpec | FileSpec | StreamedSpec, root: Path) -> str:
     """What a (non-mixture) dataset's targets are: ``mask`` (segmentation), ``clean``,
     ``potential`` or ``image`` (regression), or ``none`` (images without labels, which
     only a refinement's ``unlabeled:`` set may be)."""
     return file_target(source, root) if isinstance(source, FileSpec) else source.target
 
 
-def dataset_channels(source: GeneratorSpec | FileSpec) -> tuple[str, ...]:
+def dataset_channels(source: GeneratorSpec | FileSpec | StreamedSpec) -> tuple[str, ...]:
     """Names of a (non-mixture) dataset's input channels."""
     return source.channels
 
@@ -185,7 +190,13 @@ def _generate(spec: GeneratorSpec) -> tuple[np.ndarray, np.ndarray, list[float]]
 
 def materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
     """The cache folder of a dataset, generating or reading it only when not cached yet;
-    concurrent makers of one dataset make it once (zoo.data._lock)."""
+    concurrent makers of one dataset make it once (zoo.data._lock). A streamed dataset
+    is never stored: a ConfigError."""
+    if isinstance(source, StreamedSpec):
+        raise ConfigError(
+            f"datasets.{name}.stream: a streamed dataset is made while a run trains, never "
+            "stored; expected a dataset without stream: to make"
+        )
     with making(source, paths):
         return _materialise(name, source, paths)
 
@@ -233,7 +244,7 @@ def dataset_folder(name: str, source: DatasetSource, paths: ProjectPaths) -> Pat
     for a mixture: it is cut from its parts)."""
     if isinstance(source, GeneratorSpec):
         return paths.dataset(source.digest())
-    if isinstance(source, MixSpec):
+    if isinstance(source, MixSpec | StreamedSpec):
         return None
     index = json.loads(paths.dataset_index.read_text()) if paths.dataset_index.exists() else {}
     entry = index.get(name, {})
@@ -261,6 +272,15 @@ def _remember(name: str, digest: str, source: DatasetSource, paths: ProjectPaths
             tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
             os.replace(tmp, paths.dataset_index)
     return paths.dataset(digest)
+
+
+def streamed(name: str, spec: StreamedSpec) -> Dataset:
+    """A streamed dataset's stand-in: no stored images, the shape and dtypes of its samples
+    (its training samples come from zoo._streaming while the run trains)."""
+    size, target = spec.generator.image_size, spec.generator.target
+    images = np.empty((0, size, size), np.float32)
+    masks = np.empty((0, size, size), np.uint8 if target == "mask" else np.float32)
+    return Dataset(name, images, masks, 0, spec.generator.field_nm * 10 / size, spec.digest())
 
 
 def lookup(name: str, paths: ProjectPaths) -> Path:

@@ -86,7 +86,7 @@ def _toy_datasets(datasets: dict[str, Any]) -> dict[str, Any]:
             if _number(count) and _number(held_out) and 0 <= held_out < 1:
                 count = math.ceil(toy_count(count) / (1 - held_out)) + 1
             entry.update(image_size=TOY_SIDE, count=count)
-            if entry.get("fidelity", "full") == "full":  # cheap sets its own sampling
+            if entry.get("fidelity", "full") != "cheap":  # cheap sets its own sampling
                 entry["sim_sampling_a"] = TOY_SAMPLING_A
     _TOY_DATASETS[id(datasets)] = (datasets, toy)
     return toy
