@@ -71,7 +71,7 @@ def test_sweep_uploads_each_dataset_once_per_worker_and_gc_frees_what_it_listed(
     assert main(["sweep", "run", str(spec), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "making 3 dataset(s): a, b, c" in out
-    assert out.index("making 3 dataset(s)") < out.index("finished run")
+    assert out.index("making 3 dataset(s)") < out.index("[1/3] done 1")
     logs = "".join(p.read_text() for p in (project.logs / "tiny").glob("*.log"))
     for name in "abc":  # one worker, three jobs: each dataset uploaded by the first only
         assert logs.count(f"dataset {name}: uploaded to cpu") == 1
