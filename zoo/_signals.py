@@ -162,11 +162,7 @@ def checkpointable() -> Iterator[Callable[[], int | None]]:
         _STATE["held"] = None  # raised by the loop: not again below
         raise
     finally:
-        _STATE["depth"] -= 1
-        held = _STATE["held"]
-        if not _STATE["depth"] and held is not None:
-            _STATE["held"] = None
-            raise Stopped(held)
+        _leave_held()
 
 
 @contextlib.contextmanager
@@ -179,11 +175,17 @@ def guarded() -> Iterator[None]:
     try:
         yield
     finally:
-        _STATE["depth"] -= 1
-        held = _STATE["held"]
-        if not _STATE["depth"] and held is not None:
-            _STATE["held"] = None
-            raise Stopped(held)
+        _leave_held()
+
+
+def _leave_held() -> None:
+    """Leave a section where signals are held: the one held is raised (Stopped) once the
+    outermost section is left."""
+    _STATE["depth"] -= 1
+    held = _STATE["held"]
+    if not _STATE["depth"] and held is not None:
+        _STATE["held"] = None
+        raise Stopped(held)
 
 
 def exit_with_parent(parent: int) -> None:
