@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from zoo.data._scene import Scene
 from zoo.data._spec import GeneratorSpec
 
 if TYPE_CHECKING:
     from ase import Atoms
 
-    from zoo.data._simulate import Scene
 
 __all__ = ["multislice_exit_waves"]
 

@@ -26,24 +26,12 @@ from zoo.data._optics import (
     wavelength,
 )
 from zoo.data._potential import projected_potential_ft
+from zoo.data._scene import Scene
 from zoo.data._spec import GeneratorSpec
 
 __all__ = ["Micrograph", "Scene", "make_scene", "simulate", "simulate_scene"]
 
 _SCENE, _OPTICS, _NOISE = 0, 1, 2  # independent random streams of one image
-
-
-@dataclass(frozen=True)
-class Scene:
-    """Atoms of one image: element -> (m, 2) projected positions (Å) for particles and support;
-    ``depths``: element -> (m,) height (Å) of each particle atom above its particle's bottom."""
-
-    particles: dict[str, np.ndarray]
-    support: np.ndarray
-    radii_a: np.ndarray
-    centres_a: np.ndarray
-    depths: dict[str, np.ndarray]
-    support_thickness_a: float
 
 
 @dataclass(frozen=True)
