@@ -290,3 +290,23 @@ def test_a_run_waits_for_its_own_stage_only(tiny_spec, tiny_runs, cluster, proje
     intervals = _array_intervals(project, "jobs-0") + _array_intervals(project, "jobs-1")
     assert len(intervals) == 6
     assert max(sum(s <= t < e for s, e in intervals) for t, _ in intervals) <= 3
+
+
+def test_sweep_cancel_on_slurm_ends_the_run_under_way_killed(
+    tiny_spec, tiny_runs, cluster, project, capsys
+):
+    """`zoo sweep cancel SPEC` cancels the sweep's arrays: the task gets SIGTERM (SLURM's
+    cancel), its run under way ends KILLED, not left RUNNING, and nothing of the sweep
+    stays queued."""
+    spec = tiny_spec(sources=("a",), freezes=("none",), epochs=400)
+    assert main(["sweep", "submit", str(spec)]) == 0
+    deadline = time.time() + 300
+    while not any(r.data.tags.get("zoo.kind") == "run" for r in tiny_runs()):
+        assert time.time() < deadline, "the run task never started"
+        time.sleep(0.5)
+    capsys.readouterr()
+    assert main(["sweep", "cancel", str(spec)]) == 0
+    assert "cancelled SLURM job(s)" in capsys.readouterr().out
+    _squeue_empty(timeout=120)
+    (run,) = [r for r in tiny_runs() if r.data.tags["zoo.kind"] == "run"]
+    assert run.info.status == "KILLED"  # resumable: the local tests resume such runs
