@@ -844,12 +844,12 @@ def _check_data(config: RunConfig, part: str, where: str, root: Path) -> None:
     """Refuse dataset ``part`` (not a mixture) when its targets are of another task than
     the model's or it lacks the model's input channels; a fit found once is remembered
     (a sweep's runs ask the same questions thousands of times)."""
-    from zoo.data import dataset_channels, dataset_target
-
     task, inputs = config.model.task, tuple(config.model.inputs)
     key = (config._table.digests[part], task, inputs, root)
     if key in _FITTING:
         return
+    from zoo.data import dataset_channels, dataset_target
+
     source = config.sources[part]
     found = dataset_target(source, root)
     check(

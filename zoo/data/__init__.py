@@ -8,7 +8,6 @@ from zoo.data._crystals import LATTICES
 from zoo.data._files import FileSpec, content_digest, file_hash
 from zoo.data._formats import IMAGE_SUFFIXES, PIXEL_SIZE_TOLERANCE, read_image, write_tiff
 from zoo.data._preview import preview
-from zoo.data._simulate import Micrograph, make_scene, simulate, simulate_scene
 from zoo.data._spec import PRESETS, STRUCTURES, GeneratorSpec, generator_spec
 from zoo.data._store import (
     Dataset,
@@ -66,3 +65,15 @@ __all__ = [
     "used_folders",
     "write_tiff",
 ]
+
+_SIMULATION = ("Micrograph", "make_scene", "simulate", "simulate_scene")
+
+
+def __getattr__(name: str):
+    """The generator's names, imported on first use: planning and loading never need
+    SciPy's FFT (a third of a second to import)."""
+    if name in _SIMULATION:
+        from zoo.data import _simulate
+
+        return getattr(_simulate, name)
+    raise AttributeError(f"module 'zoo.data' has no attribute {name!r}")

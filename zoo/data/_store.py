@@ -19,7 +19,6 @@ from zoo._refine_identity import refine_folders
 from zoo._typed import build, to_dict
 from zoo.data._files import FileSpec, file_target, read_files, save_hashes
 from zoo.data._lock import index_lock, making
-from zoo.data._simulate import simulate
 from zoo.data._spec import GeneratorSpec, generator_spec
 from zoo.data._stream import StreamedSpec, streamed_source
 from zoo.errors import ConfigError
@@ -177,6 +176,8 @@ def _write(
 
 
 def _generate(spec: GeneratorSpec) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    from zoo.data._simulate import simulate  # SciPy's FFT: imported only to make data
+
     images = np.empty((spec.count, spec.image_size, spec.image_size), np.float32)
     masks = np.empty(images.shape, np.uint8 if spec.target == "mask" else np.float32)
     defocus = []
