@@ -739,6 +739,11 @@ def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
     for sub in (show, export, register):
         sub.add_argument("ref", metavar="REF", help=ref_help)
 
+    return [listing, show, export, register, _predict_parser(commands, ref_help)]
+
+
+def _predict_parser(commands: Any, ref_help: str) -> argparse.ArgumentParser:
+    """The `predict` parser."""
     predict = commands.add_parser("predict", help="apply a trained model to images")
     predict.add_argument("ref", metavar="REF", help=ref_help)
     predict.add_argument(
@@ -780,7 +785,7 @@ def _model_commands(commands: Any) -> list[argparse.ArgumentParser]:
         help="refuse larger images, height x width (default: 2^30, 32768 x 32768)",
     )
     predict.set_defaults(func=_predict)
-    return [listing, show, export, register, predict]
+    return predict
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -887,6 +892,23 @@ def _sweep_parser(commands) -> list[argparse.ArgumentParser]:
     submit = sweep_commands.add_parser("submit", help="submit to SLURM as job arrays")
     _submit_options(submit)
     submit.set_defaults(func=_sweep_submit)
+    logs = _sweep_tools(sweep_commands)
+    for sub in (plan, run_sweep, status, submit):
+        sub.add_argument("spec", type=Path, help="sweep spec YAML")
+        sub.add_argument(
+            "overrides", nargs="*", metavar="KEY=VALUE", help="set in spec.base: stages.0.epochs=3"
+        )
+        sub.add_argument(
+            "--rehearse",
+            action="store_true",
+            help="every run and stage at toy size, into experiment NAME-rehearsal",
+        )
+    return [run_sweep, status, submit, logs]
+
+
+def _sweep_tools(sweep_commands: Any) -> argparse.ArgumentParser:
+    """The `sweep cancel`, `sweep logs` and `sweep worker` parsers; returns `logs` (it
+    reads the tracking store)."""
     stop = sweep_commands.add_parser("cancel", help="stop a sweep's running jobs (resumable)")
     stop.add_argument("spec", type=Path, help="sweep spec YAML")
     stop.add_argument("--rehearse", action="store_true", help="its rehearsal")
@@ -900,17 +922,7 @@ def _sweep_parser(commands) -> list[argparse.ArgumentParser]:
     work.add_argument("array")
     work.add_argument("task", type=int)
     work.set_defaults(func=_sweep_worker)
-    for sub in (plan, run_sweep, status, submit):
-        sub.add_argument("spec", type=Path, help="sweep spec YAML")
-        sub.add_argument(
-            "overrides", nargs="*", metavar="KEY=VALUE", help="set in spec.base: stages.0.epochs=3"
-        )
-        sub.add_argument(
-            "--rehearse",
-            action="store_true",
-            help="every run and stage at toy size, into experiment NAME-rehearsal",
-        )
-    return [run_sweep, status, submit, logs]
+    return logs
 
 
 def _packing_options(submit: argparse.ArgumentParser) -> None:

@@ -245,28 +245,7 @@ class StageConfig:
         )
         check(self.weight_decay >= 0, f"{where}.weight_decay", self.weight_decay, "a value >= 0")
         check_loss(self.loss, f"{where}.loss")
-        check(self.gamma > 0, f"{where}.gamma", self.gamma, "a factor > 0")
-        check(self.step_size >= 1, f"{where}.step_size", self.step_size, "an integer >= 1")
-        check(self.warmup_epochs >= 0, f"{where}.warmup_epochs", self.warmup_epochs, ">= 0")
-        check(
-            list(self.milestones) == sorted(set(self.milestones))
-            and all(m >= 1 for m in self.milestones),
-            f"{where}.milestones",
-            list(self.milestones),
-            "increasing epochs >= 1",
-        )
-        check(
-            self.scheduler != "milestones" or bool(self.milestones),
-            f"{where}.milestones",
-            [],
-            "at least one epoch with scheduler: milestones",
-        )
-        check(
-            self.warmup_epochs < self.epochs or not self.warmup_epochs,
-            f"{where}.warmup_epochs",
-            self.warmup_epochs,
-            f"fewer than the stage's epochs ({self.epochs})",
-        )
+        self._validate_schedule(where)
         kind, _, target = self.init.partition(":")
         run_id, at, point = target.partition("@") if kind == "run" else (target, "", "")
         check(
@@ -289,6 +268,31 @@ class StageConfig:
             f"{where}.init",
             self.init,
             "run:RUN_ID@iter:K only for a stage with refine: and K below its iterations",
+        )
+
+    def _validate_schedule(self, where: str) -> None:
+        """The learning-rate schedule's fields (scheduler, gamma, steps, milestones, warm-up)."""
+        check(self.gamma > 0, f"{where}.gamma", self.gamma, "a factor > 0")
+        check(self.step_size >= 1, f"{where}.step_size", self.step_size, "an integer >= 1")
+        check(self.warmup_epochs >= 0, f"{where}.warmup_epochs", self.warmup_epochs, ">= 0")
+        check(
+            list(self.milestones) == sorted(set(self.milestones))
+            and all(m >= 1 for m in self.milestones),
+            f"{where}.milestones",
+            list(self.milestones),
+            "increasing epochs >= 1",
+        )
+        check(
+            self.scheduler != "milestones" or bool(self.milestones),
+            f"{where}.milestones",
+            [],
+            "at least one epoch with scheduler: milestones",
+        )
+        check(
+            self.warmup_epochs < self.epochs or not self.warmup_epochs,
+            f"{where}.warmup_epochs",
+            self.warmup_epochs,
+            f"fewer than the stage's epochs ({self.epochs})",
         )
 
     @property
@@ -365,6 +369,37 @@ class RunConfig:
         check(len(self.stages) >= 1, f"{where}.stages", [], "at least one stage")
         names = [s.name for s in self.stages]
         check(len(set(names)) == len(names), f"{where}.stages", names, "distinct stage names")
+        self._validate_stage_links(where)
+        refining = [s.name for s in self.stages if s.refine is not None]
+        check(len(refining) <= 1, f"{where}.stages", refining, "at most one stage with refine:")
+        check(
+            not refining or self.devices == 1,
+            f"{where}.devices",
+            self.devices,
+            "1 for a run with refine: (self-training runs in one process)",
+        )
+        weights = {"best", "final"} | {f"{n}/{k}" for n in names for k in ("best", "final")}
+        for i, entry in enumerate(self.log_weights):
+            check(
+                entry in weights,
+                f"{where}.log_weights.{i}",
+                entry,
+                "best, final or STAGE/best, STAGE/final for a stage: " + ", ".join(names),
+            )
+        for i, name in enumerate(self.validate_on):
+            check(
+                name in self.datasets,
+                f"{where}.validate_on.{i}",
+                name,
+                "a dataset name from datasets: " + ", ".join(self.datasets),
+            )
+        from zoo.data import check_streams
+
+        check_streams(self)
+
+    def _validate_stage_links(self, where: str) -> None:
+        """Each stage against the run: its datasets, its selection set, and what it takes
+        from the stage before (optimizer state, init)."""
         for i, stage in enumerate(self.stages):
             at = f"{where}.stages.{i}"
             check(
@@ -398,32 +433,6 @@ class RunConfig:
                 stage.init,
                 "random, file:PATH, run:RUN_ID or model:NAME@ALIAS for the first stage",
             )
-        refining = [s.name for s in self.stages if s.refine is not None]
-        check(len(refining) <= 1, f"{where}.stages", refining, "at most one stage with refine:")
-        check(
-            not refining or self.devices == 1,
-            f"{where}.devices",
-            self.devices,
-            "1 for a run with refine: (self-training runs in one process)",
-        )
-        weights = {"best", "final"} | {f"{n}/{k}" for n in names for k in ("best", "final")}
-        for i, entry in enumerate(self.log_weights):
-            check(
-                entry in weights,
-                f"{where}.log_weights.{i}",
-                entry,
-                "best, final or STAGE/best, STAGE/final for a stage: " + ", ".join(names),
-            )
-        for i, name in enumerate(self.validate_on):
-            check(
-                name in self.datasets,
-                f"{where}.validate_on.{i}",
-                name,
-                "a dataset name from datasets: " + ", ".join(self.datasets),
-            )
-        from zoo.data import check_streams
-
-        check_streams(self)
         check(
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
             f"{where}.device",

@@ -236,11 +236,7 @@ def _attempt(
                 distributed.group(config, paths.root, load_datasets) as shard,
             ):
                 results = _train_stages(config, data, log, paths, echo, on_epoch, shard)
-            log.add(0, summary_metrics(config, results, floor, results[-1].total))
-            log.flush()
-            if power_limit_unknown(config, results):
-                tracker.set_tags(run_id, {"zoo.power_limit_w": "unknown"})
-            log_artifacts(config, results, datasets, tracker, run_id)
+            _record(config, results, floor, (tracker, run_id, log), datasets)
     except Preempted:
         log.settle(echo)
         echo(f"run {run_id} preempted; it stays RUNNING and resumes from its checkpoint")
@@ -257,6 +253,22 @@ def _attempt(
         raise
     tracker.finish(run_id)
     return run_id
+
+
+def _record(
+    config: RunConfig,
+    results: list,
+    floor: float,
+    where: tuple[Tracker, str, Any],
+    datasets: dict[str, Dataset],
+) -> None:
+    """A trained run's summary metrics, power-limit tag and artifacts, logged to its run."""
+    tracker, run_id, log = where
+    log.add(0, summary_metrics(config, results, floor, results[-1].total))
+    log.flush()
+    if power_limit_unknown(config, results):
+        tracker.set_tags(run_id, {"zoo.power_limit_w": "unknown"})
+    log_artifacts(config, results, datasets, tracker, run_id)
 
 
 LIVE_INTERVAL_S = 5.0  # least seconds between a live run's sends of its epochs
