@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _bulk import BulkRun, bulk_insert
 
-from zoo.analysis import BulkRun, bulk_insert, load_tables
+from zoo.analysis import load_tables
 
 METRICS = ["train_loss", "val_loss/a", "val_loss_adj/a", "val_loss/b", "val_loss_adj/b", "lr"]
 

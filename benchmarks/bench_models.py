@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _bulk import BulkRun, bulk_insert
 
-from zoo.analysis import BulkRun, bulk_insert
 from zoo.modelzoo import format_models, model_table, sort_models
 from zoo.naming import run_name
 

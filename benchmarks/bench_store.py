@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _bulk import BulkRun, bulk_insert
 
-from zoo.analysis import BulkRun, bulk_insert, load_tables
+from zoo.analysis import load_tables
 from zoo.paths import ProjectPaths
 from zoo.server import (
     Server,

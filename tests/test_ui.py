@@ -18,7 +18,8 @@ import pytest
 from conftest import zoo_process
 from stores import fresh_database, plain_mlflow_server
 
-from zoo.analysis import BulkRun, bulk_insert, load_tables
+from benchmarks._bulk import BulkRun, bulk_insert
+from zoo.analysis import load_tables
 from zoo.modelzoo._ui import axis_params, experiment_links, links, views
 from zoo.modelzoo._ui_store import RunSample, SweepSample, read_sweeps
 

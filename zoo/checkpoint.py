@@ -32,7 +32,6 @@ __all__ = [
     "load_weights",
     "previous_path",
     "reissue",
-    "save_checkpoint",
     "save_weights",
     "set_aside",
     "weights_digest",
@@ -157,18 +156,6 @@ def reissue(source: Path, target: Path, record: dict[str, Any]) -> dict[str, Any
     return json.loads(metadata["progress"])
 
 
-def save_checkpoint(
-    path: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    progress: dict[str, Any],
-    record: dict[str, Any] | None = None,
-) -> None:
-    """Weights, optimizer state, torch RNG state, ``progress`` and ``record`` (what made
-    it: JSON-ready) in one file; the checkpoint it replaces is kept as previous_path."""
-    _atomic_save(*_checkpoint_parts(model, optimizer, progress, record), path, True)
-
-
 def _checkpoint_parts(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -234,7 +221,9 @@ class BackgroundWrites:
         progress: dict[str, Any],
         record: dict[str, Any] | None = None,
     ) -> None:
-        """``save_checkpoint(...)``, in the background."""
+        """Weights, optimizer state, torch RNG state, ``progress`` and ``record`` (what
+        made it: JSON-ready) in one file at ``path``, written in the background; the
+        checkpoint it replaces is kept as previous_path."""
         tensors, metadata = _checkpoint_parts(model, optimizer, progress, record)
         self._hand_over((_copied(tensors), path, metadata, True))
 

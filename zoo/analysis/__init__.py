@@ -2,10 +2,9 @@
 
 Public API: :func:`load` (store -> Tables), :func:`analyze` (Tables -> files and
 report.html), :func:`publish` (report -> the store, for the MLflow UI),
-:func:`import_table` (CSV -> finished runs), :func:`bulk_insert`.
+:func:`import_table` (CSV -> finished runs).
 """
 
-from zoo.analysis._bulk import BulkRun, bulk_insert
 from zoo.analysis._figures import FIGURES, figure
 from zoo.analysis._import import ImportMapping, import_table, load_mapping, table_runs
 from zoo.analysis._load import Tables, load_tables
@@ -27,14 +26,12 @@ __all__ = [
     "FIGURES",
     "HEADLINES",
     "Analysis",
-    "BulkRun",
     "Definition",
     "ImportMapping",
     "Tables",
     "aggregate",
     "analyze",
     "apply_offset",
-    "bulk_insert",
     "figure",
     "headline",
     "higher_is_better",
