@@ -1,14 +1,15 @@
 # The README's two commands: `make demo` and `make test`. Both create .venv if
 # missing and install the pinned dependencies (constraints.txt) first. `make
 # gpu-check` proves zoo on a CUDA device (benchmarks/gpu_check.py; one line and
-# exit 0 without one).
+# exit 0 without one). `make docs` builds the docs site (mkdocs.yml, docs/) into
+# site/; `make test` builds it too (tests/test_docs.py), broken links failing it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEPS := setup.cfg pyproject.toml constraints.txt
 DEMO_OUT := demo-out
 
-.PHONY: demo test lint gpu-check
+.PHONY: demo test lint docs gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,9 @@ lint: $(VENV)/.installed-test
 
 test: lint
 	$(BIN)/python -m pytest
+
+docs: $(VENV)/.installed-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 gpu-check: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/gpu_check.py
