@@ -5,6 +5,7 @@ report.html), :func:`publish` (report -> the store, for the MLflow UI),
 :func:`import_table` (CSV -> finished runs).
 """
 
+from zoo.analysis._columns import higher_is_better
 from zoo.analysis._figures import FIGURES, figure
 from zoo.analysis._import import ImportMapping, import_table, load_mapping, table_runs
 from zoo.analysis._load import Tables, load_tables
@@ -16,7 +17,6 @@ from zoo.analysis._tidy import (
     aggregate,
     apply_offset,
     headline,
-    higher_is_better,
     prepare,
     run_tasks,
     table_task,

@@ -138,7 +138,7 @@ def _per_epoch(data: FigureData) -> tuple[str, str]:
 
 def _scale(data: FigureData) -> str:
     """Losses on a log axis; metrics where higher is better (PSNR, IoU) on a linear one."""
-    from zoo.analysis._tidy import higher_is_better
+    from zoo.analysis._columns import higher_is_better
 
     return "linear" if higher_is_better(data.value) else "log"
 
@@ -220,7 +220,7 @@ def baseline(data: FigureData, entry: dict[str, Any]) -> Figure:
         raise Skip("no baseline sweep given (--baseline SPEC)")
     import pandas as pd
 
-    from zoo.analysis._tidy import lookup
+    from zoo.analysis._columns import lookup
 
     transfer = _require(data.runs, data.value, entry["size"])
     base = data.baseline.assign(_value=lookup(data.baseline, entry["baseline_value"]))

@@ -127,7 +127,7 @@ def analyze(
 def best_runs(runs: Any, axes: list[str], value: str, count: int = 10) -> Any:
     """The ``count`` best runs by ``value`` (its direction: losses low, PSNR high), with
     their name, run id, axes (seed last) and value."""
-    from zoo.analysis._tidy import higher_is_better
+    from zoo.analysis._columns import higher_is_better
 
     if value not in runs:
         return runs.iloc[0:0]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from zoo._typed import check
+from zoo.analysis._columns import lookup, render
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,16 +19,12 @@ __all__ = [
     "aggregate",
     "apply_offset",
     "headline",
-    "higher_is_better",
-    "lookup",
     "prepare",
     "run_tasks",
     "table_task",
 ]
 
 STATS = ["count", "mean", "median", "std", "min"]
-_TEMPLATE = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
-_METRIC = re.compile(r"(?:pretrain_)?(?:target|best_val|val)_(\w+?)(?:/|$)")
 
 # The headline column of each task, with its label: what a report tabulates, a plan names and
 # `zoo models list` sorts on unless told otherwise. Segmentation keeps the paper's best
@@ -73,26 +70,6 @@ class Definition:
         return replace(self, value=value, value_label=self.value_label or label)
 
 
-def _render(template: str, row: dict[str, Any]) -> str | None:
-    try:
-        return _TEMPLATE.sub(lambda m: format(row[m.group(1)], m.group(2) or ""), template)
-    except (KeyError, ValueError, TypeError):
-        return None
-
-
-def lookup(frame: pd.DataFrame, template: str) -> pd.Series:
-    """Per row, the value of the column whose name is ``template`` filled with that row
-    (MLflow key spelling: '+' as 'p')."""
-    import pandas as pd
-
-    values = []
-    for row in frame.to_dict("records"):
-        name = _render(template, row)
-        name = name.replace("+", "p") if name else None
-        values.append(row.get(name) if name else None)
-    return pd.Series(values, index=frame.index, dtype="float64")
-
-
 def apply_offset(runs: pd.DataFrame, offset: float) -> pd.DataFrame:
     """Adjusted losses recomputed as raw − ``offset`` for every raw loss column."""
     runs = runs.copy()
@@ -123,7 +100,7 @@ def prepare(runs: pd.DataFrame, definition: Definition, offset: float | None) ->
         if isinstance(template, dict):
             runs[name] = lookup(runs, template["column"])
         else:
-            runs[name] = [_render(template, row) for row in rows]
+            runs[name] = [render(template, row) for row in rows]
     for column, values in definition.exclude.items():
         if column in runs:
             runs = runs[~runs[column].isin(values)]
@@ -170,13 +147,3 @@ def table_task(runs: pd.DataFrame) -> str:
 def headline(runs: pd.DataFrame) -> str:
     """The headline column for ``runs``: their task's (HEADLINES)."""
     return HEADLINES[table_task(runs)][0]
-
-
-def higher_is_better(column: str) -> bool:
-    """Whether a larger value of a metric column is better: for columns of a registered
-    validation metric (``target_psnr``, ``best_val_iou/…``) its direction, else (losses) no."""
-    from zoo.metrics import METRICS
-
-    found = _METRIC.match(column)
-    metric = METRICS.get(found.group(1)) if found else None
-    return metric.higher_is_better if metric else False
