@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from zoo.tracking import FinishedRun as BulkRun
+from zoo.store import FinishedRun as BulkRun
 
 __all__ = ["BulkRun", "bulk_insert"]
 
@@ -24,7 +24,7 @@ def bulk_insert(uri: str, experiment: str, runs: list[BulkRun], chunk: int = 200
     from mlflow.tracking import MlflowClient
 
     from zoo.paths import ProjectPaths
-    from zoo.tracking import Tracker
+    from zoo.store import Tracker
 
     tracker = Tracker(uri, ProjectPaths.default())
     experiment_id = int(tracker.experiment(experiment))

@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 
 from zoo.paths import ProjectPaths
+from zoo.store import Tracker
 from zoo.sweep._search import load_search, open_study, run_search
-from zoo.tracking import Tracker
 
 DATA = {"preset": "defocus", "image_size": 32, "count": 48, "sim_sampling_a": 0.4}
 EPOCHS = 4

@@ -50,7 +50,7 @@ from zoo.server import (
     stop_mlflow,
     stop_postgres,
 )
-from zoo.tracking import CONFIG_HASH_TAG, Tracker
+from zoo.store import CONFIG_HASH_TAG, Tracker
 
 EPOCHS, METRICS = 20, 50
 HISTORY = ["train_loss", "val_loss/a", "val_loss_adj/a", "val_loss/b", "val_loss_adj/b", "lr"]
@@ -181,10 +181,11 @@ _LOAD = """
 import sys, time
 from contextlib import nullcontext
 from unittest import mock
-from zoo.analysis import _load, load_tables
+from zoo.analysis import load_tables
+from zoo.store import _rest
 uri, count, public = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "public"
 start = time.perf_counter()
-with mock.patch.object(_load, "_zoo_tables", lambda *a: None) if public else nullcontext():
+with mock.patch.object(_rest, "_zoo_tables", lambda *a: None) if public else nullcontext():
     tables = load_tables(uri, "bench")
 seconds = time.perf_counter() - start
 assert len(tables.runs) == count and len(tables.histories) == count * 6 * 20  # HISTORY

@@ -37,9 +37,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from zoo.paths import ProjectPaths
+from zoo.store import Tracker
 from zoo.sweep import load_spec, make_plan, run_sweep, start_worker_server
 from zoo.sweep._local import WORKER_MODULES, worker_pool
-from zoo.tracking import Tracker
 
 SPEC = Path(__file__).parent.parent / "sweeps" / "demo.yaml"
 

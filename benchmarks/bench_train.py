@@ -23,7 +23,7 @@ from zoo.config import ModelConfig, StageConfig, resolve
 from zoo.models import create_model
 from zoo.paths import ProjectPaths
 from zoo.run import run
-from zoo.tracking import Tracker
+from zoo.store import Tracker
 from zoo.train import STORAGE, Batcher, DeviceData, Step, epoch_order, make_optimizer, train_step
 
 

@@ -23,12 +23,14 @@ if _WORKER.startswith("gw"):
     os.environ["ZOO_TEST_PORT"] = str(_BASE + 100 * int(_WORKER[2:]))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` are skipped, "needs a CUDA device", when torch sees none.
-    Under pytest-xdist, every test of the local SLURM cluster runs in one worker."""
+    Under pytest-xdist, every test of the local SLURM cluster (marked ``slurm``, or using
+    the ``cluster`` fixture) runs in one worker."""
     if config.pluginmanager.hasplugin("xdist"):
         for item in items:
-            if "cluster" in getattr(item, "fixturenames", ()):
+            if item.get_closest_marker("slurm") or "cluster" in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group("slurm"))
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if gpu:

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from zoo.analysis import BulkRun, apply_offset, bulk_insert, load, load_mapping, table_runs
+from benchmarks._bulk import BulkRun, bulk_insert
+from zoo.analysis import apply_offset, load, load_mapping, table_runs
 from zoo.cli import main
 
 PAPER = Path(__file__).parent / "data" / "paper"

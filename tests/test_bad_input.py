@@ -1684,7 +1684,7 @@ def _write(root: Path, files: dict) -> None:
             os.symlink(path, root / f"{name}.b")
         elif content == "store":
             from zoo.paths import ProjectPaths
-            from zoo.tracking import Tracker
+            from zoo.store import Tracker
 
             Tracker(None, ProjectPaths(root)).experiment("other")
         elif isinstance(content, bytes):
@@ -1792,7 +1792,7 @@ def _as_unprivileged() -> list[str]:
 
 @pytest.mark.parametrize("read_only", ["file", "folder"])
 def test_a_store_this_user_cannot_write_is_one_line_exit_2(project, read_only):
-    from zoo.tracking import Tracker
+    from zoo.store import Tracker
 
     _write(project.root, run())
     uri = f"sqlite:///{project.root / 'store' / 'mlflow.db'}"

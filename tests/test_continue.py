@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from zoo.cli import main
 from zoo.config import load_config
 from zoo.continuation import intermediate_weights
-from zoo.tracking import Tracker
+from zoo.store import Tracker
 
 MODEL = {"encoder": "tu-test_resnet", "decoder_channels": [16] * 5}
 STAGE = {"train": "d", "augment": "none", "lr_decay": 0.5, "batch_size": 4}
@@ -168,8 +168,8 @@ def test_a_run_starts_from_a_kept_epoch_or_a_stage_of_another_run(project, capsy
 
 
 def test_an_epoch_or_stage_a_run_did_not_keep_is_refused_before_training():
-    from zoo.config import _check_point
     from zoo.errors import ConfigError
+    from zoo.modelzoo._identity import check_point as _check_point
 
     params = {"stages.0.name": "s", "stages.0.epochs": "3", "stages.0.keep_epochs": "False"}
     params |= {"stages.1.name": "t", "stages.1.epochs": "2", "stages.1.keep_epochs": "True"}

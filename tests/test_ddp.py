@@ -118,7 +118,7 @@ def _histories(tracking_uri: str, experiment: str) -> tuple[dict, dict]:
 def _preempted_then_resumed(project, document: dict) -> None:
     """Train ``document`` stopped (USR1's flag) after its first step, then to the end."""
     from zoo.run import run
-    from zoo.tracking import Tracker
+    from zoo.store import Tracker
     from zoo.train import STOP, Preempted
 
     config, tracker = resolve(document), Tracker(project.tracking_uri, project)
@@ -157,7 +157,7 @@ def test_two_processes_give_the_losses_of_one_and_resume_after_preemption(projec
 
 def test_gpus_per_task_trains_each_run_on_that_many_gpus(project, tiny_spec, capsys):
     from zoo import sweep
-    from zoo.sweep._slurm import SubmitOptions, with_options
+    from zoo.sweep._slurm_submit import SubmitOptions, with_options
 
     path = tiny_spec()
     plan = sweep.make_plan(sweep.load_spec(path))

@@ -18,7 +18,7 @@ import yaml
 from conftest import tiny_spec_document
 from mlflow.tracking import MlflowClient
 
-from zoo import tracking
+from zoo import store as tracking
 from zoo.checkpoint import save_weights
 from zoo.cli import main
 from zoo.errors import OutOfSpace
@@ -53,7 +53,7 @@ def _fill(folder) -> None:
 def _make_store(uri: str) -> None:
     """Make the store while there is room, in a process of its own: its ended
     connections leave no write-ahead log to reuse, so the next write needs new space."""
-    code = f"from zoo.tracking import Tracker; Tracker({uri!r})"
+    code = f"from zoo.store import Tracker; Tracker({uri!r})"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
@@ -147,7 +147,7 @@ def test_internal_errors_log_under_the_project_even_when_it_is_full(small, monke
     def broken(args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("zoo.cli._gc", broken)
+    monkeypatch.setattr("zoo.cli._analysis._gc", broken)
     assert main(["gc", "--dry-run"]) == 1
     err = capfd.readouterr().err
     logs = small / ".zoo" / "logs"

@@ -1,5 +1,7 @@
 """One suite every executor backend passes: the promises of ``zoo.sweep.Executor``,
-run against the local executor and the real local SLURM cluster."""
+run against every backend registered by name (zoo.sweep._backends): the local executor,
+the real local SLURM cluster, and a minimal in-process backend this file registers, to
+show that a new backend is one class plus its registration."""
 
 from __future__ import annotations
 
@@ -7,43 +9,88 @@ import pytest
 import torch
 from conftest import squeue_empty
 
-from zoo.sweep import LocalExecutor, jobs_from_plan, load_spec, make_plan
-from zoo.sweep._slurm import SlurmExecutor, SubmitOptions
-from zoo.tracking import Tracker
+from zoo.store import Tracker
+from zoo.sweep import _backends, load_spec, make_plan, run_job
+from zoo.sweep._backends import make_executor, register_executor, submit_plan
+from zoo.sweep._executor import ENDED, Ended, Executor, SweepReport, already, pending
 
 
-@pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])
-def execute(request, project):
-    """A function handing a spec's jobs to one backend and waiting until they ended;
-    returns the backend's report."""
-    if request.param == "local":
-        executor = LocalExecutor(2, echo=lambda _: None)
-    else:
+class InProcessExecutor(Executor):
+    """The smallest backend: the jobs in this process, one after another, in the order
+    given (a stage job before the jobs that need it; run_job skips a job whose stage
+    left no checkpoint)."""
+
+    def __init__(self, workers, echo):
+        self.echo = echo
+
+    def submit(self, name, jobs, tracker):
+        report = SweepReport()
+        todo, finished = pending(jobs, tracker, name)
+        already(report, jobs, finished)
+        for job in todo:
+            result = run_job(job, pending=True)
+            report.handles[job.key] = Ended(job.key, result)
+            if result.status == "finished":
+                report.finished.append(job.key)
+            elif result.status == "skipped":
+                report.skipped.append(job.key)
+            else:
+                report.failed[job.key] = result.reason
+        return report
+
+    def status(self, name, tracker):
+        return {}
+
+
+@pytest.fixture(params=["local", "inprocess", pytest.param("slurm", marks=pytest.mark.slurm)])
+def execute(request, project, monkeypatch):
+    """A function handing a spec's jobs to one backend, made by name from the registry,
+    and waiting until they ended; returns the plan and the backend's report."""
+    monkeypatch.setattr(_backends, "EXECUTORS", dict(_backends.EXECUTORS))
+    register_executor("inprocess", InProcessExecutor)
+    if request.param == "slurm":
         request.getfixturevalue("cluster")
-        executor = SlurmExecutor(SubmitOptions(), echo=lambda _: None)
+    executor = make_executor(request.param, 2, echo=lambda _: None)
 
     def run(spec):
         plan = make_plan(load_spec(spec))
-        tracker = Tracker(paths=project)
-        report = executor.submit(
-            plan.spec.name, jobs_from_plan(plan, tracker.uri, project), tracker
-        )
+        report = submit_plan(plan, Tracker(paths=project), executor)
         if request.param == "slurm":
             squeue_empty()
         return plan, report
 
+    run.executor = executor
     return run
 
 
-def test_every_job_finishes_once_and_a_second_submit_runs_nothing(execute, tiny_spec, tiny_runs):
-    plan, _ = execute(tiny_spec(sources=("a",)))
+def test_every_job_finishes_once_and_a_second_submit_runs_nothing(
+    execute, tiny_spec, tiny_runs, project
+):
+    plan, report = execute(tiny_spec(sources=("a",)))
     runs = tiny_runs()
     assert len(runs) == len(plan.jobs) == 1 + 2
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["zoo.config_hash"] for r in runs} == {j.key for j in plan.jobs}
+    # a handle per job, ended, whose result names the job's run
+    run_ids = {r.data.tags["zoo.config_hash"]: r.info.run_id for r in runs}
+    assert {k: h.state() for k, h in report.handles.items()} == dict.fromkeys(run_ids, "finished")
+    assert {k: h.result().run_id for k, h in report.handles.items()} == run_ids
+    assert execute.executor.status("tiny", Tracker(paths=project)) == {}  # it holds none now
     _, again = execute(tiny_spec(sources=("a",)))
     assert sorted(again.already) == sorted(j.key for j in plan.jobs)
     assert not again.finished and not again.submitted and len(tiny_runs()) == 3
+    assert {k: h.result().run_id for k, h in again.handles.items()} == run_ids
+    assert not any(h.cancel() for h in again.handles.values())  # ended: nothing to stop
+
+
+def test_a_grown_sweep_trains_only_the_jobs_it_lacks(execute, tiny_spec, tiny_runs):
+    first, _ = execute(tiny_spec(sources=("a",), freezes=("none",)))
+    plan, again = execute(tiny_spec(sources=("a", "b"), freezes=("none",)))
+    old = {j.key for j in first.jobs}
+    assert set(again.already) == old and len(old) == 1
+    assert set(again.finished or again.submitted) == {j.key for j in plan.jobs} - old
+    assert {h.state() for h in again.handles.values()} == {"finished"}
+    assert len(tiny_runs()) == len(plan.jobs) == 2
 
 
 def test_a_failed_stage_skips_its_runs_and_the_others_finish(
@@ -65,16 +112,26 @@ def test_a_failed_stage_skips_its_runs_and_the_others_finish(
             },
         }
     )
-    plan, _ = execute(spec)
+    plan, report = execute(spec)
     by_key = {r.data.tags["zoo.config_hash"]: r for r in tiny_runs()}
     broken = next(j for j in plan.jobs if j.kind == "stage" and j.names["source"] == "b")
     assert by_key[broken.key].info.status == "FAILED"
     assert "broken.safetensors" in by_key[broken.key].data.tags["zoo.error"]
+    assert report.handles[broken.key].state() == "failed"
+    assert "broken.safetensors" in report.handles[broken.key].result().reason
     for job in plan.jobs:
         if job.kind == "run" and job.names["source"] == "b":
             assert job.key not in by_key or by_key[job.key].info.status != "FINISHED"
+            assert report.handles[job.key].state() == "skipped"
         elif job.key != broken.key:
             assert by_key[job.key].info.status == "FINISHED"
+            assert report.handles[job.key].state() == "finished"
+    assert {h.state() for h in report.handles.values()} <= ENDED
+    # submitted again, the failed stage is tried again and what finished is not
+    _, again = execute(spec)
+    finished = {k for k, r in by_key.items() if r.info.status == "FINISHED"}
+    assert set(again.already) == finished and broken.key not in again.already
+    assert again.handles[broken.key].state() == "failed"
 
 
 def test_progress_counts_busy_workers_and_prices_jobs_by_kind(monkeypatch):
@@ -135,3 +192,23 @@ def test_progress_prices_the_eta_on_the_plans_profile_scaled_by_what_finished(mo
     report = SweepReport(finished=[stage.key])
     progress.show(report, 2, "finished stage")
     assert "ETA 0m20s" in lines[-1]  # 4 runs x 5 s x 2 (it took twice its price) / 2
+
+
+def test_zoo_sweep_run_trains_on_the_backend_named_by_executor(
+    project, tiny_spec, tiny_runs, monkeypatch, capsys
+):
+    """`zoo sweep run --executor NAME` runs on any registered backend and counts as a local
+    run does; an unknown name is refused in one line naming the registered ones, with
+    nothing run."""
+    from zoo.cli import main
+
+    monkeypatch.setattr(_backends, "EXECUTORS", dict(_backends.EXECUTORS))
+    register_executor("inprocess", InProcessExecutor)
+    spec = str(tiny_spec(sources=("a",), freezes=("none",)))
+    assert main(["sweep", "run", spec, "--executor", "nope"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "'nope'" in error
+    assert "inprocess, local, slurm" in error and tiny_runs() == []
+    assert main(["sweep", "run", spec, "--executor", "inprocess"]) == 0
+    assert "finished 1, already finished 0, failed 0" in capsys.readouterr().out
+    assert [r.info.status for r in tiny_runs()] == ["FINISHED"]

@@ -15,8 +15,8 @@ from conftest import TINY_DATA, tiny_spec_document
 
 from zoo import gc
 from zoo.cli import main
+from zoo.store import CONFIG_HASH_TAG, Tracker
 from zoo.sweep import load_spec, make_plan
-from zoo.tracking import CONFIG_HASH_TAG, Tracker
 
 # `zoo data make` that pauses after each array it saves into its staging folder
 MAKER = """

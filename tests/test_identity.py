@@ -269,6 +269,7 @@ def test_damaged_stage_weights_are_set_aside_and_the_stage_trains_again(project,
 
 def test_an_init_run_is_identified_by_what_it_is_not_by_its_id(project, capsys):
     from zoo.config import load_config
+    from zoo.modelzoo._identity import store_resolver
 
     _h5(project.root / "data.h5", 8)
     upstream = yaml.safe_load(_config(project, "up.yaml").read_text())
@@ -280,7 +281,8 @@ def test_an_init_run_is_identified_by_what_it_is_not_by_its_id(project, capsys):
     assert len(set(ids.values())) == 3
 
     def digest(run_id):
-        return load_config(_config(project, "down.yaml", init=f"run:{run_id}")).digest()
+        path = _config(project, "down.yaml", init=f"run:{run_id}")
+        return load_config(path, resolver=store_resolver(project)).digest()
 
     # another run of the same config (as in another store): the same identity
     assert digest(ids["up"]) == digest(ids["up-again"]) != digest(ids["other"])

@@ -57,7 +57,7 @@ def test_auto_packs_short_runs_into_tasks_of_five_minutes():
 @pytest.mark.parametrize("room", [15, 33, 45, 60, 100])
 def test_auto_fits_the_sweep_into_the_clusters_jobs(room):
     """The tasks the SLURM executor really makes (runs packed per shared stage) fit."""
-    from zoo.sweep._slurm import _group
+    from zoo.sweep._slurm_submit import _group
 
     plan, profile = _plan_and_profile()
     slow = replace(profile, train_images_per_s=1e-3)

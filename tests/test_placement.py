@@ -14,9 +14,9 @@ from conftest import squeue_empty
 
 from zoo.cli import main
 from zoo.config import load_config, resolve
+from zoo.store import Tracker
 from zoo.sweep import _job, jobs_from_plan, load_spec, make_plan, run_job, with_execution
 from zoo.sweep._local import LocalExecutor
-from zoo.tracking import Tracker
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1")
 

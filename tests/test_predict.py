@@ -17,7 +17,7 @@ from zoo.cli import main
 from zoo.data import generator_spec, read_image, simulate
 from zoo.modelzoo import load
 from zoo.predict import PredictOptions, apply, load_bundle, masks
-from zoo.tracking import Tracker
+from zoo.store import Tracker
 from zoo.train import standardise
 
 SIDE = 32  # the tiny sweep's training images: 32 px of 3.2 Å

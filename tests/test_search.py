@@ -130,7 +130,7 @@ def test_a_search_on_the_postgresql_of_the_tracking_store(search_spec, project, 
     import optuna
     from stores import fresh_database
 
-    from zoo.tracking import store_uri
+    from zoo.store import store_uri
 
     uri, study_uri = fresh_database(postgres), fresh_database(postgres)
     spec = search_spec({"budget": 2, "storage": uri, "pruner": "none"}, epochs=1)

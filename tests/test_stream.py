@@ -176,3 +176,33 @@ def test_no_producer_outlives_a_killed_worker(tmp_path, monkeypatch):
     while any(_alive(p) for p in producers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in producers)
+
+
+def test_producers_start_once_a_run_and_make_the_numbers_of_producers_started_per_epoch(
+    tmp_path, monkeypatch
+):
+    from zoo import _streaming
+    from zoo.data import _stream
+
+    started = []
+    start = _stream.Producers.__init__
+
+    def counted(producers, *args):
+        started.append(args)
+        start(producers, *args)
+
+    monkeypatch.setattr(_streaming.Producers, "__init__", counted)
+    results = []
+    for per_epoch in (False, True):  # True: each epoch's producers start at its beginning
+        if per_epoch:
+            monkeypatch.setattr(_streaming.StreamFeed, "following", lambda feed, epoch: None)
+        root = _project(tmp_path / str(per_epoch), monkeypatch, samples=6, queue=4, epochs=1)
+        document = yaml.safe_load((root / "run.yaml").read_text())
+        second = {**document["stages"][0], "name": "t", "size": 4, "optimizer_state": "carry"}
+        document["stages"].append(second)  # 2 stages on s, the second continuing its stream
+        (root / "run.yaml").write_text(yaml.safe_dump(document))
+        started.clear()
+        assert main(["train", "run.yaml"]) == 0
+        results.append(_metrics(*_run(root)))
+        assert len(started) == (2 if per_epoch else 1)
+    assert "train_loss" in results[0] and results[0] == results[1]

@@ -322,7 +322,7 @@ SUBMIT_OPTIONS = {
 @pytest.mark.parametrize("name", sorted(SUBMIT_OPTIONS))
 def test_rendered_sbatch_script_equals_its_reference(name):
     from zoo.paths import SubmissionPaths
-    from zoo.sweep._slurm import Array, SubmitOptions, render
+    from zoo.sweep._slurm_submit import Array, SubmitOptions, render
 
     options = SubmitOptions(**SUBMIT_OPTIONS[name])
     options.validate()
@@ -335,7 +335,7 @@ def test_rendered_sbatch_script_equals_its_reference(name):
 def test_a_newline_in_the_project_root_never_reaches_an_sbatch_script():
     """A comment or #SBATCH line must not be split into a command by a path."""
     from zoo.paths import SubmissionPaths
-    from zoo.sweep._slurm import Array, SubmitOptions, render
+    from zoo.sweep._slurm_submit import Array, SubmitOptions, render
 
     root = Path("/project\ntouch /tmp/pwned")
     submission = SubmissionPaths(root / ".zoo/sweeps/tiny/20260101-000000")
@@ -367,8 +367,8 @@ def test_preempted_run_requeues_until_the_cap_then_ends_failed(
     tiny_spec, tiny_runs, project, monkeypatch, restarts, requeued
 ):
     """SLURM counts restarts; past --max-requeues (3) the run ends FAILED naming the cap."""
+    from zoo.store import Tracker
     from zoo.sweep import jobs_from_plan, run_job
-    from zoo.tracking import Tracker
     from zoo.train import STOP, Preempted
 
     plan = make_plan(load_spec(tiny_spec(sources=("a",))))
@@ -395,8 +395,8 @@ def test_preempted_run_requeues_until_the_cap_then_ends_failed(
 def test_a_local_sweep_starts_its_longest_runs_first(tiny_spec, tiny_runs, project):
     """Ready runs start by the image passes they make, most first (here: by transfer
     size), so a sweep ends on its shortest runs rather than on a long one started last."""
+    from zoo.store import Tracker
     from zoo.sweep import run_sweep
-    from zoo.tracking import Tracker
 
     spec = tiny_spec(
         extra={

@@ -431,7 +431,7 @@ def test_new_model_fields_at_their_defaults_keep_identities():
 
 
 def test_best_epoch_follows_the_selected_metric_in_its_direction():
-    from zoo.train import _update_best
+    from zoo._best import update_best as _update_best
 
     best: dict = {}
     epochs = [{"loss": 0.5, "psnr": 20.0}, {"loss": 0.4, "psnr": 19.0}, {"loss": 0.6, "psnr": 21.0}]

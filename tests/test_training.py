@@ -188,7 +188,7 @@ def test_quick_epochs_reach_the_store_together_and_whole(
     together: with an hour's interval a 6-epoch run sends all its metrics (and params) in
     one round trip at its end; with none, one per epoch. Every step lands."""
     import zoo.run
-    from zoo.tracking import Tracker
+    from zoo.store import Tracker
 
     monkeypatch.setattr(zoo.run, "LIVE_INTERVAL_S", interval_s)
     sends, batch = [], Tracker._batch
@@ -362,8 +362,8 @@ def test_compiled_run_reports_compile_time_apart_and_trains_like_eager(project):
 
 
 def test_a_half_precision_weights_file_initialises_a_float32_model_with_its_values(project):
+    from zoo._resume import _loaded
     from zoo.config import resolve
-    from zoo.train import _loaded
 
     config = resolve(TINY_RUN)
     reference = create_model(config.model)

@@ -21,7 +21,7 @@ from stores import fresh_database, plain_mlflow_server
 from benchmarks._bulk import BulkRun, bulk_insert
 from zoo.analysis import load_tables
 from zoo.modelzoo._ui import axis_params, experiment_links, links, views
-from zoo.modelzoo._ui_store import RunSample, SweepSample, read_sweeps
+from zoo.store._views import RunSample, SweepSample, read_sweeps
 
 
 def _free_port() -> int:

@@ -1,6 +1,6 @@
 """zoo: an experiment-tracking model zoo for large training sweeps."""
 
-__version__ = "0.1.0"
+from zoo._version import __version__ as __version__
 
 
 def load_model(ref: str, tracking_uri: str | None = None, device: str = "cpu"):

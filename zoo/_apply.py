@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from zoo.config import ModelConfig, RunConfig
     from zoo.paths import ProjectPaths
-    from zoo.tracking import Tracker
+    from zoo.store import Tracker
 
 __all__ = [
     "Bundle",

@@ -1,5 +1,7 @@
 """Identities and folders of a refining stage's iterations (see zoo.refine): pure config,
-no torch and no data, so the dataset store can lease the folders a run trains into."""
+no torch and no data, so the dataset store can lease the folders a run trains into.
+Configs are zoo.config.RunConfig (typed Any: zoo.config reaches this module through
+zoo.data)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,9 @@ import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zoo.paths import ProjectPaths
-
-if TYPE_CHECKING:
-    from zoo.config import RunConfig
 
 __all__ = ["PSEUDO", "continued_iteration", "iteration_config", "plain_config", "refine_folders"]
 
@@ -23,7 +22,7 @@ def _digest(document: Any) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def plain_config(config: RunConfig, index: int) -> RunConfig:
+def plain_config(config: Any, index: int) -> Any:
     """``config`` with stage ``index`` without ``refine``: iteration 0's identity."""
     stages = list(config.stages)
     stages[index] = replace(stages[index], refine=None)
@@ -32,7 +31,7 @@ def plain_config(config: RunConfig, index: int) -> RunConfig:
     return plain
 
 
-def iteration_config(config: RunConfig, index: int, iteration: int, parent: str) -> RunConfig:
+def iteration_config(config: Any, index: int, iteration: int, parent: str) -> Any:
     """The config that trains ``iteration`` as stage ``index``: the stage's settings for
     ``refine.epochs`` epochs on dataset PSEUDO from the previous iteration's best weights,
     validated and selected as the stage is. PSEUDO's identity holds the unlabeled data's
@@ -82,7 +81,7 @@ def continued_iteration(init: str) -> int | None:
     return int(point.removeprefix("iter:")) if point.startswith("iter:") else None
 
 
-def refine_folders(config: RunConfig, index: int, paths: ProjectPaths) -> list[Path]:
+def refine_folders(config: Any, index: int, paths: ProjectPaths) -> list[Path]:
     """The stage folders refining stage ``index`` trains into: iteration 0's (or the
     folder an ``init: run:ID@iter:K`` start is linked into), then each iteration's."""
     stage = config.stages[index]

@@ -18,7 +18,7 @@ from zoo.config import RunConfig
 from zoo.data import Dataset
 from zoo.models import meta_template
 from zoo.paths import StagePaths
-from zoo.tracking import Tracker, metric_key
+from zoo.store import Tracker, metric_key
 from zoo.train import SAMPLE_IMAGES, StageResult, git_commit, headline, model_inputs, precision
 
 __all__ = [

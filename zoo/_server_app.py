@@ -5,31 +5,30 @@ declared in setup.cfg under ``mlflow.app``) serves everything a plain server ser
 and ``POST /zoo/api/1/tables`` with JSON ``{"experiment_id": "1", "histories": true,
 "param_keys": null}``: that experiment's active runs, tags, params, latest metrics and
 packed metric histories, read from the server's SQL backend store by the same queries
-that read a SQLite or PostgreSQL store directly (``zoo.analysis._load``), as Arrow IPC
+that read a SQLite or PostgreSQL store directly (``zoo.store._sql``), as Arrow IPC
 (``encode_tables``). 400 for a malformed request; 501 when the backend store is not SQL.
 
 ``POST /zoo/api/1/states`` with JSON ``{"experiment": "NAME"}`` (or ``{"experiment_id":
 "1"}``) answers
 ``{"states": {identity: [run id, status, liveness tags]}}`` for that experiment's
-active runs (see ``zoo._states``), by one query; the same 400 and 501.
+active runs (see ``zoo.store._states``), by one query; the same 400 and 501.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from zoo._states import STATES_ROUTE
+from zoo.store._rest import TABLES_ROUTE
+from zoo.store._states import STATES_ROUTE
 
-__all__ = ["ROUTE", "create_app"]
-
-ROUTE = "/zoo/api/1/tables"
+__all__ = ["create_app"]
 
 
 def _tables() -> Any:
     from flask import Response, request
     from mlflow.server.handlers import _get_tracking_store
 
-    from zoo.analysis._load import encode_tables, experiment_tables
+    from zoo.store._sql import encode_tables, experiment_tables
 
     body = request.get_json(silent=True)
     body = body if isinstance(body, dict) else {}
@@ -54,7 +53,7 @@ def _states() -> Any:
     from flask import Response, jsonify, request
     from mlflow.server.handlers import _get_tracking_store
 
-    from zoo._states import experiment_of, query_states
+    from zoo.store._states import experiment_of, query_states
 
     experiment = experiment_of(request.get_json(silent=True))
     if experiment is None:
@@ -100,7 +99,7 @@ def create_app() -> Any:
     from mlflow.server.handlers import _add_static_prefix
 
     if "zoo_tables" not in app.view_functions:
-        app.add_url_rule(_add_static_prefix(ROUTE), "zoo_tables", _tables, methods=["POST"])
+        app.add_url_rule(_add_static_prefix(TABLES_ROUTE), "zoo_tables", _tables, methods=["POST"])
         app.add_url_rule(_add_static_prefix(STATES_ROUTE), "zoo_states", _states, methods=["POST"])
         app.after_request(_training_by_default)
     if _MLFLOW_SGI_NAME.get() == "uvicorn":

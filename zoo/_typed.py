@@ -99,13 +99,22 @@ def _unknown_key(message: str, key: str, fields: dict[str, Any]) -> ConfigError:
 @functools.cache
 def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
     """Resolved type hints and init fields of ``cls`` (computed once per class)."""
-    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls) if f.init}
+    return typing.get_type_hints(cls), {f.name: f for f in _fields(cls) if f.init}
+
+
+def _fields(instance: Any) -> list[dataclasses.Field]:
+    """The config fields of a dataclass (or instance): not those marked internal (a
+    resolved config's Resolver), which no file holds."""
+    return [f for f in dataclasses.fields(instance) if not f.metadata.get("internal")]
+
+
+_SORTED_JSON = json.JSONEncoder(sort_keys=True)  # json.dumps(..., sort_keys=True), made once
 
 
 def _build_nested(cls: type[T], value: Any, where: str) -> T:
     """build() for a nested config; equal mappings share one (frozen) instance."""
     try:
-        text = json.dumps(value, sort_keys=True)
+        text = _SORTED_JSON.encode(value)
     except (TypeError, ValueError):
         return build(cls, value, where)
     return _build_from_json(cls, text, where)
@@ -187,7 +196,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
 @functools.lru_cache(maxsize=4096)
 def _frozen_to_dict(instance: Any) -> dict[str, Any]:
     """to_dict of a hashable config, computed once; callers must not modify the result."""
-    return {f.name: to_dict(getattr(instance, f.name)) for f in dataclasses.fields(instance)}
+    return {f.name: to_dict(getattr(instance, f.name)) for f in _fields(instance)}
 
 
 def to_dict(instance: Any) -> Any:
@@ -198,9 +207,7 @@ def to_dict(instance: Any) -> Any:
         try:
             return _frozen_to_dict(instance)
         except TypeError:  # holds a dict: unhashable, so not memoised
-            return {
-                f.name: to_dict(getattr(instance, f.name)) for f in dataclasses.fields(instance)
-            }
+            return {f.name: to_dict(getattr(instance, f.name)) for f in _fields(instance)}
     if isinstance(instance, list | tuple):
         return [to_dict(v) for v in instance]
     if isinstance(instance, dict):

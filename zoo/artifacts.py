@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoo.tracking import Tracker
+from zoo.store import Tracker
 
 __all__ = [
     "FigureJob",

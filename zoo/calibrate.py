@@ -100,7 +100,8 @@ def calibrate(name: str, spec: Path | None = None, echo=print) -> Profile:
     import torch
 
     from zoo._malloc import keep_freed_memory
-    from zoo.sweep import load_spec, make_plan
+    from zoo.sweep._plan import make_plan
+    from zoo.sweep._spec import load_spec
 
     torch.set_num_threads(1)  # as sweep workers train
     keep_freed_memory()
@@ -200,9 +201,9 @@ def _in_a_worker(model: dict[str, Any], runs: int = 5) -> tuple[float, int]:
     import statistics
 
     from zoo.run import load_datasets
-    from zoo.sweep import JobSpec, run_job
+    from zoo.store import Tracker
+    from zoo.sweep._job import JobSpec, run_job
     from zoo.sweep._local import worker_pool
-    from zoo.tracking import Tracker
 
     overheads = []
     with tempfile.TemporaryDirectory() as tmp, worker_pool(1) as pool:
@@ -217,7 +218,7 @@ def _in_a_worker(model: dict[str, Any], runs: int = 5) -> tuple[float, int]:
             result = pool.submit(run_job, job, pending=True).result()
             if result.status != "finished":
                 raise RuntimeError(f"calibration run failed: {result.reason}")
-            epochs = tracker.client.get_run(result.run_id).data.metrics["train_seconds"]
+            epochs = tracker.get_run(result.run_id).data.metrics["train_seconds"]
             overheads.append(result.seconds - epochs)
         peak = pool.submit(resource.getrusage, resource.RUSAGE_SELF).result().ru_maxrss
     return statistics.median(overheads[1:]), peak * 1024

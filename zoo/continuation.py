@@ -22,7 +22,7 @@ from zoo.checkpoint import CheckpointError, reissue, weights_problem
 from zoo.config import RunConfig
 from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths, StagePaths
-from zoo.tracking import Tracker
+from zoo.store import Tracker
 from zoo.train import stage_record
 
 __all__ = ["CONTINUED_TAG", "continue_stage", "continued_from", "intermediate_weights"]
@@ -129,7 +129,8 @@ def intermediate_weights(target: str, tracker: Tracker, paths: ProjectPaths) -> 
     the run's N-th epoch counted across its stages; kept by ``keep_epochs: true``, or a
     stage's final epoch) name, from this project's stage checkpoints; ``run:ID@iter:K``
     (iteration K of its refinement) from the run's artifacts."""
-    from zoo.modelzoo import read_config
+    from zoo.modelzoo._identity import store_resolver
+    from zoo.modelzoo._load import read_config
 
     run_id, _, point = target.partition("@")
     if point.startswith("iter:"):  # its refinement's iteration K: a logged artifact
@@ -141,7 +142,7 @@ def intermediate_weights(target: str, tracker: Tracker, paths: ProjectPaths) -> 
     local = paths.download(run_id) / "config.yaml"
     if not local.exists():
         tracker.download(run_id, "config.yaml", paths.download(run_id))
-    source = read_config(local)
+    source = read_config(local, store_resolver(paths, tracker.uri))
     names = [s.name for s in source.stages]
     where = f"init: run:{target}"
     if not point.startswith("epoch:"):

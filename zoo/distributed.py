@@ -43,7 +43,7 @@ import torch.distributed as dist
 
 from zoo._malloc import keep_freed_memory
 from zoo._signals import exit_with_parent
-from zoo.config import RunConfig, resolve, store_in_use, use_store
+from zoo.config import Resolver, RunConfig, resolve
 from zoo.losses import make_loss
 from zoo.models import create_model, freeze, set_train_mode
 from zoo.paths import ProjectPaths
@@ -272,7 +272,7 @@ def group(
         context.Process(
             target=_follow,
             args=(config.to_dict(), str(root), rank, world, store.port, load_datasets),
-            kwargs={"threads": torch.get_num_threads(), "tracking_uri": store_in_use()},
+            kwargs={"threads": torch.get_num_threads(), "resolver": config.resolver},
             name=f"zoo-rank-{rank}",
         )
         for rank in range(1, world)
@@ -334,16 +334,15 @@ def _follow(
     port: int,
     load_datasets: Callable[[RunConfig, Any], dict[str, Any]],
     threads: int = 1,
-    tracking_uri: str | None = None,
+    resolver: Resolver | None = None,
 ) -> None:
-    """A follower process: load the data, join the group, obey rank 0 until DONE
-    (``init: run:`` references resolved in rank 0's store, ``tracking_uri``)."""
+    """A follower process: load the data, join the group, obey rank 0 until DONE (its
+    config resolved as rank 0's was, by ``resolver``: the same root and store)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # rank 0 alone checkpoints on USR1
     exit_with_parent(os.getppid())  # rank 0 killed outright: no follower is left waiting
     torch.set_num_threads(threads)
     keep_freed_memory()  # as rank 0's process does (a sweep worker, or zoo run)
-    use_store(tracking_uri)
-    config = resolve(document)
+    config = resolve(document, resolver=resolver)
     device = _rank_device(config, rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -64,14 +64,17 @@ def collect(
     paths: ProjectPaths,
     specs: Sequence[Path] = (),
     tracker: Callable[[], Any] | None = None,
+    resolver: Any = None,
 ) -> list[Garbage]:
     """Everything ``remove`` would delete, and with ``holder`` set what running or queued
     work holds (kept); nothing is changed. ``tracker`` makes the zoo.tracking.Tracker that
-    says which jobs finished (asked with ``specs``, and for queued SLURM sweeps' leases)."""
+    says which jobs finished (asked with ``specs``, and for queued SLURM sweeps' leases);
+    ``resolver`` (a zoo.config.Resolver) resolves the specs' runs (None: the project at
+    ``paths`` and its default store)."""
     store = functools.cache(tracker) if tracker is not None else None
     found = _checkpoints(paths) + _scratch(paths)
     if specs:
-        plans = [_plan(spec) for spec in specs]
+        plans = [_plan(spec, resolver or _store_resolver(paths)) for spec in specs]
         found += _datasets(paths, plans)
         if store is not None:
             found += _submissions(paths, plans, store())
@@ -127,10 +130,16 @@ def _scratch(paths: ProjectPaths) -> list[Garbage]:
     return found
 
 
-def _plan(spec: Path) -> Any:
+def _plan(spec: Path, resolver: Any) -> Any:
     from zoo.sweep import load_spec, make_plan
 
-    return make_plan(load_spec(spec))
+    return make_plan(load_spec(spec, resolver=resolver))
+
+
+def _store_resolver(paths: ProjectPaths) -> Any:
+    from zoo.modelzoo._identity import store_resolver
+
+    return store_resolver(paths)
 
 
 def _datasets(paths: ProjectPaths, plans: list[Any]) -> list[Garbage]:

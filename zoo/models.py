@@ -5,18 +5,17 @@ Every model is a segmentation-models-pytorch model built with
 ``encoder``, ``decoder`` and ``head`` (the final convolution, smp's
 ``segmentation_head``). Freezing ``encoder`` or ``decoder`` freezes that part's
 weights and batch-norm running statistics; the head is never frozen, so every
-stage can adapt the output layer.
+stage can adapt the output layer. A model's config is a zoo.config.ModelConfig (typed Any
+here, so zoo.config may check architectures against this registry without a circle).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from zoo.config import ModelConfig
 
 __all__ = [
     "ARCHITECTURES",
@@ -57,7 +56,7 @@ def check_encoder(name: str, where: str = "config.model.encoder") -> None:
     raise ConfigError(f"{where}: {name!r} is not a known encoder; {hint}")
 
 
-def create_model(config: ModelConfig) -> nn.Module:
+def create_model(config: Any) -> nn.Module:
     """A randomly initialised model for ``config`` (seed torch first for reproducibility)."""
     import segmentation_models_pytorch as smp
 
@@ -84,7 +83,7 @@ def create_model(config: ModelConfig) -> nn.Module:
     return model
 
 
-def meta_model(config: ModelConfig) -> nn.Module:
+def meta_model(config: Any) -> nn.Module:
     """A fresh copy of ``config``'s model on the meta device, to load weights into with
     ``assign=True``. Leaves torch's random stream as it was (a plain build draws from
     it: smp initialises a re-shaped first convolution on the CPU): the model is built
@@ -95,14 +94,14 @@ def meta_model(config: ModelConfig) -> nn.Module:
     return copy.deepcopy(meta_template(config))
 
 
-def check_buildable(config: ModelConfig) -> None:
+def check_buildable(config: Any) -> None:
     """Refuse ``config`` in one line (ConfigError) when its model cannot be built; the
     meta-device build is kept for ``meta_model``, so a process builds it once."""
     meta_template(config)
 
 
 @functools.lru_cache(maxsize=64)
-def meta_template(config: ModelConfig) -> nn.Module:
+def meta_template(config: Any) -> nn.Module:
     """The meta-device model ``meta_model`` copies, built once per process (see there).
     Shared by every caller: copy it, never change it."""
     import torch

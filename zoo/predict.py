@@ -32,12 +32,13 @@ from zoo._apply import (
     resample_factor,
     tiling,
 )
+from zoo._inputs import input_files
 from zoo.data import IMAGE_SUFFIXES, read_image
 from zoo.data._formats import read_guarded
 from zoo.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from zoo.tracking import Tracker
+    from zoo.store import Tracker
 
 __all__ = [
     "Bundle",
@@ -51,7 +52,6 @@ __all__ = [
     "predict",
 ]
 
-SUFFIXES = (*IMAGE_SUFFIXES, ".npz", ".h5", ".hdf5")
 OVERLAY_SIDE = 2048  # overlays are subsampled to at most this many pixels a side
 BAND_PIXELS = 2**20  # pixels of masks computed at a time (whole rows, at least one)
 PLAIN_EVERY_S = 10.0  # seconds between plain progress lines when not on a terminal
@@ -131,24 +131,6 @@ def _open(path: Path) -> Opened:
             + (", or (C, H, W) / (N, C, H, W) for models of C channels" if 4 in ranks else "")
         )
     return Opened(path, array, size, tuple(array.shape))
-
-
-def input_files(inputs: list[Path]) -> list[Path]:
-    """Files named, plus the image files of folders named; an empty folder is an error."""
-    files = []
-    for item in inputs:
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in SUFFIXES)
-            if not found:
-                raise DataError(f"{item}: no {'/'.join(SUFFIXES)} files")
-            files += found
-        elif not item.exists():
-            raise DataError(f"{item}: no such file or folder")
-        elif item.suffix.lower() not in SUFFIXES:
-            raise DataError(f"{item}: unsupported type; allowed: {', '.join(SUFFIXES)}")
-        else:
-            files.append(item)
-    return files
 
 
 def _layout(item: Opened, bundle: Bundle) -> tuple[tuple[int, ...], bool]:

@@ -207,7 +207,7 @@ def _agreement(now: torch.Tensor, before: torch.Tensor, task: str) -> dict[str, 
 
 def _model_metrics(result: StageResult, selection: str) -> dict[str, float]:
     """The validation metrics of an iteration's model (its best epoch on ``selection``)."""
-    from zoo.tracking import metric_key
+    from zoo.store import metric_key
     from zoo.train import headline
 
     epoch = result.best[selection]["epoch"]

@@ -31,7 +31,7 @@ from zoo._run_record import (
 )
 from zoo._streaming import log_lineage, streams
 from zoo.checkpoint import load_weights
-from zoo.config import RunConfig, flatten, init_file
+from zoo.config import RunConfig, flatten
 from zoo.continuation import CONTINUED_TAG, continue_stage, continued_from, intermediate_weights
 from zoo.data import (
     Dataset,
@@ -49,7 +49,7 @@ from zoo.models import check_buildable, check_encoder
 from zoo.paths import ProjectPaths
 from zoo.refine import refined
 from zoo.resident import device_datasets
-from zoo.tracking import CONFIG_HASH_TAG, Tracker, metric_key
+from zoo.store import CONFIG_HASH_TAG, Tracker, metric_key
 from zoo.train import (
     Preempted,
     ShardFactory,
@@ -123,7 +123,7 @@ def _check_init_files(config: RunConfig) -> None:
     """Every stage's ``init: file:`` loads by the safe load training uses (safetensors,
     or torch.load with weights_only); one that does not is a ConfigError naming it."""
     for i, stage in enumerate(config.stages):
-        path = init_file(stage.init)
+        path = config.init_file(stage.init)
         if path is None:
             continue
         try:
@@ -336,7 +336,7 @@ def _train_stages(
     offset = 0
 
     def fetch_run(init: str) -> Path:  # run:ID[@STAGE|@epoch:N] or model:NAME@ALIAS|...
-        from zoo.modelzoo import fetch_weights
+        from zoo.modelzoo._files import fetch_weights
 
         target = init.partition(":")[2]
         if init.startswith("run:") and "@" in target:

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from zoo import _supervise
-from zoo._indexes import ensure_indexes, present_indexes
 from zoo.errors import ConfigError, ServerError
+from zoo.store import ensure_indexes, present_indexes
 
 __all__ = [
     "BACKENDS",
@@ -250,7 +250,7 @@ def _local_url(server: Server) -> str:
 
 def start_mlflow(server: Server) -> Server:
     """Start ``mlflow server`` for ``server`` and wait until it answers; returns the record."""
-    from zoo.tracking import Tracker
+    from zoo.store import Tracker
 
     _check_app()
     data = Path(server.data)

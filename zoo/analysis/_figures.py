@@ -83,7 +83,7 @@ def readable_log(axis: Any) -> None:
 def spelled(names: pd.Series, runs: pd.DataFrame) -> pd.Series:
     """``names`` read from MLflow keys (``dfp10``) back in their datasets' spelling
     (``df+10``), as the runs' params name them."""
-    from zoo.tracking import metric_key
+    from zoo.store import metric_key
 
     spelling = {}
     for column in runs.columns:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from zoo._typed import build, check, check_name
 from zoo._yaml import load_yaml
 from zoo.errors import ConfigError
-from zoo.tracking import FinishedRun, Tracker
+from zoo.store import FinishedRun, Tracker
 
 __all__ = ["ImportMapping", "import_table", "load_mapping", "table_runs"]
 

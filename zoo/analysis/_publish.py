@@ -18,19 +18,20 @@ def publish(report: Path, uri: str, experiment: str) -> str | None:
     """Log the folder of ``report`` (report.html and its figures) as the artifacts of the
     experiment's report run, created on first use; returns the run id. Never creates a
     store or an experiment: None when ``experiment`` is not in the store."""
-    from zoo.tracking import Tracker
+    from zoo.store import Tracker
 
     tracker = Tracker(uri, create=False)
     experiment_id = tracker.experiment(experiment)
     if experiment_id is None:
         return None
-    client = tracker.client
-    found = client.search_runs([experiment_id], f"tags.`zoo.kind` = '{REPORT_KIND}'", max_results=1)
+    found = tracker.search_runs(
+        [experiment_id], f"tags.`zoo.kind` = '{REPORT_KIND}'", max_results=1
+    )
     if found:
         run_id = found[0].info.run_id
     else:
         tags = {"zoo.kind": REPORT_KIND, "mlflow.runName": f"report · {experiment}"}
-        run_id = client.create_run(experiment_id, tags=tags).info.run_id
-    client.log_artifacts(run_id, str(report.parent), "report")
-    client.set_terminated(run_id, "FINISHED")
+        run_id = tracker.create(experiment_id, tags)
+    tracker.log_artifacts(run_id, report.parent, "report")
+    tracker.finish(run_id)
     return run_id

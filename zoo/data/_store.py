@@ -90,30 +90,48 @@ def dataset_channels(source: GeneratorSpec | FileSpec | StreamedSpec) -> tuple[s
 
 
 def mixture(name: str, spec: MixSpec, components: dict[str, Dataset]) -> Dataset:
-    """The mixture ``spec`` of already loaded ``components``."""
-    parts = []
-    for component, count in spec.mix.items():
-        available = components[component].train_count
+    """The mixture ``spec`` of already loaded ``components``; with a streamed part, a
+    stand-in like a streamed set's, nothing stored (zoo._streaming mixes its training
+    samples while the run trains; it has no validation split)."""
+    parts = [components[component] for component in spec.mix]
+    _check_parts(name, spec, parts)
+    counts = spec.mix.values()
+    digest = "+".join(f"{d.digest}:{n}" for d, n in zip(parts, counts, strict=True))
+    first = parts[0]
+    if any(d.streamed is not None for d in parts):
+        images, masks = first.images[:0], first.masks[:0]
+        return Dataset(
+            name, images, masks, 0, first.pixel_size_a, digest, first.channels, spec.train_count
+        )
+    train = [(d.train[0][:n], d.train[1][:n]) for d, n in zip(parts, counts, strict=True)]
+    images = np.concatenate([x for x, _ in train] + [d.val[0] for d in parts])
+    masks = np.concatenate([y for _, y in train] + [d.val[1] for d in parts])
+    return Dataset(
+        name, images, masks, spec.train_count, first.pixel_size_a, digest, first.channels
+    )
+
+
+def _check_parts(name: str, spec: MixSpec, parts: list[Dataset]) -> None:
+    """Refuse a mixture taking more of a part than its training split (a streamed part:
+    its samples per epoch) has, or whose parts differ in channels or image size."""
+    for (component, count), part in zip(spec.mix.items(), parts, strict=True):
+        available = part.train_count if part.streamed is None else part.streamed
         if count > available:
             raise ConfigError(
                 f"datasets.{name}.mix.{component}: {count} is larger than the "
                 f"training split of {component!r} ({available} images)"
             )
-        parts.append(components[component])
     if len({d.channels for d in parts}) > 1:
         raise ConfigError(
             f"datasets.{name}.mix: parts with different channels "
             f"({'; '.join(', '.join(d.channels) for d in parts)}); expected the same channels"
         )
-    train = [
-        (d.train[0][:n], d.train[1][:n]) for d, n in zip(parts, spec.mix.values(), strict=True)
-    ]
-    images = np.concatenate([x for x, _ in train] + [d.val[0] for d in parts])
-    masks = np.concatenate([y for _, y in train] + [d.val[1] for d in parts])
-    digest = "+".join(f"{d.digest}:{n}" for d, n in zip(parts, spec.mix.values(), strict=True))
-    return Dataset(
-        name, images, masks, spec.train_count, parts[0].pixel_size_a, digest, parts[0].channels
-    )
+    sizes = ["x".join(map(str, d.images.shape[-2:])) for d in parts]
+    if len(set(sizes)) > 1:
+        raise ConfigError(
+            f"datasets.{name}.mix: parts with different image sizes ({'; '.join(sizes)}); "
+            "expected the same size"
+        )
 
 
 @dataclass(frozen=True)
@@ -130,6 +148,9 @@ class Dataset:
     pixel_size_a: float | None
     digest: str
     channels: tuple[str, ...] = ("image",)  # names of the input channels
+    # a streamed set's stand-in (or a mixture's with a streamed part): its training
+    # samples per epoch, made while the run trains (none stored); None for stored data
+    streamed: int | None = None
 
     def inputs(self, names: tuple[str, ...], rows: slice = slice(None)) -> np.ndarray:
         """The named channels of images ``rows``, stacked (n, len(names), H, W)."""
@@ -281,7 +302,8 @@ def streamed(name: str, spec: StreamedSpec) -> Dataset:
     size, target = spec.generator.image_size, spec.generator.target
     images = np.empty((0, size, size), np.float32)
     masks = np.empty((0, size, size), np.uint8 if target == "mask" else np.float32)
-    return Dataset(name, images, masks, 0, spec.generator.field_nm * 10 / size, spec.digest())
+    pixel = spec.pixel_size_a
+    return Dataset(name, images, masks, 0, pixel, spec.digest(), spec.channels, spec.train_count)
 
 
 def lookup(name: str, paths: ProjectPaths) -> Path:

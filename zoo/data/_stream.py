@@ -4,21 +4,29 @@ Sample ``i`` of an epoch is a pure function of (the generator's digest, the epoc
 (run seed, stage, epoch), ``i``): any number of producers, a resumed epoch and every
 device see the same numbers. Producers write into a ring of ``queue`` slots in shared
 memory (an anonymous mapping inherited by ``fork``: no names, no pickled arrays, freed
-when the last process holding it ends); sample ``i`` lives in slot ``i % queue`` and the
-consumer takes samples in index order, whatever producer made them.
+when the last process holding it ends). Started once, they make a plan of epochs one
+after the other, numbering samples on across epochs: the ``n``-th sample since their
+start lives in slot ``n % queue`` and the consumer takes samples in that order, whatever
+producer made them; so the next epoch's first samples are made while an epoch ends.
+
+A mixture with streamed parts (MixedStream) is streamed too: its epoch's order of parts
+is drawn from (its counts, the epoch's key); the ring carries its streamed samples only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
+import itertools
 import json
 import mmap
 import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,17 +37,21 @@ from zoo.data._spec import GeneratorSpec, generator_spec
 from zoo.errors import DataError
 
 __all__ = [
+    "MixedStream",
     "Producers",
     "Ring",
     "StreamSettings",
     "StreamedSpec",
     "check_streams",
+    "mix_plan",
+    "mixed_stream",
     "sample_index",
     "streamed_source",
 ]
 
 GENERATOR_VERSION = "simulate-1"  # bump when zoo.data._simulate makes other images
-_POLL_S = 0.0005
+_POLL_S = 0.0005  # the training loop, waiting for a sample
+_AHEAD_S = 0.005  # a producer a full queue ahead, waiting for a free slot
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,14 @@ class StreamedSpec:
         text = json.dumps(self.resolved(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def draw(self, key: tuple[int, ...], i: int) -> tuple[GeneratorSpec, int]:
+        """The generator and index that make sample ``i`` of epoch ``key``."""
+        return self.generator, sample_index(self.generator.digest(), key, i)
+
+    def carried(self, key: tuple[int, ...], count: int) -> int:
+        """Samples the ring carries for an epoch of ``count`` samples: all of them."""
+        return count
+
     def lineage(self, key: tuple[int, ...], start: int, stop: int) -> dict[str, Any]:
         """What a run saw of this dataset: generator version, parameters, sample range."""
         return {
@@ -117,11 +137,84 @@ def sample_index(digest: str, key: tuple[int, ...], i: int) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:16], 16)
 
 
+@dataclass(frozen=True)
+class MixedStream:
+    """A mixture (zoo.data.MixSpec) with streamed parts, itself streamed: each epoch takes
+    ``counts[c]`` samples of part ``c`` in the order mix_plan draws from (counts, epoch
+    key); a streamed part's ``r``-th is its sample ``r`` of the epoch (the one it gives
+    when trained alone), a stored part's its training image ``r``. Sample ``i`` of an
+    epoch is so a pure function of (the parts, the counts, the epoch's key, ``i``)."""
+
+    names: tuple[str, ...]  # the parts, in the mixture's order
+    counts: tuple[int, ...]  # samples of each part per epoch
+    parts: tuple[StreamedSpec | None, ...]  # each streamed part's spec; None: stored
+
+    @property
+    def streamed(self) -> tuple[bool, ...]:
+        return tuple(p is not None for p in self.parts)
+
+    @property
+    def stream(self) -> StreamSettings:
+        """Producers and queue: the most any streamed part asks for."""
+        settings = [p.stream for p in self.parts if p is not None]
+        producers, queue = (max(getattr(s, f) for s in settings) for f in ("producers", "queue"))
+        return StreamSettings(self.train_count, producers, queue)
+
+    @property
+    def train_count(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def image_size(self) -> int:
+        return next(p for p in self.parts if p is not None).image_size
+
+    @property
+    def target(self) -> str:
+        return next(p for p in self.parts if p is not None).target
+
+    def draw(self, key: tuple[int, ...], j: int) -> tuple[GeneratorSpec, int]:
+        """The generator and index that make streamed sample ``j`` (the ring's ``j``-th)
+        of epoch ``key``."""
+        part, rank, _, positions = mix_plan(self.counts, self.streamed, key)
+        spec = self.parts[part[positions[j]]]  # a streamed part: the ring carries no other
+        return spec.draw(key, int(rank[positions[j]]))  # type: ignore[union-attr]
+
+    def carried(self, key: tuple[int, ...], count: int) -> int:
+        """Samples the ring carries for epoch ``key`` cut to its first ``count``: the
+        streamed ones."""
+        return int(np.count_nonzero(mix_plan(self.counts, self.streamed, key)[2][:count] >= 0))
+
+
+def mixed_stream(mix: dict[str, int], sources: dict[str, Any]) -> MixedStream | None:
+    """The MixedStream of mixture ``mix`` (part name -> count) of ``sources``; None when
+    no part is streamed."""
+    parts = tuple(s if isinstance(s, StreamedSpec) else None for s in map(sources.get, mix))
+    if all(p is None for p in parts):
+        return None
+    return MixedStream(tuple(mix), tuple(mix.values()), parts)
+
+
+@functools.lru_cache(maxsize=4)
+def mix_plan(
+    counts: tuple[int, ...], streamed: tuple[bool, ...], key: tuple[int, ...]
+) -> tuple[np.ndarray, ...]:
+    """Epoch ``key`` of a mixture taking ``counts[c]`` samples of part ``c``: each
+    sample's part and rank within it (every part's ranks 0..count-1, shuffled together),
+    each sample's index in the ring (-1 for a stored part's), and the samples the ring
+    carries, in order."""
+    offsets = np.cumsum([0, *counts])
+    drawn = np.random.default_rng([*key, 9, *counts]).permutation(int(offsets[-1]))
+    part = np.searchsorted(offsets, drawn, side="right") - 1
+    carried = np.asarray(streamed, bool)[part]
+    ring = np.where(carried, np.cumsum(carried) - 1, -1)
+    return part, drawn - offsets[part], ring, np.flatnonzero(carried)
+
+
 class Ring:
     """``queue`` sample slots in an anonymous shared mapping, with their sequence numbers;
     producers (forked) fill them, the parent takes samples in order."""
 
-    def __init__(self, spec: GeneratorSpec, settings: StreamSettings):
+    def __init__(self, spec: Any, settings: StreamSettings):  # spec: anything with image_size
         q, size, p = settings.queue, spec.image_size, settings.producers
         pixels = q * size * size
         self.memory = mmap.mmap(-1, 8 * (q + 1 + 2 * p) + 8 * pixels)
@@ -137,10 +230,10 @@ class Ring:
     def nbytes(self) -> int:
         return len(self.memory)
 
-    def reset(self, start: int) -> None:
-        """Empty every slot; the next sample taken is ``start``."""
+    def reset(self) -> None:
+        """Empty every slot; the next sample taken is sample 0."""
         self.ready[:] = -1
-        self.taken[0] = start
+        self.taken[0] = 0
         self.made[:], self.busy[:] = 0, 0.0
 
     def put(self, i: int, image: np.ndarray, target: np.ndarray, parent: int) -> None:
@@ -148,22 +241,22 @@ class Ring:
         while self.taken[0] <= i - self.queue:
             if os.getppid() != parent:
                 os._exit(0)
-            time.sleep(_POLL_S)
+            time.sleep(_AHEAD_S)
         slot = i % self.queue
         self.images[slot], self.targets[slot] = image, target
         self.ready[slot] = i
 
-    def take(self, i: int, alive: Any) -> tuple[np.ndarray, np.ndarray, float]:
-        """Sample ``i`` (copies) and the seconds waited for it; ``alive()`` is asked while
-        waiting and raises when a producer failed."""
+    def take(self, i: int, alive: Any, image: np.ndarray, target: np.ndarray) -> float:
+        """Copy sample ``i`` into ``image`` and ``target``; the seconds waited for it.
+        ``alive()`` is asked while waiting and raises when a producer failed."""
         slot, began = i % self.queue, time.perf_counter()
         while self.ready[slot] != i:
             alive()
             time.sleep(_POLL_S)
         waited = time.perf_counter() - began
-        image, target = self.images[slot].copy(), self.targets[slot].copy()
+        image[...], target[...] = self.images[slot], self.targets[slot]
         self.taken[0] = i + 1
-        return image, target, waited
+        return waited
 
 
 def _die_with_parent() -> None:
@@ -175,37 +268,50 @@ def _die_with_parent() -> None:
         libc.prctl(15, b"zoo-stream")
 
 
-def _produce(spec: StreamedSpec, ring: Ring, key: tuple, worker: int, span: range) -> None:
-    """Make this producer's share (every ``producers``-th sample) of ``span`` into ``ring``."""
+def _sequence(spec: Any, plan: Iterable[tuple[tuple, int]], first: int) -> Iterator[tuple]:
+    """(epoch key, ring index in it) of each sample the producers make, in order: the
+    epochs (key, sample count) of ``plan``, the first from its ring index ``first``."""
+    for key, count in plan:
+        for j in range(first, spec.carried(key, count)):
+            yield key, j
+        first = 0
+
+
+def _produce(spec: Any, ring: Ring, plan: Iterable, first: int, worker: int) -> None:
+    """Make this producer's share (every ``producers``-th sample) of the samples of
+    ``plan`` (see _sequence) of ``spec`` (a StreamedSpec or MixedStream) into ``ring``."""
     from zoo.data._simulate import simulate
 
     parent = os.getppid()
     _die_with_parent()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_DFL)
-    digest = spec.generator.digest()
-    for i in span[worker :: spec.stream.producers]:
+    share = itertools.islice(
+        enumerate(_sequence(spec, plan, first)), worker, None, spec.stream.producers
+    )
+    for n, (key, j) in share:
         if os.getppid() != parent:
             os._exit(0)
         began = time.perf_counter()
-        micrograph = simulate(spec.generator, sample_index(digest, key, i))
+        generator, index = spec.draw(key, j)
+        micrograph = simulate(generator, index)
         ring.busy[worker] += time.perf_counter() - began
         ring.made[worker] += 1
-        target = getattr(micrograph, spec.generator.target)
-        ring.put(i, micrograph.image, target, parent)
+        ring.put(n, micrograph.image, getattr(micrograph, generator.target), parent)
 
 
 class Producers:
-    """The producer processes of one epoch (samples ``start`` to ``stop``): forked at
-    once, ended by ``close`` (or with this process: they watch it)."""
+    """The producer processes of a plan of epochs (see _sequence) of ``spec``, a
+    StreamedSpec or MixedStream: forked at once, ended by ``close`` (or with this process:
+    they watch it) or when the plan is made."""
 
-    def __init__(self, spec: StreamedSpec, ring: Ring, key: tuple, start: int, stop: int):
-        ring.reset(start)
+    def __init__(self, spec: Any, ring: Ring, plan: Iterable[tuple[tuple, int]], first: int):
+        ring.reset()
         context = multiprocessing.get_context("fork")
         self.processes = [
             context.Process(
                 target=_produce,
-                args=(spec, ring, key, w, range(start, stop)),
+                args=(spec, ring, plan, first, w),
                 daemon=True,
                 name=f"zoo-stream-{w}",
             )
@@ -232,27 +338,25 @@ class Producers:
 
 
 def check_streams(config: Any) -> None:
-    """Refuse a streamed dataset of run ``config`` (a zoo.config.RunConfig) where stored
-    data is needed: in ``validate_on`` (it has no validation split), as a mixture
-    component, as the validation set a stage's training set is when ``validate_on`` is
-    empty; and a stage training on one with per_dataset scaling or several devices."""
+    """Refuse a streamed dataset of run ``config`` (a zoo.config.RunConfig), or a mixture
+    with a streamed part, where stored data is needed: in ``validate_on`` (it has no
+    validation split), as the validation set a stage's training set is when
+    ``validate_on`` is empty; and a stage training on one with per_dataset scaling or
+    several devices."""
     datasets, validate_on = config.datasets, config.validate_on
     streamed = {n for n, d in datasets.items() if isinstance(d, dict) and "stream" in d}
+    streamed |= {
+        n
+        for n, d in datasets.items()
+        if isinstance(d, dict) and isinstance(d.get("mix"), dict) and streamed & set(d["mix"])
+    }
     for i, name in enumerate(validate_on):
         check(
             name not in streamed,
             f"config.validate_on.{i}",
             name,
-            "a stored dataset (a stream: dataset has no validation split)",
+            "a stored dataset (a stream: dataset, or a mixture with one, has no validation split)",
         )
-    for name, document in datasets.items():
-        for part in document.get("mix", {}) if isinstance(document, dict) else {}:
-            check(
-                part not in streamed,
-                f"datasets.{name}.mix.{part}",
-                part,
-                "a stored dataset (a stream: dataset cannot be mixed yet)",
-            )
     used = [s.train for s in config.stages if s.train in streamed]
     if not used:
         return

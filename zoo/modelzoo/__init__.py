@@ -2,11 +2,14 @@
 
 Public API: :func:`model_table` (+ :func:`filter_models`, :func:`sort_models`),
 :func:`resolve_ref`, :func:`load_model`, :func:`describe`, :func:`export_model`,
-:func:`register_model`. A model reference is a run id, a registered ``NAME@alias``
-or ``NAME/version``, or a query ``EXPERIMENT[:AXIS=VALUE,...]``.
+:func:`register_model`, :func:`store_resolver` (what a config is resolved against: a
+project and the store its ``init: run:``/``model:`` references name). A model
+reference is a run id, a registered ``NAME@alias`` or ``NAME/version``, or a query
+``EXPERIMENT[:AXIS=VALUE,...]``.
 """
 
 from zoo.modelzoo._card import describe, export_model, model_card
+from zoo.modelzoo._identity import store_resolver
 from zoo.modelzoo._list import filter_models, format_models, model_table, sort_models
 from zoo.modelzoo._load import (
     LoadedModel,
@@ -40,4 +43,5 @@ __all__ = [
     "register_model",
     "resolve_ref",
     "sort_models",
+    "store_resolver",
 ]

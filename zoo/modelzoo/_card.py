@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from zoo.config import RunConfig
     from zoo.modelzoo._load import LoadedModel
-    from zoo.tracking import Tracker
+    from zoo.store import Tracker
 
 __all__ = ["describe", "export_model", "model_card"]
 
@@ -42,7 +42,7 @@ def _lineage(config: RunConfig, tags: dict[str, str], tracker: Tracker) -> dict[
     parent = tags.get("zoo.stage_run") or tags.get("mlflow.parentRunId")
     started_from = None
     if parent:
-        parent_tags = tracker.client.get_run(parent).data.tags
+        parent_tags = tracker.get_run(parent).data.tags
         started_from = {
             "run_id": parent,
             "name": parent_tags.get("mlflow.runName", ""),
@@ -68,9 +68,9 @@ def describe(loaded: LoadedModel, tracker: Tracker) -> dict[str, Any]:
     """Identity, axes, summary metrics, lineage, datasets and pixel size of a loaded model."""
     from zoo.modelzoo._load import image_size, pixel_size_a
 
-    run = tracker.client.get_run(loaded.run_id)
+    run = tracker.get_run(loaded.run_id)
     tags, config = run.data.tags, loaded.config
-    experiment = tracker.client.get_experiment(run.info.experiment_id).name
+    experiment = tracker.get_experiment(run.info.experiment_id).name
     hashes = _dataset_hashes(config)
     return {
         "run_id": loaded.run_id,
@@ -142,6 +142,14 @@ def model_card(info: dict[str, Any], ref: str) -> str:
         "## Model",
         f"`{json.dumps(info['model'])}`",
         "",
+        *_load_section(ref),
+    ]
+    return "\n".join(lines)
+
+
+def _load_section(ref: str) -> list[str]:
+    """The card's lines on loading the model ``ref`` names and applying it."""
+    return [
         "## Load",
         "```python",
         "import zoo",
@@ -159,7 +167,6 @@ def model_card(info: dict[str, Any], ref: str) -> str:
         "Apply it: `zoo predict " + ref + " IMAGE... --out DIR`.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def export_model(loaded: LoadedModel, tracker: Tracker, out: Path, ref: str) -> Path:

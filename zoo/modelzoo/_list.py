@@ -22,9 +22,9 @@ _PARAMS = (*(f"stages.{i}.train" for i in range(8)), "validate_on", "model.task"
 def _experiments(uri: str, names: list[str] | None) -> list[str]:
     if names:
         return names
-    from mlflow.tracking import MlflowClient
+    from zoo.store import Tracker
 
-    return [e.name for e in MlflowClient(uri).search_experiments(max_results=50000)]
+    return [e.name for e in Tracker(uri).search_experiments(max_results=50000)]
 
 
 def _domains(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:

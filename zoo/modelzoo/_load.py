@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zoo.errors import ConfigError
+from zoo.modelzoo._files import fetch_weights, model_files
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from zoo._resolver import Resolver
     from zoo.config import RunConfig
-    from zoo.modelzoo._ref import ModelRef
-    from zoo.tracking import Tracker
+    from zoo.store import Tracker
 
 __all__ = [
     "LoadedModel",
@@ -26,9 +26,6 @@ __all__ = [
     "pixel_size_a",
     "read_config",
 ]
-
-WEIGHTS = "weights/best.safetensors"  # the run artifact a model is loaded from
-MODEL_FOLDER = "model"  # a registered version's files: model.safetensors, config.yaml
 
 
 @dataclass(frozen=True)
@@ -61,37 +58,17 @@ def image_size(config: RunConfig) -> int | None:
     return getattr(source, "image_size", None)
 
 
-def _download(tracker: Tracker, run_id: str, artifact: str) -> Path:
-    """A run artifact, downloaded once into the project's download folder."""
-    import os
-
-    from mlflow.exceptions import MlflowException
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    local = tracker.paths.download(run_id) / artifact
-    if local.exists():
-        return local
-    try:
-        return tracker.download(run_id, artifact, tracker.paths.download(run_id))
-    except (MlflowException, OSError):
-        raise ConfigError(f"run {run_id}: no artifact {artifact} (weights not logged?)") from None
-
-
-def model_files(ref: ModelRef, tracker: Tracker) -> tuple[Path, Path]:
-    """(weights, config.yaml) of a resolved reference, downloaded if needed."""
-    if ref.source is None:
-        return _download(tracker, ref.run_id, WEIGHTS), _download(
-            tracker, ref.run_id, "config.yaml"
-        )
-    folder = _download(tracker, ref.run_id, MODEL_FOLDER)
-    return folder / "model.safetensors", folder / "config.yaml"
-
-
-def read_config(path: Path) -> RunConfig:
+def read_config(path: Path, resolver: Resolver | None = None) -> RunConfig:
+    """The run config a model was trained with (its config.yaml), resolved against
+    ``resolver`` (None, for callers outside zoo: the project and store of this process,
+    zoo.modelzoo.store_resolver of ProjectPaths.default())."""
     from zoo._yaml import load_yaml
     from zoo.config import resolve
+    from zoo.modelzoo._identity import store_resolver
+    from zoo.paths import ProjectPaths
 
-    return resolve(load_yaml(path), str(path))
+    resolver = resolver or store_resolver(ProjectPaths.default())
+    return resolve(load_yaml(path), str(path), resolver)
 
 
 def load(ref_text: str, tracker: Tracker, device: str = "cpu") -> LoadedModel:
@@ -99,11 +76,12 @@ def load(ref_text: str, tracker: Tracker, device: str = "cpu") -> LoadedModel:
     from safetensors.torch import load_file
 
     from zoo.models import create_model
+    from zoo.modelzoo._identity import store_resolver
     from zoo.modelzoo._ref import resolve_ref
 
     ref = resolve_ref(ref_text, tracker.uri)
     weights, config_file = model_files(ref, tracker)
-    config = read_config(config_file)
+    config = read_config(config_file, store_resolver(tracker.paths, tracker.uri))
     module = create_model(config.model)
     module.load_state_dict(load_file(weights))
     return LoadedModel(module.to(device).eval(), config, ref.run_id, weights)
@@ -114,14 +92,7 @@ def load_model(
 ) -> tuple[nn.Module, RunConfig]:
     """(module in eval mode, its resolved run config) for a run id, ``NAME@alias``,
     ``NAME/version`` or query; nothing is unpickled."""
-    from zoo.tracking import Tracker
+    from zoo.store import Tracker
 
     loaded = load(ref, Tracker(tracking_uri), device)
     return loaded.module, loaded.config
-
-
-def fetch_weights(target: str, tracker: Tracker) -> Path:
-    """The best weights of ``init: run:ID`` or ``init: model:NAME@ALIAS|NAME/VERSION``."""
-    from zoo.modelzoo._ref import resolve_ref
-
-    return model_files(resolve_ref(target, tracker.uri), tracker)[0]

@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from mlflow.pyfunc import PythonModel
 
 if TYPE_CHECKING:
     from torch import nn
 
     from zoo.config import RunConfig
 
-__all__ = ["MLFLOW_FOLDER", "ZooModel", "outputs", "predictable", "save_pyfunc"]
+__all__ = ["MLFLOW_FOLDER", "ZooPredictor", "outputs", "predictable", "save_pyfunc"]
 
 MLFLOW_FOLDER = "mlflow-model"  # the run artifact a registered version's MLflow model is in
 CODE = "pyfunc_model.py"  # in zoo.resources
@@ -44,30 +43,27 @@ def outputs(module: nn.Module, config: RunConfig, images: np.ndarray) -> np.ndar
     return found
 
 
-class ZooModel(PythonModel):
-    """The model MLflow loads, built by zoo's model factory from the version's artifacts:
-    a segmentation model's masks (N, H, W, uint8), or with ``params={"output":
-    "probabilities"}`` its class probabilities (N, K, H, W, float32); a regression
-    model's outputs (N, K, H, W, float32)."""
+class ZooPredictor:
+    """What MLflow's model runs (zoo.store's Predictor), built by zoo's model factory from
+    the version's artifacts: a segmentation model's masks (N, H, W, uint8), or with
+    ``params={"output": "probabilities"}`` its class probabilities (N, K, H, W, float32);
+    a regression model's outputs (N, K, H, W, float32)."""
 
-    def load_context(self, context: Any) -> None:
+    def load(self, artifacts: dict[str, str]) -> None:
         import torch
         from safetensors.torch import load_file
 
         from zoo.models import create_model
         from zoo.modelzoo._load import read_config
 
-        self.config = read_config(Path(context.artifacts["config"]))
+        self.config = read_config(Path(artifacts["config"]))
         module = create_model(self.config.model)
-        module.load_state_dict(load_file(context.artifacts["weights"]))
+        module.load_state_dict(load_file(artifacts["weights"]))
         device = "cuda" if torch.cuda.is_available() else "cpu"  # as zoo predict's auto
         self.module = module.to(device).eval()
 
-    def predict(
-        self, context: Any, model_input: np.ndarray, params: dict | None = None
-    ) -> np.ndarray:  # MLflow reads the hints: np.ndarray asks for no schema inference
-        from mlflow.exceptions import MlflowException
-
+    def predict(self, model_input: np.ndarray, params: dict | None) -> np.ndarray:
+        """Outputs of a batch; ValueError names images or an output it does not take."""
         from zoo.predict import masks
 
         model = self.config.model
@@ -76,7 +72,7 @@ class ZooModel(PythonModel):
         allowed = OUTPUTS[model.task]
         output = (params or {}).get("output") or allowed[0]
         if images.ndim != 4 or images.shape[1] != model.in_channels or output not in allowed:
-            raise MlflowException.invalid_parameter_value(
+            raise ValueError(
                 f"images of shape {tuple(np.shape(model_input))}, output {output!r}; expected "
                 f"images (N, {model.in_channels}, H, W)"
                 + (" or (N, H, W)" if model.in_channels == 1 else "")
@@ -86,24 +82,20 @@ class ZooModel(PythonModel):
         return masks(found) if output == "masks" else found
 
 
-def _signature(config: RunConfig):
+def _signature(config: RunConfig) -> Any:
     """Images (N, H, W) for one input channel, else (N, C, H, W); masks (N, H, W) of a
     segmentation model, else outputs (N, K, H, W)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+    from zoo.store import tensor_signature
 
     model = config.model
     shape = (-1, -1, -1) if model.in_channels == 1 else (-1, model.in_channels, -1, -1)
-    segmentation = model.task == "segmentation"
     returned = (
-        TensorSpec(np.dtype(np.uint8), (-1, -1, -1))
-        if segmentation
-        else TensorSpec(np.dtype(np.float32), (-1, model.classes, -1, -1))
+        (np.dtype(np.uint8), (-1, -1, -1))
+        if model.task == "segmentation"
+        else (np.dtype(np.float32), (-1, model.classes, -1, -1))
     )
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
-        outputs=Schema([returned]),
-        params=ParamSchema([ParamSpec("output", "string", OUTPUTS[model.task][0])]),
+    return tensor_signature(
+        (np.dtype(np.float32), shape), returned, {"output": OUTPUTS[model.task][0]}
     )
 
 
@@ -118,21 +110,10 @@ def _requirements() -> list[str]:
 def save_pyfunc(weights: Path, config: Path, out: Path) -> Path:
     """Write the MLflow model of zoo's ``weights`` (safetensors) and resolved ``config``
     (config.yaml) into the new folder ``out``; returns it."""
-    import warnings
-
-    import mlflow.pyfunc
-
     from zoo.modelzoo._load import read_config
+    from zoo.store import save_python_model
 
-    code_file = resources.as_file(resources.files("zoo.resources") / CODE)
-    with code_file as code, warnings.catch_warnings():
-        # the signature is given: no input example is wanted
-        warnings.filterwarnings("ignore", ".*input example", UserWarning)
-        mlflow.pyfunc.save_model(
-            path=str(out),
-            python_model=str(code),
-            artifacts={"weights": str(weights), "config": str(config)},
-            signature=_signature(read_config(config)),
-            pip_requirements=_requirements(),
-        )
-    return out
+    artifacts = {"weights": str(weights), "config": str(config)}
+    signature = _signature(read_config(config))
+    with resources.as_file(resources.files("zoo.resources") / CODE) as code:
+        return save_python_model(out, code, artifacts, signature, _requirements())

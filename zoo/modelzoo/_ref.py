@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from zoo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from zoo.store import Tracker
 
 __all__ = ["ModelRef", "resolve_ref"]
 
@@ -31,19 +35,15 @@ class ModelRef:
     version: str | None = None  # registered version number
 
 
-def _registered(text: str, client) -> ModelRef:
-    from mlflow.exceptions import MlflowException
+def _registered(text: str, tracker: Tracker) -> ModelRef:
+    from zoo.store import StoreError
 
     name, alias = text.split("@", 1) if "@" in text else (text, None)
     version = None if alias is not None else name.rsplit("/", 1)[1]
     name = name if alias is not None else name.rsplit("/", 1)[0]
     try:
-        found = (
-            client.get_model_version_by_alias(name, alias)
-            if alias is not None
-            else client.get_model_version(name, version)
-        )
-    except MlflowException:
+        found = tracker.get_model_version(name, version, alias=alias)
+    except StoreError:
         raise ConfigError(f"model {text!r}: no such registered model version") from None
     return ModelRef(text, found.run_id, found.source, str(found.version))
 
@@ -62,21 +62,20 @@ def _query(text: str, uri: str) -> ModelRef:
 
 def resolve_ref(text: str, uri: str) -> ModelRef:
     """The model ``text`` refers to in the store at ``uri``; a ConfigError names the forms."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from zoo.store import StoreError, Tracker
 
-    client = MlflowClient(uri)
+    tracker = Tracker(uri)
     if _RUN_ID.fullmatch(text):
         try:
-            client.get_run(text)
-        except MlflowException:
+            tracker.get_run(text)
+        except StoreError:
             raise ConfigError(f"model {text!r}: no such run in {uri}") from None
         return ModelRef(text, text)
     if "@" in text or re.fullmatch(r".+/\d+", text):
-        return _registered(text, client)
-    plain = ":" not in text and client.get_experiment_by_name(text) is None
+        return _registered(text, tracker)
+    plain = ":" not in text and tracker.experiment_id(text) is None
     if _PREFIX.fullmatch(text) or not _QUERY.fullmatch(text) or plain:
-        found = _named_run(text, client)
+        found = _named_run(text, tracker)
         if found is not None:
             return ModelRef(text, found)
     if not _QUERY.fullmatch(text):
@@ -84,7 +83,7 @@ def resolve_ref(text: str, uri: str) -> ModelRef:
     return _query(text, uri)
 
 
-def _named_run(text: str, client) -> str | None:
+def _named_run(text: str, tracker: Tracker) -> str | None:
     """The run id ``text`` names as a run-id or config-hash prefix, or as a run name; None
     if none does; a ConfigError when it names several (a config hash's newest finished
     run is the one it names, as for every other look-up of an identity)."""
@@ -94,11 +93,11 @@ def _named_run(text: str, client) -> str | None:
         filters = [f"attributes.run_id LIKE '{text}%'", f"tags.`zoo.config_hash` LIKE '{text}%'"]
     else:
         filters = [f"attributes.run_name = '{text}'"]
-    experiments = [e.experiment_id for e in client.search_experiments()]
+    experiments = [e.experiment_id for e in tracker.search_experiments()]
     runs = {
         run.info.run_id: run
         for where in filters
-        for run in (client.search_runs(experiments, where, max_results=50) if experiments else [])
+        for run in (tracker.search_runs(experiments, where, max_results=50) if experiments else [])
     }
     finished = {k: r for k, r in runs.items() if r.info.status == "FINISHED"}
     by_identity = {r.data.tags.get("zoo.config_hash") for r in finished.values()}

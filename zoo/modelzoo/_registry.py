@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from zoo.modelzoo._load import LoadedModel
-    from zoo.tracking import Tracker
+    from zoo.store import Tracker
 
 __all__ = ["register_model"]
 
@@ -19,21 +18,21 @@ def _log_folders(loaded: LoadedModel, tracker: Tracker, ref: str) -> str:
     MLflow model takes (see _pyfunc.predictable), ``mlflow-model/`` to the run, each
     once; returns the folder a version registers."""
     from zoo.modelzoo._card import export_model
-    from zoo.modelzoo._load import MODEL_FOLDER
+    from zoo.modelzoo._files import MODEL_FOLDER
     from zoo.modelzoo._pyfunc import MLFLOW_FOLDER, predictable, save_pyfunc
 
     def missing(folder: str) -> bool:
-        return not tracker.client.list_artifacts(loaded.run_id, folder)
+        return not tracker.list_artifacts(loaded.run_id, folder)
 
     as_mlflow = predictable(loaded.config)
     with tempfile.TemporaryDirectory() as tmp:
         folder = export_model(loaded, tracker, Path(tmp) / MODEL_FOLDER, ref)
         if missing(MODEL_FOLDER):
-            tracker.client.log_artifacts(loaded.run_id, str(folder), MODEL_FOLDER)
+            tracker.log_artifacts(loaded.run_id, folder, MODEL_FOLDER)
         if as_mlflow and missing(MLFLOW_FOLDER):
             files = (folder / "model.safetensors", folder / "config.yaml")
             pyfunc = save_pyfunc(*files, Path(tmp) / MLFLOW_FOLDER)
-            tracker.client.log_artifacts(loaded.run_id, str(pyfunc), MLFLOW_FOLDER)
+            tracker.log_artifacts(loaded.run_id, pyfunc, MLFLOW_FOLDER)
     return MLFLOW_FOLDER if as_mlflow else MODEL_FOLDER
 
 
@@ -45,13 +44,11 @@ def register_model(
     ``alias`` then points at it. A segmentation model of one grey channel is registered
     as an MLflow model (``mlflow.pyfunc.load_model("models:/NAME@ALIAS")`` predicts masks).
     Returns (run id, version)."""
-    from mlflow.exceptions import MlflowException
-
     from zoo.modelzoo._load import load, pixel_size_a
 
     loaded = load(ref, tracker)
     folder = _log_folders(loaded, tracker, ref)
-    run = tracker.client.get_run(loaded.run_id)
+    run = tracker.get_run(loaded.run_id)
     tags = {k: v for k, v in run.data.tags.items() if k.startswith("zoo.axis.")}
     tags.update(
         {
@@ -60,15 +57,12 @@ def register_model(
             "zoo.pixel_size_a": str(pixel_size_a(loaded.config)),
         }
     )
-    with contextlib.suppress(MlflowException):  # already registered: add a version
-        tracker.client.create_registered_model(name)
-    version = tracker.client.create_model_version(
+    version = tracker.register_version(
         name,
         f"{run.info.artifact_uri}/{folder}",
-        run_id=loaded.run_id,
-        tags=tags,
+        loaded.run_id,
+        tags,
         description=run.data.tags.get("mlflow.runName", ""),
+        alias=alias,
     )
-    if alias:
-        tracker.client.set_registered_model_alias(name, alias, version.version)
-    return loaded.run_id, str(version.version)
+    return loaded.run_id, version

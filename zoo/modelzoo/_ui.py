@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable
 
-from zoo.modelzoo._ui_store import RunSample, SweepSample, read_sweeps, write_tags
+from zoo.store._views import RunSample, SweepSample, read_sweeps, write_tags
 
 __all__ = ["COMPARE_KEY", "VIEW_KEY", "axis_params", "experiment_links", "links", "views"]
 

@@ -2,10 +2,18 @@
 executor (local processes or SLURM arrays) behind one interface.
 
 Public API: :func:`load_spec`, :func:`make_plan`, :func:`run_sweep`, :func:`sweep_status`,
-:class:`JobSpec`, :func:`run_job`, :class:`Executor` and its backends.
+:class:`JobSpec`, :func:`run_job`, :class:`Executor`, its :class:`JobHandle` and its
+backends, chosen by name (:func:`make_executor`; a new one: :func:`register_executor`).
 """
 
-from zoo.sweep._executor import Executor, SweepReport
+from zoo.sweep._backends import (
+    EXECUTORS,
+    make_executor,
+    register_executor,
+    run_plan,
+    submit_plan,
+)
+from zoo.sweep._executor import Executor, JobHandle, JobState, SweepReport
 from zoo.sweep._job import JobResult, JobSpec, job_tags, jobs_from_plan, run_job
 from zoo.sweep._local import LocalExecutor, check_placement, run_sweep, start_worker_server
 from zoo.sweep._plan import (
@@ -23,10 +31,13 @@ from zoo.sweep._spec import SweepSpec, expand, load_spec, with_execution
 from zoo.sweep._status import format_status, sweep_status
 
 __all__ = [
+    "EXECUTORS",
     "Executor",
     "Job",
+    "JobHandle",
     "JobResult",
     "JobSpec",
+    "JobState",
     "LocalExecutor",
     "Plan",
     "SweepReport",
@@ -40,13 +51,17 @@ __all__ = [
     "job_tags",
     "jobs_from_plan",
     "load_spec",
+    "make_executor",
     "make_plan",
+    "register_executor",
     "rehearsal",
     "report",
     "run_job",
+    "run_plan",
     "run_sweep",
     "show_run",
     "start_worker_server",
+    "submit_plan",
     "sweep_status",
     "with_execution",
 ]

@@ -28,10 +28,12 @@ __all__ = [
 
 def needed(jobs: Sequence[JobSpec]) -> dict[str, Any]:
     """Dataset name -> source of every dataset the jobs load, mixtures left out (they are
-    cut from their parts when a run loads them); a name declared with two sources keeps
-    the first (the run that uses the second makes it itself)."""
+    cut from their parts when a run loads them) and streamed ones (made while a run
+    trains, never stored); a name declared with two sources keeps the first (the run that
+    uses the second makes it itself)."""
     from zoo.config import resolve
-    from zoo.data import MixSpec
+    from zoo.data import MixSpec, StreamedSpec
+    from zoo.modelzoo._identity import store_resolver
 
     found: dict[str, Any] = {}
     seen: set[str] = set()
@@ -46,10 +48,10 @@ def needed(jobs: Sequence[JobSpec]) -> dict[str, Any]:
         if key in seen:
             continue
         seen.add(key)
-        resolved = resolve(config)
+        resolved = resolve(config, resolver=store_resolver(job.paths, job.uri))
         for name in resolved.used_datasets:
             source = resolved.sources[name]
-            if not isinstance(source, MixSpec):
+            if not isinstance(source, MixSpec | StreamedSpec):
                 found.setdefault(name, source)
     return found
 

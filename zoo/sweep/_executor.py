@@ -1,9 +1,10 @@
 """The executor interface (submitit's ``Executor`` is the model): jobs in, outcomes out.
 
 Backends: :class:`zoo.sweep._local.LocalExecutor` (worker processes on this
-machine) and :class:`zoo.sweep._slurm.SlurmExecutor` (job arrays). Grid sweeps
-and searches both go through them: a sweep's jobs are its stages and runs, a
-search's jobs are its Optuna workers.
+machine) and :class:`zoo.sweep._slurm_submit.SlurmExecutor` (job arrays), chosen by
+name from the registry in :mod:`zoo.sweep._backends`. Grid sweeps and searches both
+go through them: a sweep's jobs are its stages and runs, a search's jobs are its
+Optuna workers. ``submit`` hands back a :class:`JobHandle` per job it ran or queued.
 """
 
 from __future__ import annotations
@@ -12,11 +13,62 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from zoo.sweep._job import JobSpec
-from zoo.tracking import Tracker
+from zoo.store import Tracker
+from zoo.sweep._job import JobResult, JobSpec
 
-__all__ = ["Executor", "SweepReport", "pending"]
+__all__ = [
+    "ENDED",
+    "Ended",
+    "Executor",
+    "JobHandle",
+    "JobState",
+    "SweepReport",
+    "already",
+    "pending",
+]
+
+# killed: stopped by a signal, resumable; skipped: a stage it needs failed, nothing trained
+JobState = Literal["pending", "running", "finished", "failed", "killed", "skipped"]
+ENDED: frozenset[str] = frozenset({"finished", "failed", "killed", "skipped"})
+
+
+class JobHandle(ABC):
+    """One job as its backend holds it (submitit's ``Job``); ``key`` is the job's key."""
+
+    key: str
+
+    @abstractmethod
+    def state(self) -> JobState:
+        """The job's state now; once in ENDED it never changes again."""
+
+    @abstractmethod
+    def result(self, timeout_s: float | None = None) -> JobResult:
+        """The job's outcome, once it ended (waiting up to ``timeout_s``, TimeoutError
+        past it); a killed job's is ``failed``, naming the signal."""
+
+    @abstractmethod
+    def cancel(self) -> bool:
+        """Stop the job unless it ended; whether the backend was asked to stop it."""
+
+
+@dataclass(frozen=True)
+class Ended(JobHandle):
+    """The handle of a job that had ended when its backend returned it."""
+
+    key: str
+    outcome: JobResult
+    killed: bool = False
+
+    def state(self) -> JobState:
+        return "killed" if self.killed else self.outcome.status
+
+    def result(self, timeout_s: float | None = None) -> JobResult:
+        return self.outcome
+
+    def cancel(self) -> bool:
+        return False
 
 
 @dataclass
@@ -32,6 +84,7 @@ class SweepReport:
     seconds: dict[str, float] = field(default_factory=dict)  # key -> job wall time (local)
     interrupted: bool = False  # stopped by a signal (local)
     killed: list[str] = field(default_factory=list)  # under way then: KILLED, resumable
+    handles: dict[str, JobHandle] = field(default_factory=dict)  # key -> every job's handle
 
 
 class Executor(ABC):
@@ -47,14 +100,22 @@ class Executor(ABC):
     - every job is run by ``zoo.sweep._job.run_job``, so a run's metrics do not
       depend on the backend;
     - a failed job's run ends FAILED with its reason and the other jobs go on;
-    - a preempted job resumes from its checkpoint, at most ``max_requeues`` times.
+    - a preempted job resumes from its checkpoint, at most ``max_requeues`` times;
+    - ``submit``'s report holds a handle for every job it ran, queued or found
+      finished (``already``: an ended handle); ``status`` names the jobs it holds now.
 
-    tests/test_executors.py is the suite every backend passes.
+    tests/test_executors.py is the suite every backend passes; a new backend is
+    registered by name in zoo.sweep._backends.
     """
 
     @abstractmethod
     def submit(self, name: str, jobs: Sequence[JobSpec], tracker: Tracker) -> SweepReport:
         """Run (local) or queue (SLURM) the ``jobs`` of sweep or search ``name``."""
+
+    @abstractmethod
+    def status(self, name: str, tracker: Tracker) -> dict[str, JobState]:
+        """Key -> state (pending or running) of each job of ``name`` this backend holds
+        now; the store tells the state of the others."""
 
 
 def pending(jobs: Sequence[JobSpec], tracker: Tracker, name: str) -> tuple[list[JobSpec], dict]:
@@ -62,3 +123,10 @@ def pending(jobs: Sequence[JobSpec], tracker: Tracker, name: str) -> tuple[list[
     states = tracker.states(tracker.experiment(name))
     finished = {k: run_id for k, (run_id, status) in states.items() if status == "FINISHED"}
     return [j for j in jobs if j.key not in finished], finished
+
+
+def already(report: SweepReport, jobs: Sequence[JobSpec], finished: dict[str, str]) -> None:
+    """Record in ``report`` the ``jobs`` finished before (key -> run id), with their handles."""
+    report.already = [j.key for j in jobs if j.key in finished]
+    for key in report.already:
+        report.handles[key] = Ended(key, JobResult("finished", finished[key]))

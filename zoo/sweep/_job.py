@@ -20,13 +20,14 @@ from typing import Any, Literal
 
 from zoo._disk import failure_line
 from zoo._typed import build, check
-from zoo.config import RunConfig, use_store
+from zoo.config import RunConfig
 from zoo.errors import ConfigError
 from zoo.naming import run_name
 from zoo.paths import ProjectPaths
-from zoo.tracking import CONFIG_HASH_TAG, Tracker
+from zoo.store import CONFIG_HASH_TAG, Tracker
 
 __all__ = [
+    "JOB_KINDS",
     "JobResult",
     "JobSpec",
     "become_worker",
@@ -36,6 +37,7 @@ __all__ = [
     "jobs_from_plan",
     "place_worker",
     "placed",
+    "register_job_kind",
     "requeues_left",
     "requeues_made",
     "run_job",
@@ -177,7 +179,6 @@ def tracker_for(job: JobSpec) -> Tracker:
     key = (job.uri, job.root)
     if _WORKER.get("tracker_key") != key:
         _WORKER["tracker"], _WORKER["tracker_key"] = Tracker(job.uri, job.paths), key
-        use_store(_WORKER["tracker"].uri)  # init: run: references are identified there
     return _WORKER["tracker"]
 
 
@@ -193,6 +194,15 @@ def requeues_left(job: JobSpec) -> bool:
 
 EpochHook = Callable[[str, int, dict[str, Any]], None]
 
+# kind -> what runs a job of a kind other than stage and run, given the job and its log:
+# a producer of jobs registers its own (zoo.sweep._search: "search", its Optuna workers)
+JOB_KINDS: dict[str, Callable[[JobSpec, Path | None], JobResult]] = {}
+
+
+def register_job_kind(kind: str, runner: Callable[[JobSpec, Path | None], JobResult]) -> None:
+    """Make ``run_job`` hand jobs of ``kind`` to ``runner(job, log)``."""
+    JOB_KINDS[kind] = runner
+
 
 def run_job(
     job: JobSpec,
@@ -202,7 +212,8 @@ def run_job(
 ) -> JobResult:
     """Run ``job``; a failure is recorded in MLflow (FAILED with its reason) when this returns.
 
-    A job whose shared stage has no finished checkpoint is skipped. A preempted
+    A job of a registered kind (JOB_KINDS: a search's Optuna workers) is handed to its
+    runner. A job whose shared stage has no finished checkpoint is skipped. A preempted
     job (zoo.train.Preempted) propagates while ``requeues_left``; past the cap its
     run ends FAILED, naming the cap. ``on_epoch`` may raise zoo.run.Pruned.
     ``pending``: the caller found the job unfinished just now (see zoo.run.run).
@@ -215,10 +226,8 @@ def run_job(
 def _run_job(
     job: JobSpec, log: Path | None, on_epoch: EpochHook | None, pending: bool
 ) -> JobResult:
-    if job.kind == "search":
-        from zoo.sweep._search import work
-
-        return work(job, log)
+    if job.kind in JOB_KINDS:
+        return JOB_KINDS[job.kind](job, log)
     paths = job.paths
     if job.depends and not paths.stage_files(job.depends[-1]).result.exists():
         return JobResult("skipped", reason=f"shared stage {job.depends[-1]} has no checkpoint")
@@ -243,10 +252,12 @@ def _train(
     pending: bool,
 ) -> JobResult:
     from zoo.config import resolve
+    from zoo.modelzoo._identity import store_resolver
     from zoo.run import Pruned, run
     from zoo.train import Preempted
 
-    config = placed(resolve(job.config))
+    # init: run: references are identified in the store this job logs to
+    config = placed(resolve(job.config, resolver=store_resolver(job.paths, tracker.uri)))
     differs = identity_differs(job, config)
     if differs:
         return _refuse(job, tracker, echo, differs)

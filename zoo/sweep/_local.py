@@ -32,8 +32,9 @@ from typing import Any
 from zoo._leases import Lease
 from zoo._signals import exit_with_parent, grace_s, job_under_way, received, stop_all
 from zoo.errors import ConfigError
+from zoo.store import Tracker
 from zoo.sweep._datasets import make_datasets, sweep_folders
-from zoo.sweep._executor import Executor, SweepReport, pending
+from zoo.sweep._executor import Ended, Executor, JobState, SweepReport, already, pending
 from zoo.sweep._job import (
     JobResult,
     JobSpec,
@@ -44,7 +45,6 @@ from zoo.sweep._job import (
 )
 from zoo.sweep._plan import Plan, longest_first
 from zoo.sweep._progress import SweepProgress, describe
-from zoo.tracking import Tracker
 
 __all__ = ["LocalExecutor", "check_placement", "run_sweep", "start_worker_server"]
 
@@ -150,7 +150,7 @@ class LocalExecutor(Executor):
     def submit(self, name: str, jobs: Sequence[JobSpec], tracker: Tracker) -> SweepReport:
         report = SweepReport()
         todo, finished = pending(jobs, tracker, name)
-        report.already = [j.key for j in jobs if j.key in finished]
+        already(report, jobs, finished)
         if not todo:
             self.echo(f"sweep {name}: all {len(jobs)} jobs finished; nothing to do")
             return report
@@ -174,6 +174,10 @@ class LocalExecutor(Executor):
         if progress.tty:
             print()
         return report
+
+    def status(self, name: str, tracker: Tracker) -> dict[str, JobState]:
+        """None: ``submit`` returns once every job it started has ended."""
+        return {}
 
     def _workers(self) -> int:
         if self.runs_per_gpu > 1:
@@ -205,6 +209,8 @@ def _schedule(
             if any(d in failed_stages for d in job.depends):
                 todo.remove(job)
                 report.skipped.append(job.key)
+                skipped = JobResult("skipped", reason="a stage it needs failed")
+                report.handles[job.key] = Ended(job.key, skipped)
                 if job.kind == "stage":
                     failed_stages.add(job.key)
                 progress.settle(job)
@@ -236,6 +242,7 @@ def _schedule(
 
 def _record(job: JobSpec, result: JobResult, report: SweepReport) -> None:
     report.seconds[job.key] = result.seconds
+    report.handles[job.key] = Ended(job.key, result)
     if result.status == "finished":
         report.finished.append(job.key)
     else:
@@ -270,6 +277,8 @@ def _stop(
             _record(job, future.result(), report)
         else:
             report.killed.append(job.key)
+            stopped = JobResult("failed", reason=f"stopped by {signal.Signals(signum).name}")
+            report.handles[job.key] = Ended(job.key, stopped, killed=True)
     pool.shutdown(wait=False, cancel_futures=True)
     stop_all(pids, deadline)
     _end_worker_server()

@@ -32,16 +32,13 @@ def find_log(ref: str, paths: ProjectPaths, uri: str | None) -> Path:
 
 
 def _from_store(ref: str, paths: ProjectPaths, uri: str | None) -> Path:
-    from mlflow.tracking import MlflowClient
-
     from zoo.modelzoo._ref import resolve_ref
-    from zoo.tracking import existing_store
+    from zoo.store import Tracker
 
-    uri = existing_store(uri, paths)
-    client = MlflowClient(uri)
-    run = client.get_run(resolve_ref(ref, uri).run_id)
+    store = Tracker(uri, paths, create=False)
+    run = store.get_run(resolve_ref(ref, store.uri).run_id)
     identity = run.data.tags.get("zoo.config_hash")
-    sweep = client.get_experiment(run.info.experiment_id).name
+    sweep = store.get_experiment(run.info.experiment_id).name
     log = paths.job_log(sweep, identity) if identity else None
     if log is None or not log.exists():
         raise ConfigError(

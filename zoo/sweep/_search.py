@@ -34,7 +34,15 @@ from zoo._typed import build
 from zoo._yaml import load_yaml
 from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths, StudyPaths
-from zoo.sweep._job import JobResult, JobSpec, job_tags, run_job, tracker_for
+from zoo.store import Tracker, store_uri
+from zoo.sweep._job import (
+    JobResult,
+    JobSpec,
+    job_tags,
+    register_job_kind,
+    run_job,
+    tracker_for,
+)
 from zoo.sweep._search_block import (
     Objective,
     Parameter,
@@ -43,7 +51,6 @@ from zoo.sweep._search_block import (
     parse_block,
 )
 from zoo.sweep._spec import Expanded, SweepSpec, expand, load_spec
-from zoo.tracking import Tracker, store_uri
 
 __all__ = [
     "Objective",
@@ -56,7 +63,6 @@ __all__ = [
     "run_search",
     "search_jobs",
     "search_status",
-    "submit_search",
     "trial_runs",
     "work",
 ]
@@ -64,13 +70,16 @@ __all__ = [
 BEST_TAG = "zoo.best_trial"
 
 
-def load_search(path: str | Path, overrides: list[str] = ()) -> tuple[SweepSpec, SearchBlock]:
-    """The spec in ``path`` (``overrides`` applied: zoo.sweep.load_spec) and its validated
-    ``search:`` block (ConfigError without one)."""
+def load_search(
+    path: str | Path, overrides: list[str] = (), resolver: Any = None
+) -> tuple[SweepSpec, SearchBlock]:
+    """The spec in ``path`` (``overrides`` applied and its runs resolved against
+    ``resolver``: zoo.sweep.load_spec) and its validated ``search:`` block (ConfigError
+    without one)."""
     document = load_yaml(path)
     block = parse_block(document.get("search") if isinstance(document, dict) else None)
     check_used(block, document)
-    return load_spec(path, overrides), block
+    return load_spec(path, overrides, resolver), block
 
 
 def trial_runs(spec: SweepSpec, params: dict[str, Any]) -> list[Expanded]:
@@ -225,13 +234,20 @@ def work(job: JobSpec, log: Path | None = None) -> JobResult:
         return JobResult("failed", reason=f"{type(error).__name__}: {error} (log: {log})")
 
 
+register_job_kind("search", work)
+
+
 def _work(job: JobSpec, log: Path) -> JobResult:
+    from zoo.modelzoo._identity import store_resolver
+
     spec = build(SweepSpec, job.config["spec"], "spec")
     block = parse_block(spec.search)
     paths = job.paths
     study = open_study(spec, block, paths)
     files = paths.study(spec.name)
     tracker = tracker_for(job)
+    # trials resolve against the job's project and store (init: run: references)
+    spec = replace(spec, resolver=store_resolver(paths, tracker.uri))
     count = 0
     with log.open("a") as handle:
 
@@ -280,7 +296,7 @@ def _evaluate(
         value = None
         if result.status == "finished":
             run_ids.append(result.run_id)
-            metrics = tracker.client.get_run(result.run_id).data.metrics
+            metrics = tracker.get_run(result.run_id).data.metrics
             value = metrics.get(block.objective.metric)
         if value is None:
             reason = result.reason or f"metric {block.objective.metric!r} was not logged"
@@ -344,9 +360,9 @@ def _tag_best(study: Any, tracker: Tracker, name: str) -> None:
         best = study.best_trial
         keep = set(best.user_attrs.get("mlflow_run_ids", []))
         experiment = tracker.experiment(name)
-        for run in tracker.client.search_runs([experiment], f"tags.`{BEST_TAG}` = 'true'"):
+        for run in tracker.search_runs([experiment], f"tags.`{BEST_TAG}` = 'true'"):
             if run.info.run_id not in keep:
-                tracker.client.delete_tag(run.info.run_id, BEST_TAG)
+                tracker.delete_tag(run.info.run_id, BEST_TAG)
         for run_id in keep:
             tracker.set_tags(run_id, {BEST_TAG: "true", "zoo.best_value": f"{best.value:.6g}"})
 
@@ -390,19 +406,6 @@ def run_search(
     status["interrupted"] = report.interrupted
     status["failed_workers"] = report.failed
     return status
-
-
-def submit_search(
-    spec: SweepSpec, block: SearchBlock, tracker: Tracker, options: Any, workers: int, echo=print
-) -> Any:
-    """Submit ``workers`` Optuna workers as one SLURM array (zoo.sweep._slurm.SubmitOptions)."""
-    from zoo.sweep._slurm import SlurmExecutor
-
-    executor = SlurmExecutor(options, echo)
-    if not options.dry_run:
-        open_study(spec, block, tracker.paths)
-    jobs = search_jobs(spec, block, workers, tracker, options.max_requeues)
-    return executor.submit(spec.name, jobs, tracker)
 
 
 def format_search_status(name: str, status: dict[str, Any]) -> str:

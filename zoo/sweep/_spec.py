@@ -21,7 +21,7 @@ from typing import Any
 
 from zoo._typed import build, check, check_key, check_name
 from zoo._yaml import load_yaml
-from zoo.config import RunConfig, apply_overrides, resolve, set_path
+from zoo.config import Resolver, RunConfig, apply_overrides, resolve, set_path
 from zoo.errors import ConfigError, did_you_mean
 from zoo.sweep._rehearsal import SUFFIX, toy_document
 
@@ -70,6 +70,10 @@ class SweepSpec:
     search: dict[str, Any] | None = None  # an Optuna search instead of a grid: zoo.sweep._search
     run_name: str = ""  # pattern with {name:format} fields; "" = from the axes (zoo.naming)
     rehearse: bool = False  # every run at toy size (zoo.sweep._rehearsal; --rehearse sets it)
+    # what its runs are resolved against (project root, store): not part of the spec
+    resolver: Resolver | None = field(
+        default=None, compare=False, repr=False, metadata={"internal": True}
+    )
 
     def validate(self, where: str) -> None:
         check(
@@ -91,10 +95,13 @@ class SweepSpec:
         check_name(self.name, f"{where}.name")
 
 
-def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
+def load_spec(
+    path: str | Path, overrides: list[str] = (), resolver: Resolver | None = None
+) -> SweepSpec:
     """The strictly validated spec in ``path`` (names checked; runs not yet expanded),
-    with ``KEY=VALUE`` ``overrides`` applied to its base (see _with_overrides)."""
-    spec = build(SweepSpec, load_yaml(path), "spec")
+    with ``KEY=VALUE`` ``overrides`` applied to its base (see _with_overrides); its runs
+    are resolved against ``resolver`` (None: Resolver.here(), without a store)."""
+    spec = replace(build(SweepSpec, load_yaml(path), "spec"), resolver=resolver)
     _check_size(spec)
     _check_names(spec)
     return _with_overrides(spec, list(overrides))
@@ -387,22 +394,48 @@ class Expanded:
 
 
 def expand(spec: SweepSpec) -> list[Expanded]:
-    """Every run: configs in expansion order, each repeated once per seed."""
-    runs = []
+    """Every run: configs in expansion order, each repeated once per seed. A config is
+    resolved once when the seed is all its seeds change (_seed_only); the others copy it."""
+    runs, resolver, copies = [], spec.resolver or Resolver.here(), _seed_only(spec)
     for names in assignments(spec):
+        first: RunConfig | None = None
         for seed in spec.seeds:
             full = {**names, "seed": seed}
-            document = {**spec.base, "experiment": spec.name, "seed": seed}
-            for key, value in spec.set.items():
-                set_path(
-                    document,
-                    str(_evaluate(lambda k, n, _: render(k, n), key, full, f"spec.set.{key}")),
-                    _evaluate(lambda v, n, _: render(v, n), value, full, f"spec.set.{key}"),
-                )
-            if spec.rehearse:
-                document = toy_document(document)
             try:
-                runs.append(Expanded(full, resolve(document)))
+                if first is not None and copies:
+                    config = _reseeded(first, seed)
+                else:
+                    config = resolve(_run_document(spec, full), resolver=resolver)
+                    first = first or config
             except ConfigError as error:
                 raise ConfigError(f"spec run {json.dumps(full)}: {error}") from None
+            runs.append(Expanded(full, config))
     return runs
+
+
+def _seed_only(spec: SweepSpec) -> bool:
+    """Whether a run's config differs from its other seeds' in ``seed`` alone: ``set:``
+    neither writes the seed nor uses it, and no rehearsal reshapes the document."""
+    fixed_keys = not any(references(key) for key in spec.set) and "seed" not in spec.set
+    return fixed_keys and "seed" not in references(spec.set) and not spec.rehearse
+
+
+def _run_document(spec: SweepSpec, full: Assignment) -> dict[str, Any]:
+    """The config document of the run named ``full`` (its axis values and seed)."""
+    document = {**spec.base, "experiment": spec.name, "seed": full["seed"]}
+    for key, value in spec.set.items():
+        set_path(
+            document,
+            str(_evaluate(lambda k, n, _: render(k, n), key, full, f"spec.set.{key}")),
+            _evaluate(lambda v, n, _: render(v, n), value, full, f"spec.set.{key}"),
+        )
+    return toy_document(document) if spec.rehearse else document
+
+
+def _reseeded(config: RunConfig, seed: int) -> RunConfig:
+    """Resolved ``config`` with another seed: what resolving its document with ``seed``
+    (a spec seed, validated with the spec) gives, without parsing and checking it again."""
+    reseeded = replace(config, seed=seed)
+    reseeded.__dict__["_table"] = config._table  # the same datasets, already parsed
+    reseeded.digest()
+    return reseeded

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from zoo._states import RunState, read_states
 from zoo.paths import ProjectPaths
+from zoo.store import RunState, read_states
 from zoo.sweep._plan import Plan
+from zoo.sweep._slurm import queue_status
 
 __all__ = ["STATES", "format_status", "sweep_status"]
 
@@ -28,10 +29,9 @@ _MLFLOW_STATES = {
 
 def _job_states(plan: Plan, uri: str, paths: ProjectPaths) -> dict[str, str]:
     from zoo._liveness import alive
-    from zoo.sweep._slurm import queued_keys
 
     mlflow = _run_states(plan.spec.name, uri, paths)
-    queue = queued_keys(paths, plan.spec.name)
+    queue = queue_status(paths, plan.spec.name)  # the SLURM backend's status
     states: dict[str, str] = {}
     for job in plan.jobs:  # stage jobs come first, so a dependent sees its stage's state
         if job.key in mlflow:
@@ -54,7 +54,7 @@ def _run_states(experiment: str, uri: str, paths: ProjectPaths) -> dict[str, Run
     quick = read_states(uri, experiment)
     if quick is not None:
         return quick
-    from zoo.tracking import Tracker
+    from zoo.store import Tracker
 
     tracker = Tracker(uri, paths, create=False)
     found = tracker.experiment_id(experiment)
@@ -63,7 +63,7 @@ def _run_states(experiment: str, uri: str, paths: ProjectPaths) -> dict[str, Run
         key: RunState(
             run_id,
             status,
-            tracker.client.get_run(run_id).data.tags if status == "RUNNING" else {},
+            tracker.get_run(run_id).data.tags if status == "RUNNING" else {},
         )
         for key, (run_id, status) in states.items()
     }

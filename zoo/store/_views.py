@@ -1,8 +1,10 @@
-"""The store side of zoo.modelzoo._ui: read what a sweep's views need, write their tags.
+"""The store side of the UI's views (zoo.modelzoo._ui): read what a sweep's views need,
+write their tags.
 
 SQLite and PostgreSQL stores are read and written with SQL on MLflow's tables (as
-zoo._states reads run states): no MLflow import, so ``zoo ui`` prints its links in
-well under a second. Other stores (a tracking server) go through MLflow's client.
+zoo.store._states reads run states, the schema revision checked first): no MLflow
+import, so ``zoo ui`` prints its links in well under a second. Other stores (a tracking
+server) go through Tracker.
 Views are built from a sample of each experiment's models (the newest ``SAMPLE``).
 """
 
@@ -104,7 +106,7 @@ def _sql_runs(cursor: Any, run_ids: list[str], mark: str) -> list[RunSample]:
 
 def _sqlite(uri: str) -> sqlite3.Connection | None:
     """A read-write connection to the store's file; None when there is none yet."""
-    from zoo.tracking import sqlite_path
+    from zoo.store._uri import sqlite_path
 
     path = sqlite_path(uri).absolute()
     try:
@@ -121,8 +123,10 @@ def _postgresql(uri: str) -> Any:
 
 def _connect(uri: str) -> tuple[Any, str] | None:
     """A DB-API connection and its placeholder for a SQL store; None for other stores."""
-    from zoo.tracking import backend
+    from zoo.store._open import check_schema
+    from zoo.store._uri import backend
 
+    check_schema(uri)  # one line on stderr when zoo's SQL does not know the store's schema
     if backend(uri) == "sqlite":
         return _sqlite(uri), "?"
     if backend(uri) == "postgresql":
@@ -153,12 +157,12 @@ def write_tags(uri: str, tags: dict[str, dict[str, str]]) -> None:
     """Set experiment tags: experiment id -> {key: value}."""
     connected = _connect(uri)
     if connected is None:
-        from mlflow.tracking import MlflowClient
+        from zoo.store._tracker import Tracker
 
-        client = MlflowClient(uri)
+        store = Tracker(uri, create=False)
         for experiment_id, values in tags.items():
             for key, value in values.items():
-                client.set_experiment_tag(experiment_id, key, value)
+                store.set_experiment_tag(experiment_id, key, value)
         return
     connection, mark = connected
     try:
@@ -171,12 +175,12 @@ def write_tags(uri: str, tags: dict[str, dict[str, str]]) -> None:
 
 
 def _client_sweeps(uri: str) -> list[SweepSample]:
-    from mlflow.tracking import MlflowClient
+    from zoo.store._tracker import Tracker
 
-    client = MlflowClient(uri)
+    store = Tracker(uri, create=False)
     sweeps = []
-    for experiment in client.search_experiments(max_results=50000):
-        found = client.search_runs(
+    for experiment in store.search_experiments(max_results=50000):
+        found = store.search_runs(
             [experiment.experiment_id], "tags.`zoo.kind` = 'run'", max_results=SAMPLE
         )
         if not found:

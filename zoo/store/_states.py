@@ -16,10 +16,10 @@ import base64
 import json
 import os
 import sqlite3
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from zoo.store._open import check_schema
 
 __all__ = [
     "STATES_ROUTE",
@@ -94,8 +94,11 @@ def query_states(connection: Any, experiment: Experiment, paramstyle: str) -> di
 
 def read_states(uri: str, experiment: Experiment) -> dict[str, RunState] | None:
     """The states of ``experiment``'s runs in the store at ``uri`` ({} when it has no such
-    experiment), or None when this store cannot be read so (see the module)."""
+    experiment), or None when this store cannot be read so (see the module). A SQL
+    store's schema revision is checked first (zoo.store._open.check_schema)."""
     scheme = uri.split("://", 1)[0]
+    if scheme.split("+", 1)[0] in ("sqlite", "postgresql", "postgres"):
+        check_schema(uri)
     if scheme == "sqlite":
         return _sqlite(uri, experiment)
     if scheme.split("+", 1)[0] in ("postgresql", "postgres"):
@@ -130,6 +133,9 @@ def _server(uri: str, experiment: Experiment) -> dict[str, RunState] | None:
     """Ask zoo's server; None when it cannot answer so (another MLflow server, a store
     that is not SQL, a proxy, authentication or TLS set up for MLflow's client, a server
     that does not answer): MLflow's client then answers, or names the problem."""
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(
         uri.rstrip("/") + STATES_ROUTE,
         data=json.dumps(request_body(experiment)).encode(),
