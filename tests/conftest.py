@@ -14,24 +14,9 @@ import yaml
 
 from zoo.paths import ProjectPaths
 
-# Under pytest-xdist (`make test` runs two workers), each worker's PostgreSQL, tracking
-# servers and UI take ports of their own: ``$ZOO_TEST_PORT`` (default 15410) plus 100 per
-# worker. The local SLURM cluster's ports are fixed, so its tests share one worker.
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
-if _WORKER.startswith("gw"):
-    _BASE = int(os.environ.get("ZOO_TEST_PORT", "15410"))
-    os.environ["ZOO_TEST_PORT"] = str(_BASE + 100 * int(_WORKER[2:]))
 
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` are skipped, "needs a CUDA device", when torch sees none.
-    Under pytest-xdist, every test of the local SLURM cluster (marked ``slurm``, or using
-    the ``cluster`` fixture) runs in one worker."""
-    if config.pluginmanager.hasplugin("xdist"):
-        for item in items:
-            if item.get_closest_marker("slurm") or "cluster" in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group("slurm"))
+def pytest_collection_modifyitems(items):
+    """Tests marked ``gpu`` are skipped, "needs a CUDA device", when torch sees none."""
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if gpu:
         import torch

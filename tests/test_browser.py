@@ -21,8 +21,7 @@ from conftest import zoo_process
 from PIL import Image
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-UI_PORT = int(os.environ.get("ZOO_TEST_PORT", "15410")) + 292  # 15702 by default
-DRIVER_PORT = UI_PORT + 1
+UI_PORT, DRIVER_PORT = 15702, 15703
 # where screenshots are copied: read once, relative to where pytest starts (tests chdir)
 SCREENSHOTS = (
     os.path.abspath(os.environ["ZOO_SCREENSHOTS"]) if "ZOO_SCREENSHOTS" in os.environ else ""
