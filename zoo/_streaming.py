@@ -255,16 +255,16 @@ def streams(data: dict[str, DeviceData], config: RunConfig) -> Iterator[dict[str
             spec, device = config.sources[name], data[name].train_images.device
             mix = getattr(spec, "mix", None)
             mixed = mixed_stream(mix, config.sources) if mix else None
+            if not isinstance(spec, StreamedSpec) and mixed is None:  # stored: no feed
+                continue
             schedule = _schedule(config, name, (mixed or spec).train_count)
             if isinstance(spec, StreamedSpec):
                 feeds[name] = StreamFeed(name, spec, config.model, device, schedule)
-            elif mixed is not None:
+            else:
                 stored = {
                     n: data[n] for n, p in zip(mixed.names, mixed.parts, strict=True) if not p
                 }
                 feeds[name] = MixFeed(name, mixed, config.model, device, stored, schedule)
-            else:
-                continue
             feeds[name].start(schedule[0], 0)
         yield {n: replace(d, stream=feeds[n]) if n in feeds else d for n, d in data.items()}
     finally:
