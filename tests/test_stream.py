@@ -85,24 +85,30 @@ def test_a_stream_stopped_mid_epoch_resumes_to_the_uninterrupted_metrics(tmp_pat
     expected = _metrics(*_run(reference))
 
     root = _project(tmp_path / "stopped", monkeypatch)
-    take = _streaming._EpochBatches.__call__
+    client, run = _stopped_at_first_batch_then_resumed(root, _streaming._EpochBatches, monkeypatch)
+    assert run.info.status == "FINISHED"
+    assert _metrics(client, run) == expected
 
-    def stop_after_first_batch(batches, start, size):
+
+def _stopped_at_first_batch_then_resumed(root: Path, batches: type, monkeypatch):
+    """``zoo train run.yaml`` in ``root`` stopped (as a preemption signal stops it) after
+    the first batch ``batches`` hands out, left RUNNING, then run again: (client, run)."""
+    take = batches.__call__
+
+    def stop_after_first_batch(feed, start, size):
         if start == 0:
             train.STOP.set()  # as a preemption signal does: checkpoint after this step
-        return take(batches, start, size)
+        return take(feed, start, size)
 
-    monkeypatch.setattr(_streaming._EpochBatches, "__call__", stop_after_first_batch)
+    monkeypatch.setattr(batches, "__call__", stop_after_first_batch)
     try:
         assert main(["train", "run.yaml"]) != 0
     finally:
         train.STOP.clear()
     assert _run(root)[1].info.status == "RUNNING"
-    monkeypatch.setattr(_streaming._EpochBatches, "__call__", take)
+    monkeypatch.setattr(batches, "__call__", take)
     assert main(["train", "run.yaml"]) == 0
-    client, run = _run(root)
-    assert run.info.status == "FINISHED"
-    assert _metrics(client, run) == expected
+    return _run(root)
 
 
 def test_the_queue_bounds_memory_whatever_the_epoch(tmp_path, monkeypatch):

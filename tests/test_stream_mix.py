@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.test_stream import DATA, _metrics, _run
+from tests.test_stream import DATA, _metrics, _run, _stopped_at_first_batch_then_resumed
 from zoo import train
 from zoo.cli import main
 from zoo.paths import ProjectPaths
@@ -94,22 +94,7 @@ def test_a_mixture_stopped_mid_epoch_resumes_to_the_uninterrupted_metrics(tmp_pa
     expected = _metrics(*_run(reference))
 
     root = _project(tmp_path / "stopped", monkeypatch, mix)
-    take = _streaming._MixedBatches.__call__
-
-    def stop_after_first_batch(batches, start, size):
-        if start == 0:
-            train.STOP.set()  # as a preemption signal does: checkpoint after this step
-        return take(batches, start, size)
-
-    monkeypatch.setattr(_streaming._MixedBatches, "__call__", stop_after_first_batch)
-    try:
-        assert main(["train", "run.yaml"]) != 0
-    finally:
-        train.STOP.clear()
-    assert _run(root)[1].info.status == "RUNNING"
-    monkeypatch.setattr(_streaming._MixedBatches, "__call__", take)
-    assert main(["train", "run.yaml"]) == 0
-    client, run = _run(root)
+    client, run = _stopped_at_first_batch_then_resumed(root, _streaming._MixedBatches, monkeypatch)
     assert run.info.status == "FINISHED"
     assert _metrics(client, run) == expected
 
