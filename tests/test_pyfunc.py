@@ -18,6 +18,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from zoo.cli import main
@@ -59,9 +60,12 @@ def test_load_model_predicts_what_zoo_predict_writes_from_code_not_pickles(regis
         model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
         masks = model.predict(images)
         found = model.predict(images, params={"output": "probabilities"})
+        with pytest.raises(MlflowException, match="expected images") as refused:
+            model.predict(images, params={"output": "outputs"})  # a regression model's
     finally:
         mlflow.set_tracking_uri(None)
     assert masks.dtype == np.uint8 and np.array_equal(masks, expected)
+    assert refused.value.error_code == "INVALID_PARAMETER_VALUE"  # the caller's, not the model's
     assert found.shape == (2, 2, 48, 40)
     np.testing.assert_allclose(found, probabilities, atol=1e-5)
     signature = model.metadata.signature.to_dict()

@@ -63,8 +63,9 @@ class ZooPredictor:
         self.module = module.to(device).eval()
 
     def predict(self, model_input: np.ndarray, params: dict | None) -> np.ndarray:
-        """Outputs of a batch; ValueError names images or an output it does not take."""
+        """Outputs of a batch; RefusedInput names images or an output it does not take."""
         from zoo.predict import masks
+        from zoo.store._pyfunc import RefusedInput
 
         model = self.config.model
         images = np.asarray(model_input, dtype=np.float32)
@@ -72,7 +73,7 @@ class ZooPredictor:
         allowed = OUTPUTS[model.task]
         output = (params or {}).get("output") or allowed[0]
         if images.ndim != 4 or images.shape[1] != model.in_channels or output not in allowed:
-            raise ValueError(
+            raise RefusedInput(
                 f"images of shape {tuple(np.shape(model_input))}, output {output!r}; expected "
                 f"images (N, {model.in_channels}, H, W)"
                 + (" or (N, H, W)" if model.in_channels == 1 else "")

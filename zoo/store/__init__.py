@@ -58,6 +58,7 @@ __all__ = [
     "EmptyStore",
     "FinishedRun",
     "Predictor",
+    "RefusedInput",
     "RunState",
     "Store",
     "StoreError",
@@ -84,7 +85,7 @@ __all__ = [
 ]
 
 
-_MODEL_API = ("Predictor", "save_python_model", "serve", "tensor_signature")
+_MODEL_API = ("Predictor", "RefusedInput", "save_python_model", "serve", "tensor_signature")
 
 
 def __getattr__(name: str) -> Any:

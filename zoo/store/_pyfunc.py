@@ -1,8 +1,8 @@
 """MLflow's ``python_function`` flavour, the one place zoo meets MLflow's model API: a
 model written as code whose predictions come from a zoo predictor, its signature, and
 saving it. The predictor knows nothing of MLflow: it loads from the version's artifact
-paths and raises ValueError for input it does not take, which MLflow answers as an
-invalid parameter."""
+paths and raises :class:`RefusedInput` for input it does not take, which MLflow answers
+as an invalid parameter (any other error stays an error of the model)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from typing import Any, Protocol
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
-__all__ = ["Predictor", "save_python_model", "serve", "tensor_signature"]
+__all__ = ["Predictor", "RefusedInput", "save_python_model", "serve", "tensor_signature"]
+
+
+class RefusedInput(ValueError):
+    """Input a predictor does not take (its message names what it expects)."""
 
 
 class Predictor(Protocol):
@@ -22,7 +26,7 @@ class Predictor(Protocol):
         """Build the model from the version's artifacts (name -> local path)."""
 
     def predict(self, images: np.ndarray, params: dict | None) -> np.ndarray:
-        """Outputs of a batch; ValueError names input the model does not take."""
+        """Outputs of a batch; RefusedInput names input the model does not take."""
 
 
 class _Flavour(PythonModel):
@@ -39,7 +43,7 @@ class _Flavour(PythonModel):
 
         try:
             return self.predictor.predict(model_input, params)
-        except ValueError as error:
+        except RefusedInput as error:
             raise MlflowException.invalid_parameter_value(str(error)) from None
 
 
