@@ -12,7 +12,7 @@ from conftest import squeue_empty
 from zoo.store import Tracker
 from zoo.sweep import _backends, load_spec, make_plan, run_job
 from zoo.sweep._backends import make_executor, register_executor, submit_plan
-from zoo.sweep._executor import ENDED, Ended, Executor, SweepReport, already, pending
+from zoo.sweep._executor import ENDED, Ended, Executor, SweepReport, already, unfinished
 
 
 class InProcessExecutor(Executor):
@@ -25,10 +25,10 @@ class InProcessExecutor(Executor):
 
     def submit(self, name, jobs, tracker):
         report = SweepReport()
-        todo, finished = pending(jobs, tracker, name)
+        todo, finished = unfinished(jobs, tracker, name)
         already(report, jobs, finished)
         for job in todo:
-            result = run_job(job, pending=True)
+            result = run_job(job, unfinished=True)
             report.handles[job.key] = Ended(job.key, result)
             if result.status == "finished":
                 report.finished.append(job.key)

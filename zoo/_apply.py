@@ -75,7 +75,8 @@ class Bundle:
 def bundle(module: torch.nn.Module, config: RunConfig, paths: ProjectPaths | None = None) -> Bundle:
     """``module`` with what applying it needs from its resolved ``config``; a
     ``per_dataset`` model's channel statistics are those of its last stage's training
-    dataset, made (or found) in project ``paths``."""
+    dataset, made (or found) in project ``paths``, which such a model needs (an MLflow
+    model never is one: zoo.modelzoo._pyfunc.predictable)."""
     from zoo.modelzoo._load import image_size, pixel_size_a
 
     stats = _dataset_stats(config, paths) if config.model.input_scaling == "per_dataset" else None
@@ -98,11 +99,12 @@ def load_bundle(ref: str, tracker: Tracker, device: str = "auto") -> Bundle:
 def _dataset_stats(config: RunConfig, paths: ProjectPaths | None) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
-    from zoo.paths import ProjectPaths
     from zoo.run import load_datasets
     from zoo.train import dataset_stats
 
-    datasets = load_datasets(config, paths or ProjectPaths.default())
+    if paths is None:
+        raise ValueError("a per_dataset model's statistics need its project's paths")
+    datasets = load_datasets(config, paths)
     mean, std = dataset_stats(datasets[config.stages[-1].train], config.model, torch.device("cpu"))
     return mean.numpy(), std.numpy()
 

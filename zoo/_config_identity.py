@@ -84,9 +84,7 @@ def table_of(datasets: Any, resolver: Resolver | None) -> DatasetTable:
 def _with_contents(table: DatasetTable, resolver: Resolver | None) -> DatasetTable:
     """``table`` with each folder or HDF5 dataset identified by its files' contents too
     (hashes cached by path, size and mtime), so rewriting the data changes the identity."""
-    from zoo.data import FileSpec
-
-    files = {n: s for n, s in table.sources.items() if isinstance(s, FileSpec)}
+    files = {n: s for n, s in table.sources.items() if s.files()}
     if not files:
         return table
     if resolver is None:

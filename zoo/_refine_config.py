@@ -93,7 +93,7 @@ def check_refine_data(config: Any, index: int, where: str, root: Path) -> None:
     """Refuse stage ``index``'s ``refine.unlabeled`` unless it names a declared dataset
     (not a mixture) with images of the model's input channels and, for a subset, enough
     training images. A folder or HDF5 file of targets without images is refused too."""
-    from zoo.data import FileSpec, dataset_channels
+    from zoo.data import dataset_channels
 
     refine = parse_refine(config.stages[index].refine, f"{where}.stages.{index}.refine")
     at, name = f"{where}.stages.{index}.refine.unlabeled", refine.unlabeled
@@ -105,7 +105,7 @@ def check_refine_data(config: Any, index: int, where: str, root: Path) -> None:
         "a dataset name (not a mixture) from datasets: " + names,
     )
     source = config.sources[name]
-    if isinstance(source, FileSpec):
+    if source.files():
         _check_has_images(source, root, at)
     channels = dataset_channels(source)
     check(
@@ -128,7 +128,7 @@ def check_labelled(config: Any, where: str, root: Path) -> None:
     """Refuse a dataset without labels (target ``none``: zoo.data._files) anywhere but a
     refinement's ``unlabeled:``: as a mixture part, a stage's ``train`` or ``select_on``,
     or in ``validate_on``; one line naming the field and the dataset."""
-    from zoo.data import FileSpec, dataset_target
+    from zoo.data import dataset_target
     from zoo.errors import ConfigError
 
     uses = [
@@ -143,7 +143,7 @@ def check_labelled(config: Any, where: str, root: Path) -> None:
     uses += [(f"{where}.validate_on.{i}", name) for i, name in enumerate(config.validate_on)]
     for field_name, name in uses:
         source = config.sources[name]
-        if isinstance(source, FileSpec) and dataset_target(source, root) == "none":
+        if source.files() and dataset_target(source, root) == "none":
             raise ConfigError(
                 f"{field_name}: dataset {name!r} has no labels: it can only be a refine: "
                 "unlabeled set"

@@ -17,7 +17,7 @@ from zoo.artifacts import FigureJob, draw_later, log_linked
 from zoo.config import RunConfig
 from zoo.data import Dataset
 from zoo.models import meta_template
-from zoo.paths import StagePaths
+from zoo.paths import CONFIG_ARTIFACT, HISTORY_ARTIFACT, WEIGHTS_ARTIFACTS, StagePaths
 from zoo.store import Tracker, metric_key
 from zoo.train import SAMPLE_IMAGES, StageResult, git_commit, headline, model_inputs, precision
 
@@ -121,15 +121,15 @@ def log_artifacts(
     last = results[-1]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "config.yaml").write_text(dump_yaml(config.to_dict()))
-        tracker.log_artifact(run_id, folder / "config.yaml")
+        (folder / CONFIG_ARTIFACT).write_text(dump_yaml(config.to_dict()))
+        tracker.log_artifact(run_id, folder / CONFIG_ARTIFACT)
         names = [s.name for s in config.stages]
         for entry in config.log_weights:  # best, final (the last stage's) or STAGE/best|final
             stage, _, kind = entry.rpartition("/")
             result = results[names.index(stage)] if stage else last
-            where = f"weights/{stage}" if stage else "weights"
+            where = f"{WEIGHTS_ARTIFACTS}/{stage}" if stage else WEIGHTS_ARTIFACTS
             log_linked(tracker, run_id, StagePaths(result.folder).weights(kind), where)
-        tracker.log_artifact(run_id, history_csv(config, results, folder / "history.csv"))
+        tracker.log_artifact(run_id, history_csv(config, results, folder / HISTORY_ARTIFACT))
     if config.figures:
         draw_later(figure_job(config, results, datasets, run_id), tracker)
 

@@ -255,10 +255,10 @@ def streams(data: dict[str, DeviceData], config: RunConfig) -> Iterator[dict[str
             spec, device = config.sources[name], data[name].train_images.device
             mix = getattr(spec, "mix", None)
             mixed = mixed_stream(mix, config.sources) if mix else None
-            if not isinstance(spec, StreamedSpec) and mixed is None:  # stored: no feed
+            if not spec.streamed and mixed is None:  # stored: nothing to feed
                 continue
             schedule = _schedule(config, name, (mixed or spec).train_count)
-            if isinstance(spec, StreamedSpec):
+            if spec.streamed:
                 feeds[name] = StreamFeed(name, spec, config.model, device, schedule)
             else:
                 stored = {
@@ -294,7 +294,7 @@ def log_lineage(config: RunConfig, tracker: Any, run_id: str) -> None:
 
     inputs = []
     for name, spec in config.sources.items():
-        if not isinstance(spec, StreamedSpec):
+        if not spec.streamed:
             continue
         seen = []
         for i, stage in enumerate(config.stages):

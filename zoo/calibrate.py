@@ -95,8 +95,9 @@ def known_profiles(paths: ProjectPaths) -> list[str]:
     return sorted({p.stem for folder in (_PACKAGED, saved) for p in folder.glob("*.json")})
 
 
-def calibrate(name: str, spec: Path | None = None, echo=print) -> Profile:
-    """Measure a profile of SPEC's first run config (default: the demo's model at 64 px)."""
+def calibrate(name: str, spec: Path | None = None, echo=print, *, resolver: Any) -> Profile:
+    """Measure a profile of SPEC's first run config (default: the demo's model at 64 px),
+    configs resolved against ``resolver`` (a zoo.config.Resolver)."""
     import torch
 
     from zoo._malloc import keep_freed_memory
@@ -106,11 +107,11 @@ def calibrate(name: str, spec: Path | None = None, echo=print) -> Profile:
     torch.set_num_threads(1)  # as sweep workers train
     keep_freed_memory()
     if spec is not None:
-        config = make_plan(load_spec(spec)).runs[0].config
+        config = make_plan(load_spec(spec, resolver=resolver)).runs[0].config
         model, side = config.model.to_dict(), _side(config)
     else:
         model, side = DEMO_MODEL, 64
-        config = _config(model, side, count=40)
+        config = _config(model, side, resolver, count=40)
     train = _train_images_per_s(config, side)
     echo(f"training: {train:.1f} images/s at {side} px")
     val = _val_images_per_s(config, side)
@@ -135,7 +136,7 @@ def _side(config: Any) -> int:
     return getattr(config.sources[config.stages[0].train], "image_size", 64)
 
 
-def _config(model: dict[str, Any], side: int, count: int, seed: int = 0) -> Any:
+def _config(model: dict[str, Any], side: int, resolver: Any, count: int, seed: int = 0) -> Any:
     from zoo.config import resolve
 
     return resolve(
@@ -149,7 +150,8 @@ def _config(model: dict[str, Any], side: int, count: int, seed: int = 0) -> Any:
             "stages": [{"name": "s", "train": "t", "size": 8, "epochs": 2, "batch_size": 8}],
             "validate_on": ["t"],
             "log_weights": ["best"],
-        }
+        },
+        resolver=resolver,
     )
 
 
@@ -200,6 +202,7 @@ def _in_a_worker(model: dict[str, Any], runs: int = 5) -> tuple[float, int]:
     out of the median."""
     import statistics
 
+    from zoo.config import Resolver
     from zoo.run import load_datasets
     from zoo.store import Tracker
     from zoo.sweep._job import JobSpec, run_job
@@ -210,12 +213,12 @@ def _in_a_worker(model: dict[str, Any], runs: int = 5) -> tuple[float, int]:
         paths = ProjectPaths(Path(tmp))
         tracker = Tracker(paths.tracking_uri, paths)
         for seed in range(runs):
-            config = _config(model, 32, count=16, seed=seed)
+            config = _config(model, 32, Resolver(paths), count=16, seed=seed)
             load_datasets(config, paths)  # making data is not a job's overhead
             job = JobSpec(
                 config.digest(), "run", "run", config.experiment, tracker.uri, tmp, config.to_dict()
             )
-            result = pool.submit(run_job, job, pending=True).result()
+            result = pool.submit(run_job, job, unfinished=True).result()
             if result.status != "finished":
                 raise RuntimeError(f"calibration run failed: {result.reason}")
             epochs = tracker.get_run(result.run_id).data.metrics["train_seconds"]

@@ -21,7 +21,13 @@ from pathlib import Path
 from zoo.checkpoint import CheckpointError, reissue, weights_problem
 from zoo.config import RunConfig
 from zoo.errors import ConfigError
-from zoo.paths import ProjectPaths, StagePaths
+from zoo.paths import (
+    CONFIG_ARTIFACT,
+    WEIGHTS_ARTIFACTS,
+    ProjectPaths,
+    StagePaths,
+    iteration_weights_name,
+)
 from zoo.store import Tracker
 from zoo.train import stage_record
 
@@ -134,14 +140,14 @@ def intermediate_weights(target: str, tracker: Tracker, paths: ProjectPaths) -> 
 
     run_id, _, point = target.partition("@")
     if point.startswith("iter:"):  # its refinement's iteration K: a logged artifact
-        name = f"iter_{int(point.removeprefix('iter:')):02d}.safetensors"
-        local = paths.download(run_id) / "weights" / name
+        name = iteration_weights_name(int(point.removeprefix("iter:")))
+        local = paths.download(run_id) / WEIGHTS_ARTIFACTS / name
         if not local.exists():
-            local = tracker.download(run_id, f"weights/{name}", local.parent)
+            local = tracker.download(run_id, f"{WEIGHTS_ARTIFACTS}/{name}", local.parent)
         return local
-    local = paths.download(run_id) / "config.yaml"
+    local = paths.download(run_id) / CONFIG_ARTIFACT
     if not local.exists():
-        tracker.download(run_id, "config.yaml", paths.download(run_id))
+        tracker.download(run_id, CONFIG_ARTIFACT, paths.download(run_id))
     source = read_config(local, store_resolver(paths, tracker.uri))
     names = [s.name for s in source.stages]
     where = f"init: run:{target}"

@@ -143,7 +143,6 @@ def _store_resolver(paths: ProjectPaths) -> Any:
 
 
 def _datasets(paths: ProjectPaths, plans: list[Any]) -> list[Garbage]:
-    from zoo.data import GeneratorSpec
     from zoo.sweep._datasets import needed
     from zoo.sweep._job import jobs_from_plan
 
@@ -153,8 +152,8 @@ def _datasets(paths: ProjectPaths, plans: list[Any]) -> list[Garbage]:
     used = set()
     for plan in plans:
         for name, source in needed(jobs_from_plan(plan, "", paths)).items():
-            if isinstance(source, GeneratorSpec):
-                used.add(source.digest())
+            if (digest := source.digest()) is not None:  # a generator: named by its declaration
+                used.add(digest)
             elif name in index:
                 used.add(index[name]["digest"])
     return [

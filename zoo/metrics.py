@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HEADLINE",
     "METRICS",
+    "TASK_HEADLINE",
     "Metric",
     "batch_totals",
     "better",
@@ -104,6 +105,15 @@ METRICS: dict[str, Metric] = {
 HEADLINE: dict[str, tuple[str, ...]] = {
     "segmentation": ("iou",),
     "regression": ("psnr", "ssim", "mae"),
+}
+
+# The one table of each task's headline: the metric of the target domain's best epoch that
+# reports tabulate, plans name and `zoo models list` sorts on unless told otherwise, with
+# its label (zoo.analysis.HEADLINES is its report-column form). Segmentation keeps the
+# paper's best adjusted loss; regression takes the first of HEADLINE (PSNR).
+TASK_HEADLINE: dict[str, tuple[str, str]] = {
+    "segmentation": ("loss_adj", "best adjusted loss, target domain"),
+    "regression": (HEADLINE["regression"][0], "PSNR (dB) at the best epoch, target domain"),
 }
 
 

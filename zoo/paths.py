@@ -3,7 +3,8 @@
 Everything zoo writes lives under a project root: the current directory, or
 ``$ZOO_ROOT`` when set. Nothing else in zoo builds paths from string literals.
 Like submitit's ``JobPaths``, the files of one SLURM submission, one shared
-stage and one search study each have a class naming them.
+stage and one search study each have a class naming them. The names of a run's
+MLflow artifacts (paths inside its artifact root) are the constants below.
 """
 
 from __future__ import annotations
@@ -17,13 +18,33 @@ from pathlib import Path
 from zoo.errors import ConfigError
 
 __all__ = [
+    "BEST_WEIGHTS_ARTIFACT",
+    "CONFIG_ARTIFACT",
+    "HISTORY_ARTIFACT",
+    "MODEL_ARTIFACTS",
+    "MODEL_WEIGHTS",
+    "WEIGHTS_ARTIFACTS",
     "DatasetPaths",
     "ProjectPaths",
     "StagePaths",
     "StudyPaths",
     "SubmissionPaths",
     "check_out_folder",
+    "iteration_weights_name",
 ]
+
+CONFIG_ARTIFACT = "config.yaml"  # a run's resolved config (also in a registered version)
+HISTORY_ARTIFACT = "history.csv"  # a run's per-epoch metrics
+WEIGHTS_ARTIFACTS = "weights"  # a run's logged weights: best/final, STAGE/..., iter_NN
+BEST_WEIGHTS_ARTIFACT = f"{WEIGHTS_ARTIFACTS}/best.safetensors"  # what a model is loaded from
+MODEL_ARTIFACTS = "model"  # a registered version's files: MODEL_WEIGHTS, CONFIG_ARTIFACT
+MODEL_WEIGHTS = "model.safetensors"
+
+
+def iteration_weights_name(iteration: int) -> str:
+    """The file name of refinement iteration ``iteration``'s best weights, in a stage
+    folder and under WEIGHTS_ARTIFACTS."""
+    return f"iter_{iteration:02d}.safetensors"
 
 
 def check_out_folder(out: Path, force: bool) -> None:
@@ -127,6 +148,15 @@ class ProjectPaths:
         """What the MLflow server ``zoo ui`` starts writes (its INFO lines and warnings)."""
         return self.logs / "ui.log"
 
+    def error_log(self, stamp: str, pid: int) -> Path:
+        """The traceback of an internal error in process ``pid`` at time ``stamp``."""
+        return self.logs / f"internal-error-{stamp}-{pid}.log"
+
+    @property
+    def server(self) -> Path:
+        """The default data folder of ``zoo server`` (its store, artifacts, logs)."""
+        return self.state / "server"
+
     def job_log(self, sweep: str, identity: str) -> Path:
         """The log of one sweep job (a run or a shared stage) run by the local executor."""
         return self.logs / sweep / f"{identity}.log"
@@ -181,6 +211,11 @@ class SubmissionPaths:
     def record(self) -> Path:
         """``runs.json``: every array's job keys and each job's description."""
         return self.folder / "runs.json"
+
+    @property
+    def record_staging(self) -> Path:
+        """The record while it is written, renamed to ``record`` once complete."""
+        return self.folder / "runs.json.tmp"
 
     def script(self, array: str) -> Path:
         return self.folder / f"{array}.sbatch"
@@ -258,6 +293,10 @@ class StagePaths:
         """Weights of the ``best`` epoch or the ``final`` one."""
         return self.folder / f"{kind}.safetensors"
 
+    def iteration(self, number: int) -> Path:
+        """Best weights of refinement iteration ``number`` (a link to that iteration's best)."""
+        return self.folder / iteration_weights_name(number)
+
     @property
     def lock(self) -> Path:
         return self.folder / ".lock"
@@ -280,6 +319,10 @@ class StudyPaths:
 
     def lease(self, trial: int) -> Path:
         return self.folder / "leases" / f"{trial}.lock"
+
+    def trial_log(self, trial: int) -> Path:
+        """The log of one trial's training."""
+        return self.folder / "trials" / f"{trial}.log"
 
     @property
     def log(self) -> Path:

@@ -68,8 +68,7 @@ class RefineHooks:
 def iteration_weights(folder: Path, iteration: int) -> Path:
     """The best weights of an iteration trained into ``folder``, linked under the name
     its run logs them by (``iter_NN.safetensors``)."""
-    named = folder / f"iter_{iteration:02d}.safetensors"
-    best = StagePaths(folder).weights("best")
+    named, best = StagePaths(folder).iteration(iteration), StagePaths(folder).weights("best")
     if not named.exists() or os.stat(named).st_ino != os.stat(best).st_ino:
         named.unlink(missing_ok=True)
         os.link(best, named)
@@ -248,7 +247,7 @@ def _start(
     identity = plain.stage_digest(index)
     folder = paths.stage(identity)
     folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder / ".lock")):
+    with FileLock(str(StagePaths(folder).lock)):
         continue_stage(plain, index, paths, hooks.echo)
         result = train_stage(plain, index, data, folder, previous, fetch_run, hooks.on_epoch)
     hooks.report(0, _model_metrics(result, stage.selection_set), iteration_weights(folder, 0))
@@ -290,7 +289,7 @@ def refine_stage(
         pseudo = _training_set(config, index, data, _targets(before, refine, task))
         folder = paths.stage(parent)
         folder.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder / ".lock")):
+        with FileLock(str(StagePaths(folder).lock)):
             result = train_stage(
                 made, index, {**data, PSEUDO: pseudo}, folder, result, fetch_run, on_epoch, shard
             )

@@ -33,16 +33,7 @@ from zoo._streaming import log_lineage, streams
 from zoo.checkpoint import load_weights
 from zoo.config import RunConfig, flatten
 from zoo.continuation import CONTINUED_TAG, continue_stage, continued_from, intermediate_weights
-from zoo.data import (
-    Dataset,
-    MixSpec,
-    StreamedSpec,
-    load,
-    materialise,
-    mixture,
-    streamed,
-    used_folders,
-)
+from zoo.data import Dataset, load, materialise, mixture, streamed, used_folders
 from zoo.errors import ConfigError
 from zoo.losses import loss_floor
 from zoo.models import check_buildable, check_encoder
@@ -78,13 +69,13 @@ def load_datasets(config: RunConfig, paths: ProjectPaths) -> dict[str, Dataset]:
     datasets: dict[str, Dataset] = {}
     for name in config.used_datasets:
         source = config.sources[name]
-        if isinstance(source, StreamedSpec):  # made while the run trains (zoo._streaming)
+        if source.streamed:  # made while the run trains (zoo._streaming)
             datasets[name] = streamed(name, source)
-        elif not isinstance(source, MixSpec):
+        elif source.stored:
             datasets[name] = load(name, materialise(name, source, paths))
     for name in config.used_datasets:
         source = config.sources[name]
-        if isinstance(source, MixSpec):
+        if source.parts():
             datasets[name] = mixture(name, source, datasets)
     for i, stage in enumerate(config.stages):
         available = getattr(config.sources[stage.train], "train_count", None)
@@ -148,7 +139,7 @@ def run(
     tags: dict[str, str] | None = None,
     prepared: Prepared | None = None,
     on_epoch: EpochHook | None = None,
-    pending: bool = False,
+    unfinished: bool = False,
 ) -> str:
     """Train ``config`` (or finish an interrupted attempt); returns the MLflow run id.
 
@@ -158,12 +149,12 @@ def run(
     the caller ran it already). One process at a time works on an identity: others
     wait for it, then find it finished. ``tags`` are added to a new run. ``on_epoch``
     sees every epoch's metrics as it ends (replayed ones too), before they are sent.
-    Any failure after the run exists ends it FAILED. ``pending``: the caller (an
-    executor) found the run unfinished, so the look-up that spares a finished run its
+    Any failure after the run exists ends it FAILED. ``unfinished``: the caller (an
+    executor) found the run not FINISHED, so the look-up that spares a finished run its
     preflight is skipped; the one made holding the lock is not.
     """
     identity = identity or config.digest()
-    existing = None if pending else _existing(tracker, config.experiment, identity)
+    existing = None if unfinished else _existing(tracker, config.experiment, identity)
     if existing is not None and existing.info.status == "FINISHED":
         echo(f"run {existing.info.run_id} already finished; nothing to do")
         return existing.info.run_id

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from zoo._typed import check
 from zoo.analysis._columns import lookup, render
+from zoo.metrics import TASK_HEADLINE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,12 +27,10 @@ __all__ = [
 
 STATS = ["count", "mean", "median", "std", "min"]
 
-# The headline column of each task, with its label: what a report tabulates, a plan names and
-# `zoo models list` sorts on unless told otherwise. Segmentation keeps the paper's best
-# adjusted loss; regression takes the first of zoo.metrics.HEADLINE["regression"] (PSNR).
+# The headline column of each task, with its label: zoo.metrics.TASK_HEADLINE's metric as the
+# report column of the target domain.
 HEADLINES: dict[str, tuple[str, str]] = {
-    "segmentation": ("target_loss_adj", "best adjusted loss, target domain"),
-    "regression": ("target_psnr", "PSNR (dB) at the best epoch, target domain"),
+    task: (f"target_{metric}", label) for task, (metric, label) in TASK_HEADLINE.items()
 }
 
 

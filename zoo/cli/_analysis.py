@@ -54,9 +54,11 @@ def add_analysis_parsers(commands) -> list[argparse.ArgumentParser]:
 
 def _analyze(args: argparse.Namespace) -> None:
     from zoo import analysis
+    from zoo.paths import ProjectPaths
     from zoo.store import backend, existing_store
 
-    uri = existing_store(args.tracking_uri)  # not opened: a SQLite store is read by ADBC
+    # not opened: a SQLite store is read by ADBC
+    uri = existing_store(args.tracking_uri, ProjectPaths.default())
     experiment, expected = target_experiment(args.target, resolver(args))
     baseline = (
         analysis.load(uri, target_experiment(args.baseline, resolver(args))[0])
@@ -131,9 +133,12 @@ def _import(args: argparse.Namespace) -> None:
 
 def _calibrate(args: argparse.Namespace) -> None:
     from zoo.calibrate import calibrate, save_profile
+    from zoo.config import Resolver
     from zoo.paths import ProjectPaths
 
-    print(f"profile saved: {save_profile(calibrate(args.name, args.spec), ProjectPaths.default())}")
+    paths = ProjectPaths.default()
+    profile = calibrate(args.name, args.spec, resolver=Resolver(paths))
+    print(f"profile saved: {save_profile(profile, paths)}")
 
 
 def _gc(args: argparse.Namespace) -> None:

@@ -50,8 +50,8 @@ def _data_make(args: argparse.Namespace) -> None:
         if name not in sources:
             raise config_error(f"{args.file}: no dataset {name!r}; declared: {', '.join(sources)}")
     for name in args.names or sources:
-        if isinstance(sources[name], data.MixSpec):
-            print(f"{name}: a mixture of {', '.join(sources[name].mix)} (made when a run uses it)")
+        if parts := sources[name].parts():
+            print(f"{name}: a mixture of {', '.join(parts)} (made when a run uses it)")
             continue
         folder = data.materialise(name, sources[name], paths)
         line = f"{name}: {folder}"

@@ -98,8 +98,7 @@ def _log_internal_error() -> str:
 
     from zoo.paths import ProjectPaths
 
-    name = f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    path = ProjectPaths.default().logs / name
+    path = ProjectPaths.default().error_log(time.strftime("%Y%m%d-%H%M%S"), os.getpid())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(traceback.format_exc())

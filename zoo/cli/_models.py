@@ -90,10 +90,12 @@ def _predict_parser(commands: Any, ref_help: str) -> argparse.ArgumentParser:
 
 def _models_list(args: argparse.Namespace) -> None:
     from zoo import modelzoo
+    from zoo.paths import ProjectPaths
     from zoo.store import existing_store
 
     experiments = [target_experiment(args.target, resolver(args))[0]] if args.target else None
-    uri = existing_store(args.tracking_uri)  # a listing never creates (nor opens) a store
+    # a listing never creates (nor opens) a store
+    uri = existing_store(args.tracking_uri, ProjectPaths.default())
     table = modelzoo.model_table(uri, experiments)
     if table.empty:
         print(f"no trained models in {uri}")
@@ -116,9 +118,11 @@ def _terminal_width() -> int | None:
 def _models_show(args: argparse.Namespace) -> None:
     import yaml
 
+    from zoo.paths import ProjectPaths
     from zoo.store import Tracker, existing_store
 
-    existing_store(args.tracking_uri)  # a missing store fails before torch is imported
+    # a missing store fails before torch is imported
+    existing_store(args.tracking_uri, ProjectPaths.default())
     from zoo import modelzoo
 
     tracker = Tracker(args.tracking_uri, create=False)
@@ -128,11 +132,12 @@ def _models_show(args: argparse.Namespace) -> None:
 
 
 def _models_export(args: argparse.Namespace) -> None:
-    from zoo.paths import check_out_folder
+    from zoo.paths import ProjectPaths, check_out_folder
     from zoo.store import Tracker, existing_store
 
     check_out_folder(args.out, args.force)
-    existing_store(args.tracking_uri)  # a missing store fails before torch is imported
+    # a missing store fails before torch is imported
+    existing_store(args.tracking_uri, ProjectPaths.default())
     from zoo import modelzoo
 
     tracker = Tracker(args.tracking_uri, create=False)
@@ -140,9 +145,11 @@ def _models_export(args: argparse.Namespace) -> None:
 
 
 def _models_register(args: argparse.Namespace) -> None:
+    from zoo.paths import ProjectPaths
     from zoo.store import Tracker, existing_store
 
-    existing_store(args.tracking_uri)  # a missing store fails before torch is imported
+    # a missing store fails before torch is imported
+    existing_store(args.tracking_uri, ProjectPaths.default())
     from zoo import modelzoo
 
     run_id, version = modelzoo.register_model(
@@ -154,10 +161,11 @@ def _models_register(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     from zoo._inputs import check_exist
+    from zoo.paths import ProjectPaths
     from zoo.store import Tracker, existing_store
 
     check_exist(args.inputs)  # missing inputs and stores fail before torch is imported
-    existing_store(args.tracking_uri)
+    existing_store(args.tracking_uri, ProjectPaths.default())
     from zoo.predict import PredictOptions, predict
 
     options = PredictOptions(

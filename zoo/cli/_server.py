@@ -41,7 +41,7 @@ def _server(args: argparse.Namespace) -> int:
     from zoo.errors import ServerError
     from zoo.paths import ProjectPaths
 
-    data = args.data or ProjectPaths.default().state / "server"
+    data = args.data or ProjectPaths.default().server
     try:
         if args.server_command == "status":
             found = server.status(data)

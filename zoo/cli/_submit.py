@@ -150,9 +150,10 @@ def _check_auto(auto: bool, profile: str | None) -> None:
 
 def _read_only(uri: str | None):
     """A Tracker that creates nothing; over a SQLite store not created yet, an empty one."""
+    from zoo.paths import ProjectPaths
     from zoo.store import EmptyStore, StoreMissing, Tracker
 
     try:
         return Tracker(uri, create=False)
     except StoreMissing:
-        return EmptyStore(uri)
+        return EmptyStore(uri, ProjectPaths.default())

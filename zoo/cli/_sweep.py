@@ -112,9 +112,12 @@ def _sweep_plan(args: argparse.Namespace) -> None:
     if args.show is not None:
         print(sweep.show_run(plan, args.show), end="")
         return
+    from zoo.paths import ProjectPaths
     from zoo.sweep._cost import format_priced, priced_report
 
-    summary = priced_report(plan, args.profile, args.images_per_s, args.workers)
+    summary = priced_report(
+        plan, args.profile, args.images_per_s, args.workers, ProjectPaths.default()
+    )
     print(json.dumps(summary, indent=1) if args.json else format_priced(summary))
 
 

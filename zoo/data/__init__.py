@@ -8,10 +8,10 @@ from zoo.data._crystals import LATTICES
 from zoo.data._files import FileSpec, content_digest, file_hash
 from zoo.data._formats import IMAGE_SUFFIXES, PIXEL_SIZE_TOLERANCE, read_image, write_tiff
 from zoo.data._preview import preview
+from zoo.data._source import DatasetSource
 from zoo.data._spec import PRESETS, STRUCTURES, GeneratorSpec, generator_spec
 from zoo.data._store import (
     Dataset,
-    DatasetSource,
     MixSpec,
     dataset_channels,
     dataset_folder,

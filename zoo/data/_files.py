@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -30,7 +30,11 @@ class FileSpec:
     stacked (C, H, W) array), or an HDF5 file with datasets ``images`` and ``masks`` or
     ``inputs`` and ``targets`` ((N, H, W) or (N, C, H, W)). Unlabeled: a folder with
     ``images/`` alone or with image files directly in it, an HDF5 file with ``images``
-    alone, or one image stack file (N, H, W)."""
+    alone, or one image stack file (N, H, W). A zoo.data.DatasetSource: stored,
+    identified by its files' contents once read (content_digest)."""
+
+    stored: ClassVar[bool] = True
+    streamed: ClassVar[bool] = False
 
     path: str  # folder, .h5/.hdf5 file or image stack, relative to the project root or absolute
     val_fraction: float = 0.2  # trailing fraction (in file-name order) held out for validation
@@ -59,6 +63,16 @@ class FileSpec:
         identities made before it existed stay valid."""
         document = to_dict(self)
         return {k: v for k, v in document.items() if k != "channels" or v != ["image"]}
+
+    def parts(self) -> tuple[str, ...]:
+        return ()
+
+    def files(self) -> tuple[str, ...]:
+        return (self.path,)
+
+    def digest(self) -> None:
+        """None: the identity is the files' contents (content_digest), known once read."""
+        return None
 
 
 def _binary(name: str, mask: np.ndarray) -> np.ndarray:

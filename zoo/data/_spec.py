@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from zoo._typed import build, check, to_dict
 from zoo.data._crystals import LATTICES
@@ -26,7 +26,11 @@ _NONE = object()
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    """Every parameter of a simulated HRTEM dataset; the images depend on these alone."""
+    """Every parameter of a simulated HRTEM dataset; the images depend on these alone.
+    A zoo.data.DatasetSource: stored, identified by its parameters."""
+
+    stored: ClassVar[bool] = True
+    streamed: ClassVar[bool] = False
 
     lattice: str = "w_CdSe"  # crystal of the nanoparticles, one of LATTICES
     radius_nm: tuple[float, float] = (1.5, 2.5)  # particle radius range (uniform)
@@ -117,8 +121,18 @@ class GeneratorSpec:
         return ("image",)
 
     @property
+    def pixel_size_a(self) -> float:
+        return self.field_nm * 10 / self.image_size
+
+    @property
     def val_count(self) -> int:
         return round(self.count * self.val_fraction)
+
+    def parts(self) -> tuple[str, ...]:
+        return ()
+
+    def files(self) -> tuple[str, ...]:
+        return ()
 
     @property
     def train_count(self) -> int:

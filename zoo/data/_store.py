@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from zoo._refine_identity import refine_folders
 from zoo._typed import build, to_dict
 from zoo.data._files import FileSpec, file_target, read_files, save_hashes
 from zoo.data._lock import index_lock, making
+from zoo.data._source import DatasetSource
 from zoo.data._spec import GeneratorSpec, generator_spec
 from zoo.data._stream import StreamedSpec, streamed_source
 from zoo.errors import ConfigError
@@ -26,7 +27,6 @@ from zoo.paths import DatasetPaths, ProjectPaths
 
 __all__ = [
     "Dataset",
-    "DatasetSource",
     "MixSpec",
     "dataset_channels",
     "dataset_folder",
@@ -47,12 +47,19 @@ __all__ = [
 class MixSpec:
     """A mixture: the first ``count`` training images of each named dataset, concatenated.
 
-    Validation images are all validation images of every component.
+    Validation images are all validation images of every component. A
+    zoo.data.DatasetSource: neither stored nor streamed itself; no identity of its own.
     """
+
+    stored: ClassVar[bool] = False
+    streamed: ClassVar[bool] = False
+    pixel_size_a: ClassVar[None] = None  # its parts'
 
     mix: dict[str, int]  # dataset name -> training images taken from it
 
     def validate(self, where: str) -> None:
+        if not self.mix:
+            raise ConfigError(f"{where}.mix: {{}} is not allowed; expected at least one part")
         for name, count in self.mix.items():
             if count < 0:
                 raise ConfigError(f"{where}.mix.{name}: {count} is not allowed; expected >= 0")
@@ -61,8 +68,14 @@ class MixSpec:
     def train_count(self) -> int:
         return sum(self.mix.values())
 
+    def parts(self) -> tuple[str, ...]:
+        return tuple(self.mix)
 
-DatasetSource = GeneratorSpec | FileSpec | MixSpec | StreamedSpec
+    def files(self) -> tuple[str, ...]:
+        return ()
+
+    def digest(self) -> None:
+        return None
 
 
 def dataset_source(mapping: Any, where: str) -> DatasetSource:
@@ -81,7 +94,7 @@ def dataset_target(source: GeneratorSpec | FileSpec | StreamedSpec, root: Path) 
     """What a (non-mixture) dataset's targets are: ``mask`` (segmentation), ``clean``,
     ``potential`` or ``image`` (regression), or ``none`` (images without labels, which
     only a refinement's ``unlabeled:`` set may be)."""
-    return file_target(source, root) if isinstance(source, FileSpec) else source.target
+    return file_target(source, root) if source.files() else source.target
 
 
 def dataset_channels(source: GeneratorSpec | FileSpec | StreamedSpec) -> tuple[str, ...]:
@@ -214,7 +227,7 @@ def materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
     """The cache folder of a dataset, generating or reading it only when not cached yet;
     concurrent makers of one dataset make it once (zoo.data._lock). A streamed dataset
     is never stored: a ConfigError."""
-    if isinstance(source, StreamedSpec):
+    if source.streamed:
         raise ConfigError(
             f"datasets.{name}.stream: a streamed dataset is made while a run trains, never "
             "stored; expected a dataset without stream: to make"
@@ -227,13 +240,12 @@ def _materialise(name: str, source: DatasetSource, paths: ProjectPaths) -> Path:
     """Make the dataset holding a lease (zoo._leases) on its folder and staging folder
     from when its digest is known (a generator's: at once; files': once read)."""
     meta: dict[str, Any] = {"source": to_dict(source)}
-    if isinstance(source, GeneratorSpec):
-        digest = source.digest()
+    digest = source.digest()
+    if digest is not None:  # known at once: a generator
         with _making(name, digest, paths) as staging:
             if not DatasetPaths(paths.dataset(digest)).meta.exists():
                 images, masks, meta["defocus_nm"] = _generate(source)
-                pixel_size = source.field_nm * 10 / source.image_size
-                meta.update(train_count=source.train_count, pixel_size_a=pixel_size)
+                meta.update(train_count=source.train_count, pixel_size_a=source.pixel_size_a)
                 _write(paths.dataset(digest), staging, images, masks, meta)
             return _remember(name, digest, source, paths)
     images, masks, pixel_size, digest = read_files(source, paths.root)
@@ -264,10 +276,11 @@ def dataset_folder(name: str, source: DatasetSource, paths: ProjectPaths) -> Pat
     """The cache folder of a dataset, made or not: by content hash for a generator; for
     files the one the index records for this declaration (None before they are read, and
     for a mixture: it is cut from its parts)."""
-    if isinstance(source, GeneratorSpec):
-        return paths.dataset(source.digest())
-    if isinstance(source, MixSpec | StreamedSpec):
+    if not source.stored:
         return None
+    digest = source.digest()
+    if digest is not None:
+        return paths.dataset(digest)
     index = json.loads(paths.dataset_index.read_text()) if paths.dataset_index.exists() else {}
     entry = index.get(name, {})
     return paths.dataset(entry["digest"]) if entry.get("source") == to_dict(source) else None

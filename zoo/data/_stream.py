@@ -28,7 +28,7 @@ import signal
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -71,7 +71,11 @@ class StreamSettings:
 @dataclass(frozen=True)
 class StreamedSpec:
     """A generator dataset that is never stored: its training samples are made while a
-    run trains; it has no validation split (validate on stored sets)."""
+    run trains; it has no validation split (validate on stored sets). A
+    zoo.data.DatasetSource: streamed, identified by its parameters and stream settings."""
+
+    stored: ClassVar[bool] = False
+    streamed: ClassVar[bool] = True
 
     generator: GeneratorSpec
     stream: StreamSettings
@@ -94,7 +98,13 @@ class StreamedSpec:
 
     @property
     def pixel_size_a(self) -> float:
-        return self.generator.field_nm * 10 / self.generator.image_size
+        return self.generator.pixel_size_a
+
+    def parts(self) -> tuple[str, ...]:
+        return ()
+
+    def files(self) -> tuple[str, ...]:
+        return ()
 
     def resolved(self) -> dict[str, Any]:
         """The generator's parameters and the stream settings: the dataset's identity."""
@@ -188,7 +198,7 @@ class MixedStream:
 def mixed_stream(mix: dict[str, int], sources: dict[str, Any]) -> MixedStream | None:
     """The MixedStream of mixture ``mix`` (part name -> count) of ``sources``; None when
     no part is streamed."""
-    parts = tuple(s if isinstance(s, StreamedSpec) else None for s in map(sources.get, mix))
+    parts = tuple(s if s is not None and s.streamed else None for s in map(sources.get, mix))
     if all(p is None for p in parts):
         return None
     return MixedStream(tuple(mix), tuple(mix.values()), parts)

@@ -172,9 +172,10 @@ def _load_section(ref: str) -> list[str]:
 def export_model(loaded: LoadedModel, tracker: Tracker, out: Path, ref: str) -> Path:
     """``out`` with model.safetensors, the resolved config.yaml and a README.md model card."""
     from zoo._yaml import dump_yaml
+    from zoo.paths import CONFIG_ARTIFACT, MODEL_WEIGHTS
 
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(loaded.weights, out / "model.safetensors")
-    (out / "config.yaml").write_text(dump_yaml(loaded.config.to_dict()))
+    shutil.copyfile(loaded.weights, out / MODEL_WEIGHTS)
+    (out / CONFIG_ARTIFACT).write_text(dump_yaml(loaded.config.to_dict()))
     (out / "README.md").write_text(model_card(describe(loaded, tracker), ref))
     return out

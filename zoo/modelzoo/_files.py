@@ -7,15 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zoo.errors import ConfigError
+from zoo.paths import BEST_WEIGHTS_ARTIFACT, CONFIG_ARTIFACT, MODEL_ARTIFACTS, MODEL_WEIGHTS
 
 if TYPE_CHECKING:
     from zoo.modelzoo._ref import ModelRef
     from zoo.store import Tracker
 
-__all__ = ["MODEL_FOLDER", "WEIGHTS", "fetch_weights", "model_files"]
-
-WEIGHTS = "weights/best.safetensors"  # the run artifact a model is loaded from
-MODEL_FOLDER = "model"  # a registered version's files: model.safetensors, config.yaml
+__all__ = ["fetch_weights", "model_files"]
 
 
 def _download(tracker: Tracker, run_id: str, artifact: str) -> Path:
@@ -37,11 +35,11 @@ def _download(tracker: Tracker, run_id: str, artifact: str) -> Path:
 def model_files(ref: ModelRef, tracker: Tracker) -> tuple[Path, Path]:
     """(weights, config.yaml) of a resolved reference, downloaded if needed."""
     if ref.source is None:
-        return _download(tracker, ref.run_id, WEIGHTS), _download(
-            tracker, ref.run_id, "config.yaml"
+        return _download(tracker, ref.run_id, BEST_WEIGHTS_ARTIFACT), _download(
+            tracker, ref.run_id, CONFIG_ARTIFACT
         )
-    folder = _download(tracker, ref.run_id, MODEL_FOLDER)
-    return folder / "model.safetensors", folder / "config.yaml"
+    folder = _download(tracker, ref.run_id, MODEL_ARTIFACTS)
+    return folder / MODEL_WEIGHTS, folder / CONFIG_ARTIFACT
 
 
 def fetch_weights(target: str, tracker: Tracker) -> Path:

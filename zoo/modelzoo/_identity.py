@@ -24,20 +24,22 @@ def init_identity(resolver: Resolver, kind: str, target: str, where: str) -> str
     """The identity of the run ``kind:target`` names in ``resolver``'s store."""
     from zoo.store import tracking_uri
 
-    return _run_identity(tracking_uri(resolver.store, resolver.paths), kind, target, where)
+    uri = tracking_uri(resolver.store, resolver.paths)
+    return _run_identity(uri, resolver.paths, kind, target, where)
 
 
 @functools.lru_cache(maxsize=256)
-def _run_identity(uri: str, kind: str, target: str, where: str) -> str:
+def _run_identity(uri: str, paths: ProjectPaths, kind: str, target: str, where: str) -> str:
     """The identity of the run ``target`` names in the store at ``uri`` (its
     ``zoo.config_hash`` tag, else the sha256 of its weights), with its ``@STAGE`` or
-    ``@epoch:N`` suffix; a run that does not exist is a ConfigError naming ``where``."""
+    ``@epoch:N`` suffix; a run that does not exist is a ConfigError naming ``where``.
+    Weights are downloaded into project ``paths``."""
     from zoo.store import CONFIG_HASH_TAG, StoreError, Tracker
 
     run_id, _, at = target.partition("@") if kind == "run" else (target, "", "")
     init = f"{kind}:{target}"
     try:
-        tracker = Tracker(uri, create=False)
+        tracker = Tracker(uri, paths, create=False)
         if kind == "model":
             from zoo.modelzoo._ref import resolve_ref
 

@@ -38,23 +38,15 @@ class LoadedModel:
 
 def pixel_size_a(config: RunConfig) -> float | None:
     """Å per pixel of the last stage's training images, when known."""
-    from zoo.data import GeneratorSpec, MixSpec
-
     source = config.sources[config.stages[-1].train]
-    if isinstance(source, MixSpec):
-        source = config.sources[next(iter(source.mix))]
-    if isinstance(source, GeneratorSpec):
-        return source.field_nm * 10 / source.image_size
+    source = config.sources[source.parts()[0]] if source.parts() else source
     return source.pixel_size_a
 
 
 def image_size(config: RunConfig) -> int | None:
     """Side in pixels of the last stage's training images, when known from the config."""
-    from zoo.data import MixSpec
-
     source = config.sources[config.stages[-1].train]
-    if isinstance(source, MixSpec):
-        source = config.sources[next(iter(source.mix))]
+    source = config.sources[source.parts()[0]] if source.parts() else source
     return getattr(source, "image_size", None)
 
 

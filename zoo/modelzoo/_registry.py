@@ -18,22 +18,22 @@ def _log_folders(loaded: LoadedModel, tracker: Tracker, ref: str) -> str:
     MLflow model takes (see _pyfunc.predictable), ``mlflow-model/`` to the run, each
     once; returns the folder a version registers."""
     from zoo.modelzoo._card import export_model
-    from zoo.modelzoo._files import MODEL_FOLDER
     from zoo.modelzoo._pyfunc import MLFLOW_FOLDER, predictable, save_pyfunc
+    from zoo.paths import CONFIG_ARTIFACT, MODEL_ARTIFACTS, MODEL_WEIGHTS
 
     def missing(folder: str) -> bool:
         return not tracker.list_artifacts(loaded.run_id, folder)
 
     as_mlflow = predictable(loaded.config)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = export_model(loaded, tracker, Path(tmp) / MODEL_FOLDER, ref)
-        if missing(MODEL_FOLDER):
-            tracker.log_artifacts(loaded.run_id, folder, MODEL_FOLDER)
+        folder = export_model(loaded, tracker, Path(tmp) / MODEL_ARTIFACTS, ref)
+        if missing(MODEL_ARTIFACTS):
+            tracker.log_artifacts(loaded.run_id, folder, MODEL_ARTIFACTS)
         if as_mlflow and missing(MLFLOW_FOLDER):
-            files = (folder / "model.safetensors", folder / "config.yaml")
+            files = (folder / MODEL_WEIGHTS, folder / CONFIG_ARTIFACT)
             pyfunc = save_pyfunc(*files, Path(tmp) / MLFLOW_FOLDER)
             tracker.log_artifacts(loaded.run_id, pyfunc, MLFLOW_FOLDER)
-    return MLFLOW_FOLDER if as_mlflow else MODEL_FOLDER
+    return MLFLOW_FOLDER if as_mlflow else MODEL_ARTIFACTS
 
 
 def register_model(

@@ -47,8 +47,8 @@ class EmptyStore:
 
     read_only = True
 
-    def __init__(self, uri: str | None = None, paths: ProjectPaths | None = None):
-        self.paths = paths or ProjectPaths.default()
+    def __init__(self, uri: str | None, paths: ProjectPaths):
+        self.paths = paths
         self.uri = tracking_uri(uri, self.paths)
 
     def experiment(self, name: str, description: str | None = None) -> None:
@@ -71,7 +71,9 @@ class Tracker(MlflowCalls):
     come from MlflowCalls.
 
     ``create=False`` opens an existing store read-only: it never creates the store (a
-    missing SQLite file raises :class:`StoreMissing`) nor an experiment.
+    missing SQLite file raises :class:`StoreMissing`) nor an experiment. ``paths`` is the
+    project (its mlflow.db the default store); without it, for Python callers, the
+    project under ``$ZOO_ROOT`` or the current directory (ProjectPaths.default).
     """
 
     def __init__(

@@ -34,10 +34,11 @@ def tracking_uri(uri: str | None, paths: ProjectPaths) -> str:
     return store_uri(uri or os.environ.get("MLFLOW_TRACKING_URI") or paths.tracking_uri)
 
 
-def existing_store(uri: str | None, paths: ProjectPaths | None = None) -> str:
-    """The store a read-only command uses (see tracking_uri), not opened here: a missing
-    SQLite file raises StoreMissing (other backends fail at their first read)."""
-    uri = tracking_uri(uri, paths or ProjectPaths.default())
+def existing_store(uri: str | None, paths: ProjectPaths) -> str:
+    """The store a read-only command in project ``paths`` uses (see tracking_uri), not
+    opened here: a missing SQLite file raises StoreMissing (other backends fail at their
+    first read)."""
+    uri = tracking_uri(uri, paths)
     if backend(uri) == "sqlite" and not sqlite_path(uri).exists():
         raise StoreMissing(
             f"tracking store {sqlite_path(uri)} does not exist "

@@ -19,6 +19,7 @@ from typing import Any
 from zoo._typed import to_dict
 from zoo.calibrate import Profile, known_profiles, load_profile, profile_file
 from zoo.errors import ConfigError
+from zoo.paths import ProjectPaths
 from zoo.sweep._plan import Plan, format_report, image_side, report, stage_passes, trained_stages
 
 __all__ = [
@@ -103,17 +104,15 @@ def source_key(config: Any, name: str) -> str:
 
 
 def priced_report(
-    plan: Plan, profile: str | None, images_per_s: float | None, workers: int
+    plan: Plan, profile: str | None, images_per_s: float | None, workers: int, paths: ProjectPaths
 ) -> dict[str, Any]:
     """The plan's report (zoo.sweep.report) with one price, never measured here: on
-    throughput profile ``profile`` (wall time with ``workers`` workers, disk, memory),
-    or at ``images_per_s`` training images per second, or none (``priced_by`` null and
-    ``no_price``, the line saying how to get one). Both given is a ConfigError."""
-    from zoo.paths import ProjectPaths
-
+    throughput profile ``profile`` of project ``paths`` (wall time with ``workers``
+    workers, disk, memory), or at ``images_per_s`` training images per second, or none
+    (``priced_by`` null and ``no_price``, the line saying how to get one). Both given is
+    a ConfigError."""
     if profile is not None and images_per_s is not None:
         raise ConfigError("--images-per-s: not allowed with --profile; expected one price")
-    paths = ProjectPaths.default()
     summary = report(plan)
     if profile is not None:
         found = load_profile(profile, paths)

@@ -32,7 +32,6 @@ def needed(jobs: Sequence[JobSpec]) -> dict[str, Any]:
     trains, never stored); a name declared with two sources keeps the first (the run that
     uses the second makes it itself)."""
     from zoo.config import resolve
-    from zoo.data import MixSpec, StreamedSpec
     from zoo.modelzoo._identity import store_resolver
 
     found: dict[str, Any] = {}
@@ -51,7 +50,7 @@ def needed(jobs: Sequence[JobSpec]) -> dict[str, Any]:
         resolved = resolve(config, resolver=store_resolver(job.paths, job.uri))
         for name in resolved.used_datasets:
             source = resolved.sources[name]
-            if not isinstance(source, MixSpec | StreamedSpec):
+            if source.stored:
                 found.setdefault(name, source)
     return found
 

@@ -26,10 +26,11 @@ __all__ = [
     "JobState",
     "SweepReport",
     "already",
-    "pending",
+    "unfinished",
 ]
 
-# killed: stopped by a signal, resumable; skipped: a stage it needs failed, nothing trained
+# pending: queued by its backend, not started; killed: stopped by a signal, resumable;
+# skipped: a stage it needs failed, nothing trained
 JobState = Literal["pending", "running", "finished", "failed", "killed", "skipped"]
 ENDED: frozenset[str] = frozenset({"finished", "failed", "killed", "skipped"})
 
@@ -118,8 +119,9 @@ class Executor(ABC):
         now; the store tells the state of the others."""
 
 
-def pending(jobs: Sequence[JobSpec], tracker: Tracker, name: str) -> tuple[list[JobSpec], dict]:
-    """The jobs not yet FINISHED, and key -> run id of the finished ones."""
+def unfinished(jobs: Sequence[JobSpec], tracker: Tracker, name: str) -> tuple[list[JobSpec], dict]:
+    """The jobs whose run is not FINISHED in the store (never run, failed, killed or under
+    way), and key -> run id of the finished ones."""
     states = tracker.states(tracker.experiment(name))
     finished = {k: run_id for k, (run_id, status) in states.items() if status == "FINISHED"}
     return [j for j in jobs if j.key not in finished], finished

@@ -1,11 +1,13 @@
 """A job as it travels from the planner through an executor to a worker, and the one
 function that runs it.
 
-A :class:`JobSpec` is typed and frozen and survives a JSON round-trip unchanged
-(``JobSpec.from_json(job.to_json()) == job``), so the SLURM executor writes the
-very description the local executor passes to its worker processes. Whichever
-executor started it, a job is run by :func:`run_job`, so a run's metrics do not
-depend on where it ran.
+The plan decides a job (zoo.sweep._plan.Job: its identity, kind and dependencies); a
+:class:`JobSpec` is that job's projection for a worker (``JobSpec.of``), or a job a
+producer makes itself (a search's Optuna workers). It is typed and frozen and survives
+a JSON round-trip unchanged (``JobSpec.from_json(job.to_json()) == job``), so the
+SLURM executor writes the very description the local executor passes to its worker
+processes. Whichever executor started it, a job is run by :func:`run_job`, so a run's
+metrics do not depend on where it ran.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from zoo.errors import ConfigError
 from zoo.naming import run_name
 from zoo.paths import ProjectPaths
 from zoo.store import CONFIG_HASH_TAG, Tracker
+from zoo.sweep._plan import Job, Plan
 
 __all__ = [
     "JOB_KINDS",
@@ -77,6 +80,32 @@ class JobSpec:
         return json.dumps({**document, "depends": list(self.depends)}, sort_keys=True)
 
     @classmethod
+    def of(
+        cls,
+        job: Job,
+        experiment: str,
+        uri: str,
+        root: str,
+        tags: dict[str, str],
+        max_requeues: int = 3,
+    ) -> JobSpec:
+        """The planned ``job`` as a worker receives it: its key, kind, name, dependencies,
+        config and identity fields (``planned``) exactly as the plan decided them."""
+        return cls(
+            key=job.key,
+            kind=job.kind,
+            name=job.name,
+            experiment=experiment,
+            uri=uri,
+            root=root,
+            config=job.config.to_dict(),
+            depends=job.depends,
+            tags=tags,
+            max_requeues=max_requeues,
+            planned=job.config.identity_fields(identity_index(job.kind, job.config)),
+        )
+
+    @classmethod
     def from_json(cls, text: str) -> JobSpec:
         """The job ``to_json`` wrote; unknown or mistyped fields are refused."""
         return build(cls, json.loads(text), "job")
@@ -104,31 +133,26 @@ def job_tags(
     return tags
 
 
-def _title(plan: Any, job: Any) -> str:
+def _title(plan: Plan, job: Job) -> str:
     stage = job.name if job.kind == "stage" else None
     return run_name(job.names, plan.stage_names, plan.spec.run_name, stage)
 
 
 def jobs_from_plan(
-    plan: Any, uri: str, paths: ProjectPaths, max_requeues: int = 3
+    plan: Plan, uri: str, paths: ProjectPaths, max_requeues: int = 3
 ) -> list[JobSpec]:
-    """The jobs of a sweep plan (zoo.sweep.Plan), stage jobs first."""
+    """The jobs of a sweep plan, stage jobs first, each its planned job's projection."""
     return [
-        JobSpec(
-            key=job.key,
-            kind=job.kind,
-            name=job.name,
-            experiment=plan.spec.name,
-            uri=uri,
-            root=str(paths.root),
-            config=job.config.to_dict(),
+        JobSpec.of(
+            job,
+            plan.spec.name,
+            uri,
+            str(paths.root),
             tags={
                 **job_tags(plan.spec.name, job.kind, job.name, job.names, _title(plan, job)),
                 **({"zoo.rehearsal": "true"} if plan.spec.rehearse else {}),
             },
-            depends=job.depends,
             max_requeues=max_requeues,
-            planned=job.config.identity_fields(identity_index(job.kind, job.config)),
         )
         for job in plan.jobs
     ]
@@ -208,7 +232,7 @@ def run_job(
     job: JobSpec,
     log: Path | None = None,
     on_epoch: EpochHook | None = None,
-    pending: bool = False,
+    unfinished: bool = False,
 ) -> JobResult:
     """Run ``job``; a failure is recorded in MLflow (FAILED with its reason) when this returns.
 
@@ -216,15 +240,15 @@ def run_job(
     runner. A job whose shared stage has no finished checkpoint is skipped. A preempted
     job (zoo.train.Preempted) propagates while ``requeues_left``; past the cap its
     run ends FAILED, naming the cap. ``on_epoch`` may raise zoo.run.Pruned.
-    ``pending``: the caller found the job unfinished just now (see zoo.run.run).
+    ``unfinished``: the caller found the job's run not FINISHED just now (see zoo.run.run).
     """
     started = time.perf_counter()
-    result = _run_job(job, log, on_epoch, pending)
+    result = _run_job(job, log, on_epoch, unfinished)
     return replace(result, seconds=time.perf_counter() - started)
 
 
 def _run_job(
-    job: JobSpec, log: Path | None, on_epoch: EpochHook | None, pending: bool
+    job: JobSpec, log: Path | None, on_epoch: EpochHook | None, unfinished: bool
 ) -> JobResult:
     if job.kind in JOB_KINDS:
         return JOB_KINDS[job.kind](job, log)
@@ -241,7 +265,7 @@ def _run_job(
             handle.write(line + "\n")
             handle.flush()
 
-        return _train(job, tracker, echo, on_epoch, pending)
+        return _train(job, tracker, echo, on_epoch, unfinished)
 
 
 def _train(
@@ -249,7 +273,7 @@ def _train(
     tracker: Tracker,
     echo: Callable[[str], None],
     on_epoch: EpochHook | None,
-    pending: bool,
+    unfinished: bool,
 ) -> JobResult:
     from zoo.config import resolve
     from zoo.modelzoo._identity import store_resolver
@@ -270,7 +294,7 @@ def _train(
             identity=job.key,
             tags=job.tags,
             on_epoch=on_epoch,
-            pending=pending,
+            unfinished=unfinished,
         )
     except Preempted as error:
         if requeues_left(job):

@@ -1,6 +1,6 @@
 """The local executor: jobs on N worker processes, shared stages first.
 
-The datasets the pending jobs need are made first, in parallel on the workers.
+The datasets the unfinished jobs need are made first, in parallel on the workers.
 
 A job starts once the stage job it depends on has finished; a failed stage job
 leaves its dependents skipped, and the sweep goes on. Jobs whose MLflow run is
@@ -34,7 +34,7 @@ from zoo._signals import exit_with_parent, grace_s, job_under_way, received, sto
 from zoo.errors import ConfigError
 from zoo.store import Tracker
 from zoo.sweep._datasets import make_datasets, sweep_folders
-from zoo.sweep._executor import Ended, Executor, JobState, SweepReport, already, pending
+from zoo.sweep._executor import Ended, Executor, JobState, SweepReport, already, unfinished
 from zoo.sweep._job import (
     JobResult,
     JobSpec,
@@ -118,7 +118,7 @@ def _run(text: str) -> JobResult:
     """run_job in a worker process; the job travels as its JSON description (and was
     found unfinished when the sweep started). A signal stops it (zoo._signals.Stopped)."""
     with job_under_way():
-        return run_job(JobSpec.from_json(text), pending=True)
+        return run_job(JobSpec.from_json(text), unfinished=True)
 
 
 def _under_way(function: Callable[[Any], Any], item: Any) -> Any:
@@ -149,7 +149,7 @@ class LocalExecutor(Executor):
 
     def submit(self, name: str, jobs: Sequence[JobSpec], tracker: Tracker) -> SweepReport:
         report = SweepReport()
-        todo, finished = pending(jobs, tracker, name)
+        todo, finished = unfinished(jobs, tracker, name)
         already(report, jobs, finished)
         if not todo:
             self.echo(f"sweep {name}: all {len(jobs)} jobs finished; nothing to do")

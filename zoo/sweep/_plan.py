@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from zoo._typed import check
 from zoo._yaml import dump_yaml
@@ -30,10 +30,12 @@ FIRST_RUNS = 3  # runs a plan's report names
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work: a shared stage (trained once for many runs) or a run."""
+    """One unit of work as the plan decides it: a shared stage (trained once for many runs)
+    or a run. What a worker receives is its projection, zoo.sweep._job.JobSpec.of, which
+    carries the same key, kind, name, dependencies and identity fields."""
 
     key: str  # the MLflow identity tag: stage hash for a stage job, config hash for a run job
-    kind: str  # "stage" or "run"
+    kind: Literal["stage", "run"]
     name: str  # stage name for a stage job, "run" for a run job
     config: RunConfig  # for a stage job, the run config cut after that stage
     names: dict[str, Any]  # axis values

@@ -43,6 +43,7 @@ from zoo.sweep._job import (
     run_job,
     tracker_for,
 )
+from zoo.sweep._plan import Job
 from zoo.sweep._search_block import (
     Objective,
     Parameter,
@@ -288,8 +289,9 @@ def _evaluate(
     for index, expanded in enumerate(runs):
         run_job_spec = _trial_job(spec, expanded, trial.number, job)
         hook = _pruning_hook(trial, expanded, block.prune_on) if index == 0 else None
+        log = job.paths.study(job.experiment).trial_log(trial.number)
         try:
-            result = run_job(run_job_spec, _trial_log(job, trial.number), hook)
+            result = run_job(run_job_spec, log, hook)
         except Pruned:
             study.tell(trial.number, state=TrialState.PRUNED)
             return "pruned"
@@ -310,25 +312,13 @@ def _evaluate(
     return f"complete {statistics.fmean(values):.4g}"
 
 
-def _trial_log(job: JobSpec, trial: int) -> Path:
-    """The log of one trial's training."""
-    return job.paths.study(job.experiment).folder / "trials" / f"{trial}.log"
-
-
 def _trial_job(spec: SweepSpec, expanded: Expanded, number: int, worker: JobSpec) -> JobSpec:
     config = expanded.config
     tags = job_tags(spec.name, "run", "run", expanded.names)
     tags.update({"zoo.trial": str(number), "zoo.study": spec.name})
-    return JobSpec(
-        key=config.digest(),
-        kind="run",
-        name="run",
-        experiment=spec.name,
-        uri=worker.uri,
-        root=worker.root,
-        config=config.to_dict(),
-        tags=tags,
-        max_requeues=worker.max_requeues,
+    planned = Job(config.digest(), "run", "run", config, expanded.names, ())
+    return JobSpec.of(
+        planned, spec.name, worker.uri, worker.root, tags=tags, max_requeues=worker.max_requeues
     )
 
 

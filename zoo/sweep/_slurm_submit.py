@@ -48,7 +48,7 @@ from zoo.paths import ProjectPaths, SubmissionPaths
 from zoo.resources import resource
 from zoo.store import Tracker
 from zoo.sweep._datasets import missing_sources, sweep_folders
-from zoo.sweep._executor import Executor, JobState, SweepReport, already, pending
+from zoo.sweep._executor import Executor, JobState, SweepReport, already, unfinished
 from zoo.sweep._job import JobSpec, jobs_from_plan
 from zoo.sweep._packing import cluster_limits
 from zoo.sweep._plan import Plan, make_plan
@@ -281,7 +281,7 @@ class SlurmExecutor(Executor):
 
     def submit(self, name: str, jobs: Sequence[JobSpec], tracker: Tracker) -> SweepReport:
         options, report = self.options, SweepReport()
-        todo, finished = pending(jobs, tracker, name)
+        todo, finished = unfinished(jobs, tracker, name)
         already(report, jobs, finished)
         queued = self._queued(tracker.paths, name)
         selected = [j for j in todo if j.key not in queued]
@@ -451,6 +451,6 @@ def _write_record(submission: SubmissionPaths, record: dict[str, Any], arrays: l
         }
         for a in arrays
     ]
-    tmp = submission.folder / "runs.json.tmp"
+    tmp = submission.record_staging
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, submission.record)

@@ -192,7 +192,7 @@ def _lane_jobs(
         if not _wait_for_stage(job, submission, stages, lambda line: print(line, flush=True)):
             return PREEMPTED
         try:  # the submission found it unfinished; after a requeue it may have finished
-            result = run_job(job, submission.job_log(job.key), pending=not requeues_made())
+            result = run_job(job, submission.job_log(job.key), unfinished=not requeues_made())
         except Preempted:
             return PREEMPTED  # a preempted stage has not ended: its runs keep waiting
         finally:  # ended however it ended (unless preempted), so its runs stop waiting
