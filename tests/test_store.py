@@ -357,3 +357,46 @@ def test_datasets_artifacts_and_model_versions_go_through_the_store(tmp_path):
     assert tracker.get_model_version("m", "1").tags == {"k": "v"}
     with pytest.raises(StoreError):  # what a caller tells "no such run" by
         tracker.get_run("0" * 32)
+
+
+def _schema(path) -> list[list[str]]:
+    """Each table's and index's definition as its sorted lines (MLflow's own migrations
+    write a table's constraints in a different order from one run to the next)."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(path)) as connection:
+        rows = connection.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL")
+        return sorted(sorted(line.strip(" ,") for line in sql.splitlines()) for (sql,) in rows)
+
+
+def test_a_new_sqlite_store_is_mlflows_own_schema_copied_once_per_version(tmp_path, monkeypatch):
+    """New stores start as a copy of a template migrated once into the user's cache; each
+    equals a store MLflow migrated itself, with its own Default experiment."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    plain = tmp_path / "plain.db"
+    (made,) = MlflowClient(f"sqlite:///{plain}").search_experiments()
+    for name in ("a", "b"):
+        paths = ProjectPaths(tmp_path / name)
+        Tracker(None, paths)
+        assert _schema(paths.root / "mlflow.db") == _schema(plain)
+        (default,) = MlflowClient(paths.tracking_uri).search_experiments()
+        assert (default.experiment_id, default.name) == (made.experiment_id, made.name)
+        assert default.artifact_location == made.artifact_location
+    assert len(list((tmp_path / "cache" / "zoo").glob("mlflow-*.db"))) == 1
+
+
+def test_a_new_sqlite_store_is_migrated_in_place_when_the_cache_cannot_be_written(
+    tmp_path, monkeypatch
+):
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+    plain = tmp_path / "plain.db"
+    MlflowClient(f"sqlite:///{plain}").search_experiments()
+    paths = ProjectPaths(tmp_path / "project")
+    Tracker(None, paths)
+    assert _schema(paths.root / "mlflow.db") == _schema(plain)

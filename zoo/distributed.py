@@ -261,18 +261,21 @@ def group(
     """With ``config.devices`` N > 1: N - 1 followers spawned (each loads its datasets with
     ``load_datasets(config, ProjectPaths(root))``) and the process group formed; yields
     the shard factory zoo.train.train_stage trains through. Else yields None (one
-    process). On leaving, the followers are told to stop (or, after an error, ended)."""
+    process). On CPU the ranks split this process's threads between them rather than
+    each taking them all. On leaving, the followers are told to stop (or, after an error, ended)."""
     if config.devices == 1:
         yield None
         return
     world, device = config.devices, _rank_device(config, 0)
+    threads = torch.get_num_threads()  # on CPU, the N ranks share them (as under torchrun)
+    share = max(1, threads // world) if device.type == "cpu" else threads
     store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False)
     context = torch.multiprocessing.get_context("spawn")
     followers = [
         context.Process(
             target=_follow,
             args=(config.to_dict(), str(root), rank, world, store.port, load_datasets),
-            kwargs={"threads": torch.get_num_threads(), "resolver": config.resolver},
+            kwargs={"threads": share, "resolver": config.resolver},
             name=f"zoo-rank-{rank}",
         )
         for rank in range(1, world)
@@ -280,6 +283,7 @@ def group(
     for process in followers:
         process.start()
     try:
+        torch.set_num_threads(share)
         _wait_ready(store, followers)
         dist.init_process_group(_backend(device), store=store, rank=0, world_size=world)
         leader = Group(0, world, device)
@@ -294,6 +298,7 @@ def group(
             process.join()
         if dist.is_initialized():
             dist.destroy_process_group()
+        torch.set_num_threads(threads)
 
 
 def _backend(device: torch.device) -> str:

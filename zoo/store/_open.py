@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from zoo._disk import out_of_space
 from zoo._signals import guarded
 from zoo.errors import ConfigError
+from zoo.store._template import copy_template
 from zoo.store._uri import backend, sqlite_path
 
 __all__ = ["KNOWN_REVISIONS", "check_schema", "create_store", "retrying", "schema_revision"]
@@ -106,6 +107,7 @@ def _create_sqlite(uri: str) -> None:
     _refuse_read_only(uri, path)
     with FileLock(f"{path}.lock"):
         if not path.exists():
+            copy_template(path)  # else MLflow migrates the new file itself, below
             with closing(sqlite3.connect(path)) as connection:
                 connection.execute("PRAGMA journal_mode=WAL")
         _refuse_non_sqlite(uri, path)
