@@ -17,8 +17,8 @@ from zoo.sweep._executor import ENDED, Ended, Executor, SweepReport, already, un
 
 class InProcessExecutor(Executor):
     """The smallest backend: the jobs in this process, one after another, in the order
-    given (a stage job before the jobs that need it; run_job skips a job whose stage
-    left no checkpoint)."""
+    given (a dataset or stage job before the jobs that need it; run_job skips a job whose
+    stage left no checkpoint)."""
 
     def __init__(self, workers, echo):
         self.echo = echo
@@ -29,6 +29,8 @@ class InProcessExecutor(Executor):
         already(report, jobs, finished)
         for job in todo:
             result = run_job(job, unfinished=True)
+            if job.kind == "dataset":  # makes a dataset, no run: no handle, not counted
+                continue
             report.handles[job.key] = Ended(job.key, result)
             if result.status == "finished":
                 report.finished.append(job.key)

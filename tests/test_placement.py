@@ -44,7 +44,7 @@ def test_every_job_keeps_its_key_on_any_worker_device(project, tiny_spec, monkey
     """A worker resolves and places each job of a plan (auto → its device) and computes
     the key the plan gave it, whichever device it was placed on."""
     plan = make_plan(load_spec(tiny_spec()))
-    jobs = jobs_from_plan(plan, project.tracking_uri, project)
+    jobs = [j for j in jobs_from_plan(plan, project.tracking_uri, project) if j.kind != "dataset"]
     assert {j.kind for j in jobs} == {"stage", "run"}
     for device in ("cpu", "cuda:0", "cuda:1"):
         monkeypatch.setitem(_job._WORKER, "device", device)
@@ -95,20 +95,22 @@ def test_a_job_whose_identity_differs_fails_in_one_line_and_the_sweep_goes_on(
     edited = replace(edited, config={**edited.config, "power_cap_w": 250.0})
     jobs = [edited if j.key == edited.key else j for j in jobs]
     report = LocalExecutor(2, echo=lambda line: None).submit("tiny", jobs, tracker)
-    assert list(report.failed) == [edited.key] and len(report.finished) == len(jobs) - 1
+    assert list(report.failed) == [edited.key] and len(report.finished) == len(plan.jobs) - 1
     (reason,) = report.failed.values()
     assert "\n" not in reason and "(differs: power_cap_w)" in reason
     assert f"not the planned {edited.key}" in reason and "trained nothing" in reason
     failed = [r for r in tiny_runs() if r.info.status == "FAILED"]
     assert [r.data.tags["zoo.config_hash"] for r in failed] == [edited.key]
     assert "train_loss" not in failed[0].data.metrics
-    assert _stage_trainings(project) == len(jobs) - 1
+    assert _stage_trainings(project) == len(plan.jobs) - 1
 
 
 def test_a_refused_job_in_a_worker_trains_nothing(project, tiny_spec):
     """run_job itself (the SLURM task's path) refuses and says why in the job's log."""
     plan = make_plan(load_spec(tiny_spec(sources=("a",))))
-    (stage, *_) = jobs_from_plan(plan, project.tracking_uri, project)
+    stage = next(
+        j for j in jobs_from_plan(plan, project.tracking_uri, project) if j.kind == "stage"
+    )
     edited = replace(stage, config={**stage.config, "seed": 7})
     log = project.root / "job.log"
     result = run_job(edited, log)
@@ -121,7 +123,9 @@ def test_a_refusal_never_turns_a_finished_run_failed(project, tiny_spec, tiny_ru
     """A requeued task may meet a job whose identity moved after its run FINISHED: the
     run stays FINISHED; a job written without planned fields says they are unknown."""
     plan = make_plan(load_spec(tiny_spec(sources=("a",))))
-    (stage, *_) = jobs_from_plan(plan, project.tracking_uri, project)
+    stage = next(
+        j for j in jobs_from_plan(plan, project.tracking_uri, project) if j.kind == "stage"
+    )
     assert run_job(stage).status == "finished"
     moved = replace(stage, config={**stage.config, "seed": 7})
     result = run_job(moved)

@@ -351,15 +351,15 @@ def test_job_description_survives_a_json_round_trip(tiny_spec):
     jobs = jobs_from_plan(
         make_plan(load_spec(tiny_spec())), "sqlite:///x.db", ProjectPaths(Path("/p"))
     )
-    assert [j.kind for j in jobs] == ["stage", "stage", "run", "run", "run", "run"]
+    assert [j.kind for j in jobs] == ["dataset"] * 3 + ["stage"] * 2 + ["run"] * 4
     for job in jobs:
         assert JobSpec.from_json(job.to_json()) == job
-    assert jobs[-1].depends == (jobs[1].key,) and jobs[-1].tags["zoo.axis.source"] == "b"
-    bad = json.loads(jobs[0].to_json()) | {"max_requeues": "3"}
+    assert jobs[-1].depends == (jobs[4].key,) and jobs[-1].tags["zoo.axis.source"] == "b"
+    bad = json.loads(jobs[3].to_json()) | {"max_requeues": "3"}
     with pytest.raises(ConfigError, match=r"job\.max_requeues"):
         JobSpec.from_json(json.dumps(bad))
     with pytest.raises(AttributeError):
-        jobs[0].key = "other"
+        jobs[3].key = "other"
 
 
 @pytest.mark.parametrize(("restarts", "requeued"), [(2, True), (3, False)])
@@ -372,7 +372,8 @@ def test_preempted_run_requeues_until_the_cap_then_ends_failed(
     from zoo.train import STOP, Preempted
 
     plan = make_plan(load_spec(tiny_spec(sources=("a",))))
-    stage, job, _ = jobs_from_plan(plan, project.tracking_uri, project, max_requeues=3)
+    jobs = jobs_from_plan(plan, project.tracking_uri, project, max_requeues=3)
+    stage, job, _ = (j for j in jobs if j.kind != "dataset")
     Tracker(project.tracking_uri, project)
     monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
     STOP.set()
@@ -560,3 +561,97 @@ def test_status_table_keeps_every_state_in_its_own_column():
     assert header.split() == ["group", *STATES]
     for row, group in zip(rows, counts, strict=True):
         assert row.split() == [group, *(str(counts[group][s]) for s in STATES)]
+
+
+def test_the_plan_makes_each_stored_dataset_in_one_job_the_jobs_loading_it_wait_for(
+    tiny_spec, project, capsys
+):
+    """Dataset preparation is planned: one dataset job per stored dataset, keyed by its
+    name and declaration (the same in every plan declaring it so), and every stage and
+    run job names the dataset jobs it loads apart from the stage it starts from."""
+    from conftest import tiny_spec_document
+
+    plan = make_plan(load_spec(tiny_spec()))
+    made = {j.name: j for j in plan.datasets}
+    assert sorted(made) == ["a", "b", "c"] and plan.counts()["dataset_jobs"] == 3
+    assert all(j.kind == "dataset" and not j.depends and not j.datasets for j in made.values())
+    assert plan.counts()["jobs"] == {"stage": 2, "run": 4}
+    stages = {j.key for j in plan.jobs if j.kind == "stage"}
+    for job in plan.jobs:
+        assert set(job.datasets) == {made[n].key for n in job.config.used_datasets}
+        assert set(job.depends) <= stages and (job.kind == "stage" or job.depends[-1] in stages)
+
+    smaller = make_plan(load_spec(tiny_spec(sources=("a",), freezes=("none",))))
+    assert {j.name: j.key for j in smaller.datasets} == {n: j.key for n, j in made.items()}
+    document = tiny_spec_document()
+    document["base"]["datasets"]["a"]["defocus_nm"] = -20
+    (project.root / "other.yaml").write_text(yaml.safe_dump(document))
+    other = {j.name: j.key for j in make_plan(load_spec(project.root / "other.yaml")).datasets}
+    assert other["a"] != made["a"].key and other["b"] == made["b"].key
+
+    mixed = make_plan(load_spec(Path(zoo.__file__).parent.parent / "sweeps" / "baseline.yaml"))
+    assert "mix" not in {j.name for j in mixed.datasets}  # a mixture is cut from its parts
+    parts = {j.name: j.key for j in mixed.datasets}
+    run = mixed.jobs[-1]
+    assert set(run.config.datasets["mix"]["mix"]) < set(run.config.used_datasets)
+    assert set(run.datasets) == {parts[n] for n in run.config.used_datasets if n != "mix"}
+    assert main(["sweep", "plan", str(tiny_spec())]) == 0
+    assert "  dataset jobs: 3 (stored datasets" in capsys.readouterr().out
+
+
+def test_a_dataset_job_that_fails_skips_only_the_jobs_loading_it(project, capsys):
+    """The local executor runs dataset jobs like the others: one that fails (an unreadable
+    image) leaves the runs that load it skipped, and the sweep goes on."""
+    from conftest import TINY_DATA
+
+    (project.root / "broken" / "images").mkdir(parents=True)
+    (project.root / "broken" / "masks").mkdir()
+    (project.root / "broken" / "images" / "im0.png").write_bytes(b"not a png")
+    spec = project.root / "broken.yaml"
+    base = {
+        "model": {"encoder": "tu-test_resnet", "decoder_channels": [16] * 5},
+        "datasets": {"a": {**TINY_DATA, "defocus_nm": -10}, "d": {"path": "broken"}},
+        "stages": [{"name": "pretrain", "train": "a", "size": 8, "epochs": 1}],
+        "validate_on": ["a"],
+    }
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "broken",
+                "base": base,
+                "axes": [{"product": {"source": ["a", "d"]}}],
+                "set": {"stages.0.train": "$source", "validate_on": ["$source"]},
+                "seeds": [0],
+            }
+        )
+    )
+    assert main(["sweep", "run", str(spec), "--workers", "1"]) == 1  # one run skipped
+    out = capsys.readouterr().out
+    assert "making 2 dataset(s): a, d" in out and re.search(r"\n  dataset a: [0-9a-f]{16}\n", out)
+    assert re.search(r"\n  dataset d: failed: .*im0\.png: unreadable", out)
+    assert "finished 1, already finished 0, failed 0, skipped 1" in out
+
+
+def test_a_dataset_job_travels_as_json_and_both_backends_make_it_through_run_job(
+    tiny_spec, project, tmp_path, capsys
+):
+    """A dataset job is made by run_job from its JSON description: in a SLURM dataset
+    array task as in a local worker; once the cache has it, it is left out."""
+    from zoo.sweep import JobSpec, jobs_from_plan
+    from zoo.sweep._datasets import to_make
+    from zoo.sweep._slurm_task import worker
+
+    plan = make_plan(load_spec(tiny_spec(sources=("a",), freezes=("none",))))
+    jobs = jobs_from_plan(plan, project.tracking_uri, project)
+    todo, done = to_make(jobs)
+    assert [j.name for j in todo] == ["a", "b", "c"] and not done
+    made = todo[0]
+    assert JobSpec.from_json(made.to_json()) == made and not made.tags
+    array = {"name": "datasets-0", "kind": "datasets", "keys": [made.key], "tasks": [[made.key]]}
+    record = {"arrays": [array], "jobs": {}, "datasets": {made.key: made.to_json()}}
+    (tmp_path / "runs.json").write_text(json.dumps(record))
+    assert worker(tmp_path, "datasets-0", 0) == 0
+    digest = json.loads(project.dataset_index.read_text())["a"]["digest"]
+    assert f"dataset a: {digest}\n" in capsys.readouterr().out
+    todo, done = to_make(jobs)
+    assert [j.name for j in todo] == ["b", "c"] and done == {made.key}

@@ -1,4 +1,6 @@
-"""The datasets a sweep's pending jobs need, made before any of those jobs starts.
+"""The datasets a sweep's pending jobs need: the plan's dataset jobs (zoo.sweep._plan.
+with_datasets), which the executors run before the jobs that load them, through
+zoo.sweep._job.run_job like any job.
 
 Making a dataset takes a lock per dataset (zoo.data._lock), so whoever makes it
 (the local executor's workers, a SLURM dataset array task, a run that finds it
@@ -8,21 +10,19 @@ missing) makes it once, and every other maker waits and finds it cached.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from zoo.paths import DatasetPaths, ProjectPaths
-from zoo.sweep._job import JobSpec
+from zoo.sweep._job import JobResult, JobSpec, source_of
 
 __all__ = [
     "is_cached",
-    "make_datasets",
-    "make_one",
-    "make_task",
-    "missing_sources",
+    "made",
     "needed",
     "sweep_folders",
+    "to_make",
 ]
 
 
@@ -37,7 +37,7 @@ def needed(jobs: Sequence[JobSpec]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     seen: set[str] = set()
     for job in jobs:
-        if job.kind == "search":
+        if job.kind not in ("stage", "run"):
             continue
         config = job.config
         key = json.dumps(
@@ -87,45 +87,25 @@ def sweep_folders(plan: Any, paths: ProjectPaths) -> Callable[[], list[Path]]:
     return folders
 
 
-def make_one(item: tuple[str, Any, str]) -> str:
-    """Make dataset (name, source, project root); a worker-process entry point."""
-    from zoo.data import materialise
-
-    name, source, root = item
-    return materialise(name, source, ProjectPaths(Path(root))).name
-
-
-def make_datasets(
-    jobs: Sequence[JobSpec],
-    paths: ProjectPaths,
-    echo: Callable[[str], None] = print,
-    mapper: Callable[[Callable, Iterable], Iterable] = map,
-) -> list[str]:
-    """Make the datasets ``jobs`` need and the cache lacks, with ``mapper`` (a process
-    pool's ``map`` makes them in parallel); returns their names."""
-    missing = [(n, s) for n, s in needed(jobs).items() if not is_cached(n, s, paths)]
-    if not missing:
-        return []
-    echo(f"making {len(missing)} dataset(s): {', '.join(n for n, _ in missing)}")
-    for (name, _), digest in zip(
-        missing, mapper(make_one, [(n, s, str(paths.root)) for n, s in missing]), strict=True
-    ):
-        echo(f"  dataset {name}: {digest}")
-    return [n for n, _ in missing]
+def to_make(jobs: Sequence[JobSpec]) -> tuple[list[JobSpec], set[str]]:
+    """The dataset jobs among ``jobs`` that another of ``jobs`` loads and the cache lacks
+    (in their order), and the keys of the other dataset jobs (nothing to do)."""
+    loaded = {key for job in jobs for key in job.datasets}
+    make, done = [], set()
+    for job in (j for j in jobs if j.kind == "dataset"):
+        if job.key in loaded and not is_cached(job.name, source_of(job), job.paths):
+            make.append(job)
+        else:
+            done.add(job.key)
+    return make, done
 
 
-def missing_sources(jobs: Sequence[JobSpec], paths: ProjectPaths) -> dict[str, Any]:
-    """Name -> declaration (JSON-ready) of each dataset ``jobs`` need and the cache lacks."""
-    from zoo._typed import to_dict
+def made(job: JobSpec, result: JobResult) -> str:
+    """What dataset job ``job`` did, in one line: ``dataset NAME: DIGEST`` (its cache
+    folder) or ``dataset NAME: failed: REASON``."""
+    from zoo.data import dataset_folder
 
-    return {n: to_dict(s) for n, s in needed(jobs).items() if not is_cached(n, s, paths)}
-
-
-def make_task(declared: dict[str, Any], names: Sequence[str], paths: ProjectPaths) -> int:
-    """Make datasets ``names`` of ``declared`` (a SLURM dataset array task); exit code 0."""
-    from zoo.data import dataset_source
-
-    for name in names:
-        source = dataset_source(declared[name], f"datasets.{name}")
-        print(f"dataset {name}: {make_one((name, source, str(paths.root)))}", flush=True)
-    return 0
+    if result.status != "finished":
+        return f"dataset {job.name}: {result.status}: {result.reason}"
+    folder = dataset_folder(job.name, source_of(job), job.paths)
+    return f"dataset {job.name}: {folder.name if folder else 'made'}"

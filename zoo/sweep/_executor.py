@@ -98,6 +98,10 @@ class Executor(ABC):
     - a job starts only after every job in its ``depends`` ended; when one of
       them failed it trains nothing and is reported skipped (the SLURM backend
       learns this in the task, from the stage's missing checkpoint);
+    - a dataset job (kind ``dataset``) that a job to run loads and the cache lacks
+      is run by ``run_job`` before every job naming it in ``datasets`` starts
+      (SLURM: in a dataset array the other arrays wait for); it makes no MLflow
+      run and gets no handle, and the report counts no dataset job;
     - every job is run by ``zoo.sweep._job.run_job``, so a run's metrics do not
       depend on the backend;
     - a failed job's run ends FAILED with its reason and the other jobs go on;

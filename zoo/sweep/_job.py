@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zoo._disk import failure_line
-from zoo._typed import build, check
+from zoo._typed import build, check, to_dict
 from zoo.config import RunConfig
 from zoo.errors import ConfigError
 from zoo.naming import run_name
@@ -44,6 +44,7 @@ __all__ = [
     "requeues_left",
     "requeues_made",
     "run_job",
+    "source_of",
     "with_parent",
 ]
 
@@ -55,14 +56,18 @@ class JobSpec:
     """Everything a worker needs to run one job, and nothing it must look up elsewhere."""
 
     key: str  # MLflow identity tag: stage hash, config hash; a search worker: <search>-worker-N
-    kind: Literal["stage", "run", "search"]  # search: an Optuna worker asking for trials
-    name: str  # the stage's name, "run", or "search"
+    # search: an Optuna worker asking for trials; dataset: makes one stored dataset, no run
+    kind: Literal["dataset", "stage", "run", "search"]
+    name: str  # the stage's name, "run", "search", or a dataset job's dataset
     experiment: str  # MLflow experiment: the sweep's or search's name
     uri: str  # tracking store
     root: str  # project root (zoo.paths.ProjectPaths)
-    config: dict[str, Any]  # resolved run config; a search worker: {spec: path, worker: N}
+    # resolved run config; a search worker: {spec: path, worker: N}; a dataset job:
+    # {datasets: {name: declaration}}
+    config: dict[str, Any]
     tags: dict[str, str] = field(default_factory=dict)  # added to a new MLflow run
     depends: tuple[str, ...] = ()  # keys of the stage jobs that must finish first
+    datasets: tuple[str, ...] = ()  # keys of the dataset jobs that must finish first
     max_requeues: int = 3  # preemptions requeued before the run ends FAILED
     # the plan's identity document of a stage or run job, field -> short hash
     # (RunConfig.identity_fields): a worker computing another key names what differs
@@ -77,7 +82,8 @@ class JobSpec:
 
     def to_json(self) -> str:
         document = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        return json.dumps({**document, "depends": list(self.depends)}, sort_keys=True)
+        tuples = {"depends": list(self.depends), "datasets": list(self.datasets)}
+        return json.dumps({**document, **tuples}, sort_keys=True)
 
     @classmethod
     def of(
@@ -90,7 +96,11 @@ class JobSpec:
         max_requeues: int = 3,
     ) -> JobSpec:
         """The planned ``job`` as a worker receives it: its key, kind, name, dependencies,
-        config and identity fields (``planned``) exactly as the plan decided them."""
+        config and identity fields (``planned``) exactly as the plan decided them; a
+        dataset job carries its dataset's declaration only, and no tags."""
+        if job.kind == "dataset":
+            declared = {job.name: to_dict(job.config.sources[job.name])}
+            return cls(job.key, "dataset", job.name, experiment, uri, root, {"datasets": declared})
         return cls(
             key=job.key,
             kind=job.kind,
@@ -100,6 +110,7 @@ class JobSpec:
             root=root,
             config=job.config.to_dict(),
             depends=job.depends,
+            datasets=job.datasets,
             tags=tags,
             max_requeues=max_requeues,
             planned=job.config.identity_fields(identity_index(job.kind, job.config)),
@@ -141,21 +152,28 @@ def _title(plan: Plan, job: Job) -> str:
 def jobs_from_plan(
     plan: Plan, uri: str, paths: ProjectPaths, max_requeues: int = 3
 ) -> list[JobSpec]:
-    """The jobs of a sweep plan, stage jobs first, each its planned job's projection."""
+    """The jobs of a sweep plan, each its planned job's projection: dataset jobs first,
+    then stage jobs, then run jobs."""
     return [
         JobSpec.of(
             job,
             plan.spec.name,
             uri,
             str(paths.root),
-            tags={
-                **job_tags(plan.spec.name, job.kind, job.name, job.names, _title(plan, job)),
-                **({"zoo.rehearsal": "true"} if plan.spec.rehearse else {}),
-            },
+            tags=_tags(plan, job),
             max_requeues=max_requeues,
         )
-        for job in plan.jobs
+        for job in [*plan.datasets, *plan.jobs]
     ]
+
+
+def _tags(plan: Plan, job: Job) -> dict[str, str]:
+    if job.kind == "dataset":  # makes no MLflow run
+        return {}
+    return {
+        **job_tags(plan.spec.name, job.kind, job.name, job.names, _title(plan, job)),
+        **({"zoo.rehearsal": "true"} if plan.spec.rehearse else {}),
+    }
 
 
 def identity_index(kind: str, config: RunConfig) -> int | None:
@@ -237,9 +255,10 @@ def run_job(
     """Run ``job``; a failure is recorded in MLflow (FAILED with its reason) when this returns.
 
     A job of a registered kind (JOB_KINDS: a search's Optuna workers) is handed to its
-    runner. A job whose shared stage has no finished checkpoint is skipped. A preempted
-    job (zoo.train.Preempted) propagates while ``requeues_left``; past the cap its
-    run ends FAILED, naming the cap. ``on_epoch`` may raise zoo.run.Pruned.
+    runner. A dataset job makes its dataset unless the cache has it (no MLflow run; a
+    failure is its result only). A job whose shared stage has no finished checkpoint is
+    skipped. A preempted job (zoo.train.Preempted) propagates while ``requeues_left``;
+    past the cap its run ends FAILED, naming the cap. ``on_epoch`` may raise zoo.run.Pruned.
     ``unfinished``: the caller found the job's run not FINISHED just now (see zoo.run.run).
     """
     started = time.perf_counter()
@@ -252,6 +271,8 @@ def _run_job(
 ) -> JobResult:
     if job.kind in JOB_KINDS:
         return JOB_KINDS[job.kind](job, log)
+    if job.kind == "dataset":
+        return _make_dataset(job)
     paths = job.paths
     if job.depends and not paths.stage_files(job.depends[-1]).result.exists():
         return JobResult("skipped", reason=f"shared stage {job.depends[-1]} has no checkpoint")
@@ -266,6 +287,25 @@ def _run_job(
             handle.flush()
 
         return _train(job, tracker, echo, on_epoch, unfinished)
+
+
+def source_of(job: JobSpec) -> Any:
+    """A dataset job's dataset source, from the declaration the job carries."""
+    from zoo.data import dataset_source
+
+    return dataset_source(job.config["datasets"][job.name], f"datasets.{job.name}")
+
+
+def _make_dataset(job: JobSpec) -> JobResult:
+    """Make a dataset job's dataset (under its lock, once: zoo.data.materialise); a
+    failure is a failed result naming it."""
+    from zoo.data import materialise
+
+    try:
+        materialise(job.name, source_of(job), job.paths)
+    except Exception as error:
+        return JobResult("failed", reason=failure_line(error, job.uri, job.paths.root))
+    return JobResult("finished")
 
 
 def _train(

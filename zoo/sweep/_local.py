@@ -1,9 +1,10 @@
 """The local executor: jobs on N worker processes, shared stages first.
 
-The datasets the unfinished jobs need are made first, in parallel on the workers.
-
-A job starts once the stage job it depends on has finished; a failed stage job
-leaves its dependents skipped, and the sweep goes on. Jobs whose MLflow run is
+The plan's dataset jobs that the unfinished jobs need and the cache lacks run on the
+workers like the other jobs: a job starts once the dataset jobs and the stage job it
+depends on have finished; a failed stage or dataset job leaves its dependents skipped,
+and the sweep goes on. A dataset job makes no MLflow run and is not counted in the
+report or the progress line: it prints one line as it ends. Jobs whose MLflow run is
 already FINISHED are not started, so running a finished sweep again trains
 nothing and creates no runs. SIGTERM, SIGINT (Ctrl-C) or SIGHUP stops the
 workers: their runs end KILLED and resume from their checkpoints next time, and
@@ -19,7 +20,6 @@ work, and N workers cost one import instead of N.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import multiprocessing
 import os
@@ -33,7 +33,7 @@ from zoo._leases import Lease
 from zoo._signals import exit_with_parent, grace_s, job_under_way, received, stop_all
 from zoo.errors import ConfigError
 from zoo.store import Tracker
-from zoo.sweep._datasets import make_datasets, sweep_folders
+from zoo.sweep._datasets import made, sweep_folders, to_make
 from zoo.sweep._executor import Ended, Executor, JobState, SweepReport, already, unfinished
 from zoo.sweep._job import (
     JobResult,
@@ -121,16 +121,6 @@ def _run(text: str) -> JobResult:
         return run_job(JobSpec.from_json(text), unfinished=True)
 
 
-def _under_way(function: Callable[[Any], Any], item: Any) -> Any:
-    with job_under_way():
-        return function(item)
-
-
-def _jobs_map(pool: ProcessPoolExecutor) -> Callable[[Callable, Any], Any]:
-    """``pool.map`` whose calls are workers' jobs, as _run's are (a signal stops them)."""
-    return lambda function, items: pool.map(functools.partial(_under_way, function), items)
-
-
 class LocalExecutor(Executor):
     """``workers`` processes on this machine (forked from start_worker_server's
     server, which this starts unless it runs); with GPUs and ``runs_per_gpu`` N > 1,
@@ -151,8 +141,11 @@ class LocalExecutor(Executor):
         report = SweepReport()
         todo, finished = unfinished(jobs, tracker, name)
         already(report, jobs, finished)
+        datasets, cached = to_make(todo)
+        todo = [j for j in todo if j.kind != "dataset"]
         if not todo:
-            self.echo(f"sweep {name}: all {len(jobs)} jobs finished; nothing to do")
+            count = sum(j.kind != "dataset" for j in jobs)
+            self.echo(f"sweep {name}: all {count} jobs finished; nothing to do")
             return report
         workers = self._workers()
         self.echo(
@@ -162,9 +155,11 @@ class LocalExecutor(Executor):
         pool = worker_pool(workers)
         progress = SweepProgress(todo, workers, self.echo, self.priced)
         running: dict[Future, JobSpec] = {}
+        if datasets:
+            self.echo(f"making {len(datasets)} dataset(s): {', '.join(j.name for j in datasets)}")
+        done = {**finished, **dict.fromkeys(cached, "")}
         try:
-            make_datasets(todo, tracker.paths, self.echo, _jobs_map(pool))
-            _schedule(pool, workers, todo, dict(finished), report, progress, running)
+            _schedule(pool, workers, datasets + todo, done, report, progress, running)
         except KeyboardInterrupt as error:  # here, or a worker's run stopped by a signal
             report.interrupted = True
             signum = received() or getattr(error, "signum", signal.SIGINT)
@@ -197,29 +192,14 @@ def _schedule(
     progress: SweepProgress,
     running: dict[Future, JobSpec],
 ) -> None:
-    """Start each job once its stages finished, ``workers`` at a time, until none is left.
-    ``done``: key -> MLflow run id of the finished jobs (a run learns its stage's run
-    from it, rather than by a search of its own). ``running``: the jobs under way."""
-    failed_stages: set[str] = set()
+    """Start each job once its dataset and stage jobs finished, ``workers`` at a time,
+    until none is left. ``done``: key -> MLflow run id of the finished jobs (a run learns
+    its stage's run from it, rather than by a search of its own; "" for a dataset).
+    ``running``: the jobs under way."""
+    failed: set[str] = set()  # failed or skipped stage and dataset jobs
     events: list[str] = []  # shown once the freed workers have their next jobs
     while todo or running:
-        for job in list(todo):
-            if len(running) >= workers:
-                break
-            if any(d in failed_stages for d in job.depends):
-                todo.remove(job)
-                report.skipped.append(job.key)
-                skipped = JobResult("skipped", reason="a stage it needs failed")
-                report.handles[job.key] = Ended(job.key, skipped)
-                if job.kind == "stage":
-                    failed_stages.add(job.key)
-                progress.settle(job)
-                events.append(f"skipped {describe(job)}")
-            elif all(d in done for d in job.depends):
-                todo.remove(job)
-                if job.depends and done[job.depends[-1]]:
-                    job = with_parent(job, done[job.depends[-1]])
-                running[pool.submit(_run, job.to_json())] = job
+        _start(pool, workers, todo, done, failed, report, progress, running, events)
         for event in events:
             progress.show(report, len(running), event)
         events.clear()
@@ -229,15 +209,52 @@ def _schedule(
         for future in finished:
             result = future.result()  # a worker stopped by a signal: Stopped, here too
             job = running.pop(future)
-            _record(job, result, report)
-            progress.settle(job, result.seconds)
             if result.status == "finished":
                 done[job.key] = result.run_id
-            elif job.kind == "stage":
-                failed_stages.add(job.key)
+            elif job.kind in ("stage", "dataset"):
+                failed.add(job.key)
+            if job.kind == "dataset":  # no run: one line, not counted
+                (_newline if progress.tty else progress.echo)(f"  {made(job, result)}")
+                continue
+            _record(job, result, report)
+            progress.settle(job, result.seconds)
             events.append(f"{result.status} {describe(job)}")
     for event in events:  # the last jobs' ends
         progress.show(report, 0, event)
+
+
+def _start(
+    pool: ProcessPoolExecutor,
+    workers: int,
+    todo: list[JobSpec],
+    done: dict[str, str],
+    failed: set[str],
+    report: SweepReport,
+    progress: SweepProgress,
+    running: dict[Future, JobSpec],
+    events: list[str],
+) -> None:
+    """Start the ready jobs of ``todo`` while workers are free; skip those a failed
+    stage or dataset job leaves without what they need."""
+    for job in list(todo):
+        if len(running) >= workers:
+            break
+        needs = (*job.depends, *job.datasets)
+        if any(d in failed for d in needs):
+            todo.remove(job)
+            what = "stage" if any(d in failed for d in job.depends) else "dataset"
+            report.skipped.append(job.key)
+            skipped = JobResult("skipped", reason=f"a {what} it needs failed")
+            report.handles[job.key] = Ended(job.key, skipped)
+            if job.kind == "stage":
+                failed.add(job.key)
+            progress.settle(job)
+            events.append(f"skipped {describe(job)}")
+        elif all(d in done for d in needs):
+            todo.remove(job)
+            if job.depends and done[job.depends[-1]]:
+                job = with_parent(job, done[job.depends[-1]])
+            running[pool.submit(_run, job.to_json())] = job
 
 
 def _record(job: JobSpec, result: JobResult, report: SweepReport) -> None:
@@ -273,6 +290,8 @@ def _stop(
             os.kill(pid, signal.SIGTERM)
     wait(running, timeout=max(0.0, deadline - time.monotonic()))
     for future, job in running.items():
+        if job.kind == "dataset":  # no run to count: made again next time if it must be
+            continue
         if future.done() and future.exception() is None:
             _record(job, future.result(), report)
         else:
@@ -326,12 +345,14 @@ def run_sweep(
     priced: dict[str, float] | None = None,
 ) -> SweepReport:
     """Train every job of ``plan`` not yet finished in ``tracker``'s store, locally; ready
-    jobs start longest first (zoo.sweep._plan.longest_first); ``priced`` (job key ->
-    seconds, zoo.sweep._cost.job_seconds) gives the progress line an ETA from the start."""
+    jobs start longest first (zoo.sweep._plan.longest_first), after the dataset jobs;
+    ``priced`` (job key -> seconds, zoo.sweep._cost.job_seconds) gives the progress line
+    an ETA from the start."""
     check_placement(plan, workers, runs_per_gpu)
     tracker.experiment(plan.spec.name, plan.spec.description)
     executor = LocalExecutor(workers, echo, runs_per_gpu, priced)
-    order = {key: rank for rank, key in enumerate(longest_first(plan))}
+    keys = [*(j.key for j in plan.datasets), *longest_first(plan)]  # datasets first
+    order = {key: rank for rank, key in enumerate(keys)}
     jobs = sorted(jobs_from_plan(plan, tracker.uri, tracker.paths), key=lambda j: order[j.key])
     held = sweep_folders(plan, tracker.paths)  # kept from zoo gc while the sweep runs
     with Lease(tracker.paths, held, f"sweep {plan.spec.name} (zoo sweep run)"):

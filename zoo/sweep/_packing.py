@@ -72,8 +72,8 @@ def auto_runs_per_task(
     """(runs per task, why): the fewest runs per task for which a task of the plan's
     shortest runs trains MIN_TASK_S on ``profile`` (zoo.calibrate.Profile; with
     ``runs_per_gpu`` N, N of them at a time), raised until the sweep's tasks (stage jobs,
-    one per dataset, and run tasks, packed per shared stage as the SLURM executor packs
-    them) fit ``limits.max_jobs``; at least ``runs_per_gpu``."""
+    the plan's dataset jobs, and run tasks, packed per shared stage as the SLURM executor
+    packs them) fit ``limits.max_jobs``; at least ``runs_per_gpu``."""
     from zoo.sweep._cost import job_seconds
 
     seconds = job_seconds(plan, profile)
@@ -85,7 +85,7 @@ def auto_runs_per_task(
     per_task = max(runs_per_gpu, min(per_task, len(runs)))
     why = f"shortest run {shortest:.1f} s on profile {profile.name}: tasks of >= {MIN_TASK_S:.0f} s"
     if limits.max_jobs is not None:
-        others = sum(j.kind == "stage" for j in plan.jobs) + len(_sources(plan))
+        others = sum(j.kind == "stage" for j in plan.jobs) + len(plan.datasets)
         groups = Counter(j.depends[-1:] for j in plan.jobs if j.kind == "run").values()
         room = limits.max_jobs - others
         if room < len(groups):
@@ -115,10 +115,3 @@ def _too_many(max_jobs: int, others: int, groups: int) -> Exception:
         f"it has {others} stage and dataset tasks and {groups} groups of runs (one task "
         "each at least); expected a larger job limit"
     )
-
-
-def _sources(plan: Plan) -> set[str]:
-    """The distinct datasets the plan's jobs use (each made by a task of its own)."""
-    from zoo.sweep._cost import source_key
-
-    return {source_key(job.config, n) for job in plan.jobs for n in job.config.used_datasets}

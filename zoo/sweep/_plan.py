@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from zoo._typed import check
+from zoo._typed import check, to_dict
 from zoo._yaml import dump_yaml
 from zoo.config import RunConfig
 from zoo.errors import ConfigError
@@ -30,16 +31,30 @@ FIRST_RUNS = 3  # runs a plan's report names
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work as the plan decides it: a shared stage (trained once for many runs)
-    or a run. What a worker receives is its projection, zoo.sweep._job.JobSpec.of, which
-    carries the same key, kind, name, dependencies and identity fields."""
+    """One unit of work as the plan decides it: a stored dataset made (once, before the
+    jobs that load it), a shared stage (trained once for many runs) or a run. What a
+    worker receives is its projection, zoo.sweep._job.JobSpec.of, which carries the same
+    key, kind, name, dependencies and identity fields.
 
-    key: str  # the MLflow identity tag: stage hash for a stage job, config hash for a run job
-    kind: Literal["stage", "run"]
-    name: str  # stage name for a stage job, "run" for a run job
-    config: RunConfig  # for a stage job, the run config cut after that stage
-    names: dict[str, Any]  # axis values
+    A job waits for two kinds of jobs, kept apart: ``depends``, the stage jobs it starts
+    from (the last is the stage whose checkpoint it loads, its parent run in MLflow), and
+    ``datasets``, the dataset jobs of the stored datasets it loads. A dataset job depends
+    on nothing, makes no MLflow run, and is done once the dataset cache has it."""
+
+    key: str  # stage hash, config hash; a dataset job: dataset_key (name and declaration)
+    kind: Literal["dataset", "stage", "run"]
+    name: str  # stage name for a stage job, "run" for a run job, a dataset job's dataset
+    config: RunConfig  # a stage job's: cut after that stage; a dataset job's: its first user's
+    names: dict[str, Any]  # axis values (none for a dataset job)
     depends: tuple[str, ...]  # keys of the stage jobs that must finish first
+    datasets: tuple[str, ...] = ()  # keys of the dataset jobs that must finish first
+
+
+def dataset_key(name: str, source: Any) -> str:
+    """The key of the dataset job making ``name`` as ``source`` declares it: the same in
+    every plan that declares it so, whatever else the plan holds (no read of any file)."""
+    text = json.dumps([name, to_dict(source)], sort_keys=True)
+    return "dataset-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def image_passes(config: RunConfig, index: int) -> int:
@@ -116,16 +131,22 @@ def longest_first(plan: Plan) -> list[str]:
 
 @dataclass(frozen=True)
 class Plan:
+    """A sweep's runs and jobs. Dataset jobs are kept apart from ``jobs``, so that what
+    reads ``jobs`` (costs, packing, status) sees stage and run jobs only;
+    zoo.sweep._job.jobs_from_plan hands executors both, dataset jobs first."""
+
     spec: SweepSpec
     runs: list[Expanded]
     jobs: list[Job]  # stage jobs first, in dependency order, then run jobs
+    datasets: list[Job] = field(default_factory=list)  # dataset jobs, in order of first use
 
     @property
     def stage_names(self) -> list[str]:
         return [s.name for s in self.runs[0].config.stages] if self.runs else []
 
     def counts(self) -> dict[str, Any]:
-        """Configs, runs, stage trainings and image passes with and without sharing."""
+        """Configs, runs, stage trainings and image passes with and without sharing; jobs
+        by kind (stage, run) and the dataset jobs apart (``dataset_jobs``)."""
         trained: dict[str, set[str]] = {n: set() for n in self.stage_names}
         unshared: Counter[str] = Counter()
         passes = passes_unshared = 0
@@ -147,11 +168,13 @@ class Plan:
             "image_passes": passes,
             "image_passes_unshared": passes_unshared,
             "jobs": dict(Counter(j.kind for j in self.jobs)),
+            "dataset_jobs": len(self.datasets),
         }
 
 
 def make_plan(spec: SweepSpec) -> Plan:
-    """Expand ``spec`` and lay out its jobs; a stage used by two or more runs is a stage job."""
+    """Expand ``spec`` and lay out its jobs; a stage used by two or more runs is a stage
+    job, a stored dataset a job loads is a dataset job (see ``with_datasets``)."""
     runs = expand(spec)
     if not spec.share_stages:
         runs = [replace(r, config=replace(r.config, share_stages=False)) for r in runs]
@@ -187,7 +210,28 @@ def make_plan(spec: SweepSpec) -> Plan:
                 )
             depends.append(digest)
         run_jobs.append(Job(config.digest(), "run", "run", config, run.names, tuple(depends[-1:])))
-    return Plan(spec, runs, [*stage_jobs.values(), *run_jobs])
+    return with_datasets(Plan(spec, runs, [*stage_jobs.values(), *run_jobs]))
+
+
+def with_datasets(plan: Plan) -> Plan:
+    """``plan`` with one dataset job per stored dataset its jobs load (streamed datasets
+    and mixtures are not stored: a run makes them as it loads them), each job naming in
+    ``datasets`` the dataset jobs of what it loads."""
+    made: dict[str, Job] = {}
+    known: dict[tuple, tuple[str, ...]] = {}  # configs of one datasets table share sources
+    jobs = []
+    for job in plan.jobs:
+        used = tuple(job.config.used_datasets)
+        if (id(job.config.sources), used) not in known:
+            keys = []
+            for name in used:
+                source = job.config.sources[name]
+                if source.stored:
+                    keys.append(dataset_key(name, source))
+                    made.setdefault(keys[-1], Job(keys[-1], "dataset", name, job.config, {}, ()))
+            known[id(job.config.sources), used] = tuple(dict.fromkeys(keys))
+        jobs.append(replace(job, datasets=known[id(job.config.sources), used]))
+    return replace(plan, jobs=jobs, datasets=list(made.values()))
 
 
 def _refuse_collisions(runs: list[Expanded]) -> None:
@@ -282,6 +326,11 @@ def format_report(summary: dict[str, Any]) -> str:
         f"  training image passes: {summary['image_passes']:,} "
         f"({summary['image_passes_unshared']:,} without sharing, {ratio:.1f}× more)"
     )
+    if "dataset_jobs" in summary:
+        lines.append(
+            f"  dataset jobs: {summary['dataset_jobs']} (stored datasets, each made once "
+            "before the jobs that load it)"
+        )
     lines.append(
         f"  task {summary['task']}: reports and `zoo models list` rank by {summary['headline']}"
     )

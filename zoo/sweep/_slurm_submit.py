@@ -4,9 +4,10 @@ task running K jobs (the task side, what runs inside a task, is zoo.sweep._slurm
 Layout of a submission (zoo.paths.SubmissionPaths): ``runs.json`` (every
 array's tasks and each job's JSON description, written before anything is
 submitted), one script per array rendered from the packaged template
-``zoo/resources/array.sbatch``, and per-task logs. The datasets the jobs need
-and the cache lacks go first, as a CPU array of one task per dataset
-(``--data-partition``, ``--data-cpus``, ``--data-time``).
+``zoo/resources/array.sbatch``, and per-task logs. The plan's dataset jobs that the
+submitted jobs load and the cache lacks go first, as a CPU array of one task per
+dataset job (``--data-partition``, ``--data-cpus``, ``--data-time``), which the next
+array waits for (``afterany``): that is how this backend honours a job's ``datasets``.
 
 Scheduling without stragglers: shared stages and runs go in ONE array, stage
 tasks first, then run tasks grouped by the stage they start from. A run task
@@ -47,7 +48,7 @@ from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths, SubmissionPaths
 from zoo.resources import resource
 from zoo.store import Tracker
-from zoo.sweep._datasets import missing_sources, sweep_folders
+from zoo.sweep._datasets import sweep_folders, to_make
 from zoo.sweep._executor import Executor, JobState, SweepReport, already, unfinished
 from zoo.sweep._job import JobSpec, jobs_from_plan
 from zoo.sweep._packing import cluster_limits
@@ -180,7 +181,7 @@ class Array:
     task_count: int = 0
     runs_per_task: int = 1
     runs_per_gpu: int = 1
-    kind: str = "jobs"  # "datasets": each key names a dataset to make
+    kind: str = "jobs"  # "datasets": each key is a dataset job's
     tasks: list[list[str]] | None = None  # the keys of each task, when they differ in count
 
 
@@ -212,9 +213,10 @@ def _group(selected: list[JobSpec], limit: int, per_task: int, per_gpu: int) -> 
     return arrays
 
 
-def _datasets_first(datasets: dict[str, Any], arrays: list[Array], limit: int) -> list[Array]:
-    """``arrays`` after a CPU array making ``datasets`` (one task each), chained like them."""
-    first = _split("datasets", [[name] for name in datasets], limit, 1)
+def _datasets_first(datasets: list[str], arrays: list[Array], limit: int) -> list[Array]:
+    """``arrays`` after a CPU array running dataset jobs ``datasets`` (keys, one task
+    each), chained like them."""
+    first = _split("datasets", [[key] for key in datasets], limit, 1)
     for array in first:
         array.kind = "datasets"
     chain = first + arrays
@@ -284,19 +286,26 @@ class SlurmExecutor(Executor):
         todo, finished = unfinished(jobs, tracker, name)
         already(report, jobs, finished)
         queued = self._queued(tracker.paths, name)
-        selected = [j for j in todo if j.key not in queued]
+        selected = [j for j in todo if j.kind != "dataset" and j.key not in queued]
         if not selected:
             self.echo(
                 f"sweep {name}: nothing to submit ({len(finished)} finished, {len(queued)} queued)"
             )
             return report
         limit = _dry_limit() if options.dry_run else cluster_max_array_size()
-        datasets = missing_sources(selected, tracker.paths)
+        datasets, _ = to_make([*selected, *(j for j in todo if j.kind == "dataset")])
         arrays = _datasets_first(
-            datasets, _group(selected, limit, options.runs_per_task, options.runs_per_gpu), limit
+            [j.key for j in datasets],
+            _group(selected, limit, options.runs_per_task, options.runs_per_gpu),
+            limit,
         )
         submission = tracker.paths.new_submission(name, time.strftime("%Y%m%d-%H%M%S"))
-        record = {"sweep": name, "arrays": [], "jobs": self._jobs(selected), "datasets": datasets}
+        record = {
+            "sweep": name,
+            "arrays": [],
+            "jobs": self._jobs(selected),
+            "datasets": {j.key: j.to_json() for j in datasets},  # dataset jobs
+        }
         scripts = {
             a.name: render(
                 name,

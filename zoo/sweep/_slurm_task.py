@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from zoo.paths import ProjectPaths, SubmissionPaths
-from zoo.sweep._datasets import make_task
+from zoo.paths import SubmissionPaths
+from zoo.sweep._datasets import made
 from zoo.sweep._job import JobSpec, become_worker, requeues_made, run_job
 from zoo.sweep._slurm import task_keys, task_state
 
@@ -53,7 +53,7 @@ def worker(folder: Path, array_name: str, task: int) -> int:
     keys = tasks[task]
     started = time.time()
     if array.get("kind") == "datasets":
-        code = make_task(record["datasets"], keys, ProjectPaths.default())
+        code = _make_datasets([record["datasets"][k] for k in keys])
     else:
         jobs = [record["jobs"][k] for k in keys]
         stages = _stage_tasks(tasks, record["jobs"])
@@ -69,6 +69,18 @@ def worker(folder: Path, array_name: str, task: int) -> int:
         return 0
     print(json.dumps({"task": task, "start": started, "end": time.time()}), flush=True)
     return code
+
+
+def _make_datasets(jobs: list[str]) -> int:
+    """Run dataset jobs ``jobs`` (JSON descriptions) through run_job, as the local
+    executor does; 1 when one failed, else 0."""
+    failures = 0
+    for text in jobs:
+        job = JobSpec.from_json(text)
+        result = run_job(job)
+        print(made(job, result), flush=True)
+        failures += result.status != "finished"
+    return 1 if failures else 0
 
 
 def _stage_tasks(tasks: list[list[str]], jobs: dict[str, str]) -> dict[str, int]:
