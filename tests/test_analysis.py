@@ -213,3 +213,35 @@ def test_figures_keep_dataset_spelling_and_label_log_axes():
     low, high = panel.get_ylim()
     shown = [t for t in panel.get_yticklabels() if low <= t.get_position()[1] <= high]
     assert len([t for t in shown if t.get_text()]) >= 3
+
+
+def test_a_listings_light_read_gives_the_full_reads_values(tmp_path):
+    """``metric_prefixes`` (what `zoo models list` reads) leaves other metrics out and
+    changes no value or type: whole numbers Int64, other numbers float, the rest text."""
+    from zoo.analysis import load_tables
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = [
+        {"n": "3", "lr": "1e-05", "train": "df+10", "odd": "nan", "pi": "3.14"},
+        {"n": "12", "lr": "0.001", "train": "df-5", "pi": "3"},
+    ]
+    runs = [
+        BulkRun(
+            tags={"zoo.kind": "run", "zoo.axis.size": str(8 * (i + 1)), "mlflow.runName": f"r{i}"},
+            params=p,
+            metrics={"target_loss": 0.5 + i, "best_val_loss/a": 0.25, "loss_floor": 0.3133},
+            histories={"val_loss/a": [0.75, 0.5], "train_loss": [1.0, 0.5]},
+        )
+        for i, p in enumerate(params)
+    ]
+    bulk_insert(uri, "e", runs)
+    full = load_tables(uri, "e").runs.set_index("name").sort_index()
+    light = load_tables(uri, "e", histories=False, metric_prefixes=("target_", "best_val_"))
+    light_runs = light.runs.set_index("name").sort_index()
+    assert "loss_floor" in full and "loss_floor" not in light_runs
+    assert not {"val_loss/a", "train_loss"} & set(full.columns)  # per-epoch: histories
+    pd.testing.assert_frame_equal(light_runs, full[light_runs.columns])
+    assert str(full["param.n"].dtype) == "Int64" and full["param.lr"].dtype == float
+    assert full["param.pi"].dtype == float and full["size"].tolist() == [8, 16]
+    assert full["param.train"].tolist() == ["df+10", "df-5"]
+    assert full["param.odd"].iloc[0] == "nan" and pd.isna(full["param.odd"].iloc[1])

@@ -3,10 +3,11 @@
 ``mlflow server --app-name zoo`` (what ``zoo server start`` runs; the entry point is
 declared in setup.cfg under ``mlflow.app``) serves everything a plain server serves
 and ``POST /zoo/api/1/tables`` with JSON ``{"experiment_id": "1", "histories": true,
-"param_keys": null}``: that experiment's active runs, tags, params, latest metrics and
-packed metric histories, read from the server's SQL backend store by the same queries
-that read a SQLite or PostgreSQL store directly (``zoo.store._sql``), as Arrow IPC
-(``encode_tables``). 400 for a malformed request; 501 when the backend store is not SQL.
+"param_keys": null, "metric_prefixes": null}``: that experiment's active runs, tags,
+params, latest metrics and packed metric histories, read from the server's SQL backend
+store by the same queries that read a SQLite or PostgreSQL store directly
+(``zoo.store._sql``), as Arrow IPC (``encode_tables``). 400 for a malformed request;
+501 when the backend store is not SQL.
 
 ``POST /zoo/api/1/states`` with JSON ``{"experiment": "NAME"}`` (or ``{"experiment_id":
 "1"}``) answers
@@ -32,19 +33,27 @@ def _tables() -> Any:
 
     body = request.get_json(silent=True)
     body = body if isinstance(body, dict) else {}
-    keys = body.get("param_keys")
+    keys, prefixes = body.get("param_keys"), body.get("metric_prefixes")
     try:
         experiment_id = int(body["experiment_id"])
     except (KeyError, TypeError, ValueError):
         return Response("experiment_id: an experiment's id is required", 400)
     if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
         return Response("param_keys: a list of strings or null", 400)
+    if prefixes is not None and not (
+        isinstance(prefixes, list) and all(isinstance(p, str) for p in prefixes)
+    ):
+        return Response("metric_prefixes: a list of strings or null", 400)
     engine = getattr(_get_tracking_store(), "engine", None)  # a SqlAlchemyStore's
     if engine is None:
         return Response("zoo tables: the backend store is not a SQL database", 501)
     histories = bool(body.get("histories", True))
     tables = experiment_tables(
-        engine, experiment_id, histories, None if keys is None else tuple(keys)
+        engine,
+        experiment_id,
+        histories,
+        None if keys is None else tuple(keys),
+        None if prefixes is None else tuple(prefixes),
     )
     return Response(encode_tables(tables), mimetype="application/vnd.apache.arrow.stream")
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["higher_is_better", "lookup", "render"]
+__all__ = ["fields", "higher_is_better", "lookup", "render"]
 
 _TEMPLATE = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
 _METRIC = re.compile(r"(?:pretrain_)?(?:target|best_val|val)_(\w+?)(?:/|$)")
@@ -21,6 +21,11 @@ def render(template: str, row: dict[str, Any]) -> str | None:
         return _TEMPLATE.sub(lambda m: format(row[m.group(1)], m.group(2) or ""), template)
     except (KeyError, ValueError, TypeError):
         return None
+
+
+def fields(template: str) -> list[str]:
+    """The columns ``template`` names, in order (``render`` reads no others)."""
+    return [m.group(1) for m in _TEMPLATE.finditer(template)]
 
 
 def lookup(frame: pd.DataFrame, template: str) -> pd.Series:

@@ -64,6 +64,15 @@ def _save(figure: Any, stem: Path) -> list[Path]:
     return paths
 
 
+def _write_csv(frame: Any, path: Path) -> None:
+    """``frame.to_csv(path, index=False)``, the same bytes, with its Arrow-backed text
+    columns written as Python objects (pandas formats those several times faster)."""
+    import pandas as pd
+
+    text = [c for c, t in frame.dtypes.items() if isinstance(t, pd.StringDtype)]
+    frame.astype(dict.fromkeys(text, object)).to_csv(path, index=False)
+
+
 def _aggregates(runs: Any, axes: list[str], definition: Definition, out: Path) -> dict:
     value = definition.value
     if value not in runs or runs[value].isna().all():
@@ -99,7 +108,7 @@ def analyze(
     ``ui`` (no links without one)."""
     out.mkdir(parents=True, exist_ok=True)
     tables.runs.to_parquet(out / "runs.parquet", index=False)
-    tables.runs.to_csv(out / "runs.csv", index=False)
+    _write_csv(tables.runs, out / "runs.csv")
     status, failures = _status(tables, expected)
     analysis = Analysis(out, status, failures)
     runs = prepare(tables.runs, definition, offset)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from zoo._typed import check
-from zoo.analysis._columns import lookup, render
+from zoo.analysis._columns import fields, lookup, render
 from zoo.metrics import TASK_HEADLINE
 
 if TYPE_CHECKING:
@@ -94,7 +94,9 @@ def prepare(runs: pd.DataFrame, definition: Definition, offset: float | None) ->
         runs["target_key"] = "val_loss_adj/" + runs[f"param.stages.{last}.train"].astype(
             str
         ).str.replace("+", "p")
-    rows = runs.to_dict("records")
+    templates = [t for t in definition.derive.values() if not isinstance(t, dict)]
+    named = dict.fromkeys(f for t in templates for f in fields(t) if f in runs)
+    rows = runs[list(named)].to_dict("records")  # the columns templates name, not all
     for name, template in definition.derive.items():
         if isinstance(template, dict):
             runs[name] = lookup(runs, template["column"])

@@ -17,6 +17,7 @@ _FIXED = ("run_id", "name", "experiment")
 _TAIL = ("train", "validate", "params", "state")
 # what a listing reads
 _PARAMS = (*(f"stages.{i}.train" for i in range(8)), "validate_on", "model.task")
+_METRICS = ("target_", "best_val_", "params_total")  # key prefixes
 
 
 def _experiments(uri: str, names: list[str] | None) -> list[str]:
@@ -56,7 +57,9 @@ def model_table(uri: str, experiments: list[str] | None = None) -> pd.DataFrame:
 
     frames = []
     for name in _experiments(uri, experiments):
-        tables = load_tables(uri, name, histories=False, param_keys=_PARAMS)
+        tables = load_tables(
+            uri, name, histories=False, param_keys=_PARAMS, metric_prefixes=_METRICS
+        )
         if tables is None:
             raise ConfigError(f"experiment {name!r}: not in the tracking store {uri}")
         runs = tables.runs[tables.runs["kind"].fillna("run") == "run"]

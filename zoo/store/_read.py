@@ -32,10 +32,12 @@ def read_tables(
     *,
     histories: bool = True,
     param_keys: tuple[str, ...] | None = None,
+    metric_prefixes: tuple[str, ...] | None = None,
 ) -> StoreTables | None:
     """Experiment ``experiment``'s runs in the store at ``uri``; None if there is no such
-    experiment. ``histories=False`` leaves the histories empty and ``param_keys`` reads
-    only those params. A SQLite store is opened read-only (never created); a SQL store's
+    experiment. ``histories=False`` leaves the histories empty, ``param_keys`` reads
+    only those params and ``metric_prefixes`` only the latest metrics whose key starts
+    with one of them. A SQLite store is opened read-only (never created); a SQL store's
     schema revision is checked first (zoo.store._open.check_schema)."""
     uri = store_uri(uri)
     kind = backend(uri)
@@ -44,5 +46,5 @@ def read_tables(
     else:
         check_schema(uri)
         reader = _sql.sql_reader(uri)
-    found = reader(uri, experiment, histories, param_keys)
+    found = reader(uri, experiment, histories, param_keys, metric_prefixes)
     return None if found is None else StoreTables(*found)

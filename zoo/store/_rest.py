@@ -21,24 +21,36 @@ _REST_REQUESTS = 8  # requests to a tracking server at once
 
 
 def rest_tables(
-    uri: str, experiment: str, histories: bool = True, param_keys: tuple[str, ...] | None = None
+    uri: str,
+    experiment: str,
+    histories: bool = True,
+    param_keys: tuple[str, ...] | None = None,
+    metric_prefixes: tuple[str, ...] | None = None,
 ) -> tuple[pd.DataFrame, ...] | None:
     """A tracking server: zoo's server (``zoo server start``) answers ``/zoo/api/1/tables``
     in one request (see ``zoo._server_app``); any other MLflow server (that route 404s)
-    is read through the public REST API, much slower (see ``_public_rest_tables``)."""
+    is read through the public REST API, much slower (see ``_public_rest_tables``).
+    ``metric_prefixes``: only the latest metrics whose key starts with one of them."""
     from mlflow.tracking import MlflowClient
 
     found = MlflowClient(uri).get_experiment_by_name(experiment)
     if found is None:
         return None
-    tables = _zoo_tables(uri, found.experiment_id, histories, param_keys)
+    tables = _zoo_tables(uri, found.experiment_id, histories, param_keys, metric_prefixes)
     if tables is None:
         tables = _public_rest_tables(uri, found.experiment_id, histories, param_keys)
+    if metric_prefixes is not None:  # a server that reads every metric, or no such option
+        runs, tags, params, latest, points = tables
+        tables = (runs, tags, params, latest[latest.key.str.startswith(metric_prefixes)], points)
     return tables
 
 
 def _zoo_tables(
-    uri: str, experiment_id: str, histories: bool, param_keys: tuple[str, ...] | None
+    uri: str,
+    experiment_id: str,
+    histories: bool,
+    param_keys: tuple[str, ...] | None,
+    metric_prefixes: tuple[str, ...] | None,
 ) -> tuple[pd.DataFrame, ...] | None:
     """The tables from zoo's server route; None if the server has no such route (404) or
     its store is not SQL (501)."""
@@ -53,6 +65,7 @@ def _zoo_tables(
             "experiment_id": experiment_id,
             "histories": histories,
             "param_keys": None if param_keys is None else list(param_keys),
+            "metric_prefixes": None if metric_prefixes is None else list(metric_prefixes),
         },
     )
     if response.status_code in (404, 501):

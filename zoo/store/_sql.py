@@ -36,7 +36,11 @@ _POSTGRES_VALUE = "CASE WHEN x.is_nan THEN 'NaN' ELSE CAST(x.value AS TEXT) END"
 
 
 def _sql_tables(
-    uri: str, experiment: str, histories: bool = True, param_keys: tuple[str, ...] | None = None
+    uri: str,
+    experiment: str,
+    histories: bool = True,
+    param_keys: tuple[str, ...] | None = None,
+    metric_prefixes: tuple[str, ...] | None = None,
 ) -> tuple[pd.DataFrame, ...] | None:
     """The experiment named ``experiment`` read from the SQL store at ``uri`` (see
     ``experiment_tables``); None if there is none."""
@@ -51,26 +55,35 @@ def _sql_tables(
             ).first()
         if row is None:
             return None
-        *tables, packed = experiment_tables(engine, int(row[0]), histories, param_keys)
+        *tables, packed = experiment_tables(
+            engine, int(row[0]), histories, param_keys, metric_prefixes
+        )
         return (*tables, expand_history(packed))
     finally:
         engine.dispose()
 
 
 def experiment_tables(
-    engine: Any, experiment_id: int, histories: bool, param_keys: tuple[str, ...] | None
+    engine: Any,
+    experiment_id: int,
+    histories: bool,
+    param_keys: tuple[str, ...] | None,
+    metric_prefixes: tuple[str, ...] | None = None,
 ) -> tuple[Any, ...]:
     """runs, tags, params, latest (DataFrames) and the packed histories (an Arrow table,
-    see ``_history``) of experiment ``experiment_id``'s active runs, by five queries on
-    MLflow's tables through raw DB-API cursors (no ORM objects). The metric histories,
-    most of the work, are read in parts on connections of their own while the other
-    queries run. ``engine`` (a SQLAlchemy engine) is the caller's."""
+    see ``_history``) of experiment ``experiment_id``'s active runs (``param_keys``: only
+    those params; ``metric_prefixes``: only latest metrics whose key starts with one of
+    them; None: all), by five queries on MLflow's tables through raw DB-API cursors (no
+    ORM objects). The metric histories, most of the work, are read in parts on
+    connections of their own while the other queries run. ``engine`` (a SQLAlchemy
+    engine) is the caller's."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow as pa
 
     active, in_experiment, only = _conditions(experiment_id, param_keys)
     long = ["run_id", "key", "value"]
+    prefixed = _prefixed(metric_prefixes)
     runs = _query(
         engine,
         f"SELECT run_uuid, status, start_time, end_time FROM runs WHERE {active}",
@@ -83,7 +96,7 @@ def experiment_tables(
         ]
         tags, params, latest = (
             _query(engine, sql, long)
-            for sql in _long_sql(in_experiment, only, "x.value", "x.value")
+            for sql in _long_sql(in_experiment, only, "x.value", "x.value", prefixed)
         )
         found = [points for part in parts if len(points := part.result())]
     packed = pa.concat_tables(found) if found else _packed_schema().empty_table()
@@ -95,16 +108,18 @@ def _metric_value(number: str) -> str:
     return f"CASE WHEN x.is_nan THEN NULL ELSE {number} END"
 
 
-def _long_sql(in_experiment: str, only: str, text: str, number: str) -> list[str]:
+def _long_sql(
+    in_experiment: str, only: str, text: str, number: str, prefixed: str = ""
+) -> list[str]:
     """The queries of the experiment's tags, params (``only``: those asked for) and
-    summary metrics as (run, key, value) rows; ``text``, ``number``: how to select a
-    text and a double-precision value."""
+    latest metrics (``prefixed``: those asked for) as (run, key, value) rows; ``text``,
+    ``number``: how to select a text and a double-precision value."""
     return [
         f"SELECT x.run_uuid, x.key, {value} FROM {table} x WHERE {where}"
         for table, value, where in (
             ("tags", text, in_experiment),
             ("params", text, in_experiment + only),
-            ("latest_metrics", _metric_value(number), in_experiment),
+            ("latest_metrics", _metric_value(number), in_experiment + prefixed),
         )
     ]
 
@@ -121,8 +136,21 @@ def _conditions(experiment_id: int, param_keys: tuple[str, ...] | None) -> tuple
     return active, in_experiment, only
 
 
+def _prefixed(prefixes: tuple[str, ...] | None) -> str:
+    """SQL condition on a table aliased ``x``: its key starts with one of ``prefixes``
+    (exactly: neither LIKE's wildcards nor its case folding); empty for None."""
+    if prefixes is None:
+        return ""
+    starts = [f"substr(x.key, 1, {len(p)}) = '" + p.replace("'", "''") + "'" for p in prefixes]
+    return f" AND ({' OR '.join(starts) or 'FALSE'})"
+
+
 def _sqlite_tables(
-    uri: str, experiment: str, histories: bool = True, param_keys: tuple[str, ...] | None = None
+    uri: str,
+    experiment: str,
+    histories: bool = True,
+    param_keys: tuple[str, ...] | None = None,
+    metric_prefixes: tuple[str, ...] | None = None,
 ) -> tuple[pd.DataFrame, ...] | None:
     """``_sql_tables`` for a SQLite store, read through ADBC's SQLite driver: Arrow-native,
     doubles arrive as binary (exact, NaN included, no text formatting). The same frames
@@ -157,7 +185,11 @@ def _sqlite_tables(
         tags, params, latest = (
             _adbc(uri, sql)
             for sql in _long_sql(
-                in_experiment, only, "CAST(x.value AS TEXT)", "CAST(x.value AS REAL)"
+                in_experiment,
+                only,
+                "CAST(x.value AS TEXT)",
+                "CAST(x.value AS REAL)",
+                _prefixed(metric_prefixes),
             )
         )
         points = [part.result() for part in parts]
