@@ -70,3 +70,36 @@ def test_each_seed_of_a_sweep_gets_the_config_its_own_document_gives(project):
         document["stages"] = [dict(s) for s in document["stages"]]
         document["stages"][0]["train"], document["stages"][1]["freeze"] = "a", "none"
         assert resolve(document, resolver=Resolver(project)).digest() == run.config.digest()
+
+
+def test_below_the_cli_nothing_falls_back_to_the_default_project(
+    tiny_spec, project, monkeypatch, capsys
+):
+    """The CLI decides the project once (``$ZOO_ROOT`` or the working directory) and hands
+    it down: a sweep, its analysis, its listing, a model's card and a prediction never ask
+    ProjectPaths.default() below zoo.cli in this process (a worker's job carries its root)."""
+    import sys
+
+    import numpy
+
+    from zoo.cli import main
+
+    real, askers = ProjectPaths.default, []
+
+    def default() -> ProjectPaths:
+        caller = sys._getframe(1)
+        if not caller.f_globals["__name__"].startswith("zoo.cli"):
+            chain = [sys._getframe(i).f_code.co_qualname for i in range(1, 5)]
+            askers.append(f"{caller.f_globals['__name__']}: {' <- '.join(chain)}")
+        return real()
+
+    monkeypatch.setattr(ProjectPaths, "default", staticmethod(default))
+    spec = str(tiny_spec(sources=("a",), freezes=("none",)))
+    assert main(["sweep", "run", spec, "--workers", "1"]) == 0
+    assert main(["analyze", spec, "--out", str(project.root / "report")]) == 0
+    assert main(["models", "list", spec, "--limit", "1"]) == 0
+    assert main(["models", "show", "tiny"]) == 0
+    numpy.save(project.root / "image.npy", numpy.random.default_rng(0).random((32, 32)))
+    out = str(project.root / "predicted")
+    assert main(["predict", "tiny", str(project.root / "image.npy"), "--out", out]) == 0
+    assert askers == []

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.cli._analysis import target_experiment
-from zoo.cli._specs import resolver
+from zoo.cli._specs import resolver, store
 from zoo.cli._types import positive, registry_name, writable
 
 __all__ = ["add_model_parsers"]
@@ -119,13 +119,13 @@ def _models_show(args: argparse.Namespace) -> None:
     import yaml
 
     from zoo.paths import ProjectPaths
-    from zoo.store import Tracker, existing_store
+    from zoo.store import existing_store
 
     # a missing store fails before torch is imported
     existing_store(args.tracking_uri, ProjectPaths.default())
     from zoo import modelzoo
 
-    tracker = Tracker(args.tracking_uri, create=False)
+    tracker = store(args, create=False)
     info = modelzoo.describe(modelzoo.load(args.ref, tracker), tracker)
     info["metrics"] = {k: float(f"{v:.4g}") for k, v in info["metrics"].items()}  # as printed
     print(yaml.safe_dump(info, sort_keys=False, allow_unicode=True), end="")
@@ -133,27 +133,27 @@ def _models_show(args: argparse.Namespace) -> None:
 
 def _models_export(args: argparse.Namespace) -> None:
     from zoo.paths import ProjectPaths, check_out_folder
-    from zoo.store import Tracker, existing_store
+    from zoo.store import existing_store
 
     check_out_folder(args.out, args.force)
     # a missing store fails before torch is imported
     existing_store(args.tracking_uri, ProjectPaths.default())
     from zoo import modelzoo
 
-    tracker = Tracker(args.tracking_uri, create=False)
+    tracker = store(args, create=False)
     print(modelzoo.export_model(modelzoo.load(args.ref, tracker), tracker, args.out, args.ref))
 
 
 def _models_register(args: argparse.Namespace) -> None:
     from zoo.paths import ProjectPaths
-    from zoo.store import Tracker, existing_store
+    from zoo.store import existing_store
 
     # a missing store fails before torch is imported
     existing_store(args.tracking_uri, ProjectPaths.default())
     from zoo import modelzoo
 
     run_id, version = modelzoo.register_model(
-        args.ref, args.name, Tracker(args.tracking_uri, create=False), args.alias
+        args.ref, args.name, store(args, create=False), args.alias
     )
     alias = f", alias {args.name}@{args.alias}" if args.alias else ""
     print(f"registered run {run_id} as {args.name}/{version}{alias}")
@@ -162,7 +162,7 @@ def _models_register(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from zoo._inputs import check_exist
     from zoo.paths import ProjectPaths
-    from zoo.store import Tracker, existing_store
+    from zoo.store import existing_store
 
     check_exist(args.inputs)  # missing inputs and stores fail before torch is imported
     existing_store(args.tracking_uri, ProjectPaths.default())
@@ -179,7 +179,5 @@ def _predict(args: argparse.Namespace) -> None:
         tta=args.tta,
         max_pixels=args.max_pixels,
     )
-    for line in predict(
-        args.ref, args.inputs, args.out, Tracker(args.tracking_uri, create=False), options
-    ):
+    for line in predict(args.ref, args.inputs, args.out, store(args, create=False), options):
         print(line)

@@ -55,6 +55,16 @@ def rehearsed(spec, args: argparse.Namespace):
     return sweep.rehearsal(spec) if args.rehearse else spec
 
 
+def store(args: argparse.Namespace, create: bool = True):
+    """The store of ``--tracking-uri`` (else $MLFLOW_TRACKING_URI, else this project's
+    mlflow.db), for this project ($ZOO_ROOT or the working directory): a zoo.store.Tracker,
+    read-only unless ``create``."""
+    from zoo.paths import ProjectPaths
+    from zoo.store import Tracker
+
+    return Tracker(getattr(args, "tracking_uri", None), ProjectPaths.default(), create=create)
+
+
 def resolver(args: argparse.Namespace):
     """What a command's configs are resolved against (a zoo.config.Resolver): this project
     ($ZOO_ROOT or the working directory) and the store of ``--tracking-uri``, where

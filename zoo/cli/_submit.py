@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from zoo.cli._errors import config_error
-from zoo.cli._specs import given_a_search, rehearsed, resolver
+from zoo.cli._specs import given_a_search, rehearsed, resolver, store
 from zoo.cli._types import positive, runs_per_task
 
 __all__ = ["add_submit_parser"]
@@ -97,7 +97,7 @@ def _sweep_submit(args: argparse.Namespace) -> None:
     from zoo import sweep
     from zoo.calibrate import load_profile
     from zoo.paths import ProjectPaths
-    from zoo.store import Tracker, refuse_network_sqlite, tracking_uri
+    from zoo.store import refuse_network_sqlite, tracking_uri
     from zoo.sweep import _search
     from zoo.sweep._packing import with_auto_runs_per_task
     from zoo.sweep._rehearsal import check_resubmit
@@ -130,7 +130,7 @@ def _sweep_submit(args: argparse.Namespace) -> None:
             profile = load_profile(args.profile, ProjectPaths.default())
             options = with_auto_runs_per_task(plan, options, profile)
     # the spec is good: only now is the store opened (and, unless a dry run, created)
-    tracker = _read_only(args.tracking_uri) if options.dry_run else Tracker(args.tracking_uri)
+    tracker = _read_only(args.tracking_uri) if options.dry_run else store(args)
     if search:
         submit_search(spec, block, tracker, options, args.workers or 1)
     else:
@@ -154,6 +154,6 @@ def _read_only(uri: str | None):
     from zoo.store import EmptyStore, StoreMissing, Tracker
 
     try:
-        return Tracker(uri, create=False)
+        return Tracker(uri, ProjectPaths.default(), create=False)
     except StoreMissing:
         return EmptyStore(uri, ProjectPaths.default())

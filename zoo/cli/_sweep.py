@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.cli._errors import config_error, stop_status, stopped_by
-from zoo.cli._specs import executed_spec, given_a_search, resolver
+from zoo.cli._specs import executed_spec, given_a_search, resolver, store
 from zoo.cli._submit import add_submit_parser
 from zoo.cli._types import positive
 
@@ -125,12 +125,11 @@ def _search_run(args: argparse.Namespace) -> int:
     import json
 
     from zoo import sweep
-    from zoo.store import Tracker
     from zoo.sweep import _search
 
     spec, block = _search.load_search(args.spec, args.overrides, resolver(args))
     sweep.start_worker_server()
-    status = _search.run_search(spec, block, Tracker(args.tracking_uri), args.workers)
+    status = _search.run_search(spec, block, store(args), args.workers)
     print(_search.format_search_status(spec.name, status))
     for key, reason in status["failed_workers"].items():
         print(f"  worker {key} failed: {reason}")
@@ -141,7 +140,6 @@ def _search_run(args: argparse.Namespace) -> int:
 
 def _sweep_run(args: argparse.Namespace) -> int:
     from zoo import sweep
-    from zoo.store import Tracker
 
     if args.executor != "local":  # an unknown name is refused before anything runs
         if given_a_search(args):
@@ -152,7 +150,7 @@ def _sweep_run(args: argparse.Namespace) -> int:
         executor = sweep.make_executor(args.executor, args.workers)
         plan = sweep.make_plan(executed_spec(args))
         sweep.check_plan(plan)
-        result = sweep.run_plan(plan, Tracker(args.tracking_uri), executor)
+        result = sweep.run_plan(plan, store(args), executor)
         return _counted(result)
     if given_a_search(args):
         return _search_run(args)
@@ -164,7 +162,7 @@ def _sweep_run(args: argparse.Namespace) -> int:
     priced = _priced(plan, args.profile)  # an unknown profile is refused before the store
     result = sweep.run_sweep(
         plan,
-        Tracker(args.tracking_uri),
+        store(args),
         args.workers,
         runs_per_gpu=args.runs_per_gpu,
         priced=priced,

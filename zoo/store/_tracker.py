@@ -72,8 +72,9 @@ class Tracker(MlflowCalls):
 
     ``create=False`` opens an existing store read-only: it never creates the store (a
     missing SQLite file raises :class:`StoreMissing`) nor an experiment. ``paths`` is the
-    project (its mlflow.db the default store); without it, for Python callers, the
-    project under ``$ZOO_ROOT`` or the current directory (ProjectPaths.default).
+    project (its mlflow.db the default store, its .zoo/artifacts new experiments'
+    artifacts); without it, for Python callers, the project under ``$ZOO_ROOT`` or the
+    current directory (ProjectPaths.default), asked only when one of those is needed.
     """
 
     def __init__(
@@ -85,11 +86,12 @@ class Tracker(MlflowCalls):
 
         # MLflow logs each database error's traceback before raising it; zoo reports it once
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-        self.paths = paths or ProjectPaths.default()
-        self.uri = tracking_uri(uri, self.paths)
+        self._paths = paths
+        named = uri or os.environ.get("MLFLOW_TRACKING_URI")
+        self.uri = tracking_uri(named, None if named else self.paths)
         self.read_only = not create
         if not create:
-            existing_store(self.uri, self.paths)
+            existing_store(self.uri, None)
         create_store(self.uri)
         if backend(self.uri) == "http":  # a short retry in MLflow's client, then zoo's
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -141,6 +143,14 @@ class Tracker(MlflowCalls):
             self._experiment_ids[name] = experiment_id
             self._tagged.add((name, description))
         return experiment_id
+
+    @property
+    def paths(self) -> ProjectPaths:
+        """The project (given, else, for Python callers, ProjectPaths.default(): asked
+        only when needed, for the default store or a new experiment's artifacts)."""
+        if self._paths is None:
+            self._paths = ProjectPaths.default()
+        return self._paths
 
     def _create_experiment(self, name: str) -> str:
         from mlflow.exceptions import MlflowException

@@ -29,12 +29,16 @@ class StoreMissing(ConfigError):
     """A read-only command was pointed at a store that does not exist."""
 
 
-def tracking_uri(uri: str | None, paths: ProjectPaths) -> str:
-    """The store to use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else the project's mlflow.db."""
-    return store_uri(uri or os.environ.get("MLFLOW_TRACKING_URI") or paths.tracking_uri)
+def tracking_uri(uri: str | None, paths: ProjectPaths | None) -> str:
+    """The store to use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else the project's mlflow.db
+    (``paths`` may be None when one of the first two is set)."""
+    named = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not named and paths is None:
+        raise ValueError("no tracking store: give a URI or the project's paths")
+    return store_uri(named or paths.tracking_uri)
 
 
-def existing_store(uri: str | None, paths: ProjectPaths) -> str:
+def existing_store(uri: str | None, paths: ProjectPaths | None) -> str:
     """The store a read-only command in project ``paths`` uses (see tracking_uri), not
     opened here: a missing SQLite file raises StoreMissing (other backends fail at their
     first read)."""
