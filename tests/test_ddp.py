@@ -134,10 +134,12 @@ def _preempted_then_resumed(project, document: dict) -> None:
 
 @pytest.mark.slow
 def test_two_processes_give_the_losses_of_one_and_resume_after_preemption(project):
+    threads = torch.get_num_threads()
     for devices in (1, 2):
         path = project.root / f"run{devices}.yaml"
         path.write_text(yaml.safe_dump(_config(devices)))
         assert main(["train", str(path)]) == 0
+    assert torch.get_num_threads() == threads  # the ranks' share of the cores given back
     one, _ = _histories(project.tracking_uri, "ddp1")
     two, params = _histories(project.tracking_uri, "ddp2")
     assert params["devices"] == "2"  # rank 0 alone logged: one run, each epoch once

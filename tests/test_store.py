@@ -385,13 +385,23 @@ def test_a_new_sqlite_store_is_mlflows_own_schema_copied_once_per_version(tmp_pa
         (default,) = MlflowClient(paths.tracking_uri).search_experiments()
         assert (default.experiment_id, default.name) == (made.experiment_id, made.name)
         assert default.artifact_location == made.artifact_location
+        # from the second store on, no migration runs: the template is copied
+        monkeypatch.setattr("mlflow.store.db.utils._upgrade_db", _no_migration)
     assert len(list((tmp_path / "cache" / "zoo").glob("mlflow-*.db"))) == 1
+    assert not list((tmp_path / "b").glob("*partial"))
+
+
+def _no_migration(engine):
+    raise AssertionError("a schema migration ran")
 
 
 def test_a_new_sqlite_store_is_migrated_in_place_when_the_cache_cannot_be_written(
     tmp_path, monkeypatch
 ):
+    import sqlalchemy
     from mlflow.tracking import MlflowClient
+
+    from zoo.store import _template
 
     (tmp_path / "not-a-folder").write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
@@ -400,3 +410,32 @@ def test_a_new_sqlite_store_is_migrated_in_place_when_the_cache_cannot_be_writte
     paths = ProjectPaths(tmp_path / "project")
     Tracker(None, paths)
     assert _schema(paths.root / "mlflow.db") == _schema(plain)
+    # a cache whose template cannot be made (a full quota, say): migrated in place too
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def full(template):
+        raise sqlalchemy.exc.OperationalError("CREATE TABLE", {}, Exception("disk is full"))
+
+    monkeypatch.setattr(_template, "_make", full)
+    other = ProjectPaths(tmp_path / "other")
+    Tracker(None, other)
+    assert _schema(other.root / "mlflow.db") == _schema(plain)
+
+
+def test_zoos_table_route_refuses_keys_sql_could_read_as_syntax(tracking_server):
+    import json
+    import urllib.error
+    import urllib.request
+
+    from zoo.store._rest import TABLES_ROUTE
+
+    for field in ("param_keys", "metric_prefixes"):
+        body = {"experiment_id": 0, field: ["x' OR 1=1 --"]}
+        request = urllib.request.Request(
+            tracking_server.uri + TABLES_ROUTE,
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 400 and field in refused.value.read().decode()

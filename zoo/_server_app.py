@@ -17,6 +17,7 @@ active runs (see ``zoo.store._states``), by one query; the same 400 and 501.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from zoo.store._rest import TABLES_ROUTE
@@ -38,12 +39,10 @@ def _tables() -> Any:
         experiment_id = int(body["experiment_id"])
     except (KeyError, TypeError, ValueError):
         return Response("experiment_id: an experiment's id is required", 400)
-    if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
-        return Response("param_keys: a list of strings or null", 400)
-    if prefixes is not None and not (
-        isinstance(prefixes, list) and all(isinstance(p, str) for p in prefixes)
-    ):
-        return Response("metric_prefixes: a list of strings or null", 400)
+    if not _keys_or_none(keys):
+        return Response("param_keys: a list of MLflow keys or null", 400)
+    if not _keys_or_none(prefixes):
+        return Response("metric_prefixes: a list of MLflow keys or null", 400)
     engine = getattr(_get_tracking_store(), "engine", None)  # a SqlAlchemyStore's
     if engine is None:
         return Response("zoo tables: the backend store is not a SQL database", 501)
@@ -116,3 +115,14 @@ def create_app() -> Any:
 
         return fastapi_app
     return app
+
+
+_KEY = re.compile(r"[\w\-. /]*")  # MLflow's key characters: nothing SQL could read as syntax
+
+
+def _keys_or_none(value: object) -> bool:
+    """Whether ``value`` is None or a list of strings made of MLflow's key characters (they
+    are written into zoo's SQL as literals)."""
+    if value is None:
+        return True
+    return isinstance(value, list) and all(isinstance(k, str) and _KEY.fullmatch(k) for k in value)

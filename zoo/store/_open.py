@@ -107,7 +107,7 @@ def _create_sqlite(uri: str) -> None:
     _refuse_read_only(uri, path)
     with FileLock(f"{path}.lock"):
         if not path.exists():
-            copy_template(path)  # else MLflow migrates the new file itself, below
+            copy_template(path)  # or nothing: MLflow migrates the new file itself, below
             with closing(sqlite3.connect(path)) as connection:
                 connection.execute("PRAGMA journal_mode=WAL")
         _refuse_non_sqlite(uri, path)

@@ -105,7 +105,10 @@ class Executor(ABC):
     - every job is run by ``zoo.sweep._job.run_job``, so a run's metrics do not
       depend on the backend;
     - a failed job's run ends FAILED with its reason and the other jobs go on;
-    - a preempted job resumes from its checkpoint, at most ``max_requeues`` times;
+    - where the backend preempts jobs (SLURM: USR1 before the time limit or a higher
+      priority job), a preempted job resumes from its checkpoint, at most
+      ``max_requeues`` times; a job stopped by a signal on this machine ends KILLED
+      and the same command resumes it;
     - ``submit``'s report holds a handle for every job it ran, queued or found
       finished (``already``: an ended handle); ``status`` names the jobs it holds now.
 
