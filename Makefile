@@ -38,8 +38,14 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The suite as two pytest processes side by side: the tests on the local SLURM cluster
+# (their tasks mostly wait on the scheduler and on each other) beside all the others,
+# on ports of their own (ZOO_TEST_PORT); the SLURM part's output follows the rest's.
 test: lint
-	$(BIN)/python -m pytest
+	@ZOO_TEST_PORT=15440 $(BIN)/python -m pytest -m slurm >.pytest-slurm.log 2>&1 & slurm=$$!; \
+	$(BIN)/python -m pytest -m "not slurm"; rest=$$?; \
+	wait $$slurm; code=$$?; echo "== the SLURM tests (pytest -m slurm) =="; cat .pytest-slurm.log; \
+	exit $$(( rest != 0 ? rest : code ))
 
 docs: $(VENV)/.installed-test
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
