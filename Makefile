@@ -40,9 +40,10 @@ lint: $(VENV)/.installed-test
 
 # The suite as two pytest processes side by side: the tests on the local SLURM cluster
 # (their tasks mostly wait on the scheduler and on each other) beside all the others,
-# on ports of their own (ZOO_TEST_PORT); the SLURM part's output follows the rest's.
+# on ports of their own (ZOO_TEST_PORT 15610: PostgreSQL there, the server 10 above; the
+# rest use 15410-15460 and 15702-15703); the SLURM part's output follows the rest's.
 test: lint
-	@ZOO_TEST_PORT=15440 $(BIN)/python -m pytest -m slurm >.pytest-slurm.log 2>&1 & slurm=$$!; \
+	@ZOO_TEST_PORT=15610 $(BIN)/python -m pytest -m slurm >.pytest-slurm.log 2>&1 & slurm=$$!; \
 	$(BIN)/python -m pytest -m "not slurm"; rest=$$?; \
 	wait $$slurm; code=$$?; echo "== the SLURM tests (pytest -m slurm) =="; cat .pytest-slurm.log; \
 	exit $$(( rest != 0 ? rest : code ))
