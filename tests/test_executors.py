@@ -5,20 +5,28 @@ show that a new backend is one class plus its registration."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+from collections import deque
+
 import pytest
 import torch
 from conftest import squeue_empty
 
+from zoo._signals import STOP, Preempted, preempt_on_usr1
 from zoo.store import Tracker
 from zoo.sweep import _backends, load_spec, make_plan, run_job
 from zoo.sweep._backends import make_executor, register_executor, submit_plan
 from zoo.sweep._executor import ENDED, Ended, Executor, SweepReport, already, unfinished
+from zoo.sweep._job import requeued
 
 
 class InProcessExecutor(Executor):
     """The smallest backend: the jobs in this process, one after another, in the order
     given (a dataset or stage job before the jobs that need it; run_job skips a job whose
-    stage left no checkpoint)."""
+    stage left no checkpoint); a job preempted by SIGUSR1 is requeued first in line."""
 
     def __init__(self, workers, echo):
         self.echo = echo
@@ -27,21 +35,37 @@ class InProcessExecutor(Executor):
         report = SweepReport()
         todo, finished = unfinished(jobs, tracker, name)
         already(report, jobs, finished)
-        for job in todo:
-            result = run_job(job, unfinished=True)
-            if job.kind == "dataset":  # makes a dataset, no run: no handle, not counted
-                continue
-            report.handles[job.key] = Ended(job.key, result)
-            if result.status == "finished":
-                report.finished.append(job.key)
-            elif result.status == "skipped":
-                report.skipped.append(job.key)
-            else:
-                report.failed[job.key] = result.reason
+        queue = deque(todo)
+        before = signal.getsignal(signal.SIGUSR1)
+        preempt_on_usr1()
+        try:
+            while queue:
+                job = queue.popleft()
+                STOP.clear()
+                try:
+                    result = run_job(job, unfinished=True)
+                except Preempted:  # checkpointed: requeued, counting it
+                    queue.appendleft(requeued(job))
+                    report.requeued.append(job.key)
+                    continue
+                if job.kind != "dataset":  # a dataset makes no run: no handle, not counted
+                    _count(report, job, result)
+        finally:
+            signal.signal(signal.SIGUSR1, before)
         return report
 
     def status(self, name, tracker):
         return {}
+
+
+def _count(report, job, result):
+    report.handles[job.key] = Ended(job.key, result)
+    if result.status == "finished":
+        report.finished.append(job.key)
+    elif result.status == "skipped":
+        report.skipped.append(job.key)
+    else:
+        report.failed[job.key] = result.reason
 
 
 @pytest.fixture(params=["local", "inprocess", pytest.param("slurm", marks=pytest.mark.slurm)])
@@ -134,6 +158,59 @@ def test_a_failed_stage_skips_its_runs_and_the_others_finish(
     finished = {k for k, r in by_key.items() if r.info.status == "FINISHED"}
     assert set(again.already) == finished and broken.key not in again.already
     assert again.handles[broken.key].state() == "failed"
+
+
+def _preempt_once_training(project, tiny_runs, timeout=300):
+    """In the background: once a run job trains from a checkpoint of its own (a stage
+    folder with a checkpoint and no result), SIGUSR1 to the process its run names
+    (``zoo.pid``), as a scheduler preempting it does; returns the thread and the pids
+    signalled."""
+    sent = []
+
+    def training_pid():
+        for run in tiny_runs():
+            tags = run.data.tags
+            if tags.get("zoo.kind") == "run" and run.info.status == "RUNNING":
+                return int(tags.get("zoo.pid", 0))
+        return 0
+
+    def watch():
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            folders = project.stages.glob("*") if project.stages.exists() else []
+            midway = any(
+                (f / "last.safetensors").exists() and not (f / "result.json").exists()
+                for f in folders
+            )
+            pid = midway and training_pid()
+            if pid:
+                os.kill(pid, signal.SIGUSR1)
+                sent.append(pid)
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread, sent
+
+
+def test_a_preempted_job_is_requeued_and_its_run_resumes_to_the_end(
+    execute, tiny_spec, tiny_runs, project
+):
+    """SIGUSR1 to the process training a run (a scheduler's preemption) checkpoints it;
+    the backend requeues the job and the same MLflow run resumes and finishes, counted
+    once in ``zoo.preemptions``; nothing else trains twice."""
+    spec = tiny_spec(sources=("a",), freezes=("none",), epochs=12)
+    watcher, sent = _preempt_once_training(project, tiny_runs)
+    plan, report = execute(spec)
+    watcher.join(timeout=5)
+    assert sent, "no run trained long enough to be preempted"
+    runs = tiny_runs()
+    assert len(runs) == len(plan.jobs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["zoo.preemptions"] == "1"
+    assert report.handles[plan.jobs[0].key].result().run_id == runs[0].info.run_id
+    if not report.submitted:  # a backend that ran it in this call counts the requeue
+        assert report.requeued == [plan.jobs[0].key]
 
 
 def test_progress_counts_busy_workers_and_prices_jobs_by_kind(monkeypatch):

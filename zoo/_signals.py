@@ -32,12 +32,15 @@ from zoo.errors import ConfigError
 
 __all__ = [
     "SIGNALS",
+    "STOP",
+    "Preempted",
     "Stopped",
     "checkpointable",
     "exit_with_parent",
     "grace_s",
     "guarded",
     "job_under_way",
+    "preempt_on_usr1",
     "process_runs",
     "received",
     "stop_all",
@@ -59,6 +62,19 @@ _STATE: dict[str, Any] = {
     "busy": False,
     "exiting": False,
 }
+
+
+STOP = threading.Event()  # set (a SIGUSR1 handler: preempt_on_usr1) to checkpoint after a step
+
+
+class Preempted(Exception):
+    """Training stopped on request (STOP) after checkpointing; running it again resumes."""
+
+
+def preempt_on_usr1() -> None:
+    """Make SIGUSR1 (a scheduler preempting this process) set STOP: training then
+    checkpoints after its current step and raises Preempted."""
+    signal.signal(signal.SIGUSR1, lambda *_: STOP.set())
 
 
 class Stopped(KeyboardInterrupt):

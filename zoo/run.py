@@ -50,7 +50,9 @@ from zoo.train import (
     train_stage,
 )
 
-__all__ = ["EpochHook", "Pruned", "load_datasets", "preflight", "run"]
+__all__ = ["PREEMPTIONS_TAG", "EpochHook", "Pruned", "load_datasets", "preflight", "run"]
+
+PREEMPTIONS_TAG = "zoo.preemptions"  # how often the run was preempted (and resumed)
 
 EpochHook = Callable[[str, int, dict[str, Any]], None]  # (stage name, epoch, metrics)
 
@@ -230,6 +232,8 @@ def _attempt(
             _record(config, results, floor, (tracker, run_id, log), datasets)
     except Preempted:
         log.settle(echo)
+        before = int(existing.data.tags.get(PREEMPTIONS_TAG, 0)) if existing else 0
+        tracker.set_tags(run_id, {PREEMPTIONS_TAG: str(before + 1)})
         echo(f"run {run_id} preempted; it stays RUNNING and resumes from its checkpoint")
         raise
     except Pruned as pruned:

@@ -14,7 +14,6 @@ from the epoch, and everything else is restored from the checkpoint.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -49,7 +48,7 @@ from zoo._resume import (
     resume,
     stage_record,
 )
-from zoo._signals import Stopped, checkpointable
+from zoo._signals import STOP, Preempted, Stopped, checkpointable
 from zoo.augment import DIHEDRAL, Batcher, dihedral, epoch_order
 from zoo.checkpoint import BackgroundWrites, atomic_write_text
 from zoo.config import RunConfig, StageConfig
@@ -95,12 +94,6 @@ __all__ = [
     "train_stage",
     "train_step",
 ]
-
-STOP = threading.Event()  # set (e.g. by a SIGUSR1 handler) to checkpoint and stop after a step
-
-
-class Preempted(Exception):
-    """Training stopped on request after checkpointing; running it again resumes."""
 
 
 SAMPLE_IMAGES = 4  # validation images a run's last stage keeps predictions of (its figure)

@@ -176,6 +176,8 @@ def _counted(result: Any) -> int:
         f"finished {len(result.finished)}, already finished {len(result.already)}, "
         f"failed {len(result.failed)}, skipped {len(result.skipped)}"
     )
+    if result.requeued:  # preempted (USR1), checkpointed and run again: one count each
+        counts += f", requeued {len(result.requeued)} after preemption"
     if result.interrupted:  # one line: the same command resumes the killed runs
         counts = f"{stopped_by()}: {counts}, killed {len(result.killed)} (resumable)"
     print(counts)

@@ -85,6 +85,7 @@ class SweepReport:
     seconds: dict[str, float] = field(default_factory=dict)  # key -> job wall time (local)
     interrupted: bool = False  # stopped by a signal (local)
     killed: list[str] = field(default_factory=list)  # under way then: KILLED, resumable
+    requeued: list[str] = field(default_factory=list)  # a key per preemption requeued (local)
     handles: dict[str, JobHandle] = field(default_factory=dict)  # key -> every job's handle
 
 
@@ -105,10 +106,11 @@ class Executor(ABC):
     - every job is run by ``zoo.sweep._job.run_job``, so a run's metrics do not
       depend on the backend;
     - a failed job's run ends FAILED with its reason and the other jobs go on;
-    - where the backend preempts jobs (SLURM: USR1 before the time limit or a higher
-      priority job), a preempted job resumes from its checkpoint, at most
-      ``max_requeues`` times; a job stopped by a signal on this machine ends KILLED
-      and the same command resumes it;
+    - a job preempted (SIGUSR1 to the process training it: SLURM sends it before the
+      time limit or for a higher priority job) checkpoints and is requeued, and its run
+      resumes from that checkpoint, at most ``max_requeues`` times (then its run ends
+      FAILED); the run's ``zoo.preemptions`` tag counts them. A job stopped by another
+      signal ends KILLED, and the same command resumes it;
     - ``submit``'s report holds a handle for every job it ran, queued or found
       finished (``already``: an ended handle); ``status`` names the jobs it holds now.
 

@@ -41,6 +41,7 @@ __all__ = [
     "place_worker",
     "placed",
     "register_job_kind",
+    "requeued",
     "requeues_left",
     "requeues_made",
     "run_job",
@@ -69,12 +70,14 @@ class JobSpec:
     depends: tuple[str, ...] = ()  # keys of the stage jobs that must finish first
     datasets: tuple[str, ...] = ()  # keys of the dataset jobs that must finish first
     max_requeues: int = 3  # preemptions requeued before the run ends FAILED
+    requeues: int = 0  # preemptions its backend requeued it for (SLURM counts its own)
     # the plan's identity document of a stage or run job, field -> short hash
     # (RunConfig.identity_fields): a worker computing another key names what differs
     planned: dict[str, str] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
         check(self.max_requeues >= 0, f"{where}.max_requeues", self.max_requeues, "an integer >= 0")
+        check(self.requeues >= 0, f"{where}.requeues", self.requeues, "an integer >= 0")
 
     @property
     def paths(self) -> ProjectPaths:
@@ -230,8 +233,14 @@ def requeues_made() -> int:
 
 
 def requeues_left(job: JobSpec) -> bool:
-    """Whether a preempted job may be requeued: SLURM counts its restarts."""
-    return requeues_made() < job.max_requeues
+    """Whether a preempted job may be requeued: the requeues it carries (a backend that
+    requeues jobs itself) and SLURM's restarts of its task are below ``max_requeues``."""
+    return job.requeues + requeues_made() < job.max_requeues
+
+
+def requeued(job: JobSpec) -> JobSpec:
+    """``job`` handed back to its backend after a preemption, counting it."""
+    return replace(job, requeues=job.requeues + 1)
 
 
 EpochHook = Callable[[str, int, dict[str, Any]], None]
@@ -257,7 +266,7 @@ def run_job(
     A job of a registered kind (JOB_KINDS: a search's Optuna workers) is handed to its
     runner. A dataset job makes its dataset unless the cache has it (no MLflow run; a
     failure is its result only). A job whose shared stage has no finished checkpoint is
-    skipped. A preempted job (zoo.train.Preempted) propagates while ``requeues_left``;
+    skipped. A preempted job (zoo._signals.Preempted) propagates while ``requeues_left``;
     past the cap its run ends FAILED, naming the cap. ``on_epoch`` may raise zoo.run.Pruned.
     ``unfinished``: the caller found the job's run not FINISHED just now (see zoo.run.run).
     """
@@ -315,10 +324,10 @@ def _train(
     on_epoch: EpochHook | None,
     unfinished: bool,
 ) -> JobResult:
+    from zoo._signals import Preempted
     from zoo.config import resolve
     from zoo.modelzoo._identity import store_resolver
     from zoo.run import Pruned, run
-    from zoo.train import Preempted
 
     # init: run: references are identified in the store this job logs to
     config = placed(resolve(job.config, resolver=store_resolver(job.paths, tracker.uri)))

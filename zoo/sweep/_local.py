@@ -30,7 +30,16 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from typing import Any
 
 from zoo._leases import Lease
-from zoo._signals import exit_with_parent, grace_s, job_under_way, received, stop_all
+from zoo._signals import (
+    STOP,
+    Preempted,
+    exit_with_parent,
+    grace_s,
+    job_under_way,
+    preempt_on_usr1,
+    received,
+    stop_all,
+)
 from zoo.errors import ConfigError
 from zoo.store import Tracker
 from zoo.sweep._datasets import made, sweep_folders, to_make
@@ -40,6 +49,7 @@ from zoo.sweep._job import (
     JobSpec,
     become_worker,
     jobs_from_plan,
+    requeued,
     run_job,
     with_parent,
 )
@@ -112,11 +122,14 @@ def _init_worker(counter: Any, environ: dict[str, str], parent: int) -> None:
         counter.value += 1
     become_worker(index)
     exit_with_parent(parent)
+    preempt_on_usr1()
 
 
 def _run(text: str) -> JobResult:
     """run_job in a worker process; the job travels as its JSON description (and was
-    found unfinished when the sweep started). A signal stops it (zoo._signals.Stopped)."""
+    found unfinished when the sweep started). A signal stops it (zoo._signals.Stopped);
+    USR1 preempts it (zoo._signals.Preempted, raised while it may be requeued)."""
+    STOP.clear()  # a USR1 between jobs preempted nothing
     with job_under_way():
         return run_job(JobSpec.from_json(text), unfinished=True)
 
@@ -207,8 +220,14 @@ def _schedule(
             return
         finished, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in finished:
-            result = future.result()  # a worker stopped by a signal: Stopped, here too
             job = running.pop(future)
+            if isinstance(future.exception(), Preempted):  # checkpointed: next to start
+                todo.insert(0, requeued(job))
+                report.requeued.append(job.key)
+                count = f"{job.requeues + 1} of {job.max_requeues}"
+                events.append(f"preempted {describe(job)}: requeued ({count})")
+                continue
+            result = future.result()  # a worker stopped by a signal: Stopped, here too
             if result.status == "finished":
                 done[job.key] = result.run_id
             elif job.kind in ("stage", "dataset"):

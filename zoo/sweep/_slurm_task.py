@@ -194,9 +194,9 @@ def _lane(
 def _lane_jobs(
     jobs: list[str], submission: SubmissionPaths, task: int, lane: int, stages: dict[str, int]
 ) -> int:
-    from zoo.train import STOP, Preempted
+    from zoo._signals import STOP, Preempted, preempt_on_usr1
 
-    signal.signal(signal.SIGUSR1, lambda *_: STOP.set())
+    preempt_on_usr1()
     failures = 0
     for text in jobs:
         job = JobSpec.from_json(text)
