@@ -137,6 +137,20 @@ class StoreContract:
         (summary,) = tables.runs.to_dict("records")  # a diverged run's NaN is not a 0 loss
         assert math.isnan(summary["target_loss"]) and summary["target_loss_adj"] == AWKWARD[1]
 
+    def test_values_zoo_cannot_pack_read_back_exactly(self, store, tmp_path):
+        """Params holding the separator zoo's packed reads join values with (ASCII 31), or
+        nothing, read back as written; so does a summary metric that is all NaN (not 0)."""
+        tracker = Tracker(store, ProjectPaths(tmp_path))
+        name = fresh_name()
+        run_id = tracker.create(tracker.experiment(name), {CONFIG_HASH_TAG: "a"})
+        tracker.log_params(run_id, {"odd": "x\x1fy", "empty": "", "plain": "p"})
+        tracker.log_metrics(run_id, {"target_loss": float("nan")}, 0)
+        tracker.finish(run_id)
+        (summary,) = load_tables(store, name).runs.to_dict("records")
+        assert (summary["param.odd"], summary["param.empty"]) == ("x\x1fy", "")
+        loss = summary["target_loss"]
+        assert summary["param.plain"] == "p" and (loss is None or math.isnan(loss))
+
     def test_a_batch_sent_again_under_its_timestamp_adds_no_row_twice(self, store, tmp_path):
         """An interrupted send that did land, sent again: each step and param stays once."""
         tracker = Tracker(store, ProjectPaths(tmp_path))
@@ -148,6 +162,38 @@ class StoreContract:
             steps = [m.step for m in tracker.get_metric_history(run_id, key)]
             assert sorted(steps) == [1, 2]
         assert tracker.get_run(run_id).data.params == {"lr": "0.1"}
+
+    def test_a_run_record_larger_than_one_batch_lands_whole(self, store, tmp_path):
+        """A run's first send (a config of 313 params, as a defocus run's, and 1200 values:
+        several MLflow batches, sent all at once where the store takes several writers)
+        and its artifacts (uploaded together) read back whole, each once; sent again under
+        its timestamp, nothing is added."""
+        tracker = Tracker(store, ProjectPaths(tmp_path))
+        run_id = tracker.create(tracker.experiment(fresh_name()), {CONFIG_HASH_TAG: "big"})
+        params = {f"datasets.d{i // 22}.field{i % 22}": i for i in range(313)}
+        rows = [
+            (step, {f"val_loss/d{k}": step + k / 100 for k in range(100)}) for step in range(12)
+        ]
+        for _ in range(2):
+            tracker.log_batch(run_id, params, rows, timestamp=1_700_000_000_000)
+        assert tracker.get_run(run_id).data.params == {k: str(v) for k, v in params.items()}
+        for key in ("val_loss/d0", "val_loss/d99"):
+            assert sorted(m.step for m in tracker.get_metric_history(run_id, key)) == list(
+                range(12)
+            )
+        files = []
+        for name, folder in (
+            ("config.yaml", None),
+            ("history.csv", None),
+            ("best.safetensors", "weights"),
+        ):
+            (tmp_path / name).write_text(name)
+            files.append((tmp_path / name, folder))
+        tracker.log_artifacts(run_id, files)
+        listed = {a.path for a in MlflowClient(tracker.uri).list_artifacts(run_id)}
+        assert listed == {"config.yaml", "history.csv", "weights"}
+        weights = MlflowClient(tracker.uri).list_artifacts(run_id, "weights")
+        assert [a.path for a in weights] == ["weights/best.safetensors"]
 
     def test_a_finished_retry_clears_the_earlier_error(self, store, tmp_path):
         tracker = Tracker(store, ProjectPaths(tmp_path))
