@@ -15,7 +15,10 @@ config param and the per-epoch and summary metrics of their 11 validation domain
 2.2 M param and 1.4 M metric rows) and times the whole commands `zoo models list
 defocus-rehearsal --limit 10` and `zoo analyze defocus-rehearsal` on it, each in a fresh
 process. Targets (issue 28): <= 3 s and <= 15 s.
-Run: ``.venv/bin/python benchmarks/bench_models.py [--runs 10000] [--repeats 3] [--defocus]``.
+``--keep DIR`` builds that store in DIR (or reuses the one there); ``--tracking-uri URI``
+times the commands on URI instead (e.g. a `zoo server start` serving DIR/mlflow.db).
+Run: ``.venv/bin/python benchmarks/bench_models.py [--runs 10000] [--repeats 3] [--defocus
+[--keep DIR] [--tracking-uri URI]]``.
 """
 
 from __future__ import annotations
@@ -122,24 +125,36 @@ def _rehearsed(job, plan, stage_run: str, rng: np.random.Generator) -> BulkRun:
     return BulkRun(tags=tags, params=params, metrics=metrics, histories=histories)
 
 
-def defocus(repeats: int) -> None:
-    """Build the defocus rehearsal's store and time `models list` and `analyze` on it."""
+def _build_defocus(plan, root: Path) -> str:
+    """The rehearsal's store as ``root``/mlflow.db (kept when it is there already); its URI."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    if (root / "mlflow.db").exists():
+        return uri
+    os.environ["ZOO_ROOT"] = str(root)  # the experiment's artifacts go there too
+    rng = np.random.default_rng(0)
+    stages = [j for j in plan.jobs if j.kind == "stage"]
+    ids = bulk_insert(uri, plan.spec.name, [_rehearsed(j, plan, "", rng) for j in stages])
+    stage_ids = {j.key: i for j, i in zip(stages, ids, strict=True)}
+    runs = [j for j in plan.jobs if j.kind == "run"]
+    bulk_insert(
+        uri, plan.spec.name, [_rehearsed(j, plan, stage_ids[j.depends[0]], rng) for j in runs]
+    )
+    return uri
+
+
+def defocus(repeats: int, keep: Path | None, uri: str | None) -> None:
+    """Build the defocus rehearsal's store (in ``keep``, reused when there) and time
+    `models list` and `analyze` on it, or on ``uri`` (e.g. a `zoo server` serving it)."""
     from zoo.sweep import load_spec, make_plan, rehearsal
 
     plan = make_plan(rehearsal(load_spec(Path(__file__).parent.parent / "sweeps/defocus.yaml")))
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as root:
-        uri = f"sqlite:///{Path(root) / 'mlflow.db'}"
-        stages = [j for j in plan.jobs if j.kind == "stage"]
-        ids = bulk_insert(uri, plan.spec.name, [_rehearsed(j, plan, "", rng) for j in stages])
-        stage_ids = {j.key: i for j, i in zip(stages, ids, strict=True)}
-        runs = [j for j in plan.jobs if j.kind == "run"]
-        bulk_insert(
-            uri, plan.spec.name, [_rehearsed(j, plan, stage_ids[j.depends[0]], rng) for j in runs]
-        )
-        env = {**os.environ, "ZOO_ROOT": root}
+    with tempfile.TemporaryDirectory() as scratch:
+        root = keep or Path(scratch)
+        root.mkdir(parents=True, exist_ok=True)
+        uri = uri or _build_defocus(plan, root)
+        env = {**os.environ, "ZOO_ROOT": str(root)}
         listing = ["models", "list", plan.spec.name, "--limit", "10"]
-        analyze = ["analyze", plan.spec.name, "--out", f"{root}/report"]
+        analyze = ["analyze", plan.spec.name, "--out", f"{scratch}/report"]
         for name, command in (("models list", listing), ("analyze", analyze)):
             command += ["--tracking-uri", uri]
             seconds = []
@@ -156,9 +171,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--defocus", action="store_true", help="the defocus rehearsal's store")
+    parser.add_argument("--keep", type=Path, help="--defocus: build the store here, or reuse it")
+    parser.add_argument("--tracking-uri", help="--defocus: time the commands on this store")
     args = parser.parse_args()
     if args.defocus:
-        defocus(args.repeats)
+        defocus(args.repeats, args.keep, args.tracking_uri)
         return
     from mlflow.tracking import MlflowClient
 

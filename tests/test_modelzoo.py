@@ -123,6 +123,9 @@ def test_bad_list_options_and_references_are_one_line_errors(trained, capsys):
         assert main(argv) == 2, argv
         error = capsys.readouterr().err
         assert error.startswith("zoo: error: ") and error.count("\n") == 1, error
+    # a text listing reads only target_ metrics; a --sort among none of them names all
+    assert main(["models", "list", "tiny", "--sort", "target_beauty"]) == 2
+    assert "best_val_loss_adj/" in capsys.readouterr().err
 
 
 def test_a_model_is_named_by_an_id_or_hash_prefix_or_its_run_name(trained, capsys):

@@ -439,3 +439,20 @@ def test_zoos_table_route_refuses_keys_sql_could_read_as_syntax(tracking_server)
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)
         assert refused.value.code == 400 and field in refused.value.read().decode()
+
+
+def test_zoos_server_is_read_by_name_without_mlflows_client(tracking_server, tmp_path):
+    """`zoo models list` and `zoo analyze` ask zoo's server by the experiment's name in one
+    plain request: MLflow's client (a second of imports) is never loaded, and a name the
+    server does not know reads as no experiment."""
+    tracker = Tracker(tracking_server.uri, ProjectPaths(tmp_path))
+    name = fresh_name()
+    log_run(tracker, tracker.experiment(name), "a1")
+    code = (
+        "import sys; from zoo.analysis import load_tables; "
+        "found = load_tables(sys.argv[1], sys.argv[2]); "
+        "print(len(found.runs), len(found.histories), "
+        "load_tables(sys.argv[1], 'never-made') is None, 'mlflow' in sys.modules)"
+    )
+    reader = run_python(code, tmp_path / "reader", tracking_server.uri, name)
+    assert reader.communicate(timeout=120)[0].split() == ["1", "6", "True", "False"]

@@ -3,7 +3,9 @@
 ``mlflow server --app-name zoo`` (what ``zoo server start`` runs; the entry point is
 declared in setup.cfg under ``mlflow.app``) serves everything a plain server serves
 and ``POST /zoo/api/1/tables`` with JSON ``{"experiment_id": "1", "histories": true,
-"param_keys": null, "metric_prefixes": null}``: that experiment's active runs, tags,
+"param_keys": null, "metric_prefixes": null}`` (or ``"experiment": "NAME"`` for the id;
+404 with MLflow's error code ``RESOURCE_DOES_NOT_EXIST`` when there is no experiment of
+that name): that experiment's active runs, tags,
 params, latest metrics and packed metric histories, read from the server's SQL backend
 store by the same queries that read a SQLite or PostgreSQL store directly
 (``zoo.store._sql``), as Arrow IPC (``encode_tables``). 400 for a malformed request;
@@ -35,10 +37,11 @@ def _tables() -> Any:
     body = request.get_json(silent=True)
     body = body if isinstance(body, dict) else {}
     keys, prefixes = body.get("param_keys"), body.get("metric_prefixes")
+    named = isinstance(body.get("experiment"), str) and "experiment_id" not in body
     try:
-        experiment_id = int(body["experiment_id"])
+        experiment_id = None if named else int(body["experiment_id"])
     except (KeyError, TypeError, ValueError):
-        return Response("experiment_id: an experiment's id is required", 400)
+        return Response("experiment_id or experiment: an experiment is required", 400)
     if not _keys_or_none(keys):
         return Response("param_keys: a list of MLflow keys or null", 400)
     if not _keys_or_none(prefixes):
@@ -46,15 +49,38 @@ def _tables() -> Any:
     engine = getattr(_get_tracking_store(), "engine", None)  # a SqlAlchemyStore's
     if engine is None:
         return Response("zoo tables: the backend store is not a SQL database", 501)
-    histories = bool(body.get("histories", True))
+    if named and (experiment_id := _experiment_id(engine, body["experiment"])) is None:
+        return _no_experiment(body["experiment"])
     tables = experiment_tables(
         engine,
         experiment_id,
-        histories,
+        bool(body.get("histories", True)),
         None if keys is None else tuple(keys),
         None if prefixes is None else tuple(prefixes),
     )
     return Response(encode_tables(tables), mimetype="application/vnd.apache.arrow.stream")
+
+
+def _experiment_id(engine: Any, name: str) -> int | None:
+    """The id of the experiment named ``name`` (deleted ones too, as MLflow's
+    ``get_experiment_by_name`` finds them); None if there is none."""
+    import sqlalchemy
+
+    with engine.connect() as connection:
+        row = connection.execute(
+            sqlalchemy.text("SELECT experiment_id FROM experiments WHERE name = :name"),
+            {"name": name},
+        ).first()
+    return None if row is None else int(row[0])
+
+
+def _no_experiment(name: str) -> Any:
+    """404 as MLflow answers for a missing experiment (its error code tells it from a
+    server without this route)."""
+    from flask import jsonify
+
+    message = f"Could not find experiment with name {name!r}"
+    return jsonify({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": message}), 404
 
 
 def _states() -> Any:

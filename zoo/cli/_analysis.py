@@ -60,6 +60,7 @@ def _analyze(args: argparse.Namespace) -> None:
     # not opened: a SQLite store is read by ADBC
     uri = existing_store(args.tracking_uri, ProjectPaths.default())
     experiment, expected = target_experiment(args.target, resolver(args))
+    analysis.prefetch()  # figures' and publishing's imports, while the store is read
     baseline = (
         analysis.load(uri, target_experiment(args.baseline, resolver(args))[0])
         if args.baseline

@@ -90,18 +90,28 @@ def _predict_parser(commands: Any, ref_help: str) -> argparse.ArgumentParser:
 
 def _models_list(args: argparse.Namespace) -> None:
     from zoo import modelzoo
+    from zoo.errors import ConfigError
     from zoo.paths import ProjectPaths
     from zoo.store import existing_store
 
     experiments = [target_experiment(args.target, resolver(args))[0]] if args.target else None
     # a listing never creates (nor opens) a store
     uri = existing_store(args.tracking_uri, ProjectPaths.default())
-    table = modelzoo.model_table(uri, experiments)
+    # text sorted by a target_ metric shows no other metric: read those alone
+    shown = not (args.json or args.where) and (args.sort or "target_").startswith("target_")
+    table = modelzoo.model_table(uri, experiments, every_metric=not shown)
     if table.empty:
         print(f"no trained models in {uri}")
         return
     table = modelzoo.filter_models(table, args.where)
-    table = modelzoo.sort_models(table, args.sort).head(args.limit)
+    try:
+        table = modelzoo.sort_models(table, args.sort)
+    except ConfigError:
+        if not shown:
+            raise
+        # no such metric among those read: the error names every metric there is
+        table = modelzoo.sort_models(modelzoo.model_table(uri, experiments), args.sort)
+    table = table.head(args.limit)
     if args.json:
         print(table.to_json(orient="records", indent=1, force_ascii=False))
     else:

@@ -18,6 +18,7 @@ _TAIL = ("train", "validate", "params", "state")
 # what a listing reads
 _PARAMS = (*(f"stages.{i}.train" for i in range(8)), "validate_on", "model.task")
 _METRICS = ("target_", "best_val_", "params_total")  # key prefixes
+_SHOWN = ("target_", "params_total")  # the text listing's: every headline is a target_ one
 
 
 def _experiments(uri: str, names: list[str] | None) -> list[str]:
@@ -47,18 +48,23 @@ def _domains(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return train, validate.where(validate != "", every)
 
 
-def model_table(uri: str, experiments: list[str] | None = None) -> pd.DataFrame:
+def model_table(
+    uri: str, experiments: list[str] | None = None, every_metric: bool = True
+) -> pd.DataFrame:
     """One row per trained model (shared-stage runs left out): run id, readable name,
     experiment, axis values, summary metrics, training and validation domains,
-    parameter count and state. ``experiments`` None means every experiment."""
+    parameter count and state. ``experiments`` None means every experiment;
+    ``every_metric=False`` reads only the target_ metrics (the headlines), a third of
+    the read: all a text listing sorted by one of them shows."""
     import pandas as pd
 
     from zoo.analysis import load_tables
 
+    prefixes = _METRICS if every_metric else _SHOWN
     frames = []
     for name in _experiments(uri, experiments):
         tables = load_tables(
-            uri, name, histories=False, param_keys=_PARAMS, metric_prefixes=_METRICS
+            uri, name, histories=False, param_keys=_PARAMS, metric_prefixes=prefixes
         )
         if tables is None:
             raise ConfigError(f"experiment {name!r}: not in the tracking store {uri}")

@@ -18,6 +18,7 @@ _BULK_RUNS = 100  # run ids per get-history-bulk request (the server's limit)
 _BULK_CAP = 25000  # points per get-history-bulk response (the server's limit)
 _SEARCH_PAGE = 1000  # runs per runs/search response
 _REST_REQUESTS = 8  # requests to a tracking server at once
+_TIMEOUT_S = 120  # MLflow's client's default request timeout
 
 
 def rest_tables(
@@ -28,21 +29,79 @@ def rest_tables(
     metric_prefixes: tuple[str, ...] | None = None,
 ) -> tuple[pd.DataFrame, ...] | None:
     """A tracking server: zoo's server (``zoo server start``) answers ``/zoo/api/1/tables``
-    in one request (see ``zoo._server_app``); any other MLflow server (that route 404s)
-    is read through the public REST API, much slower (see ``_public_rest_tables``).
+    by the experiment's name in one request, without MLflow's client (see
+    ``zoo._server_app`` and ``_named_tables``); any other MLflow server (that route
+    404s) is read through the public REST API, much slower (see ``_public_rest_tables``).
     ``metric_prefixes``: only the latest metrics whose key starts with one of them."""
-    from mlflow.tracking import MlflowClient
-
-    found = MlflowClient(uri).get_experiment_by_name(experiment)
-    if found is None:
+    options = (histories, param_keys, metric_prefixes)
+    tables = _named_tables(uri, experiment, *options)
+    if tables is _ABSENT:
         return None
-    tables = _zoo_tables(uri, found.experiment_id, histories, param_keys, metric_prefixes)
-    if tables is None:
-        tables = _public_rest_tables(uri, found.experiment_id, histories, param_keys)
+    if tables is None:  # not zoo's server (or an older one): MLflow's client names the id
+        from mlflow.tracking import MlflowClient
+
+        found = MlflowClient(uri).get_experiment_by_name(experiment)
+        if found is None:
+            return None
+        tables = _zoo_tables(uri, found.experiment_id, *options)
+        if tables is None:
+            tables = _public_rest_tables(uri, found.experiment_id, histories, param_keys)
     if metric_prefixes is not None:  # a server that reads every metric, or no such option
         runs, tags, params, latest, points = tables
         tables = (runs, tags, params, latest[latest.key.str.startswith(metric_prefixes)], points)
     return tables
+
+
+_ABSENT = ()  # zoo's server answered: there is no such experiment
+
+
+def _named_tables(
+    uri: str,
+    experiment: str,
+    histories: bool,
+    param_keys: tuple[str, ...] | None,
+    metric_prefixes: tuple[str, ...] | None,
+) -> tuple[pd.DataFrame, ...] | None:
+    """The tables from zoo's route, asked by the experiment's name in a plain request
+    (MLflow's client is not imported: a second of the command's time); ``_ABSENT`` when
+    the server has no such experiment; None when it cannot answer so (another server, a
+    store that is not SQL, authentication or TLS set up for MLflow's client, no answer):
+    MLflow's client then asks, or names the problem."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from zoo.store._states import _auth_header
+
+    body = {
+        "experiment": experiment,
+        "histories": histories,
+        "param_keys": None if param_keys is None else list(param_keys),
+        "metric_prefixes": None if metric_prefixes is None else list(metric_prefixes),
+    }
+    request = urllib.request.Request(
+        uri.rstrip("/") + TABLES_ROUTE,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **_auth_header()},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+            return decode_tables(response.read())
+    except urllib.error.HTTPError as error:
+        return _ABSENT if error.code == 404 and _missing(error.read()) else None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _missing(body: bytes) -> bool:
+    """Whether an error response says MLflow's RESOURCE_DOES_NOT_EXIST."""
+    import json
+
+    try:
+        return json.loads(body).get("error_code") == "RESOURCE_DOES_NOT_EXIST"
+    except (ValueError, AttributeError):
+        return False
 
 
 def _zoo_tables(

@@ -82,7 +82,6 @@ def experiment_tables(
     import pyarrow as pa
 
     active, in_experiment, only = _conditions(experiment_id, param_keys)
-    long = ["run_id", "key", "value"]
     prefixed = _prefixed(metric_prefixes)
     runs = _query(
         engine,
@@ -94,13 +93,34 @@ def experiment_tables(
             pool.submit(_history, engine, _history_sql(engine, in_experiment, part))
             for part in (_run_ranges(runs["run_id"]) if histories else [])
         ]
-        tags, params, latest = (
-            _query(engine, sql, long)
-            for sql in _long_sql(in_experiment, only, "x.value", "x.value", prefixed)
-        )
+        tags, params, latest = _long_tables(engine, in_experiment, only, prefixed)
         found = [points for part in parts if len(points := part.result())]
     packed = pa.concat_tables(found) if found else _packed_schema().empty_table()
     return runs, tags, params, latest, packed
+
+
+def _long_tables(engine: Any, in_experiment: str, only: str, prefixed: str) -> list[Any]:
+    """tags, params and latest metrics as (run_id, key, value) frames (see ``_long_sql``):
+    a table read whole is read packed (zoo.store._packed) unless that cannot be exact; one
+    read in part (``only``, ``prefixed``) row by row, which its key index serves faster."""
+    from zoo.store._packed import PACKED_COLUMNS, packed_sql, unpack
+
+    dialect = engine.dialect.name
+    number = _SQLITE_VALUE if dialect == "sqlite" else _POSTGRES_VALUE  # exact as text
+    plain = _long_sql(in_experiment, only, "x.value", "x.value", prefixed)
+    parts = [
+        ("tags", "x.value", in_experiment),
+        ("params", "x.value", in_experiment + only),
+        ("latest_metrics", number, in_experiment + prefixed),
+    ]
+    frames = []
+    for (table, value, where), sql in zip(parts, plain, strict=True):
+        frame = None
+        if where == in_experiment:
+            packed = _query(engine, packed_sql(dialect, table, value, where), PACKED_COLUMNS)
+            frame = unpack(packed, numeric=table == "latest_metrics")
+        frames.append(_query(engine, sql, ["run_id", "key", "value"]) if frame is None else frame)
+    return frames
 
 
 def _metric_value(number: str) -> str:
