@@ -362,6 +362,25 @@ def test_job_description_survives_a_json_round_trip(tiny_spec):
         jobs[3].key = "other"
 
 
+def test_jobs_of_an_axis_of_dates_travel_as_json(tiny_spec):
+    """Axis values stay with the plan (a run's tags carry them as text), so an axis
+    whose YAML values are dates still gives jobs an executor can hand to its workers."""
+    import datetime
+
+    from zoo.paths import ProjectPaths
+    from zoo.sweep import Job, jobs_from_plan
+
+    axes = [{"product": {"source": ["a"], "day": [datetime.date(2024, 1, 1)]}}]
+    plan = make_plan(
+        load_spec(tiny_spec(extra={"axes": axes, "set": {"stages.0.train": "$source"}}))
+    )
+    jobs = jobs_from_plan(plan, "sqlite:///x.db", ProjectPaths(Path("/p")))
+    assert plan.runs[0].names["day"] == datetime.date(2024, 1, 1)
+    for job in jobs:
+        assert Job.from_json(job.to_json()) == job
+    assert jobs[-1].tags["zoo.axis.day"] == "2024-01-01"
+
+
 @pytest.mark.parametrize(("restarts", "requeued"), [(2, True), (3, False)])
 def test_preempted_run_requeues_until_the_cap_then_ends_failed(
     tiny_spec, tiny_runs, project, monkeypatch, restarts, requeued

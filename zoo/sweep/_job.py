@@ -5,7 +5,7 @@ The plan decides a :class:`Job` (its identity, kind, typed config and dependenci
 ``Job.for_worker`` fills in where it runs and the document a worker resolves, as the
 executors receive it (zoo.sweep._plan.jobs_from_plan); a producer of jobs makes its own
 (a search's Optuna workers). A job is typed and frozen and survives a JSON round-trip
-unchanged but for its typed config, which stays with the planner
+unchanged but for its typed config and axis values, which stay with the planner
 (``Job.from_json(job.to_json()) == job``), so the SLURM executor writes the very job
 the local executor passes to its worker processes. Whichever executor started it, a
 job is run by :func:`run_job`, so a run's metrics do not depend on where it ran.
@@ -17,7 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 _WORKER: dict[str, Any] = {}  # per process: the tracker in use, the worker's device
+_PLANS = {"internal": True}  # a Job field only the plan reads: no file holds it (zoo._typed)
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,11 @@ class Job:
     # search: an Optuna worker asking for trials; dataset: makes one stored dataset, no run
     kind: Literal["dataset", "stage", "run", "search"]
     name: str  # the stage's name, "run", "search", or a dataset job's dataset
-    # the plan's typed config (a stage job's: cut after that stage; a dataset job's: its
-    # first user's); None for a search worker and a job read from JSON (never written)
-    config: RunConfig | None = field(
-        default=None, compare=False, repr=False, metadata={"internal": True}
-    )
-    names: dict[str, Any] = field(default_factory=dict)  # axis values (none for a dataset job)
+    # the plan's alone (never written, so a job read from JSON has neither): its typed
+    # config (a stage job's: cut after that stage; a dataset job's: its first user's; a
+    # search worker has none) and its axis values (none for a dataset job)
+    config: RunConfig | None = field(default=None, compare=False, repr=False, metadata=_PLANS)
+    names: dict[str, Any] = field(default_factory=dict, compare=False, metadata=_PLANS)
     depends: tuple[str, ...] = ()  # keys of the stage jobs that must finish first
     datasets: tuple[str, ...] = ()  # keys of the dataset jobs that must finish first
     # where it runs (for_worker)
@@ -117,15 +117,17 @@ class Job:
         )
 
     def to_json(self) -> str:
-        """Every field but the typed ``config``."""
-        document = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "config"}
+        """Every field but the plan's own (``config``, ``names``)."""
+        document = {
+            f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("internal")
+        }
         tuples = {"depends": list(self.depends), "datasets": list(self.datasets)}
         return json.dumps({**document, **tuples}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Job:
-        """The job ``to_json`` wrote (its ``config`` None); unknown or mistyped fields are
-        refused."""
+        """The job ``to_json`` wrote (no ``config``, no ``names``); unknown or mistyped
+        fields are refused."""
         return build(cls, json.loads(text), "job")
 
 

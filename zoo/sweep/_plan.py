@@ -172,7 +172,7 @@ def make_plan(spec: SweepSpec) -> Plan:
     for run in runs:
         for index in range(len(run.config.stages) - 1):
             users[run.config.stage_digest(index)] += 1
-    stage_jobs: dict[str, Job] = {}
+    stage_jobs: dict[str, tuple] = {}  # Job's fields key to depends, as for run_jobs
     run_jobs = []
     for run in runs:
         config, depends = run.config, []
@@ -182,38 +182,36 @@ def make_plan(spec: SweepSpec) -> Plan:
                 break
             if digest not in stage_jobs:
                 prefix = replace(config, stages=config.stages[: index + 1])
-                stage_jobs[digest] = Job(
-                    digest,
-                    "stage",
-                    config.stages[index].name,
-                    prefix,
-                    _stage_names(spec, run.names, index),
-                    tuple(depends[-1:]),
-                )
+                names = _stage_names(spec, run.names, index)
+                stage = config.stages[index].name
+                stage_jobs[digest] = (digest, "stage", stage, prefix, names, tuple(depends[-1:]))
             depends.append(digest)
-        run_jobs.append(Job(config.digest(), "run", "run", config, run.names, tuple(depends[-1:])))
-    return with_datasets(Plan(spec, runs, [*stage_jobs.values(), *run_jobs]))
+        run_jobs.append((config.digest(), "run", "run", config, run.names, tuple(depends[-1:])))
+    return Plan(spec, runs, *with_datasets([*stage_jobs.values(), *run_jobs]))
 
 
-def with_datasets(plan: Plan) -> Plan:
-    """``plan`` with one dataset job per stored dataset its jobs load (streamed datasets
-    and mixtures are not stored: a run makes them as it loads them), each job naming in
-    ``datasets`` the dataset jobs of what it loads."""
+def with_datasets(laid_out: list[tuple]) -> tuple[list[Job], list[Job]]:
+    """The jobs ``laid_out`` (each as Job's fields key to depends), each naming in
+    ``datasets`` the dataset jobs of what it loads, and those dataset jobs: one per stored
+    dataset the jobs load, in order of first use (streamed datasets and mixtures are not
+    stored: a run makes them as it loads them). Each job is made once (a plan makes
+    thousands)."""
     made: dict[str, Job] = {}
     known: dict[tuple, tuple[str, ...]] = {}  # configs of one datasets table share sources
     jobs = []
-    for job in plan.jobs:
-        used = tuple(job.config.used_datasets)
-        if (id(job.config.sources), used) not in known:
+    for fields in laid_out:
+        config = fields[3]
+        used = tuple(config.used_datasets)
+        if (id(config.sources), used) not in known:
             keys = []
             for name in used:
-                source = job.config.sources[name]
+                source = config.sources[name]
                 if source.stored:
                     keys.append(dataset_key(name, source))
-                    made.setdefault(keys[-1], Job(keys[-1], "dataset", name, job.config, {}, ()))
-            known[id(job.config.sources), used] = tuple(dict.fromkeys(keys))
-        jobs.append(replace(job, datasets=known[id(job.config.sources), used]))
-    return replace(plan, jobs=jobs, datasets=list(made.values()))
+                    made.setdefault(keys[-1], Job(keys[-1], "dataset", name, config))
+            known[id(config.sources), used] = tuple(dict.fromkeys(keys))
+        jobs.append(Job(*fields, known[id(config.sources), used]))
+    return jobs, list(made.values())
 
 
 def _refuse_collisions(runs: list[Expanded]) -> None:
