@@ -172,7 +172,9 @@ def make_plan(spec: SweepSpec) -> Plan:
     for run in runs:
         for index in range(len(run.config.stages) - 1):
             users[run.config.stage_digest(index)] += 1
-    stage_jobs: dict[str, tuple] = {}  # Job's fields key to depends, as for run_jobs
+    # digest -> a stage job's (key, kind, name, config, names, depends), and the same of
+    # each run job: with_datasets makes them Jobs
+    stage_jobs: dict[str, tuple] = {}
     run_jobs = []
     for run in runs:
         config, depends = run.config, []
@@ -191,7 +193,7 @@ def make_plan(spec: SweepSpec) -> Plan:
 
 
 def with_datasets(laid_out: list[tuple]) -> tuple[list[Job], list[Job]]:
-    """The jobs ``laid_out`` (each as Job's fields key to depends), each naming in
+    """The jobs ``laid_out`` (each as Job's fields ``key`` to ``depends``), each naming in
     ``datasets`` the dataset jobs of what it loads, and those dataset jobs: one per stored
     dataset the jobs load, in order of first use (streamed datasets and mixtures are not
     stored: a run makes them as it loads them). Each job is made once (a plan makes
