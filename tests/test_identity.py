@@ -296,3 +296,25 @@ def test_an_init_run_is_identified_by_what_it_is_not_by_its_id(project, capsys):
     assert "no run" in error
     after = sorted(str(p.relative_to(project.root)) for p in project.root.rglob("*"))
     assert after == before
+
+
+@pytest.mark.parametrize("overrides", [[], ["share_stages=false"]])
+def test_each_seed_of_a_sweep_has_the_identities_of_its_config_resolved_alone(overrides):
+    # a sweep copies a config's first seed for its other seeds (RunConfig.reseeded)
+    # rather than resolving and hashing it again: the run, each stage (its parent and
+    # its owner) and the documents recorded beside checkpoints must not tell them apart
+    from pathlib import Path
+
+    from zoo.config import resolve
+    from zoo.sweep import expand, load_spec
+
+    demo = Path(__file__).parents[1] / "sweeps" / "demo.yaml"
+    runs = expand(load_spec(demo, overrides))
+    assert {r.names["seed"] for r in runs} == {0, 1}
+    for run in runs[:8]:
+        alone = resolve(run.config.to_dict())
+        assert alone.digest() == run.config.digest(), run.names
+        for index in range(len(alone.stages)):
+            assert alone.stage_digest(index) == run.config.stage_digest(index), run.names
+            assert alone.stage_identity(index) == run.config.stage_identity(index)
+            assert alone.identity_fields(index) == run.config.identity_fields(index)

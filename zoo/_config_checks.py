@@ -352,9 +352,12 @@ def _check_data(config: Any, part: str, where: str, root: Path) -> None:
     _FITTING.add(key)
 
 
-def check_resolved(config: Any, where: str, root: Path) -> None:
-    """The checks that read the data ``config`` names under ``root``: mixture parts,
-    labelled and refinement data, targets and input channels, training-set sizes."""
+# (table id, stages' train and select_on, validate_on, root) -> the table
+_LABELLED: dict[tuple[Any, ...], Any] = {}
+
+
+def _check_labelled(config: Any, where: str, root: Path) -> None:
+    """Mixture parts that are datasets of their own, and labels wherever they are needed."""
     for name, source in config.sources.items():
         for part in getattr(source, "mix", {}):
             check(
@@ -366,6 +369,20 @@ def check_resolved(config: Any, where: str, root: Path) -> None:
     from zoo._refine_config import check_labelled
 
     check_labelled(config, where, root)
+
+
+def check_resolved(config: Any, where: str, root: Path) -> None:
+    """The checks that read the data ``config`` names under ``root``: mixture parts,
+    labelled and refinement data, targets and input channels, training-set sizes. Data
+    found labelled is remembered by what the checks read (a sweep's runs share it)."""
+    table = config._table
+    uses = tuple((s.train, s.select_on) for s in config.stages)
+    key = (id(table), uses, config.validate_on, root)
+    if _LABELLED.get(key) is not table:
+        _check_labelled(config, where, root)
+        if len(_LABELLED) > 4096:
+            _LABELLED.clear()
+        _LABELLED[key] = table  # held: its id names no other table
     for i, stage in enumerate(config.stages):
         _check_targets(config, i, where, root)
         if stage.refine is not None:

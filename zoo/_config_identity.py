@@ -16,7 +16,7 @@ from typing import Any
 from zoo._resolver import Resolver
 from zoo._typed import to_dict
 
-__all__ = ["DatasetTable", "config_identity", "content_hash", "execution", "table_of"]
+__all__ = ["DatasetTable", "Identity", "config_identity", "content_hash", "execution", "table_of"]
 
 # Stage identity version: raise it whenever a change to zoo alters the numbers a stage
 # computes (training loop, data pipeline, model construction), so checkpoints made by older
@@ -134,15 +134,45 @@ def execution(config: Any) -> dict[str, Any]:
     }
 
 
-def config_identity(config: Any) -> tuple[tuple[dict[str, Any], ...], tuple[str, ...]]:
+@dataclass(frozen=True)
+class Identity:
+    """A config's (stage 0, stage 1, ..., run) identity documents, their hashes, and the
+    JSON each hash is taken of, cut where the values another seed changes go (_template)."""
+
+    documents: tuple[dict[str, Any], ...]
+    digests: tuple[str, ...]
+    templates: tuple[tuple[str, ...], ...]
+
+    def reseeded(self, seed: int) -> Identity:
+        """The identity config_identity gives the same config with ``seed``: the seed in
+        every document, and through the hashes each stage's parent and owner."""
+        run_document = {**self.documents[-1], "seed": seed}
+        run = _filled(self.templates[-1], run_document)
+        digests: list[str] = []
+        documents: list[dict[str, Any]] = []
+        for document, template in zip(self.documents[:-1], self.templates[:-1], strict=True):
+            document = {
+                **document,
+                "seed": seed,
+                "parent": None if document["parent"] is None else digests[-1],
+                "owner": None if document["owner"] is None else run,
+            }
+            documents.append(document)
+            digests.append(_filled(template, document))
+        return Identity((*documents, run_document), (*digests, run), self.templates)
+
+
+def config_identity(config: Any) -> Identity:
     """The (stage 0, stage 1, ..., run) identity documents of ``config`` and their hashes."""
     document, texts = _run_document(config)
-    run = _hash_with(document, texts)
+    run_template = _template(document, texts)
+    run = _filled(run_template, document)
     # execution fields are in the document only when set (execution())
     placement = {k: document[k] for k in STAGE_EXECUTION_FIELDS if k in document}
     inits = document.get("init_files", {})
     digests: list[str] = []
     documents: list[dict[str, Any]] = []
+    templates: list[tuple[str, ...]] = []
     for index, stage in enumerate(config.stages):
         continues = digests and stage.init in ("auto", "best", "last")
         stage_document, stage_texts = _stage_document(config, index, document, texts)
@@ -155,8 +185,9 @@ def config_identity(config: Any) -> tuple[tuple[dict[str, Any], ...], tuple[str,
             **({"version": STAGE_VERSION} if STAGE_VERSION > 1 else {}),
         }
         documents.append(stage_document)
-        digests.append(_hash_with(stage_document, stage_texts))
-    return (*documents, document), (*digests, run)
+        templates.append(_template(stage_document, stage_texts))
+        digests.append(_filled(templates[-1], stage_document))
+    return Identity((*documents, document), (*digests, run), (*templates, run_template))
 
 
 def _run_document(config: Any) -> tuple[dict[str, Any], dict[str, str]]:
@@ -250,14 +281,38 @@ def _remembered(key: Any, pin: Any, make: Callable[[], Any]) -> Any:
     return entry[1]
 
 
-def _hash_with(document: dict[str, Any], texts: dict[str, str]) -> str:
-    """content_hash(document), the values under the keys of ``texts`` taken as that JSON:
-    the text json.dumps(document, sort_keys=True) makes, encoded in one pass with a
-    marker (a random token no config holds) standing for each given value."""
-    text = _ENCODER.encode({**document, **{key: _MARK + key for key in texts}})
+# the values of a document that another seed changes, in the order JSON's sorted keys
+# give them: the seed, and through the hashes a stage's parent and owner
+_RESEEDED = ("owner", "parent", "seed")
+
+
+def _template(document: dict[str, Any], texts: dict[str, str]) -> tuple[str, ...]:
+    """The text json.dumps(document, sort_keys=True) makes, the values under the keys of
+    ``texts`` taken as that JSON, cut where the values under _RESEEDED go: encoded in
+    one pass with a marker (a random token no config holds) standing for each of them."""
+    slots = {key: _MARK for key in _RESEEDED if key in document}
+    text = _ENCODER.encode({**document, **slots, **{key: _MARK + key for key in texts}})
     for key, value in texts.items():
         text = text.replace(f'"{_MARK}{key}"', value, 1)
+    return tuple(text.split(f'"{_MARK}"'))
+
+
+def _filled(template: tuple[str, ...], document: dict[str, Any]) -> str:
+    """The hash of ``template`` (of ``document`` but for its _RESEEDED values) with the
+    values ``document`` has there: content_hash(document)."""
+    values = [_scalar_json(document[key]) for key in _RESEEDED if key in document]
+    pieces = [template[0]]
+    for value, part in zip(values, template[1:], strict=True):
+        pieces += (value, part)
+    text = "".join(pieces)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _scalar_json(value: Any) -> str:
+    """_ENCODER.encode(value), for a seed (int) or a hash (str or None) on a short path."""
+    if value is None:
+        return "null"
+    return int.__repr__(value) if type(value) is int else _ENCODER.encode(value)
 
 
 _MARK = secrets.token_hex(16)

@@ -116,26 +116,20 @@ def log_artifacts(
     tracker: Tracker,
     run_id: str,
 ) -> None:
-    """Config, history and weights now (weights hard-linked into a local artifact folder;
-    to a remote one, the files are uploaded all at once); the figures (unless
-    ``config.figures`` is false) through ``draw_later`` (zoo.artifacts)."""
+    """Config, history and weights now; the figures (unless ``config.figures`` is false)
+    through ``draw_later`` (zoo.artifacts)."""
     last = results[-1]
-    names = [s.name for s in config.stages]
-    weights = []
-    for entry in config.log_weights:  # best, final (the last stage's) or STAGE/best|final
-        stage, _, kind = entry.rpartition("/")
-        result = results[names.index(stage)] if stage else last
-        where = f"{WEIGHTS_ARTIFACTS}/{stage}" if stage else WEIGHTS_ARTIFACTS
-        weights.append((StagePaths(result.folder).weights(kind), where))
-    if tracker.local_artifacts(run_id) is not None:
-        for path, where in weights:
-            log_linked(tracker, run_id, path, where)
-        weights = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / CONFIG_ARTIFACT).write_text(dump_yaml(config.to_dict()))
-        history = history_csv(config, results, folder / HISTORY_ARTIFACT)
-        tracker.log_artifacts(run_id, [(folder / CONFIG_ARTIFACT, None), (history, None), *weights])
+        tracker.log_artifact(run_id, folder / CONFIG_ARTIFACT)
+        names = [s.name for s in config.stages]
+        for entry in config.log_weights:  # best, final (the last stage's) or STAGE/best|final
+            stage, _, kind = entry.rpartition("/")
+            result = results[names.index(stage)] if stage else last
+            where = f"{WEIGHTS_ARTIFACTS}/{stage}" if stage else WEIGHTS_ARTIFACTS
+            log_linked(tracker, run_id, StagePaths(result.folder).weights(kind), where)
+        tracker.log_artifact(run_id, history_csv(config, results, folder / HISTORY_ARTIFACT))
     if config.figures:
         draw_later(figure_job(config, results, datasets, run_id), tracker)
 

@@ -17,6 +17,7 @@ from zoo._config_checks import check_model, check_resolved, check_run, check_sta
 from zoo._config_identity import (
     STAGE_VERSION,
     DatasetTable,
+    Identity,
     config_identity,
     content_hash,
     execution,
@@ -280,17 +281,27 @@ class RunConfig:
     @property
     def _digests(self) -> tuple[str, ...]:
         """(stage 0, stage 1, ..., run) identities."""
-        return self._identity[1]
+        return self._identity.digests
 
     @property
     def _documents(self) -> tuple[dict[str, Any], ...]:
         """(stage 0, stage 1, ..., run) identity documents."""
-        return self._identity[0]
+        return self._identity.documents
 
     @cached_property
-    def _identity(self) -> tuple[tuple[dict[str, Any], ...], tuple[str, ...]]:
+    def _identity(self) -> Identity:
         """The identity documents and their hashes, computed once."""
         return config_identity(self)
+
+    def reseeded(self, seed: int) -> RunConfig:
+        """This resolved config with ``seed``, its datasets and identity carried over rather
+        than parsed, checked and hashed again: what resolving its document with that seed
+        gives where nothing else in the document depends on the seed (a sweep's seeds;
+        the caller knows that, and checks the seed as check_run would)."""
+        config = replace(self, seed=seed)
+        config.__dict__["_table"] = self._table
+        config.__dict__["_identity"] = self._identity.reseeded(seed)
+        return config
 
 
 def resolve(mapping: Any, where: str = "config", resolver: Resolver | None = None) -> RunConfig:

@@ -8,7 +8,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,7 +243,6 @@ class Tracker(MlflowCalls):
         named = [Param(metric_key(k), str(v)) for k, v in (params or {}).items()]
         rows = [[Metric(k, float(v), now, step) for k, v in row.items()] for step, row in metrics]
         rows = [row for row in rows if row]
-        chunks = []
         while named or rows:
             chunk, named, values = named[:_PARAM_BATCH], named[_PARAM_BATCH:], []
             while rows and len(chunk) + len(values) + len(rows[0]) <= _METRIC_BATCH:
@@ -251,29 +250,7 @@ class Tracker(MlflowCalls):
             if not chunk and not values:  # one step above the limit
                 values, rows[0] = rows[0][:_METRIC_BATCH], rows[0][_METRIC_BATCH:]
                 rows = [row for row in rows if row]
-            chunks.append((chunk, values))
-        self._at_once([lambda c=c: self._batch(run_id, params=c[0], metrics=c[1]) for c in chunks])
-
-    def _at_once(self, calls: list[Callable[[], None]]) -> None:
-        """Make ``calls`` (independent writes), all at once where the store takes several
-        writers (a tracking server, PostgreSQL: one round trip's wait instead of one per
-        call); one after another on SQLite, which takes one writer at a time. Returns
-        once every call has (a signal meanwhile waits for them); the first failure
-        raises."""
-        if len(calls) < 2 or backend(self.uri) == "sqlite":
-            for call in calls:
-                call()
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(len(calls)) as pool:
-            for future in [pool.submit(call) for call in calls]:
-                future.result()
-
-    def log_artifacts(self, run_id: str, files: list[tuple[Path, str | None]]) -> None:
-        """Each (path, folder) of ``files`` as ``log_artifact`` logs it; uploads to a
-        remote artifact store go all at once."""
-        self._at_once([lambda f=f: self.log_artifact(run_id, *f) for f in files])
+            self._batch(run_id, params=chunk, metrics=values)
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """``params`` under MLflow-safe keys (see metric_key), in batches of 100."""

@@ -1,5 +1,5 @@
 """The datasets a sweep's pending jobs need: the plan's dataset jobs (see
-``zoo.sweep._plan.with_datasets``), which the executors run before the jobs that load
+``zoo.sweep._plan.make_plan``), which the executors run before the jobs that load
 them, through zoo.sweep._job.run_job like any job.
 
 Making a dataset takes a lock per dataset (zoo.data._lock), so whoever makes it

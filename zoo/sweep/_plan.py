@@ -132,9 +132,13 @@ class Plan:
         trained: dict[str, set[str]] = {n: set() for n in self.stage_names}
         unshared: Counter[str] = Counter()
         passes = passes_unshared = 0
+        works: dict[tuple[int, int], int] = {}  # seeds share stage objects and sources
         for run in self.runs:
             for index, stage in enumerate(run.config.stages):
-                work = image_passes(run.config, index)
+                shared = (id(stage), id(run.config.sources))  # all held by self.runs
+                work = works.get(shared)
+                if work is None:
+                    work = works[shared] = image_passes(run.config, index)
                 passes_unshared += work
                 unshared[stage.name] += 1
                 digest = run.config.stage_digest(index)
@@ -156,7 +160,7 @@ class Plan:
 
 def make_plan(spec: SweepSpec) -> Plan:
     """Expand ``spec`` and lay out its jobs; a stage used by two or more runs is a stage
-    job, a stored dataset a job loads is a dataset job (see ``with_datasets``)."""
+    job, a stored dataset a job loads is a dataset job (see ``_DatasetJobs``)."""
     runs = expand(spec)
     if not spec.share_stages:
         runs = [replace(r, config=replace(r.config, share_stages=False)) for r in runs]
@@ -172,9 +176,8 @@ def make_plan(spec: SweepSpec) -> Plan:
     for run in runs:
         for index in range(len(run.config.stages) - 1):
             users[run.config.stage_digest(index)] += 1
-    # digest -> a stage job's (key, kind, name, config, names, depends), and the same of
-    # each run job: with_datasets makes them Jobs
-    stage_jobs: dict[str, tuple] = {}
+    datasets = _DatasetJobs()
+    stage_jobs: dict[str, Job] = {}
     run_jobs = []
     for run in runs:
         config, depends = run.config, []
@@ -184,36 +187,66 @@ def make_plan(spec: SweepSpec) -> Plan:
                 break
             if digest not in stage_jobs:
                 prefix = replace(config, stages=config.stages[: index + 1])
-                names = _stage_names(spec, run.names, index)
-                stage = config.stages[index].name
-                stage_jobs[digest] = (digest, "stage", stage, prefix, names, tuple(depends[-1:]))
+                stage_jobs[digest] = Job(
+                    digest,
+                    "stage",
+                    config.stages[index].name,
+                    prefix,
+                    _stage_names(spec, run.names, index),
+                    tuple(depends[-1:]),
+                    datasets.keys(prefix),
+                )
             depends.append(digest)
-        run_jobs.append((config.digest(), "run", "run", config, run.names, tuple(depends[-1:])))
-    return Plan(spec, runs, *with_datasets([*stage_jobs.values(), *run_jobs]))
+        run_jobs.append(
+            Job(
+                config.digest(),
+                "run",
+                "run",
+                config,
+                run.names,
+                tuple(depends[-1:]),
+                datasets.keys(config),
+            )
+        )
+    jobs = [*stage_jobs.values(), *run_jobs]
+    return Plan(spec, runs, jobs, datasets.jobs(jobs))
 
 
-def with_datasets(laid_out: list[tuple]) -> tuple[list[Job], list[Job]]:
-    """The jobs ``laid_out`` (each as Job's fields ``key`` to ``depends``), each naming in
-    ``datasets`` the dataset jobs of what it loads, and those dataset jobs: one per stored
-    dataset the jobs load, in order of first use (streamed datasets and mixtures are not
-    stored: a run makes them as it loads them). Each job is made once (a plan makes
-    thousands)."""
-    made: dict[str, Job] = {}
-    known: dict[tuple, tuple[str, ...]] = {}  # configs of one datasets table share sources
-    jobs = []
-    for fields in laid_out:
-        config = fields[3]
-        used = tuple(config.used_datasets)
-        if (id(config.sources), used) not in known:
-            keys = []
-            for name in used:
-                source = config.sources[name]
-                if source.stored:
-                    keys.append(dataset_key(name, source))
-                    made.setdefault(keys[-1], Job(keys[-1], "dataset", name, config))
-            known[id(config.sources), used] = tuple(dict.fromkeys(keys))
-        jobs.append(Job(*fields, known[id(config.sources), used]))
-    return jobs, list(made.values())
+class _DatasetJobs:
+    """A plan's dataset jobs: one per stored dataset its jobs load (streamed datasets and
+    mixtures are not stored: a run makes them as it loads them)."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple, tuple[Any, tuple[str, ...]]] = {}  # by sources and names
+        self._loads: dict[tuple, tuple[Any, Any, tuple[str, ...]]] = {}  # by stages, datasets
+        self._names: dict[str, str] = {}  # dataset job key -> dataset name
+
+    def keys(self, config: RunConfig) -> tuple[str, ...]:
+        """The keys of the dataset jobs of what ``config`` loads, in the order it loads
+        them; found once for configs with the same stages and datasets (a config's
+        seeds), and for those of one datasets table (which share sources) loading the
+        same datasets. Every object whose id a key holds is held beside it."""
+        shared = (id(config.stages), id(config.datasets), config.validate_on)
+        loads = self._loads.get(shared)
+        if loads is None or loads[0] is not config.stages or loads[1] is not config.datasets:
+            sources, used = config.sources, config.used_datasets
+            known = self._known.get((id(sources), used))
+            if known is None or known[0] is not sources:
+                keys = {dataset_key(n, sources[n]): n for n in used if sources[n].stored}
+                self._names |= keys
+                known = self._known[id(sources), used] = (sources, tuple(keys))
+            loads = self._loads[shared] = (config.stages, config.datasets, known[1])
+        return loads[2]
+
+    def jobs(self, jobs: list[Job]) -> list[Job]:
+        """The dataset jobs ``jobs`` name, in order of first use, each with the config of
+        its first user."""
+        made: dict[str, Job] = {}
+        for job in jobs:
+            for key in job.datasets:
+                if key not in made:
+                    made[key] = Job(key, "dataset", self._names[key], job.config, {}, ())
+        return list(made.values())
 
 
 def _refuse_collisions(runs: list[Expanded]) -> None:

@@ -403,7 +403,7 @@ def expand(spec: SweepSpec) -> list[Expanded]:
             full = {**names, "seed": seed}
             try:
                 if first is not None and copies:
-                    config = _reseeded(first, seed)
+                    config = first.reseeded(seed)
                 else:
                     config = resolve(_run_document(spec, full), resolver=resolver)
                     first = first or config
@@ -430,12 +430,3 @@ def _run_document(spec: SweepSpec, full: Assignment) -> dict[str, Any]:
             _evaluate(lambda v, n, _: render(v, n), value, full, f"spec.set.{key}"),
         )
     return toy_document(document) if spec.rehearse else document
-
-
-def _reseeded(config: RunConfig, seed: int) -> RunConfig:
-    """Resolved ``config`` with another seed: what resolving its document with ``seed``
-    (a spec seed, validated with the spec) gives, without parsing and checking it again."""
-    reseeded = replace(config, seed=seed)
-    reseeded.__dict__["_table"] = config._table  # the same datasets, already parsed
-    reseeded.digest()
-    return reseeded
