@@ -222,12 +222,12 @@ def test_progress_counts_busy_workers_and_prices_jobs_by_kind(monkeypatch):
 
     from zoo.sweep import _local
     from zoo.sweep._executor import SweepReport
-    from zoo.sweep._job import JobResult, JobSpec
+    from zoo.sweep._job import Job, JobResult
     from zoo.sweep._progress import SweepProgress
 
     def job(key, kind, depends=(), name="run"):
         tags = {"mlflow.runName": f"freeze {key} · seed 0"} if kind == "run" else {}
-        return JobSpec(key * 16, kind, name, "t", "", "", {}, tags, depends)
+        return Job(key * 16, kind, name, depends=depends, experiment="t", tags=tags)
 
     stage = job("a", "stage", name="pretrain")
     runs = [job(k, "run", (stage.key,)) for k in "bcde"]
@@ -235,7 +235,7 @@ def test_progress_counts_busy_workers_and_prices_jobs_by_kind(monkeypatch):
     monkeypatch.setattr(
         _local,
         "_run",
-        lambda text: JobResult("finished", "id", "", took[JobSpec.from_json(text).key]),
+        lambda text: JobResult("finished", "id", "", took[Job.from_json(text).key]),
     )
     monkeypatch.setattr(_local, "with_parent", lambda job, parent: job)
     lines: list[str] = []
@@ -256,11 +256,11 @@ def test_progress_prices_the_eta_on_the_plans_profile_scaled_by_what_finished(mo
     """`zoo sweep run --profile NAME`: the ETA prices the jobs left by the plan, scaled by
     how long the finished ones took against their price (here twice as long)."""
     from zoo.sweep._executor import SweepReport
-    from zoo.sweep._job import JobSpec
+    from zoo.sweep._job import Job
     from zoo.sweep._progress import SweepProgress
 
     def job(key, kind):
-        return JobSpec(key * 16, kind, kind, "t", "", "", {}, {}, ())
+        return Job(key * 16, kind, kind, experiment="t")
 
     stage, runs = job("a", "stage"), [job(k, "run") for k in "bcde"]
     priced = {stage.key: 20.0, **{r.key: 5.0 for r in runs}}

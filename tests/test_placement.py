@@ -49,7 +49,7 @@ def test_every_job_keeps_its_key_on_any_worker_device(project, tiny_spec, monkey
     for device in ("cpu", "cuda:0", "cuda:1"):
         monkeypatch.setitem(_job._WORKER, "device", device)
         for job in jobs:
-            config = _job.placed(resolve(job.config))
+            config = _job.placed(resolve(job.document))
             assert config.device == device
             assert _job.identity_differs(job, config) == "", (device, job.kind)
 
@@ -92,7 +92,7 @@ def test_a_job_whose_identity_differs_fails_in_one_line_and_the_sweep_goes_on(
     tracker.experiment("tiny")
     jobs = jobs_from_plan(plan, tracker.uri, project)
     edited = next(j for j in jobs if j.kind == "run")
-    edited = replace(edited, config={**edited.config, "power_cap_w": 250.0})
+    edited = replace(edited, document={**edited.document, "power_cap_w": 250.0})
     jobs = [edited if j.key == edited.key else j for j in jobs]
     report = LocalExecutor(2, echo=lambda line: None).submit("tiny", jobs, tracker)
     assert list(report.failed) == [edited.key] and len(report.finished) == len(plan.jobs) - 1
@@ -111,7 +111,7 @@ def test_a_refused_job_in_a_worker_trains_nothing(project, tiny_spec):
     stage = next(
         j for j in jobs_from_plan(plan, project.tracking_uri, project) if j.kind == "stage"
     )
-    edited = replace(stage, config={**stage.config, "seed": 7})
+    edited = replace(stage, document={**stage.document, "seed": 7})
     log = project.root / "job.log"
     result = run_job(edited, log)
     assert result.status == "failed" and "(differs: seed)" in result.reason
@@ -127,10 +127,10 @@ def test_a_refusal_never_turns_a_finished_run_failed(project, tiny_spec, tiny_ru
         j for j in jobs_from_plan(plan, project.tracking_uri, project) if j.kind == "stage"
     )
     assert run_job(stage).status == "finished"
-    moved = replace(stage, config={**stage.config, "seed": 7})
+    moved = replace(stage, document={**stage.document, "seed": 7})
     result = run_job(moved)
     assert result.status == "finished" and {r.info.status for r in tiny_runs()} == {"FINISHED"}
-    config = resolve(moved.config)
+    config = resolve(moved.document)
     assert "(differs: unknown" in _job.identity_differs(replace(moved, planned={}), config)
 
 

@@ -346,20 +346,39 @@ def test_a_newline_in_the_project_root_never_reaches_an_sbatch_script():
 
 def test_job_description_survives_a_json_round_trip(tiny_spec):
     from zoo.paths import ProjectPaths
-    from zoo.sweep import JobSpec, jobs_from_plan
+    from zoo.sweep import Job, jobs_from_plan
 
     jobs = jobs_from_plan(
         make_plan(load_spec(tiny_spec())), "sqlite:///x.db", ProjectPaths(Path("/p"))
     )
     assert [j.kind for j in jobs] == ["dataset"] * 3 + ["stage"] * 2 + ["run"] * 4
     for job in jobs:
-        assert JobSpec.from_json(job.to_json()) == job
+        assert Job.from_json(job.to_json()) == job
     assert jobs[-1].depends == (jobs[4].key,) and jobs[-1].tags["zoo.axis.source"] == "b"
     bad = json.loads(jobs[3].to_json()) | {"max_requeues": "3"}
     with pytest.raises(ConfigError, match=r"job\.max_requeues"):
-        JobSpec.from_json(json.dumps(bad))
+        Job.from_json(json.dumps(bad))
     with pytest.raises(AttributeError):
         jobs[3].key = "other"
+
+
+def test_jobs_of_an_axis_of_dates_travel_as_json(tiny_spec):
+    """Axis values stay with the plan (a run's tags carry them as text), so an axis
+    whose YAML values are dates still gives jobs an executor can hand to its workers."""
+    import datetime
+
+    from zoo.paths import ProjectPaths
+    from zoo.sweep import Job, jobs_from_plan
+
+    axes = [{"product": {"source": ["a"], "day": [datetime.date(2024, 1, 1)]}}]
+    plan = make_plan(
+        load_spec(tiny_spec(extra={"axes": axes, "set": {"stages.0.train": "$source"}}))
+    )
+    jobs = jobs_from_plan(plan, "sqlite:///x.db", ProjectPaths(Path("/p")))
+    assert plan.runs[0].names["day"] == datetime.date(2024, 1, 1)
+    for job in jobs:
+        assert Job.from_json(job.to_json()) == job
+    assert jobs[-1].tags["zoo.axis.day"] == "2024-01-01"
 
 
 @pytest.mark.parametrize(("restarts", "requeued"), [(2, True), (3, False)])
@@ -637,7 +656,7 @@ def test_a_dataset_job_travels_as_json_and_both_backends_make_it_through_run_job
 ):
     """A dataset job is made by run_job from its JSON description: in a SLURM dataset
     array task as in a local worker; once the cache has it, it is left out."""
-    from zoo.sweep import JobSpec, jobs_from_plan
+    from zoo.sweep import Job, jobs_from_plan
     from zoo.sweep._datasets import to_make
     from zoo.sweep._slurm_task import worker
 
@@ -646,7 +665,7 @@ def test_a_dataset_job_travels_as_json_and_both_backends_make_it_through_run_job
     todo, done = to_make(jobs)
     assert [j.name for j in todo] == ["a", "b", "c"] and not done
     made = todo[0]
-    assert JobSpec.from_json(made.to_json()) == made and not made.tags
+    assert Job.from_json(made.to_json()) == made and not made.tags
     array = {"name": "datasets-0", "kind": "datasets", "keys": [made.key], "tasks": [[made.key]]}
     record = {"arrays": [array], "jobs": {}, "datasets": {made.key: made.to_json()}}
     (tmp_path / "runs.json").write_text(json.dumps(record))

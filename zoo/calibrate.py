@@ -205,7 +205,7 @@ def _in_a_worker(model: dict[str, Any], runs: int = 5) -> tuple[float, int]:
     from zoo.config import Resolver
     from zoo.run import load_datasets
     from zoo.store import Tracker
-    from zoo.sweep._job import JobSpec, run_job
+    from zoo.sweep._job import Job, run_job
     from zoo.sweep._local import worker_pool
 
     overheads = []
@@ -215,8 +215,14 @@ def _in_a_worker(model: dict[str, Any], runs: int = 5) -> tuple[float, int]:
         for seed in range(runs):
             config = _config(model, 32, Resolver(paths), count=16, seed=seed)
             load_datasets(config, paths)  # making data is not a job's overhead
-            job = JobSpec(
-                config.digest(), "run", "run", config.experiment, tracker.uri, tmp, config.to_dict()
+            job = Job(
+                config.digest(),
+                "run",
+                "run",
+                experiment=config.experiment,
+                uri=tracker.uri,
+                root=tmp,
+                document=config.to_dict(),
             )
             result = pool.submit(run_job, job, unfinished=True).result()
             if result.status != "finished":

@@ -144,7 +144,7 @@ def _store_resolver(paths: ProjectPaths) -> Any:
 
 def _datasets(paths: ProjectPaths, plans: list[Any]) -> list[Garbage]:
     from zoo.sweep._datasets import needed
-    from zoo.sweep._job import jobs_from_plan
+    from zoo.sweep._plan import jobs_from_plan
 
     if not paths.datasets.exists():
         return []

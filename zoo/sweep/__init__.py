@@ -2,7 +2,7 @@
 executor (local processes or SLURM arrays) behind one interface.
 
 Public API: :func:`load_spec`, :func:`make_plan`, :func:`run_sweep`, :func:`sweep_status`,
-:class:`JobSpec`, :func:`run_job`, :class:`Executor`, its :class:`JobHandle` and its
+:class:`Job`, :func:`run_job`, :class:`Executor`, its :class:`JobHandle` and its
 backends, chosen by name (:func:`make_executor`; a new one: :func:`register_executor`).
 """
 
@@ -14,13 +14,13 @@ from zoo.sweep._backends import (
     submit_plan,
 )
 from zoo.sweep._executor import Executor, JobHandle, JobState, SweepReport
-from zoo.sweep._job import JobResult, JobSpec, job_tags, jobs_from_plan, run_job
+from zoo.sweep._job import Job, JobResult, job_tags, run_job
 from zoo.sweep._local import LocalExecutor, check_placement, run_sweep, start_worker_server
 from zoo.sweep._plan import (
-    Job,
     Plan,
     check_plan,
     format_report,
+    jobs_from_plan,
     make_plan,
     report,
     show_run,
@@ -36,7 +36,6 @@ __all__ = [
     "Job",
     "JobHandle",
     "JobResult",
-    "JobSpec",
     "JobState",
     "LocalExecutor",
     "Plan",

@@ -14,9 +14,8 @@ from zoo.errors import ConfigError
 from zoo.store import Tracker
 from zoo.sweep._datasets import sweep_folders
 from zoo.sweep._executor import Executor, SweepReport
-from zoo.sweep._job import jobs_from_plan
 from zoo.sweep._local import LocalExecutor
-from zoo.sweep._plan import Plan
+from zoo.sweep._plan import Plan, jobs_from_plan
 from zoo.sweep._slurm_submit import SlurmExecutor, SubmitOptions
 
 __all__ = [

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.paths import DatasetPaths, ProjectPaths
-from zoo.sweep._job import JobResult, JobSpec, source_of
+from zoo.sweep._job import Job, JobResult, source_of
 
 __all__ = [
     "is_cached",
@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 
-def needed(jobs: Sequence[JobSpec]) -> dict[str, Any]:
+def needed(jobs: Sequence[Job]) -> dict[str, Any]:
     """Dataset name -> source of every dataset the jobs load, mixtures left out (they are
     cut from their parts when a run loads them) and streamed ones (made while a run
     trains, never stored); a name declared with two sources keeps the first (the run that
@@ -39,7 +39,7 @@ def needed(jobs: Sequence[JobSpec]) -> dict[str, Any]:
     for job in jobs:
         if job.kind not in ("stage", "run"):
             continue
-        config = job.config
+        config = job.document
         key = json.dumps(
             [config["datasets"], [s["train"] for s in config["stages"]], config.get("validate_on")],
             sort_keys=True,
@@ -87,7 +87,7 @@ def sweep_folders(plan: Any, paths: ProjectPaths) -> Callable[[], list[Path]]:
     return folders
 
 
-def to_make(jobs: Sequence[JobSpec]) -> tuple[list[JobSpec], set[str]]:
+def to_make(jobs: Sequence[Job]) -> tuple[list[Job], set[str]]:
     """The dataset jobs among ``jobs`` that another of ``jobs`` loads and the cache lacks
     (in their order), and the keys of the other dataset jobs (nothing to do)."""
     loaded = {key for job in jobs for key in job.datasets}
@@ -100,7 +100,7 @@ def to_make(jobs: Sequence[JobSpec]) -> tuple[list[JobSpec], set[str]]:
     return make, done
 
 
-def made(job: JobSpec, result: JobResult) -> str:
+def made(job: Job, result: JobResult) -> str:
     """What dataset job ``job`` did, in one line: ``dataset NAME: DIGEST`` (its cache
     folder) or ``dataset NAME: failed: REASON``."""
     from zoo.data import dataset_folder

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from zoo.store import Tracker
-from zoo.sweep._job import JobResult, JobSpec
+from zoo.sweep._job import Job, JobResult
 
 __all__ = [
     "ENDED",
@@ -119,7 +119,7 @@ class Executor(ABC):
     """
 
     @abstractmethod
-    def submit(self, name: str, jobs: Sequence[JobSpec], tracker: Tracker) -> SweepReport:
+    def submit(self, name: str, jobs: Sequence[Job], tracker: Tracker) -> SweepReport:
         """Run (local) or queue (SLURM) the ``jobs`` of sweep or search ``name``."""
 
     @abstractmethod
@@ -128,7 +128,7 @@ class Executor(ABC):
         now; the store tells the state of the others."""
 
 
-def unfinished(jobs: Sequence[JobSpec], tracker: Tracker, name: str) -> tuple[list[JobSpec], dict]:
+def unfinished(jobs: Sequence[Job], tracker: Tracker, name: str) -> tuple[list[Job], dict]:
     """The jobs whose run is not FINISHED in the store (never run, failed, killed or under
     way), and key -> run id of the finished ones."""
     states = tracker.states(tracker.experiment(name))
@@ -136,7 +136,7 @@ def unfinished(jobs: Sequence[JobSpec], tracker: Tracker, name: str) -> tuple[li
     return [j for j in jobs if j.key not in finished], finished
 
 
-def already(report: SweepReport, jobs: Sequence[JobSpec], finished: dict[str, str]) -> None:
+def already(report: SweepReport, jobs: Sequence[Job], finished: dict[str, str]) -> None:
     """Record in ``report`` the ``jobs`` finished before (key -> run id), with their handles."""
     report.already = [j.key for j in jobs if j.key in finished]
     for key in report.already:

@@ -1,13 +1,14 @@
 """A job as it travels from the planner through an executor to a worker, and the one
 function that runs it.
 
-The plan decides a job (zoo.sweep._plan.Job: its identity, kind and dependencies); a
-:class:`JobSpec` is that job's projection for a worker (``JobSpec.of``), or a job a
-producer makes itself (a search's Optuna workers). It is typed and frozen and survives
-a JSON round-trip unchanged (``JobSpec.from_json(job.to_json()) == job``), so the
-SLURM executor writes the very description the local executor passes to its worker
-processes. Whichever executor started it, a job is run by :func:`run_job`, so a run's
-metrics do not depend on where it ran.
+The plan decides a :class:`Job` (its identity, kind, typed config and dependencies);
+``Job.for_worker`` fills in where it runs and the document a worker resolves, as the
+executors receive it (zoo.sweep._plan.jobs_from_plan); a producer of jobs makes its own
+(a search's Optuna workers). A job is typed and frozen and survives a JSON round-trip
+unchanged but for its typed config and axis values, which stay with the planner
+(``Job.from_json(job.to_json()) == job``), so the SLURM executor writes the very job
+the local executor passes to its worker processes. Whichever executor started it, a
+job is run by :func:`run_job`, so a run's metrics do not depend on where it ran.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,20 +25,17 @@ from zoo._disk import failure_line
 from zoo._typed import build, check, to_dict
 from zoo.config import RunConfig
 from zoo.errors import ConfigError
-from zoo.naming import run_name
 from zoo.paths import ProjectPaths
 from zoo.store import CONFIG_HASH_TAG, Tracker
-from zoo.sweep._plan import Job, Plan
 
 __all__ = [
     "JOB_KINDS",
+    "Job",
     "JobResult",
-    "JobSpec",
     "become_worker",
     "identity_differs",
     "identity_index",
     "job_tags",
-    "jobs_from_plan",
     "place_worker",
     "placed",
     "register_job_kind",
@@ -50,30 +48,46 @@ __all__ = [
 ]
 
 _WORKER: dict[str, Any] = {}  # per process: the tracker in use, the worker's device
+_PLANS = {"internal": True}  # a Job field only the plan reads: no file holds it (zoo._typed)
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    """Everything a worker needs to run one job, and nothing it must look up elsewhere."""
+class Job:
+    """One unit of work: a stored dataset made (once, before the jobs that load it), a
+    shared stage (trained once for many runs), a run, or a search's Optuna worker.
 
-    key: str  # MLflow identity tag: stage hash, config hash; a search worker: <search>-worker-N
+    The plan decides its first fields; ``for_worker`` fills in the rest, everything a
+    worker needs and nothing it must look up elsewhere. A job waits for two kinds of
+    jobs, kept apart: ``depends``, the stage jobs it starts from (the last is the stage
+    whose checkpoint it loads, its parent run in MLflow), and ``datasets``, the dataset
+    jobs of the stored datasets it loads. A dataset job depends on nothing, makes no
+    MLflow run, and is done once the dataset cache has it."""
+
+    key: str  # MLflow identity tag: stage hash, config hash; a dataset job: dataset_key;
+    # a search worker: <search>-worker-N
     # search: an Optuna worker asking for trials; dataset: makes one stored dataset, no run
     kind: Literal["dataset", "stage", "run", "search"]
     name: str  # the stage's name, "run", "search", or a dataset job's dataset
-    experiment: str  # MLflow experiment: the sweep's or search's name
-    uri: str  # tracking store
-    root: str  # project root (zoo.paths.ProjectPaths)
-    # resolved run config; a search worker: {spec: path, worker: N}; a dataset job:
-    # {datasets: {name: declaration}}
-    config: dict[str, Any]
-    tags: dict[str, str] = field(default_factory=dict)  # added to a new MLflow run
+    # the plan's alone (never written, so a job read from JSON has neither): its typed
+    # config (a stage job's: cut after that stage; a dataset job's: its first user's; a
+    # search worker has none) and its axis values (none for a dataset job)
+    config: RunConfig | None = field(default=None, compare=False, repr=False, metadata=_PLANS)
+    names: dict[str, Any] = field(default_factory=dict, compare=False, metadata=_PLANS)
     depends: tuple[str, ...] = ()  # keys of the stage jobs that must finish first
     datasets: tuple[str, ...] = ()  # keys of the dataset jobs that must finish first
+    # where it runs (for_worker)
+    experiment: str = ""  # MLflow experiment: the sweep's or search's name
+    uri: str = ""  # tracking store
+    root: str = ""  # project root (zoo.paths.ProjectPaths)
+    tags: dict[str, str] = field(default_factory=dict)  # added to a new MLflow run
     max_requeues: int = 3  # preemptions requeued before the run ends FAILED
     requeues: int = 0  # preemptions its backend requeued it for (SLURM counts its own)
     # the plan's identity document of a stage or run job, field -> short hash
     # (RunConfig.identity_fields): a worker computing another key names what differs
     planned: dict[str, str] = field(default_factory=dict)
+    # what a worker resolves: a resolved run config's to_dict(); a search worker's
+    # {spec, worker: N}; a dataset job's {datasets: {name: declaration}}
+    document: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
         check(self.max_requeues >= 0, f"{where}.max_requeues", self.max_requeues, "an integer >= 0")
@@ -83,45 +97,37 @@ class JobSpec:
     def paths(self) -> ProjectPaths:
         return ProjectPaths(Path(self.root))
 
+    def for_worker(
+        self, experiment: str, uri: str, root: str, tags: dict[str, str], max_requeues: int = 3
+    ) -> Job:
+        """This planned job as a worker receives it: its key, kind, name, dependencies and
+        identity fields (``planned``) as the plan decided them, and its config as a
+        document; a dataset job carries its dataset's declaration only, and no tags."""
+        where = {"experiment": experiment, "uri": uri, "root": root}
+        if self.kind == "dataset":
+            declared = {self.name: to_dict(self.config.sources[self.name])}
+            return replace(self, **where, document={"datasets": declared})
+        return replace(
+            self,
+            **where,
+            tags=tags,
+            max_requeues=max_requeues,
+            planned=self.config.identity_fields(identity_index(self.kind, self.config)),
+            document=self.config.to_dict(),
+        )
+
     def to_json(self) -> str:
-        document = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """Every field but the plan's own (``config``, ``names``)."""
+        document = {
+            f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("internal")
+        }
         tuples = {"depends": list(self.depends), "datasets": list(self.datasets)}
         return json.dumps({**document, **tuples}, sort_keys=True)
 
     @classmethod
-    def of(
-        cls,
-        job: Job,
-        experiment: str,
-        uri: str,
-        root: str,
-        tags: dict[str, str],
-        max_requeues: int = 3,
-    ) -> JobSpec:
-        """The planned ``job`` as a worker receives it: its key, kind, name, dependencies,
-        config and identity fields (``planned``) exactly as the plan decided them; a
-        dataset job carries its dataset's declaration only, and no tags."""
-        if job.kind == "dataset":
-            declared = {job.name: to_dict(job.config.sources[job.name])}
-            return cls(job.key, "dataset", job.name, experiment, uri, root, {"datasets": declared})
-        return cls(
-            key=job.key,
-            kind=job.kind,
-            name=job.name,
-            experiment=experiment,
-            uri=uri,
-            root=root,
-            config=job.config.to_dict(),
-            depends=job.depends,
-            datasets=job.datasets,
-            tags=tags,
-            max_requeues=max_requeues,
-            planned=job.config.identity_fields(identity_index(job.kind, job.config)),
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> JobSpec:
-        """The job ``to_json`` wrote; unknown or mistyped fields are refused."""
+    def from_json(cls, text: str) -> Job:
+        """The job ``to_json`` wrote (no ``config``, no ``names``); unknown or mistyped
+        fields are refused."""
         return build(cls, json.loads(text), "job")
 
 
@@ -145,38 +151,6 @@ def job_tags(
     if title:
         tags["mlflow.runName"] = title
     return tags
-
-
-def _title(plan: Plan, job: Job) -> str:
-    stage = job.name if job.kind == "stage" else None
-    return run_name(job.names, plan.stage_names, plan.spec.run_name, stage)
-
-
-def jobs_from_plan(
-    plan: Plan, uri: str, paths: ProjectPaths, max_requeues: int = 3
-) -> list[JobSpec]:
-    """The jobs of a sweep plan, each its planned job's projection: dataset jobs first,
-    then stage jobs, then run jobs."""
-    return [
-        JobSpec.of(
-            job,
-            plan.spec.name,
-            uri,
-            str(paths.root),
-            tags=_tags(plan, job),
-            max_requeues=max_requeues,
-        )
-        for job in [*plan.datasets, *plan.jobs]
-    ]
-
-
-def _tags(plan: Plan, job: Job) -> dict[str, str]:
-    if job.kind == "dataset":  # makes no MLflow run
-        return {}
-    return {
-        **job_tags(plan.spec.name, job.kind, job.name, job.names, _title(plan, job)),
-        **({"zoo.rehearsal": "true"} if plan.spec.rehearse else {}),
-    }
 
 
 def identity_index(kind: str, config: RunConfig) -> int | None:
@@ -219,7 +193,7 @@ def become_worker(index: int) -> None:
     figures_in_background()
 
 
-def tracker_for(job: JobSpec) -> Tracker:
+def tracker_for(job: Job) -> Tracker:
     """One tracker per process and store, reused by the jobs this process runs."""
     key = (job.uri, job.root)
     if _WORKER.get("tracker_key") != key:
@@ -232,13 +206,13 @@ def requeues_made() -> int:
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
-def requeues_left(job: JobSpec) -> bool:
+def requeues_left(job: Job) -> bool:
     """Whether a preempted job may be requeued: the requeues it carries (a backend that
     requeues jobs itself) and SLURM's restarts of its task are below ``max_requeues``."""
     return job.requeues + requeues_made() < job.max_requeues
 
 
-def requeued(job: JobSpec) -> JobSpec:
+def requeued(job: Job) -> Job:
     """``job`` handed back to its backend after a preemption, counting it."""
     return replace(job, requeues=job.requeues + 1)
 
@@ -247,16 +221,16 @@ EpochHook = Callable[[str, int, dict[str, Any]], None]
 
 # kind -> what runs a job of a kind other than stage and run, given the job and its log:
 # a producer of jobs registers its own (zoo.sweep._search: "search", its Optuna workers)
-JOB_KINDS: dict[str, Callable[[JobSpec, Path | None], JobResult]] = {}
+JOB_KINDS: dict[str, Callable[[Job, Path | None], JobResult]] = {}
 
 
-def register_job_kind(kind: str, runner: Callable[[JobSpec, Path | None], JobResult]) -> None:
+def register_job_kind(kind: str, runner: Callable[[Job, Path | None], JobResult]) -> None:
     """Make ``run_job`` hand jobs of ``kind`` to ``runner(job, log)``."""
     JOB_KINDS[kind] = runner
 
 
 def run_job(
-    job: JobSpec,
+    job: Job,
     log: Path | None = None,
     on_epoch: EpochHook | None = None,
     unfinished: bool = False,
@@ -275,9 +249,7 @@ def run_job(
     return replace(result, seconds=time.perf_counter() - started)
 
 
-def _run_job(
-    job: JobSpec, log: Path | None, on_epoch: EpochHook | None, unfinished: bool
-) -> JobResult:
+def _run_job(job: Job, log: Path | None, on_epoch: EpochHook | None, unfinished: bool) -> JobResult:
     if job.kind in JOB_KINDS:
         return JOB_KINDS[job.kind](job, log)
     if job.kind == "dataset":
@@ -298,14 +270,14 @@ def _run_job(
         return _train(job, tracker, echo, on_epoch, unfinished)
 
 
-def source_of(job: JobSpec) -> Any:
+def source_of(job: Job) -> Any:
     """A dataset job's dataset source, from the declaration the job carries."""
     from zoo.data import dataset_source
 
-    return dataset_source(job.config["datasets"][job.name], f"datasets.{job.name}")
+    return dataset_source(job.document["datasets"][job.name], f"datasets.{job.name}")
 
 
-def _make_dataset(job: JobSpec) -> JobResult:
+def _make_dataset(job: Job) -> JobResult:
     """Make a dataset job's dataset (under its lock, once: zoo.data.materialise); a
     failure is a failed result naming it."""
     from zoo.data import materialise
@@ -318,7 +290,7 @@ def _make_dataset(job: JobSpec) -> JobResult:
 
 
 def _train(
-    job: JobSpec,
+    job: Job,
     tracker: Tracker,
     echo: Callable[[str], None],
     on_epoch: EpochHook | None,
@@ -330,7 +302,7 @@ def _train(
     from zoo.run import Pruned, run
 
     # init: run: references are identified in the store this job logs to
-    config = placed(resolve(job.config, resolver=store_resolver(job.paths, tracker.uri)))
+    config = placed(resolve(job.document, resolver=store_resolver(job.paths, tracker.uri)))
     differs = identity_differs(job, config)
     if differs:
         return _refuse(job, tracker, echo, differs)
@@ -358,7 +330,7 @@ def _train(
     return JobResult("finished", run_id)
 
 
-def identity_differs(job: JobSpec, config: RunConfig) -> str:
+def identity_differs(job: Job, config: RunConfig) -> str:
     """ "" when ``config`` (as this worker resolved and placed it) has the identity the plan
     gave ``job``; otherwise why not, naming the identity fields that differ."""
     index = identity_index(job.kind, config)
@@ -371,7 +343,7 @@ def identity_differs(job: JobSpec, config: RunConfig) -> str:
     return f"this worker computes identity {computed}, not the planned {job.key} (differs: {named})"
 
 
-def _refuse(job: JobSpec, tracker: Tracker, echo: Callable[[str], None], why: str) -> JobResult:
+def _refuse(job: Job, tracker: Tracker, echo: Callable[[str], None], why: str) -> JobResult:
     """End ``job``'s run FAILED with ``why``, training nothing (the sweep goes on); a run
     of the planned key that FINISHED already stays as it is."""
     error = ConfigError(f"job {job.key}: {why}; trained nothing")
@@ -390,7 +362,7 @@ def _refuse(job: JobSpec, tracker: Tracker, echo: Callable[[str], None], why: st
     return JobResult("failed", run_id, str(error))
 
 
-def _give_up(job: JobSpec, tracker: Tracker, echo: Callable[[str], None], error: Exception):
+def _give_up(job: Job, tracker: Tracker, echo: Callable[[str], None], error: Exception):
     reason = RuntimeError(
         f"preempted {job.max_requeues + 1} times; requeued at most --max-requeues "
         f"{job.max_requeues} times ({error})"
@@ -402,12 +374,12 @@ def _give_up(job: JobSpec, tracker: Tracker, echo: Callable[[str], None], error:
     return JobResult("failed", found.info.run_id if found else "", str(reason))
 
 
-def with_parent(job: JobSpec, parent: str) -> JobSpec:
+def with_parent(job: Job, parent: str) -> Job:
     """``job`` tagged with ``parent``, the MLflow run of the shared stage it starts from."""
     return replace(job, tags={**job.tags, "mlflow.parentRunId": parent, "zoo.stage_run": parent})
 
 
-def _with_parent(job: JobSpec, tracker: Tracker) -> JobSpec:
+def _with_parent(job: Job, tracker: Tracker) -> Job:
     """``job`` tagged with its shared stage's MLflow run, looked up unless it came with it
     (once per process and stage: a finished stage's run never changes)."""
     if not job.depends or job.tags.get("mlflow.parentRunId"):

@@ -45,15 +45,14 @@ from zoo.store import Tracker
 from zoo.sweep._datasets import made, sweep_folders, to_make
 from zoo.sweep._executor import Ended, Executor, JobState, SweepReport, already, unfinished
 from zoo.sweep._job import (
+    Job,
     JobResult,
-    JobSpec,
     become_worker,
-    jobs_from_plan,
     requeued,
     run_job,
     with_parent,
 )
-from zoo.sweep._plan import Plan, longest_first
+from zoo.sweep._plan import Plan, jobs_from_plan, longest_first
 from zoo.sweep._progress import SweepProgress, describe
 
 __all__ = ["LocalExecutor", "check_placement", "run_sweep", "start_worker_server"]
@@ -131,7 +130,7 @@ def _run(text: str) -> JobResult:
     USR1 preempts it (zoo._signals.Preempted, raised while it may be requeued)."""
     STOP.clear()  # a USR1 between jobs preempted nothing
     with job_under_way():
-        return run_job(JobSpec.from_json(text), unfinished=True)
+        return run_job(Job.from_json(text), unfinished=True)
 
 
 class LocalExecutor(Executor):
@@ -150,7 +149,7 @@ class LocalExecutor(Executor):
         self.workers, self.echo, self.runs_per_gpu = workers, echo, runs_per_gpu
         self.priced = priced  # job key -> seconds on a profile: the ETA's first price
 
-    def submit(self, name: str, jobs: Sequence[JobSpec], tracker: Tracker) -> SweepReport:
+    def submit(self, name: str, jobs: Sequence[Job], tracker: Tracker) -> SweepReport:
         report = SweepReport()
         todo, finished = unfinished(jobs, tracker, name)
         already(report, jobs, finished)
@@ -167,7 +166,7 @@ class LocalExecutor(Executor):
         )
         pool = worker_pool(workers)
         progress = SweepProgress(todo, workers, self.echo, self.priced)
-        running: dict[Future, JobSpec] = {}
+        running: dict[Future, Job] = {}
         if datasets:
             self.echo(f"making {len(datasets)} dataset(s): {', '.join(j.name for j in datasets)}")
         done = {**finished, **dict.fromkeys(cached, "")}
@@ -199,11 +198,11 @@ class LocalExecutor(Executor):
 def _schedule(
     pool: ProcessPoolExecutor,
     workers: int,
-    todo: list[JobSpec],
+    todo: list[Job],
     done: dict[str, str],
     report: SweepReport,
     progress: SweepProgress,
-    running: dict[Future, JobSpec],
+    running: dict[Future, Job],
 ) -> None:
     """Start each job once its dataset and stage jobs finished, ``workers`` at a time,
     until none is left. ``done``: key -> MLflow run id of the finished jobs (a run learns
@@ -245,12 +244,12 @@ def _schedule(
 def _start(
     pool: ProcessPoolExecutor,
     workers: int,
-    todo: list[JobSpec],
+    todo: list[Job],
     done: dict[str, str],
     failed: set[str],
     report: SweepReport,
     progress: SweepProgress,
-    running: dict[Future, JobSpec],
+    running: dict[Future, Job],
     events: list[str],
 ) -> None:
     """Start the ready jobs of ``todo`` while workers are free; skip those a failed
@@ -276,7 +275,7 @@ def _start(
             running[pool.submit(_run, job.to_json())] = job
 
 
-def _record(job: JobSpec, result: JobResult, report: SweepReport) -> None:
+def _record(job: Job, result: JobResult, report: SweepReport) -> None:
     report.seconds[job.key] = result.seconds
     report.handles[job.key] = Ended(job.key, result)
     if result.status == "finished":
@@ -287,7 +286,7 @@ def _record(job: JobSpec, result: JobResult, report: SweepReport) -> None:
 
 def _stop(
     pool: ProcessPoolExecutor,
-    running: dict[Future, JobSpec],
+    running: dict[Future, Job],
     report: SweepReport,
     signum: int,
     echo: Callable[[str], None],

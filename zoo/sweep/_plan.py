@@ -7,19 +7,22 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 from zoo._typed import check, to_dict
 from zoo._yaml import dump_yaml
 from zoo.config import RunConfig
 from zoo.errors import ConfigError
+from zoo.naming import run_name
+from zoo.paths import ProjectPaths
+from zoo.sweep._job import Job, job_tags
 from zoo.sweep._spec import Expanded, SweepSpec, expand, references
 
 __all__ = [
-    "Job",
     "Plan",
     "check_plan",
     "format_report",
+    "jobs_from_plan",
     "make_plan",
     "plan_task",
     "report",
@@ -27,27 +30,6 @@ __all__ = [
 ]
 
 FIRST_RUNS = 3  # runs a plan's report names
-
-
-@dataclass(frozen=True)
-class Job:
-    """One unit of work as the plan decides it: a stored dataset made (once, before the
-    jobs that load it), a shared stage (trained once for many runs) or a run. What a
-    worker receives is its projection, zoo.sweep._job.JobSpec.of, which carries the same
-    key, kind, name, dependencies and identity fields.
-
-    A job waits for two kinds of jobs, kept apart: ``depends``, the stage jobs it starts
-    from (the last is the stage whose checkpoint it loads, its parent run in MLflow), and
-    ``datasets``, the dataset jobs of the stored datasets it loads. A dataset job depends
-    on nothing, makes no MLflow run, and is done once the dataset cache has it."""
-
-    key: str  # stage hash, config hash; a dataset job: dataset_key (name and declaration)
-    kind: Literal["dataset", "stage", "run"]
-    name: str  # stage name for a stage job, "run" for a run job, a dataset job's dataset
-    config: RunConfig  # a stage job's: cut after that stage; a dataset job's: its first user's
-    names: dict[str, Any]  # axis values (none for a dataset job)
-    depends: tuple[str, ...]  # keys of the stage jobs that must finish first
-    datasets: tuple[str, ...] = ()  # keys of the dataset jobs that must finish first
 
 
 def dataset_key(name: str, source: Any) -> str:
@@ -133,7 +115,7 @@ def longest_first(plan: Plan) -> list[str]:
 class Plan:
     """A sweep's runs and jobs. Dataset jobs are kept apart from ``jobs``, so that what
     reads ``jobs`` (costs, packing, status) sees stage and run jobs only;
-    zoo.sweep._job.jobs_from_plan hands executors both, dataset jobs first."""
+    ``jobs_from_plan`` hands executors both, dataset jobs first."""
 
     spec: SweepSpec
     runs: list[Expanded]
@@ -286,6 +268,28 @@ def _refuse_collisions(runs: list[Expanded]) -> None:
                 else "an include entry repeats a planned run"
             )
         )
+
+
+def jobs_from_plan(plan: Plan, uri: str, paths: ProjectPaths, max_requeues: int = 3) -> list[Job]:
+    """The jobs of a sweep plan as its executor receives them (Job.for_worker): dataset
+    jobs first, then stage jobs, then run jobs."""
+    return [
+        job.for_worker(
+            plan.spec.name, uri, str(paths.root), _tags(plan, job), max_requeues=max_requeues
+        )
+        for job in [*plan.datasets, *plan.jobs]
+    ]
+
+
+def _tags(plan: Plan, job: Job) -> dict[str, str]:
+    if job.kind == "dataset":  # makes no MLflow run
+        return {}
+    stage = job.name if job.kind == "stage" else None
+    title = run_name(job.names, plan.stage_names, plan.spec.run_name, stage)
+    return {
+        **job_tags(plan.spec.name, job.kind, job.name, job.names, title),
+        **({"zoo.rehearsal": "true"} if plan.spec.rehearse else {}),
+    }
 
 
 def check_plan(plan: Plan) -> None:

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from zoo.sweep._executor import SweepReport
-    from zoo.sweep._job import JobSpec
+    from zoo.sweep._job import Job
 
 __all__ = ["SweepProgress", "describe"]
 
 _BAR = 20  # characters of the bar on a terminal
 
 
-def describe(job: JobSpec) -> str:
+def describe(job: Job) -> str:
     """A job as people name it: its run's readable name (as `zoo models list` and the MLflow
     UI show it) and its config-hash prefix, which `zoo sweep logs` and `zoo models show`
     take."""
@@ -45,7 +45,7 @@ class SweepProgress:
 
     def __init__(
         self,
-        jobs: Sequence[JobSpec],
+        jobs: Sequence[Job],
         workers: int,
         echo: Callable[[str], None],
         priced: dict[str, float] | None = None,
@@ -59,7 +59,7 @@ class SweepProgress:
         self.tty = echo is print and sys.stdout.isatty()
         self.started = time.monotonic()
 
-    def settle(self, job: JobSpec, seconds: float | None = None) -> None:
+    def settle(self, job: Job, seconds: float | None = None) -> None:
         """``job`` ended (finished, failed or skipped), after ``seconds`` when it ran."""
         self.left[job.kind] -= 1
         self.unsettled.discard(job.key)

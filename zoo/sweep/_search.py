@@ -36,14 +36,13 @@ from zoo.errors import ConfigError
 from zoo.paths import ProjectPaths, StudyPaths
 from zoo.store import Tracker, store_uri
 from zoo.sweep._job import (
+    Job,
     JobResult,
-    JobSpec,
     job_tags,
     register_job_kind,
     run_job,
     tracker_for,
 )
-from zoo.sweep._plan import Job
 from zoo.sweep._search_block import (
     Objective,
     Parameter,
@@ -91,20 +90,20 @@ def trial_runs(spec: SweepSpec, params: dict[str, Any]) -> list[Expanded]:
 
 def search_jobs(
     spec: SweepSpec, block: SearchBlock, workers: int, tracker: Tracker, max_requeues: int = 3
-) -> list[JobSpec]:
+) -> list[Job]:
     """One job per Optuna worker; each carries the whole spec, so it needs no file."""
     from zoo._typed import to_dict
 
     document = to_dict(spec)
     return [
-        JobSpec(
+        Job(
             key=f"{spec.name}-worker-{n}",
             kind="search",
             name="search",
             experiment=spec.name,
             uri=tracker.uri,
             root=str(tracker.paths.root),
-            config={"spec": document, "worker": n},
+            document={"spec": document, "worker": n},
             max_requeues=max_requeues,
         )
         for n in range(workers)
@@ -218,7 +217,7 @@ def _claim(study: Any, block: SearchBlock, files: StudyPaths) -> tuple[Any, Any]
         return trial, lease
 
 
-def work(job: JobSpec, log: Path | None = None) -> JobResult:
+def work(job: Job, log: Path | None = None) -> JobResult:
     """An Optuna worker: run trials (adopting interrupted ones) until the budget is spent.
     An internal error ends the worker ``failed``, its traceback in the log."""
     from zoo.train import Preempted
@@ -238,10 +237,10 @@ def work(job: JobSpec, log: Path | None = None) -> JobResult:
 register_job_kind("search", work)
 
 
-def _work(job: JobSpec, log: Path) -> JobResult:
+def _work(job: Job, log: Path) -> JobResult:
     from zoo.modelzoo._identity import store_resolver
 
-    spec = build(SweepSpec, job.config["spec"], "spec")
+    spec = build(SweepSpec, job.document["spec"], "spec")
     block = parse_block(spec.search)
     paths = job.paths
     study = open_study(spec, block, paths)
@@ -262,7 +261,7 @@ def _work(job: JobSpec, log: Path) -> JobResult:
                 state = _evaluate(study, trial, spec, block, job, tracker)
             finally:
                 lease.release()
-            echo(f"worker {job.config['worker']}: trial {trial.number} {state}")
+            echo(f"worker {job.document['worker']}: trial {trial.number} {state}")
             count += 1
     return JobResult("finished", reason=f"{count} trials")
 
@@ -272,7 +271,7 @@ def _evaluate(
     trial: Any,
     spec: SweepSpec,
     block: SearchBlock,
-    job: JobSpec,
+    job: Job,
     tracker: Tracker,
 ) -> str:
     """Train the trial's runs and tell the study; returns the trial's final state."""
@@ -312,13 +311,13 @@ def _evaluate(
     return f"complete {statistics.fmean(values):.4g}"
 
 
-def _trial_job(spec: SweepSpec, expanded: Expanded, number: int, worker: JobSpec) -> JobSpec:
+def _trial_job(spec: SweepSpec, expanded: Expanded, number: int, worker: Job) -> Job:
     config = expanded.config
     tags = job_tags(spec.name, "run", "run", expanded.names)
     tags.update({"zoo.trial": str(number), "zoo.study": spec.name})
-    planned = Job(config.digest(), "run", "run", config, expanded.names, ())
-    return JobSpec.of(
-        planned, spec.name, worker.uri, worker.root, tags=tags, max_requeues=worker.max_requeues
+    planned = Job(config.digest(), "run", "run", config, expanded.names)
+    return planned.for_worker(
+        spec.name, worker.uri, worker.root, tags, max_requeues=worker.max_requeues
     )
 
 

@@ -50,9 +50,9 @@ from zoo.resources import resource
 from zoo.store import Tracker
 from zoo.sweep._datasets import sweep_folders, to_make
 from zoo.sweep._executor import Executor, JobState, SweepReport, already, unfinished
-from zoo.sweep._job import JobSpec, jobs_from_plan
+from zoo.sweep._job import Job
 from zoo.sweep._packing import cluster_limits
-from zoo.sweep._plan import Plan, make_plan
+from zoo.sweep._plan import Plan, jobs_from_plan, make_plan
 from zoo.sweep._search import open_study, search_jobs
 from zoo.sweep._search_block import SearchBlock
 from zoo.sweep._slurm import queue_status, sbatch, show_config
@@ -190,7 +190,7 @@ def cluster_max_array_size() -> int:
     return cluster_limits(show_config()).max_array_size
 
 
-def _group(selected: list[JobSpec], limit: int, per_task: int, per_gpu: int) -> list[Array]:
+def _group(selected: list[Job], limit: int, per_task: int, per_gpu: int) -> list[Array]:
     """Shared stages and runs in one array (split at ``limit`` tasks), then search
     workers (one per task).
 
@@ -281,7 +281,7 @@ class SlurmExecutor(Executor):
         options.validate()
         self.options, self.echo = options, echo
 
-    def submit(self, name: str, jobs: Sequence[JobSpec], tracker: Tracker) -> SweepReport:
+    def submit(self, name: str, jobs: Sequence[Job], tracker: Tracker) -> SweepReport:
         options, report = self.options, SweepReport()
         todo, finished = unfinished(jobs, tracker, name)
         already(report, jobs, finished)
@@ -359,7 +359,7 @@ class SlurmExecutor(Executor):
             )
         return queued
 
-    def _jobs(self, selected: list[JobSpec]) -> dict[str, str]:
+    def _jobs(self, selected: list[Job]) -> dict[str, str]:
         """Key -> JSON description, with the requeue limit of these options (the power
         cap is already in each job's config and key: see ``with_options``)."""
         return {

@@ -26,7 +26,7 @@ from typing import Any
 
 from zoo.paths import SubmissionPaths
 from zoo.sweep._datasets import made
-from zoo.sweep._job import JobSpec, become_worker, requeues_made, run_job
+from zoo.sweep._job import Job, become_worker, requeues_made, run_job
 from zoo.sweep._slurm import task_keys, task_state
 
 __all__ = ["PREEMPTED", "worker"]
@@ -76,7 +76,7 @@ def _make_datasets(jobs: list[str]) -> int:
     executor does; 1 when one failed, else 0."""
     failures = 0
     for text in jobs:
-        job = JobSpec.from_json(text)
+        job = Job.from_json(text)
         result = run_job(job)
         print(made(job, result), flush=True)
         failures += result.status != "finished"
@@ -98,7 +98,7 @@ _WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED"}
 
 
 def _wait_for_stage(
-    job: JobSpec, submission: SubmissionPaths, stages: dict[str, int], echo: Callable
+    job: Job, submission: SubmissionPaths, stages: dict[str, int], echo: Callable
 ) -> bool:
     """Wait until the shared stage ``job`` starts from (when it is a task of this array)
     has its checkpoint or ended; False when this task should give its slot back instead.
@@ -199,7 +199,7 @@ def _lane_jobs(
     preempt_on_usr1()
     failures = 0
     for text in jobs:
-        job = JobSpec.from_json(text)
+        job = Job.from_json(text)
         print(f"task {task} lane {lane} pid {os.getpid()}: {job.kind} {job.key}", flush=True)
         if not _wait_for_stage(job, submission, stages, lambda line: print(line, flush=True)):
             return PREEMPTED
