@@ -5,6 +5,7 @@ show that a new backend is one class plus its registration."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -52,6 +53,7 @@ class InProcessExecutor(Executor):
                     _count(report, job, result)
         finally:
             signal.signal(signal.SIGUSR1, before)
+            STOP.clear()  # a preemption that came too late preempts nothing later
         return report
 
     def status(self, name, tracker):
@@ -160,38 +162,31 @@ def test_a_failed_stage_skips_its_runs_and_the_others_finish(
     assert again.handles[broken.key].state() == "failed"
 
 
-def _preempt_once_training(project, tiny_runs, timeout=300):
-    """In the background: once a run job trains from a checkpoint of its own (a stage
-    folder with a checkpoint and no result), SIGUSR1 to the process its run names
-    (``zoo.pid``), as a scheduler preempting it does; returns the thread and the pids
-    signalled."""
-    sent = []
-
-    def training_pid():
-        for run in tiny_runs():
-            tags = run.data.tags
-            if tags.get("zoo.kind") == "run" and run.info.status == "RUNNING":
-                return int(tags.get("zoo.pid", 0))
-        return 0
+@contextlib.contextmanager
+def _preempting_once(tiny_runs, timeout=300):
+    """Meanwhile, in the background: once a run job's run is RUNNING, SIGUSR1 to the
+    process its run names (``zoo.pid``), as a scheduler preempting it does; yields the
+    pids signalled. The watching ends with the block."""
+    sent, done = [], threading.Event()
 
     def watch():
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            folders = project.stages.glob("*") if project.stages.exists() else []
-            midway = any(
-                (f / "last.safetensors").exists() and not (f / "result.json").exists()
-                for f in folders
-            )
-            pid = midway and training_pid()
-            if pid:
-                os.kill(pid, signal.SIGUSR1)
-                sent.append(pid)
-                return
+        while time.time() < deadline and not done.is_set():
+            for run in tiny_runs():
+                tags = run.data.tags
+                if tags.get("zoo.kind") == "run" and run.info.status == "RUNNING":
+                    os.kill(int(tags["zoo.pid"]), signal.SIGUSR1)
+                    sent.append(int(tags["zoo.pid"]))
+                    return
             time.sleep(0.2)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
-    return thread, sent
+    try:
+        yield sent
+    finally:
+        done.set()
+        thread.join(timeout=30)
 
 
 def test_a_preempted_job_is_requeued_and_its_run_resumes_to_the_end(
@@ -200,10 +195,9 @@ def test_a_preempted_job_is_requeued_and_its_run_resumes_to_the_end(
     """SIGUSR1 to the process training a run (a scheduler's preemption) checkpoints it;
     the backend requeues the job and the same MLflow run resumes and finishes, counted
     once in ``zoo.preemptions``; nothing else trains twice."""
-    spec = tiny_spec(sources=("a",), freezes=("none",), epochs=12)
-    watcher, sent = _preempt_once_training(project, tiny_runs)
-    plan, report = execute(spec)
-    watcher.join(timeout=5)
+    spec = tiny_spec(sources=("a",), freezes=("none",), epochs=16)
+    with _preempting_once(tiny_runs) as sent:
+        plan, report = execute(spec)
     assert sent, "no run trained long enough to be preempted"
     runs = tiny_runs()
     assert len(runs) == len(plan.jobs) == 1 and runs[0].info.status == "FINISHED"

@@ -141,6 +141,25 @@ def test_sigterm_to_sweep_run_stops_everything_and_the_rerun_finishes_each_run_o
     assert [r.info.status for r in runs] == ["FINISHED"] * 3
 
 
+def test_sigusr1_to_the_sweeps_process_group_preempts_its_run_and_the_sweep_finishes(
+    tiny_spec, project
+):
+    """SIGUSR1 to the whole process group of `zoo sweep run` (`kill -USR1 -PGID`, or a
+    scheduler signalling every process of a job): the command and its worker server
+    ignore it, the worker's run checkpoints and its job is requeued, and the sweep
+    exits 0 with the run FINISHED once, its preemption counted."""
+    spec = tiny_spec(sources=("a",), freezes=("none",), epochs=30)  # one run, two stages
+    sweep = _sweep(spec, project.root, workers=1)
+    logs = project.logs / "tiny"
+    _wait_for(lambda: any(_epochs(log) > 3 for log in logs.glob("*.log")), sweep, "trained")
+    os.killpg(sweep.pid, signal.SIGUSR1)
+    output = sweep.communicate(timeout=180)[0].decode()
+    assert sweep.returncode == 0, output
+    assert "requeued 1 after preemption" in output
+    (run,) = _runs(project.root, "tiny")
+    assert run.info.status == "FINISHED" and run.data.tags["zoo.preemptions"] == "1"
+
+
 def test_kill_9_of_the_sweep_process_leaves_no_worker_behind(tiny_spec, project):
     """The sweep's process killed outright (SIGKILL, no handler runs): its worker
     notices, ends its run KILLED and exits, and the worker server and resource tracker

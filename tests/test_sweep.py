@@ -381,11 +381,17 @@ def test_jobs_of_an_axis_of_dates_travel_as_json(tiny_spec):
     assert jobs[-1].tags["zoo.axis.day"] == "2024-01-01"
 
 
-@pytest.mark.parametrize(("restarts", "requeued"), [(2, True), (3, False)])
+@pytest.mark.parametrize(
+    ("counter", "restarts", "requeued"),
+    [("slurm", 2, True), ("slurm", 3, False), ("job", 3, False)],
+)
 def test_preempted_run_requeues_until_the_cap_then_ends_failed(
-    tiny_spec, tiny_runs, project, monkeypatch, restarts, requeued
+    tiny_spec, tiny_runs, project, monkeypatch, counter, restarts, requeued
 ):
-    """SLURM counts restarts; past --max-requeues (3) the run ends FAILED naming the cap."""
+    """SLURM counts restarts, other backends the requeues the job carries; past
+    --max-requeues (3) the run ends FAILED naming the cap."""
+    from dataclasses import replace
+
     from zoo.store import Tracker
     from zoo.sweep import jobs_from_plan, run_job
     from zoo.train import STOP, Preempted
@@ -394,7 +400,10 @@ def test_preempted_run_requeues_until_the_cap_then_ends_failed(
     jobs = jobs_from_plan(plan, project.tracking_uri, project, max_requeues=3)
     stage, job, _ = (j for j in jobs if j.kind != "dataset")
     Tracker(project.tracking_uri, project)
-    monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
+    if counter == "slurm":
+        monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
+    else:
+        stage = replace(stage, requeues=restarts)
     STOP.set()
     try:
         if requeued:

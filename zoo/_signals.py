@@ -46,6 +46,7 @@ __all__ = [
     "stop_all",
     "stop_as_worker",
     "stop_on_signals",
+    "usr1_ignored",
 ]
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -75,6 +76,22 @@ def preempt_on_usr1() -> None:
     """Make SIGUSR1 (a scheduler preempting this process) set STOP: training then
     checkpoints after its current step and raises Preempted."""
     signal.signal(signal.SIGUSR1, lambda *_: STOP.set())
+
+
+@contextlib.contextmanager
+def usr1_ignored() -> Iterator[None]:
+    """SIGUSR1 ignored by this process meanwhile (only the main thread can say so; from
+    another thread this changes nothing): a preemption sent to the whole process group
+    reaches the workers, not the command that coordinates them. Processes started
+    meanwhile ignore it too until they install their own handler (preempt_on_usr1)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, before)
 
 
 class Stopped(KeyboardInterrupt):

@@ -15,9 +15,11 @@ _LATER = ("matplotlib.pyplot", "seaborn", "mlflow.tracking")
 
 def prefetch() -> threading.Thread:
     """Import ``_LATER`` in a daemon thread; returns it. pandas and pyarrow are imported
-    here first, in the caller's thread: the store's read needs them at once, and two
-    threads importing those two (each imports the other) could see one half-made. An
+    here first, in the caller's thread (with urllib.request): the store's read needs them
+    at once, and two threads importing the same modules could see one half-made. An
     import that fails here is left for its user to raise."""
+    import urllib.request  # noqa: F401  (the store's read, and MLflow's requests, use it)
+
     import pandas  # noqa: F401
     import pyarrow  # noqa: F401
 

@@ -11,13 +11,14 @@ if TYPE_CHECKING:
 
 __all__ = ["PACKED_COLUMNS", "packed_sql", "unpack"]
 
-PACKED_COLUMNS = ["run_id", "count", "keys", "values"]
+PACKED_COLUMNS = ["run_id", "count", "present", "keys", "values"]
 _SEPARATOR = "\x1f"  # ASCII unit separator: a value holding it is read row by row
 
 
 def packed_sql(dialect: str, table: str, value: str, where: str) -> str:
-    """Per run of ``table`` (aliased ``x``) that ``where`` selects: its id, row count, and
-    its keys and values (``value``: a text expression) joined in the same order."""
+    """Per run of ``table`` (aliased ``x``) that ``where`` selects: its id, row count, count
+    of values that are not NULL, and its keys and values (``value``: a text expression)
+    joined in the same order."""
     if dialect == "sqlite":  # SQLite's aggregates of one query see the rows in one order
         joined = f"group_concat(x.key, char(31)), group_concat({value}, char(31))"
     else:
@@ -25,7 +26,8 @@ def packed_sql(dialect: str, table: str, value: str, where: str) -> str:
             f"string_agg(x.key, chr(31) ORDER BY x.key), "
             f"string_agg({value}, chr(31) ORDER BY x.key)"
         )
-    return f"SELECT x.run_uuid, count(*), {joined} FROM {table} x WHERE {where} GROUP BY x.run_uuid"
+    counts = f"count(*), count({value})"
+    return f"SELECT x.run_uuid, {counts}, {joined} FROM {table} x WHERE {where} GROUP BY x.run_uuid"
 
 
 def unpack(packed: pd.DataFrame, numeric: bool) -> pd.DataFrame | None:
@@ -40,6 +42,8 @@ def unpack(packed: pd.DataFrame, numeric: bool) -> pd.DataFrame | None:
     if packed.empty:
         return None
     counts = packed["count"].to_numpy(dtype=np.int64)
+    if not np.array_equal(packed["present"].to_numpy(dtype=np.int64), counts):
+        return None  # a NULL: the joined values would lose its place
     keys, values = (
         pc.split_pattern(pa.array(packed[c], pa.string(), from_pandas=True), _SEPARATOR)
         for c in ("keys", "values")
@@ -50,7 +54,10 @@ def unpack(packed: pd.DataFrame, numeric: bool) -> pd.DataFrame | None:
             return None
     value: Any = pc.list_flatten(values)
     if numeric:
-        value = pc.cast(value, pa.float64())
+        try:
+            value = pc.cast(value, pa.float64())
+        except pa.ArrowInvalid:  # a text SQL printed that Arrow does not parse
+            return None
         if pc.all(pc.is_nan(value)).as_py():
             return None  # read row by row, each NaN a NULL there
     return pd.DataFrame(

@@ -52,7 +52,7 @@ def rest_tables(
     return tables
 
 
-_ABSENT = ()  # zoo's server answered: there is no such experiment
+_ABSENT = object()  # zoo's server answered: there is no such experiment
 
 
 def _named_tables(

@@ -6,7 +6,9 @@ depends on have finished; a failed stage or dataset job leaves its dependents sk
 and the sweep goes on. A dataset job makes no MLflow run and is not counted in the
 report or the progress line: it prints one line as it ends. Jobs whose MLflow run is
 already FINISHED are not started, so running a finished sweep again trains
-nothing and creates no runs. SIGTERM, SIGINT (Ctrl-C) or SIGHUP stops the
+nothing and creates no runs. SIGUSR1 to a worker (or to the sweep's process
+group) preempts its job: it checkpoints and is requeued on the next free worker,
+resuming its run. SIGTERM, SIGINT (Ctrl-C) or SIGHUP stops the
 workers: their runs end KILLED and resume from their checkpoints next time, and
 every worker has ended within zoo._signals.grace_s (killed then); a worker also
 stops by itself once the sweep's process has ended, killed outright too.
@@ -39,6 +41,7 @@ from zoo._signals import (
     preempt_on_usr1,
     received,
     stop_all,
+    usr1_ignored,
 )
 from zoo.errors import ConfigError
 from zoo.store import Tracker
@@ -86,7 +89,8 @@ def start_worker_server() -> None:
     before = os.environ.get("PYTHONSAFEPATH")
     os.environ["PYTHONSAFEPATH"] = "1"
     try:
-        forkserver.ensure_running()
+        with usr1_ignored():  # the server and the workers it forks ignore it until ready
+            forkserver.ensure_running()
     finally:
         if before is None:
             del os.environ["PYTHONSAFEPATH"]
@@ -114,6 +118,7 @@ def _init_worker(counter: Any, environ: dict[str, str], parent: int) -> None:
     the order the pool started it (become_worker: one intra-op thread, so use as many
     workers as cores; figures drained when the worker exits or is stopped by a signal),
     which stops by itself once ``parent`` (the sweep's process) has ended."""
+    preempt_on_usr1()
     os.environ.clear()
     os.environ.update(environ)
     with counter.get_lock():
@@ -121,7 +126,6 @@ def _init_worker(counter: Any, environ: dict[str, str], parent: int) -> None:
         counter.value += 1
     become_worker(index)
     exit_with_parent(parent)
-    preempt_on_usr1()
 
 
 def _run(text: str) -> JobResult:
@@ -164,14 +168,23 @@ class LocalExecutor(Executor):
             f"sweep {name}: {len(todo)} jobs to run "
             f"({len(report.already)} already finished), {workers} worker(s)"
         )
+        with usr1_ignored():  # a preemption of the process group is the workers' alone
+            return self._run(workers, datasets + todo, report, finished, cached)
+
+    def _run(
+        self, workers: int, todo: list[Job], report: SweepReport, finished: dict, cached: set
+    ) -> SweepReport:
+        """Run ``todo`` (dataset jobs first) on a new pool of ``workers`` processes."""
         pool = worker_pool(workers)
-        progress = SweepProgress(todo, workers, self.echo, self.priced)
+        runs = [j for j in todo if j.kind != "dataset"]
+        progress = SweepProgress(runs, workers, self.echo, self.priced)
         running: dict[Future, Job] = {}
+        datasets = [j for j in todo if j.kind == "dataset"]
         if datasets:
             self.echo(f"making {len(datasets)} dataset(s): {', '.join(j.name for j in datasets)}")
         done = {**finished, **dict.fromkeys(cached, "")}
         try:
-            _schedule(pool, workers, datasets + todo, done, report, progress, running)
+            _schedule(pool, workers, todo, done, report, progress, running)
         except KeyboardInterrupt as error:  # here, or a worker's run stopped by a signal
             report.interrupted = True
             signum = received() or getattr(error, "signum", signal.SIGINT)

@@ -220,7 +220,7 @@ def _claim(study: Any, block: SearchBlock, files: StudyPaths) -> tuple[Any, Any]
 def work(job: Job, log: Path | None = None) -> JobResult:
     """An Optuna worker: run trials (adopting interrupted ones) until the budget is spent.
     An internal error ends the worker ``failed``, its traceback in the log."""
-    from zoo.train import Preempted
+    from zoo._signals import Preempted
 
     log = log or job.paths.study(job.experiment).log
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -316,9 +316,10 @@ def _trial_job(spec: SweepSpec, expanded: Expanded, number: int, worker: Job) ->
     tags = job_tags(spec.name, "run", "run", expanded.names)
     tags.update({"zoo.trial": str(number), "zoo.study": spec.name})
     planned = Job(config.digest(), "run", "run", config, expanded.names)
-    return planned.for_worker(
+    placed = planned.for_worker(
         spec.name, worker.uri, worker.root, tags, max_requeues=worker.max_requeues
     )
+    return replace(placed, requeues=worker.requeues)  # its worker's preemptions count
 
 
 def _pruning_hook(
