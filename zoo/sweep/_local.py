@@ -168,23 +168,22 @@ class LocalExecutor(Executor):
             f"sweep {name}: {len(todo)} jobs to run "
             f"({len(report.already)} already finished), {workers} worker(s)"
         )
-        with usr1_ignored():  # a preemption of the process group is the workers' alone
-            return self._run(workers, datasets + todo, report, finished, cached)
-
-    def _run(
-        self, workers: int, todo: list[Job], report: SweepReport, finished: dict, cached: set
-    ) -> SweepReport:
-        """Run ``todo`` (dataset jobs first) on a new pool of ``workers`` processes."""
-        pool = worker_pool(workers)
-        runs = [j for j in todo if j.kind != "dataset"]
-        progress = SweepProgress(runs, workers, self.echo, self.priced)
-        running: dict[Future, Job] = {}
-        datasets = [j for j in todo if j.kind == "dataset"]
         if datasets:
             self.echo(f"making {len(datasets)} dataset(s): {', '.join(j.name for j in datasets)}")
         done = {**finished, **dict.fromkeys(cached, "")}
+        with usr1_ignored():  # a preemption of the process group is the workers' alone
+            return self._on_pool(workers, datasets, todo, done, report)
+
+    def _on_pool(
+        self, workers: int, datasets: list[Job], todo: list[Job], done: dict, report: SweepReport
+    ) -> SweepReport:
+        """Run ``datasets`` then ``todo`` on a new pool of ``workers`` processes (``done``:
+        key -> run id of the jobs finished or cached already)."""
+        pool = worker_pool(workers)
+        progress = SweepProgress(todo, workers, self.echo, self.priced)
+        running: dict[Future, Job] = {}
         try:
-            _schedule(pool, workers, todo, done, report, progress, running)
+            _schedule(pool, workers, datasets + todo, done, report, progress, running)
         except KeyboardInterrupt as error:  # here, or a worker's run stopped by a signal
             report.interrupted = True
             signum = received() or getattr(error, "signum", signal.SIGINT)
