@@ -18,7 +18,6 @@ _BULK_RUNS = 100  # run ids per get-history-bulk request (the server's limit)
 _BULK_CAP = 25000  # points per get-history-bulk response (the server's limit)
 _SEARCH_PAGE = 1000  # runs per runs/search response
 _REST_REQUESTS = 8  # requests to a tracking server at once
-_TIMEOUT_S = 120  # MLflow's client's default request timeout
 
 
 def rest_tables(
@@ -67,11 +66,9 @@ def _named_tables(
     the server has no such experiment; None when it cannot answer so (another server, a
     store that is not SQL, authentication or TLS set up for MLflow's client, no answer):
     MLflow's client then asks, or names the problem."""
-    import json
     import urllib.error
-    import urllib.request
 
-    from zoo.store._states import _auth_header
+    from zoo.store._states import post_route
 
     body = {
         "experiment": experiment,
@@ -79,15 +76,8 @@ def _named_tables(
         "param_keys": None if param_keys is None else list(param_keys),
         "metric_prefixes": None if metric_prefixes is None else list(metric_prefixes),
     }
-    request = urllib.request.Request(
-        uri.rstrip("/") + TABLES_ROUTE,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", **_auth_header()},
-        method="POST",
-    )
     try:
-        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
-            return decode_tables(response.read())
+        return decode_tables(post_route(uri, TABLES_ROUTE, body))
     except urllib.error.HTTPError as error:
         return _ABSENT if error.code == 404 and _missing(error.read()) else None
     except (urllib.error.URLError, OSError, ValueError):

@@ -27,6 +27,7 @@ __all__ = [
     "ById",
     "RunState",
     "experiment_of",
+    "post_route",
     "query_states",
     "read_states",
     "request_body",
@@ -134,20 +135,28 @@ def _server(uri: str, experiment: Experiment) -> dict[str, RunState] | None:
     that is not SQL, a proxy, authentication or TLS set up for MLflow's client, a server
     that does not answer): MLflow's client then answers, or names the problem."""
     import urllib.error
-    import urllib.request
 
-    request = urllib.request.Request(
-        uri.rstrip("/") + STATES_ROUTE,
-        data=json.dumps(request_body(experiment)).encode(),
-        headers={"Content-Type": "application/json", **_auth_header()},
-        method="POST",
-    )
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            body = json.loads(response.read())
+        body = json.loads(post_route(uri, STATES_ROUTE, request_body(experiment)))
         return {k: RunState(*v) for k, v in body["states"].items()}
     except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def post_route(uri: str, route: str, body: dict[str, Any]) -> bytes:
+    """The answer of zoo's server at ``uri`` to ``body`` POSTed as JSON to ``route``, with
+    MLflow's basic authentication when set and MLflow's client's timeout (120 s); an
+    error status raises urllib.error.HTTPError, no answer URLError or OSError."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        uri.rstrip("/") + route,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **_auth_header()},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return response.read()
 
 
 def request_body(experiment: Experiment) -> dict[str, str]:
